@@ -1,0 +1,317 @@
+//! The Raft log, vote and committed index, stored in LMDB.
+//!
+//! Appends are group-committed: [`LogStore::append`] hands entries to a dedicated writer thread
+//! and returns at once; the thread gathers everything queued, writes it in one LMDB transaction,
+//! commits (one `fsync` for the whole batch) and only then reports the entries durable to
+//! openraft. The async runtime never waits on `fsync`.
+//!
+//! Entries queued but not yet committed stay readable from an in-memory tail, so openraft can
+//! replicate an entry to followers while the local `fsync` is still under way.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread;
+
+use heed::types::{Bytes, Str, U64};
+use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use tokio::sync::oneshot;
+
+use crate::{Error, NodeId, TypeConfig};
+
+/// Largest number of queued operations the writer folds into one LMDB transaction.
+const BATCH_OPERATIONS_MAX: usize = 4096;
+/// LMDB map size of the log: address space only, the file grows as needed.
+const LOG_MAP_BYTES: usize = 64 << 30;
+
+type LogEntry = Entry<TypeConfig>;
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+
+/// The Raft log store of one member. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    env: Env<WithoutTls>,
+    entries: Database<'static, U64<BigEndian>, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    /// Entries handed to the writer and not yet committed, by index.
+    tail: Mutex<BTreeMap<u64, LogEntry>>,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+/// One operation for the writer thread, applied in queue order.
+enum WriteOp {
+    Append { entries: Vec<(LogId<NodeId>, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
+    PutMeta { key: &'static str, value: Vec<u8>, done: Option<oneshot::Sender<Result<(), String>>> },
+    Truncate { from_index: u64, done: oneshot::Sender<Result<(), String>> },
+    Purge { to_index: u64, last_purged: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
+}
+
+impl LogStore {
+    /// Opens or creates the log under `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<LogStore, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        // SAFETY: each member opens its log directory exactly once per process (the runtime
+        // holds the store for the member's lifetime), which is LMDB's requirement.
+        let env = unsafe {
+            EnvOpenOptions::new().read_txn_without_tls().map_size(LOG_MAP_BYTES).max_dbs(4).open(dir)?
+        };
+        let write_txn = env.write_txn()?;
+        let (entries, meta) = env
+            .create_databases_and_commit(write_txn, |opener, txn| -> Result<_, heed::Error> {
+                let entries = opener.create_database::<U64<BigEndian>, Bytes>(txn, Some("entries"))?;
+                let meta = opener.create_database::<Str, Bytes>(txn, Some("meta"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((entries, meta)))
+            })?
+            .unwrap_commit();
+        let (writer, queue) = mpsc::channel();
+        let shared = Arc::new(Shared { env, entries, meta, tail: Mutex::new(BTreeMap::new()), writer });
+        let for_thread = Arc::downgrade(&shared);
+        thread::Builder::new()
+            .name("raft-log-writer".to_string())
+            .spawn(move || writer_loop(for_thread, queue))
+            .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        Ok(LogStore { shared })
+    }
+
+    fn tail(&self) -> MutexGuard<'_, BTreeMap<u64, LogEntry>> {
+        self.shared.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        let txn = self.shared.env.read_txn().map_err(|error| error.to_string())?;
+        match self.shared.meta.get(&txn, key).map_err(|error| error.to_string())? {
+            None => Ok(None),
+            Some(bytes) => bincode::deserialize(bytes).map(Some).map_err(|error| error.to_string()),
+        }
+    }
+
+    async fn submit(&self, op_with: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.shared.writer.send(op_with(done)).map_err(|_| Error::WriterStopped.to_string())?;
+        wait.await.map_err(|_| Error::WriterStopped.to_string())?
+    }
+
+    /// Reads entries in `range` from the tail and from LMDB, in index order.
+    fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut found: BTreeMap<u64, LogEntry> = BTreeMap::new();
+        {
+            let txn = self.shared.env.read_txn().map_err(|error| error.to_string())?;
+            let range = (Bound::Included(start), upper);
+            for item in self.shared.entries.range(&txn, &range).map_err(|error| error.to_string())? {
+                let (index, bytes) = item.map_err(|error| error.to_string())?;
+                let entry: LogEntry = bincode::deserialize(bytes).map_err(|error| error.to_string())?;
+                found.insert(index, entry);
+            }
+        }
+        for (index, entry) in self.tail().range((Bound::Included(start), upper)) {
+            found.insert(*index, entry.clone());
+        }
+        Ok(found.into_values().collect())
+    }
+}
+
+fn range_start_end<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(index) => *index,
+        Bound::Excluded(index) => index.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(index) => Some(index.saturating_add(1)),
+        Bound::Excluded(index) => Some(*index),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+fn read_error(message: String) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::error(message)).into()
+}
+
+fn write_error(message: String) -> StorageError<NodeId> {
+    StorageIOError::write_logs(AnyError::error(message)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<LogEntry>> {
+        let (start, end) = range_start_end(&range);
+        self.read_range(start, end).map_err(read_error)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged = self.read_meta::<Option<LogId<NodeId>>>(KEY_LAST_PURGED).map_err(read_error)?.flatten();
+        let tail_last = self.tail().values().next_back().map(|entry| entry.log_id);
+        let stored_last = {
+            let txn = self.shared.env.read_txn().map_err(|error| read_error(error.to_string()))?;
+            match self.shared.entries.last(&txn).map_err(|error| read_error(error.to_string()))? {
+                None => None,
+                Some((_, bytes)) => {
+                    let entry: LogEntry =
+                        bincode::deserialize(bytes).map_err(|error| read_error(error.to_string()))?;
+                    Some(entry.log_id)
+                }
+            }
+        };
+        let last_log_id = tail_last.max(stored_last).or(last_purged);
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let value = bincode::serialize(vote).map_err(|error| write_error(error.to_string()))?;
+        self.submit(|done| WriteOp::PutMeta { key: KEY_VOTE, value, done: Some(done) })
+            .await
+            .map_err(|message| StorageIOError::write_vote(AnyError::error(message)).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.read_meta(KEY_VOTE).map_err(|message| StorageIOError::read_vote(AnyError::error(message)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not awaited: the committed index is a hint for faster restarts, and it is written in
+        // queue order after the entries it covers.
+        let value = bincode::serialize(&committed).map_err(|error| write_error(error.to_string()))?;
+        self.shared
+            .writer
+            .send(WriteOp::PutMeta { key: KEY_COMMITTED, value, done: None })
+            .map_err(|_| write_error(Error::WriterStopped.to_string()))
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED).map_err(read_error)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut tail = self.tail();
+            for entry in entries {
+                let bytes = bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
+                encoded.push((entry.log_id, bytes));
+                tail.insert(entry.log_id.index, entry);
+            }
+        }
+        if encoded.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        self.shared
+            .writer
+            .send(WriteOp::Append { entries: encoded, callback })
+            .map_err(|_| write_error(Error::WriterStopped.to_string()))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.tail().split_off(&log_id.index);
+        self.submit(|done| WriteOp::Truncate { from_index: log_id.index, done }).await.map_err(write_error)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let last_purged = bincode::serialize(&Some(log_id)).map_err(|error| write_error(error.to_string()))?;
+        self.submit(|done| WriteOp::Purge { to_index: log_id.index, last_purged, done })
+            .await
+            .map_err(write_error)
+    }
+}
+
+/// The writer thread: takes everything queued, commits it in one transaction, reports.
+fn writer_loop(shared: std::sync::Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_OPERATIONS_MAX {
+            match queue.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let result = write_batch(&shared, &batch).map_err(|error| error.to_string());
+        if result.is_ok() {
+            forget_durable_tail(&shared, &batch);
+        }
+        report(batch, result);
+    }
+}
+
+fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
+    let mut txn = shared.env.write_txn()?;
+    for op in batch {
+        match op {
+            WriteOp::Append { entries, .. } => {
+                for (log_id, bytes) in entries {
+                    shared.entries.put(&mut txn, &log_id.index, bytes)?;
+                }
+            }
+            WriteOp::PutMeta { key, value, .. } => shared.meta.put(&mut txn, key, value)?,
+            WriteOp::Truncate { from_index, .. } => {
+                shared.entries.delete_range(&mut txn, &(*from_index..))?;
+            }
+            WriteOp::Purge { to_index, last_purged, .. } => {
+                shared.entries.delete_range(&mut txn, &(..=*to_index))?;
+                shared.meta.put(&mut txn, KEY_LAST_PURGED, last_purged)?;
+            }
+        }
+    }
+    txn.commit()
+}
+
+/// Drops committed entries from the in-memory tail (unless a newer entry replaced them).
+fn forget_durable_tail(shared: &Shared, batch: &[WriteOp]) {
+    let mut tail = shared.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for op in batch {
+        if let WriteOp::Append { entries, .. } = op {
+            for (log_id, _) in entries {
+                if tail.get(&log_id.index).is_some_and(|entry| entry.log_id == *log_id) {
+                    tail.remove(&log_id.index);
+                }
+            }
+        }
+    }
+}
+
+fn report(batch: Vec<WriteOp>, result: Result<(), String>) {
+    for op in batch {
+        match op {
+            WriteOp::Append { callback, .. } => {
+                let io_result = result.clone().map_err(std::io::Error::other);
+                callback.log_io_completed(io_result);
+            }
+            WriteOp::PutMeta { done: Some(done), .. }
+            | WriteOp::Truncate { done, .. }
+            | WriteOp::Purge { done, .. } => {
+                let _ = done.send(result.clone());
+            }
+            WriteOp::PutMeta { done: None, .. } => {}
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The typed cluster state that every member replicates.
+//!
+//! Field names follow LXD's where LXD has the concept (`server_name`, `failure_domain`, ...).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// Everything the cluster database holds. Changed only by [`crate::Command`]s.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Members by name.
+    pub members: BTreeMap<String, Member>,
+    /// Global configuration (`cluster.*`, `user.*`); unset keys take their defaults.
+    pub config: BTreeMap<String, String>,
+    /// Outstanding join and trust tokens by name (one per name).
+    pub tokens: BTreeMap<String, JoinToken>,
+    /// Client certificates trusted to drive the cluster remotely, by fingerprint.
+    pub trusted_clients: BTreeMap<String, TrustedClient>,
+    /// The Raft node id the next joining member gets.
+    pub next_node_id: NodeId,
+    /// The cluster CA (certificate and key, PEM) that signs member and client certificates.
+    pub ca_cert_pem: String,
+    /// The CA's private key in PEM: every database member can sign joiners, as in LXD, where
+    /// every member holds the cluster certificate and key.
+    pub ca_key_pem: String,
+}
+
+/// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique member name (LXD's `server_name`).
+    pub name: String,
+    /// Raft node id.
+    pub id: NodeId,
+    /// QUIC address `host:port` other members and clients reach it at.
+    pub address: String,
+    /// CPU architecture the member runs on.
+    pub architecture: String,
+    /// Free-form description.
+    pub description: String,
+    /// Failure domain (default `default`).
+    pub failure_domain: String,
+    /// Member-specific configuration (`scheduler.instance`, `user.*`).
+    pub config: BTreeMap<String, String>,
+    /// Cluster groups the member belongs to.
+    pub groups: Vec<String>,
+    /// Roles users may assign (`event-hub`, `ovn-chassis`); database roles are derived from Raft.
+    pub user_roles: Vec<String>,
+    /// SHA-256 fingerprint of the member's certificate.
+    pub certificate_fingerprint: String,
+    /// When the member joined, in milliseconds since the Unix epoch.
+    pub joined_at_ms: u64,
+}
+
+/// What a token lets its holder do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenKind {
+    /// Join the cluster as a new member.
+    Join,
+    /// Become a trusted remote client (`starling remote add`).
+    Client,
+}
+
+/// A single-use token (LXD's join token: base64 JSON of name, fingerprint, addresses, secret,
+/// expiry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Name of the member (or client) the token was issued for.
+    pub name: String,
+    /// What the token is for.
+    pub kind: TokenKind,
+    /// 32 random bytes, hex.
+    pub secret: String,
+    /// SHA-256 fingerprint of the cluster CA certificate.
+    pub fingerprint: String,
+    /// Addresses of the members that were online when the token was issued.
+    pub addresses: Vec<String>,
+    /// Expiry in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A client certificate the cluster trusts (the local admin's or a remote's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrustedClient {
+    /// Name given at `trust add` time.
+    pub name: String,
+    /// SHA-256 fingerprint of the client's certificate.
+    pub fingerprint: String,
+    /// When it was added, in milliseconds since the Unix epoch.
+    pub added_at_ms: u64,
+}
+
+impl ClusterState {
+    /// The member with Raft node id `id`.
+    pub fn member_by_id(&self, id: NodeId) -> Option<&Member> {
+        self.members.values().find(|member| member.id == id)
+    }
+
+    /// The member whose certificate has this fingerprint.
+    pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<&Member> {
+        self.members.values().find(|member| member.certificate_fingerprint == fingerprint)
+    }
+
+    /// The effective value of a global config key (its default when unset).
+    pub fn config_value(&self, key: &str) -> Option<String> {
+        self.config.get(key).cloned().or_else(|| crate::config::default_value(key).map(str::to_string))
+    }
+
+    /// The effective value of an integer global config key.
+    pub fn config_i64(&self, key: &str) -> i64 {
+        self.config_value(key).and_then(|value| value.parse().ok()).unwrap_or_default()
+    }
+}
