@@ -76,7 +76,12 @@ impl ClusterState {
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, command: &Command) -> Result<(), String> {
         match command {
-            Command::Bootstrap { member, ca_cert_pem, ca_key_pem, admin } => {
+            Command::Bootstrap {
+                member,
+                ca_cert_pem,
+                ca_key_pem,
+                admin,
+            } => {
                 if !self.members.is_empty() {
                     return Err("the cluster is already bootstrapped".to_string());
                 }
@@ -84,7 +89,8 @@ impl ClusterState {
                 self.ca_key_pem = ca_key_pem.clone();
                 self.next_node_id = member.id + 1;
                 self.members.insert(member.name.clone(), member.clone());
-                self.trusted_clients.insert(admin.fingerprint.clone(), admin.clone());
+                self.trusted_clients
+                    .insert(admin.fingerprint.clone(), admin.clone());
                 Ok(())
             }
             Command::ConfigSet { key, value } => {
@@ -106,10 +112,19 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(format!("no token for \"{name}\"")),
             },
-            Command::MemberAdd { member, secret, now_ms } => self.add_member(member, secret, *now_ms),
-            Command::ClientTrust { client, secret, now_ms } => {
+            Command::MemberAdd {
+                member,
+                secret,
+                now_ms,
+            } => self.add_member(member, secret, *now_ms),
+            Command::ClientTrust {
+                client,
+                secret,
+                now_ms,
+            } => {
                 self.consume_token(&client.name, TokenKind::Client, secret, *now_ms)?;
-                self.trusted_clients.insert(client.fingerprint.clone(), client.clone());
+                self.trusted_clients
+                    .insert(client.fingerprint.clone(), client.clone());
                 Ok(())
             }
         }
@@ -118,20 +133,36 @@ impl ClusterState {
     fn check_token_name(&self, token: &JoinToken) -> Result<(), String> {
         validate_member_name(&token.name)?;
         if token.kind == TokenKind::Join && self.members.contains_key(&token.name) {
-            return Err(format!("the cluster already has a member named \"{}\"", token.name));
+            return Err(format!(
+                "the cluster already has a member named \"{}\"",
+                token.name
+            ));
         }
         Ok(())
     }
 
     fn add_member(&mut self, member: &Member, secret: &str, now_ms: u64) -> Result<(), String> {
         if self.members.contains_key(&member.name) {
-            return Err(format!("the cluster already has a member named \"{}\"", member.name));
+            return Err(format!(
+                "the cluster already has a member named \"{}\"",
+                member.name
+            ));
         }
         if member.id < self.next_node_id {
-            return Err(format!("node id {} is already taken; retry the join", member.id));
+            return Err(format!(
+                "node id {} is already taken; retry the join",
+                member.id
+            ));
         }
-        if self.members.values().any(|other| other.address == member.address) {
-            return Err(format!("another member already uses the address {}", member.address));
+        if self
+            .members
+            .values()
+            .any(|other| other.address == member.address)
+        {
+            return Err(format!(
+                "another member already uses the address {}",
+                member.address
+            ));
         }
         self.consume_token(&member.name, TokenKind::Join, secret, now_ms)?;
         self.next_node_id = member.id + 1;
@@ -140,7 +171,13 @@ impl ClusterState {
     }
 
     /// Checks and removes the single-use token for `name`.
-    fn consume_token(&mut self, name: &str, kind: TokenKind, secret: &str, now_ms: u64) -> Result<(), String> {
+    fn consume_token(
+        &mut self,
+        name: &str,
+        kind: TokenKind,
+        secret: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
         let Some(token) = self.tokens.get(name) else {
             return Err(format!(
                 "no valid token for \"{name}\": it was already used, revoked, replaced or never issued"
@@ -169,7 +206,11 @@ pub fn validate_member_name(name: &str) -> Result<(), String> {
     if name == "none" {
         return Err("the name \"none\" is reserved".to_string());
     }
-    if name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+    if name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
         return Err(format!(
             "invalid member name \"{name}\": use at most 63 letters, digits, '-', '.' or '_'"
         ));
@@ -182,7 +223,10 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
         return false;
     }
-    left.iter().zip(right).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
 }
 
 #[cfg(test)]
@@ -218,7 +262,11 @@ mod tests {
 
     fn bootstrapped() -> ClusterState {
         let mut state = ClusterState::default();
-        let admin = TrustedClient { name: "admin".into(), fingerprint: "a".into(), added_at_ms: 0 };
+        let admin = TrustedClient {
+            name: "admin".into(),
+            fingerprint: "a".into(),
+            added_at_ms: 0,
+        };
         let bootstrap = Command::Bootstrap {
             member: member("m1", 1),
             ca_cert_pem: "ca".into(),
@@ -232,26 +280,53 @@ mod tests {
     #[test]
     fn tokens_are_single_use_and_expire() {
         let mut state = bootstrapped();
-        state.apply(&Command::TokenIssue { token: token("m2", 100) }).unwrap();
-        let add = |secret: &str, now_ms| Command::MemberAdd { member: member("m2", 2), secret: secret.into(), now_ms };
+        state
+            .apply(&Command::TokenIssue {
+                token: token("m2", 100),
+            })
+            .unwrap();
+        let add = |secret: &str, now_ms| Command::MemberAdd {
+            member: member("m2", 2),
+            secret: secret.into(),
+            now_ms,
+        };
         let error = state.apply(&add("wrong", 10)).unwrap_err();
         assert!(error.contains("does not match"), "{error}");
         state.apply(&add("s3cret", 10)).unwrap();
-        let error = state.apply(&Command::TokenIssue { token: token("m2", 100) }).unwrap_err();
+        let error = state
+            .apply(&Command::TokenIssue {
+                token: token("m2", 100),
+            })
+            .unwrap_err();
         assert!(error.contains("already has a member"), "{error}");
 
-        state.apply(&Command::TokenIssue { token: token("m3", 100) }).unwrap();
-        let late = Command::MemberAdd { member: member("m3", 3), secret: "s3cret".into(), now_ms: 100 };
+        state
+            .apply(&Command::TokenIssue {
+                token: token("m3", 100),
+            })
+            .unwrap();
+        let late = Command::MemberAdd {
+            member: member("m3", 3),
+            secret: "s3cret".into(),
+            now_ms: 100,
+        };
         assert!(state.apply(&late).unwrap_err().contains("expired"));
         assert!(state.apply(&late).unwrap_err().contains("no valid token"));
-        assert!(state.apply(&Command::TokenIssue { token: token("none", 100) }).is_err());
+        assert!(state
+            .apply(&Command::TokenIssue {
+                token: token("none", 100)
+            })
+            .is_err());
     }
 
     #[test]
     fn invalid_config_changes_nothing() {
         let mut state = bootstrapped();
         let before = state.clone();
-        let set = Command::ConfigSet { key: "cluster.max_voters".into(), value: "2".into() };
+        let set = Command::ConfigSet {
+            key: "cluster.max_voters".into(),
+            value: "2".into(),
+        };
         assert!(state.apply(&set).is_err());
         assert_eq!(state, before);
     }

@@ -87,7 +87,9 @@ fn parse_int(value: &str) -> Option<i64> {
 
 /// The default value of a known key, or `None` for unknown and `user.*` keys.
 pub fn default_value(key: &str) -> Option<&'static str> {
-    KEYS.iter().find(|spec| spec.name == key).map(|spec| spec.default)
+    KEYS.iter()
+        .find(|spec| spec.name == key)
+        .map(|spec| spec.default)
 }
 
 /// The names of all known (non-`user.*`) keys.
@@ -113,7 +115,11 @@ pub fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     if (spec.check)(value) {
         Ok(())
     } else {
-        Err(ConfigError::InvalidValue { key: key.to_string(), value: value.to_string(), rule: spec.rule })
+        Err(ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            rule: spec.rule,
+        })
     }
 }
 
@@ -127,7 +133,10 @@ pub fn validate_key(key: &str) -> Result<(), ConfigError> {
 }
 
 fn unknown_key(key: &str) -> ConfigError {
-    ConfigError::UnknownKey { key: key.to_string(), known: known_keys().collect::<Vec<_>>().join(", ") }
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        known: known_keys().collect::<Vec<_>>().join(", "),
+    }
 }
 
 /// Parses an LXD-style expiry such as `3H`, `30M`, `1d`: `<n>(S|M|H|d|w|m|y)`.
@@ -159,7 +168,10 @@ mod tests {
     fn rules_name_the_key_and_the_rule() {
         assert!(validate("cluster.max_voters", "5").is_ok());
         let error = validate("cluster.max_voters", "4").unwrap_err().to_string();
-        assert!(error.contains("cluster.max_voters") && error.contains("odd"), "{error}");
+        assert!(
+            error.contains("cluster.max_voters") && error.contains("odd"),
+            "{error}"
+        );
         assert!(validate("cluster.max_voters", "1").is_err());
         assert!(validate("cluster.max_standby", "6").is_err());
         assert!(validate("cluster.max_standby", "0").is_ok());
@@ -173,7 +185,10 @@ mod tests {
         assert!(validate("user.anything", "x").is_ok());
         assert!(validate("user.", "x").is_err());
         let error = validate("cluster.bogus", "1").unwrap_err().to_string();
-        assert!(error.contains("unknown configuration key \"cluster.bogus\""), "{error}");
+        assert!(
+            error.contains("unknown configuration key \"cluster.bogus\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::thread;
 use heed::types::{Bytes, Str, U64};
 use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{
+    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
 use tokio::sync::oneshot;
 
 use crate::{Error, NodeId, TypeConfig};
@@ -52,54 +54,105 @@ struct Shared {
 
 /// One operation for the writer thread, applied in queue order.
 enum WriteOp {
-    Append { entries: Vec<(LogId<NodeId>, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
-    PutMeta { key: &'static str, value: Vec<u8>, done: Option<oneshot::Sender<Result<(), String>>> },
-    Truncate { from_index: u64, done: oneshot::Sender<Result<(), String>> },
-    Purge { to_index: u64, last_purged: Vec<u8>, done: oneshot::Sender<Result<(), String>> },
+    Append {
+        entries: Vec<(LogId<NodeId>, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    PutMeta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Truncate {
+        from_index: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        to_index: u64,
+        last_purged: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl LogStore {
     /// Opens or creates the log under `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<LogStore, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         // SAFETY: each member opens its log directory exactly once per process (the runtime
         // holds the store for the member's lifetime), which is LMDB's requirement.
         let env = unsafe {
-            EnvOpenOptions::new().read_txn_without_tls().map_size(LOG_MAP_BYTES).max_dbs(4).open(dir)?
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(LOG_MAP_BYTES)
+                .max_dbs(4)
+                .open(dir)?
         };
         let write_txn = env.write_txn()?;
         let (entries, meta) = env
             .create_databases_and_commit(write_txn, |opener, txn| -> Result<_, heed::Error> {
-                let entries = opener.create_database::<U64<BigEndian>, Bytes>(txn, Some("entries"))?;
+                let entries =
+                    opener.create_database::<U64<BigEndian>, Bytes>(txn, Some("entries"))?;
                 let meta = opener.create_database::<Str, Bytes>(txn, Some("meta"))?;
                 Ok(CommitOrAbort::<_, ()>::Commit((entries, meta)))
             })?
             .unwrap_commit();
         let (writer, queue) = mpsc::channel();
-        let shared = Arc::new(Shared { env, entries, meta, tail: Mutex::new(BTreeMap::new()), writer });
+        let shared = Arc::new(Shared {
+            env,
+            entries,
+            meta,
+            tail: Mutex::new(BTreeMap::new()),
+            writer,
+        });
         let for_thread = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("raft-log-writer".to_string())
             .spawn(move || writer_loop(for_thread, queue))
-            .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+            .map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
         Ok(LogStore { shared })
     }
 
     fn tail(&self) -> MutexGuard<'_, BTreeMap<u64, LogEntry>> {
-        self.shared.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .tail
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
-        let txn = self.shared.env.read_txn().map_err(|error| error.to_string())?;
-        match self.shared.meta.get(&txn, key).map_err(|error| error.to_string())? {
+        let txn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|error| error.to_string())?;
+        match self
+            .shared
+            .meta
+            .get(&txn, key)
+            .map_err(|error| error.to_string())?
+        {
             None => Ok(None),
-            Some(bytes) => bincode::deserialize(bytes).map(Some).map_err(|error| error.to_string()),
+            Some(bytes) => bincode::deserialize(bytes)
+                .map(Some)
+                .map_err(|error| error.to_string()),
         }
     }
 
-    async fn submit(&self, op_with: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp) -> Result<(), String> {
+    async fn submit(
+        &self,
+        op_with: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp,
+    ) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        self.shared.writer.send(op_with(done)).map_err(|_| Error::WriterStopped.to_string())?;
+        self.shared
+            .writer
+            .send(op_with(done))
+            .map_err(|_| Error::WriterStopped.to_string())?;
         wait.await.map_err(|_| Error::WriterStopped.to_string())?
     }
 
@@ -108,11 +161,21 @@ impl LogStore {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let mut found: BTreeMap<u64, LogEntry> = BTreeMap::new();
         {
-            let txn = self.shared.env.read_txn().map_err(|error| error.to_string())?;
+            let txn = self
+                .shared
+                .env
+                .read_txn()
+                .map_err(|error| error.to_string())?;
             let range = (Bound::Included(start), upper);
-            for item in self.shared.entries.range(&txn, &range).map_err(|error| error.to_string())? {
+            for item in self
+                .shared
+                .entries
+                .range(&txn, &range)
+                .map_err(|error| error.to_string())?
+            {
                 let (index, bytes) = item.map_err(|error| error.to_string())?;
-                let entry: LogEntry = bincode::deserialize(bytes).map_err(|error| error.to_string())?;
+                let entry: LogEntry =
+                    bincode::deserialize(bytes).map_err(|error| error.to_string())?;
                 found.insert(index, entry);
             }
         }
@@ -159,21 +222,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged = self.read_meta::<Option<LogId<NodeId>>>(KEY_LAST_PURGED).map_err(read_error)?.flatten();
+        let last_purged = self
+            .read_meta::<Option<LogId<NodeId>>>(KEY_LAST_PURGED)
+            .map_err(read_error)?
+            .flatten();
         let tail_last = self.tail().values().next_back().map(|entry| entry.log_id);
         let stored_last = {
-            let txn = self.shared.env.read_txn().map_err(|error| read_error(error.to_string()))?;
-            match self.shared.entries.last(&txn).map_err(|error| read_error(error.to_string()))? {
+            let txn = self
+                .shared
+                .env
+                .read_txn()
+                .map_err(|error| read_error(error.to_string()))?;
+            match self
+                .shared
+                .entries
+                .last(&txn)
+                .map_err(|error| read_error(error.to_string()))?
+            {
                 None => None,
                 Some((_, bytes)) => {
-                    let entry: LogEntry =
-                        bincode::deserialize(bytes).map_err(|error| read_error(error.to_string()))?;
+                    let entry: LogEntry = bincode::deserialize(bytes)
+                        .map_err(|error| read_error(error.to_string()))?;
                     Some(entry.log_id)
                 }
             }
         };
         let last_log_id = tail_last.max(stored_last).or(last_purged);
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -182,27 +260,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let value = bincode::serialize(vote).map_err(|error| write_error(error.to_string()))?;
-        self.submit(|done| WriteOp::PutMeta { key: KEY_VOTE, value, done: Some(done) })
-            .await
-            .map_err(|message| StorageIOError::write_vote(AnyError::error(message)).into())
+        self.submit(|done| WriteOp::PutMeta {
+            key: KEY_VOTE,
+            value,
+            done: Some(done),
+        })
+        .await
+        .map_err(|message| StorageIOError::write_vote(AnyError::error(message)).into())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        self.read_meta(KEY_VOTE).map_err(|message| StorageIOError::read_vote(AnyError::error(message)).into())
+        self.read_meta(KEY_VOTE)
+            .map_err(|message| StorageIOError::read_vote(AnyError::error(message)).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Not awaited: the committed index is a hint for faster restarts, and it is written in
         // queue order after the entries it covers.
-        let value = bincode::serialize(&committed).map_err(|error| write_error(error.to_string()))?;
+        let value =
+            bincode::serialize(&committed).map_err(|error| write_error(error.to_string()))?;
         self.shared
             .writer
-            .send(WriteOp::PutMeta { key: KEY_COMMITTED, value, done: None })
+            .send(WriteOp::PutMeta {
+                key: KEY_COMMITTED,
+                value,
+                done: None,
+            })
             .map_err(|_| write_error(Error::WriterStopped.to_string()))
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED).map_err(read_error)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)
+            .map_err(read_error)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -214,7 +305,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut tail = self.tail();
             for entry in entries {
-                let bytes = bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
+                let bytes =
+                    bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
                 encoded.push((entry.log_id, bytes));
                 tail.insert(entry.log_id.index, entry);
             }
@@ -225,20 +317,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.shared
             .writer
-            .send(WriteOp::Append { entries: encoded, callback })
+            .send(WriteOp::Append {
+                entries: encoded,
+                callback,
+            })
             .map_err(|_| write_error(Error::WriterStopped.to_string()))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.tail().split_off(&log_id.index);
-        self.submit(|done| WriteOp::Truncate { from_index: log_id.index, done }).await.map_err(write_error)
+        self.submit(|done| WriteOp::Truncate {
+            from_index: log_id.index,
+            done,
+        })
+        .await
+        .map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let last_purged = bincode::serialize(&Some(log_id)).map_err(|error| write_error(error.to_string()))?;
-        self.submit(|done| WriteOp::Purge { to_index: log_id.index, last_purged, done })
-            .await
-            .map_err(write_error)
+        let last_purged =
+            bincode::serialize(&Some(log_id)).map_err(|error| write_error(error.to_string()))?;
+        self.submit(|done| WriteOp::Purge {
+            to_index: log_id.index,
+            last_purged,
+            done,
+        })
+        .await
+        .map_err(write_error)
     }
 }
 
@@ -276,7 +381,11 @@ fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
             WriteOp::Truncate { from_index, .. } => {
                 shared.entries.delete_range(&mut txn, &(*from_index..))?;
             }
-            WriteOp::Purge { to_index, last_purged, .. } => {
+            WriteOp::Purge {
+                to_index,
+                last_purged,
+                ..
+            } => {
                 shared.entries.delete_range(&mut txn, &(..=*to_index))?;
                 shared.meta.put(&mut txn, KEY_LAST_PURGED, last_purged)?;
             }
@@ -287,11 +396,17 @@ fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
 
 /// Drops committed entries from the in-memory tail (unless a newer entry replaced them).
 fn forget_durable_tail(shared: &Shared, batch: &[WriteOp]) {
-    let mut tail = shared.tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut tail = shared
+        .tail
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for op in batch {
         if let WriteOp::Append { entries, .. } = op {
             for (log_id, _) in entries {
-                if tail.get(&log_id.index).is_some_and(|entry| entry.log_id == *log_id) {
+                if tail
+                    .get(&log_id.index)
+                    .is_some_and(|entry| entry.log_id == *log_id)
+                {
                     tail.remove(&log_id.index);
                 }
             }
@@ -306,7 +421,9 @@ fn report(batch: Vec<WriteOp>, result: Result<(), String>) {
                 let io_result = result.clone().map_err(std::io::Error::other);
                 callback.log_io_completed(io_result);
             }
-            WriteOp::PutMeta { done: Some(done), .. }
+            WriteOp::PutMeta {
+                done: Some(done), ..
+            }
             | WriteOp::Truncate { done, .. }
             | WriteOp::Purge { done, .. } => {
                 let _ = done.send(result.clone());

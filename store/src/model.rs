@@ -101,16 +101,23 @@ impl ClusterState {
 
     /// The member whose certificate has this fingerprint.
     pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<&Member> {
-        self.members.values().find(|member| member.certificate_fingerprint == fingerprint)
+        self.members
+            .values()
+            .find(|member| member.certificate_fingerprint == fingerprint)
     }
 
     /// The effective value of a global config key (its default when unset).
     pub fn config_value(&self, key: &str) -> Option<String> {
-        self.config.get(key).cloned().or_else(|| crate::config::default_value(key).map(str::to_string))
+        self.config
+            .get(key)
+            .cloned()
+            .or_else(|| crate::config::default_value(key).map(str::to_string))
     }
 
     /// The effective value of an integer global config key.
     pub fn config_i64(&self, key: &str) -> i64 {
-        self.config_value(key).and_then(|value| value.parse().ok()).unwrap_or_default()
+        self.config_value(key)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_default()
     }
 }

@@ -14,8 +14,8 @@ use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -60,10 +60,17 @@ struct StoredSnapshot {
 impl StateMachine {
     /// Opens or creates the snapshot store under `dir` and loads the last snapshot.
     pub fn open(dir: &Path) -> Result<StateMachine, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         // SAFETY: opened once per member and process, as LMDB requires.
         let env = unsafe {
-            EnvOpenOptions::new().read_txn_without_tls().map_size(SNAPSHOT_MAP_BYTES).max_dbs(2).open(dir)?
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(SNAPSHOT_MAP_BYTES)
+                .max_dbs(2)
+                .open(dir)?
         };
         let write_txn = env.write_txn()?;
         let snapshots = env
@@ -73,8 +80,16 @@ impl StateMachine {
             })?
             .unwrap_commit();
         let (applied_index, _) = watch::channel(0);
-        let shared = Shared { env, snapshots, data: RwLock::default(), snapshots_built: AtomicU64::new(0), applied_index };
-        let machine = StateMachine { shared: Arc::new(shared) };
+        let shared = Shared {
+            env,
+            snapshots,
+            data: RwLock::default(),
+            snapshots_built: AtomicU64::new(0),
+            applied_index,
+        };
+        let machine = StateMachine {
+            shared: Arc::new(shared),
+        };
         if let Some(stored) = machine.stored_snapshot()? {
             machine.load(&stored.meta, &stored.data)?;
         }
@@ -97,18 +112,26 @@ impl StateMachine {
     }
 
     fn data(&self) -> RwLockReadGuard<'_, Applied> {
-        self.shared.data.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .data
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn data_mut(&self) -> RwLockWriteGuard<'_, Applied> {
-        self.shared.data.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .data
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
         let txn = self.shared.env.read_txn()?;
         match self.shared.snapshots.get(&txn, KEY_SNAPSHOT)? {
             None => Ok(None),
-            Some(bytes) => bincode::deserialize(bytes).map(Some).map_err(|error| Error::Decode(error.to_string())),
+            Some(bytes) => bincode::deserialize(bytes)
+                .map(Some)
+                .map_err(|error| Error::Decode(error.to_string())),
         }
     }
 
@@ -122,7 +145,8 @@ impl StateMachine {
 
     /// Replaces the in-memory state with a snapshot's.
     fn load(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), Error> {
-        let state: ClusterState = bincode::deserialize(data).map_err(|error| Error::Decode(error.to_string()))?;
+        let state: ClusterState =
+            bincode::deserialize(data).map_err(|error| Error::Decode(error.to_string()))?;
         let mut applied = self.data_mut();
         applied.state = state;
         applied.last_applied = meta.last_log_id;
@@ -149,17 +173,29 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Some(log_id) => format!("{}-{}-{built}", log_id.leader_id, log_id.index),
             None => format!("--{built}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         self.store_snapshot(&stored).map_err(snapshot_error)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
         let applied = self.data();
         Ok((applied.last_applied, applied.membership.clone()))
     }
@@ -202,14 +238,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        self.load(&stored.meta, &stored.data).map_err(snapshot_error)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        self.load(&stored.meta, &stored.data)
+            .map_err(snapshot_error)?;
         self.store_snapshot(&stored).map_err(snapshot_error)?;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let stored = self.stored_snapshot().map_err(snapshot_error)?;
-        Ok(stored.map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

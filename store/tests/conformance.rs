@@ -8,14 +8,22 @@ use starling_store::{LogStore, NodeId, StateMachine, TypeConfig};
 struct TempStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStoreBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
-        let dir = tempfile::tempdir().map_err(|error| StorageError::from_io_error(
-            openraft::ErrorSubject::Store,
-            openraft::ErrorVerb::Write,
-            error,
-        ))?;
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().map_err(|error| {
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Write,
+                error,
+            )
+        })?;
         let (log_store, state_machine) = starling_store::open(dir.path()).map_err(|error| {
-            StorageError::from_io_error(openraft::ErrorSubject::Store, openraft::ErrorVerb::Write, std::io::Error::other(error))
+            StorageError::from_io_error(
+                openraft::ErrorSubject::Store,
+                openraft::ErrorVerb::Write,
+                std::io::Error::other(error),
+            )
         })?;
         Ok((dir, log_store, state_machine))
     }
@@ -27,4 +35,3 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Tem
 fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
     Suite::test_all(TempStoreBuilder)
 }
-

@@ -1,0 +1,200 @@
+//! The interactive REPL: a local Lua session whose built-ins run on a member.
+//!
+//! With a terminal it uses reedline (history, multi-line input for unfinished statements,
+//! completion of built-in names); without one (pipes, scripts, tests) it reads plain lines.
+
+use std::borrow::Cow;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use reedline::{
+    Completer, CompletionResult, FileBackedHistory, Prompt, PromptEditMode, PromptHistorySearch,
+    Reedline, Signal, Span, Suggestion, ValidationResult, Validator,
+};
+use serde_json::Value;
+use starling_runtime::{Client, Operation, BUILTINS};
+use starling_stdlib::{Host, Limits, Session};
+
+/// Script built-ins that send each call to the member as an operation.
+struct RemoteHost {
+    client: Arc<Client>,
+}
+
+impl Host for RemoteHost {
+    fn call(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> futures::future::BoxFuture<'static, Result<Value, String>> {
+        let client = self.client.clone();
+        let operation = Operation::from_call(name, &args);
+        Box::pin(async move {
+            let operation = operation.map_err(|error| error.to_string())?;
+            client
+                .operation(operation)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// Runs the REPL until end of input or `exit`.
+pub async fn run(client: Client, history: PathBuf) -> Result<()> {
+    let (print, mut printed) = tokio::sync::mpsc::unbounded_channel();
+    let host: Arc<dyn Host> = Arc::new(RemoteHost {
+        client: Arc::new(client),
+    });
+    let limits = Limits {
+        wall_clock: std::time::Duration::from_secs(3600),
+        ..Limits::default()
+    };
+    let mut session = Session::new(host, BUILTINS, limits, print)?;
+    let mut lines = Lines::new(history)?;
+    while let Some(input) = lines.next().await? {
+        let input = input.trim();
+        if input.is_empty() {
+            continue;
+        }
+        if input == "exit" || input == "quit" {
+            break;
+        }
+        let result = session.eval(input).await;
+        while let Ok(line) = printed.try_recv() {
+            println!("{line}");
+        }
+        match result {
+            Ok(Value::Null) => {}
+            Ok(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+            Err(error) => eprintln!("error: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// Where input comes from: the line editor or plain standard input.
+enum Lines {
+    Editor(Box<Reedline>),
+    Plain,
+}
+
+impl Lines {
+    fn new(history: PathBuf) -> Result<Lines> {
+        if !std::io::stdin().is_terminal() {
+            return Ok(Lines::Plain);
+        }
+        let history = FileBackedHistory::with_file(1000, history)?;
+        let editor = Reedline::create()
+            .with_history(Box::new(history))
+            .with_validator(Box::new(LuaValidator))
+            .with_completer(Box::new(BuiltinCompleter));
+        Ok(Lines::Editor(Box::new(editor)))
+    }
+
+    async fn next(&mut self) -> Result<Option<String>> {
+        match self {
+            Lines::Editor(editor) => {
+                let editor: &mut Reedline = editor;
+                // reedline blocks; it runs on this thread between evaluations.
+                match tokio::task::block_in_place(|| editor.read_line(&StarlingPrompt))? {
+                    Signal::Success(line) => Ok(Some(line)),
+                    Signal::CtrlC => Ok(Some(String::new())),
+                    Signal::CtrlD => Ok(None),
+                    _ => Ok(Some(String::new())),
+                }
+            }
+            Lines::Plain => read_plain_statement().await,
+        }
+    }
+}
+
+/// Reads lines from stdin until they form a complete statement.
+async fn read_plain_statement() -> Result<Option<String>> {
+    tokio::task::spawn_blocking(|| {
+        let stdin = std::io::stdin();
+        let mut statement = String::new();
+        for line in stdin.lock().lines() {
+            let line = line?;
+            statement.push_str(&line);
+            statement.push('\n');
+            if !starling_stdlib::is_incomplete(&statement)
+                && !starling_stdlib::is_incomplete(&format!("return {statement}"))
+            {
+                return Ok(Some(statement));
+            }
+        }
+        Ok(if statement.trim().is_empty() {
+            None
+        } else {
+            Some(statement)
+        })
+    })
+    .await?
+}
+
+struct LuaValidator;
+
+impl Validator for LuaValidator {
+    fn validate(&self, line: &str) -> ValidationResult {
+        if starling_stdlib::is_incomplete(line)
+            && starling_stdlib::is_incomplete(&format!("return {line}"))
+        {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Complete
+        }
+    }
+}
+
+struct BuiltinCompleter;
+
+impl Completer for BuiltinCompleter {
+    fn complete(&mut self, line: &str, position: usize) -> CompletionResult {
+        CompletionResult::fresh(builtin_suggestions(line, position))
+    }
+}
+
+fn builtin_suggestions(line: &str, position: usize) -> Vec<Suggestion> {
+    {
+        let before = &line[..position.min(line.len())];
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '.' || c == '_'))
+            .map_or(0, |index| index + 1);
+        let word = &before[start..];
+        if word.is_empty() {
+            return Vec::new();
+        }
+        BUILTINS
+            .iter()
+            .filter(|builtin| builtin.name.starts_with(word))
+            .map(|builtin| Suggestion {
+                value: builtin.name.to_string(),
+                description: Some(builtin.help.to_string()),
+                span: Span::new(start, position),
+                append_whitespace: false,
+                ..Suggestion::default()
+            })
+            .collect()
+    }
+}
+
+struct StarlingPrompt;
+
+impl Prompt for StarlingPrompt {
+    fn render_prompt_left(&self) -> Cow<'_, str> {
+        Cow::Borrowed("starling")
+    }
+    fn render_prompt_right(&self) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn render_prompt_indicator(&self, _mode: PromptEditMode) -> Cow<'_, str> {
+        Cow::Borrowed("> ")
+    }
+    fn render_prompt_multiline_indicator(&self) -> Cow<'_, str> {
+        Cow::Borrowed("… ")
+    }
+    fn render_prompt_history_search_indicator(&self, _search: PromptHistorySearch) -> Cow<'_, str> {
+        Cow::Borrowed("(search) ")
+    }
+}

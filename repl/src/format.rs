@@ -1,0 +1,164 @@
+//! Output formats of the command line, as `lxc` has them: table, json, yaml, csv.
+
+use serde_json::Value;
+
+/// How a command prints its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns with a header.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+    /// Comma-separated values, no header (as `lxc` prints it).
+    Csv,
+}
+
+/// A column of a table: its header and the field it shows.
+pub struct Column {
+    /// Header text.
+    pub header: &'static str,
+    /// Field name in each row object.
+    pub field: &'static str,
+}
+
+/// Renders `value` (a list of objects for tables) in `format`.
+pub fn render(value: &Value, format: Format, columns: &[Column]) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(value).unwrap_or_default(),
+        Format::Yaml => serde_yaml::to_string(value)
+            .unwrap_or_default()
+            .trim_end()
+            .to_string(),
+        Format::Csv => rows(value, columns)
+            .iter()
+            .map(|row| csv_line(row))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Format::Table => table(&rows(value, columns), columns),
+    }
+}
+
+fn rows(value: &Value, columns: &[Column]) -> Vec<Vec<String>> {
+    let items: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    items
+        .iter()
+        .map(|item| {
+            columns
+                .iter()
+                .map(|column| cell(item.get(column.field)))
+                .collect()
+        })
+        .collect()
+}
+
+/// A cell's text: lists one item per line, as `lxc` shows roles.
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| cell(Some(item)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn csv_line(row: &[String]) -> String {
+    row.iter()
+        .map(|field| {
+            let field = field.replace('\n', ",");
+            if field.contains([',', '"', '\n']) {
+                format!("\"{}\"", field.replace('"', "\"\""))
+            } else {
+                field
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn table(rows: &[Vec<String>], columns: &[Column]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|column| column.header.len()).collect();
+    for row in rows {
+        for (index, field) in row.iter().enumerate() {
+            let widest = field.lines().map(str::len).max().unwrap_or(0);
+            widths[index] = widths[index].max(widest);
+        }
+    }
+    let rule = format!(
+        "+{}+",
+        widths
+            .iter()
+            .map(|width| "-".repeat(width + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    let mut out = vec![rule.clone()];
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|column| column.header.to_string())
+        .collect();
+    out.extend(table_row(&headers, &widths));
+    out.push(rule.clone());
+    for row in rows {
+        out.extend(table_row(row, &widths));
+        out.push(rule.clone());
+    }
+    out.join("\n")
+}
+
+/// One table row, as many lines as its tallest cell.
+fn table_row(row: &[String], widths: &[usize]) -> Vec<String> {
+    let height = row
+        .iter()
+        .map(|field| field.lines().count().max(1))
+        .max()
+        .unwrap_or(1);
+    (0..height)
+        .map(|line| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(field, width)| {
+                    format!(" {:<width$} ", field.lines().nth(line).unwrap_or(""))
+                })
+                .collect();
+            format!("|{}|", cells.join("|"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const COLUMNS: &[Column] = &[
+        Column {
+            header: "NAME",
+            field: "server_name",
+        },
+        Column {
+            header: "ROLES",
+            field: "roles",
+        },
+    ];
+
+    #[test]
+    fn table_and_csv() {
+        let value = json!([{"server_name": "m1", "roles": ["database-leader", "database"]}, {"server_name": "m2", "roles": []}]);
+        let table = render(&value, Format::Table, COLUMNS);
+        assert!(table.contains("| m1   | database-leader |"), "{table}");
+        assert!(table.contains("|      | database        |"), "{table}");
+        let csv = render(&value, Format::Csv, COLUMNS);
+        assert_eq!(csv, "m1,\"database-leader,database\"\nm2,");
+        assert!(render(&value, Format::Yaml, COLUMNS).contains("server_name: m1"));
+    }
+}

@@ -1,0 +1,234 @@
+//! [`Client`]: how the command line, the REPL and tools talk to a member.
+//!
+//! A local client reads the member's data directory (its address, the CA certificate and the
+//! local administrator's identity). A remote client uses its own certificate, made trusted once
+//! with a token (`starling remote add ADDRESS TOKEN`), and pins the cluster CA it learnt then.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use starling_transport::{Connection, Endpoint, EndpointConfig, Identity, ServerTrust};
+
+use crate::datadir::DataDir;
+use crate::operation::Operation;
+use crate::protocol::{Reply, Request};
+use crate::token::TokenPayload;
+use crate::Error;
+
+/// How long an operation may take end to end (it may be forwarded to the leader).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a script may stay silent before the client gives up on it.
+const SCRIPT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A connection to one member.
+pub struct Client {
+    endpoint: Endpoint,
+    connection: Connection,
+}
+
+/// Remotes a client knows, saved in its configuration directory.
+#[derive(Default, Serialize, Deserialize)]
+struct Remotes {
+    /// By address: the cluster CA certificate learnt when the remote was added.
+    remotes: BTreeMap<String, RemoteEntry>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct RemoteEntry {
+    ca_cert_pem: String,
+}
+
+impl Client {
+    /// Connects to the member whose data directory is `dir`, as its local administrator.
+    pub async fn local(dir: &Path) -> Result<Client, Error> {
+        let data = DataDir::new(dir);
+        let file = data.load_member()?;
+        let identity = data.load_identity("admin")?;
+        let trust = ServerTrust::Ca {
+            ca_cert_pem: data.load_ca()?,
+        };
+        Client::connect(identity, &file.address, &trust).await
+    }
+
+    /// Connects to a remote member added before with [`Client::add_remote`].
+    pub async fn remote(config_dir: &Path, address: &str) -> Result<Client, Error> {
+        let remotes = load_remotes(config_dir)?;
+        let entry = remotes.remotes.get(address).ok_or_else(|| {
+            Error::Local(format!(
+                "unknown remote {address}: add it first with `starling remote add {address} TOKEN`"
+            ))
+        })?;
+        let identity = client_identity(config_dir)?;
+        Client::connect(
+            identity,
+            address,
+            &ServerTrust::Ca {
+                ca_cert_pem: entry.ca_cert_pem.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Makes this client's certificate trusted by the cluster at `address` with a trust token.
+    pub async fn add_remote(config_dir: &Path, address: &str, token: &str) -> Result<(), Error> {
+        let payload = TokenPayload::decode(token)?;
+        let identity = client_identity(config_dir)?;
+        let trust = ServerTrust::PinnedCa {
+            fingerprint: payload.fingerprint.clone(),
+        };
+        let client = Client::connect(identity, address, &trust).await?;
+        let request = Request::TrustClaim {
+            name: payload.server_name.clone(),
+            secret: payload.secret.clone(),
+        };
+        let ca_cert_pem = match client
+            .connection
+            .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+            .await?
+        {
+            Reply::Trusted(result) => result?,
+            Reply::Refused(error) => return Err(error),
+            other => {
+                return Err(Error::Internal(format!(
+                    "unexpected reply to a trust claim: {other:?}"
+                )))
+            }
+        };
+        client.close();
+        let mut remotes = load_remotes(config_dir)?;
+        remotes
+            .remotes
+            .insert(address.to_string(), RemoteEntry { ca_cert_pem });
+        save_json(&config_dir.join("remotes.json"), &remotes)
+    }
+
+    async fn connect(
+        identity: Identity,
+        address: &str,
+        trust: &ServerTrust,
+    ) -> Result<Client, Error> {
+        let socket = crate::network::resolve(address)
+            .await
+            .map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        let bind = if socket.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let bind: SocketAddr = bind
+            .parse()
+            .map_err(|_| Error::Internal("bad bind address".to_string()))?;
+        let endpoint = Endpoint::new(EndpointConfig {
+            identity,
+            bind,
+            serve: false,
+        })?;
+        let connection = endpoint.connect(socket, trust).await.map_err(|error| {
+            Error::Transport(format!("cannot reach the member at {address}: {error}"))
+        })?;
+        Ok(Client {
+            endpoint,
+            connection,
+        })
+    }
+
+    /// Runs an operation on the member (which forwards it to the leader if needed).
+    pub async fn operation(&self, operation: Operation) -> Result<Value, Error> {
+        let request = Request::Operation {
+            operation,
+            origin: None,
+            hops: 0,
+        };
+        match self
+            .connection
+            .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+            .await?
+        {
+            Reply::Operation(Ok(text)) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Reply::Operation(Err(error)) | Reply::Refused(error) => Err(error),
+            other => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Runs a Lua script on the member; `on_print` sees each printed line as it happens.
+    pub async fn exec(
+        &self,
+        source: &str,
+        chunk_name: &str,
+        mut on_print: impl FnMut(&str),
+    ) -> Result<Value, Error> {
+        let request = Request::Exec {
+            source: source.to_string(),
+            chunk_name: chunk_name.to_string(),
+        };
+        let mut stream = self.connection.request_stream(&request).await?;
+        loop {
+            match stream.next::<Reply>(SCRIPT_SILENCE_TIMEOUT).await? {
+                Some(Reply::Print(line)) => on_print(&line),
+                Some(Reply::ScriptDone(Ok(text))) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|error| Error::Internal(error.to_string()))
+                }
+                Some(Reply::ScriptDone(Err(error))) | Some(Reply::Refused(error)) => {
+                    return Err(error)
+                }
+                Some(other) => return Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+                None => {
+                    return Err(Error::Transport(
+                        "the member closed the script's stream".to_string(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.connection.close();
+        self.endpoint.close();
+    }
+}
+
+/// The client's own certificate, created on first use.
+fn client_identity(config_dir: &Path) -> Result<Identity, Error> {
+    let path = config_dir.join("client.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text)
+            .map_err(|error| Error::Local(format!("{}: {error}", path.display())));
+    }
+    let name = format!("starling-client-{}", std::process::id());
+    let identity = starling_transport::self_signed_identity(&name)?;
+    save_json(&path, &identity)?;
+    Ok(identity)
+}
+
+fn load_remotes(config_dir: &Path) -> Result<Remotes, Error> {
+    let path = config_dir.join("remotes.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|error| Error::Local(format!("{}: {error}", path.display()))),
+        Err(_) => Ok(Remotes::default()),
+    }
+}
+
+fn save_json<T: Serialize>(path: &PathBuf, value: &T) -> Result<(), Error> {
+    let local = |error: std::io::Error| Error::Local(format!("{}: {error}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(local)?;
+    }
+    let text =
+        serde_json::to_string_pretty(value).map_err(|error| Error::Internal(error.to_string()))?;
+    std::fs::write(path, text).map_err(local)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(local)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Running operations: on the leader, or forwarded to it.
+//!
+//! Every operation runs on the leader: writes because only the leader can propose, reads
+//! because the leader can confirm it still leads (`ensure_linearizable`) and so answer with
+//! the latest committed state. A member that is not the leader forwards the request, at most
+//! [`HOPS_MAX`] times; a member that cannot find a leader answers with the quorum error.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use starling_store::{Command, TokenKind};
+
+use crate::join::{self, WRITE_TIMEOUT};
+use crate::member::Member;
+use crate::operation::Operation;
+use crate::protocol::{Reply, Request};
+use crate::view;
+use crate::Error;
+
+/// Forwards allowed before a request is refused (a loop or a leadership storm).
+const HOPS_MAX: u8 = 3;
+/// How long a member looks for a leader before it reports the database unavailable.
+const LEADER_WAIT: Duration = Duration::from_secs(2);
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Member {
+    /// Runs `operation` for a client of member `origin` (this member when `None`).
+    pub async fn execute(
+        &self,
+        operation: Operation,
+        origin: Option<String>,
+        hops: u8,
+    ) -> Result<Value, Error> {
+        let origin = origin.unwrap_or_else(|| self.name().to_string());
+        if self.is_leader() {
+            match self.execute_here(&operation, &origin).await {
+                Err(Error::Transport(message)) if message.contains("leadership changed") => {}
+                other => return other,
+            }
+        }
+        if hops >= HOPS_MAX {
+            return Err(Error::Transport(format!(
+                "request forwarded {hops} times without reaching the leader"
+            )));
+        }
+        let Some((_, leader_address)) = self.wait_leader(LEADER_WAIT).await else {
+            return Err(self.unavailable().await);
+        };
+        if leader_address == self.address() {
+            // Leadership is moving; the next member to lead will answer.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let request = Request::Operation {
+            operation,
+            origin: Some(origin),
+            hops: hops + 1,
+        };
+        let socket = crate::network::resolve(&leader_address)
+            .await
+            .map_err(|error| Error::Transport(error.to_string()))?;
+        match self
+            .inner
+            .pool
+            .request::<Request, Reply>(socket, &self.inner.trust, &request, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Reply::Operation(Ok(text))) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Ok(Reply::Operation(Err(error))) | Ok(Reply::Refused(error)) => Err(error),
+            Ok(other) => Err(Error::Internal(format!(
+                "unexpected reply to a forwarded request: {other:?}"
+            ))),
+            Err(_) => Err(self.unavailable().await),
+        }
+    }
+
+    /// Runs an operation on this member, which leads.
+    async fn execute_here(&self, operation: &Operation, origin: &str) -> Result<Value, Error> {
+        if !operation.is_write() {
+            self.linearize().await?;
+        }
+        match operation {
+            Operation::ClusterInfo => Ok(view::cluster_info(self, origin)),
+            Operation::ClusterMembers => Ok(view::members(self)),
+            Operation::ClusterMember { name } => view::member(self, name),
+            Operation::ClusterAdd { name } => {
+                let exists = self.local_state(|state| state.members.contains_key(name));
+                if exists {
+                    return Err(Error::Refused(format!(
+                        "the cluster already has a member named \"{name}\""
+                    )));
+                }
+                let payload = join::issue_token(self, name, TokenKind::Join).await?;
+                Ok(
+                    json!({"server_name": name, "token": payload.encode(), "expires_at": payload.expires_at}),
+                )
+            }
+            Operation::ClusterTokens => Ok(view::tokens(self, TokenKind::Join)),
+            Operation::ClusterRevokeToken { name } => {
+                self.propose(Command::TokenRevoke { name: name.clone() }, WRITE_TIMEOUT)
+                    .await?;
+                Ok(Value::Null)
+            }
+            Operation::TrustAdd { name } => {
+                let payload = join::issue_token(self, name, TokenKind::Client).await?;
+                Ok(
+                    json!({"name": name, "token": payload.encode(), "expires_at": payload.expires_at}),
+                )
+            }
+            Operation::ConfigGet { key } => {
+                starling_store::config::validate_key(key)
+                    .map_err(|error| Error::Refused(error.to_string()))?;
+                Ok(Value::String(
+                    self.local_state(|state| state.config_value(key))
+                        .unwrap_or_default(),
+                ))
+            }
+            Operation::ConfigSet { key, value } => {
+                starling_store::config::validate(key, value)
+                    .map_err(|error| Error::Refused(error.to_string()))?;
+                let command = Command::ConfigSet {
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                self.propose(command, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::ConfigUnset { key } => {
+                starling_store::config::validate_key(key)
+                    .map_err(|error| Error::Refused(error.to_string()))?;
+                self.propose(Command::ConfigUnset { key: key.clone() }, WRITE_TIMEOUT)
+                    .await?;
+                Ok(Value::Null)
+            }
+            Operation::ConfigAll => Ok(view::config(self)),
+            Operation::Join(request) => {
+                let response = join::admit(self, request.clone()).await?;
+                serde_json::to_value(response).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Operation::TrustClaim {
+                name,
+                secret,
+                fingerprint,
+            } => {
+                let ca = join::trust_client(self, name, secret, fingerprint).await?;
+                Ok(Value::String(ca))
+            }
+        }
+    }
+
+    /// Confirms this member still leads a quorum, so local reads are up to date.
+    async fn linearize(&self) -> Result<(), Error> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft().ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::Transport(
+                "leadership changed during the request; retry".to_string(),
+            )),
+            _ => Err(self.unavailable().await),
+        }
+    }
+}

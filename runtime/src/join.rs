@@ -1,0 +1,341 @@
+//! Creating a cluster and joining one: both the new member's side and the leader's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use starling_store::{Command, JoinToken, Member as MemberRecord, TokenKind, TrustedClient};
+use starling_transport::{
+    fingerprint_pem, CertUsage, ClusterCa, Endpoint, EndpointConfig, ServerTrust,
+};
+
+use crate::datadir::{DataDir, MemberFile};
+use crate::member::{initial_membership, Member, NewMemberFiles};
+use crate::protocol::{JoinRequest, JoinResponse, Reply, Request};
+use crate::token::{format_time_ms, now_ms, random_secret, TokenPayload};
+use crate::Error;
+
+/// How long a joiner waits for each member it tries.
+const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a write may wait for the cluster database.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Creates the CA and the first member's files in `dir`.
+pub(crate) fn prepare_bootstrap(dir: &DataDir, name: &str, listen: &str) -> Result<(), Error> {
+    starling_store::command::validate_member_name(name).map_err(Error::Refused)?;
+    check_listen_address(listen)?;
+    let ca = ClusterCa::generate()?;
+    let identity = ca.issue(name, CertUsage::Member)?;
+    let admin = ca.issue(&format!("admin@{name}"), CertUsage::Client)?;
+    let file = MemberFile {
+        name: name.to_string(),
+        id: 1,
+        address: listen.to_string(),
+        peers: vec![],
+    };
+    // The CA key stays on disk until the bootstrap entry carries it into the database.
+    dir.save_identity(
+        "ca",
+        &starling_transport::Identity {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key_pem.clone(),
+            chain_pem: vec![],
+        },
+    )?;
+    NewMemberFiles {
+        file,
+        identity: &identity,
+        admin: &admin,
+        ca_cert_pem: &ca.cert_pem,
+    }
+    .save(dir)
+}
+
+/// Initializes Raft with the first member and writes the bootstrap entry.
+pub(crate) async fn finish_bootstrap(member: &Member) -> Result<(), Error> {
+    let ca_identity = member.inner.dir.load_identity("ca")?;
+    let admin = member.inner.dir.load_identity("admin")?;
+    let member_identity = member.inner.dir.load_identity("member")?;
+    member
+        .raft()
+        .initialize(initial_membership(member.id(), member.address()))
+        .await
+        .map_err(|error| Error::Internal(format!("raft initialize: {error}")))?;
+    if member.wait_leader(Duration::from_secs(10)).await.is_none() {
+        return Err(Error::Internal(
+            "the new cluster elected no leader".to_string(),
+        ));
+    }
+    let record = MemberRecord {
+        name: member.name().to_string(),
+        id: member.id(),
+        address: member.address().to_string(),
+        architecture: std::env::consts::ARCH.to_string(),
+        description: String::new(),
+        failure_domain: "default".to_string(),
+        config: Default::default(),
+        groups: vec!["default".to_string()],
+        user_roles: vec![],
+        certificate_fingerprint: fingerprint_pem(&member_identity.cert_pem)?,
+        joined_at_ms: now_ms(),
+    };
+    let admin = TrustedClient {
+        name: format!("admin@{}", member.name()),
+        fingerprint: fingerprint_pem(&admin.cert_pem)?,
+        added_at_ms: now_ms(),
+    };
+    let command = Command::Bootstrap {
+        member: record,
+        ca_cert_pem: ca_identity.cert_pem,
+        ca_key_pem: ca_identity.key_pem,
+        admin,
+    };
+    member.propose(command, Duration::from_secs(10)).await?;
+    tracing::info!(name = %member.name(), "cluster bootstrapped");
+    Ok(())
+}
+
+/// The new member's side of a join: ask the cluster, save what it answers.
+pub(crate) async fn join(
+    dir: &DataDir,
+    name: &str,
+    listen: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let payload = TokenPayload::decode(token)?;
+    if payload.server_name != name {
+        return Err(Error::InvalidToken(format!(
+            "it was issued for a member named \"{}\", not \"{name}\"",
+            payload.server_name
+        )));
+    }
+    check_listen_address(listen)?;
+    let identity = starling_transport::self_signed_identity(name)?;
+    let endpoint = Endpoint::new(EndpointConfig {
+        identity,
+        bind: unspecified_like(listen),
+        serve: false,
+    })?;
+    let trust = ServerTrust::PinnedCa {
+        fingerprint: payload.fingerprint.clone(),
+    };
+    let request = Request::Join(JoinRequest {
+        name: name.to_string(),
+        secret: payload.secret.clone(),
+        address: listen.to_string(),
+        architecture: std::env::consts::ARCH.to_string(),
+    });
+    let mut failures = Vec::new();
+    for address in &payload.addresses {
+        match ask_to_join(&endpoint, address, &trust, &request).await {
+            Ok(response) => {
+                endpoint.close();
+                let file = MemberFile {
+                    name: name.to_string(),
+                    id: response.id,
+                    address: listen.to_string(),
+                    peers: response.peers.clone(),
+                };
+                let files = NewMemberFiles {
+                    file,
+                    identity: &response.identity,
+                    admin: &response.admin,
+                    ca_cert_pem: &response.ca_cert_pem,
+                };
+                files.save(dir)?;
+                tracing::info!(name, id = response.id, "joined the cluster");
+                return Ok(());
+            }
+            Err(error @ (Error::Refused(_) | Error::InvalidToken(_) | Error::NotAuthorized(_))) => {
+                return Err(error)
+            }
+            Err(error) => failures.push(format!("{address}: {error}")),
+        }
+    }
+    Err(Error::Transport(format!(
+        "no member listed in the token could be reached: {}",
+        failures.join("; ")
+    )))
+}
+
+async fn ask_to_join(
+    endpoint: &Endpoint,
+    address: &str,
+    trust: &ServerTrust,
+    request: &Request,
+) -> Result<JoinResponse, Error> {
+    let socket = crate::network::resolve(address)
+        .await
+        .map_err(|error| Error::Transport(error.to_string()))?;
+    let connection = endpoint.connect(socket, trust).await?;
+    match connection
+        .request::<Request, Reply>(request, JOIN_ATTEMPT_TIMEOUT)
+        .await?
+    {
+        Reply::Joined(result) => result,
+        Reply::Refused(error) => Err(error),
+        other => Err(Error::Internal(format!(
+            "unexpected reply to a join: {other:?}"
+        ))),
+    }
+}
+
+/// The leader's side of a join: check the token, record the member, issue its certificates.
+pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinResponse, Error> {
+    starling_store::command::validate_member_name(&request.name).map_err(Error::Refused)?;
+    check_listen_address(&request.address)?;
+    let ca = member.local_state(|state| ClusterCa {
+        cert_pem: state.ca_cert_pem.clone(),
+        key_pem: state.ca_key_pem.clone(),
+    });
+    let identity = ca.issue(&request.name, CertUsage::Member)?;
+    let admin = ca.issue(&format!("admin@{}", request.name), CertUsage::Client)?;
+    let mut attempts = 0;
+    let id = loop {
+        attempts += 1;
+        let id = member.local_state(|state| state.next_node_id);
+        let record = MemberRecord {
+            name: request.name.clone(),
+            id,
+            address: request.address.clone(),
+            architecture: request.architecture.clone(),
+            description: String::new(),
+            failure_domain: "default".to_string(),
+            config: Default::default(),
+            groups: vec!["default".to_string()],
+            user_roles: vec![],
+            certificate_fingerprint: fingerprint_pem(&identity.cert_pem)?,
+            joined_at_ms: now_ms(),
+        };
+        let command = Command::MemberAdd {
+            member: record,
+            secret: request.secret.clone(),
+            now_ms: now_ms(),
+        };
+        match member.propose(command, WRITE_TIMEOUT).await {
+            Ok(()) => break id,
+            Err(Error::Refused(reason)) if reason.contains("already taken") && attempts < 5 => {
+                continue
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let peers = member.local_state(|state| {
+        state
+            .members
+            .values()
+            .map(|other| other.address.clone())
+            .collect()
+    });
+    tracing::info!(name = %request.name, id, address = %request.address, "member admitted");
+    Ok(JoinResponse {
+        id,
+        identity,
+        admin,
+        ca_cert_pem: ca.cert_pem,
+        peers,
+    })
+}
+
+/// Issues a token for `name` (a join token, or a client trust token).
+pub(crate) async fn issue_token(
+    member: &Member,
+    name: &str,
+    kind: TokenKind,
+) -> Result<TokenPayload, Error> {
+    starling_store::command::validate_member_name(name).map_err(Error::Refused)?;
+    let (fingerprint, expiry, mut addresses) = member.local_state(|state| {
+        let ca = ClusterCa {
+            cert_pem: state.ca_cert_pem.clone(),
+            key_pem: String::new(),
+        };
+        let expiry = state
+            .config_value("cluster.join_token_expiry")
+            .unwrap_or_else(|| "3H".to_string());
+        let addresses: Vec<String> = state
+            .members
+            .values()
+            .map(|other| other.address.clone())
+            .collect();
+        (ca.fingerprint(), expiry, addresses)
+    });
+    let fingerprint = fingerprint?;
+    let expiry = starling_store::config::parse_expiry(&expiry).ok_or_else(|| {
+        Error::Internal(format!(
+            "stored cluster.join_token_expiry {expiry} is invalid"
+        ))
+    })?;
+    // The leader first: it is the one that will admit the member.
+    addresses.retain(|address| address != member.address());
+    addresses.insert(0, member.address().to_string());
+    let expires_at_ms = now_ms() + expiry.as_millis() as u64;
+    let token = JoinToken {
+        name: name.to_string(),
+        kind,
+        secret: random_secret()?,
+        fingerprint,
+        addresses,
+        expires_at_ms,
+    };
+    let payload = payload_of(&token);
+    member
+        .propose(Command::TokenIssue { token }, WRITE_TIMEOUT)
+        .await?;
+    Ok(payload)
+}
+
+/// The token string's contents for a stored token.
+pub(crate) fn payload_of(token: &JoinToken) -> TokenPayload {
+    TokenPayload {
+        server_name: token.name.clone(),
+        fingerprint: token.fingerprint.clone(),
+        addresses: token.addresses.clone(),
+        secret: token.secret.clone(),
+        expires_at: format_time_ms(token.expires_at_ms),
+    }
+}
+
+/// The leader's side of `remote add`: trust the client's certificate if its token is good.
+pub(crate) async fn trust_client(
+    member: &Member,
+    name: &str,
+    secret: &str,
+    fingerprint: &str,
+) -> Result<String, Error> {
+    let client = TrustedClient {
+        name: name.to_string(),
+        fingerprint: fingerprint.to_string(),
+        added_at_ms: now_ms(),
+    };
+    let command = Command::ClientTrust {
+        client,
+        secret: secret.to_string(),
+        now_ms: now_ms(),
+    };
+    member.propose(command, WRITE_TIMEOUT).await?;
+    Ok(member.inner.ca_cert_pem.clone())
+}
+
+/// Refuses listen addresses other members could not reach.
+fn check_listen_address(address: &str) -> Result<(), Error> {
+    let parsed: SocketAddr = address.parse().map_err(|_| {
+        Error::Refused(format!(
+            "invalid listen address \"{address}\": use IP:PORT, such as 10.0.0.5:7443"
+        ))
+    })?;
+    if parsed.ip().is_unspecified() || parsed.port() == 0 {
+        return Err(Error::Refused(format!(
+            "listen address {address} cannot be reached by other members: give a concrete IP and port"
+        )));
+    }
+    Ok(())
+}
+
+/// A wildcard bind address of the same family as `address`.
+fn unspecified_like(address: &str) -> SocketAddr {
+    match address.parse::<SocketAddr>() {
+        Ok(SocketAddr::V6(_)) => "[::]:0"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
+}

@@ -1,0 +1,37 @@
+//! A Starling member: the daemon that holds a replica of the cluster database (or not, for a
+//! spare), serves clients and other members over QUIC, and runs scripts.
+//!
+//! # Layout
+//! - [`member`]: [`Member`], start (bootstrap, join, restart) and shutdown.
+//! - [`serve`](crate::serve): the request handler and its trust rules.
+//! - [`execute`](crate::execute): operations, run on the leader or forwarded to it.
+//! - [`operation`]: [`Operation`], the one list of cluster operations, and the script built-ins.
+//! - [`join`](crate::join): bootstrap, joining, tokens and client trust.
+//! - [`health`](crate::health): heartbeats, member status, role rebalancing.
+//! - [`roles`]: the pure role planner.
+//! - [`client`]: [`Client`], how the CLI and tools talk to a member.
+//! - [`network`](crate::network), [`protocol`]: Raft over the transport, and the wire messages.
+//!
+//! Start at [`Member::start`] for the daemon and [`Client`] for everything that talks to one.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod datadir;
+mod error;
+mod execute;
+mod health;
+mod join;
+pub mod member;
+pub mod network;
+pub mod operation;
+pub mod protocol;
+pub mod roles;
+pub mod script;
+mod serve;
+pub mod token;
+mod view;
+
+pub use client::Client;
+pub use error::Error;
+pub use member::{Member, MemberConfig, RaftTimings, StartMode};
+pub use operation::{Operation, BUILTINS};

@@ -1,0 +1,402 @@
+//! A running member: its Raft node, its QUIC endpoint, and its background tasks.
+//!
+//! [`Member::start`] creates, joins or restarts a member from its data directory. Requests
+//! arrive through [`crate::serve`]; operations run in [`crate::execute`]; the leader's
+//! heartbeat and role rebalancing run in [`crate::health`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use starling_store::{ClusterState, Command, NodeId, StateMachine, TypeConfig};
+use starling_transport::{Endpoint, EndpointConfig, Identity, Pool, ServerTrust};
+use tokio::sync::watch;
+
+use crate::datadir::{DataDir, MemberFile};
+use crate::network::RaftTransport;
+use crate::Error;
+
+/// How a member starts.
+#[derive(Clone, Debug)]
+pub enum StartMode {
+    /// Create a new cluster with this member as its first.
+    Bootstrap {
+        /// Member name.
+        name: String,
+        /// Address to listen on and to be reached at.
+        listen: String,
+    },
+    /// Join an existing cluster with a token.
+    Join {
+        /// Member name (must match the token).
+        name: String,
+        /// Address to listen on and to be reached at.
+        listen: String,
+        /// The join token.
+        token: String,
+    },
+    /// Start again from an existing data directory.
+    Restart,
+}
+
+/// Raft timing, in milliseconds. Defaults suit a LAN; tests may shorten them.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftTimings {
+    /// Leader heartbeat to followers.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the election timeout.
+    pub election_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+        }
+    }
+}
+
+/// Everything needed to start a member.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Create, join or restart.
+    pub mode: StartMode,
+    /// Raft timing.
+    pub timings: RaftTimings,
+}
+
+/// A running member. Cheap to clone.
+#[derive(Clone)]
+pub struct Member {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: String,
+    pub(crate) id: NodeId,
+    pub(crate) address: String,
+    pub(crate) dir: DataDir,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) state: StateMachine,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) pool: Pool,
+    pub(crate) trust: ServerTrust,
+    pub(crate) ca_cert_pem: String,
+    /// What heartbeats told this member (spares learn the leader only this way).
+    pub(crate) heard: Mutex<Heard>,
+    /// Leader only: when each member last answered a heartbeat.
+    pub(crate) last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// When this member last became leader.
+    pub(crate) leader_since: Mutex<Option<Instant>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// The latest heartbeat a member received.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Heard {
+    pub(crate) leader: Option<(NodeId, String)>,
+    pub(crate) peers: Vec<String>,
+}
+
+impl Member {
+    /// Starts a member: bootstraps, joins or restarts as `config.mode` says.
+    pub async fn start(config: MemberConfig) -> Result<Member, Error> {
+        let dir = DataDir::new(&config.dir);
+        match &config.mode {
+            StartMode::Bootstrap { name, listen } => {
+                if dir.is_initialized() {
+                    return Err(Error::Local(format!(
+                        "{} already holds a member; start it with `starling daemon --dir {}`",
+                        config.dir.display(),
+                        config.dir.display()
+                    )));
+                }
+                crate::join::prepare_bootstrap(&dir, name, listen)?;
+                let member = Member::open(&dir, config.timings).await?;
+                crate::join::finish_bootstrap(&member).await?;
+                Ok(member)
+            }
+            StartMode::Join {
+                name,
+                listen,
+                token,
+            } => {
+                if dir.is_initialized() {
+                    return Err(Error::Local(format!(
+                        "{} already holds a member",
+                        config.dir.display()
+                    )));
+                }
+                crate::join::join(&dir, name, listen, token).await?;
+                Member::open(&dir, config.timings).await
+            }
+            StartMode::Restart => {
+                if !dir.is_initialized() {
+                    return Err(Error::Local(format!(
+                        "{} holds no member: use --bootstrap or --join TOKEN",
+                        config.dir.display()
+                    )));
+                }
+                Member::open(&dir, config.timings).await
+            }
+        }
+    }
+
+    /// Opens the member saved in `dir` and starts serving.
+    async fn open(dir: &DataDir, timings: RaftTimings) -> Result<Member, Error> {
+        let file = dir.load_member()?;
+        let identity = dir.load_identity("member")?;
+        let ca_cert_pem = dir.load_ca()?;
+        let bind: SocketAddr = crate::network::resolve(&file.address)
+            .await
+            .map_err(|error| Error::Local(format!("listen address {}: {error}", file.address)))?;
+        let endpoint = Endpoint::new(EndpointConfig {
+            identity,
+            bind,
+            serve: true,
+        })?;
+        let pool = Pool::new(endpoint.clone());
+        let trust = ServerTrust::Ca {
+            ca_cert_pem: ca_cert_pem.clone(),
+        };
+        let (log_store, state) = starling_store::open(&dir.database())?;
+        let transport = RaftTransport {
+            pool: pool.clone(),
+            trust: trust.clone(),
+        };
+        let raft = Raft::new(
+            file.id,
+            raft_config(timings)?,
+            transport,
+            log_store,
+            state.clone(),
+        )
+        .await
+        .map_err(|error| Error::Internal(format!("raft failed to start: {error}")))?;
+        let (shutdown, _) = watch::channel(false);
+        let heard = Heard {
+            leader: None,
+            peers: file.peers.clone(),
+        };
+        let inner = Inner {
+            name: file.name.clone(),
+            id: file.id,
+            address: file.address.clone(),
+            dir: dir.clone(),
+            raft,
+            state,
+            endpoint,
+            pool,
+            trust,
+            ca_cert_pem,
+            heard: Mutex::new(heard),
+            last_seen: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(None),
+            shutdown,
+        };
+        let member = Member {
+            inner: Arc::new(inner),
+        };
+        member.spawn_tasks();
+        tracing::info!(name = %file.name, id = file.id, address = %file.address, "member started");
+        Ok(member)
+    }
+
+    fn spawn_tasks(&self) {
+        let serving = self.clone();
+        let stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let handler = Arc::new(crate::serve::Service {
+                member: serving.clone(),
+            });
+            if let Err(error) = serving.inner.endpoint.serve(handler, stop).await {
+                tracing::error!(%error, "endpoint stopped");
+            }
+        });
+        let health = self.clone();
+        tokio::spawn(async move { crate::health::run(health).await });
+    }
+
+    /// The member's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The member's Raft node id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address the member listens on.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The member's data directory.
+    pub fn dir(&self) -> &DataDir {
+        &self.inner.dir
+    }
+
+    /// The Raft node (for tests and tools).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// Reads this member's copy of the cluster state (not linearizable: may lag the leader).
+    pub fn local_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        self.inner.state.read(read)
+    }
+
+    /// Whether this member currently leads the cluster database.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
+    }
+
+    /// The current leader's id and address, as this member knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            if let Some(leader) = metrics.current_leader {
+                if let Some(node) = metrics.membership_config.membership().get_node(&leader) {
+                    return Some((leader, node.addr.clone()));
+                }
+            }
+        }
+        self.heard().leader.clone()
+    }
+
+    /// Waits up to `timeout` for a leader to be known.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Some(leader);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn heard(&self) -> MutexGuard<'_, Heard> {
+        self.inner
+            .heard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Proposes a command and waits for it to apply; `Refused` carries the state's reason.
+    pub(crate) async fn propose(&self, command: Command, timeout: Duration) -> Result<(), Error> {
+        match tokio::time::timeout(timeout, self.inner.raft.client_write(command)).await {
+            Ok(Ok(response)) => response.data.result.map_err(Error::Refused),
+            Ok(Err(error)) => {
+                if error.forward_to_leader().is_some() {
+                    Err(Error::Transport(
+                        "leadership changed during the request; retry".to_string(),
+                    ))
+                } else {
+                    Err(self.unavailable().await)
+                }
+            }
+            Err(_) => Err(self.unavailable().await),
+        }
+    }
+
+    /// The error for "no quorum", with a fresh count of reachable voters.
+    pub(crate) async fn unavailable(&self) -> Error {
+        crate::health::quorum_error(self).await
+    }
+
+    /// Stops the member: Raft, the endpoint and the background tasks.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        if let Err(error) = self.inner.raft.shutdown().await {
+            tracing::warn!(%error, "raft shutdown");
+        }
+        self.inner.endpoint.close();
+        tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle())
+            .await
+            .ok();
+        tracing::info!(name = %self.inner.name, "member stopped");
+    }
+
+    /// Saves the member file with fresh peers (from heartbeats).
+    pub(crate) fn remember_peers(&self, peers: Vec<String>) {
+        let changed = {
+            let mut heard = self.heard();
+            let changed = heard.peers != peers;
+            heard.peers = peers.clone();
+            changed
+        };
+        if changed {
+            let file = MemberFile {
+                name: self.inner.name.clone(),
+                id: self.inner.id,
+                address: self.inner.address.clone(),
+                peers,
+            };
+            if let Err(error) = self.inner.dir.save_member(&file) {
+                tracing::warn!(%error, "could not save peers");
+            }
+        }
+    }
+}
+
+fn raft_config(timings: RaftTimings) -> Result<Arc<openraft::Config>, Error> {
+    let config = openraft::Config {
+        cluster_name: "starling".to_string(),
+        heartbeat_interval: timings.heartbeat_ms,
+        election_timeout_min: timings.election_min_ms,
+        election_timeout_max: timings.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|error| Error::Internal(format!("raft config: {error}")))
+}
+
+/// The Raft node descriptor of a member address.
+pub(crate) fn node(address: &str) -> BasicNode {
+    BasicNode {
+        addr: address.to_string(),
+    }
+}
+
+/// The first member's initial Raft membership.
+pub(crate) fn initial_membership(id: NodeId, address: &str) -> BTreeMap<NodeId, BasicNode> {
+    BTreeMap::from([(id, node(address))])
+}
+
+/// Identity files a new member saves.
+pub(crate) struct NewMemberFiles<'a> {
+    pub(crate) file: MemberFile,
+    pub(crate) identity: &'a Identity,
+    pub(crate) admin: &'a Identity,
+    pub(crate) ca_cert_pem: &'a str,
+}
+
+impl NewMemberFiles<'_> {
+    pub(crate) fn save(&self, dir: &DataDir) -> Result<(), Error> {
+        dir.save_ca(self.ca_cert_pem)?;
+        dir.save_identity("member", self.identity)?;
+        dir.save_identity("admin", self.admin)?;
+        // member.json last: its presence marks the directory as initialized.
+        dir.save_member(&self.file)
+    }
+}

@@ -1,0 +1,138 @@
+//! openraft's network over Starling's QUIC transport.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::AnyError;
+use starling_store::{Node, NodeId, TypeConfig};
+use starling_transport::{Pool, ServerTrust};
+
+use crate::protocol::{RaftRequest, Reply, Request};
+
+/// Creates a [`PeerLink`] per Raft peer; all share the member's connection pool.
+#[derive(Clone)]
+pub struct RaftTransport {
+    /// The member's connection pool.
+    pub pool: Pool,
+    /// How peers' certificates are checked (the cluster CA).
+    pub trust: ServerTrust,
+}
+
+/// The Raft connection to one peer.
+pub struct PeerLink {
+    transport: RaftTransport,
+    address: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RaftTransport {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, _target: NodeId, node: &Node) -> PeerLink {
+        PeerLink {
+            transport: self.clone(),
+            address: node.addr.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+
+impl PeerLink {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> RpcResult<Reply, E> {
+        let address: SocketAddr = resolve(&self.address)
+            .await
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let request = Request::Raft(request);
+        self.transport
+            .pool
+            .request(address, &self.transport.trust, &request, timeout)
+            .await
+            .map_err(|error| {
+                if error.is_retryable() {
+                    RPCError::Unreachable(Unreachable::new(&error))
+                } else {
+                    RPCError::Network(NetworkError::new(&error))
+                }
+            })
+    }
+}
+
+fn remote_failure<E: std::error::Error>(
+    message: String,
+) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&AnyError::error(message)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        match self
+            .call(RaftRequest::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            Reply::Append(result) => result.map_err(remote_failure),
+            other => Err(remote_failure(format!(
+                "unexpected reply to append: {other:?}"
+            ))),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        match self
+            .call(RaftRequest::Snapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            Reply::Snapshot(result) => result.map_err(remote_failure),
+            other => Err(remote_failure(format!(
+                "unexpected reply to snapshot: {other:?}"
+            ))),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(result) => result.map_err(remote_failure),
+            other => Err(remote_failure(format!(
+                "unexpected reply to vote: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Resolves `host:port` (an IP literal needs no lookup).
+pub async fn resolve(address: &str) -> Result<SocketAddr, std::io::Error> {
+    if let Ok(parsed) = address.parse() {
+        return Ok(parsed);
+    }
+    tokio::net::lookup_host(address)
+        .await?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{address} does not resolve to an address"),
+            )
+        })
+}

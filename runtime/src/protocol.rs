@@ -1,0 +1,131 @@
+//! The wire protocol between members and between clients and members.
+//!
+//! Each request travels on its own QUIC stream as one frame; the answer is one or more
+//! [`Reply`] frames (a script streams its `print` lines before its result).
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use starling_store::{NodeId, TypeConfig};
+use starling_transport::Identity;
+
+use crate::operation::Operation;
+use crate::Error;
+
+/// A request to a member.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Raft traffic; members only.
+    Raft(RaftRequest),
+    /// A cluster operation; `hops` counts forwards so that a loop cannot form.
+    Operation {
+        /// The operation.
+        operation: Operation,
+        /// The member the client talks to (set on the first hop).
+        origin: Option<String>,
+        /// How many times the request was forwarded already.
+        hops: u8,
+    },
+    /// Runs a Lua script on the member; the reply streams `Print` lines, then `ScriptDone`.
+    Exec {
+        /// Lua source.
+        source: String,
+        /// Name shown in error messages (the file name, or `exec`).
+        chunk_name: String,
+    },
+    /// A joiner asks to join with a token (allowed from untrusted certificates).
+    Join(JoinRequest),
+    /// A remote client presents a trust token (allowed from untrusted certificates).
+    TrustClaim {
+        /// The name the token was issued for.
+        name: String,
+        /// The token's secret.
+        secret: String,
+    },
+    /// The leader's heartbeat: tells the member who leads and who the members are.
+    Heartbeat(Heartbeat),
+    /// Are you there? (used to count reachable voters); members only.
+    Ping,
+}
+
+/// Raft RPCs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    /// Append entries (and heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Request a vote.
+    Vote(VoteRequest<NodeId>),
+    /// Install a snapshot chunk.
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// A member's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to a Raft append.
+    Append(Result<AppendEntriesResponse<NodeId>, String>),
+    /// Answer to a vote request.
+    Vote(Result<VoteResponse<NodeId>, String>),
+    /// Answer to a snapshot chunk.
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, String>),
+    /// Answer to an operation: the result as JSON text.
+    Operation(Result<String, Error>),
+    /// One line a script printed.
+    Print(String),
+    /// The script finished: its return value as JSON text, or its error.
+    ScriptDone(Result<String, Error>),
+    /// Answer to a join.
+    Joined(Result<JoinResponse, Error>),
+    /// Answer to a trust claim: the cluster CA certificate to pin from now on.
+    Trusted(Result<String, Error>),
+    /// Answer to a heartbeat.
+    HeartbeatAck {
+        /// The member's name.
+        name: String,
+    },
+    /// Answer to a ping.
+    Pong,
+    /// The request itself was refused (unauthorized, malformed).
+    Refused(Error),
+}
+
+/// What a joiner sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The member name (must match the token).
+    pub name: String,
+    /// The token secret.
+    pub secret: String,
+    /// The address the joiner listens on.
+    pub address: String,
+    /// The joiner's CPU architecture.
+    pub architecture: String,
+}
+
+/// What a joiner gets back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// Its Raft node id.
+    pub id: NodeId,
+    /// Its member identity, signed by the cluster CA.
+    pub identity: Identity,
+    /// A client identity for the local administrator on the joiner's machine.
+    pub admin: Identity,
+    /// The cluster CA certificate.
+    pub ca_cert_pem: String,
+    /// The other members' addresses.
+    pub peers: Vec<String>,
+}
+
+/// The leader's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The leader's node id.
+    pub leader_id: NodeId,
+    /// The leader's address.
+    pub leader_address: String,
+    /// Addresses of all members.
+    pub addresses: Vec<String>,
+}

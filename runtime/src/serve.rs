@@ -1,0 +1,126 @@
+//! The request handler: who may ask what, and where each request goes.
+//!
+//! Trust is decided here, per request, from the peer's certificate: one issued by the cluster CA
+//! (members and local administrators), one whose fingerprint the cluster trusts (remote
+//! clients), or an untrusted one, which may only join with a token or claim trust with one.
+
+use starling_transport::{issued_by, Handler, PeerIdentity, Responder};
+
+use crate::member::Member;
+use crate::operation::Operation;
+use crate::protocol::{RaftRequest, Reply, Request};
+use crate::Error;
+
+/// The member's [`Handler`].
+pub(crate) struct Service {
+    pub(crate) member: Member,
+}
+
+/// How far the cluster trusts a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerTrust {
+    /// Certificate issued by the cluster CA: a member or a local administrator.
+    Cluster,
+    /// A remote client whose certificate the cluster trusts.
+    Client,
+    /// Anyone else.
+    Untrusted,
+}
+
+impl Service {
+    fn trust_of(&self, peer: &PeerIdentity) -> PeerTrust {
+        if issued_by(&self.member.inner.ca_cert_pem, &peer.cert_der) {
+            return PeerTrust::Cluster;
+        }
+        if self
+            .member
+            .local_state(|state| state.trusted_clients.contains_key(&peer.fingerprint))
+        {
+            return PeerTrust::Client;
+        }
+        PeerTrust::Untrusted
+    }
+
+    async fn raft(&self, request: RaftRequest) -> Reply {
+        let raft = self.member.raft();
+        match request {
+            RaftRequest::Append(rpc) => Reply::Append(
+                raft.append_entries(rpc)
+                    .await
+                    .map_err(|error| error.to_string()),
+            ),
+            RaftRequest::Vote(rpc) => {
+                Reply::Vote(raft.vote(rpc).await.map_err(|error| error.to_string()))
+            }
+            RaftRequest::Snapshot(rpc) => Reply::Snapshot(
+                raft.install_snapshot(rpc)
+                    .await
+                    .map_err(|error| error.to_string()),
+            ),
+        }
+    }
+}
+
+fn not_trusted(peer: &PeerIdentity) -> Reply {
+    Reply::Refused(Error::NotAuthorized(format!(
+        "the certificate {} is not trusted by this cluster; join with a token or add it with `starling remote add`",
+        &peer.fingerprint[..peer.fingerprint.len().min(16)]
+    )))
+}
+
+impl Handler for Service {
+    type Request = Request;
+
+    async fn handle(&self, peer: PeerIdentity, request: Request, mut responder: Responder) {
+        let trust = self.trust_of(&peer);
+        let reply = match (request, trust) {
+            (Request::Join(join), _) => {
+                let result = self.member.execute(Operation::Join(join), None, 0).await;
+                Reply::Joined(result.and_then(|value| {
+                    serde_json::from_value(value)
+                        .map_err(|error| Error::Internal(error.to_string()))
+                }))
+            }
+            (Request::TrustClaim { name, secret }, _) => {
+                let operation = Operation::TrustClaim {
+                    name,
+                    secret,
+                    fingerprint: peer.fingerprint.clone(),
+                };
+                let result = self.member.execute(operation, None, 0).await;
+                Reply::Trusted(result.and_then(|value| {
+                    serde_json::from_value(value)
+                        .map_err(|error| Error::Internal(error.to_string()))
+                }))
+            }
+            (_, PeerTrust::Untrusted) => not_trusted(&peer),
+            (Request::Raft(_) | Request::Heartbeat(_) | Request::Ping, PeerTrust::Client) => {
+                Reply::Refused(Error::NotAuthorized(
+                    "only cluster members may send this request".to_string(),
+                ))
+            }
+            (Request::Raft(request), PeerTrust::Cluster) => self.raft(request).await,
+            (Request::Ping, PeerTrust::Cluster) => Reply::Pong,
+            (Request::Heartbeat(heartbeat), PeerTrust::Cluster) => {
+                crate::health::on_heartbeat(&self.member, heartbeat)
+            }
+            (
+                Request::Operation {
+                    operation,
+                    origin,
+                    hops,
+                },
+                _,
+            ) => {
+                let result = self.member.execute(operation, origin, hops).await;
+                Reply::Operation(result.map(|value| value.to_string()))
+            }
+            (Request::Exec { source, chunk_name }, _) => {
+                crate::script::exec(&self.member, source, chunk_name, &mut responder).await
+            }
+        };
+        if let Err(error) = responder.send(&reply).await {
+            tracing::debug!(%error, "could not send a reply");
+        }
+    }
+}

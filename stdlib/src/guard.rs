@@ -1,0 +1,167 @@
+//! Instruction budget, wall-clock deadline and the fatal-limit latch.
+//!
+//! A count hook fires every [`Guard::hook_step`] instructions and charges them to
+//! the budget. Once any limit trips, the guard latches it: the hook is re-armed to
+//! fire on every instruction of the running coroutine, every later hook call fails
+//! again, and the script's catching functions (`pcall`, `xpcall`,
+//! `coroutine.resume`, `coroutine.close`) re-raise it, so no Lua frame can turn a
+//! tripped limit into a normal return. The session consults the latch first when
+//! it reports the outcome.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use mlua::{HookTriggers, Lua, VmState};
+
+use crate::{Error, Limits};
+
+/// Largest number of instructions between two hook calls.
+const MAX_HOOK_STEP_INSTRUCTIONS: u64 = 10_000;
+
+/// Deadline used when `now + wall_clock` does not fit in an [`Instant`].
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A limit that ended the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fatal {
+    /// The instruction budget is spent.
+    Instructions,
+    /// An allocation hit the memory limit.
+    Memory,
+    /// The wall-clock deadline passed.
+    Timeout,
+}
+
+/// Mutable part of the guard, reset at the start of each chunk.
+#[derive(Debug)]
+struct Meter {
+    used_instructions: u64,
+    deadline: Instant,
+    fatal: Option<Fatal>,
+}
+
+/// Shared between the hook, the async globals and the session.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    limits: Limits,
+    meter: Mutex<Meter>,
+}
+
+impl Guard {
+    /// A guard for `limits`; call [`Guard::begin`] before running a chunk.
+    pub(crate) fn new(limits: Limits) -> Self {
+        let meter = Meter {
+            used_instructions: 0,
+            deadline: deadline_after(limits.wall_clock),
+            fatal: None,
+        };
+        Guard {
+            limits,
+            meter: Mutex::new(meter),
+        }
+    }
+
+    fn meter(&self) -> MutexGuard<'_, Meter> {
+        self.meter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The limits this guard enforces.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Starts a fresh budget and deadline, clearing any latched limit.
+    pub(crate) fn begin(&self) {
+        let mut meter = self.meter();
+        meter.used_instructions = 0;
+        meter.deadline = deadline_after(self.limits.wall_clock);
+        meter.fatal = None;
+    }
+
+    /// Instructions between two hook calls while no limit has tripped.
+    pub(crate) fn hook_step(&self) -> u32 {
+        let step = self
+            .limits
+            .instructions
+            .clamp(1, MAX_HOOK_STEP_INSTRUCTIONS);
+        u32::try_from(step).unwrap_or(u32::MAX)
+    }
+
+    /// When the current chunk must be finished.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.meter().deadline
+    }
+
+    /// The latched limit, if any.
+    pub(crate) fn fatal(&self) -> Option<Fatal> {
+        self.meter().fatal
+    }
+
+    /// Latches `fatal` unless another limit tripped first; returns the latched one.
+    pub(crate) fn trip(&self, fatal: Fatal) -> Fatal {
+        *self.meter().fatal.get_or_insert(fatal)
+    }
+
+    /// Charges `instructions` and checks every limit.
+    fn charge(&self, instructions: u64) -> Option<Fatal> {
+        let mut meter = self.meter();
+        meter.used_instructions = meter.used_instructions.saturating_add(instructions);
+        if meter.fatal.is_none() {
+            if meter.used_instructions > self.limits.instructions {
+                meter.fatal = Some(Fatal::Instructions);
+            } else if Instant::now() >= meter.deadline {
+                meter.fatal = Some(Fatal::Timeout);
+            }
+        }
+        meter.fatal
+    }
+
+    /// The [`Error`] reported for `fatal`.
+    pub(crate) fn error(&self, fatal: Fatal) -> Error {
+        match fatal {
+            Fatal::Instructions => Error::InstructionLimit {
+                instructions: self.limits.instructions,
+            },
+            Fatal::Memory => Error::MemoryLimit {
+                bytes: self.limits.memory_bytes,
+            },
+            Fatal::Timeout => Error::Timeout {
+                seconds: self.limits.wall_clock.as_secs_f64(),
+            },
+        }
+    }
+
+    /// The Lua error raised into the script for `fatal`.
+    pub(crate) fn lua_error(&self, fatal: Fatal) -> mlua::Error {
+        mlua::Error::runtime(self.error(fatal).to_string())
+    }
+}
+
+fn deadline_after(wall_clock: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wall_clock)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
+/// Installs the count hook for all coroutines created from now on (and the
+/// current one), firing every `step` instructions.
+pub(crate) fn install_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Result<()> {
+    let guard = Arc::clone(guard);
+    let triggers = HookTriggers::new().every_nth_instruction(step.max(1));
+    lua.set_global_hook(triggers, move |lua, _debug| on_hook(lua, &guard, step))
+}
+
+fn on_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Result<VmState> {
+    match guard.charge(u64::from(step)) {
+        None => Ok(VmState::Continue),
+        Some(fatal) => {
+            if step > 1 {
+                // From now on every instruction fails, so a frame that catches this
+                // error cannot run even one more instruction normally.
+                install_hook(lua, guard, 1)?;
+            }
+            Err(guard.lua_error(fatal))
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Starling's Lua standard library: runs operator scripts in a sandboxed Lua 5.4
+//! state whose only window onto the cluster is a set of named operations.
+//!
+//! The crate knows nothing about the cluster itself. The caller passes a [`Host`]
+//! (which executes operations such as `"cluster.members"` with JSON arguments) and
+//! the list of [`Builtin`]s to expose; each builtin becomes a nested Lua global
+//! (`cluster.members(...)`) that forwards to the host.
+//!
+//! Every script runs under [`Limits`]: a memory ceiling, an instruction budget and
+//! a wall-clock deadline. Exceeding any of them ends the script with the matching
+//! [`Error`] variant, even if the script tries to catch the failure with `pcall`,
+//! `xpcall` or a coroutine.
+//!
+//! Globals available to scripts: the Lua `table`, `string` (without `dump`),
+//! `math`, `utf8` and `coroutine` libraries, the safe parts of the base library,
+//! `print(...)` (streamed to the caller), `sleep(seconds)`, `json.encode(value)`,
+//! `json.decode(text)`, `help([name])`, and the builtins.
+//!
+//! # Layout
+//! - this file: the public types ([`Host`], [`Builtin`], [`Limits`], [`Script`],
+//!   [`Error`]), [`run`] and [`is_incomplete`].
+//! - `session`: [`Session`], the persistent state behind a REPL and behind [`run`];
+//!   compiles and executes chunks and turns their outcome into JSON or an [`Error`].
+//! - `sandbox`: builds the restricted Lua state and installs the globals.
+//! - `guard`: the instruction budget, the wall-clock deadline and the latch that
+//!   keeps a tripped limit fatal.
+//! - `convert`: Lua ⇄ JSON conversion.
+
+#![warn(missing_docs)]
+
+mod convert;
+mod guard;
+mod sandbox;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use session::Session;
+
+/// Everything a script can ask of the cluster: one named operation with JSON arguments.
+pub trait Host: Send + Sync + 'static {
+    /// Runs operation `name` (e.g. "cluster.members") with `args` (a JSON array of the
+    /// Lua arguments, converted), returning its JSON result or an error message.
+    fn call(
+        &self,
+        name: &str,
+        args: Vec<serde_json::Value>,
+    ) -> BoxFuture<'static, Result<serde_json::Value, String>>;
+}
+
+/// One operation exposed to scripts, e.g. `("cluster.members", "cluster.members() -> list of members")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builtin {
+    /// Dotted Lua name; also the operation name passed to [`Host::call`].
+    pub name: &'static str,
+    /// One-line usage shown by the script-side `help()`.
+    pub help: &'static str,
+}
+
+/// Resource limits for one script run (or for each [`Session::eval`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Ceiling on the memory held by the Lua state, in bytes (0 disables it).
+    pub memory_bytes: usize,
+    /// Lua VM instructions the script may execute (enforced in steps of at most
+    /// 10 000 instructions).
+    pub instructions: u64,
+    /// Wall-clock time the script may take, including time spent awaiting the host.
+    pub wall_clock: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 * 1024 * 1024,
+            instructions: 200_000_000,
+            wall_clock: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A script to run with [`run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// Lua source text.
+    pub source: String,
+    /// Name used in error messages, e.g. `script.lua` gives `script.lua:3: ...`.
+    pub chunk_name: String,
+}
+
+/// Why a script did not produce a value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The source does not compile; `message` names the chunk and line.
+    #[error("syntax error: {message}")]
+    Syntax {
+        /// Lua's message, e.g. `script.lua:3: unexpected symbol near 'x'`.
+        message: String,
+    },
+    /// The script raised an error (its own, or a failed host operation).
+    #[error("{message}")]
+    Runtime {
+        /// The error with its position, e.g. `script.lua:3: member "x" not found`.
+        message: String,
+    },
+    /// The script executed more Lua instructions than its budget allows.
+    #[error("script exceeded its instruction budget of {instructions}")]
+    InstructionLimit {
+        /// The budget that was exceeded.
+        instructions: u64,
+    },
+    /// The script tried to hold more memory than its limit allows.
+    #[error("script exceeded its memory limit of {bytes} bytes")]
+    MemoryLimit {
+        /// The limit that was exceeded, in bytes.
+        bytes: usize,
+    },
+    /// The script ran past its wall-clock deadline.
+    #[error("script exceeded its wall-clock limit of {seconds} s")]
+    Timeout {
+        /// The wall-clock limit, in seconds.
+        seconds: f64,
+    },
+    /// The script's result cannot be represented as JSON.
+    #[error("cannot convert the script's result to JSON: {0}")]
+    Conversion(String),
+    /// The Lua state could not be set up (e.g. an invalid builtin name).
+    #[error("cannot set up the Lua sandbox: {0}")]
+    Setup(String),
+}
+
+/// Runs `script` once in a fresh sandbox and returns its first return value as
+/// JSON (`null` when it returns nothing). `print` receives each printed line as
+/// it happens.
+pub async fn run(
+    host: Arc<dyn Host>,
+    builtins: &[Builtin],
+    script: Script,
+    limits: Limits,
+    print: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<serde_json::Value, Error> {
+    let mut session = Session::new(host, builtins, limits, print)?;
+    session.run_chunk(&script.source, &script.chunk_name).await
+}
+
+/// True when `source` is an unfinished Lua statement or expression (an open
+/// `function`, `{`, string, trailing operator, ...) so a REPL should read more lines.
+pub fn is_incomplete(source: &str) -> bool {
+    session::is_incomplete(source)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,407 @@
+//! Builds the restricted Lua state and installs the script-visible globals.
+//!
+//! Every function we expose is a Rust "raw" function returning `(ok, value)`,
+//! wrapped by a small Lua shim that turns `(false, message)` into
+//! `error(message, 2)`. That way a failure is an ordinary Lua string error
+//! carrying the caller's position (`script.lua:3: member "x" not found`), which
+//! `pcall` can catch and which reads well when uncaught.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::convert::{json_to_lua, lua_to_json};
+use crate::guard::{Fatal, Guard};
+use crate::{Builtin, Error, Host};
+
+/// Libraries loaded besides the base library.
+fn libs() -> StdLib {
+    StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE
+}
+
+/// Globals removed after loading: code loading, the host's stdout/stderr, the
+/// garbage collector's controls, and anything that reaches the file system.
+const REMOVED_GLOBALS: &[&str] = &[
+    "dofile",
+    "loadfile",
+    "load",
+    "loadstring",
+    "require",
+    "collectgarbage",
+    "module",
+    "setfenv",
+    "getfenv",
+    "warn",
+    "print",
+    "io",
+    "os",
+    "debug",
+    "package",
+];
+
+/// Help for the functions this crate provides itself.
+const STANDARD_HELP: &[Builtin] = &[
+    Builtin {
+        name: "print",
+        help: "print(...) -> sends its arguments, tab-separated, to your terminal",
+    },
+    Builtin {
+        name: "sleep",
+        help: "sleep(seconds) -> pauses the script (counts against its time limit)",
+    },
+    Builtin {
+        name: "json.encode",
+        help: "json.encode(value) -> JSON text (an empty table is [])",
+    },
+    Builtin {
+        name: "json.decode",
+        help: "json.decode(text) -> value (JSON null becomes nil)",
+    },
+    Builtin {
+        name: "help",
+        help: "help([name]) -> prints the description of every function, or of `name`",
+    },
+];
+
+/// Turns `(false, message)` from a raw function into a Lua error at the caller.
+const SHIM_FACTORY: &str = r#"
+local raw = ...
+local error = error
+return function(...)
+    local ok, value = raw(...)
+    if ok then return value end
+    error(value, 2)
+end
+"#;
+
+/// Replaces the functions that can catch errors so a latched limit is re-raised.
+const CATCH_WRAPPERS: &str = r#"
+local check = ...
+local raw_pcall, raw_xpcall, raw_error, raw_type = pcall, xpcall, error, type
+local raw_resume, raw_close = coroutine.resume, coroutine.close
+local function pass(ok, ...)
+    if not ok then check((...)) end
+    return ok, ...
+end
+pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
+xpcall = function(f, handler, ...)
+    if raw_type(handler) ~= "function" then
+        raw_error("bad argument #2 to 'xpcall' (function expected)", 2)
+    end
+    return pass(raw_xpcall(f, function(e) check(e) return handler(e) end, ...))
+end
+coroutine.resume = function(co, ...) return pass(raw_resume(co, ...)) end
+coroutine.close = function(co) return pass(raw_close(co)) end
+"#;
+
+/// What a raw function reports to the script: a value or an error message.
+type Outcome = Result<Value, String>;
+
+fn setup(err: mlua::Error) -> Error {
+    Error::Setup(err.to_string())
+}
+
+/// Creates the sandboxed state with all globals installed and the memory limit set.
+pub(crate) fn new_lua(
+    host: &Arc<dyn Host>,
+    builtins: &[Builtin],
+    guard: &Arc<Guard>,
+    print: &UnboundedSender<String>,
+) -> Result<Lua, Error> {
+    let lua = Lua::new_with(libs(), LuaOptions::default()).map_err(setup)?;
+    let tostring: Function = lua.globals().get("tostring").map_err(setup)?;
+    strip_globals(&lua).map_err(setup)?;
+    let installer = Installer::new(&lua)?;
+    let mut help: Vec<Builtin> = STANDARD_HELP.to_vec();
+    help.extend_from_slice(builtins);
+    installer.install("print", print_fn(&lua, tostring, print.clone()))?;
+    installer.install("sleep", sleep_fn(&lua, guard))?;
+    installer.install("json.encode", json_encode_fn(&lua))?;
+    installer.install("json.decode", json_decode_fn(&lua))?;
+    installer.install("help", help_fn(&lua, help, print.clone()))?;
+    for builtin in builtins {
+        installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
+    }
+    install_catch_wrappers(&lua, guard).map_err(setup)?;
+    lua.set_memory_limit(guard.limits().memory_bytes)
+        .map_err(setup)?;
+    Ok(lua)
+}
+
+fn strip_globals(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    for name in REMOVED_GLOBALS {
+        globals.raw_set(*name, Value::Nil)?;
+    }
+    let string: Table = globals.raw_get("string")?;
+    string.raw_set("dump", Value::Nil)
+}
+
+/// Places raw functions, wrapped by the shim, at dotted global paths.
+struct Installer {
+    lua: Lua,
+    globals: Table,
+    factory: Function,
+}
+
+impl Installer {
+    fn new(lua: &Lua) -> Result<Self, Error> {
+        let factory = lua
+            .load(SHIM_FACTORY)
+            .set_name("=starling")
+            .into_function()
+            .map_err(setup)?;
+        Ok(Installer {
+            lua: lua.clone(),
+            globals: lua.globals(),
+            factory,
+        })
+    }
+
+    fn install(&self, path: &str, raw: mlua::Result<Function>) -> Result<(), Error> {
+        let segments: Vec<&str> = path.split('.').collect();
+        let Some((last, parents)) = segments.split_last() else {
+            return Err(Error::Setup(format!("invalid builtin name `{path}`")));
+        };
+        if !segments.iter().all(|segment| is_identifier(segment)) {
+            return Err(Error::Setup(format!(
+                "invalid builtin name `{path}`: expected dotted Lua identifiers such as `cluster.members`"
+            )));
+        }
+        let taken = || Error::Setup(format!("builtin `{path}` collides with an existing global"));
+        let mut table = self.globals.clone();
+        for segment in parents {
+            table = match table.raw_get::<Value>(*segment).map_err(setup)? {
+                Value::Table(inner) => inner,
+                Value::Nil => {
+                    let inner = self.lua.create_table().map_err(setup)?;
+                    table.raw_set(*segment, &inner).map_err(setup)?;
+                    inner
+                }
+                _ => return Err(taken()),
+            };
+        }
+        if !table.raw_get::<Value>(*last).map_err(setup)?.is_nil() {
+            return Err(taken());
+        }
+        let wrapped: Function = self.factory.call(raw.map_err(setup)?).map_err(setup)?;
+        table.raw_set(*last, wrapped).map_err(setup)
+    }
+}
+
+fn is_identifier(segment: &str) -> bool {
+    let mut chars = segment.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Converts an outcome into the `(ok, value)` pair the shim expects.
+fn reply(lua: &Lua, outcome: Outcome) -> mlua::Result<(bool, Value)> {
+    match outcome {
+        Ok(value) => Ok((true, value)),
+        Err(message) => Ok((false, Value::String(lua.create_string(message)?))),
+    }
+}
+
+fn print_fn(
+    lua: &Lua,
+    tostring: Function,
+    print: UnboundedSender<String>,
+) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: MultiValue| {
+        let mut parts = Vec::with_capacity(args.len());
+        for arg in args {
+            let text: LuaString = tostring.call(arg)?;
+            parts.push(String::from_utf8_lossy(&text.as_bytes()).into_owned());
+        }
+        // A closed channel means nobody is listening any more; the script goes on.
+        let _ = print.send(parts.join("\t"));
+        reply(lua, Ok(Value::Nil))
+    })
+}
+
+fn sleep_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {
+    let guard = Arc::clone(guard);
+    lua.create_async_function(move |lua, args: MultiValue| {
+        let guard = Arc::clone(&guard);
+        async move { reply(&lua, sleep(&guard, args).await) }
+    })
+}
+
+async fn sleep(guard: &Guard, args: MultiValue) -> Outcome {
+    let seconds = match args.front() {
+        Some(Value::Integer(seconds)) => *seconds as f64,
+        Some(Value::Number(seconds)) => *seconds,
+        other => {
+            let got = other.map_or("no value", Value::type_name);
+            return Err(format!(
+                "sleep(seconds) expects a number of seconds, got {got}"
+            ));
+        }
+    };
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(format!(
+            "sleep(seconds) expects a non-negative number of seconds, got {seconds}"
+        ));
+    }
+    let deadline = guard.deadline();
+    let wake = Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|pause| Instant::now().checked_add(pause));
+    match wake {
+        Some(wake) if wake <= deadline => {
+            tokio::time::sleep_until(wake.into()).await;
+            Ok(Value::Nil)
+        }
+        _ => {
+            tokio::time::sleep_until(deadline.into()).await;
+            Err(guard.error(guard.trip(Fatal::Timeout)).to_string())
+        }
+    }
+}
+
+fn json_encode_fn(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, args: MultiValue| {
+        let value = args.front().cloned().unwrap_or(Value::Nil);
+        let outcome = match lua_to_json(lua, value) {
+            Ok(json) => Ok(Value::String(lua.create_string(json.to_string())?)),
+            Err(message) => Err(format!("json.encode: {message}")),
+        };
+        reply(lua, outcome)
+    })
+}
+
+fn json_decode_fn(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, args: MultiValue| {
+        let outcome = match args.front() {
+            Some(Value::String(text)) => {
+                match serde_json::from_slice::<serde_json::Value>(&text.as_bytes()) {
+                    Ok(json) => Ok(json_to_lua(lua, &json)?),
+                    Err(err) => Err(format!("json.decode: invalid JSON: {err}")),
+                }
+            }
+            other => {
+                let got = other.map_or("no value", Value::type_name);
+                Err(format!("json.decode(text) expects a string, got {got}"))
+            }
+        };
+        reply(lua, outcome)
+    })
+}
+
+fn help_fn(
+    lua: &Lua,
+    entries: Vec<Builtin>,
+    print: UnboundedSender<String>,
+) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: MultiValue| {
+        let topic = match args.front() {
+            None | Some(Value::Nil) => None,
+            Some(Value::String(name)) => Some(name.to_string_lossy()),
+            Some(other) => {
+                let got = other.type_name();
+                return reply(
+                    lua,
+                    Err(format!("help([name]) expects a string, got {got}")),
+                );
+            }
+        };
+        let matches = |entry: &&Builtin| match &topic {
+            None => true,
+            Some(topic) => {
+                entry.name == topic
+                    || entry
+                        .name
+                        .strip_prefix(topic.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+        };
+        let lines: Vec<&Builtin> = entries.iter().filter(matches).collect();
+        if lines.is_empty() {
+            let topic = topic.unwrap_or_default();
+            return reply(lua, Err(format!("help: no function named `{topic}`")));
+        }
+        for entry in lines {
+            let _ = print.send(entry.help.to_string());
+        }
+        reply(lua, Ok(Value::Nil))
+    })
+}
+
+fn builtin_fn(
+    lua: &Lua,
+    host: &Arc<dyn Host>,
+    guard: &Arc<Guard>,
+    name: &'static str,
+) -> mlua::Result<Function> {
+    let host = Arc::clone(host);
+    let guard = Arc::clone(guard);
+    lua.create_async_function(move |lua, args: MultiValue| {
+        let host = Arc::clone(&host);
+        let guard = Arc::clone(&guard);
+        async move {
+            let outcome = call_host(&lua, host.as_ref(), &guard, name, args).await?;
+            reply(&lua, outcome)
+        }
+    })
+}
+
+/// Converts the arguments, calls the host (bounded by the deadline) and converts
+/// the result back. Internal Lua failures (e.g. out of memory) stay `mlua` errors.
+async fn call_host(
+    lua: &Lua,
+    host: &dyn Host,
+    guard: &Guard,
+    name: &str,
+    args: MultiValue,
+) -> mlua::Result<Outcome> {
+    let mut json_args = Vec::with_capacity(args.len());
+    for (index, arg) in args.into_iter().enumerate() {
+        match lua_to_json(lua, arg) {
+            Ok(json) => json_args.push(json),
+            Err(message) => return Ok(Err(format!("{name}: argument #{}: {message}", index + 1))),
+        }
+    }
+    let call = host.call(name, json_args);
+    match tokio::time::timeout_at(guard.deadline().into(), call).await {
+        Err(_elapsed) => Ok(Err(guard.error(guard.trip(Fatal::Timeout)).to_string())),
+        Ok(Err(message)) => Ok(Err(message)),
+        Ok(Ok(json)) => Ok(Ok(json_to_lua(lua, &json)?)),
+    }
+}
+
+fn install_catch_wrappers(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<()> {
+    let guard = Arc::clone(guard);
+    let check = lua.create_function(move |_, caught: Value| {
+        if let Some(fatal) = guard.fatal() {
+            return Err(guard.lua_error(fatal));
+        }
+        if is_memory_error(&caught) {
+            return Err(guard.lua_error(guard.trip(Fatal::Memory)));
+        }
+        Ok(())
+    })?;
+    lua.load(CATCH_WRAPPERS).set_name("=starling").call(check)
+}
+
+/// True for the error value Lua produces when an allocation fails.
+fn is_memory_error(caught: &Value) -> bool {
+    fn in_chain(err: &mlua::Error) -> bool {
+        match err {
+            mlua::Error::MemoryError(_) => true,
+            mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+                in_chain(cause)
+            }
+            _ => false,
+        }
+    }
+    match caught {
+        Value::String(message) => &*message.as_bytes() == b"not enough memory",
+        Value::Error(err) => in_chain(err),
+        _ => false,
+    }
+}

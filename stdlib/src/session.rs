@@ -1,0 +1,148 @@
+//! [`Session`]: a persistent sandboxed Lua state, used directly by a REPL and
+//! once per script by [`crate::run`]. Compiles chunks, runs them under the guard
+//! and turns the outcome into JSON or an [`Error`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{Function, Lua, LuaOptions, StdLib, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::convert::lua_to_json;
+use crate::guard::{install_hook, Fatal, Guard};
+use crate::{sandbox, Builtin, Error, Host, Limits};
+
+/// Chunk name for REPL input, so errors read `repl:1: ...`.
+const REPL_CHUNK_NAME: &str = "repl";
+
+/// How long past the deadline we wait before abandoning a chunk that is stuck
+/// somewhere the guard cannot see (normally the guard stops it first).
+const BACKSTOP_GRACE: Duration = Duration::from_millis(500);
+
+/// A persistent Lua state for a REPL: globals survive between [`Session::eval`]
+/// calls, and each call gets a fresh instruction budget and deadline.
+pub struct Session {
+    lua: Lua,
+    guard: Arc<Guard>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("limits", &self.guard.limits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Creates the sandbox with `builtins` forwarding to `host`; printed lines go to `print`.
+    pub fn new(
+        host: Arc<dyn Host>,
+        builtins: &[Builtin],
+        limits: Limits,
+        print: UnboundedSender<String>,
+    ) -> Result<Session, Error> {
+        let guard = Arc::new(Guard::new(limits));
+        let lua = sandbox::new_lua(&host, builtins, &guard, &print)?;
+        Ok(Session { lua, guard })
+    }
+
+    /// Evaluates one REPL input. An expression such as `1+1` or
+    /// `cluster.members()` returns its value; otherwise the input runs as a
+    /// statement block and returns what it returns (usually `null`).
+    pub async fn eval(&mut self, source: &str) -> Result<serde_json::Value, Error> {
+        let function = match compile(&self.lua, &format!("return {source}"), REPL_CHUNK_NAME) {
+            Ok(function) => function,
+            Err(_) => {
+                compile(&self.lua, source, REPL_CHUNK_NAME).map_err(|err| self.classify(&err))?
+            }
+        };
+        self.execute(function).await
+    }
+
+    /// Compiles and runs a whole script named `chunk_name`.
+    pub(crate) async fn run_chunk(
+        &mut self,
+        source: &str,
+        chunk_name: &str,
+    ) -> Result<serde_json::Value, Error> {
+        let function = compile(&self.lua, source, chunk_name).map_err(|err| self.classify(&err))?;
+        self.execute(function).await
+    }
+
+    async fn execute(&mut self, function: Function) -> Result<serde_json::Value, Error> {
+        self.guard.begin();
+        install_hook(&self.lua, &self.guard, self.guard.hook_step())
+            .map_err(|err| Error::Setup(err.to_string()))?;
+        let deadline = self.guard.deadline();
+        let backstop = deadline.checked_add(BACKSTOP_GRACE).unwrap_or(deadline);
+        let result =
+            tokio::time::timeout_at(backstop.into(), function.call_async::<Value>(())).await;
+        if let Some(fatal) = self.guard.fatal() {
+            return Err(self.guard.error(fatal));
+        }
+        match result {
+            Err(_elapsed) => Err(self.guard.error(self.guard.trip(Fatal::Timeout))),
+            Ok(Err(err)) => Err(self.classify(&err)),
+            Ok(Ok(value)) => lua_to_json(&self.lua, value).map_err(Error::Conversion),
+        }
+    }
+
+    /// Maps an error that reached the top of the script to an [`Error`].
+    fn classify(&self, err: &mlua::Error) -> Error {
+        match err {
+            mlua::Error::SyntaxError { message, .. } => Error::Syntax {
+                message: message.clone(),
+            },
+            mlua::Error::MemoryError(_) => self.guard.error(self.guard.trip(Fatal::Memory)),
+            mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+                self.classify(cause)
+            }
+            mlua::Error::RuntimeError(message) => Error::Runtime {
+                message: strip_traceback(message),
+            },
+            other => Error::Runtime {
+                message: strip_traceback(&other.to_string()),
+            },
+        }
+    }
+}
+
+fn compile(lua: &Lua, source: &str, chunk_name: &str) -> mlua::Result<Function> {
+    lua.load(source)
+        .set_name(format!("={chunk_name}"))
+        .into_function()
+}
+
+/// Keeps the message, drops the `stack traceback:` mlua appends.
+fn strip_traceback(message: &str) -> String {
+    let end = message.find("\nstack traceback:").unwrap_or(message.len());
+    message[..end].trim_end().to_string()
+}
+
+/// See [`crate::is_incomplete`].
+pub(crate) fn is_incomplete(source: &str) -> bool {
+    let Ok(lua) = Lua::new_with(StdLib::NONE, LuaOptions::default()) else {
+        return false;
+    };
+    let as_statement = compile(&lua, source, REPL_CHUNK_NAME);
+    if as_statement.is_ok() {
+        return false;
+    }
+    // `x` is an incomplete statement but a complete expression; `1 +` is an
+    // invalid statement but the start of an expression.
+    let as_expression = compile(&lua, &format!("return {source}"), REPL_CHUNK_NAME);
+    if as_expression.is_ok() {
+        return false;
+    }
+    let unfinished = |result: &mlua::Result<Function>| {
+        matches!(
+            result,
+            Err(mlua::Error::SyntaxError {
+                incomplete_input: true,
+                ..
+            })
+        )
+    };
+    unfinished(&as_statement) || unfinished(&as_expression)
+}

@@ -1,0 +1,423 @@
+//! Tests against the real Lua engine, with a small recording [`Host`] as fixture.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::{is_incomplete, run, Builtin, Error, Host, Limits, Script, Session};
+
+/// Operation that never completes, to exercise the deadline around host calls.
+const HANG: &str = "cluster.hang";
+
+/// Records every call and answers from a table of canned replies.
+#[derive(Default)]
+struct FakeHost {
+    replies: HashMap<&'static str, Result<Json, String>>,
+    calls: Mutex<Vec<(String, Vec<Json>)>>,
+}
+
+impl FakeHost {
+    fn calls(&self) -> Vec<(String, Vec<Json>)> {
+        self.calls
+            .lock()
+            .map(|calls| calls.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Host for FakeHost {
+    fn call(&self, name: &str, args: Vec<Json>) -> BoxFuture<'static, Result<Json, String>> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push((name.to_string(), args));
+        }
+        if name == HANG {
+            return Box::pin(futures::future::pending());
+        }
+        let reply = self
+            .replies
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("unknown operation {name}")));
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            reply
+        })
+    }
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "cluster.members",
+        help: "cluster.members() -> list of members",
+    },
+    Builtin {
+        name: "cluster.member",
+        help: "cluster.member(name) -> one member",
+    },
+    Builtin {
+        name: HANG,
+        help: "cluster.hang() -> never returns",
+    },
+];
+
+fn host() -> Arc<FakeHost> {
+    let mut replies = HashMap::new();
+    replies.insert(
+        "cluster.members",
+        Ok(json!([{"name": "a", "roles": ["voter"], "addr": null}, {"name": "b", "roles": []}])),
+    );
+    replies.insert("cluster.member", Err(r#"member "x" not found"#.to_string()));
+    Arc::new(FakeHost {
+        replies,
+        calls: Mutex::new(Vec::new()),
+    })
+}
+
+fn small_limits() -> Limits {
+    Limits {
+        memory_bytes: 16 * 1024 * 1024,
+        instructions: 1_000_000,
+        wall_clock: Duration::from_secs(20),
+    }
+}
+
+async fn run_with(
+    host: Arc<FakeHost>,
+    source: &str,
+    limits: Limits,
+) -> (Result<Json, Error>, UnboundedReceiver<String>) {
+    let (tx, rx) = unbounded_channel();
+    let script = Script {
+        source: source.to_string(),
+        chunk_name: "script.lua".to_string(),
+    };
+    (run(host, BUILTINS, script, limits, tx).await, rx)
+}
+
+async fn run_script(source: &str) -> Result<Json, Error> {
+    run_with(host(), source, small_limits()).await.0
+}
+
+fn lines(rx: &mut UnboundedReceiver<String>) -> Vec<String> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+#[tokio::test]
+async fn builtins_take_arguments_and_return_tables() {
+    let fixture = host();
+    let source = r#"
+        local members = cluster.members()
+        local ok = pcall(cluster.member, "a", 3, {x = 1.5}, nil)
+        return {count = #members, first = members[1].name, role = members[1].roles[1],
+                addr = members[1].addr, empty = members[2].roles, ok = ok}
+    "#;
+    let (result, _) = run_with(Arc::clone(&fixture), source, small_limits()).await;
+    let expected = json!({"count": 2, "first": "a", "role": "voter", "empty": [], "ok": false});
+    assert_eq!(result, Ok(expected));
+    let calls = fixture.calls();
+    assert_eq!(calls[0], ("cluster.members".to_string(), vec![]));
+    assert_eq!(
+        calls[1],
+        (
+            "cluster.member".to_string(),
+            vec![json!("a"), json!(3), json!({"x": 1.5}), Json::Null]
+        )
+    );
+}
+
+#[tokio::test]
+async fn host_errors_are_catchable_and_carry_the_line() {
+    let caught = run_script(
+        r#"local ok, err = pcall(function() local m = cluster.member("x") end)
+           return {ok = ok, err = err}"#,
+    )
+    .await;
+    assert_eq!(
+        caught,
+        Ok(json!({"ok": false, "err": r#"script.lua:1: member "x" not found"#}))
+    );
+
+    let uncaught = run_script("local a = 1\n\nlocal m = cluster.member(\"x\")\n").await;
+    assert_eq!(
+        uncaught,
+        Err(Error::Runtime {
+            message: r#"script.lua:3: member "x" not found"#.to_string()
+        })
+    );
+
+    let own = run_script("local a = 1\nerror('boom')").await;
+    assert_eq!(
+        own,
+        Err(Error::Runtime {
+            message: "script.lua:2: boom".to_string()
+        })
+    );
+}
+
+#[tokio::test]
+async fn print_streams_lines_in_order() {
+    let source = r#"
+        print("a", 1, nil, true, 2.5, 2.0)
+        print()
+        for i = 1, 3 do print("line", i) end
+        help("cluster.members")
+    "#;
+    let (result, mut rx) = run_with(host(), source, small_limits()).await;
+    assert_eq!(result, Ok(Json::Null));
+    let expected = [
+        "a\t1\tnil\ttrue\t2.5\t2.0",
+        "",
+        "line\t1",
+        "line\t2",
+        "line\t3",
+        "cluster.members() -> list of members",
+    ];
+    assert_eq!(lines(&mut rx), expected);
+}
+
+#[tokio::test]
+async fn dangerous_globals_are_gone() {
+    let source = r#"
+        return {io == nil, os == nil, debug == nil, package == nil, load == nil, loadstring == nil,
+                require == nil, dofile == nil, loadfile == nil, collectgarbage == nil, string.dump == nil}
+    "#;
+    assert_eq!(
+        run_script(source).await,
+        Ok(Json::Array(vec![json!(true); 11]))
+    );
+    let Err(Error::Runtime { message }) = run_script("return load('return 1')").await else {
+        panic!("calling load must fail");
+    };
+    assert!(
+        message.contains("script.lua:1:") && message.contains("load"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn instruction_budget_cannot_be_caught() {
+    let scripts = [
+        "while true do end",
+        "pcall(function() while true do end end) return 'escaped'",
+        "while true do pcall(function() while true do end end) end",
+        "pcall(pcall, pcall, function() while true do end end) return 'escaped'",
+        "while true do pcall(pcall, function() while true do end end) end",
+        "xpcall(function() while true do end end, function(e) return e end) return 'escaped'",
+        "while true do xpcall(function() while true do end end, function() while true do end end) end",
+        "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+        "while true do pcall(coroutine.wrap(function() while true do end end)) end",
+        "local co = coroutine.create(function() while true do end end) coroutine.resume(co) return coroutine.close(co)",
+        "return pcall(print, setmetatable({}, {__tostring = function() while true do end end}))",
+        "return pcall(table.sort, {3, 2, 1}, function() while true do end end)",
+        "while true do pcall(string.gsub, 'aaa', 'a', function() while true do end end) end",
+    ];
+    for source in scripts {
+        let started = Instant::now();
+        let result = run_script(source).await;
+        assert_eq!(
+            result,
+            Err(Error::InstructionLimit {
+                instructions: 1_000_000
+            }),
+            "{source}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{source} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn memory_limit_cannot_be_caught() {
+    let grow = r#"local t = {} while true do t[#t + 1] = string.rep("x", 1e6) end"#;
+    let scripts = [
+        grow.to_string(),
+        format!("pcall(function() {grow} end) return 'escaped'"),
+        format!("while true do pcall(function() {grow} end) end"),
+        format!("local ok, e = xpcall(function() {grow} end, function(e) return 'ignored' end) return e"),
+        format!("return coroutine.resume(coroutine.create(function() {grow} end))"),
+    ];
+    let limits = Limits {
+        instructions: 100_000_000,
+        ..small_limits()
+    };
+    for source in scripts {
+        let result = run_with(host(), &source, limits).await.0;
+        assert_eq!(
+            result,
+            Err(Error::MemoryLimit {
+                bytes: 16 * 1024 * 1024
+            }),
+            "{source}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wall_clock_limit_covers_sleep_host_calls_and_loops() {
+    let limits = Limits {
+        wall_clock: Duration::from_secs(1),
+        instructions: u64::MAX,
+        ..small_limits()
+    };
+    let scripts = [
+        "sleep(100)",
+        "pcall(sleep, 100) return 'escaped'",
+        "cluster.hang()",
+        "while true do end",
+    ];
+    for source in scripts {
+        let started = Instant::now();
+        let result = run_with(host(), source, limits).await.0;
+        assert_eq!(result, Err(Error::Timeout { seconds: 1.0 }), "{source}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{source} took {:?}",
+            started.elapsed()
+        );
+    }
+    let quick = run_with(host(), "sleep(0.01) return 'done'", limits)
+        .await
+        .0;
+    assert_eq!(quick, Ok(json!("done")));
+}
+
+#[tokio::test]
+async fn syntax_errors_name_chunk_and_line() {
+    let Err(Error::Syntax { message }) = run_script("local x = 1\nlocal y = = 2\n").await else {
+        panic!("expected a syntax error");
+    };
+    assert!(message.starts_with("script.lua:2:"), "{message}");
+}
+
+#[test]
+fn incomplete_input_is_detected() {
+    assert!(is_incomplete("function f()"));
+    assert!(is_incomplete("x = {"));
+    assert!(is_incomplete("1 +"));
+    assert!(!is_incomplete("x = 1"));
+    assert!(!is_incomplete("x"));
+    assert!(!is_incomplete("1 + 1"));
+    assert!(!is_incomplete("x = = 1"));
+}
+
+#[tokio::test]
+async fn results_convert_to_json() {
+    assert_eq!(run_script("return {}").await, Ok(json!([])));
+    assert_eq!(run_script("return nil").await, Ok(Json::Null));
+    assert_eq!(run_script("local x = 1").await, Ok(Json::Null));
+    assert_eq!(run_script("return 1, 2").await, Ok(json!(1)));
+    assert_eq!(
+        run_script("return {a = {1, 2}, b = 'x', c = 0.5}").await,
+        Ok(json!({"a": [1, 2], "b": "x", "c": 0.5}))
+    );
+    let Err(Error::Conversion(message)) = run_script("return {f = print}").await else {
+        panic!("a function cannot be JSON");
+    };
+    assert!(message.contains("function"), "{message}");
+}
+
+#[tokio::test]
+async fn json_round_trips() {
+    let source = r#"
+        local v = json.decode(json.encode({a = {1, 2, 3}, b = "x", c = {}}))
+        local ok, err = pcall(json.decode, "{")
+        return {v = v, null_is_nil = json.decode('{"a": null}').a == nil, ok = ok,
+                err = string.match(err, "^json.decode: invalid JSON") ~= nil}
+    "#;
+    let expected = json!({"v": {"a": [1, 2, 3], "b": "x", "c": []}, "null_is_nil": true, "ok": false, "err": true});
+    assert_eq!(run_script(source).await, Ok(expected));
+}
+
+#[tokio::test]
+async fn session_keeps_globals_and_evaluates_expressions() {
+    let (tx, mut rx) = unbounded_channel();
+    let mut session = Session::new(host(), BUILTINS, small_limits(), tx).expect("session");
+    assert_eq!(session.eval("1+1").await, Ok(json!(2)));
+    assert_eq!(session.eval("x = 41").await, Ok(Json::Null));
+    assert_eq!(session.eval("x + 1").await, Ok(json!(42)));
+    assert_eq!(session.eval("#cluster.members()").await, Ok(json!(2)));
+    assert_eq!(
+        session.eval("while true do end").await,
+        Err(Error::InstructionLimit {
+            instructions: 1_000_000
+        })
+    );
+    assert_eq!(session.eval("x").await, Ok(json!(41)));
+    assert_eq!(session.eval("print('hi', x)").await, Ok(Json::Null));
+    assert_eq!(lines(&mut rx), ["hi\t41"]);
+    let Err(Error::Runtime { message }) = session.eval("nope()").await else {
+        panic!("calling nil must fail");
+    };
+    assert!(message.starts_with("repl:1:"), "{message}");
+}
+
+#[test]
+fn bad_builtin_names_are_rejected() {
+    for name in ["print", "bad name", "cluster..x", ""] {
+        let builtins = [Builtin { name, help: "" }];
+        let (tx, _rx) = unbounded_channel();
+        let result = Session::new(host(), &builtins, Limits::default(), tx);
+        assert!(matches!(result, Err(Error::Setup(_))), "{name}");
+    }
+}
+
+#[test]
+fn futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let (tx, _rx) = unbounded_channel();
+    let script = Script {
+        source: String::new(),
+        chunk_name: "s".to_string(),
+    };
+    assert_send(&run(
+        host(),
+        BUILTINS,
+        script,
+        Limits::default(),
+        tx.clone(),
+    ));
+    if let Ok(mut session) = Session::new(host(), BUILTINS, Limits::default(), tx) {
+        assert_send(&session.eval("1"));
+    }
+}
+
+#[tokio::test]
+async fn scratch() {
+    let cases = [
+        "local co = coroutine.wrap(function() return cluster.members() end) return co()",
+        "local co = coroutine.create(function() return sleep(0.01) end) return {coroutine.resume(co)}",
+        "for i = 1, 100 do setmetatable({}, {__gc = function() while true do end end}) end for i = 1, 300 do local x = string.rep('x', 1e5 + i) end return 'escaped'",
+        "local function f() f() end f()",
+        "return string.rep('x', 1e12)",
+        "return {1, 2, x = 3}",
+        "return {[1] = 1, [3] = 3}",
+        "return {[1.5] = 1}",
+        "return {true, false}",
+        "local t = {} t.t = t return t",
+        "return 0/0",
+        "return math.huge",
+        "return string.char(255)",
+        "error({code = 1})",
+        "error()",
+        "error('x', 0)",
+        "local t = setmetatable({}, {__index = function() error('deep') end}) return t.x",
+        "return sleep(-1)",
+        "return sleep('x')",
+        "return cluster.members(print)",
+        "help('nope')",
+        "return pcall(help, 'nope')",
+        "return 2^63",
+        "return math.maxinteger",
+    ];
+    for source in cases {
+        let (result, mut rx) = run_with(host(), source, small_limits()).await;
+        println!("{source}\n  => {result:?} {:?}", lines(&mut rx));
+    }
+}

@@ -1,0 +1,130 @@
+//! The server-side request handling contract: [`Handler`] is implemented by
+//! the application, [`Responder`] sends its answer, [`PeerIdentity`] says
+//! who asked.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::frame::{write_frame, STREAM_CODE_HANDLER_FAILED};
+use crate::Error;
+
+/// Who sent a request: the client certificate from the TLS handshake.
+///
+/// The transport only proves that the peer holds the key of this
+/// certificate; it does NOT check who issued it. The application decides
+/// trust, typically with [`crate::issued_by`] (cluster members and trusted
+/// clients) or by looking the fingerprint up in its trust store, and
+/// refuses everything else except join/trust requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Lowercase hex SHA-256 of `cert_der`.
+    pub fingerprint: String,
+    /// The peer's end-entity certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The peer's UDP address.
+    pub remote_addr: SocketAddr,
+}
+
+/// Application request handler, called once per request.
+///
+/// Each request arrives on its own bidirectional QUIC stream, in its own
+/// task, so `handle` may take as long as it needs and several requests run
+/// concurrently. The handler answers through `responder`: zero or more
+/// [`Responder::send`] calls, then [`Responder::finish`] (dropping the
+/// responder finishes too).
+///
+/// Implementations may simply write `async fn handle(&self, ...)`; the
+/// resulting future must be `Send`. The trait is used generically
+/// (`serve<H: Handler>`), not as a trait object; to serve several request
+/// types, make `Request` an enum.
+///
+/// If `handle` panics, the client's request fails with
+/// [`crate::Error::Remote`] carrying [`crate::STREAM_CODE_HANDLER_FAILED`]
+/// and the endpoint keeps serving.
+pub trait Handler: Send + Sync + 'static {
+    /// The request message type.
+    type Request: DeserializeOwned + Send + 'static;
+
+    /// Handles one request from `peer`.
+    fn handle(
+        &self,
+        peer: PeerIdentity,
+        request: Self::Request,
+        responder: Responder,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Sends the response frames for one request.
+///
+/// Dropping it finishes the stream cleanly; if it is dropped while the
+/// handler panics, the stream is reset with
+/// [`crate::STREAM_CODE_HANDLER_FAILED`] instead, so the client sees an
+/// error rather than an empty response.
+#[derive(Debug)]
+pub struct Responder {
+    send: Option<quinn::SendStream>,
+}
+
+impl Responder {
+    pub(crate) fn new(send: quinn::SendStream) -> Responder {
+        Responder { send: Some(send) }
+    }
+
+    /// Sends one response frame. Fails if the client went away or stopped
+    /// reading, or if the value cannot be encoded.
+    pub async fn send<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
+        match self.send.as_mut() {
+            Some(send) => write_frame(send, value).await,
+            None => Err(Error::ConnectionLost {
+                reason: "the response stream is already finished".into(),
+            }),
+        }
+    }
+
+    /// Ends the response: the client sees the end of the stream after the
+    /// frames already sent.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.finish_stream()
+    }
+
+    fn finish_stream(&mut self) -> Result<(), Error> {
+        match self.send.take() {
+            Some(mut send) => send.finish().map_err(|e| Error::ConnectionLost {
+                reason: format!("could not finish the response: {e}"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(mut send) = self.send.take() {
+                let _ = send.reset(quinn::VarInt::from_u32(STREAM_CODE_HANDLER_FAILED));
+            }
+        } else {
+            let _ = self.finish_stream();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::raw_pair;
+
+    #[tokio::test]
+    async fn responder_finishes_on_drop() {
+        let mut pair = raw_pair(b"x", true).await;
+        let mut responder = Responder::new(pair.server_send);
+        responder.send(&5u32).await.unwrap();
+        drop(responder);
+        let recv = &mut pair.client_recv;
+        assert_eq!(crate::read_frame::<u32>(recv).await.unwrap(), Some(5));
+        assert_eq!(crate::read_frame::<u32>(recv).await.unwrap(), None);
+    }
+}
