@@ -1,1 +1,225 @@
-//! placeholder
+//! Test harnesses for Starling's scenario tests.
+//!
+//! # Layout
+//! - [`TestCluster`]: N members in this process, on `127.0.0.1` ports, with handles to stop and
+//!   restart members, and waits with deadlines.
+//! - [`processes`]: real `starling` processes, for the tests that must kill with `SIGKILL`.
+//!
+//! No test waits on a sleep being long enough: every wait is a condition with a deadline.
+#![warn(missing_docs)]
+
+pub mod processes;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use starling_runtime::{Client, Member, MemberConfig, Operation, RaftTimings, StartMode};
+
+/// Starts tracing for a test once (honours `RUST_LOG`, quiet by default).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits until `condition` returns `Some`, polling every 50 ms, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A loopback address whose port is free right now.
+pub fn free_address() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a free UDP port");
+    socket.local_addr().expect("local address").to_string()
+}
+
+/// Names of members holding `role` in a `cluster.members()` answer.
+pub fn with_role(members: &Value, role: &str) -> Vec<String> {
+    let mut names: Vec<String> = members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|member| {
+            member["roles"]
+                .as_array()
+                .is_some_and(|roles| roles.iter().any(|r| r == role))
+        })
+        .filter_map(|member| member["server_name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Members running in this process.
+pub struct TestCluster {
+    /// Keeps the data directories alive.
+    root: tempfile::TempDir,
+    /// Member `i` is `m{i+1}`; `None` while stopped.
+    members: Vec<Option<Member>>,
+}
+
+impl TestCluster {
+    /// Bootstraps `m1`, joins `m2..mN`, and waits until the roles have settled.
+    pub async fn start(count: usize) -> Result<TestCluster> {
+        let root = tempfile::tempdir()?;
+        let mut cluster = TestCluster {
+            root,
+            members: Vec::new(),
+        };
+        let first = StartMode::Bootstrap {
+            name: "m1".into(),
+            listen: free_address(),
+        };
+        cluster
+            .members
+            .push(Some(start_member(&cluster.dir(0), first).await?));
+        for index in 1..count {
+            cluster.add_member(index).await?;
+        }
+        cluster.wait_roles_settled(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    async fn add_member(&mut self, index: usize) -> Result<()> {
+        let name = format!("m{}", index + 1);
+        let added = self
+            .any_client()
+            .await?
+            .operation(Operation::ClusterAdd { name: name.clone() })
+            .await?;
+        let token = added["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no token in {added}"))?
+            .to_string();
+        let mode = StartMode::Join {
+            name,
+            listen: free_address(),
+            token,
+        };
+        self.members
+            .push(Some(start_member(&self.dir(index), mode).await?));
+        Ok(())
+    }
+
+    /// The data directory of member `index` (0-based: `m1` is 0).
+    pub fn dir(&self, index: usize) -> PathBuf {
+        self.root.path().join(format!("m{}", index + 1))
+    }
+
+    /// The running member `index`.
+    pub fn member(&self, index: usize) -> &Member {
+        self.members[index].as_ref().expect("member is running")
+    }
+
+    /// A client of member `index`, as its local administrator.
+    pub async fn client(&self, index: usize) -> Result<Client> {
+        Ok(Client::local(&self.dir(index)).await?)
+    }
+
+    /// A client of any running member.
+    pub async fn any_client(&self) -> Result<Client> {
+        let index = self
+            .members
+            .iter()
+            .position(Option::is_some)
+            .ok_or_else(|| anyhow!("no member runs"))?;
+        self.client(index).await
+    }
+
+    /// Index of the current leader, once one is known to a running member.
+    pub async fn leader(&self) -> Result<usize> {
+        wait_for("a leader", Duration::from_secs(10), || async {
+            self.members
+                .iter()
+                .flatten()
+                .find_map(|member| member.is_leader().then(|| member.id() as usize - 1))
+        })
+        .await
+    }
+
+    /// Stops member `index` (its Raft node, endpoint and tasks); its data stays.
+    pub async fn stop(&mut self, index: usize) {
+        if let Some(member) = self.members[index].take() {
+            member.shutdown().await;
+        }
+    }
+
+    /// Restarts member `index` from its data directory.
+    ///
+    /// Retries for a few seconds: the stopped member's last tasks may still hold its LMDB
+    /// environment open, and LMDB allows one environment per path and process.
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        let dir = self.dir(index);
+        let member = wait_for("the member to restart", Duration::from_secs(10), || async {
+            match start_member(&dir, StartMode::Restart).await {
+                Ok(member) => Some(member),
+                Err(error) => {
+                    tracing::debug!(%error, "restart attempt");
+                    None
+                }
+            }
+        })
+        .await?;
+        self.members[index] = Some(member);
+        Ok(())
+    }
+
+    /// `cluster.members()` as seen through member `index`.
+    pub async fn members_via(&self, index: usize) -> Result<Value> {
+        Ok(self
+            .client(index)
+            .await?
+            .operation(Operation::ClusterMembers)
+            .await?)
+    }
+
+    /// Waits until the number of voters is as LXD would have it for the running members.
+    pub async fn wait_roles_settled(&self, timeout: Duration) -> Result<()> {
+        let running = self.members.iter().flatten().count();
+        let voters_expected = if running >= 3 { 3 } else { 1 };
+        let standbys_expected = running.saturating_sub(voters_expected).min(2);
+        wait_for("roles to settle", timeout, || async {
+            let members = self
+                .members_via(self.members.iter().position(Option::is_some)?)
+                .await
+                .ok()?;
+            let settled = with_role(&members, "database").len() == voters_expected
+                && with_role(&members, "database-standby").len() == standbys_expected;
+            settled.then_some(())
+        })
+        .await
+    }
+}
+
+async fn start_member(dir: &Path, mode: StartMode) -> Result<Member> {
+    let timings = RaftTimings {
+        heartbeat_ms: 100,
+        election_min_ms: 500,
+        election_max_ms: 1000,
+    };
+    Ok(Member::start(MemberConfig {
+        dir: dir.to_path_buf(),
+        mode,
+        timings,
+    })
+    .await?)
+}

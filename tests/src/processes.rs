@@ -1,0 +1,200 @@
+//! Real `starling` processes: start, `SIGKILL`, restart, and the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::{free_address, wait_for};
+
+/// The `starling` binary built by this workspace (`STARLING_BIN` overrides it).
+pub fn starling_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("STARLING_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("unexpected test path"))?;
+    let binary = profile_dir.join("starling");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build -p starling` or `cargo test --workspace`)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A cluster of member processes under one temporary directory.
+pub struct ProcessCluster {
+    root: tempfile::TempDir,
+    binary: PathBuf,
+    /// Child process of member `i` (`m{i+1}`), `None` while it is down.
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ProcessCluster {
+    /// An empty cluster (no member yet).
+    pub fn new() -> Result<ProcessCluster> {
+        Ok(ProcessCluster {
+            root: tempfile::tempdir()?,
+            binary: starling_binary()?,
+            children: Vec::new(),
+        })
+    }
+
+    /// Data directory of member `index`.
+    pub fn dir(&self, index: usize) -> PathBuf {
+        self.root.path().join(format!("m{}", index + 1))
+    }
+
+    /// Runs `starling --dir <member index> args...` and returns its output.
+    pub fn cli(&self, index: usize, args: &[&str]) -> Result<Output> {
+        let output = Command::new(&self.binary)
+            .arg("--dir")
+            .arg(self.dir(index))
+            .args(args)
+            .env("STARLING_CONFIG_DIR", self.root.path().join("client"))
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running starling {args:?}"))?;
+        Ok(output)
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, index: usize, args: &[&str]) -> Result<String> {
+        let output = self.cli(index, args)?;
+        if !output.status.success() {
+            bail!(
+                "starling {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `cluster list --format json` through member `index`.
+    pub fn members(&self, index: usize) -> Result<Value> {
+        Ok(serde_json::from_str(&self.cli_ok(
+            index,
+            &["cluster", "list", "--format", "json"],
+        )?)?)
+    }
+
+    fn spawn(&self, index: usize, args: &[&str]) -> Result<Child> {
+        let dir = self.dir(index);
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("log"))?;
+        Command::new(&self.binary)
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a member process")
+    }
+
+    /// Waits until member `index` answers.
+    pub fn wait_ready(&self, index: usize) -> Result<()> {
+        self.cli_ok(index, &["waitready", "--timeout", "30"])
+            .map(|_| ())
+    }
+
+    /// Bootstraps `m1` and joins members up to `count`.
+    pub async fn start(count: usize) -> Result<ProcessCluster> {
+        let mut cluster = ProcessCluster::new()?;
+        let listen = free_address();
+        let child = cluster.spawn(
+            0,
+            &["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"],
+        )?;
+        cluster.children.push(Some(child));
+        cluster.wait_ready(0)?;
+        for index in 1..count {
+            cluster.join(index)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Joins member `index` with a fresh token from `m1` (or the first running member).
+    pub fn join(&mut self, index: usize) -> Result<()> {
+        let name = format!("m{}", index + 1);
+        let via = self
+            .children
+            .iter()
+            .position(Option::is_some)
+            .ok_or_else(|| anyhow!("no member runs"))?;
+        let token = self
+            .cli_ok(via, &["cluster", "add", &name])?
+            .trim()
+            .to_string();
+        let listen = free_address();
+        let child = self.spawn(
+            index,
+            &[
+                "daemon", "--name", &name, "--listen", &listen, "--join", &token,
+            ],
+        )?;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, || None);
+        }
+        self.children[index] = Some(child);
+        self.wait_ready(index)
+    }
+
+    /// `SIGKILL`s member `index`.
+    pub fn kill(&mut self, index: usize) -> Result<()> {
+        if let Some(mut child) = self.children[index].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts member `index` from its data directory.
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        let child = self.spawn(index, &["daemon"])?;
+        self.children[index] = Some(child);
+        Ok(())
+    }
+
+    /// Index of the member that is leader, asked through member `via`.
+    pub async fn leader(&self, via: usize) -> Result<usize> {
+        wait_for("a leader", Duration::from_secs(20), || async {
+            let members = self.members(via).ok()?;
+            let leader = crate::with_role(&members, "database-leader")
+                .into_iter()
+                .next()?;
+            leader
+                .trim_start_matches('m')
+                .parse::<usize>()
+                .ok()
+                .map(|number| number - 1)
+        })
+        .await
+    }
+
+    /// The log of member `index` (for failure messages).
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir(index).with_extension("log")).unwrap_or_default()
+    }
+}

@@ -1,0 +1,140 @@
+//! Real `starling` processes: joining, `kill -9`, restarts and quorum loss.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use starling_tests::processes::ProcessCluster;
+use starling_tests::{init_tracing, wait_for, with_role};
+
+/// Goal: five members end with three voters, two stand-bys and one leader; losing a follower
+/// voter to `kill -9` leaves writes working; the killed member comes back with what it missed.
+/// Method: five processes joined with tokens; `SIGKILL` a non-leader voter; write; restart it
+/// and read its replica through its own CLI after the leader is cut off from answering for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_roles_and_kill_of_a_voter() -> Result<()> {
+    init_tracing();
+    tracing::info!("--- start 5 member processes");
+    let mut cluster = ProcessCluster::start(5).await?;
+    let members = wait_for(
+        "3 voters and 2 stand-bys",
+        Duration::from_secs(30),
+        || async {
+            let members = cluster.members(0).ok()?;
+            let settled = with_role(&members, "database").len() == 3
+                && with_role(&members, "database-standby").len() == 2;
+            settled.then_some(members)
+        },
+    )
+    .await?;
+    assert_eq!(with_role(&members, "database-leader").len(), 1);
+
+    let leader = cluster.leader(0).await?;
+    let voters = with_role(&members, "database");
+    let victim_name = voters
+        .iter()
+        .find(|name| **name != format!("m{}", leader + 1))
+        .cloned()
+        .unwrap_or_default();
+    let victim: usize = victim_name.trim_start_matches('m').parse::<usize>()? - 1;
+    tracing::info!(victim, "--- kill -9 a follower voter and write");
+    cluster.kill(victim)?;
+    cluster.cli_ok(leader, &["config", "set", "user.after_kill=yes"])?;
+    assert_eq!(
+        cluster
+            .cli_ok(leader, &["config", "get", "user.after_kill"])?
+            .trim(),
+        "yes"
+    );
+
+    tracing::info!("--- restart it: it sees the write it missed");
+    cluster.restart(victim)?;
+    cluster.wait_ready(victim)?;
+    assert_eq!(
+        cluster
+            .cli_ok(victim, &["config", "get", "user.after_kill"])?
+            .trim(),
+        "yes"
+    );
+    Ok(())
+}
+
+/// Goal: an acknowledged write survives `kill -9` of every member at once.
+/// Method: write, kill all three processes, restart them, read the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_survives_kill_of_all_members() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(3).await?;
+    wait_for("3 voters", Duration::from_secs(30), || async {
+        (with_role(&cluster.members(0).ok()?, "database").len() == 3).then_some(())
+    })
+    .await?;
+    for index in 0..20 {
+        cluster.cli_ok(
+            index % 3,
+            &[
+                "config",
+                "set",
+                &format!("user.k{index}"),
+                &index.to_string(),
+            ],
+        )?;
+    }
+    tracing::info!("--- kill -9 all members");
+    for index in 0..3 {
+        cluster.kill(index)?;
+    }
+    for index in 0..3 {
+        cluster.restart(index)?;
+    }
+    for index in 0..3 {
+        cluster.wait_ready(index)?;
+    }
+    for index in 0..20 {
+        let value = cluster.cli_ok(index % 3, &["config", "get", &format!("user.k{index}")])?;
+        assert_eq!(
+            value.trim(),
+            index.to_string(),
+            "write {index} lost; log:\n{}",
+            cluster.log(0)
+        );
+    }
+    Ok(())
+}
+
+/// Goal: with 2 of 3 voters gone, a request fails within seconds with the quorum message.
+/// Method: kill two members, then time a write and a read through the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_loss_fails_fast_with_a_clear_message() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(3).await?;
+    wait_for("3 voters", Duration::from_secs(30), || async {
+        (with_role(&cluster.members(0).ok()?, "database").len() == 3).then_some(())
+    })
+    .await?;
+    tracing::info!("--- kill 2 of 3 voters");
+    cluster.kill(1)?;
+    cluster.kill(2)?;
+    for args in [
+        &["config", "set", "user.x=1"][..],
+        &["config", "get", "user.x"][..],
+    ] {
+        let started = Instant::now();
+        let output = cluster.cli(0, args)?;
+        let elapsed = started.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{args:?} succeeded without quorum"
+        );
+        assert!(
+            stderr.contains("cluster database is unavailable"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("1 of 3 voters reachable"), "{stderr}");
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "{args:?} took {elapsed:?}"
+        );
+    }
+    Ok(())
+}
