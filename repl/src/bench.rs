@@ -21,6 +21,9 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Keep the members' data and logs (their path is printed) instead of deleting them.
+    #[arg(long)]
+    keep: bool,
     /// Concurrent writer counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     writers: Vec<usize>,
@@ -30,6 +33,7 @@ pub struct BenchArgs {
 struct Processes {
     children: Vec<Child>,
     dir: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Processes {
@@ -38,7 +42,14 @@ impl Drop for Processes {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.keep {
+            eprintln!(
+                "benchmark data and member logs kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -49,6 +60,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let mut processes = Processes {
         children: Vec::new(),
         dir: dir.clone(),
+        keep: args.keep,
     };
     start_cluster(&mut processes, &dir, args.members).await?;
     let leader = leader_dir(&dir, args.members).await?;

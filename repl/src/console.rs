@@ -118,9 +118,7 @@ async fn read_plain_statement() -> Result<Option<String>> {
             let line = line?;
             statement.push_str(&line);
             statement.push('\n');
-            if !starling_stdlib::is_incomplete(&statement)
-                && !starling_stdlib::is_incomplete(&format!("return {statement}"))
-            {
+            if !starling_stdlib::is_incomplete(&statement) {
                 return Ok(Some(statement));
             }
         }
@@ -137,9 +135,7 @@ struct LuaValidator;
 
 impl Validator for LuaValidator {
     fn validate(&self, line: &str) -> ValidationResult {
-        if starling_stdlib::is_incomplete(line)
-            && starling_stdlib::is_incomplete(&format!("return {line}"))
-        {
+        if starling_stdlib::is_incomplete(line) {
             ValidationResult::Incomplete
         } else {
             ValidationResult::Complete

@@ -122,6 +122,8 @@ enum ClusterCommand {
     },
     /// Lists outstanding join tokens.
     ListTokens,
+    /// On a stopped member: make it the only voter, when the majority is gone for good.
+    RecoverFromQuorumLoss,
     /// Revokes the join token for a name.
     RevokeToken {
         /// The name the token was issued for.
@@ -270,6 +272,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("Remote {address} added: use `starling --remote {address} ...`");
             Ok(())
         }
+        Command::Cluster(ClusterCommand::RecoverFromQuorumLoss) => recover(&cli),
         Command::Waitready { timeout } => waitready(&cli, Duration::from_secs(*timeout)).await,
         Command::Repl => console::run(connect(&cli).await?, config_dir(&cli).join("history")).await,
         _ => {
@@ -336,6 +339,7 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
             &client.operation(Operation::ClusterTokens).await?,
             TOKEN_COLUMNS,
         ),
+        ClusterCommand::RecoverFromQuorumLoss => recover(cli),
         ClusterCommand::RevokeToken { name } => {
             client
                 .operation(Operation::ClusterRevokeToken { name: name.clone() })
@@ -473,6 +477,29 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn recover(cli: &Cli) -> Result<()> {
+    let dir = cli
+        .dir
+        .as_deref()
+        .ok_or_else(|| anyhow!("--dir is required: the stopped member's data directory"))?;
+    let data = starling_runtime::datadir::DataDir::new(dir);
+    let file = data.load_member()?;
+    let node = starling_store::Node {
+        addr: file.address.clone(),
+    };
+    let recovery = starling_store::recover::recover_as_sole_voter(&data.database(), file.id, node)?;
+    println!(
+        "{} is now the only voter (log index {}, term {}). Start it with `starling daemon --dir {}`; \
+         remove the {} other members with `starling cluster remove NAME --force`, or let them rejoin.",
+        file.name,
+        recovery.last_index,
+        recovery.term,
+        dir.display(),
+        recovery.members.saturating_sub(1)
+    );
+    Ok(())
 }
 
 async fn waitready(cli: &Cli, timeout: Duration) -> Result<()> {

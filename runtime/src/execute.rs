@@ -81,6 +81,12 @@ impl Member {
         if !operation.is_write() {
             self.linearize().await?;
         }
+        if self.local_state(|state| state.members.is_empty()) {
+            // Elected, but the bootstrap entry (the CA, the first member) is not applied yet.
+            return Err(Error::Transport(
+                "the cluster is still bootstrapping; retry".to_string(),
+            ));
+        }
         match operation {
             Operation::ClusterInfo => Ok(view::cluster_info(self, origin)),
             Operation::ClusterMembers => Ok(view::members(self)),

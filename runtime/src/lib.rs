@@ -24,6 +24,7 @@ mod join;
 pub mod member;
 pub mod network;
 pub mod operation;
+mod proposer;
 pub mod protocol;
 pub mod roles;
 pub mod script;

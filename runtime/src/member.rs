@@ -98,6 +98,10 @@ pub(crate) struct Inner {
     /// When this member last became leader.
     pub(crate) leader_since: Mutex<Option<Instant>>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Writes waiting for the proposer (group commit).
+    pub(crate) proposals: tokio::sync::mpsc::UnboundedSender<crate::proposer::Proposal>,
+    /// Held while the member runs, so recovery tools cannot touch its database.
+    _lock: starling_store::DirLock,
 }
 
 /// The latest heartbeat a member received.
@@ -168,6 +172,7 @@ impl Member {
         let trust = ServerTrust::Ca {
             ca_cert_pem: ca_cert_pem.clone(),
         };
+        let lock = starling_store::DirLock::acquire(&dir.database())?;
         let (log_store, state) = starling_store::open(&dir.database())?;
         let transport = RaftTransport {
             pool: pool.clone(),
@@ -183,6 +188,7 @@ impl Member {
         .await
         .map_err(|error| Error::Internal(format!("raft failed to start: {error}")))?;
         let (shutdown, _) = watch::channel(false);
+        let (proposals, proposal_queue) = tokio::sync::mpsc::unbounded_channel();
         let heard = Heard {
             leader: None,
             peers: file.peers.clone(),
@@ -202,11 +208,14 @@ impl Member {
             last_seen: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             shutdown,
+            proposals,
+            _lock: lock,
         };
         let member = Member {
             inner: Arc::new(inner),
         };
         member.spawn_tasks();
+        tokio::spawn(crate::proposer::run(member.clone(), proposal_queue));
         tracing::info!(name = %file.name, id = file.id, address = %file.address, "member started");
         Ok(member)
     }
@@ -217,6 +226,7 @@ impl Member {
         tokio::spawn(async move {
             let handler = Arc::new(crate::serve::Service {
                 member: serving.clone(),
+                verified: Default::default(),
             });
             if let Err(error) = serving.inner.endpoint.serve(handler, stop).await {
                 tracing::error!(%error, "endpoint stopped");
@@ -299,18 +309,16 @@ impl Member {
     }
 
     /// Proposes a command and waits for it to apply; `Refused` carries the state's reason.
+    /// Concurrent proposals share Raft entries (see [`crate::proposer`]).
     pub(crate) async fn propose(&self, command: Command, timeout: Duration) -> Result<(), Error> {
-        match tokio::time::timeout(timeout, self.inner.raft.client_write(command)).await {
-            Ok(Ok(response)) => response.data.result.map_err(Error::Refused),
-            Ok(Err(error)) => {
-                if error.forward_to_leader().is_some() {
-                    Err(Error::Transport(
-                        "leadership changed during the request; retry".to_string(),
-                    ))
-                } else {
-                    Err(self.unavailable().await)
-                }
-            }
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let proposal = crate::proposer::Proposal { command, done };
+        if self.inner.proposals.send(proposal).is_err() {
+            return Err(Error::Transport("the member is shutting down".to_string()));
+        }
+        match tokio::time::timeout(timeout, outcome).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Transport("the member is shutting down".to_string())),
             Err(_) => Err(self.unavailable().await),
         }
     }

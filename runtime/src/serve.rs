@@ -14,7 +14,12 @@ use crate::Error;
 /// The member's [`Handler`].
 pub(crate) struct Service {
     pub(crate) member: Member,
+    /// Certificates already checked against the cluster CA, by fingerprint.
+    pub(crate) verified: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
+
+/// Checked certificates remembered at most (the cache starts over past this).
+const VERIFIED_CERTIFICATES_MAX: usize = 4096;
 
 /// How far the cluster trusts a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +34,7 @@ pub(crate) enum PeerTrust {
 
 impl Service {
     fn trust_of(&self, peer: &PeerIdentity) -> PeerTrust {
-        if issued_by(&self.member.inner.ca_cert_pem, &peer.cert_der) {
+        if self.issued_by_cluster(peer) {
             return PeerTrust::Cluster;
         }
         if self
@@ -39,6 +44,24 @@ impl Service {
             return PeerTrust::Client;
         }
         PeerTrust::Untrusted
+    }
+
+    /// Whether the cluster CA issued the peer's certificate. A signature check costs more than
+    /// the rest of a request, so results are remembered per certificate fingerprint.
+    fn issued_by_cluster(&self, peer: &PeerIdentity) -> bool {
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = verified.get(&peer.fingerprint) {
+            return *known;
+        }
+        let issued = issued_by(&self.member.inner.ca_cert_pem, &peer.cert_der);
+        if verified.len() >= VERIFIED_CERTIFICATES_MAX {
+            verified.clear();
+        }
+        verified.insert(peer.fingerprint.clone(), issued);
+        issued
     }
 
     async fn raft(&self, request: RaftRequest) -> Reply {

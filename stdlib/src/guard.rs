@@ -4,9 +4,9 @@
 //! the budget. Once any limit trips, the guard latches it: the hook is re-armed to
 //! fire on every instruction of the running coroutine, every later hook call fails
 //! again, and the script's catching functions (`pcall`, `xpcall`,
-//! `coroutine.resume`, `coroutine.close`) re-raise it, so no Lua frame can turn a
-//! tripped limit into a normal return. The session consults the latch first when
-//! it reports the outcome.
+//! `coroutine.resume`, `coroutine.wrap`, `coroutine.close`) re-raise it, so no
+//! Lua frame can turn a tripped limit into a normal return. The session consults
+//! the latch first when it reports the outcome.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -68,6 +68,14 @@ impl Guard {
     /// The limits this guard enforces.
     pub(crate) fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Bytes of JSON a conversion may produce: the memory limit, if any.
+    pub(crate) fn conversion_budget_bytes(&self) -> usize {
+        match self.limits.memory_bytes {
+            0 => usize::MAX,
+            bytes => bytes,
+        }
     }
 
     /// Starts a fresh budget and deadline, clearing any latched limit.

@@ -4,17 +4,26 @@
 //! The crate knows nothing about the cluster itself. The caller passes a [`Host`]
 //! (which executes operations such as `"cluster.members"` with JSON arguments) and
 //! the list of [`Builtin`]s to expose; each builtin becomes a nested Lua global
-//! (`cluster.members(...)`) that forwards to the host.
+//! (`cluster.members(...)`) that forwards to the host. A failed operation raises
+//! a Lua error carrying the host's message and the caller's line, which `pcall`
+//! can catch. Host calls may be made from script coroutines too.
 //!
 //! Every script runs under [`Limits`]: a memory ceiling, an instruction budget and
-//! a wall-clock deadline. Exceeding any of them ends the script with the matching
-//! [`Error`] variant, even if the script tries to catch the failure with `pcall`,
-//! `xpcall` or a coroutine.
+//! a wall-clock deadline (which also bounds `sleep` and host calls). Exceeding any
+//! of them ends the script with the matching [`Error`] variant, even if the script
+//! tries to catch the failure with `pcall`, `xpcall` or a coroutine.
 //!
 //! Globals available to scripts: the Lua `table`, `string` (without `dump`),
-//! `math`, `utf8` and `coroutine` libraries, the safe parts of the base library,
-//! `print(...)` (streamed to the caller), `sleep(seconds)`, `json.encode(value)`,
-//! `json.decode(text)`, `help([name])`, and the builtins.
+//! `math`, `utf8` and `coroutine` libraries; the base library without `load`,
+//! `loadfile`, `dofile`, `require`, `collectgarbage` and `warn`, and with a
+//! `setmetatable` that refuses `__gc` (Lua runs finalizers with hooks off, where
+//! no limit applies); `print(...)` (streamed to the caller), `sleep(seconds)`,
+//! `json.encode(value)`, `json.decode(text)`, `help([name])`, and the builtins.
+//! `io`, `os`, `debug` and `package` do not exist.
+//!
+//! Known gap: the string library's pattern matching (`find`, `match`, `gmatch`,
+//! `gsub`) runs in C, where the instruction hook does not fire, so a pathological
+//! pattern on a long subject is not stopped by the budget or the deadline.
 //!
 //! # Layout
 //! - this file: the public types ([`Host`], [`Builtin`], [`Limits`], [`Script`],
@@ -25,6 +34,7 @@
 //! - `guard`: the instruction budget, the wall-clock deadline and the latch that
 //!   keeps a tripped limit fatal.
 //! - `convert`: Lua ⇄ JSON conversion.
+//! - `tests`: the crate's tests, against the real Lua engine.
 
 #![warn(missing_docs)]
 
@@ -147,7 +157,10 @@ pub async fn run(
 }
 
 /// True when `source` is an unfinished Lua statement or expression (an open
-/// `function`, `{`, string, trailing operator, ...) so a REPL should read more lines.
+/// `function`, `{`, long string, trailing operator, ...) so a REPL should read
+/// more lines. Input that compiles either as a chunk or as `return <input>` (such
+/// as `x` or `1 + 1`) is complete, so callers need not test `"return " + input`
+/// themselves.
 pub fn is_incomplete(source: &str) -> bool {
     session::is_incomplete(source)
 }

@@ -1,15 +1,18 @@
 //! Builds the restricted Lua state and installs the script-visible globals.
 //!
 //! Every function we expose is a Rust "raw" function returning `(ok, value)`,
-//! wrapped by a small Lua shim that turns `(false, message)` into
-//! `error(message, 2)`. That way a failure is an ordinary Lua string error
-//! carrying the caller's position (`script.lua:3: member "x" not found`), which
-//! `pcall` can catch and which reads well when uncaught.
+//! wrapped by [`shim`], a small C function that turns `(false, message)` into a
+//! Lua string error prefixed with the caller's position
+//! (`script.lua:3: member "x" not found`), which `pcall` can catch and which
+//! reads well when uncaught. The shim is a C function rather than Lua because
+//! Lua never tail-calls C functions: `return cluster.member("x")` keeps the
+//! script's frame, so the position is always known.
 
+use std::os::raw::c_int;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
+use mlua::{ffi, Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::convert::{json_to_lua, lua_to_json};
@@ -65,26 +68,39 @@ const STANDARD_HELP: &[Builtin] = &[
     },
 ];
 
-/// Turns `(false, message)` from a raw function into a Lua error at the caller.
-const SHIM_FACTORY: &str = r#"
-local raw = ...
-local error = error
-return function(...)
-    local ok, value = raw(...)
-    if ok then return value end
-    error(value, 2)
-end
-"#;
+/// Replaces the base functions a script could use to escape the guard:
+/// - `pcall`, `xpcall`, `coroutine.resume`/`close`/`wrap` re-raise a latched limit
+///   (and latch the memory limit when they catch "not enough memory");
+/// - `coroutine.resume`/`wrap` relay the "pending" yield of a host call made
+///   inside a script coroutine up to the task driving the script, so awaiting
+///   works at any coroutine depth;
+/// - `setmetatable` refuses `__gc`, because Lua runs finalizers with hooks
+///   disabled, where no budget or deadline could stop them.
+const PRELUDE: &str = r##"
+local check, pending = ...
+local raw_pcall, raw_xpcall, raw_error, raw_type, raw_select = pcall, xpcall, error, type, select
+local raw_setmetatable, raw_rawget = setmetatable, rawget
+local raw_create, raw_resume, raw_yield, raw_close =
+    coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
 
-/// Replaces the functions that can catch errors so a latched limit is re-raised.
-const CATCH_WRAPPERS: &str = r#"
-local check = ...
-local raw_pcall, raw_xpcall, raw_error, raw_type = pcall, xpcall, error, type
-local raw_resume, raw_close = coroutine.resume, coroutine.close
 local function pass(ok, ...)
     if not ok then check((...)) end
     return ok, ...
 end
+
+local function relay(co, ok, ...)
+    if ok and raw_select("#", ...) == 1 and (...) == pending then
+        return relay(co, raw_resume(co, raw_yield(pending)))
+    end
+    return pass(ok, ...)
+end
+
+local function unwrap(co, ok, ...)
+    if ok then return ... end
+    raw_close(co)
+    raw_error((...), 0)
+end
+
 pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
 xpcall = function(f, handler, ...)
     if raw_type(handler) ~= "function" then
@@ -92,9 +108,19 @@ xpcall = function(f, handler, ...)
     end
     return pass(raw_xpcall(f, function(e) check(e) return handler(e) end, ...))
 end
-coroutine.resume = function(co, ...) return pass(raw_resume(co, ...)) end
+setmetatable = function(t, mt)
+    if raw_type(mt) == "table" and raw_rawget(mt, "__gc") ~= nil then
+        raw_error("__gc metamethods are not available to scripts", 2)
+    end
+    return raw_setmetatable(t, mt)
+end
+coroutine.resume = function(co, ...) return relay(co, raw_resume(co, ...)) end
 coroutine.close = function(co) return pass(raw_close(co)) end
-"#;
+coroutine.wrap = function(f)
+    local co = raw_create(f)
+    return function(...) return unwrap(co, relay(co, raw_resume(co, ...))) end
+end
+"##;
 
 /// What a raw function reports to the script: a value or an error message.
 type Outcome = Result<Value, String>;
@@ -113,18 +139,18 @@ pub(crate) fn new_lua(
     let lua = Lua::new_with(libs(), LuaOptions::default()).map_err(setup)?;
     let tostring: Function = lua.globals().get("tostring").map_err(setup)?;
     strip_globals(&lua).map_err(setup)?;
-    let installer = Installer::new(&lua)?;
+    let installer = Installer::new(&lua);
     let mut help: Vec<Builtin> = STANDARD_HELP.to_vec();
     help.extend_from_slice(builtins);
     installer.install("print", print_fn(&lua, tostring, print.clone()))?;
     installer.install("sleep", sleep_fn(&lua, guard))?;
-    installer.install("json.encode", json_encode_fn(&lua))?;
+    installer.install("json.encode", json_encode_fn(&lua, guard))?;
     installer.install("json.decode", json_decode_fn(&lua))?;
     installer.install("help", help_fn(&lua, help, print.clone()))?;
     for builtin in builtins {
         installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
     }
-    install_catch_wrappers(&lua, guard).map_err(setup)?;
+    install_prelude(&lua, guard).map_err(setup)?;
     lua.set_memory_limit(guard.limits().memory_bytes)
         .map_err(setup)?;
     Ok(lua)
@@ -143,21 +169,14 @@ fn strip_globals(lua: &Lua) -> mlua::Result<()> {
 struct Installer {
     lua: Lua,
     globals: Table,
-    factory: Function,
 }
 
 impl Installer {
-    fn new(lua: &Lua) -> Result<Self, Error> {
-        let factory = lua
-            .load(SHIM_FACTORY)
-            .set_name("=starling")
-            .into_function()
-            .map_err(setup)?;
-        Ok(Installer {
+    fn new(lua: &Lua) -> Self {
+        Installer {
             lua: lua.clone(),
             globals: lua.globals(),
-            factory,
-        })
+        }
     }
 
     fn install(&self, path: &str, raw: mlua::Result<Function>) -> Result<(), Error> {
@@ -186,7 +205,14 @@ impl Installer {
         if !table.raw_get::<Value>(*last).map_err(setup)?.is_nil() {
             return Err(taken());
         }
-        let wrapped: Function = self.factory.call(raw.map_err(setup)?).map_err(setup)?;
+        let raw = raw.map_err(setup)?;
+        // SAFETY: the closure only pushes a C closure over the argument (`raw`),
+        // which `exec_raw` placed on the stack; `shim` upholds the Lua C API rules.
+        let wrapped: Function = unsafe {
+            self.lua
+                .exec_raw(raw, |state| ffi::lua_pushcclosure(state, shim, 1))
+        }
+        .map_err(setup)?;
         table.raw_set(*last, wrapped).map_err(setup)
     }
 }
@@ -197,6 +223,42 @@ fn is_identifier(segment: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Calls its upvalue (a raw function) with the arguments and returns its value,
+/// or raises its message as an error at the caller's position.
+unsafe extern "C-unwind" fn shim(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: a C function always has its upvalue and LUA_MINSTACK free slots;
+    // `lua_callk` with a continuation lets async raw functions yield through us.
+    unsafe {
+        let nargs = ffi::lua_gettop(state);
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(state, 1);
+        ffi::lua_callk(state, nargs, 2, 0, Some(shim_finish));
+        shim_finish(state, ffi::LUA_OK, 0)
+    }
+}
+
+/// Second half of [`shim`], also run as the continuation after a yield; the
+/// stack holds the raw function's `ok, value`.
+unsafe extern "C-unwind" fn shim_finish(
+    state: *mut ffi::lua_State,
+    _status: c_int,
+    _ctx: ffi::lua_KContext,
+) -> c_int {
+    // SAFETY: two results are on the stack; `luaL_where` pushes one more value,
+    // within the LUA_MINSTACK slots a C function is guaranteed.
+    unsafe {
+        if ffi::lua_toboolean(state, -2) != 0 {
+            return 1;
+        }
+        if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
+            ffi::luaL_where(state, 1);
+            ffi::lua_insert(state, -2);
+            ffi::lua_concat(state, 2);
+        }
+        ffi::lua_error(state)
+    }
 }
 
 /// Converts an outcome into the `(ok, value)` pair the shim expects.
@@ -264,12 +326,13 @@ async fn sleep(guard: &Guard, args: MultiValue) -> Outcome {
     }
 }
 
-fn json_encode_fn(lua: &Lua) -> mlua::Result<Function> {
-    lua.create_function(|lua, args: MultiValue| {
-        let value = args.front().cloned().unwrap_or(Value::Nil);
-        let outcome = match lua_to_json(lua, value) {
+fn json_encode_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {
+    let budget_bytes = guard.conversion_budget_bytes();
+    lua.create_function(move |lua, args: MultiValue| {
+        let value = args.front().unwrap_or(&Value::Nil);
+        let outcome = match lua_to_json(value, budget_bytes) {
             Ok(json) => Ok(Value::String(lua.create_string(json.to_string())?)),
-            Err(message) => Err(format!("json.encode: {message}")),
+            Err(message) => Err(format!("json.encode: cannot convert to JSON: {message}")),
         };
         reply(lua, outcome)
     })
@@ -360,10 +423,15 @@ async fn call_host(
     args: MultiValue,
 ) -> mlua::Result<Outcome> {
     let mut json_args = Vec::with_capacity(args.len());
-    for (index, arg) in args.into_iter().enumerate() {
-        match lua_to_json(lua, arg) {
+    for (index, arg) in args.iter().enumerate() {
+        match lua_to_json(arg, guard.conversion_budget_bytes()) {
             Ok(json) => json_args.push(json),
-            Err(message) => return Ok(Err(format!("{name}: argument #{}: {message}", index + 1))),
+            Err(message) => {
+                let position = index + 1;
+                return Ok(Err(format!(
+                    "{name}: argument #{position} cannot be converted to JSON: {message}"
+                )));
+            }
         }
     }
     let call = host.call(name, json_args);
@@ -374,7 +442,7 @@ async fn call_host(
     }
 }
 
-fn install_catch_wrappers(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<()> {
+fn install_prelude(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<()> {
     let guard = Arc::clone(guard);
     let check = lua.create_function(move |_, caught: Value| {
         if let Some(fatal) = guard.fatal() {
@@ -385,7 +453,13 @@ fn install_catch_wrappers(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<()> {
         }
         Ok(())
     })?;
-    lua.load(CATCH_WRAPPERS).set_name("=starling").call(check)
+    // The value mlua's async functions yield while their future is pending
+    // (a hidden but public mlua item; `host_calls_work_inside_coroutines`
+    // fails if its meaning changes).
+    let pending = Value::LightUserData(Lua::poll_pending());
+    lua.load(PRELUDE)
+        .set_name("=starling")
+        .call((check, pending))
 }
 
 /// True for the error value Lua produces when an allocation fails.

@@ -84,7 +84,9 @@ impl Session {
         match result {
             Err(_elapsed) => Err(self.guard.error(self.guard.trip(Fatal::Timeout))),
             Ok(Err(err)) => Err(self.classify(&err)),
-            Ok(Ok(value)) => lua_to_json(&self.lua, value).map_err(Error::Conversion),
+            Ok(Ok(value)) => {
+                lua_to_json(&value, self.guard.conversion_budget_bytes()).map_err(Error::Conversion)
+            }
         }
     }
 

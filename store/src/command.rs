@@ -54,6 +54,8 @@ pub enum Command {
         /// The time of the request, milliseconds since the Unix epoch.
         now_ms: u64,
     },
+    /// Several commands proposed together (group commit); each applies on its own, in order.
+    Batch(Vec<Command>),
     /// Trusts a client certificate, consuming its client token.
     ClientTrust {
         /// The client to trust (its `name` is the token's name).
@@ -70,12 +72,42 @@ pub enum Command {
 pub struct CommandResponse {
     /// What happened.
     pub result: Result<(), String>,
+    /// For a [`Command::Batch`], what happened to each command, in order.
+    pub batch: Vec<Result<(), String>>,
+}
+
+impl CommandResponse {
+    /// A response with no error.
+    pub fn ok() -> CommandResponse {
+        CommandResponse {
+            result: Ok(()),
+            batch: Vec::new(),
+        }
+    }
 }
 
 impl ClusterState {
+    /// Applies one log entry's command, a batch one command at a time.
+    pub fn apply_entry(&mut self, command: &Command) -> CommandResponse {
+        match command {
+            Command::Batch(commands) => {
+                let batch = commands.iter().map(|command| self.apply(command)).collect();
+                CommandResponse {
+                    result: Ok(()),
+                    batch,
+                }
+            }
+            single => CommandResponse {
+                result: self.apply(single),
+                batch: Vec::new(),
+            },
+        }
+    }
+
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, command: &Command) -> Result<(), String> {
         match command {
+            Command::Batch(_) => Err("a batch cannot be nested in a batch".to_string()),
             Command::Bootstrap {
                 member,
                 ca_cert_pem,

@@ -20,4 +20,19 @@ pub enum Error {
     /// The log writer thread is gone (the store is shutting down).
     #[error("the log writer has stopped")]
     WriterStopped,
+    /// Another process (or another handle in this one) holds the directory's lock.
+    #[error("the data directory {path} is in use by a running member; stop it first")]
+    Locked {
+        /// The locked directory.
+        path: String,
+    },
+    /// The directory holds no cluster database (wrong path, or a member never started there).
+    #[error("no database in {path}: expected the log and state directories of a member")]
+    NoDatabase {
+        /// The directory that was searched.
+        path: String,
+    },
+    /// The stored pieces do not fit together (entries missing between snapshot and log, ...).
+    #[error("the database is inconsistent: {0}")]
+    Inconsistent(String),
 }

@@ -8,6 +8,8 @@
 //! - [`log_store`]: the Raft log, vote and committed index in LMDB, group-committed by a writer
 //!   thread so that `fsync` never blocks the async runtime.
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
+//! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
+//! - [`recover`]: recovery from quorum loss, making a stopped member the only voter.
 //!
 //! Start at [`open`], which opens both halves of the store from a member's data directory.
 //!
@@ -16,15 +18,18 @@
 
 pub mod command;
 pub mod config;
+pub mod dir_lock;
 mod error;
 pub mod log_store;
 pub mod model;
+pub mod recover;
 pub mod state_machine;
 
 use std::io::Cursor;
 use std::path::Path;
 
 pub use command::{Command, CommandResponse};
+pub use dir_lock::DirLock;
 pub use error::Error;
 pub use log_store::LogStore;
 pub use model::{ClusterState, JoinToken, Member, TokenKind, TrustedClient};

@@ -186,6 +186,74 @@ impl LogStore {
     }
 }
 
+/// The log as LMDB holds it, read by offline tools (recovery) while no Raft node runs.
+pub(crate) struct StoredLog {
+    /// The last vote saved.
+    pub(crate) vote: Option<Vote<NodeId>>,
+    /// The last committed log id saved (a hint; it may lag behind).
+    pub(crate) committed: Option<LogId<NodeId>>,
+    /// The last purged log id.
+    pub(crate) last_purged: Option<LogId<NodeId>>,
+    /// The stored entries from the requested index on, in index order.
+    pub(crate) entries: Vec<LogEntry>,
+}
+
+/// Synchronous access straight to LMDB, for offline tools only: nothing else may write the log
+/// meanwhile, since these bypass the writer thread and its in-memory tail.
+impl LogStore {
+    /// Reads the vote, committed and purged log ids, and the entries from `from_index` on, in
+    /// one read transaction.
+    pub(crate) fn read_stored(&self, from_index: u64) -> Result<StoredLog, Error> {
+        let txn = self.shared.env.read_txn()?;
+        let meta =
+            |key: &str| -> Result<Option<&[u8]>, Error> { Ok(self.shared.meta.get(&txn, key)?) };
+        let vote = meta(KEY_VOTE)?.map(decode::<Vote<NodeId>>).transpose()?;
+        let committed = meta(KEY_COMMITTED)?
+            .map(decode::<Option<LogId<NodeId>>>)
+            .transpose()?
+            .flatten();
+        let last_purged = meta(KEY_LAST_PURGED)?
+            .map(decode::<Option<LogId<NodeId>>>)
+            .transpose()?
+            .flatten();
+        let mut entries = Vec::new();
+        for item in self.shared.entries.range(&txn, &(from_index..))? {
+            let (_, bytes) = item?;
+            entries.push(decode::<LogEntry>(bytes)?);
+        }
+        Ok(StoredLog {
+            vote,
+            committed,
+            last_purged,
+            entries,
+        })
+    }
+
+    /// Replaces the whole log with an empty one that starts after `last_log_id` (covered by a
+    /// snapshot), with `vote` saved and `last_log_id` committed, in one durable transaction.
+    pub(crate) fn reset_to(
+        &self,
+        last_log_id: LogId<NodeId>,
+        vote: &Vote<NodeId>,
+    ) -> Result<(), Error> {
+        let last = bincode::serialize(&Some(last_log_id))
+            .map_err(|error| Error::Decode(error.to_string()))?;
+        let vote = bincode::serialize(vote).map_err(|error| Error::Decode(error.to_string()))?;
+        let mut txn = self.shared.env.write_txn()?;
+        self.shared.entries.clear(&mut txn)?;
+        self.shared.meta.put(&mut txn, KEY_LAST_PURGED, &last)?;
+        self.shared.meta.put(&mut txn, KEY_COMMITTED, &last)?;
+        self.shared.meta.put(&mut txn, KEY_VOTE, &vote)?;
+        txn.commit()?;
+        self.tail().clear();
+        Ok(())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    bincode::deserialize(bytes).map_err(|error| Error::Decode(error.to_string()))
+}
+
 fn range_start_end<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
     let start = match range.start_bound() {
         Bound::Included(index) => *index,
@@ -360,7 +428,13 @@ fn writer_loop(shared: std::sync::Weak<Shared>, queue: mpsc::Receiver<WriteOp>) 
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let started = std::time::Instant::now();
         let result = write_batch(&shared, &batch).map_err(|error| error.to_string());
+        tracing::trace!(
+            operations = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "log batch committed"
+        );
         if result.is_ok() {
             forget_durable_tail(&shared, &batch);
         }

@@ -157,6 +157,30 @@ impl StateMachine {
     }
 }
 
+/// Offline access for recovery, while no Raft node runs on this state machine.
+impl StateMachine {
+    /// Stores a snapshot of `state` as of `last_log_id` with `membership`, replacing the
+    /// current one (durable when this returns), and makes it the in-memory state.
+    pub(crate) fn replace_snapshot(
+        &self,
+        last_log_id: LogId<NodeId>,
+        membership: StoredMembership<NodeId, Node>,
+        state: &ClusterState,
+    ) -> Result<(), Error> {
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(last_log_id),
+                last_membership: membership,
+                // Distinct from the ids `build_snapshot` makes, which end in a build counter.
+                snapshot_id: format!("recovered-{}-{}", last_log_id.leader_id, last_log_id.index),
+            },
+            data: bincode::serialize(state).map_err(|error| Error::Decode(error.to_string()))?,
+        };
+        self.store_snapshot(&stored)?;
+        self.load(&stored.meta, &stored.data)
+    }
+}
+
 fn snapshot_error(message: impl ToString) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(None, AnyError::error(message.to_string())).into()
 }
@@ -209,15 +233,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.data_mut();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
-            let result = match entry.payload {
-                EntryPayload::Blank => Ok(()),
-                EntryPayload::Normal(command) => applied.state.apply(&command),
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::ok(),
+                EntryPayload::Normal(command) => applied.state.apply_entry(&command),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Ok(())
+                    CommandResponse::ok()
                 }
             };
-            responses.push(CommandResponse { result });
+            responses.push(response);
         }
         let index = applied.last_applied.map_or(0, |log_id| log_id.index);
         drop(applied);

@@ -146,25 +146,41 @@ async fn quorum_loss_fails_fast_with_a_clear_message() -> Result<()> {
 async fn remote_client_trusted_with_a_token() -> Result<()> {
     init_tracing();
     let cluster = ProcessCluster::start(1).await?;
-    let address = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(cluster.dir(0).join("member.json"))?)?
-        ["address"]
+    let address = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(
+        cluster.dir(0).join("member.json"),
+    )?)?["address"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     let binary = starling_tests::processes::starling_binary()?;
     let client_config = tempfile::tempdir()?;
     let remote = |args: &[&str]| {
-        std::process::Command::new(&binary).arg("--config-dir").arg(client_config.path()).args(args).output()
+        std::process::Command::new(&binary)
+            .arg("--config-dir")
+            .arg(client_config.path())
+            .args(args)
+            .output()
     };
     tracing::info!("--- an unknown client is refused");
     let refused = remote(&["--remote", &address, "cluster", "list"])?;
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown remote"));
 
-    let token = cluster.cli_ok(0, &["trust", "add", "laptop"])?.trim().to_string();
+    let token = cluster
+        .cli_ok(0, &["trust", "add", "laptop"])?
+        .trim()
+        .to_string();
     let added = remote(&["remote", "add", &address, &token])?;
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     let listed = remote(&["--remote", &address, "cluster", "list", "--format", "json"])?;
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let members: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
     assert_eq!(with_role(&members, "database"), ["m1"]);
 
@@ -176,6 +192,10 @@ async fn remote_client_trusted_with_a_token() -> Result<()> {
         .args(["remote", "add", &address, &token])
         .output()?;
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("no valid token"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no valid token"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     Ok(())
 }

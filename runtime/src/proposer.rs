@@ -1,0 +1,108 @@
+//! Group commit of proposals: concurrent writes share one Raft entry.
+//!
+//! openraft 0.9 waits for each entry's log `fsync` before it takes the next client write, so
+//! one entry per write caps a member at one write per `fsync`. The proposer keeps one entry in
+//! flight; whatever arrives meanwhile goes into the next entry as a [`Command::Batch`]. A lone
+//! writer pays nothing extra: its command goes out at once, unbatched.
+
+use std::time::Duration;
+
+use starling_store::{Command, CommandResponse};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::member::Member;
+use crate::Error;
+
+/// Commands folded into one entry at most.
+const BATCH_COMMANDS_MAX: usize = 1024;
+/// How long one entry may take to commit before the proposal fails as unavailable.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A command waiting to be proposed, and where its outcome goes.
+pub(crate) struct Proposal {
+    pub(crate) command: Command,
+    pub(crate) done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// Entries in flight at once: the second overlaps the first's replication with its own `fsync`.
+const ENTRIES_IN_FLIGHT_MAX: usize = 2;
+
+/// Proposes queued commands until the queue closes.
+pub(crate) async fn run(member: Member, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
+    let mut shutdown = member.inner.shutdown.subscribe();
+    loop {
+        // The member owns the queue's sender, so the queue never closes while this task holds
+        // the member: stop on shutdown instead.
+        let first = tokio::select! {
+            next = queue.recv() => match next {
+                Some(proposal) => proposal,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut proposals = vec![first];
+        while proposals.len() < BATCH_COMMANDS_MAX {
+            match queue.try_recv() {
+                Ok(proposal) => proposals.push(proposal),
+                Err(_) => break,
+            }
+        }
+        let member = member.clone();
+        tokio::spawn(async move {
+            propose_batch(&member, proposals).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose_batch(member: &Member, proposals: Vec<Proposal>) {
+    let (commands, waiters): (Vec<Command>, Vec<_>) = proposals
+        .into_iter()
+        .map(|proposal| (proposal.command, proposal.done))
+        .unzip();
+    let single = commands.len() == 1;
+    let command = if single {
+        commands
+            .into_iter()
+            .next()
+            .unwrap_or(Command::Batch(Vec::new()))
+    } else {
+        Command::Batch(commands)
+    };
+    let outcome = write(member, command).await;
+    match outcome {
+        Ok(response) if single => {
+            for waiter in waiters {
+                let _ = waiter.send(response.result.clone().map_err(Error::Refused));
+            }
+        }
+        Ok(response) => {
+            for (waiter, result) in waiters.into_iter().zip(response.batch) {
+                let _ = waiter.send(result.map_err(Error::Refused));
+            }
+        }
+        Err(error) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+async fn write(member: &Member, command: Command) -> Result<CommandResponse, Error> {
+    match tokio::time::timeout(COMMIT_TIMEOUT, member.raft().client_write(command)).await {
+        Ok(Ok(response)) => Ok(response.data),
+        Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::Transport(
+            "leadership changed during the request; retry".to_string(),
+        )),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "write failed");
+            Err(member.unavailable().await)
+        }
+        Err(_) => Err(member.unavailable().await),
+    }
+}
