@@ -58,6 +58,7 @@ async fn create(dir: &Path, count: usize) -> Result<Vec<Member>> {
             name: name.clone(),
             listen: free_address()?,
             token,
+            member_config: Vec::new(),
         };
         running.push(start(dir, &name, mode).await?);
     }

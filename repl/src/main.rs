@@ -23,6 +23,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use starling_runtime::{Client, Member, MemberConfig, Operation, RaftTimings, StartMode};
+use starling_store::member_config::Answer;
 
 use crate::format::{Column, Format};
 
@@ -104,6 +105,13 @@ struct DaemonArgs {
     /// Join a cluster with this token.
     #[arg(long)]
     join: Option<String>,
+    /// Answer to a member-specific question when joining: ENTITY/NAME/KEY=VALUE
+    /// (e.g. storage-pool/local/source=/dev/sdb). Repeatable.
+    #[arg(long = "member-config", requires = "join")]
+    member_config: Vec<String>,
+    /// A YAML file with the answers when joining: `member_config: [{entity, name, key, value}]`.
+    #[arg(long, requires = "join")]
+    preseed: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +136,75 @@ enum ClusterCommand {
     RevokeToken {
         /// The name the token was issued for.
         name: String,
+    },
+    /// Changes a member from YAML on stdin (the fields `cluster show` prints).
+    Edit {
+        /// Member name.
+        name: String,
+    },
+    /// Sets a member config key: `set NAME KEY=VALUE` or `set NAME KEY VALUE`.
+    Set {
+        /// Member name.
+        name: String,
+        /// KEY=VALUE, or KEY.
+        key: String,
+        /// VALUE when given separately.
+        value: Option<String>,
+    },
+    /// Unsets a member config key.
+    Unset {
+        /// Member name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Prints a member config key, or its description or failure_domain.
+    Get {
+        /// Member name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// Adds or removes user roles (event-hub, ovn-chassis).
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Renames a member.
+    Rename {
+        /// Current name.
+        name: String,
+        /// New name.
+        new_name: String,
+    },
+    /// Removes a member from the cluster.
+    Remove {
+        /// Member name.
+        name: String,
+        /// Remove an offline or broken member without its cooperation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Shows a member's live state, read from the member itself.
+    State {
+        /// Member name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Adds roles: `role add NAME ROLE[,ROLE]`.
+    Add {
+        /// Member name.
+        name: String,
+        /// Comma-separated roles.
+        roles: String,
+    },
+    /// Removes roles: `role remove NAME ROLE[,ROLE]`.
+    Remove {
+        /// Member name.
+        name: String,
+        /// Comma-separated roles.
+        roles: String,
     },
 }
 
@@ -340,6 +417,54 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
             TOKEN_COLUMNS,
         ),
         ClusterCommand::RecoverFromQuorumLoss => recover(cli),
+        ClusterCommand::Edit { name } => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading YAML from stdin")?;
+            let edit: starling_runtime::operation::MemberEdit = parse_edit(&text)?;
+            client.operation(Operation::ClusterEdit { name: name.clone(), edit }).await?;
+            Ok(())
+        }
+        ClusterCommand::Set { name, key, value } => {
+            let (key, value) = key_value(key, value.as_deref())?;
+            client.operation(Operation::ClusterSet { name: name.clone(), key, value }).await?;
+            Ok(())
+        }
+        ClusterCommand::Unset { name, key } => {
+            client.operation(Operation::ClusterUnset { name: name.clone(), key: key.clone() }).await?;
+            Ok(())
+        }
+        ClusterCommand::Get { name, key } => {
+            let value = client.operation(Operation::ClusterGet { name: name.clone(), key: key.clone() }).await?;
+            println!("{}", value.as_str().unwrap_or_default());
+            Ok(())
+        }
+        ClusterCommand::Role(RoleCommand::Add { name, roles }) => {
+            for role in roles.split(',').filter(|role| !role.is_empty()) {
+                client.operation(Operation::ClusterRoleAdd { name: name.clone(), role: role.to_string() }).await?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Role(RoleCommand::Remove { name, roles }) => {
+            for role in roles.split(',').filter(|role| !role.is_empty()) {
+                client.operation(Operation::ClusterRoleRemove { name: name.clone(), role: role.to_string() }).await?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Rename { name, new_name } => {
+            client.operation(Operation::ClusterRename { from: name.clone(), to: new_name.clone() }).await?;
+            Ok(())
+        }
+        ClusterCommand::Remove { name, force } => {
+            client.operation(Operation::ClusterRemove { name: name.clone(), force: *force }).await?;
+            println!("Member {name} removed");
+            Ok(())
+        }
+        ClusterCommand::State { name } => {
+            let value = client.operation(Operation::ClusterMemberState { name: name.clone() }).await?;
+            let format = if cli.format == Format::Table { Format::Yaml } else { cli.format };
+            println!("{}", format::render(&value, format, &[]));
+            Ok(())
+        }
         ClusterCommand::RevokeToken { name } => {
             client
                 .operation(Operation::ClusterRevokeToken { name: name.clone() })
@@ -402,6 +527,33 @@ async fn config(cli: &Cli, client: &Client, command: &ConfigCommand) -> Result<(
     Ok(())
 }
 
+/// `KEY=VALUE`, or `KEY` and `VALUE` given apart, as `lxc` takes them.
+fn key_value(key: &str, value: Option<&str>) -> Result<(String, String)> {
+    match (key.split_once('='), value) {
+        (_, Some(value)) => Ok((key.to_string(), value.to_string())),
+        (Some((key, value)), None) => Ok((key.to_string(), value.to_string())),
+        (None, None) => bail!("give a value: `{key}=VALUE` or `{key} VALUE`"),
+    }
+}
+
+/// The YAML of `cluster edit`: the fields of `cluster show`; fields that cannot change
+/// (server_name, status, ...) are ignored, as `lxc` does.
+fn parse_edit(text: &str) -> Result<starling_runtime::operation::MemberEdit> {
+    let value: Value = serde_yaml::from_str(text).context("the input is not YAML")?;
+    let object = value.as_object().ok_or_else(|| anyhow!("expected a YAML mapping of member fields"))?;
+    let mut fields = serde_json::Map::new();
+    for key in ["description", "failure_domain", "config", "groups", "roles"] {
+        if let Some(field) = object.get(key) {
+            fields.insert(key.to_string(), field.clone());
+        }
+    }
+    let operation = Operation::from_call("cluster.edit", &[Value::String(String::new()), Value::Object(fields)])?;
+    match operation {
+        Operation::ClusterEdit { edit, .. } => Ok(edit),
+        _ => bail!("unexpected operation"),
+    }
+}
+
 fn config_rows(value: &Value) -> Value {
     let rows = value.as_object().map(|map| {
         map.iter()
@@ -449,6 +601,7 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
             name: need(&args.name, "--name")?,
             listen: need(&args.listen, "--listen")?,
             token: token.clone(),
+            member_config: join_answers(args)?,
         }
     } else {
         StartMode::Restart
@@ -459,9 +612,44 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
         timings: RaftTimings::default(),
     })
     .await?;
-    wait_for_signal().await;
-    member.shutdown().await;
+    tokio::select! {
+        _ = wait_for_signal() => {
+            member.leave_gracefully().await;
+            member.shutdown().await;
+        }
+        _ = member.stopped() => {
+            eprintln!("This member was removed from the cluster; its data directory was reset. Join again with a new token.");
+        }
+    }
     Ok(())
+}
+
+/// Answers to the member-specific questions, from `--preseed` and `--member-config`.
+fn join_answers(args: &DaemonArgs) -> Result<Vec<Answer>> {
+    let mut answers = Vec::new();
+    if let Some(path) = &args.preseed {
+        #[derive(serde::Deserialize)]
+        struct Preseed {
+            #[serde(default)]
+            member_config: Vec<Answer>,
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let preseed: Preseed = serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid preseed", path.display()))?;
+        answers.extend(preseed.member_config);
+    }
+    for given in &args.member_config {
+        let parsed = given.split_once('=').and_then(|(path, value)| {
+            let mut parts = path.splitn(3, '/');
+            Some(Answer {
+                entity: parts.next()?.to_string(),
+                name: parts.next()?.to_string(),
+                key: parts.next()?.to_string(),
+                value: value.to_string(),
+            })
+        });
+        answers.push(parsed.ok_or_else(|| anyhow!("--member-config {given}: use ENTITY/NAME/KEY=VALUE"))?);
+    }
+    Ok(answers)
 }
 
 async fn wait_for_signal() {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use starling_store::{Command, TokenKind};
+use starling_store::{Command, Network, StoragePool, TokenKind};
 
 use crate::join::{self, WRITE_TIMEOUT};
 use crate::member::Member;
@@ -141,6 +141,51 @@ impl Member {
                 Ok(Value::Null)
             }
             Operation::ConfigAll => Ok(view::config(self)),
+            Operation::ClusterMemberState { name } => self.member_state(name).await,
+            Operation::ClusterEdit { name, edit } => self.edit_member(name, edit).await,
+            Operation::ClusterSet { name, key, value } => self.set_member_config(name, key, Some(value)).await,
+            Operation::ClusterUnset { name, key } => self.set_member_config(name, key, None).await,
+            Operation::ClusterGet { name, key } => self.member_get(name, key),
+            Operation::ClusterRoleAdd { name, role } => self.change_role(name, role, true).await,
+            Operation::ClusterRoleRemove { name, role } => self.change_role(name, role, false).await,
+            Operation::ClusterRename { from, to } => {
+                self.propose(Command::MemberRename { from: from.clone(), to: to.clone() }, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
+            Operation::HandOver { id } => self.hand_over(*id).await,
+            Operation::StorageCreate { name, driver, config, member_config } => {
+                let pool = StoragePool {
+                    name: name.clone(),
+                    driver: driver.clone(),
+                    description: String::new(),
+                    config: config.clone(),
+                    member_config: member_config.clone(),
+                };
+                self.propose(Command::PoolCreate { pool }, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::StorageDelete { name } => {
+                self.propose(Command::PoolDelete { name: name.clone() }, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::StorageList => Ok(view::pools(self)),
+            Operation::NetworkCreate { name, network_type, config, member_config } => {
+                let network = Network {
+                    name: name.clone(),
+                    network_type: network_type.clone(),
+                    description: String::new(),
+                    config: config.clone(),
+                    member_config: member_config.clone(),
+                };
+                self.propose(Command::NetworkCreate { network }, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::NetworkDelete { name } => {
+                self.propose(Command::NetworkDelete { name: name.clone() }, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::NetworkList => Ok(view::networks(self)),
             Operation::Join(request) => {
                 let response = join::admit(self, request.clone()).await?;
                 serde_json::to_value(response).map_err(|error| Error::Internal(error.to_string()))

@@ -1,16 +1,22 @@
 //! The leader's heartbeat rounds, member status, and role rebalancing.
+//!
+//! Status lives in the cluster database, so every member answers the same and a new leader
+//! starts from what the old one recorded. The leader records a change only: a member turns
+//! `Offline` once it has not answered for `cluster.offline_threshold` seconds, and `Online`
+//! when it answers again. A new leader gives every member it has not heard from yet one full
+//! threshold, counted from its election, before it calls it offline.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use openraft::ChangeMembers;
-
-use starling_store::{Member as MemberRecord, NodeId};
+use starling_store::{Command, HealthUpdate, Member as MemberRecord, MemberStatus, NodeId};
 
 use crate::member::{node, Member};
 use crate::protocol::{Heartbeat, Reply, Request};
 use crate::roles::{self, Candidate, CurrentRoles};
+use crate::token::{format_time_ms, now_ms};
 use crate::view::RaftRoles;
 use crate::Error;
 
@@ -21,118 +27,118 @@ const PROMOTION_LAG_MAX: u64 = 100;
 pub(crate) async fn run(member: Member) {
     let mut shutdown = member.inner.shutdown.subscribe();
     loop {
-        let interval_ms = member
-            .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
-            .max(100) as u64;
+        let interval_ms = member.local_state(|state| state.config_i64("cluster.heartbeat_interval_ms")).max(100) as u64;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = shutdown.changed() => return,
         }
         if !member.is_leader() {
-            *member
-                .inner
-                .leader_since
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+            *member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+            member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
             continue;
         }
-        member
-            .inner
-            .leader_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get_or_insert_with(Instant::now);
+        member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_with(Instant::now);
         heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
+        record_health(&member).await;
         rebalance(&member).await;
     }
 }
 
 /// Sends one heartbeat to every other member and records who answered.
 async fn heartbeat_round(member: &Member, timeout: Duration) {
-    let records: Vec<MemberRecord> =
-        member.local_state(|state| state.members.values().cloned().collect());
+    let records: Vec<MemberRecord> = member.local_state(|state| state.members.values().cloned().collect());
     let heartbeat = Heartbeat {
         leader_id: member.id(),
         leader_address: member.address().to_string(),
-        addresses: records
-            .iter()
-            .map(|record| record.address.clone())
-            .collect(),
+        addresses: records.iter().map(|record| record.address.clone()).collect(),
     };
-    let beats = records
-        .iter()
-        .filter(|record| record.id != member.id())
-        .map(|record| {
-            let request = Request::Heartbeat(heartbeat.clone());
-            async move {
-                let socket = crate::network::resolve(&record.address).await.ok()?;
-                match member
-                    .inner
-                    .pool
-                    .request::<Request, Reply>(socket, &member.inner.trust, &request, timeout)
-                    .await
-                {
-                    Ok(Reply::HeartbeatAck { .. }) => Some(record.id),
-                    _ => None,
-                }
+    let beats = records.iter().filter(|record| record.id != member.id()).map(|record| {
+        let request = Request::Heartbeat(heartbeat.clone());
+        async move {
+            match member.request(&record.address, &request, timeout).await {
+                Ok(Reply::HeartbeatAck { .. }) => Some(record.id),
+                _ => None,
             }
-        });
+        }
+    });
     let answered: Vec<NodeId> = join_all(beats).await.into_iter().flatten().collect();
     let now = Instant::now();
-    let mut last_seen = member
-        .inner
-        .last_seen
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last_seen = member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for id in answered {
         last_seen.insert(id, now);
     }
 }
 
-/// A member's answer to the leader's heartbeat.
-pub(crate) fn on_heartbeat(member: &Member, heartbeat: Heartbeat) -> Reply {
-    member.heard().leader = Some((heartbeat.leader_id, heartbeat.leader_address.clone()));
-    let peers = heartbeat
-        .addresses
-        .into_iter()
-        .filter(|address| address != member.address())
+/// Records the members whose health changed since the last round.
+async fn record_health(member: &Member) {
+    let threshold = offline_threshold(member);
+    let records: Vec<MemberRecord> = member.local_state(|state| state.members.values().cloned().collect());
+    let leader_since = *member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let last_seen = member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let now = Instant::now();
+    let now_ms = now_ms();
+    let updates: Vec<HealthUpdate> = records
+        .iter()
+        .filter(|record| record.status != MemberStatus::Evacuated)
+        .filter_map(|record| {
+            let seen = if record.id == member.id() { Some(now) } else { last_seen.get(&record.id).copied() };
+            let online = match seen {
+                Some(seen) => now.duration_since(seen) < threshold,
+                // Not heard yet: an online member keeps its status for one threshold after the
+                // election; an offline one stays offline until it answers.
+                None => record.status == MemberStatus::Online && leader_since.is_some_and(|since| since.elapsed() < threshold),
+            };
+            let status = if online { MemberStatus::Online } else { MemberStatus::Offline };
+            if status == record.status {
+                return None;
+            }
+            let last_heartbeat_ms = match seen {
+                Some(seen) => now_ms.saturating_sub(now.duration_since(seen).as_millis() as u64),
+                None => record.last_heartbeat_ms,
+            };
+            tracing::info!(member = %record.name, status = status.as_str(), "member status changed");
+            Some(HealthUpdate { name: record.name.clone(), status, last_heartbeat_ms })
+        })
         .collect();
-    member.remember_peers(peers);
-    Reply::HeartbeatAck {
-        name: member.name().to_string(),
+    if !updates.is_empty() {
+        if let Err(error) = member.propose(Command::MemberHealth { updates }, crate::join::WRITE_TIMEOUT).await {
+            tracing::warn!(%error, "could not record member health");
+        }
     }
 }
 
-/// LXD's status and message of a member, as the leader sees it.
-pub(crate) fn status_of(member: &Member, record: &MemberRecord) -> (&'static str, String) {
-    if record.id == member.id() || !member.is_leader() {
-        return ("Online", "Fully operational".to_string());
+fn offline_threshold(member: &Member) -> Duration {
+    Duration::from_secs(member.local_state(|state| state.config_i64("cluster.offline_threshold")).max(10) as u64)
+}
+
+/// A member's answer to the leader's heartbeat.
+pub(crate) fn on_heartbeat(member: &Member, heartbeat: Heartbeat) -> Reply {
+    member.heard().leader = Some((heartbeat.leader_id, heartbeat.leader_address.clone()));
+    let peers = heartbeat.addresses.into_iter().filter(|address| address != member.address()).collect();
+    member.remember_peers(peers);
+    Reply::HeartbeatAck { name: member.name() }
+}
+
+/// LXD's status and message of a member, from the cluster database.
+pub(crate) fn status_of(record: &MemberRecord) -> (&'static str, String) {
+    let message = match record.status {
+        MemberStatus::Online => "Fully operational".to_string(),
+        MemberStatus::Evacuated => "Unavailable due to maintenance".to_string(),
+        MemberStatus::Offline => {
+            let silent_s = now_ms().saturating_sub(record.last_heartbeat_ms) / 1000;
+            format!("No heartbeat for {silent_s}s ({})", format_time_ms(record.last_heartbeat_ms))
+        }
+    };
+    (record.status.as_str(), message)
+}
+
+/// Refuses an operation that needs `record`'s member to answer while it is not online.
+pub(crate) fn require_online(record: &MemberRecord) -> Result<(), Error> {
+    if record.status == MemberStatus::Online {
+        return Ok(());
     }
-    let threshold = Duration::from_secs(
-        member
-            .local_state(|state| state.config_i64("cluster.offline_threshold"))
-            .max(10) as u64,
-    );
-    let last_seen = member
-        .inner
-        .last_seen
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(&record.id)
-        .copied();
-    let leader_since = *member
-        .inner
-        .leader_since
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    // A new leader has not heard from anyone yet: give every member one threshold.
-    let heard_since = last_seen.or(leader_since).unwrap_or_else(Instant::now);
-    let silent = heard_since.elapsed();
-    if silent < threshold {
-        ("Online", "Fully operational".to_string())
-    } else {
-        ("Offline", format!("No heartbeat for {}s", silent.as_secs()))
-    }
+    let (status, message) = status_of(record);
+    Err(Error::Refused(format!("member \"{}\" is {status}: {message}", record.name)))
 }
 
 /// Moves Raft roles towards the plan for the current members and limits.
@@ -140,18 +146,14 @@ async fn rebalance(member: &Member) {
     let raft_roles = RaftRoles::of(member);
     let (records, voters_max, standbys_max) = member.local_state(|state| {
         let records: Vec<MemberRecord> = state.members.values().cloned().collect();
-        (
-            records,
-            state.config_i64("cluster.max_voters") as usize,
-            state.config_i64("cluster.max_standby") as usize,
-        )
+        (records, state.config_i64("cluster.max_voters") as usize, state.config_i64("cluster.max_standby") as usize)
     });
     let candidates: Vec<Candidate> = records
         .iter()
         .map(|record| Candidate {
             id: record.id,
             failure_domain: record.failure_domain.clone(),
-            online: status_of(member, record).0 == "Online",
+            online: record.status == MemberStatus::Online,
         })
         .collect();
     let current = CurrentRoles {
@@ -165,66 +167,42 @@ async fn rebalance(member: &Member) {
     }
 }
 
-async fn carry_out(
-    member: &Member,
-    records: &[MemberRecord],
-    current: &CurrentRoles,
-    plan: &roles::RolePlan,
-) -> Result<(), String> {
+/// Followers whose log is within [`PROMOTION_LAG_MAX`] of the leader's, and whether a
+/// membership change is still in progress.
+pub(crate) fn replication_view(member: &Member) -> (bool, BTreeSet<NodeId>) {
+    let metrics = member.raft().metrics();
+    let metrics = metrics.borrow();
+    let last_index = metrics.last_log_index.unwrap_or(0);
+    let caught_up = metrics
+        .replication
+        .as_ref()
+        .map(|replication| {
+            replication
+                .iter()
+                .filter(|(_, matched)| matched.map_or(0, |log_id| log_id.index) + PROMOTION_LAG_MAX >= last_index)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+        .unwrap_or_default();
+    (metrics.membership_config.membership().get_joint_config().len() > 1, caught_up)
+}
+
+async fn carry_out(member: &Member, records: &[MemberRecord], current: &CurrentRoles, plan: &roles::RolePlan) -> Result<(), String> {
     let raft = member.raft();
-    let (joint, caught_up) = {
-        let metrics = raft.metrics();
-        let metrics = metrics.borrow();
-        let last_index = metrics.last_log_index.unwrap_or(0);
-        let caught_up: BTreeSet<NodeId> = metrics
-            .replication
-            .as_ref()
-            .map(|replication| {
-                replication
-                    .iter()
-                    .filter(|(_, matched)| {
-                        matched.map_or(0, |log_id| log_id.index) + PROMOTION_LAG_MAX >= last_index
-                    })
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default();
-        (
-            metrics
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .len()
-                > 1,
-            caught_up,
-        )
-    };
+    let (joint, caught_up) = replication_view(member);
     if joint {
         return Ok(());
     }
     let in_raft: BTreeSet<NodeId> = current.voters.union(&current.standbys).copied().collect();
-    for id in plan
-        .voters
-        .union(&plan.standbys)
-        .filter(|id| !in_raft.contains(id))
-    {
+    for id in plan.voters.union(&plan.standbys).filter(|id| !in_raft.contains(id)) {
         if let Some(record) = records.iter().find(|record| record.id == *id) {
             tracing::info!(member = %record.name, "adding a database replica");
-            raft.add_learner(*id, node(&record.address), false)
-                .await
-                .map_err(|error| error.to_string())?;
+            raft.add_learner(*id, node(&record.address), false).await.map_err(|error| error.to_string())?;
         }
     }
-    if plan.voters != current.voters
-        && plan
-            .voters
-            .iter()
-            .all(|id| current.voters.contains(id) || caught_up.contains(id))
-    {
+    if plan.voters != current.voters && plan.voters.iter().all(|id| current.voters.contains(id) || caught_up.contains(id)) {
         tracing::info!(voters = ?plan.voters, "changing voters");
-        raft.change_membership(plan.voters.clone(), true)
-            .await
-            .map_err(|error| error.to_string())?;
+        raft.change_membership(plan.voters.clone(), true).await.map_err(|error| error.to_string())?;
         return Ok(());
     }
     let extra: BTreeSet<NodeId> = current
@@ -235,9 +213,7 @@ async fn carry_out(
         .collect();
     if !extra.is_empty() {
         tracing::info!(removed = ?extra, "removing database replicas");
-        raft.change_membership(ChangeMembers::RemoveNodes(extra), false)
-            .await
-            .map_err(|error| error.to_string())?;
+        raft.change_membership(ChangeMembers::RemoveNodes(extra), false).await.map_err(|error| error.to_string())?;
     }
     Ok(())
 }
@@ -249,36 +225,14 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let addresses = voters
-            .iter()
-            .filter_map(|id| membership.get_node(id).map(|node| (*id, node.addr.clone())))
-            .collect();
+        let addresses = voters.iter().filter_map(|id| membership.get_node(id).map(|node| (*id, node.addr.clone()))).collect();
         (voters, addresses)
     };
-    let pings =
-        addresses
-            .iter()
-            .filter(|(id, _)| *id != member.id())
-            .map(|(_, address)| async move {
-                let socket = crate::network::resolve(address).await.ok()?;
-                let request = Request::Ping;
-                let reply = member
-                    .inner
-                    .pool
-                    .request::<Request, Reply>(
-                        socket,
-                        &member.inner.trust,
-                        &request,
-                        Duration::from_millis(500),
-                    )
-                    .await;
-                matches!(reply, Ok(Reply::Pong)).then_some(())
-            });
+    let pings = addresses.iter().filter(|(id, _)| *id != member.id()).map(|(_, address)| async move {
+        let reply = member.request(address, &Request::Ping, Duration::from_millis(500)).await;
+        matches!(reply, Ok(Reply::Pong)).then_some(())
+    });
     let answered = join_all(pings).await.into_iter().flatten().count();
     let reachable = answered + usize::from(voters.contains(&member.id()));
-    Error::NoQuorum {
-        reachable,
-        voters: voters.len(),
-        needed: voters.len() / 2 + 1,
-    }
+    Error::NoQuorum { reachable, voters: voters.len(), needed: voters.len() / 2 + 1 }
 }

@@ -76,7 +76,10 @@ pub(crate) async fn finish_bootstrap(member: &Member) -> Result<(), Error> {
         groups: vec!["default".to_string()],
         user_roles: vec![],
         certificate_fingerprint: fingerprint_pem(&member_identity.cert_pem)?,
+        admin_fingerprint: fingerprint_pem(&admin.cert_pem)?,
         joined_at_ms: now_ms(),
+        status: starling_store::MemberStatus::Online,
+        last_heartbeat_ms: now_ms(),
     };
     let admin = TrustedClient {
         name: format!("admin@{}", member.name()),
@@ -100,6 +103,7 @@ pub(crate) async fn join(
     name: &str,
     listen: &str,
     token: &str,
+    answers: &[starling_store::member_config::Answer],
 ) -> Result<(), Error> {
     let payload = TokenPayload::decode(token)?;
     if payload.server_name != name {
@@ -123,6 +127,7 @@ pub(crate) async fn join(
         secret: payload.secret.clone(),
         address: listen.to_string(),
         architecture: std::env::consts::ARCH.to_string(),
+        member_config: answers.to_vec(),
     });
     let mut failures = Vec::new();
     for address in &payload.addresses {
@@ -204,10 +209,14 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
             groups: vec!["default".to_string()],
             user_roles: vec![],
             certificate_fingerprint: fingerprint_pem(&identity.cert_pem)?,
+            admin_fingerprint: fingerprint_pem(&admin.cert_pem)?,
             joined_at_ms: now_ms(),
+            status: starling_store::MemberStatus::Online,
+            last_heartbeat_ms: now_ms(),
         };
         let command = Command::MemberAdd {
             member: record,
+            answers: request.member_config.clone(),
             secret: request.secret.clone(),
             now_ms: now_ms(),
         };

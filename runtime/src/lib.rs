@@ -21,6 +21,7 @@ mod error;
 mod execute;
 mod health;
 mod join;
+mod manage;
 pub mod member;
 pub mod network;
 pub mod operation;
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod roles;
 pub mod script;
 mod serve;
+mod sysinfo;
 pub mod token;
 mod view;
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::datadir::{DataDir, MemberFile};
 use crate::network::RaftTransport;
+use crate::protocol::{Reply, Request};
 use crate::Error;
 
 /// How a member starts.
@@ -37,6 +38,8 @@ pub enum StartMode {
         listen: String,
         /// The join token.
         token: String,
+        /// Answers to the member-specific configuration questions.
+        member_config: Vec<starling_store::member_config::Answer>,
     },
     /// Start again from an existing data directory.
     Restart,
@@ -100,9 +103,16 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Writes waiting for the proposer (group commit).
     pub(crate) proposals: tokio::sync::mpsc::UnboundedSender<crate::proposer::Proposal>,
+    /// Addresses this member may not talk to (fault injection for partition tests).
+    pub(crate) blocked: Blocked,
+    /// Becomes true once the member has stopped (after shutdown or removal).
+    pub(crate) stopped: watch::Sender<bool>,
     /// Held while the member runs, so recovery tools cannot touch its database.
     _lock: starling_store::DirLock,
 }
+
+/// Peer addresses cut off from a member, shared with its Raft network.
+pub type Blocked = Arc<Mutex<std::collections::HashSet<String>>>;
 
 /// The latest heartbeat a member received.
 #[derive(Clone, Debug, Default)]
@@ -133,6 +143,7 @@ impl Member {
                 name,
                 listen,
                 token,
+                member_config,
             } => {
                 if dir.is_initialized() {
                     return Err(Error::Local(format!(
@@ -140,7 +151,7 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                crate::join::join(&dir, name, listen, token).await?;
+                crate::join::join(&dir, name, listen, token, member_config).await?;
                 Member::open(&dir, config.timings).await
             }
             StartMode::Restart => {
@@ -174,9 +185,11 @@ impl Member {
         };
         let lock = starling_store::DirLock::acquire(&dir.database())?;
         let (log_store, state) = starling_store::open(&dir.database())?;
+        let blocked = Blocked::default();
         let transport = RaftTransport {
             pool: pool.clone(),
             trust: trust.clone(),
+            blocked: blocked.clone(),
         };
         let raft = Raft::new(
             file.id,
@@ -209,6 +222,8 @@ impl Member {
             leader_since: Mutex::new(None),
             shutdown,
             proposals,
+            blocked,
+            stopped: watch::channel(false).0,
             _lock: lock,
         };
         let member = Member {
@@ -237,8 +252,47 @@ impl Member {
     }
 
     /// The member's name.
-    pub fn name(&self) -> &str {
-        &self.inner.name
+    /// (Its current name: a member can be renamed while it runs.)
+    pub fn name(&self) -> String {
+        self.local_state(|state| state.member_by_id(self.inner.id).map(|record| record.name.clone()))
+            .unwrap_or_else(|| self.inner.name.clone())
+    }
+
+    /// Sends `request` to the member at `address` (a `host:port`) over the pool.
+    pub(crate) async fn request(&self, address: &str, request: &Request, timeout: Duration) -> Result<Reply, Error> {
+        if self.is_blocked(address) {
+            return Err(Error::Transport(format!("{address} is cut off from this member")));
+        }
+        let socket = crate::network::resolve(address).await.map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        Ok(self.inner.pool.request::<Request, Reply>(socket, &self.inner.trust, request, timeout).await?)
+    }
+
+    pub(crate) fn is_blocked(&self, address: &str) -> bool {
+        self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(address)
+    }
+
+    /// Fault injection for tests: drop all traffic to and from the members at `addresses`.
+    #[doc(hidden)]
+    pub fn cut_off(&self, addresses: &[String]) {
+        let mut blocked = self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        blocked.extend(addresses.iter().cloned());
+        for address in addresses {
+            if let Ok(socket) = address.parse() {
+                self.inner.pool.forget(socket);
+            }
+        }
+    }
+
+    /// Fault injection for tests: talk to everyone again.
+    #[doc(hidden)]
+    pub fn reconnect_all(&self) {
+        self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// Resolves once the member was removed from the cluster and has reset its data directory.
+    pub async fn stopped(&self) {
+        let mut stopped = self.inner.stopped.subscribe();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
     }
 
     /// The member's Raft node id.

@@ -22,6 +22,8 @@ pub struct RaftTransport {
     pub pool: Pool,
     /// How peers' certificates are checked (the cluster CA).
     pub trust: ServerTrust,
+    /// Addresses cut off (fault injection for tests).
+    pub blocked: crate::member::Blocked,
 }
 
 /// The Raft connection to one peer.
@@ -50,6 +52,11 @@ impl PeerLink {
         request: RaftRequest,
         timeout: Duration,
     ) -> RpcResult<Reply, E> {
+        let cut_off = self.transport.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&self.address);
+        if cut_off {
+            let error = std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{} is cut off", self.address));
+            return Err(RPCError::Unreachable(Unreachable::new(&error)));
+        }
         let address: SocketAddr = resolve(&self.address)
             .await
             .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;

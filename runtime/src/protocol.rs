@@ -48,6 +48,12 @@ pub enum Request {
     Heartbeat(Heartbeat),
     /// Are you there? (used to count reachable voters); members only.
     Ping,
+    /// The leader removed the receiver from the cluster: it resets itself; members only.
+    Removed,
+    /// Start an election now (the leader is handing over); members only.
+    TakeOver,
+    /// The receiver's live state (`cluster.member_state`); members only.
+    MemberState,
 }
 
 /// Raft RPCs.
@@ -87,6 +93,10 @@ pub enum Reply {
     },
     /// Answer to a ping.
     Pong,
+    /// The request was taken (removal, takeover).
+    Ack,
+    /// The member's live state as JSON text.
+    MemberState(String),
     /// The request itself was refused (unauthorized, malformed).
     Refused(Error),
 }
@@ -102,6 +112,8 @@ pub struct JoinRequest {
     pub address: String,
     /// The joiner's CPU architecture.
     pub architecture: String,
+    /// Answers to the member-specific configuration questions.
+    pub member_config: Vec<starling_store::member_config::Answer>,
 }
 
 /// What a joiner gets back.

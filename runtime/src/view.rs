@@ -41,8 +41,8 @@ impl RaftRoles {
     }
 }
 
-fn member_json(member: &Member, raft: &RaftRoles, record: &MemberRecord) -> Value {
-    let (status, message) = crate::health::status_of(member, record);
+fn member_json(raft: &RaftRoles, record: &MemberRecord) -> Value {
+    let (status, message) = crate::health::status_of(record);
     json!({
         "server_name": record.name,
         "url": format!("quic://{}", record.address),
@@ -67,7 +67,7 @@ pub(crate) fn members(member: &Member) -> Value {
     Value::Array(
         records
             .iter()
-            .map(|record| member_json(member, &raft, record))
+            .map(|record| member_json(&raft, record))
             .collect(),
     )
 }
@@ -77,7 +77,7 @@ pub(crate) fn member(member: &Member, name: &str) -> Result<Value, Error> {
     let raft = RaftRoles::of(member);
     let record = member.local_state(|state| state.members.get(name).cloned());
     match record {
-        Some(record) => Ok(member_json(member, &raft, &record)),
+        Some(record) => Ok(member_json(&raft, &record)),
         None => Err(Error::Refused(format!("member \"{name}\" not found"))),
     }
 }
@@ -100,8 +100,30 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
             "voters": raft.voters.len(),
             "standbys": raft.learners.len(),
             "version": env!("CARGO_PKG_VERSION"),
-            "member_config": [],
+            "member_config": starling_store::member_config::questions(state),
         })
+    })
+}
+
+/// `storage.list()`.
+pub(crate) fn pools(member: &Member) -> Value {
+    member.local_state(|state| {
+        let pools = state.pools.values().map(|pool| {
+            json!({"name": pool.name, "driver": pool.driver, "description": pool.description,
+                   "config": pool.config, "member_config": pool.member_config})
+        });
+        Value::Array(pools.collect())
+    })
+}
+
+/// `network.list()`.
+pub(crate) fn networks(member: &Member) -> Value {
+    member.local_state(|state| {
+        let networks = state.networks.values().map(|network| {
+            json!({"name": network.name, "type": network.network_type, "description": network.description,
+                   "config": network.config, "member_config": network.member_config})
+        });
+        Value::Array(networks.collect())
     })
 }
 

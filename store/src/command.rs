@@ -6,8 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::config;
-use crate::model::{ClusterState, JoinToken, Member, TokenKind, TrustedClient};
+use crate::member_config::{self, Answer};
+use crate::model::{ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient};
 
 /// A change to the cluster state, proposed through Raft.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,8 @@ pub enum Command {
     MemberAdd {
         /// The new member (its `id` must be the next free node id).
         member: Member,
+        /// Its answers to the member-specific configuration questions.
+        answers: Vec<Answer>,
         /// The secret presented by the joiner.
         secret: String,
         /// The time of the request, milliseconds since the Unix epoch.
@@ -56,6 +61,50 @@ pub enum Command {
     },
     /// Several commands proposed together (group commit); each applies on its own, in order.
     Batch(Vec<Command>),
+    /// Health changes the leader observed in a heartbeat round.
+    MemberHealth {
+        /// One entry per member whose status changed.
+        updates: Vec<HealthUpdate>,
+    },
+    /// Changes a member's properties.
+    MemberUpdate {
+        /// The member.
+        name: String,
+        /// What to change.
+        changes: MemberChanges,
+    },
+    /// Renames a member.
+    MemberRename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Removes a member and revokes its certificates.
+    MemberRemove {
+        /// The member.
+        name: String,
+    },
+    /// Creates a storage pool.
+    PoolCreate {
+        /// The pool.
+        pool: StoragePool,
+    },
+    /// Deletes a storage pool.
+    PoolDelete {
+        /// Its name.
+        name: String,
+    },
+    /// Creates a network.
+    NetworkCreate {
+        /// The network.
+        network: Network,
+    },
+    /// Deletes a network.
+    NetworkDelete {
+        /// Its name.
+        name: String,
+    },
     /// Trusts a client certificate, consuming its client token.
     ClientTrust {
         /// The client to trust (its `name` is the token's name).
@@ -66,6 +115,35 @@ pub enum Command {
         now_ms: u64,
     },
 }
+
+/// A member's new health, as a heartbeat round saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthUpdate {
+    /// The member.
+    pub name: String,
+    /// Its status now.
+    pub status: MemberStatus,
+    /// When it last answered, milliseconds since the Unix epoch.
+    pub last_heartbeat_ms: u64,
+}
+
+/// Changes to a member's properties; `None` leaves a property as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberChanges {
+    /// New description.
+    pub description: Option<String>,
+    /// New failure domain.
+    pub failure_domain: Option<String>,
+    /// New member config (replaces the whole map).
+    pub config: Option<BTreeMap<String, String>>,
+    /// New groups (replaces the list).
+    pub groups: Option<Vec<String>>,
+    /// New user roles (`event-hub`, `ovn-chassis`; replaces the list).
+    pub user_roles: Option<Vec<String>>,
+}
+
+/// Roles users may add and remove; the `database*` roles are automatic.
+pub const USER_ROLES: &[&str] = &["event-hub", "ovn-chassis"];
 
 /// The answer to an applied command: `Err` carries the reason it changed nothing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,11 +222,29 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(format!("no token for \"{name}\"")),
             },
-            Command::MemberAdd {
-                member,
-                secret,
-                now_ms,
-            } => self.add_member(member, secret, *now_ms),
+            Command::MemberAdd { member, answers, secret, now_ms } => self.add_member(member, answers, secret, *now_ms),
+            Command::MemberHealth { updates } => {
+                for update in updates {
+                    if let Some(member) = self.members.get_mut(&update.name) {
+                        member.status = update.status;
+                        member.last_heartbeat_ms = update.last_heartbeat_ms;
+                    }
+                }
+                Ok(())
+            }
+            Command::MemberUpdate { name, changes } => self.update_member(name, changes),
+            Command::MemberRename { from, to } => self.rename_member(from, to),
+            Command::MemberRemove { name } => self.remove_member(name),
+            Command::PoolCreate { pool } => self.create_pool(pool),
+            Command::PoolDelete { name } => match self.pools.remove(name) {
+                Some(_) => Ok(()),
+                None => Err(format!("storage pool \"{name}\" not found")),
+            },
+            Command::NetworkCreate { network } => self.create_network(network),
+            Command::NetworkDelete { name } => match self.networks.remove(name) {
+                Some(_) => Ok(()),
+                None => Err(format!("network \"{name}\" not found")),
+            },
             Command::ClientTrust {
                 client,
                 secret,
@@ -173,7 +269,7 @@ impl ClusterState {
         Ok(())
     }
 
-    fn add_member(&mut self, member: &Member, secret: &str, now_ms: u64) -> Result<(), String> {
+    fn add_member(&mut self, member: &Member, answers: &[Answer], secret: &str, now_ms: u64) -> Result<(), String> {
         if self.members.contains_key(&member.name) {
             return Err(format!(
                 "the cluster already has a member named \"{}\"",
@@ -196,9 +292,93 @@ impl ClusterState {
                 member.address
             ));
         }
+        member_config::check_answers(self, answers)?;
         self.consume_token(&member.name, TokenKind::Join, secret, now_ms)?;
         self.next_node_id = member.id + 1;
         self.members.insert(member.name.clone(), member.clone());
+        member_config::record_answers(self, &member.name, answers);
+        Ok(())
+    }
+
+    fn update_member(&mut self, name: &str, changes: &MemberChanges) -> Result<(), String> {
+        validate_changes(changes)?;
+        let member = self.members.get_mut(name).ok_or_else(|| format!("member \"{name}\" not found"))?;
+        if let Some(description) = &changes.description {
+            member.description = description.clone();
+        }
+        if let Some(failure_domain) = &changes.failure_domain {
+            member.failure_domain = failure_domain.clone();
+        }
+        if let Some(config) = &changes.config {
+            member.config = config.clone();
+        }
+        if let Some(groups) = &changes.groups {
+            member.groups = groups.clone();
+        }
+        if let Some(user_roles) = &changes.user_roles {
+            member.user_roles = user_roles.clone();
+        }
+        Ok(())
+    }
+
+    fn rename_member(&mut self, from: &str, to: &str) -> Result<(), String> {
+        validate_member_name(to)?;
+        if self.members.contains_key(to) {
+            return Err(format!("the cluster already has a member named \"{to}\""));
+        }
+        let mut member = self.members.remove(from).ok_or_else(|| format!("member \"{from}\" not found"))?;
+        member.name = to.to_string();
+        self.members.insert(to.to_string(), member);
+        for object_config in self.pools.values_mut().map(|pool| &mut pool.member_config).chain(self.networks.values_mut().map(|network| &mut network.member_config)) {
+            if let Some(values) = object_config.remove(from) {
+                object_config.insert(to.to_string(), values);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_member(&mut self, name: &str) -> Result<(), String> {
+        if !self.members.contains_key(name) {
+            return Err(format!("member \"{name}\" not found"));
+        }
+        if self.members.len() == 1 {
+            return Err(format!("\"{name}\" is the last member of the cluster and cannot be removed"));
+        }
+        let member = self.members.remove(name).ok_or_else(|| format!("member \"{name}\" not found"))?;
+        self.revoked.insert(member.certificate_fingerprint);
+        self.revoked.insert(member.admin_fingerprint);
+        for object_config in self.pools.values_mut().map(|pool| &mut pool.member_config).chain(self.networks.values_mut().map(|network| &mut network.member_config)) {
+            object_config.remove(name);
+        }
+        Ok(())
+    }
+
+    fn create_pool(&mut self, pool: &StoragePool) -> Result<(), String> {
+        validate_object_name(&pool.name, "storage pool")?;
+        if self.pools.contains_key(&pool.name) {
+            return Err(format!("storage pool \"{}\" already exists", pool.name));
+        }
+        if !member_config::POOL_DRIVERS.contains(&pool.driver.as_str()) {
+            return Err(format!("unknown storage driver \"{}\" (known: {})", pool.driver, member_config::POOL_DRIVERS.join(", ")));
+        }
+        let what = format!("storage pool \"{}\"", pool.name);
+        member_config::check_object(self, &what, &member_config::pool_keys(&pool.driver), &pool.config, &pool.member_config)?;
+        self.pools.insert(pool.name.clone(), pool.clone());
+        Ok(())
+    }
+
+    fn create_network(&mut self, network: &Network) -> Result<(), String> {
+        validate_object_name(&network.name, "network")?;
+        if self.networks.contains_key(&network.name) {
+            return Err(format!("network \"{}\" already exists", network.name));
+        }
+        if !member_config::NETWORK_TYPES.contains(&network.network_type.as_str()) {
+            return Err(format!("unknown network type \"{}\" (known: {})", network.network_type, member_config::NETWORK_TYPES.join(", ")));
+        }
+        let what = format!("network \"{}\"", network.name);
+        let keys = member_config::network_keys(&network.network_type);
+        member_config::check_object(self, &what, &keys, &network.config, &network.member_config)?;
+        self.networks.insert(network.name.clone(), network.clone());
         Ok(())
     }
 
@@ -250,6 +430,54 @@ pub fn validate_member_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks member changes: config keys, group names, user roles, failure domain.
+pub fn validate_changes(changes: &MemberChanges) -> Result<(), String> {
+    if let Some(config) = &changes.config {
+        for (key, value) in config {
+            validate_member_config(key, value)?;
+        }
+    }
+    if let Some(groups) = &changes.groups {
+        if groups.is_empty() {
+            return Err("a member must stay in at least one cluster group".to_string());
+        }
+        for group in groups {
+            validate_object_name(group, "cluster group")?;
+        }
+    }
+    if let Some(roles) = &changes.user_roles {
+        if let Some(role) = roles.iter().find(|role| role.starts_with("database")) {
+            return Err(format!("the role \"{role}\" is automatic: Starling assigns database roles itself"));
+        }
+        if let Some(role) = roles.iter().find(|role| !USER_ROLES.contains(&role.as_str())) {
+            return Err(format!("unknown role \"{role}\" (roles users may set: {})", USER_ROLES.join(", ")));
+        }
+    }
+    if let Some(domain) = &changes.failure_domain {
+        validate_object_name(domain, "failure domain")?;
+    }
+    Ok(())
+}
+
+/// Checks one member config key and value: `scheduler.instance` or `user.*`.
+pub fn validate_member_config(key: &str, value: &str) -> Result<(), String> {
+    match key {
+        "scheduler.instance" if ["all", "group", "manual"].contains(&value) => Ok(()),
+        "scheduler.instance" => Err(format!("invalid value \"{value}\" for \"scheduler.instance\": must be all, group or manual")),
+        _ if key.starts_with("user.") && key.len() > 5 => Ok(()),
+        _ => Err(format!("unknown member configuration key \"{key}\" (allowed: scheduler.instance, user.*)")),
+    }
+}
+
+/// Checks a group, pool, network or failure-domain name (LXD's rules for group names).
+pub fn validate_object_name(name: &str, what: &str) -> Result<(), String> {
+    let forbidden = |c: char| matches!(c, '/' | '\\' | ' ' | '_' | '"' | '\'') || c.is_control();
+    if name.is_empty() || name == "*" || name == "." || name == ".." || name.chars().any(forbidden) {
+        return Err(format!("invalid {what} name \"{name}\": no spaces, '/', '\\', '_' or quotes, and not *, . or .."));
+    }
+    Ok(())
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
@@ -277,7 +505,10 @@ mod tests {
             groups: vec!["default".to_string()],
             user_roles: vec![],
             certificate_fingerprint: format!("fp{id}"),
+            admin_fingerprint: format!("admin{id}"),
             joined_at_ms: 0,
+            status: MemberStatus::Online,
+            last_heartbeat_ms: 0,
         }
     }
 
@@ -318,6 +549,7 @@ mod tests {
             })
             .unwrap();
         let add = |secret: &str, now_ms| Command::MemberAdd {
+            answers: vec![],
             member: member("m2", 2),
             secret: secret.into(),
             now_ms,
@@ -338,6 +570,7 @@ mod tests {
             })
             .unwrap();
         let late = Command::MemberAdd {
+            answers: vec![],
             member: member("m3", 3),
             secret: "s3cret".into(),
             now_ms: 100,

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dir_lock;
 mod error;
 pub mod log_store;
+pub mod member_config;
 pub mod model;
 pub mod recover;
 pub mod state_machine;
@@ -28,11 +29,11 @@ pub mod state_machine;
 use std::io::Cursor;
 use std::path::Path;
 
-pub use command::{Command, CommandResponse};
+pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges};
 pub use dir_lock::DirLock;
 pub use error::Error;
 pub use log_store::LogStore;
-pub use model::{ClusterState, JoinToken, Member, TokenKind, TrustedClient};
+pub use model::{ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient};
 pub use state_machine::StateMachine;
 
 /// Raft node id of a member (assigned by the leader at join time, never reused).

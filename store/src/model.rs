@@ -2,7 +2,7 @@
 //!
 //! Field names follow LXD's where LXD has the concept (`server_name`, `failure_domain`, ...).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,12 @@ pub struct ClusterState {
     pub tokens: BTreeMap<String, JoinToken>,
     /// Client certificates trusted to drive the cluster remotely, by fingerprint.
     pub trusted_clients: BTreeMap<String, TrustedClient>,
+    /// Fingerprints of certificates revoked when their member was removed.
+    pub revoked: BTreeSet<String>,
+    /// Storage pools by name.
+    pub pools: BTreeMap<String, StoragePool>,
+    /// Networks by name.
+    pub networks: BTreeMap<String, Network>,
     /// The Raft node id the next joining member gets.
     pub next_node_id: NodeId,
     /// The cluster CA (certificate and key, PEM) that signs member and client certificates.
@@ -51,8 +57,68 @@ pub struct Member {
     pub user_roles: Vec<String>,
     /// SHA-256 fingerprint of the member's certificate.
     pub certificate_fingerprint: String,
+    /// SHA-256 fingerprint of the local administrator certificate issued with it.
+    pub admin_fingerprint: String,
     /// When the member joined, in milliseconds since the Unix epoch.
     pub joined_at_ms: u64,
+    /// Health as the leader last recorded it.
+    pub status: MemberStatus,
+    /// When the member last answered a heartbeat (recorded when its status changes), in
+    /// milliseconds since the Unix epoch.
+    pub last_heartbeat_ms: u64,
+}
+
+/// A member's status (LXD's `status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Answers heartbeats.
+    #[default]
+    Online,
+    /// Has not answered heartbeats for `cluster.offline_threshold` seconds.
+    Offline,
+    /// Evacuated for maintenance.
+    Evacuated,
+}
+
+impl MemberStatus {
+    /// LXD's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Online => "Online",
+            MemberStatus::Offline => "Offline",
+            MemberStatus::Evacuated => "Evacuated",
+        }
+    }
+}
+
+/// A storage pool: cluster-wide config plus the member-specific keys each member answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoragePool {
+    /// Pool name.
+    pub name: String,
+    /// Driver (`dir`, `zfs`, `lvm`, `btrfs`, `ceph`).
+    pub driver: String,
+    /// Free-form description.
+    pub description: String,
+    /// Cluster-wide configuration.
+    pub config: BTreeMap<String, String>,
+    /// Member-specific configuration, by member name.
+    pub member_config: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// A network: cluster-wide config plus the member-specific keys each member answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// Network name.
+    pub name: String,
+    /// Type (`bridge`, `macvlan`, `physical`, `sriov`, `ovn`).
+    pub network_type: String,
+    /// Free-form description.
+    pub description: String,
+    /// Cluster-wide configuration.
+    pub config: BTreeMap<String, String>,
+    /// Member-specific configuration, by member name.
+    pub member_config: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// What a token lets its holder do.

@@ -114,6 +114,7 @@ impl TestCluster {
             name,
             listen: free_address(),
             token,
+            member_config: Vec::new(),
         };
         self.members
             .push(Some(start_member(&self.dir(index), mode).await?));

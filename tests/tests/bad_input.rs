@@ -16,6 +16,7 @@ async fn try_join(
         name: name.into(),
         listen: free_address(),
         token: token.into(),
+        member_config: Vec::new(),
     };
     Member::start(MemberConfig {
         dir: dir.to_path_buf(),

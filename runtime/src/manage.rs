@@ -1,0 +1,247 @@
+//! Managing members: edit, rename, remove, hand roles over, and read a member's live state.
+//!
+//! These run on the leader (see [`crate::execute`]); each ends in one replicated command.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use serde_json::{json, Value};
+use starling_store::{Command, Member as MemberRecord, MemberChanges, MemberStatus, NodeId};
+
+use crate::health::{replication_view, require_online};
+use crate::join::WRITE_TIMEOUT;
+use crate::member::Member;
+use crate::operation::MemberEdit;
+use crate::protocol::{Reply, Request};
+use crate::view::RaftRoles;
+use crate::Error;
+
+/// How long a membership change may take.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Member {
+    pub(crate) fn record(&self, name: &str) -> Result<MemberRecord, Error> {
+        self.local_state(|state| state.members.get(name).cloned())
+            .ok_or_else(|| Error::Refused(format!("member \"{name}\" not found")))
+    }
+
+    /// `cluster.edit`: database roles in `edit.roles` must be the ones the member holds.
+    pub(crate) async fn edit_member(&self, name: &str, edit: &MemberEdit) -> Result<Value, Error> {
+        let record = self.record(name)?;
+        let user_roles = match &edit.roles {
+            None => None,
+            Some(roles) => {
+                let current: BTreeSet<String> =
+                    RaftRoles::of(self).roles(&record).into_iter().filter(|role| role.starts_with("database")).collect();
+                let asked: BTreeSet<String> = roles.iter().filter(|role| role.starts_with("database")).cloned().collect();
+                if asked != current {
+                    return Err(Error::Refused(format!(
+                        "the database roles are automatic: Starling assigns them (member \"{name}\" has {current:?})"
+                    )));
+                }
+                Some(roles.iter().filter(|role| !role.starts_with("database")).cloned().collect())
+            }
+        };
+        let changes = MemberChanges {
+            description: edit.description.clone(),
+            failure_domain: edit.failure_domain.clone(),
+            config: edit.config.clone(),
+            groups: edit.groups.clone(),
+            user_roles,
+        };
+        self.update_member(name, changes).await
+    }
+
+    pub(crate) async fn update_member(&self, name: &str, changes: MemberChanges) -> Result<Value, Error> {
+        starling_store::command::validate_changes(&changes).map_err(Error::Refused)?;
+        self.propose(Command::MemberUpdate { name: name.to_string(), changes }, WRITE_TIMEOUT).await?;
+        Ok(Value::Null)
+    }
+
+    /// `cluster.set` / `cluster.unset` of one member config key.
+    pub(crate) async fn set_member_config(&self, name: &str, key: &str, value: Option<&str>) -> Result<Value, Error> {
+        let mut config = self.record(name)?.config;
+        match value {
+            Some(value) => {
+                starling_store::command::validate_member_config(key, value).map_err(Error::Refused)?;
+                config.insert(key.to_string(), value.to_string());
+            }
+            None => {
+                starling_store::command::validate_member_config(key, "all").map_err(Error::Refused)?;
+                config.remove(key);
+            }
+        }
+        self.update_member(name, MemberChanges { config: Some(config), ..MemberChanges::default() }).await
+    }
+
+    /// `cluster.get`: a config key, or the `description` / `failure_domain` property.
+    pub(crate) fn member_get(&self, name: &str, key: &str) -> Result<Value, Error> {
+        let record = self.record(name)?;
+        let value = match key {
+            "description" => record.description,
+            "failure_domain" => record.failure_domain,
+            _ => record.config.get(key).cloned().unwrap_or_default(),
+        };
+        Ok(Value::String(value))
+    }
+
+    /// `cluster.role_add` / `cluster.role_remove`.
+    pub(crate) async fn change_role(&self, name: &str, role: &str, add: bool) -> Result<Value, Error> {
+        let mut roles = self.record(name)?.user_roles;
+        if add {
+            if !roles.iter().any(|held| held == role) {
+                roles.push(role.to_string());
+            }
+        } else {
+            if role.starts_with("database") {
+                return Err(Error::Refused(format!("the role \"{role}\" is automatic: Starling assigns database roles itself")));
+            }
+            if !roles.iter().any(|held| held == role) {
+                return Err(Error::Refused(format!("member \"{name}\" does not have the role \"{role}\"")));
+            }
+            roles.retain(|held| held != role);
+        }
+        self.update_member(name, MemberChanges { user_roles: Some(roles), ..MemberChanges::default() }).await
+    }
+
+    /// `cluster.remove`: leave Raft, drop the record, revoke the certificates, reset the member.
+    pub(crate) async fn remove_member(&self, name: &str, force: bool) -> Result<Value, Error> {
+        let record = self.record(name)?;
+        if self.local_state(|state| state.members.len()) == 1 {
+            return Err(Error::Refused(format!("\"{name}\" is the last member of the cluster and cannot be removed")));
+        }
+        if !force {
+            require_online(&record).map_err(|error| Error::Refused(format!("{error}; remove it with force")))?;
+        }
+        if record.id == self.id() {
+            // The leader cannot remove itself: hand leadership over, then the new leader removes it.
+            self.step_down().await?;
+            return Err(Error::Transport("leadership changed during the request; retry".to_string()));
+        }
+        let roles = RaftRoles::of(self);
+        if roles.voters.contains(&record.id) || roles.learners.contains(&record.id) {
+            let change = self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([record.id])), false);
+            match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(Error::Refused(format!("could not take \"{name}\" out of the database: {error}"))),
+                Err(_) => return Err(self.unavailable().await),
+            }
+        }
+        self.propose(Command::MemberRemove { name: name.to_string() }, WRITE_TIMEOUT).await?;
+        tracing::info!(member = name, force, "member removed");
+        // Tell it to reset itself; a forced removal does not wait for a broken member.
+        let member = self.clone();
+        let notify = async move { member.request(&record.address, &Request::Removed, Duration::from_secs(2)).await };
+        if force {
+            tokio::spawn(notify);
+        } else if let Err(error) = notify.await {
+            tracing::warn!(%error, member = name, "removed member did not acknowledge its removal");
+        }
+        Ok(Value::Null)
+    }
+
+    /// A stand-by that can vote at once: online and caught up with the leader.
+    fn ready_standby(&self, excluding: NodeId) -> Option<NodeId> {
+        let roles = RaftRoles::of(self);
+        let (_, caught_up) = replication_view(self);
+        let online: BTreeSet<NodeId> = self.local_state(|state| {
+            state.members.values().filter(|record| record.status == MemberStatus::Online).map(|record| record.id).collect()
+        });
+        roles.learners.iter().copied().find(|id| *id != excluding && caught_up.contains(id) && online.contains(id))
+    }
+
+    /// Leader only: gives the vote of `id` to a ready stand-by, if there is one.
+    pub(crate) async fn hand_over(&self, id: NodeId) -> Result<Value, Error> {
+        let roles = RaftRoles::of(self);
+        if !roles.voters.contains(&id) {
+            return Ok(Value::Null);
+        }
+        let Some(standby) = self.ready_standby(id) else {
+            return Ok(json!({"handed_to": null}));
+        };
+        let mut voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|voter| *voter != id).collect();
+        voters.insert(standby);
+        self.change_voters(voters).await?;
+        tracing::info!(from = id, to = standby, "voter handed its role over");
+        Ok(json!({"handed_to": standby}))
+    }
+
+    async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft().change_membership(voters, true)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(Error::Refused(format!("membership change failed: {error}"))),
+            Err(_) => Err(self.unavailable().await),
+        }
+    }
+
+    /// Leader only: leave the voters (a ready stand-by takes the place) and let another voter
+    /// lead at once.
+    pub(crate) async fn step_down(&self) -> Result<(), Error> {
+        let roles = RaftRoles::of(self);
+        let mut voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|voter| *voter != self.id()).collect();
+        if let Some(standby) = self.ready_standby(self.id()) {
+            voters.insert(standby);
+        }
+        let Some(successor) = voters.iter().next().copied() else {
+            return Err(Error::Refused("the only voter cannot hand leadership over".to_string()));
+        };
+        self.change_voters(voters).await?;
+        let address = self.local_state(|state| state.member_by_id(successor).map(|record| record.address.clone()));
+        if let Some(address) = address {
+            let _ = self.request(&address, &Request::TakeOver, Duration::from_secs(1)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.is_leader() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(successor, "leadership handed over");
+        Ok(())
+    }
+
+    /// On SIGTERM: a leader hands leadership over, a voter hands its vote to a stand-by.
+    pub async fn leave_gracefully(&self) {
+        let result = if self.is_leader() {
+            self.step_down().await
+        } else if RaftRoles::of(self).voters.contains(&self.id()) {
+            let request = self.execute(crate::Operation::HandOver { id: self.id() }, None, 0);
+            tokio::time::timeout(Duration::from_secs(10), request).await.unwrap_or_else(|_| Err(Error::Transport("timed out".into()))).map(|_| ())
+        } else {
+            Ok(())
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not hand roles over before leaving");
+        }
+    }
+
+    /// `cluster.member_state`: asks the member itself; refused at once if it is not online.
+    pub(crate) async fn member_state(&self, name: &str) -> Result<Value, Error> {
+        let record = self.record(name)?;
+        require_online(&record)?;
+        if record.id == self.id() {
+            return Ok(crate::sysinfo::local_state(name));
+        }
+        match self.request(&record.address, &Request::MemberState, Duration::from_secs(5)).await {
+            Ok(Reply::MemberState(text)) => serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string())),
+            Ok(Reply::Refused(error)) => Err(error),
+            Ok(other) => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+            Err(error) => Err(Error::Refused(format!("member \"{name}\" did not answer: {error}"))),
+        }
+    }
+
+    /// After the leader removed this member: stop, and wipe the data directory so the machine
+    /// can join again with a new token.
+    pub(crate) async fn reset_after_removal(&self) {
+        tracing::warn!("this member was removed from the cluster: stopping and resetting its data directory");
+        self.shutdown().await;
+        let root = self.dir().root().to_path_buf();
+        for entry in ["member.json", "db", "tls"] {
+            let path = root.join(entry);
+            let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if let Err(error) = result {
+                tracing::warn!(%error, path = %path.display(), "could not reset");
+            }
+        }
+        self.inner.stopped.send_replace(true);
+    }
+}
