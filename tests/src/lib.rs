@@ -184,6 +184,59 @@ impl TestCluster {
         Ok(())
     }
 
+    /// The address member `index` listens on.
+    pub fn address(&self, index: usize) -> String {
+        starling_runtime::datadir::DataDir::new(&self.dir(index)).load_member().map(|file| file.address).unwrap_or_default()
+    }
+
+    /// Cuts every member of `side` off from every member of `other` (both directions).
+    pub fn partition(&self, side: &[usize], other: &[usize]) {
+        let addresses = |indexes: &[usize]| indexes.iter().map(|index| self.address(*index)).collect::<Vec<_>>();
+        for index in side {
+            self.member(*index).cut_off(&addresses(other));
+        }
+        for index in other {
+            self.member(*index).cut_off(&addresses(side));
+        }
+    }
+
+    /// Undoes every partition.
+    pub fn heal(&self) {
+        for member in self.members.iter().flatten() {
+            member.reconnect_all();
+        }
+    }
+
+    /// Runs an operation through member `index`.
+    pub async fn operation(&self, index: usize, operation: Operation) -> Result<Value> {
+        let client = self.client(index).await?;
+        let result = client.operation(operation).await;
+        client.close();
+        Ok(result?)
+    }
+
+    /// Sets a global config key through member `index`.
+    pub async fn set_config(&self, index: usize, key: &str, value: &str) -> Result<()> {
+        self.operation(index, Operation::ConfigSet { key: key.into(), value: value.into() }).await.map(|_| ())
+    }
+
+    /// Waits until member `name` has `status`, as seen through member `via`.
+    pub async fn wait_status(&self, via: usize, name: &str, status: &str, timeout: Duration) -> Result<Value> {
+        wait_for(&format!("{name} to be {status}"), timeout, || async {
+            let member = self.operation(via, Operation::ClusterMember { name: name.into() }).await.ok()?;
+            (member["status"] == status).then_some(member)
+        })
+        .await
+    }
+
+    /// Names with `role`, through member `via` (empty when the request fails).
+    pub async fn names_with_role(&self, via: usize, role: &str) -> Vec<String> {
+        match self.members_via(via).await {
+            Ok(members) => with_role(&members, role),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// `cluster.members()` as seen through member `index`.
     pub async fn members_via(&self, index: usize) -> Result<Value> {
         Ok(self
