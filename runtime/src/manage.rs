@@ -121,7 +121,13 @@ impl Member {
         }
         let roles = RaftRoles::of(self);
         if roles.voters.contains(&record.id) || roles.learners.contains(&record.id) {
-            let change = self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([record.id])), false);
+            // A voter leaves the voters and the nodes in one change; a stand-by just the nodes.
+            let change = if roles.voters.contains(&record.id) {
+                let voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|id| *id != record.id).collect();
+                self.raft().change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            } else {
+                self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([record.id])), false)
+            };
             match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Err(Error::Refused(format!("could not take \"{name}\" out of the database: {error}"))),

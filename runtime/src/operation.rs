@@ -224,6 +224,66 @@ pub const BUILTINS: &[Builtin] = &[
         help: "cluster.trust_add(name) -> token for a remote client",
     },
     Builtin {
+        name: "cluster.member_state",
+        help: "cluster.member_state(name) -> live state read from the member",
+    },
+    Builtin {
+        name: "cluster.edit",
+        help: "cluster.edit(name, {description=, failure_domain=, config=, groups=, roles=})",
+    },
+    Builtin {
+        name: "cluster.set",
+        help: "cluster.set(name, key, value) -> sets a member config key",
+    },
+    Builtin {
+        name: "cluster.unset",
+        help: "cluster.unset(name, key) -> unsets a member config key",
+    },
+    Builtin {
+        name: "cluster.get",
+        help: "cluster.get(name, key) -> a member config key, description or failure_domain",
+    },
+    Builtin {
+        name: "cluster.role_add",
+        help: "cluster.role_add(name, role) -> adds event-hub or ovn-chassis",
+    },
+    Builtin {
+        name: "cluster.role_remove",
+        help: "cluster.role_remove(name, role) -> removes a user role",
+    },
+    Builtin {
+        name: "cluster.rename",
+        help: "cluster.rename(old, new) -> renames a member",
+    },
+    Builtin {
+        name: "cluster.remove",
+        help: "cluster.remove(name [, {force=true}]) -> removes a member",
+    },
+    Builtin {
+        name: "storage.create",
+        help: "storage.create(name, driver [, config [, member_config]]) -> creates a pool",
+    },
+    Builtin {
+        name: "storage.delete",
+        help: "storage.delete(name) -> deletes a pool",
+    },
+    Builtin {
+        name: "storage.list",
+        help: "storage.list() -> storage pools",
+    },
+    Builtin {
+        name: "network.create",
+        help: "network.create(name, type [, config [, member_config]]) -> creates a network",
+    },
+    Builtin {
+        name: "network.delete",
+        help: "network.delete(name) -> deletes a network",
+    },
+    Builtin {
+        name: "network.list",
+        help: "network.list() -> networks",
+    },
+    Builtin {
         name: "config.get",
         help: "config.get(key) -> effective value of a global key",
     },

@@ -137,12 +137,17 @@ impl ProcessCluster {
 
     /// Joins member `index` with a fresh token from `m1` (or the first running member).
     pub fn join(&mut self, index: usize) -> Result<()> {
-        let name = format!("m{}", index + 1);
         let via = self
             .children
             .iter()
             .position(Option::is_some)
             .ok_or_else(|| anyhow!("no member runs"))?;
+        self.join_via(index, via)
+    }
+
+    /// Joins member `index` with a fresh token from member `via`.
+    pub fn join_via(&mut self, index: usize, via: usize) -> Result<()> {
+        let name = format!("m{}", index + 1);
         let token = self
             .cli_ok(via, &["cluster", "add", &name])?
             .trim()

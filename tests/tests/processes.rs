@@ -199,3 +199,50 @@ async fn remote_client_trusted_with_a_token() -> Result<()> {
     );
     Ok(())
 }
+
+/// Goal: with real processes, `kill -9` of a voter makes it Offline after the threshold and a
+/// stand-by takes its vote; removing it with force and joining the machine again works.
+/// Method: 5 processes, threshold 10 s; kill a follower voter; watch; `remove --force`; rejoin
+/// into the same data directory with a new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_voter_goes_offline_is_replaced_and_rejoins() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(5).await?;
+    wait_for("3 voters and 2 stand-bys", Duration::from_secs(30), || async {
+        let members = cluster.members(0).ok()?;
+        (with_role(&members, "database").len() == 3 && with_role(&members, "database-standby").len() == 2).then_some(())
+    })
+    .await?;
+    let leader = cluster.leader(0).await?;
+    cluster.cli_ok(leader, &["config", "set", "cluster.offline_threshold=10"])?;
+    let members = cluster.members(leader)?;
+    let victim_name = with_role(&members, "database").into_iter().find(|name| *name != format!("m{}", leader + 1)).unwrap_or_default();
+    let victim: usize = victim_name.trim_start_matches('m').parse::<usize>()? - 1;
+
+    tracing::info!(victim = %victim_name, "--- kill -9 a follower voter");
+    let killed_at = Instant::now();
+    cluster.kill(victim)?;
+    wait_for("the killed voter to be Offline", Duration::from_secs(40), || async {
+        let members = cluster.members(leader).ok()?;
+        let member = members.as_array()?.iter().find(|member| member["server_name"] == victim_name.as_str())?.clone();
+        (member["status"] == "Offline").then_some(())
+    })
+    .await?;
+    assert!(killed_at.elapsed() >= Duration::from_secs(10), "offline after {:?}", killed_at.elapsed());
+    wait_for("a stand-by to take the vote", Duration::from_secs(20), || async {
+        let voters = with_role(&cluster.members(leader).ok()?, "database");
+        (voters.len() == 3 && !voters.contains(&victim_name)).then_some(())
+    })
+    .await?;
+
+    tracing::info!("--- remove it with force; the machine joins again");
+    let refused = cluster.cli(leader, &["cluster", "remove", &victim_name])?;
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is Offline"), "{}", String::from_utf8_lossy(&refused.stderr));
+    cluster.cli_ok(leader, &["cluster", "remove", &victim_name, "--force"])?;
+    // The machine was down during its removal: its operator clears the old data, as LXD asks.
+    std::fs::remove_dir_all(cluster.dir(victim))?;
+    cluster.join_via(victim, leader)?;
+    let members = cluster.members(leader)?;
+    assert!(members.to_string().contains(&format!("\"{victim_name}\"")));
+    Ok(())
+}
