@@ -171,3 +171,51 @@ async fn partitioned_minority_cannot_commit() -> Result<()> {
     assert_eq!(minority_write, None, "the minority's write was committed");
     Ok(())
 }
+
+/// Goal: statuses survive a change of leader, and a new leader does not call members offline
+/// just because it has not heard from them yet.
+/// Method: 4 members, threshold 10 s; stop a follower until Offline; hand leadership over;
+/// the new leader still shows it Offline and every live member Online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_survive_a_change_of_leader() -> Result<()> {
+    init_tracing();
+    let mut cluster = TestCluster::start(4).await?;
+    let leader = cluster.leader().await?;
+    cluster.set_config(leader, "cluster.offline_threshold", "10").await?;
+    cluster.set_config(leader, "cluster.heartbeat_interval_ms", "500").await?;
+    let victim = (0..4).find(|index| *index != leader).expect("a follower");
+    cluster.stop(victim).await;
+    cluster.wait_status(leader, &name(victim), "Offline", SETTLE).await?;
+
+    tracing::info!("--- hand leadership over");
+    cluster.member(leader).leave_gracefully().await;
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader().await?;
+    let members = cluster.members_via(new_leader).await?;
+    for member in members.as_array().into_iter().flatten() {
+        let expected = if member["server_name"] == name(victim).as_str() { "Offline" } else { "Online" };
+        assert_eq!(member["status"], expected, "{member}");
+    }
+    Ok(())
+}
+
+/// Goal: raising and lowering `cluster.max_voters` and `cluster.max_standby` takes effect.
+/// Method: 5 members; max_voters 5, then max_voters 3 with max_standby 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voter_and_standby_limits_take_effect() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::start(5).await?;
+    let leader = cluster.leader().await?;
+    cluster.set_config(leader, "cluster.max_voters", "5").await?;
+    wait_for("5 voters", SETTLE, || async { (cluster.names_with_role(leader, "database").await.len() == 5).then_some(()) }).await?;
+    cluster.set_config(leader, "cluster.max_voters", "3").await?;
+    cluster.set_config(leader, "cluster.max_standby", "0").await?;
+    wait_for("3 voters and no stand-by", SETTLE, || async {
+        let voters = cluster.names_with_role(leader, "database").await.len();
+        let standbys = cluster.names_with_role(leader, "database-standby").await.len();
+        (voters == 3 && standbys == 0).then_some(())
+    })
+    .await?;
+    assert!(cluster.names_with_role(leader, "database-leader").await.contains(&name(leader)), "the leader was demoted");
+    Ok(())
+}
