@@ -65,22 +65,13 @@ pub(crate) async fn finish_bootstrap(member: &Member) -> Result<(), Error> {
             "the new cluster elected no leader".to_string(),
         ));
     }
-    let record = MemberRecord {
-        name: member.name().to_string(),
-        id: member.id(),
-        address: member.address().to_string(),
-        architecture: std::env::consts::ARCH.to_string(),
-        description: String::new(),
-        failure_domain: "default".to_string(),
-        config: Default::default(),
-        groups: vec!["default".to_string()],
-        user_roles: vec![],
-        certificate_fingerprint: fingerprint_pem(&member_identity.cert_pem)?,
-        admin_fingerprint: fingerprint_pem(&admin.cert_pem)?,
-        joined_at_ms: now_ms(),
-        status: starling_store::MemberStatus::Online,
-        last_heartbeat_ms: now_ms(),
-    };
+    let record = new_record(
+        &member.name(),
+        member.id(),
+        member.address(),
+        std::env::consts::ARCH,
+        (&member_identity, &admin),
+    )?;
     let admin = TrustedClient {
         name: format!("admin@{}", member.name()),
         fingerprint: fingerprint_pem(&admin.cert_pem)?,
@@ -198,22 +189,7 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
     let id = loop {
         attempts += 1;
         let id = member.local_state(|state| state.next_node_id);
-        let record = MemberRecord {
-            name: request.name.clone(),
-            id,
-            address: request.address.clone(),
-            architecture: request.architecture.clone(),
-            description: String::new(),
-            failure_domain: "default".to_string(),
-            config: Default::default(),
-            groups: vec!["default".to_string()],
-            user_roles: vec![],
-            certificate_fingerprint: fingerprint_pem(&identity.cert_pem)?,
-            admin_fingerprint: fingerprint_pem(&admin.cert_pem)?,
-            joined_at_ms: now_ms(),
-            status: starling_store::MemberStatus::Online,
-            last_heartbeat_ms: now_ms(),
-        };
+        let record = new_record(&request.name, id, &request.address, &request.architecture, (&identity, &admin))?;
         let command = Command::MemberAdd {
             member: record,
             answers: request.member_config.clone(),
@@ -242,6 +218,32 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
         admin,
         ca_cert_pem: ca.cert_pem,
         peers,
+    })
+}
+
+/// A new member's record, with its member and admin certificates' fingerprints.
+fn new_record(
+    name: &str,
+    id: u64,
+    address: &str,
+    architecture: &str,
+    (identity, admin): (&starling_transport::Identity, &starling_transport::Identity),
+) -> Result<MemberRecord, Error> {
+    Ok(MemberRecord {
+        name: name.to_string(),
+        id,
+        address: address.to_string(),
+        architecture: architecture.to_string(),
+        description: String::new(),
+        failure_domain: "default".to_string(),
+        config: Default::default(),
+        groups: vec!["default".to_string()],
+        user_roles: vec![],
+        certificate_fingerprint: fingerprint_pem(&identity.cert_pem)?,
+        admin_fingerprint: fingerprint_pem(&admin.cert_pem)?,
+        joined_at_ms: now_ms(),
+        status: starling_store::MemberStatus::Online,
+        last_heartbeat_ms: now_ms(),
     })
 }
 
