@@ -9,10 +9,12 @@
 //! - `console.rs`: the REPL.
 //! - `demo.rs`: the first-time local cluster.
 //! - `bench.rs`: the write/read benchmark.
+//! - `failover.rs`: the failover benchmark.
 
 mod bench;
 mod console;
 mod demo;
+mod failover;
 mod format;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +91,8 @@ enum Command {
     },
     /// Measures write and read latency on a 3-member cluster of real processes.
     Bench(bench::BenchArgs),
+    /// Measures failover: leader kill to next write, voter kill to Offline and to promotion.
+    BenchFailover(failover::FailoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -344,6 +348,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             demo::run(&cli_dir(&cli, "starling-demo"), *members, &config_dir(&cli)).await
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchFailover(args) => failover::run(args).await,
         Command::Remote(RemoteCommand::Add { address, token }) => {
             Client::add_remote(&config_dir(&cli), address, token).await?;
             println!("Remote {address} added: use `starling --remote {address} ...`");
@@ -419,49 +424,97 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
         ClusterCommand::RecoverFromQuorumLoss => recover(cli),
         ClusterCommand::Edit { name } => {
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading YAML from stdin")?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading YAML from stdin")?;
             let edit: starling_runtime::operation::MemberEdit = parse_edit(&text)?;
-            client.operation(Operation::ClusterEdit { name: name.clone(), edit }).await?;
+            client
+                .operation(Operation::ClusterEdit {
+                    name: name.clone(),
+                    edit,
+                })
+                .await?;
             Ok(())
         }
         ClusterCommand::Set { name, key, value } => {
             let (key, value) = key_value(key, value.as_deref())?;
-            client.operation(Operation::ClusterSet { name: name.clone(), key, value }).await?;
+            client
+                .operation(Operation::ClusterSet {
+                    name: name.clone(),
+                    key,
+                    value,
+                })
+                .await?;
             Ok(())
         }
         ClusterCommand::Unset { name, key } => {
-            client.operation(Operation::ClusterUnset { name: name.clone(), key: key.clone() }).await?;
+            client
+                .operation(Operation::ClusterUnset {
+                    name: name.clone(),
+                    key: key.clone(),
+                })
+                .await?;
             Ok(())
         }
         ClusterCommand::Get { name, key } => {
-            let value = client.operation(Operation::ClusterGet { name: name.clone(), key: key.clone() }).await?;
+            let value = client
+                .operation(Operation::ClusterGet {
+                    name: name.clone(),
+                    key: key.clone(),
+                })
+                .await?;
             println!("{}", value.as_str().unwrap_or_default());
             Ok(())
         }
         ClusterCommand::Role(RoleCommand::Add { name, roles }) => {
             for role in roles.split(',').filter(|role| !role.is_empty()) {
-                client.operation(Operation::ClusterRoleAdd { name: name.clone(), role: role.to_string() }).await?;
+                client
+                    .operation(Operation::ClusterRoleAdd {
+                        name: name.clone(),
+                        role: role.to_string(),
+                    })
+                    .await?;
             }
             Ok(())
         }
         ClusterCommand::Role(RoleCommand::Remove { name, roles }) => {
             for role in roles.split(',').filter(|role| !role.is_empty()) {
-                client.operation(Operation::ClusterRoleRemove { name: name.clone(), role: role.to_string() }).await?;
+                client
+                    .operation(Operation::ClusterRoleRemove {
+                        name: name.clone(),
+                        role: role.to_string(),
+                    })
+                    .await?;
             }
             Ok(())
         }
         ClusterCommand::Rename { name, new_name } => {
-            client.operation(Operation::ClusterRename { from: name.clone(), to: new_name.clone() }).await?;
+            client
+                .operation(Operation::ClusterRename {
+                    from: name.clone(),
+                    to: new_name.clone(),
+                })
+                .await?;
             Ok(())
         }
         ClusterCommand::Remove { name, force } => {
-            client.operation(Operation::ClusterRemove { name: name.clone(), force: *force }).await?;
+            client
+                .operation(Operation::ClusterRemove {
+                    name: name.clone(),
+                    force: *force,
+                })
+                .await?;
             println!("Member {name} removed");
             Ok(())
         }
         ClusterCommand::State { name } => {
-            let value = client.operation(Operation::ClusterMemberState { name: name.clone() }).await?;
-            let format = if cli.format == Format::Table { Format::Yaml } else { cli.format };
+            let value = client
+                .operation(Operation::ClusterMemberState { name: name.clone() })
+                .await?;
+            let format = if cli.format == Format::Table {
+                Format::Yaml
+            } else {
+                cli.format
+            };
             println!("{}", format::render(&value, format, &[]));
             Ok(())
         }
@@ -540,14 +593,19 @@ fn key_value(key: &str, value: Option<&str>) -> Result<(String, String)> {
 /// (server_name, status, ...) are ignored, as `lxc` does.
 fn parse_edit(text: &str) -> Result<starling_runtime::operation::MemberEdit> {
     let value: Value = serde_yaml::from_str(text).context("the input is not YAML")?;
-    let object = value.as_object().ok_or_else(|| anyhow!("expected a YAML mapping of member fields"))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| anyhow!("expected a YAML mapping of member fields"))?;
     let mut fields = serde_json::Map::new();
     for key in ["description", "failure_domain", "config", "groups", "roles"] {
         if let Some(field) = object.get(key) {
             fields.insert(key.to_string(), field.clone());
         }
     }
-    let operation = Operation::from_call("cluster.edit", &[Value::String(String::new()), Value::Object(fields)])?;
+    let operation = Operation::from_call(
+        "cluster.edit",
+        &[Value::String(String::new()), Value::Object(fields)],
+    )?;
     match operation {
         Operation::ClusterEdit { edit, .. } => Ok(edit),
         _ => bail!("unexpected operation"),
@@ -633,8 +691,10 @@ fn join_answers(args: &DaemonArgs) -> Result<Vec<Answer>> {
             #[serde(default)]
             member_config: Vec<Answer>,
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let preseed: Preseed = serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid preseed", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let preseed: Preseed = serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a valid preseed", path.display()))?;
         answers.extend(preseed.member_config);
     }
     for given in &args.member_config {
@@ -647,7 +707,9 @@ fn join_answers(args: &DaemonArgs) -> Result<Vec<Answer>> {
                 value: value.to_string(),
             })
         });
-        answers.push(parsed.ok_or_else(|| anyhow!("--member-config {given}: use ENTITY/NAME/KEY=VALUE"))?);
+        answers.push(
+            parsed.ok_or_else(|| anyhow!("--member-config {given}: use ENTITY/NAME/KEY=VALUE"))?,
+        );
     }
     Ok(answers)
 }

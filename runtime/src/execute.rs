@@ -5,7 +5,7 @@
 //! the latest committed state. A member that is not the leader forwards the request, at most
 //! [`HOPS_MAX`] times; a member that cannot find a leader answers with the quorum error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use starling_store::{Command, Network, StoragePool, TokenKind};
@@ -21,6 +21,15 @@ use crate::Error;
 const HOPS_MAX: u8 = 3;
 /// How long a member looks for a leader before it reports the database unavailable.
 const LEADER_WAIT: Duration = Duration::from_secs(2);
+/// How long a request keeps looking for a new leader while leadership moves.
+const LEADER_CHANGE_BUDGET: Duration = Duration::from_secs(5);
+/// The start of every "try the next leader" error.
+pub(crate) const LEADERSHIP_MOVING: &str = "leadership changed during the request";
+
+fn is_leadership_moving(message: &str) -> bool {
+    message.starts_with(LEADERSHIP_MOVING)
+}
+
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -32,12 +41,29 @@ impl Member {
         origin: Option<String>,
         hops: u8,
     ) -> Result<Value, Error> {
-        let origin = origin.unwrap_or_else(|| self.name().to_string());
-        if self.is_leader() {
-            match self.execute_here(&operation, &origin).await {
-                Err(Error::Transport(message)) if message.contains("leadership changed") => {}
+        let origin = origin.unwrap_or_else(|| self.name());
+        let deadline = Instant::now() + LEADER_CHANGE_BUDGET;
+        loop {
+            let attempt = self.attempt(&operation, &origin, hops).await;
+            match attempt {
+                // The request did not reach a leader (it moved, or died): find the new one.
+                Err(Error::Transport(message))
+                    if is_leadership_moving(&message) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(Error::Transport(message)) if is_leadership_moving(&message) => {
+                    return Err(self.unavailable().await)
+                }
                 other => return other,
             }
+        }
+    }
+
+    /// One try: run here if this member leads, else forward to the leader it knows.
+    async fn attempt(&self, operation: &Operation, origin: &str, hops: u8) -> Result<Value, Error> {
+        if self.is_leader() {
+            return self.execute_here(operation, origin).await;
         }
         if hops >= HOPS_MAX {
             return Err(Error::Transport(format!(
@@ -48,21 +74,17 @@ impl Member {
             return Err(self.unavailable().await);
         };
         if leader_address == self.address() {
-            // Leadership is moving; the next member to lead will answer.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(Error::Transport(format!(
+                "{LEADERSHIP_MOVING}: this member just stopped leading"
+            )));
         }
         let request = Request::Operation {
-            operation,
-            origin: Some(origin),
+            operation: operation.clone(),
+            origin: Some(origin.to_string()),
             hops: hops + 1,
         };
-        let socket = crate::network::resolve(&leader_address)
-            .await
-            .map_err(|error| Error::Transport(error.to_string()))?;
         match self
-            .inner
-            .pool
-            .request::<Request, Reply>(socket, &self.inner.trust, &request, FORWARD_TIMEOUT)
+            .request(&leader_address, &request, FORWARD_TIMEOUT)
             .await
         {
             Ok(Reply::Operation(Ok(text))) => {
@@ -72,7 +94,31 @@ impl Member {
             Ok(other) => Err(Error::Internal(format!(
                 "unexpected reply to a forwarded request: {other:?}"
             ))),
-            Err(_) => Err(self.unavailable().await),
+            // Not sent at all: safe to try the next leader.
+            Err(Error::Transport(message))
+                if message.contains("connect") || message.contains("unreachable") =>
+            {
+                self.forget_leader(&leader_address);
+                Err(Error::Transport(format!(
+                    "{LEADERSHIP_MOVING}: the leader at {leader_address} is unreachable"
+                )))
+            }
+            Err(error) => {
+                tracing::warn!(%error, leader = %leader_address, "forwarding to the leader failed");
+                Err(self.unavailable().await)
+            }
+        }
+    }
+
+    /// Drops a leader learnt from heartbeats once it stops answering.
+    fn forget_leader(&self, address: &str) {
+        let mut heard = self.heard();
+        if heard
+            .leader
+            .as_ref()
+            .is_some_and(|(_, known)| known == address)
+        {
+            heard.leader = None;
         }
     }
 
@@ -143,18 +189,34 @@ impl Member {
             Operation::ConfigAll => Ok(view::config(self)),
             Operation::ClusterMemberState { name } => self.member_state(name).await,
             Operation::ClusterEdit { name, edit } => self.edit_member(name, edit).await,
-            Operation::ClusterSet { name, key, value } => self.set_member_config(name, key, Some(value)).await,
+            Operation::ClusterSet { name, key, value } => {
+                self.set_member_config(name, key, Some(value)).await
+            }
             Operation::ClusterUnset { name, key } => self.set_member_config(name, key, None).await,
             Operation::ClusterGet { name, key } => self.member_get(name, key),
             Operation::ClusterRoleAdd { name, role } => self.change_role(name, role, true).await,
-            Operation::ClusterRoleRemove { name, role } => self.change_role(name, role, false).await,
+            Operation::ClusterRoleRemove { name, role } => {
+                self.change_role(name, role, false).await
+            }
             Operation::ClusterRename { from, to } => {
-                self.propose(Command::MemberRename { from: from.clone(), to: to.clone() }, WRITE_TIMEOUT).await?;
+                self.propose(
+                    Command::MemberRename {
+                        from: from.clone(),
+                        to: to.clone(),
+                    },
+                    WRITE_TIMEOUT,
+                )
+                .await?;
                 Ok(Value::Null)
             }
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
             Operation::HandOver { id } => self.hand_over(*id).await,
-            Operation::StorageCreate { name, driver, config, member_config } => {
+            Operation::StorageCreate {
+                name,
+                driver,
+                config,
+                member_config,
+            } => {
                 let pool = StoragePool {
                     name: name.clone(),
                     driver: driver.clone(),
@@ -162,15 +224,22 @@ impl Member {
                     config: config.clone(),
                     member_config: member_config.clone(),
                 };
-                self.propose(Command::PoolCreate { pool }, WRITE_TIMEOUT).await?;
+                self.propose(Command::PoolCreate { pool }, WRITE_TIMEOUT)
+                    .await?;
                 Ok(Value::Null)
             }
             Operation::StorageDelete { name } => {
-                self.propose(Command::PoolDelete { name: name.clone() }, WRITE_TIMEOUT).await?;
+                self.propose(Command::PoolDelete { name: name.clone() }, WRITE_TIMEOUT)
+                    .await?;
                 Ok(Value::Null)
             }
             Operation::StorageList => Ok(view::pools(self)),
-            Operation::NetworkCreate { name, network_type, config, member_config } => {
+            Operation::NetworkCreate {
+                name,
+                network_type,
+                config,
+                member_config,
+            } => {
                 let network = Network {
                     name: name.clone(),
                     network_type: network_type.clone(),
@@ -178,11 +247,13 @@ impl Member {
                     config: config.clone(),
                     member_config: member_config.clone(),
                 };
-                self.propose(Command::NetworkCreate { network }, WRITE_TIMEOUT).await?;
+                self.propose(Command::NetworkCreate { network }, WRITE_TIMEOUT)
+                    .await?;
                 Ok(Value::Null)
             }
             Operation::NetworkDelete { name } => {
-                self.propose(Command::NetworkDelete { name: name.clone() }, WRITE_TIMEOUT).await?;
+                self.propose(Command::NetworkDelete { name: name.clone() }, WRITE_TIMEOUT)
+                    .await?;
                 Ok(Value::Null)
             }
             Operation::NetworkList => Ok(view::networks(self)),

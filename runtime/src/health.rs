@@ -27,17 +27,33 @@ const PROMOTION_LAG_MAX: u64 = 100;
 pub(crate) async fn run(member: Member) {
     let mut shutdown = member.inner.shutdown.subscribe();
     loop {
-        let interval_ms = member.local_state(|state| state.config_i64("cluster.heartbeat_interval_ms")).max(100) as u64;
+        let interval_ms = member
+            .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
+            .max(100) as u64;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = shutdown.changed() => return,
         }
         if !member.is_leader() {
-            *member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-            member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+            *member
+                .inner
+                .leader_since
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+            member
+                .inner
+                .last_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clear();
             continue;
         }
-        member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_with(Instant::now);
+        member
+            .inner
+            .leader_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_or_insert_with(Instant::now);
         heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
         record_health(&member).await;
         rebalance(&member).await;
@@ -46,24 +62,35 @@ pub(crate) async fn run(member: Member) {
 
 /// Sends one heartbeat to every other member and records who answered.
 async fn heartbeat_round(member: &Member, timeout: Duration) {
-    let records: Vec<MemberRecord> = member.local_state(|state| state.members.values().cloned().collect());
+    let records: Vec<MemberRecord> =
+        member.local_state(|state| state.members.values().cloned().collect());
     let heartbeat = Heartbeat {
         leader_id: member.id(),
         leader_address: member.address().to_string(),
-        addresses: records.iter().map(|record| record.address.clone()).collect(),
+        addresses: records
+            .iter()
+            .map(|record| record.address.clone())
+            .collect(),
     };
-    let beats = records.iter().filter(|record| record.id != member.id()).map(|record| {
-        let request = Request::Heartbeat(heartbeat.clone());
-        async move {
-            match member.request(&record.address, &request, timeout).await {
-                Ok(Reply::HeartbeatAck { .. }) => Some(record.id),
-                _ => None,
+    let beats = records
+        .iter()
+        .filter(|record| record.id != member.id())
+        .map(|record| {
+            let request = Request::Heartbeat(heartbeat.clone());
+            async move {
+                match member.request(&record.address, &request, timeout).await {
+                    Ok(Reply::HeartbeatAck { .. }) => Some(record.id),
+                    _ => None,
+                }
             }
-        }
-    });
+        });
     let answered: Vec<NodeId> = join_all(beats).await.into_iter().flatten().collect();
     let now = Instant::now();
-    let mut last_seen = member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last_seen = member
+        .inner
+        .last_seen
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for id in answered {
         last_seen.insert(id, now);
     }
@@ -72,9 +99,19 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
 /// Records the members whose health changed since the last round.
 async fn record_health(member: &Member) {
     let threshold = offline_threshold(member);
-    let records: Vec<MemberRecord> = member.local_state(|state| state.members.values().cloned().collect());
-    let leader_since = *member.inner.leader_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let last_seen = member.inner.last_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let records: Vec<MemberRecord> =
+        member.local_state(|state| state.members.values().cloned().collect());
+    let leader_since = *member
+        .inner
+        .leader_since
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let last_seen = member
+        .inner
+        .last_seen
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
     let now = Instant::now();
     let now_ms = now_ms();
     let updates: Vec<HealthUpdate> = records
@@ -101,22 +138,38 @@ async fn record_health(member: &Member) {
         })
         .collect();
     if !updates.is_empty() {
-        if let Err(error) = member.propose(Command::MemberHealth { updates }, crate::join::WRITE_TIMEOUT).await {
+        if let Err(error) = member
+            .propose(
+                Command::MemberHealth { updates },
+                crate::join::WRITE_TIMEOUT,
+            )
+            .await
+        {
             tracing::warn!(%error, "could not record member health");
         }
     }
 }
 
 fn offline_threshold(member: &Member) -> Duration {
-    Duration::from_secs(member.local_state(|state| state.config_i64("cluster.offline_threshold")).max(10) as u64)
+    Duration::from_secs(
+        member
+            .local_state(|state| state.config_i64("cluster.offline_threshold"))
+            .max(10) as u64,
+    )
 }
 
 /// A member's answer to the leader's heartbeat.
 pub(crate) fn on_heartbeat(member: &Member, heartbeat: Heartbeat) -> Reply {
     member.heard().leader = Some((heartbeat.leader_id, heartbeat.leader_address.clone()));
-    let peers = heartbeat.addresses.into_iter().filter(|address| address != member.address()).collect();
+    let peers = heartbeat
+        .addresses
+        .into_iter()
+        .filter(|address| address != member.address())
+        .collect();
     member.remember_peers(peers);
-    Reply::HeartbeatAck { name: member.name() }
+    Reply::HeartbeatAck {
+        name: member.name(),
+    }
 }
 
 /// LXD's status and message of a member, from the cluster database.
@@ -126,7 +179,10 @@ pub(crate) fn status_of(record: &MemberRecord) -> (&'static str, String) {
         MemberStatus::Evacuated => "Unavailable due to maintenance".to_string(),
         MemberStatus::Offline => {
             let silent_s = now_ms().saturating_sub(record.last_heartbeat_ms) / 1000;
-            format!("No heartbeat for {silent_s}s ({})", format_time_ms(record.last_heartbeat_ms))
+            format!(
+                "No heartbeat for {silent_s}s ({})",
+                format_time_ms(record.last_heartbeat_ms)
+            )
         }
     };
     (record.status.as_str(), message)
@@ -138,7 +194,10 @@ pub(crate) fn require_online(record: &MemberRecord) -> Result<(), Error> {
         return Ok(());
     }
     let (status, message) = status_of(record);
-    Err(Error::Refused(format!("member \"{}\" is {status}: {message}", record.name)))
+    Err(Error::Refused(format!(
+        "member \"{}\" is {status}: {message}",
+        record.name
+    )))
 }
 
 /// Moves Raft roles towards the plan for the current members and limits.
@@ -146,7 +205,11 @@ async fn rebalance(member: &Member) {
     let raft_roles = RaftRoles::of(member);
     let (records, voters_max, standbys_max) = member.local_state(|state| {
         let records: Vec<MemberRecord> = state.members.values().cloned().collect();
-        (records, state.config_i64("cluster.max_voters") as usize, state.config_i64("cluster.max_standby") as usize)
+        (
+            records,
+            state.config_i64("cluster.max_voters") as usize,
+            state.config_i64("cluster.max_standby") as usize,
+        )
     });
     let candidates: Vec<Candidate> = records
         .iter()
@@ -179,30 +242,58 @@ pub(crate) fn replication_view(member: &Member) -> (bool, BTreeSet<NodeId>) {
         .map(|replication| {
             replication
                 .iter()
-                .filter(|(_, matched)| matched.map_or(0, |log_id| log_id.index) + PROMOTION_LAG_MAX >= last_index)
+                .filter(|(_, matched)| {
+                    matched.map_or(0, |log_id| log_id.index) + PROMOTION_LAG_MAX >= last_index
+                })
                 .map(|(id, _)| *id)
                 .collect()
         })
         .unwrap_or_default();
-    (metrics.membership_config.membership().get_joint_config().len() > 1, caught_up)
+    (
+        metrics
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1,
+        caught_up,
+    )
 }
 
-async fn carry_out(member: &Member, records: &[MemberRecord], current: &CurrentRoles, plan: &roles::RolePlan) -> Result<(), String> {
+async fn carry_out(
+    member: &Member,
+    records: &[MemberRecord],
+    current: &CurrentRoles,
+    plan: &roles::RolePlan,
+) -> Result<(), String> {
     let raft = member.raft();
     let (joint, caught_up) = replication_view(member);
     if joint {
         return Ok(());
     }
     let in_raft: BTreeSet<NodeId> = current.voters.union(&current.standbys).copied().collect();
-    for id in plan.voters.union(&plan.standbys).filter(|id| !in_raft.contains(id)) {
+    for id in plan
+        .voters
+        .union(&plan.standbys)
+        .filter(|id| !in_raft.contains(id))
+    {
         if let Some(record) = records.iter().find(|record| record.id == *id) {
             tracing::info!(member = %record.name, "adding a database replica");
-            raft.add_learner(*id, node(&record.address), false).await.map_err(|error| error.to_string())?;
+            raft.add_learner(*id, node(&record.address), false)
+                .await
+                .map_err(|error| error.to_string())?;
         }
     }
-    if plan.voters != current.voters && plan.voters.iter().all(|id| current.voters.contains(id) || caught_up.contains(id)) {
+    if plan.voters != current.voters
+        && plan
+            .voters
+            .iter()
+            .all(|id| current.voters.contains(id) || caught_up.contains(id))
+    {
         tracing::info!(voters = ?plan.voters, "changing voters");
-        raft.change_membership(plan.voters.clone(), true).await.map_err(|error| error.to_string())?;
+        raft.change_membership(plan.voters.clone(), true)
+            .await
+            .map_err(|error| error.to_string())?;
         return Ok(());
     }
     let extra: BTreeSet<NodeId> = current
@@ -213,7 +304,9 @@ async fn carry_out(member: &Member, records: &[MemberRecord], current: &CurrentR
         .collect();
     if !extra.is_empty() {
         tracing::info!(removed = ?extra, "removing database replicas");
-        raft.change_membership(ChangeMembers::RemoveNodes(extra), false).await.map_err(|error| error.to_string())?;
+        raft.change_membership(ChangeMembers::RemoveNodes(extra), false)
+            .await
+            .map_err(|error| error.to_string())?;
     }
     Ok(())
 }
@@ -225,14 +318,35 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let addresses = voters.iter().filter_map(|id| membership.get_node(id).map(|node| (*id, node.addr.clone()))).collect();
+        let addresses = voters
+            .iter()
+            .filter_map(|id| membership.get_node(id).map(|node| (*id, node.addr.clone())))
+            .collect();
         (voters, addresses)
     };
-    let pings = addresses.iter().filter(|(id, _)| *id != member.id()).map(|(_, address)| async move {
-        let reply = member.request(address, &Request::Ping, Duration::from_millis(500)).await;
-        matches!(reply, Ok(Reply::Pong)).then_some(())
-    });
+    let pings =
+        addresses
+            .iter()
+            .filter(|(id, _)| *id != member.id())
+            .map(|(_, address)| async move {
+                let reply = member
+                    .request(address, &Request::Ping, Duration::from_millis(500))
+                    .await;
+                matches!(reply, Ok(Reply::Pong)).then_some(())
+            });
     let answered = join_all(pings).await.into_iter().flatten().count();
     let reachable = answered + usize::from(voters.contains(&member.id()));
-    Error::NoQuorum { reachable, voters: voters.len(), needed: voters.len() / 2 + 1 }
+    let needed = voters.len() / 2 + 1;
+    if reachable >= needed && !voters.is_empty() {
+        return Error::Transport(format!(
+            "cluster database is unavailable: no leader answered in time although {reachable} of {} voters are \
+             reachable; a leader election is probably under way, retry",
+            voters.len()
+        ));
+    }
+    Error::NoQuorum {
+        reachable,
+        voters: voters.len(),
+        needed,
+    }
 }

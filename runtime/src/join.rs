@@ -189,7 +189,13 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
     let id = loop {
         attempts += 1;
         let id = member.local_state(|state| state.next_node_id);
-        let record = new_record(&request.name, id, &request.address, &request.architecture, (&identity, &admin))?;
+        let record = new_record(
+            &request.name,
+            id,
+            &request.address,
+            &request.architecture,
+            (&identity, &admin),
+        )?;
         let command = Command::MemberAdd {
             member: record,
             answers: request.member_config.clone(),

@@ -32,15 +32,28 @@ impl Member {
         let user_roles = match &edit.roles {
             None => None,
             Some(roles) => {
-                let current: BTreeSet<String> =
-                    RaftRoles::of(self).roles(&record).into_iter().filter(|role| role.starts_with("database")).collect();
-                let asked: BTreeSet<String> = roles.iter().filter(|role| role.starts_with("database")).cloned().collect();
+                let current: BTreeSet<String> = RaftRoles::of(self)
+                    .roles(&record)
+                    .into_iter()
+                    .filter(|role| role.starts_with("database"))
+                    .collect();
+                let asked: BTreeSet<String> = roles
+                    .iter()
+                    .filter(|role| role.starts_with("database"))
+                    .cloned()
+                    .collect();
                 if asked != current {
                     return Err(Error::Refused(format!(
                         "the database roles are automatic: Starling assigns them (member \"{name}\" has {current:?})"
                     )));
                 }
-                Some(roles.iter().filter(|role| !role.starts_with("database")).cloned().collect())
+                Some(
+                    roles
+                        .iter()
+                        .filter(|role| !role.starts_with("database"))
+                        .cloned()
+                        .collect(),
+                )
             }
         };
         let changes = MemberChanges {
@@ -53,26 +66,51 @@ impl Member {
         self.update_member(name, changes).await
     }
 
-    pub(crate) async fn update_member(&self, name: &str, changes: MemberChanges) -> Result<Value, Error> {
+    pub(crate) async fn update_member(
+        &self,
+        name: &str,
+        changes: MemberChanges,
+    ) -> Result<Value, Error> {
         starling_store::command::validate_changes(&changes).map_err(Error::Refused)?;
-        self.propose(Command::MemberUpdate { name: name.to_string(), changes }, WRITE_TIMEOUT).await?;
+        self.propose(
+            Command::MemberUpdate {
+                name: name.to_string(),
+                changes,
+            },
+            WRITE_TIMEOUT,
+        )
+        .await?;
         Ok(Value::Null)
     }
 
     /// `cluster.set` / `cluster.unset` of one member config key.
-    pub(crate) async fn set_member_config(&self, name: &str, key: &str, value: Option<&str>) -> Result<Value, Error> {
+    pub(crate) async fn set_member_config(
+        &self,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Value, Error> {
         let mut config = self.record(name)?.config;
         match value {
             Some(value) => {
-                starling_store::command::validate_member_config(key, value).map_err(Error::Refused)?;
+                starling_store::command::validate_member_config(key, value)
+                    .map_err(Error::Refused)?;
                 config.insert(key.to_string(), value.to_string());
             }
             None => {
-                starling_store::command::validate_member_config(key, "all").map_err(Error::Refused)?;
+                starling_store::command::validate_member_config(key, "all")
+                    .map_err(Error::Refused)?;
                 config.remove(key);
             }
         }
-        self.update_member(name, MemberChanges { config: Some(config), ..MemberChanges::default() }).await
+        self.update_member(
+            name,
+            MemberChanges {
+                config: Some(config),
+                ..MemberChanges::default()
+            },
+        )
+        .await
     }
 
     /// `cluster.get`: a config key, or the `description` / `failure_domain` property.
@@ -87,7 +125,12 @@ impl Member {
     }
 
     /// `cluster.role_add` / `cluster.role_remove`.
-    pub(crate) async fn change_role(&self, name: &str, role: &str, add: bool) -> Result<Value, Error> {
+    pub(crate) async fn change_role(
+        &self,
+        name: &str,
+        role: &str,
+        add: bool,
+    ) -> Result<Value, Error> {
         let mut roles = self.record(name)?.user_roles;
         if add {
             if !roles.iter().any(|held| held == role) {
@@ -95,50 +138,89 @@ impl Member {
             }
         } else {
             if role.starts_with("database") {
-                return Err(Error::Refused(format!("the role \"{role}\" is automatic: Starling assigns database roles itself")));
+                return Err(Error::Refused(format!(
+                    "the role \"{role}\" is automatic: Starling assigns database roles itself"
+                )));
             }
             if !roles.iter().any(|held| held == role) {
-                return Err(Error::Refused(format!("member \"{name}\" does not have the role \"{role}\"")));
+                return Err(Error::Refused(format!(
+                    "member \"{name}\" does not have the role \"{role}\""
+                )));
             }
             roles.retain(|held| held != role);
         }
-        self.update_member(name, MemberChanges { user_roles: Some(roles), ..MemberChanges::default() }).await
+        self.update_member(
+            name,
+            MemberChanges {
+                user_roles: Some(roles),
+                ..MemberChanges::default()
+            },
+        )
+        .await
     }
 
     /// `cluster.remove`: leave Raft, drop the record, revoke the certificates, reset the member.
     pub(crate) async fn remove_member(&self, name: &str, force: bool) -> Result<Value, Error> {
         let record = self.record(name)?;
         if self.local_state(|state| state.members.len()) == 1 {
-            return Err(Error::Refused(format!("\"{name}\" is the last member of the cluster and cannot be removed")));
+            return Err(Error::Refused(format!(
+                "\"{name}\" is the last member of the cluster and cannot be removed"
+            )));
         }
         if !force {
-            require_online(&record).map_err(|error| Error::Refused(format!("{error}; remove it with force")))?;
+            require_online(&record)
+                .map_err(|error| Error::Refused(format!("{error}; remove it with force")))?;
         }
         if record.id == self.id() {
             // The leader cannot remove itself: hand leadership over, then the new leader removes it.
             self.step_down().await?;
-            return Err(Error::Transport("leadership changed during the request; retry".to_string()));
+            return Err(Error::Transport(
+                "leadership changed during the request; retry".to_string(),
+            ));
         }
         let roles = RaftRoles::of(self);
         if roles.voters.contains(&record.id) || roles.learners.contains(&record.id) {
             // A voter leaves the voters and the nodes in one change; a stand-by just the nodes.
             let change = if roles.voters.contains(&record.id) {
-                let voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|id| *id != record.id).collect();
-                self.raft().change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+                let voters: BTreeSet<NodeId> = roles
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|id| *id != record.id)
+                    .collect();
+                self.raft()
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             } else {
-                self.raft().change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([record.id])), false)
+                self.raft().change_membership(
+                    ChangeMembers::RemoveNodes(BTreeSet::from([record.id])),
+                    false,
+                )
             };
             match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(error)) => return Err(Error::Refused(format!("could not take \"{name}\" out of the database: {error}"))),
+                Ok(Err(error)) => {
+                    return Err(Error::Refused(format!(
+                        "could not take \"{name}\" out of the database: {error}"
+                    )))
+                }
                 Err(_) => return Err(self.unavailable().await),
             }
         }
-        self.propose(Command::MemberRemove { name: name.to_string() }, WRITE_TIMEOUT).await?;
+        self.propose(
+            Command::MemberRemove {
+                name: name.to_string(),
+            },
+            WRITE_TIMEOUT,
+        )
+        .await?;
         tracing::info!(member = name, force, "member removed");
         // Tell it to reset itself; a forced removal does not wait for a broken member.
         let member = self.clone();
-        let notify = async move { member.request(&record.address, &Request::Removed, Duration::from_secs(2)).await };
+        let notify = async move {
+            member
+                .request(&record.address, &Request::Removed, Duration::from_secs(2))
+                .await
+        };
         if force {
             tokio::spawn(notify);
         } else if let Err(error) = notify.await {
@@ -152,9 +234,18 @@ impl Member {
         let roles = RaftRoles::of(self);
         let (_, caught_up) = replication_view(self);
         let online: BTreeSet<NodeId> = self.local_state(|state| {
-            state.members.values().filter(|record| record.status == MemberStatus::Online).map(|record| record.id).collect()
+            state
+                .members
+                .values()
+                .filter(|record| record.status == MemberStatus::Online)
+                .map(|record| record.id)
+                .collect()
         });
-        roles.learners.iter().copied().find(|id| *id != excluding && caught_up.contains(id) && online.contains(id))
+        roles
+            .learners
+            .iter()
+            .copied()
+            .find(|id| *id != excluding && caught_up.contains(id) && online.contains(id))
     }
 
     /// Leader only: gives the vote of `id` to a ready stand-by, if there is one.
@@ -166,7 +257,12 @@ impl Member {
         let Some(standby) = self.ready_standby(id) else {
             return Ok(json!({"handed_to": null}));
         };
-        let mut voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|voter| *voter != id).collect();
+        let mut voters: BTreeSet<NodeId> = roles
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| *voter != id)
+            .collect();
         voters.insert(standby);
         self.change_voters(voters).await?;
         tracing::info!(from = id, to = standby, "voter handed its role over");
@@ -174,7 +270,12 @@ impl Member {
     }
 
     async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
-        match tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft().change_membership(voters, true)).await {
+        match tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.raft().change_membership(voters, true),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(Error::Refused(format!("membership change failed: {error}"))),
             Err(_) => Err(self.unavailable().await),
@@ -185,17 +286,30 @@ impl Member {
     /// lead at once.
     pub(crate) async fn step_down(&self) -> Result<(), Error> {
         let roles = RaftRoles::of(self);
-        let mut voters: BTreeSet<NodeId> = roles.voters.iter().copied().filter(|voter| *voter != self.id()).collect();
+        let mut voters: BTreeSet<NodeId> = roles
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| *voter != self.id())
+            .collect();
         if let Some(standby) = self.ready_standby(self.id()) {
             voters.insert(standby);
         }
         let Some(successor) = voters.iter().next().copied() else {
-            return Err(Error::Refused("the only voter cannot hand leadership over".to_string()));
+            return Err(Error::Refused(
+                "the only voter cannot hand leadership over".to_string(),
+            ));
         };
         self.change_voters(voters).await?;
-        let address = self.local_state(|state| state.member_by_id(successor).map(|record| record.address.clone()));
+        let address = self.local_state(|state| {
+            state
+                .member_by_id(successor)
+                .map(|record| record.address.clone())
+        });
         if let Some(address) = address {
-            let _ = self.request(&address, &Request::TakeOver, Duration::from_secs(1)).await;
+            let _ = self
+                .request(&address, &Request::TakeOver, Duration::from_secs(1))
+                .await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.is_leader() && tokio::time::Instant::now() < deadline {
@@ -211,7 +325,10 @@ impl Member {
             self.step_down().await
         } else if RaftRoles::of(self).voters.contains(&self.id()) {
             let request = self.execute(crate::Operation::HandOver { id: self.id() }, None, 0);
-            tokio::time::timeout(Duration::from_secs(10), request).await.unwrap_or_else(|_| Err(Error::Transport("timed out".into()))).map(|_| ())
+            tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .unwrap_or_else(|_| Err(Error::Transport("timed out".into())))
+                .map(|_| ())
         } else {
             Ok(())
         };
@@ -227,23 +344,40 @@ impl Member {
         if record.id == self.id() {
             return Ok(crate::sysinfo::local_state(name));
         }
-        match self.request(&record.address, &Request::MemberState, Duration::from_secs(5)).await {
-            Ok(Reply::MemberState(text)) => serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string())),
+        match self
+            .request(
+                &record.address,
+                &Request::MemberState,
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(Reply::MemberState(text)) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
             Ok(Reply::Refused(error)) => Err(error),
             Ok(other) => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
-            Err(error) => Err(Error::Refused(format!("member \"{name}\" did not answer: {error}"))),
+            Err(error) => Err(Error::Refused(format!(
+                "member \"{name}\" did not answer: {error}"
+            ))),
         }
     }
 
     /// After the leader removed this member: stop, and wipe the data directory so the machine
     /// can join again with a new token.
     pub(crate) async fn reset_after_removal(&self) {
-        tracing::warn!("this member was removed from the cluster: stopping and resetting its data directory");
+        tracing::warn!(
+            "this member was removed from the cluster: stopping and resetting its data directory"
+        );
         self.shutdown().await;
         let root = self.dir().root().to_path_buf();
         for entry in ["member.json", "db", "tls"] {
             let path = root.join(entry);
-            let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            let result = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
             if let Err(error) = result {
                 tracing::warn!(%error, path = %path.display(), "could not reset");
             }

@@ -45,7 +45,10 @@ pub enum StartMode {
     Restart,
 }
 
-/// Raft timing, in milliseconds. Defaults suit a LAN; tests may shorten them.
+/// Raft timing, in milliseconds. A follower stands for election only after the leader's lease
+/// (`election_max_ms`) and its own election timeout have both passed without a heartbeat, so
+/// a lost leader is replaced after about `election_max_ms + election_min_ms`. The defaults aim
+/// at a new leader within half a second on a LAN.
 #[derive(Clone, Copy, Debug)]
 pub struct RaftTimings {
     /// Leader heartbeat to followers.
@@ -59,9 +62,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            heartbeat_ms: 40,
+            election_min_ms: 120,
+            election_max_ms: 200,
         }
     }
 }
@@ -174,11 +177,14 @@ impl Member {
         let bind: SocketAddr = crate::network::resolve(&file.address)
             .await
             .map_err(|error| Error::Local(format!("listen address {}: {error}", file.address)))?;
+        // Members are near each other; a peer that does not answer a handshake within a second
+        // is down, and waiting longer only delays finding the next leader.
         let endpoint = Endpoint::new(EndpointConfig {
             identity,
             bind,
             serve: true,
-        })?;
+        })?
+        .with_connect_timeout(Duration::from_secs(1));
         let pool = Pool::new(endpoint.clone());
         let trust = ServerTrust::Ca {
             ca_cert_pem: ca_cert_pem.clone(),
@@ -254,27 +260,52 @@ impl Member {
     /// The member's name.
     /// (Its current name: a member can be renamed while it runs.)
     pub fn name(&self) -> String {
-        self.local_state(|state| state.member_by_id(self.inner.id).map(|record| record.name.clone()))
-            .unwrap_or_else(|| self.inner.name.clone())
+        self.local_state(|state| {
+            state
+                .member_by_id(self.inner.id)
+                .map(|record| record.name.clone())
+        })
+        .unwrap_or_else(|| self.inner.name.clone())
     }
 
     /// Sends `request` to the member at `address` (a `host:port`) over the pool.
-    pub(crate) async fn request(&self, address: &str, request: &Request, timeout: Duration) -> Result<Reply, Error> {
+    pub(crate) async fn request(
+        &self,
+        address: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, Error> {
         if self.is_blocked(address) {
-            return Err(Error::Transport(format!("{address} is cut off from this member")));
+            return Err(Error::Transport(format!(
+                "{address} is cut off from this member"
+            )));
         }
-        let socket = crate::network::resolve(address).await.map_err(|error| Error::Transport(format!("{address}: {error}")))?;
-        Ok(self.inner.pool.request::<Request, Reply>(socket, &self.inner.trust, request, timeout).await?)
+        let socket = crate::network::resolve(address)
+            .await
+            .map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        Ok(self
+            .inner
+            .pool
+            .request::<Request, Reply>(socket, &self.inner.trust, request, timeout)
+            .await?)
     }
 
     pub(crate) fn is_blocked(&self, address: &str) -> bool {
-        self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(address)
+        self.inner
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(address)
     }
 
     /// Fault injection for tests: drop all traffic to and from the members at `addresses`.
     #[doc(hidden)]
     pub fn cut_off(&self, addresses: &[String]) {
-        let mut blocked = self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut blocked = self
+            .inner
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         blocked.extend(addresses.iter().cloned());
         for address in addresses {
             if let Ok(socket) = address.parse() {
@@ -286,7 +317,11 @@ impl Member {
     /// Fault injection for tests: talk to everyone again.
     #[doc(hidden)]
     pub fn reconnect_all(&self) {
-        self.inner.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        self.inner
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 
     /// Resolves once the member was removed from the cluster and has reset its data directory.

@@ -52,9 +52,17 @@ impl PeerLink {
         request: RaftRequest,
         timeout: Duration,
     ) -> RpcResult<Reply, E> {
-        let cut_off = self.transport.blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&self.address);
+        let cut_off = self
+            .transport
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&self.address);
         if cut_off {
-            let error = std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{} is cut off", self.address));
+            let error = std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("{} is cut off", self.address),
+            );
             return Err(RPCError::Unreachable(Unreachable::new(&error)));
         }
         let address: SocketAddr = resolve(&self.address)

@@ -36,7 +36,10 @@ pub(crate) enum PeerTrust {
 
 impl Service {
     fn trust_of(&self, peer: &PeerIdentity) -> PeerTrust {
-        if self.member.local_state(|state| state.revoked.contains(&peer.fingerprint)) {
+        if self
+            .member
+            .local_state(|state| state.revoked.contains(&peer.fingerprint))
+        {
             return PeerTrust::Revoked;
         }
         if self.issued_by_cluster(peer) {
@@ -72,16 +75,22 @@ impl Service {
     /// Whether the peer is a member this member is cut off from (fault injection).
     fn cut_off(&self, peer: &PeerIdentity) -> bool {
         let address = self.member.local_state(|state| {
-            state.member_by_fingerprint(&peer.fingerprint).map(|record| record.address.clone())
+            state
+                .member_by_fingerprint(&peer.fingerprint)
+                .map(|record| record.address.clone())
         });
         address.is_some_and(|address| self.member.is_blocked(&address))
     }
 
     /// Only another member (the leader) may tell this one it was removed.
     fn removed(&self, peer: &PeerIdentity) -> Reply {
-        let from_member = self.member.local_state(|state| state.member_by_fingerprint(&peer.fingerprint).is_some());
+        let from_member = self
+            .member
+            .local_state(|state| state.member_by_fingerprint(&peer.fingerprint).is_some());
         if !from_member {
-            return Reply::Refused(Error::NotAuthorized("only a member may announce a removal".to_string()));
+            return Reply::Refused(Error::NotAuthorized(
+                "only a member may announce a removal".to_string(),
+            ));
         }
         let member = self.member.clone();
         tokio::spawn(async move {
@@ -130,32 +139,48 @@ impl Handler for Service {
         let trust = self.trust_of(&peer);
         let reply = match (request, trust) {
             (_, PeerTrust::Revoked) => Reply::Refused(Error::NotAuthorized(
-                "this certificate was revoked when its member was removed from the cluster".to_string(),
+                "this certificate was revoked when its member was removed from the cluster"
+                    .to_string(),
             )),
             (Request::Join(join), _) => {
                 let result = self.member.execute(Operation::Join(join), None, 0).await;
                 Reply::Joined(result.and_then(from_json))
             }
             (Request::TrustClaim { name, secret }, _) => {
-                let operation = Operation::TrustClaim { name, secret, fingerprint: peer.fingerprint.clone() };
+                let operation = Operation::TrustClaim {
+                    name,
+                    secret,
+                    fingerprint: peer.fingerprint.clone(),
+                };
                 let result = self.member.execute(operation, None, 0).await;
                 Reply::Trusted(result.and_then(from_json))
             }
             (_, PeerTrust::Untrusted) => not_trusted(&peer),
-            (_, _) if self.cut_off(&peer) => Reply::Refused(Error::Transport("cut off from this member".to_string())),
-            (Request::Operation { operation, origin, hops }, _) => {
+            (_, _) if self.cut_off(&peer) => {
+                Reply::Refused(Error::Transport("cut off from this member".to_string()))
+            }
+            (
+                Request::Operation {
+                    operation,
+                    origin,
+                    hops,
+                },
+                _,
+            ) => {
                 let result = self.member.execute(operation, origin, hops).await;
                 Reply::Operation(result.map(|value| value.to_string()))
             }
             (Request::Exec { source, chunk_name }, _) => {
                 crate::script::exec(&self.member, source, chunk_name, &mut responder).await
             }
-            (_, PeerTrust::Client) => {
-                Reply::Refused(Error::NotAuthorized("only cluster members may send this request".to_string()))
-            }
+            (_, PeerTrust::Client) => Reply::Refused(Error::NotAuthorized(
+                "only cluster members may send this request".to_string(),
+            )),
             (Request::Raft(request), PeerTrust::Cluster) => self.raft(request).await,
             (Request::Ping, PeerTrust::Cluster) => Reply::Pong,
-            (Request::Heartbeat(heartbeat), PeerTrust::Cluster) => crate::health::on_heartbeat(&self.member, heartbeat),
+            (Request::Heartbeat(heartbeat), PeerTrust::Cluster) => {
+                crate::health::on_heartbeat(&self.member, heartbeat)
+            }
             (Request::Removed, PeerTrust::Cluster) => self.removed(&peer),
             (Request::TakeOver, PeerTrust::Cluster) => {
                 let _ = self.member.raft().trigger().elect().await;

@@ -5,10 +5,19 @@ use serde_json::{json, Value};
 /// The state `cluster.member_state()` returns (LXD's `sysinfo` fields).
 pub(crate) fn local_state(name: &str) -> Value {
     let uptime_s = read("/proc/uptime")
-        .and_then(|text| text.split_whitespace().next().and_then(|first| first.parse::<f64>().ok()))
+        .and_then(|text| {
+            text.split_whitespace()
+                .next()
+                .and_then(|first| first.parse::<f64>().ok())
+        })
         .unwrap_or_default() as u64;
     let load_averages: Vec<f64> = read("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).filter_map(|field| field.parse().ok()).collect())
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .filter_map(|field| field.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let meminfo = read("/proc/meminfo").unwrap_or_default();
     let memory = |key: &str| -> u64 {
@@ -20,7 +29,18 @@ pub(crate) fn local_state(name: &str) -> Value {
             .map_or(0, |kib| kib * 1024)
     };
     let processes = std::fs::read_dir("/proc")
-        .map(|entries| entries.flatten().filter(|entry| entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit())).count())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .chars()
+                        .all(|c| c.is_ascii_digit())
+                })
+                .count()
+        })
         .unwrap_or_default();
     json!({
         "server_name": name,

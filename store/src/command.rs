@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use crate::config;
 use crate::member_config::{self, Answer};
-use crate::model::{ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient};
+use crate::model::{
+    ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient,
+};
 
 /// A change to the cluster state, proposed through Raft.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,7 +224,12 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(format!("no token for \"{name}\"")),
             },
-            Command::MemberAdd { member, answers, secret, now_ms } => self.add_member(member, answers, secret, *now_ms),
+            Command::MemberAdd {
+                member,
+                answers,
+                secret,
+                now_ms,
+            } => self.add_member(member, answers, secret, *now_ms),
             Command::MemberHealth { updates } => {
                 for update in updates {
                     if let Some(member) = self.members.get_mut(&update.name) {
@@ -269,7 +276,13 @@ impl ClusterState {
         Ok(())
     }
 
-    fn add_member(&mut self, member: &Member, answers: &[Answer], secret: &str, now_ms: u64) -> Result<(), String> {
+    fn add_member(
+        &mut self,
+        member: &Member,
+        answers: &[Answer],
+        secret: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
         if self.members.contains_key(&member.name) {
             return Err(format!(
                 "the cluster already has a member named \"{}\"",
@@ -302,7 +315,10 @@ impl ClusterState {
 
     fn update_member(&mut self, name: &str, changes: &MemberChanges) -> Result<(), String> {
         validate_changes(changes)?;
-        let member = self.members.get_mut(name).ok_or_else(|| format!("member \"{name}\" not found"))?;
+        let member = self
+            .members
+            .get_mut(name)
+            .ok_or_else(|| format!("member \"{name}\" not found"))?;
         if let Some(description) = &changes.description {
             member.description = description.clone();
         }
@@ -326,10 +342,22 @@ impl ClusterState {
         if self.members.contains_key(to) {
             return Err(format!("the cluster already has a member named \"{to}\""));
         }
-        let mut member = self.members.remove(from).ok_or_else(|| format!("member \"{from}\" not found"))?;
+        let mut member = self
+            .members
+            .remove(from)
+            .ok_or_else(|| format!("member \"{from}\" not found"))?;
         member.name = to.to_string();
         self.members.insert(to.to_string(), member);
-        for object_config in self.pools.values_mut().map(|pool| &mut pool.member_config).chain(self.networks.values_mut().map(|network| &mut network.member_config)) {
+        for object_config in self
+            .pools
+            .values_mut()
+            .map(|pool| &mut pool.member_config)
+            .chain(
+                self.networks
+                    .values_mut()
+                    .map(|network| &mut network.member_config),
+            )
+        {
             if let Some(values) = object_config.remove(from) {
                 object_config.insert(to.to_string(), values);
             }
@@ -342,12 +370,26 @@ impl ClusterState {
             return Err(format!("member \"{name}\" not found"));
         }
         if self.members.len() == 1 {
-            return Err(format!("\"{name}\" is the last member of the cluster and cannot be removed"));
+            return Err(format!(
+                "\"{name}\" is the last member of the cluster and cannot be removed"
+            ));
         }
-        let member = self.members.remove(name).ok_or_else(|| format!("member \"{name}\" not found"))?;
+        let member = self
+            .members
+            .remove(name)
+            .ok_or_else(|| format!("member \"{name}\" not found"))?;
         self.revoked.insert(member.certificate_fingerprint);
         self.revoked.insert(member.admin_fingerprint);
-        for object_config in self.pools.values_mut().map(|pool| &mut pool.member_config).chain(self.networks.values_mut().map(|network| &mut network.member_config)) {
+        for object_config in self
+            .pools
+            .values_mut()
+            .map(|pool| &mut pool.member_config)
+            .chain(
+                self.networks
+                    .values_mut()
+                    .map(|network| &mut network.member_config),
+            )
+        {
             object_config.remove(name);
         }
         Ok(())
@@ -359,10 +401,20 @@ impl ClusterState {
             return Err(format!("storage pool \"{}\" already exists", pool.name));
         }
         if !member_config::POOL_DRIVERS.contains(&pool.driver.as_str()) {
-            return Err(format!("unknown storage driver \"{}\" (known: {})", pool.driver, member_config::POOL_DRIVERS.join(", ")));
+            return Err(format!(
+                "unknown storage driver \"{}\" (known: {})",
+                pool.driver,
+                member_config::POOL_DRIVERS.join(", ")
+            ));
         }
         let what = format!("storage pool \"{}\"", pool.name);
-        member_config::check_object(self, &what, &member_config::pool_keys(&pool.driver), &pool.config, &pool.member_config)?;
+        member_config::check_object(
+            self,
+            &what,
+            &member_config::pool_keys(&pool.driver),
+            &pool.config,
+            &pool.member_config,
+        )?;
         self.pools.insert(pool.name.clone(), pool.clone());
         Ok(())
     }
@@ -373,7 +425,11 @@ impl ClusterState {
             return Err(format!("network \"{}\" already exists", network.name));
         }
         if !member_config::NETWORK_TYPES.contains(&network.network_type.as_str()) {
-            return Err(format!("unknown network type \"{}\" (known: {})", network.network_type, member_config::NETWORK_TYPES.join(", ")));
+            return Err(format!(
+                "unknown network type \"{}\" (known: {})",
+                network.network_type,
+                member_config::NETWORK_TYPES.join(", ")
+            ));
         }
         let what = format!("network \"{}\"", network.name);
         let keys = member_config::network_keys(&network.network_type);
@@ -447,10 +503,18 @@ pub fn validate_changes(changes: &MemberChanges) -> Result<(), String> {
     }
     if let Some(roles) = &changes.user_roles {
         if let Some(role) = roles.iter().find(|role| role.starts_with("database")) {
-            return Err(format!("the role \"{role}\" is automatic: Starling assigns database roles itself"));
+            return Err(format!(
+                "the role \"{role}\" is automatic: Starling assigns database roles itself"
+            ));
         }
-        if let Some(role) = roles.iter().find(|role| !USER_ROLES.contains(&role.as_str())) {
-            return Err(format!("unknown role \"{role}\" (roles users may set: {})", USER_ROLES.join(", ")));
+        if let Some(role) = roles
+            .iter()
+            .find(|role| !USER_ROLES.contains(&role.as_str()))
+        {
+            return Err(format!(
+                "unknown role \"{role}\" (roles users may set: {})",
+                USER_ROLES.join(", ")
+            ));
         }
     }
     if let Some(domain) = &changes.failure_domain {
@@ -463,16 +527,21 @@ pub fn validate_changes(changes: &MemberChanges) -> Result<(), String> {
 pub fn validate_member_config(key: &str, value: &str) -> Result<(), String> {
     match key {
         "scheduler.instance" if ["all", "group", "manual"].contains(&value) => Ok(()),
-        "scheduler.instance" => Err(format!("invalid value \"{value}\" for \"scheduler.instance\": must be all, group or manual")),
+        "scheduler.instance" => Err(format!(
+            "invalid value \"{value}\" for \"scheduler.instance\": must be all, group or manual"
+        )),
         _ if key.starts_with("user.") && key.len() > 5 => Ok(()),
-        _ => Err(format!("unknown member configuration key \"{key}\" (allowed: scheduler.instance, user.*)")),
+        _ => Err(format!(
+            "unknown member configuration key \"{key}\" (allowed: scheduler.instance, user.*)"
+        )),
     }
 }
 
 /// Checks a group, pool, network or failure-domain name (LXD's rules for group names).
 pub fn validate_object_name(name: &str, what: &str) -> Result<(), String> {
     let forbidden = |c: char| matches!(c, '/' | '\\' | ' ' | '_' | '"' | '\'') || c.is_control();
-    if name.is_empty() || name == "*" || name == "." || name == ".." || name.chars().any(forbidden) {
+    if name.is_empty() || name == "*" || name == "." || name == ".." || name.chars().any(forbidden)
+    {
         return Err(format!("invalid {what} name \"{name}\": no spaces, '/', '\\', '_' or quotes, and not *, . or .."));
     }
     Ok(())

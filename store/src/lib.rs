@@ -33,7 +33,9 @@ pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges};
 pub use dir_lock::DirLock;
 pub use error::Error;
 pub use log_store::LogStore;
-pub use model::{ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient};
+pub use model::{
+    ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient,
+};
 pub use state_machine::StateMachine;
 
 /// Raft node id of a member (assigned by the leader at join time, never reused).

@@ -57,7 +57,11 @@ pub fn pool_keys(driver: &str) -> Vec<(&'static str, bool)> {
 /// Member-specific keys of a network type: (key, required).
 pub fn network_keys(network_type: &str) -> Vec<(&'static str, bool)> {
     match network_type {
-        "bridge" => vec![("bridge.external_interfaces", false), ("bgp.ipv4.nexthop", false), ("bgp.ipv6.nexthop", false)],
+        "bridge" => vec![
+            ("bridge.external_interfaces", false),
+            ("bgp.ipv4.nexthop", false),
+            ("bgp.ipv6.nexthop", false),
+        ],
         "macvlan" | "physical" | "sriov" => vec![("parent", true)],
         _ => vec![("bgp.ipv4.nexthop", false), ("bgp.ipv6.nexthop", false)],
     }
@@ -68,7 +72,11 @@ pub fn questions(state: &ClusterState) -> Vec<Question> {
     let mut questions = Vec::new();
     for pool in state.pools.values() {
         for (key, required) in pool_keys(&pool.driver) {
-            let value = if key == "zfs.pool_name" || key == "lvm.vg_name" { pool.name.clone() } else { String::new() };
+            let value = if key == "zfs.pool_name" || key == "lvm.vg_name" {
+                pool.name.clone()
+            } else {
+                String::new()
+            };
             questions.push(Question {
                 entity: "storage-pool".to_string(),
                 name: pool.name.clone(),
@@ -98,7 +106,9 @@ pub fn questions(state: &ClusterState) -> Vec<Question> {
 pub fn check_answers(state: &ClusterState, answers: &[Answer]) -> Result<(), String> {
     let questions = questions(state);
     let asked = |answer: &Answer| {
-        questions.iter().any(|q| q.entity == answer.entity && q.name == answer.name && q.key == answer.key)
+        questions
+            .iter()
+            .any(|q| q.entity == answer.entity && q.name == answer.name && q.key == answer.key)
     };
     if let Some(unknown) = answers.iter().find(|answer| !asked(answer)) {
         return Err(format!(
@@ -111,7 +121,10 @@ pub fn check_answers(state: &ClusterState, answers: &[Answer]) -> Result<(), Str
         .filter(|question| question.required)
         .filter(|question| {
             !answers.iter().any(|answer| {
-                answer.entity == question.entity && answer.name == question.name && answer.key == question.key && !answer.value.is_empty()
+                answer.entity == question.entity
+                    && answer.name == question.name
+                    && answer.key == question.key
+                    && !answer.value.is_empty()
             })
         })
         .map(|question| format!("{} \"{}\" {}", question.entity, question.name, question.key))
@@ -119,20 +132,33 @@ pub fn check_answers(state: &ClusterState, answers: &[Answer]) -> Result<(), Str
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing member-specific configuration: {}", missing.join(", ")))
+        Err(format!(
+            "missing member-specific configuration: {}",
+            missing.join(", ")
+        ))
     }
 }
 
 /// Records a new member's answers in the pools and networks.
 pub fn record_answers(state: &mut ClusterState, member: &str, answers: &[Answer]) {
     for answer in answers {
-        let slot: Option<&mut BTreeMap<String, BTreeMap<String, String>>> = match answer.entity.as_str() {
-            "storage-pool" => state.pools.get_mut(&answer.name).map(|pool| &mut pool.member_config),
-            "network" => state.networks.get_mut(&answer.name).map(|network| &mut network.member_config),
-            _ => None,
-        };
+        let slot: Option<&mut BTreeMap<String, BTreeMap<String, String>>> =
+            match answer.entity.as_str() {
+                "storage-pool" => state
+                    .pools
+                    .get_mut(&answer.name)
+                    .map(|pool| &mut pool.member_config),
+                "network" => state
+                    .networks
+                    .get_mut(&answer.name)
+                    .map(|network| &mut network.member_config),
+                _ => None,
+            };
         if let Some(member_config) = slot {
-            member_config.entry(member.to_string()).or_default().insert(answer.key.clone(), answer.value.clone());
+            member_config
+                .entry(member.to_string())
+                .or_default()
+                .insert(answer.key.clone(), answer.value.clone());
         }
     }
 }
@@ -151,9 +177,14 @@ pub fn check_object(
     }
     for (member, values) in member_config {
         if !state.members.contains_key(member) {
-            return Err(format!("member-specific config for {what} names unknown member \"{member}\""));
+            return Err(format!(
+                "member-specific config for {what} names unknown member \"{member}\""
+            ));
         }
-        if let Some(key) = values.keys().find(|key| !keys.iter().any(|(known, _)| known == key)) {
+        if let Some(key) = values
+            .keys()
+            .find(|key| !keys.iter().any(|(known, _)| known == key))
+        {
             return Err(format!("\"{key}\" is not a member-specific key of {what}"));
         }
     }
@@ -163,13 +194,21 @@ pub fn check_object(
         .flat_map(|member| {
             keys.iter()
                 .filter(|(_, required)| *required)
-                .filter(move |(key, _)| member_config.get(member).and_then(|values| values.get(*key)).is_none_or(String::is_empty))
+                .filter(move |(key, _)| {
+                    member_config
+                        .get(member)
+                        .and_then(|values| values.get(*key))
+                        .is_none_or(String::is_empty)
+                })
                 .map(move |(key, _)| format!("{member}: {key}"))
         })
         .collect();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("{what} needs member-specific values: {}", missing.join(", ")))
+        Err(format!(
+            "{what} needs member-specific values: {}",
+            missing.join(", ")
+        ))
     }
 }

@@ -186,12 +186,20 @@ impl TestCluster {
 
     /// The address member `index` listens on.
     pub fn address(&self, index: usize) -> String {
-        starling_runtime::datadir::DataDir::new(&self.dir(index)).load_member().map(|file| file.address).unwrap_or_default()
+        starling_runtime::datadir::DataDir::new(&self.dir(index))
+            .load_member()
+            .map(|file| file.address)
+            .unwrap_or_default()
     }
 
     /// Cuts every member of `side` off from every member of `other` (both directions).
     pub fn partition(&self, side: &[usize], other: &[usize]) {
-        let addresses = |indexes: &[usize]| indexes.iter().map(|index| self.address(*index)).collect::<Vec<_>>();
+        let addresses = |indexes: &[usize]| {
+            indexes
+                .iter()
+                .map(|index| self.address(*index))
+                .collect::<Vec<_>>()
+        };
         for index in side {
             self.member(*index).cut_off(&addresses(other));
         }
@@ -217,13 +225,30 @@ impl TestCluster {
 
     /// Sets a global config key through member `index`.
     pub async fn set_config(&self, index: usize, key: &str, value: &str) -> Result<()> {
-        self.operation(index, Operation::ConfigSet { key: key.into(), value: value.into() }).await.map(|_| ())
+        self.operation(
+            index,
+            Operation::ConfigSet {
+                key: key.into(),
+                value: value.into(),
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Waits until member `name` has `status`, as seen through member `via`.
-    pub async fn wait_status(&self, via: usize, name: &str, status: &str, timeout: Duration) -> Result<Value> {
+    pub async fn wait_status(
+        &self,
+        via: usize,
+        name: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
         wait_for(&format!("{name} to be {status}"), timeout, || async {
-            let member = self.operation(via, Operation::ClusterMember { name: name.into() }).await.ok()?;
+            let member = self
+                .operation(via, Operation::ClusterMember { name: name.into() })
+                .await
+                .ok()?;
             (member["status"] == status).then_some(member)
         })
         .await

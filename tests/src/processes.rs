@@ -175,6 +175,34 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Sends `SIGTERM` to member `index` and waits (up to `timeout`) for it to exit.
+    pub fn terminate(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let mut child = self.children[index]
+            .take()
+            .ok_or_else(|| anyhow!("member {index} is not running"))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!("member {index} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restarts member `index` from its data directory.
     pub fn restart(&mut self, index: usize) -> Result<()> {
         let child = self.spawn(index, &["daemon"])?;

@@ -26,25 +26,57 @@ async fn offline_voter_is_replaced_by_a_standby() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(5).await?;
     let leader = cluster.leader().await?;
-    cluster.set_config(leader, "cluster.offline_threshold", "10").await?;
-    cluster.set_config(leader, "cluster.heartbeat_interval_ms", "500").await?;
+    cluster
+        .set_config(leader, "cluster.offline_threshold", "10")
+        .await?;
+    cluster
+        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
+        .await?;
     let voters = cluster.names_with_role(leader, "database").await;
-    let victim = voters.iter().map(|voter| index_of(voter)).find(|index| *index != leader).expect("a follower voter");
+    let victim = voters
+        .iter()
+        .map(|voter| index_of(voter))
+        .find(|index| *index != leader)
+        .expect("a follower voter");
     let victim_name = name(victim);
 
     tracing::info!(victim = %victim_name, "--- stop a follower voter");
     let stopped_at = Instant::now();
     cluster.stop(victim).await;
-    let offline = cluster.wait_status(leader, &victim_name, "Offline", SETTLE).await?;
+    let offline = cluster
+        .wait_status(leader, &victim_name, "Offline", SETTLE)
+        .await?;
     let detected_after = stopped_at.elapsed();
-    assert!(detected_after >= Duration::from_secs(10), "marked offline early, after {detected_after:?}");
-    assert!(offline["message"].as_str().unwrap_or_default().starts_with("No heartbeat for"), "{offline}");
+    assert!(
+        detected_after >= Duration::from_secs(10),
+        "marked offline early, after {detected_after:?}"
+    );
+    assert!(
+        offline["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("No heartbeat for"),
+        "{offline}"
+    );
 
     tracing::info!("--- an operation aimed at it fails at once, naming it");
     let started = Instant::now();
-    let error = cluster.operation(leader, Operation::ClusterMemberState { name: victim_name.clone() }).await.unwrap_err();
+    let error = cluster
+        .operation(
+            leader,
+            Operation::ClusterMemberState {
+                name: victim_name.clone(),
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(error.to_string().contains(&format!("member \"{victim_name}\" is Offline")), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("member \"{victim_name}\" is Offline")),
+        "{error}"
+    );
 
     tracing::info!("--- a stand-by takes its vote");
     wait_for("3 voters without the stopped member", SETTLE, || async {
@@ -55,14 +87,26 @@ async fn offline_voter_is_replaced_by_a_standby() -> Result<()> {
 
     tracing::info!("--- it comes back");
     cluster.restart(victim).await?;
-    cluster.wait_status(leader, &victim_name, "Online", SETTLE).await?;
-    wait_for("the returning member to hold a database role", SETTLE, || async {
-        let standbys = cluster.names_with_role(leader, "database-standby").await;
-        standbys.contains(&victim_name).then_some(())
-    })
+    cluster
+        .wait_status(leader, &victim_name, "Online", SETTLE)
+        .await?;
+    wait_for(
+        "the returning member to hold a database role",
+        SETTLE,
+        || async {
+            let standbys = cluster.names_with_role(leader, "database-standby").await;
+            standbys.contains(&victim_name).then_some(())
+        },
+    )
     .await?;
     assert_eq!(cluster.leader().await?, leader, "the leader changed");
-    assert!(cluster.operation(leader, Operation::ClusterMemberState { name: victim_name }).await?["sysinfo"]["logical_cpus"].as_u64() >= Some(1));
+    assert!(
+        cluster
+            .operation(leader, Operation::ClusterMemberState { name: victim_name })
+            .await?["sysinfo"]["logical_cpus"]
+            .as_u64()
+            >= Some(1)
+    );
     Ok(())
 }
 
@@ -75,26 +119,71 @@ async fn lost_voter_is_replaced_from_its_failure_domain() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(6).await?;
     let leader = cluster.leader().await?;
-    cluster.set_config(leader, "cluster.offline_threshold", "10").await?;
-    cluster.set_config(leader, "cluster.heartbeat_interval_ms", "500").await?;
-    let voters: Vec<usize> = cluster.names_with_role(leader, "database").await.iter().map(|voter| index_of(voter)).collect();
-    let standbys: Vec<usize> = cluster.names_with_role(leader, "database-standby").await.iter().map(|s| index_of(s)).collect();
-    let spare = (0..6).find(|index| !voters.contains(index) && !standbys.contains(index)).expect("a spare");
-    let az2_voter = *voters.iter().find(|index| **index != leader).expect("a follower voter");
-    let az3_voter = *voters.iter().find(|index| **index != leader && **index != az2_voter).expect("another voter");
-    let domains = [(leader, "az1"), (az2_voter, "az2"), (az3_voter, "az3"), (standbys[0], "az1"), (standbys[1], "az3"), (spare, "az2")];
+    cluster
+        .set_config(leader, "cluster.offline_threshold", "10")
+        .await?;
+    cluster
+        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
+        .await?;
+    let voters: Vec<usize> = cluster
+        .names_with_role(leader, "database")
+        .await
+        .iter()
+        .map(|voter| index_of(voter))
+        .collect();
+    let standbys: Vec<usize> = cluster
+        .names_with_role(leader, "database-standby")
+        .await
+        .iter()
+        .map(|s| index_of(s))
+        .collect();
+    let spare = (0..6)
+        .find(|index| !voters.contains(index) && !standbys.contains(index))
+        .expect("a spare");
+    let az2_voter = *voters
+        .iter()
+        .find(|index| **index != leader)
+        .expect("a follower voter");
+    let az3_voter = *voters
+        .iter()
+        .find(|index| **index != leader && **index != az2_voter)
+        .expect("another voter");
+    let domains = [
+        (leader, "az1"),
+        (az2_voter, "az2"),
+        (az3_voter, "az3"),
+        (standbys[0], "az1"),
+        (standbys[1], "az3"),
+        (spare, "az2"),
+    ];
     for (index, domain) in domains {
         let edit = Operation::ClusterEdit {
             name: name(index),
-            edit: starling_runtime::operation::MemberEdit { failure_domain: Some(domain.into()), ..Default::default() },
+            edit: starling_runtime::operation::MemberEdit {
+                failure_domain: Some(domain.into()),
+                ..Default::default()
+            },
         };
         cluster.operation(leader, edit).await?;
     }
-    assert_eq!(cluster.operation(leader, Operation::ClusterGet { name: name(spare), key: "failure_domain".into() }).await?, "az2");
+    assert_eq!(
+        cluster
+            .operation(
+                leader,
+                Operation::ClusterGet {
+                    name: name(spare),
+                    key: "failure_domain".into()
+                }
+            )
+            .await?,
+        "az2"
+    );
 
     tracing::info!(az2_voter, spare, "--- stop the az2 voter");
     cluster.stop(az2_voter).await;
-    cluster.wait_status(leader, &name(az2_voter), "Offline", SETTLE).await?;
+    cluster
+        .wait_status(leader, &name(az2_voter), "Offline", SETTLE)
+        .await?;
     wait_for("the az2 spare to vote", SETTLE, || async {
         let voters = cluster.names_with_role(leader, "database").await;
         (voters.len() == 3 && voters.contains(&name(spare))).then_some(())
@@ -118,23 +207,35 @@ async fn graceful_shutdown_hands_roles_over() -> Result<()> {
     cluster.stop(leader).await;
     let new_leader = cluster.leader().await?;
     assert_ne!(new_leader, leader);
-    cluster.set_config(new_leader, "user.after_leader_left", "1").await?;
+    cluster
+        .set_config(new_leader, "user.after_leader_left", "1")
+        .await?;
     tracing::info!(elapsed = ?started.elapsed(), "new leader wrote");
-    wait_for("3 voters without the old leader", Duration::from_secs(10), || async {
-        let voters = cluster.names_with_role(new_leader, "database").await;
-        (voters.len() == 3 && !voters.contains(&name(leader))).then_some(())
-    })
+    wait_for(
+        "3 voters without the old leader",
+        Duration::from_secs(10),
+        || async {
+            let voters = cluster.names_with_role(new_leader, "database").await;
+            (voters.len() == 3 && !voters.contains(&name(leader))).then_some(())
+        },
+    )
     .await?;
 
     tracing::info!("--- a voter leaves gracefully");
     let voters = cluster.names_with_role(new_leader, "database").await;
-    let voter = voters.iter().map(|voter| index_of(voter)).find(|index| *index != new_leader).expect("a follower voter");
+    let voter = voters
+        .iter()
+        .map(|voter| index_of(voter))
+        .find(|index| *index != new_leader)
+        .expect("a follower voter");
     cluster.member(voter).leave_gracefully().await;
     let voters = cluster.names_with_role(new_leader, "database").await;
     assert_eq!(voters.len(), 3, "the vote was not handed over: {voters:?}");
     assert!(!voters.contains(&name(voter)), "{voters:?}");
     cluster.stop(voter).await;
-    cluster.set_config(new_leader, "user.after_voter_left", "1").await?;
+    cluster
+        .set_config(new_leader, "user.after_voter_left", "1")
+        .await?;
     Ok(())
 }
 
@@ -150,12 +251,28 @@ async fn partitioned_minority_cannot_commit() -> Result<()> {
 
     tracing::info!(old_leader, "--- partition the leader from the rest");
     cluster.partition(&[old_leader], &majority);
-    let error = cluster.operation(old_leader, Operation::ConfigSet { key: "user.minority".into(), value: "1".into() }).await;
-    let message = error.expect_err("the minority committed a write").to_string();
-    assert!(message.contains("cluster database is unavailable"), "{message}");
+    let error = cluster
+        .operation(
+            old_leader,
+            Operation::ConfigSet {
+                key: "user.minority".into(),
+                value: "1".into(),
+            },
+        )
+        .await;
+    let message = error
+        .expect_err("the minority committed a write")
+        .to_string();
+    assert!(
+        message.contains("cluster database is unavailable"),
+        "{message}"
+    );
 
     let new_leader = wait_for("the majority to elect a leader", SETTLE, || async {
-        majority.iter().copied().find(|index| cluster.member(*index).is_leader())
+        majority
+            .iter()
+            .copied()
+            .find(|index| cluster.member(*index).is_leader())
     })
     .await?;
     cluster.set_config(new_leader, "user.majority", "1").await?;
@@ -163,11 +280,15 @@ async fn partitioned_minority_cannot_commit() -> Result<()> {
     tracing::info!("--- heal");
     cluster.heal();
     wait_for("the old leader to catch up", SETTLE, || async {
-        let value = cluster.member(old_leader).local_state(|state| state.config.get("user.majority").cloned());
+        let value = cluster
+            .member(old_leader)
+            .local_state(|state| state.config.get("user.majority").cloned());
         (value.as_deref() == Some("1") && !cluster.member(old_leader).is_leader()).then_some(())
     })
     .await?;
-    let minority_write = cluster.member(new_leader).local_state(|state| state.config.get("user.minority").cloned());
+    let minority_write = cluster
+        .member(new_leader)
+        .local_state(|state| state.config.get("user.minority").cloned());
     assert_eq!(minority_write, None, "the minority's write was committed");
     Ok(())
 }
@@ -181,11 +302,17 @@ async fn statuses_survive_a_change_of_leader() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(4).await?;
     let leader = cluster.leader().await?;
-    cluster.set_config(leader, "cluster.offline_threshold", "10").await?;
-    cluster.set_config(leader, "cluster.heartbeat_interval_ms", "500").await?;
+    cluster
+        .set_config(leader, "cluster.offline_threshold", "10")
+        .await?;
+    cluster
+        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
+        .await?;
     let victim = (0..4).find(|index| *index != leader).expect("a follower");
     cluster.stop(victim).await;
-    cluster.wait_status(leader, &name(victim), "Offline", SETTLE).await?;
+    cluster
+        .wait_status(leader, &name(victim), "Offline", SETTLE)
+        .await?;
 
     tracing::info!("--- hand leadership over");
     cluster.member(leader).leave_gracefully().await;
@@ -193,7 +320,11 @@ async fn statuses_survive_a_change_of_leader() -> Result<()> {
     let new_leader = cluster.leader().await?;
     let members = cluster.members_via(new_leader).await?;
     for member in members.as_array().into_iter().flatten() {
-        let expected = if member["server_name"] == name(victim).as_str() { "Offline" } else { "Online" };
+        let expected = if member["server_name"] == name(victim).as_str() {
+            "Offline"
+        } else {
+            "Online"
+        };
         assert_eq!(member["status"], expected, "{member}");
     }
     Ok(())
@@ -206,16 +337,34 @@ async fn voter_and_standby_limits_take_effect() -> Result<()> {
     init_tracing();
     let cluster = TestCluster::start(5).await?;
     let leader = cluster.leader().await?;
-    cluster.set_config(leader, "cluster.max_voters", "5").await?;
-    wait_for("5 voters", SETTLE, || async { (cluster.names_with_role(leader, "database").await.len() == 5).then_some(()) }).await?;
-    cluster.set_config(leader, "cluster.max_voters", "3").await?;
-    cluster.set_config(leader, "cluster.max_standby", "0").await?;
+    cluster
+        .set_config(leader, "cluster.max_voters", "5")
+        .await?;
+    wait_for("5 voters", SETTLE, || async {
+        (cluster.names_with_role(leader, "database").await.len() == 5).then_some(())
+    })
+    .await?;
+    cluster
+        .set_config(leader, "cluster.max_voters", "3")
+        .await?;
+    cluster
+        .set_config(leader, "cluster.max_standby", "0")
+        .await?;
     wait_for("3 voters and no stand-by", SETTLE, || async {
         let voters = cluster.names_with_role(leader, "database").await.len();
-        let standbys = cluster.names_with_role(leader, "database-standby").await.len();
+        let standbys = cluster
+            .names_with_role(leader, "database-standby")
+            .await
+            .len();
         (voters == 3 && standbys == 0).then_some(())
     })
     .await?;
-    assert!(cluster.names_with_role(leader, "database-leader").await.contains(&name(leader)), "the leader was demoted");
+    assert!(
+        cluster
+            .names_with_role(leader, "database-leader")
+            .await
+            .contains(&name(leader)),
+        "the leader was demoted"
+    );
     Ok(())
 }

@@ -12,17 +12,37 @@ use starling_tests::{free_address, init_tracing, wait_for, TestCluster};
 fn expect_error<T: std::fmt::Debug>(result: Result<T>, needle: &str) {
     match result {
         Ok(value) => panic!("expected an error containing {needle:?}, got {value:?}"),
-        Err(error) => assert!(error.to_string().contains(needle), "error {error} does not say {needle:?}"),
+        Err(error) => assert!(
+            error.to_string().contains(needle),
+            "error {error} does not say {needle:?}"
+        ),
     }
 }
 
-async fn join(dir: &std::path::Path, name: &str, token: &str, answers: Vec<Answer>) -> Result<Member> {
-    let mode = StartMode::Join { name: name.into(), listen: free_address(), token: token.into(), member_config: answers };
-    Ok(Member::start(MemberConfig { dir: dir.to_path_buf(), mode, timings: RaftTimings::default() }).await?)
+async fn join(
+    dir: &std::path::Path,
+    name: &str,
+    token: &str,
+    answers: Vec<Answer>,
+) -> Result<Member> {
+    let mode = StartMode::Join {
+        name: name.into(),
+        listen: free_address(),
+        token: token.into(),
+        member_config: answers,
+    };
+    Ok(Member::start(MemberConfig {
+        dir: dir.to_path_buf(),
+        mode,
+        timings: RaftTimings::default(),
+    })
+    .await?)
 }
 
 async fn token(cluster: &TestCluster, name: &str) -> Result<String> {
-    let added = cluster.operation(0, Operation::ClusterAdd { name: name.into() }).await?;
+    let added = cluster
+        .operation(0, Operation::ClusterAdd { name: name.into() })
+        .await?;
     Ok(added["token"].as_str().unwrap_or_default().to_string())
 }
 
@@ -48,40 +68,123 @@ async fn member_edits_and_roles() -> Result<()> {
     assert_eq!(result["rack"], "7");
     assert_eq!(result["description"], "second");
     assert_eq!(result["groups"], json!(["default", "gpu"]));
-    assert!(result["roles"].as_array().unwrap().contains(&json!("event-hub")), "{result}");
+    assert!(
+        result["roles"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("event-hub")),
+        "{result}"
+    );
 
     let refused = [
-        ("cluster.set('m2', 'scheduler.instance', 'sometimes')", "must be all, group or manual"),
-        ("cluster.set('m2', 'limits.cpu', 2)", "unknown member configuration key \"limits.cpu\""),
+        (
+            "cluster.set('m2', 'scheduler.instance', 'sometimes')",
+            "must be all, group or manual",
+        ),
+        (
+            "cluster.set('m2', 'limits.cpu', 2)",
+            "unknown member configuration key \"limits.cpu\"",
+        ),
         ("cluster.role_add('m2', 'database')", "automatic"),
         ("cluster.role_remove('m2', 'database-standby')", "automatic"),
-        ("cluster.role_add('m2', 'dns-server')", "unknown role \"dns-server\""),
-        ("cluster.edit('m2', {groups = {}})", "at least one cluster group"),
-        ("cluster.edit('m2', {roles = {'database-leader'}})", "automatic"),
-        ("cluster.edit('m2', {colour = 'red'})", "unknown field \"colour\""),
-        ("cluster.edit('m2', {groups = {'a b'}})", "invalid cluster group name"),
-        ("cluster.rename('m2', 'm3')", "already has a member named \"m3\""),
-        ("cluster.set('ghost', 'user.x', 1)", "member \"ghost\" not found"),
+        (
+            "cluster.role_add('m2', 'dns-server')",
+            "unknown role \"dns-server\"",
+        ),
+        (
+            "cluster.edit('m2', {groups = {}})",
+            "at least one cluster group",
+        ),
+        (
+            "cluster.edit('m2', {roles = {'database-leader'}})",
+            "automatic",
+        ),
+        (
+            "cluster.edit('m2', {colour = 'red'})",
+            "unknown field \"colour\"",
+        ),
+        (
+            "cluster.edit('m2', {groups = {'a b'}})",
+            "invalid cluster group name",
+        ),
+        (
+            "cluster.rename('m2', 'm3')",
+            "already has a member named \"m3\"",
+        ),
+        (
+            "cluster.set('ghost', 'user.x', 1)",
+            "member \"ghost\" not found",
+        ),
     ];
     for (code, needle) in refused {
-        expect_error(client.exec(code, "refused.lua", |_| {}).await.map_err(Into::into), needle);
+        expect_error(
+            client
+                .exec(code, "refused.lua", |_| {})
+                .await
+                .map_err(Into::into),
+            needle,
+        );
     }
-    client.exec("cluster.role_remove('m2', 'event-hub'); cluster.unset('m2', 'user.rack')", "undo.lua", |_| {}).await?;
-    let member = cluster.operation(0, Operation::ClusterMember { name: "m2".into() }).await?;
-    assert!(!member["roles"].as_array().unwrap().contains(&json!("event-hub")));
+    client
+        .exec(
+            "cluster.role_remove('m2', 'event-hub'); cluster.unset('m2', 'user.rack')",
+            "undo.lua",
+            |_| {},
+        )
+        .await?;
+    let member = cluster
+        .operation(0, Operation::ClusterMember { name: "m2".into() })
+        .await?;
+    assert!(!member["roles"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("event-hub")));
     assert_eq!(member["config"].get("user.rack"), None);
 
     // Editing with the roles the member already holds is accepted (what `cluster show` prints).
-    let roles: Vec<String> = member["roles"].as_array().unwrap().iter().filter_map(|r| r.as_str().map(String::from)).collect();
-    let edit = MemberEdit { roles: Some(roles), description: Some("again".into()), ..Default::default() };
-    cluster.operation(0, Operation::ClusterEdit { name: "m2".into(), edit }).await?;
+    let roles: Vec<String> = member["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str().map(String::from))
+        .collect();
+    let edit = MemberEdit {
+        roles: Some(roles),
+        description: Some("again".into()),
+        ..Default::default()
+    };
+    cluster
+        .operation(
+            0,
+            Operation::ClusterEdit {
+                name: "m2".into(),
+                edit,
+            },
+        )
+        .await?;
 
-    cluster.operation(0, Operation::ClusterRename { from: "m2".into(), to: "db-2".into() }).await?;
+    cluster
+        .operation(
+            0,
+            Operation::ClusterRename {
+                from: "m2".into(),
+                to: "db-2".into(),
+            },
+        )
+        .await?;
     let members = cluster.members_via(1).await?;
-    let names: Vec<&str> = members.as_array().unwrap().iter().filter_map(|m| m["server_name"].as_str()).collect();
+    let names: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["server_name"].as_str())
+        .collect();
     assert_eq!(names, ["db-2", "m1", "m3"]);
     let info = cluster.operation(1, Operation::ClusterInfo).await?;
-    assert_eq!(info["server_name"], "db-2", "a renamed member knows its new name");
+    assert_eq!(
+        info["server_name"], "db-2",
+        "a renamed member knows its new name"
+    );
     Ok(())
 }
 
@@ -95,25 +198,52 @@ async fn remove_and_rejoin() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(4).await?;
     let leader = cluster.leader().await?;
-    let victim = (0..4).find(|index| *index != leader && *index != 0).expect("a follower");
+    let victim = (0..4)
+        .find(|index| *index != leader && *index != 0)
+        .expect("a follower");
     let victim_name = format!("m{}", victim + 1);
     let victim_dir = cluster.dir(victim);
     let old_admin = tempfile::tempdir()?;
-    for file in ["tls/admin.crt", "tls/admin.key", "tls/ca.crt", "member.json"] {
+    for file in [
+        "tls/admin.crt",
+        "tls/admin.key",
+        "tls/ca.crt",
+        "member.json",
+    ] {
         std::fs::create_dir_all(old_admin.path().join("tls"))?;
         std::fs::copy(victim_dir.join(file), old_admin.path().join(file))?;
     }
     // Point the saved admin identity at a member that stays.
-    std::fs::copy(cluster.dir(leader).join("member.json"), old_admin.path().join("member.json"))?;
+    std::fs::copy(
+        cluster.dir(leader).join("member.json"),
+        old_admin.path().join("member.json"),
+    )?;
 
     tracing::info!(victim = %victim_name, "--- remove a follower");
     let removed = cluster.member(victim).clone();
-    cluster.operation(leader, Operation::ClusterRemove { name: victim_name.clone(), force: false }).await?;
+    cluster
+        .operation(
+            leader,
+            Operation::ClusterRemove {
+                name: victim_name.clone(),
+                force: false,
+            },
+        )
+        .await?;
     tokio::time::timeout(Duration::from_secs(10), removed.stopped()).await?;
-    assert!(!victim_dir.join("member.json").exists(), "the removed member did not reset");
+    assert!(
+        !victim_dir.join("member.json").exists(),
+        "the removed member did not reset"
+    );
     let members = cluster.members_via(leader).await?;
-    assert!(!members.to_string().contains(&format!("\"{victim_name}\"")), "{members}");
-    let refused = Client::local(old_admin.path()).await?.operation(Operation::ClusterMembers).await;
+    assert!(
+        !members.to_string().contains(&format!("\"{victim_name}\"")),
+        "{members}"
+    );
+    let refused = Client::local(old_admin.path())
+        .await?
+        .operation(Operation::ClusterMembers)
+        .await;
     expect_error(refused.map_err(Into::into), "revoked");
     drop(removed);
     cluster.stop(victim).await;
@@ -125,25 +255,50 @@ async fn remove_and_rejoin() -> Result<()> {
         // In one process the removed member's LMDB environment may still be closing; the join
         // itself is done and saved, so starting from the directory finishes it.
         Err(error) if error.to_string().contains("already open") => {
-            wait_for("the rejoined member to start", Duration::from_secs(10), || async {
-                let config = MemberConfig { dir: victim_dir.clone(), mode: StartMode::Restart, timings: RaftTimings::default() };
-                Member::start(config).await.ok()
-            })
+            wait_for(
+                "the rejoined member to start",
+                Duration::from_secs(10),
+                || async {
+                    let config = MemberConfig {
+                        dir: victim_dir.clone(),
+                        mode: StartMode::Restart,
+                        timings: RaftTimings::default(),
+                    };
+                    Member::start(config).await.ok()
+                },
+            )
             .await?
         }
         Err(error) => return Err(error),
     };
-    wait_for("the rejoined member to be listed", Duration::from_secs(10), || async {
-        let members = cluster.members_via(leader).await.ok()?;
-        members.to_string().contains(&format!("\"{victim_name}\"")).then_some(())
-    })
+    wait_for(
+        "the rejoined member to be listed",
+        Duration::from_secs(10),
+        || async {
+            let members = cluster.members_via(leader).await.ok()?;
+            members
+                .to_string()
+                .contains(&format!("\"{victim_name}\""))
+                .then_some(())
+        },
+    )
     .await?;
 
     tracing::info!("--- remove the leader: it hands over first");
     let leader_name = format!("m{}", leader + 1);
-    let via = (0..4).find(|index| *index != leader && *index != victim).expect("another member");
+    let via = (0..4)
+        .find(|index| *index != leader && *index != victim)
+        .expect("another member");
     let removed_leader = cluster.member(leader).clone();
-    cluster.operation(via, Operation::ClusterRemove { name: leader_name.clone(), force: false }).await?;
+    cluster
+        .operation(
+            via,
+            Operation::ClusterRemove {
+                name: leader_name.clone(),
+                force: false,
+            },
+        )
+        .await?;
     tokio::time::timeout(Duration::from_secs(10), removed_leader.stopped()).await?;
     let voters = cluster.names_with_role(via, "database").await;
     assert!(!voters.contains(&leader_name), "{voters:?}");
@@ -158,20 +313,53 @@ async fn offline_member_needs_force() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(3).await?;
     let leader = cluster.leader().await?;
-    cluster.set_config(leader, "cluster.offline_threshold", "10").await?;
-    cluster.set_config(leader, "cluster.heartbeat_interval_ms", "500").await?;
+    cluster
+        .set_config(leader, "cluster.offline_threshold", "10")
+        .await?;
+    cluster
+        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
+        .await?;
     let victim = (0..3).find(|index| *index != leader).expect("a follower");
     let victim_name = format!("m{}", victim + 1);
     cluster.stop(victim).await;
-    cluster.wait_status(leader, &victim_name, "Offline", Duration::from_secs(30)).await?;
-    let refused = cluster.operation(leader, Operation::ClusterRemove { name: victim_name.clone(), force: false }).await;
+    cluster
+        .wait_status(leader, &victim_name, "Offline", Duration::from_secs(30))
+        .await?;
+    let refused = cluster
+        .operation(
+            leader,
+            Operation::ClusterRemove {
+                name: victim_name.clone(),
+                force: false,
+            },
+        )
+        .await;
     expect_error(refused, "is Offline");
-    cluster.operation(leader, Operation::ClusterRemove { name: victim_name.clone(), force: true }).await?;
-    assert_eq!(cluster.members_via(leader).await?.as_array().map(Vec::len), Some(2));
+    cluster
+        .operation(
+            leader,
+            Operation::ClusterRemove {
+                name: victim_name.clone(),
+                force: true,
+            },
+        )
+        .await?;
+    assert_eq!(
+        cluster.members_via(leader).await?.as_array().map(Vec::len),
+        Some(2)
+    );
     cluster.set_config(leader, "user.after_force", "1").await?;
 
     let single = TestCluster::start(1).await?;
-    let refused = single.operation(0, Operation::ClusterRemove { name: "m1".into(), force: true }).await;
+    let refused = single
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m1".into(),
+                force: true,
+            },
+        )
+        .await;
     expect_error(refused, "last member of the cluster");
     Ok(())
 }
@@ -185,10 +373,21 @@ async fn member_config_questions_at_join() -> Result<()> {
     init_tracing();
     let cluster = TestCluster::start(1).await?;
     let client = cluster.client(0).await?;
-    let refused = client.exec("storage.create('local', 'zfs', {source = '/dev/sdb'})", "pool.lua", |_| {}).await;
+    let refused = client
+        .exec(
+            "storage.create('local', 'zfs', {source = '/dev/sdb'})",
+            "pool.lua",
+            |_| {},
+        )
+        .await;
     expect_error(refused.map_err(Into::into), "\"source\" is member-specific");
-    let refused = client.exec("network.create('uplink', 'macvlan')", "net.lua", |_| {}).await;
-    expect_error(refused.map_err(Into::into), "needs member-specific values: m1: parent");
+    let refused = client
+        .exec("network.create('uplink', 'macvlan')", "net.lua", |_| {})
+        .await;
+    expect_error(
+        refused.map_err(Into::into),
+        "needs member-specific values: m1: parent",
+    );
     let script = r#"
         storage.create("local", "zfs", {}, {m1 = {source = "/dev/sdb"}})
         network.create("uplink", "macvlan", {mtu = 1500}, {m1 = {parent = "eth0"}})
@@ -199,11 +398,27 @@ async fn member_config_questions_at_join() -> Result<()> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|q| format!("{}/{}/{}", q["entity"].as_str().unwrap(), q["name"].as_str().unwrap(), q["key"].as_str().unwrap()))
+        .map(|q| {
+            format!(
+                "{}/{}/{}",
+                q["entity"].as_str().unwrap(),
+                q["name"].as_str().unwrap(),
+                q["key"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert!(keys.contains(&"storage-pool/local/source".to_string()), "{keys:?}");
-    assert!(keys.contains(&"storage-pool/local/zfs.pool_name".to_string()), "{keys:?}");
-    assert!(keys.contains(&"network/uplink/parent".to_string()), "{keys:?}");
+    assert!(
+        keys.contains(&"storage-pool/local/source".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"storage-pool/local/zfs.pool_name".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"network/uplink/parent".to_string()),
+        "{keys:?}"
+    );
     assert!(questions[0]["description"].as_str().is_some());
 
     let scratch = tempfile::tempdir()?;
@@ -216,9 +431,21 @@ async fn member_config_questions_at_join() -> Result<()> {
         key: key.into(),
         value: value.into(),
     };
-    let unknown = join(&scratch.path().join("m2"), "m2", &token2, vec![answer("network", "uplink", "mtu", "9000")]).await;
-    expect_error(unknown.map(|_| ()), "no member-specific key network \"uplink\" mtu");
-    let answers = vec![answer("storage-pool", "local", "source", "/dev/sdc"), answer("network", "uplink", "parent", "eth1")];
+    let unknown = join(
+        &scratch.path().join("m2"),
+        "m2",
+        &token2,
+        vec![answer("network", "uplink", "mtu", "9000")],
+    )
+    .await;
+    expect_error(
+        unknown.map(|_| ()),
+        "no member-specific key network \"uplink\" mtu",
+    );
+    let answers = vec![
+        answer("storage-pool", "local", "source", "/dev/sdc"),
+        answer("network", "uplink", "parent", "eth1"),
+    ];
     let m2 = join(&scratch.path().join("m2"), "m2", &token2, answers).await?;
     let pools = cluster.operation(0, Operation::StorageList).await?;
     assert_eq!(pools[0]["member_config"]["m2"]["source"], "/dev/sdc");
