@@ -57,6 +57,8 @@ pub struct RaftTimings {
     pub election_min_ms: u64,
     /// Upper bound of the election timeout.
     pub election_max_ms: u64,
+    /// Entries between snapshots (which also bound the log replayed at restart).
+    pub snapshot_logs: u64,
 }
 
 impl Default for RaftTimings {
@@ -65,6 +67,7 @@ impl Default for RaftTimings {
             heartbeat_ms: 40,
             election_min_ms: 120,
             election_max_ms: 200,
+            snapshot_logs: 10_000,
         }
     }
 }
@@ -458,8 +461,9 @@ fn raft_config(timings: RaftTimings) -> Result<Arc<openraft::Config>, Error> {
         heartbeat_interval: timings.heartbeat_ms,
         election_timeout_min: timings.election_min_ms,
         election_timeout_max: timings.election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_logs),
+        max_in_snapshot_log_to_keep: timings.snapshot_logs / 10,
+        purge_batch_size: 1,
         ..Default::default()
     };
     config

@@ -99,7 +99,8 @@ impl TestCluster {
         Ok(cluster)
     }
 
-    async fn add_member(&mut self, index: usize) -> Result<()> {
+    /// Joins member `index` (`m{index+1}`) with a token from a running member.
+    pub async fn add_member(&mut self, index: usize) -> Result<()> {
         let name = format!("m{}", index + 1);
         let added = self
             .any_client()
@@ -290,10 +291,13 @@ impl TestCluster {
 }
 
 async fn start_member(dir: &Path, mode: StartMode) -> Result<Member> {
+    // Slower than the daemon's defaults: several clusters share two cores in the test suite.
+    // Snapshots every 200 entries, so that tests exercise snapshot transfer and log purging.
     let timings = RaftTimings {
         heartbeat_ms: 100,
         election_min_ms: 500,
         election_max_ms: 1000,
+        snapshot_logs: 200,
     };
     Ok(Member::start(MemberConfig {
         dir: dir.to_path_buf(),

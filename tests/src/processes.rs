@@ -166,6 +166,58 @@ impl ProcessCluster {
         self.wait_ready(index)
     }
 
+    /// Tries to join member `index` in the foreground with `extra` daemon arguments; returns
+    /// the output of a refused join (the daemon exits), or kills and reports a running one.
+    pub fn try_join(&mut self, index: usize, extra: &[&str]) -> Result<Output> {
+        let name = format!("m{}", index + 1);
+        let token = self
+            .cli_ok(0, &["cluster", "add", &name])?
+            .trim()
+            .to_string();
+        let listen = free_address();
+        let mut args = vec![
+            "daemon", "--name", &name, "--listen", &listen, "--join", &token,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(&self.binary)
+            .arg("--dir")
+            .arg(self.dir(index))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!("the join of {name} neither failed nor was stopped");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Joins member `index` as a background daemon with `extra` daemon arguments.
+    pub fn join_with(&mut self, index: usize, extra: &[&str]) -> Result<()> {
+        let name = format!("m{}", index + 1);
+        let token = self
+            .cli_ok(0, &["cluster", "add", &name])?
+            .trim()
+            .to_string();
+        let listen = free_address();
+        let mut args = vec![
+            "daemon", "--name", &name, "--listen", &listen, "--join", &token,
+        ];
+        args.extend_from_slice(extra);
+        let child = self.spawn(index, &args)?;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, || None);
+        }
+        self.children[index] = Some(child);
+        self.wait_ready(index)
+    }
+
     /// `SIGKILL`s member `index`.
     pub fn kill(&mut self, index: usize) -> Result<()> {
         if let Some(mut child) = self.children[index].take() {

@@ -318,3 +318,49 @@ async fn sigterm_hands_leadership_over() -> Result<()> {
     assert!(!voters.contains(&format!("m{}", leader + 1)));
     Ok(())
 }
+
+/// Goal: the command line answers the member-specific questions at join, from flags or a
+/// preseed file, and a join without them is refused with the missing ones.
+/// Method: a pool and a macvlan network on m1; join m2 without answers, then with
+/// `--member-config`; m3 with `--preseed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_answers_member_specific_questions() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(1).await?;
+    let create = "storage.create('local', 'dir', {}, {m1 = {source = '/srv/local'}}) \
+                  network.create('uplink', 'macvlan', {}, {m1 = {parent = 'eth0'}}) \
+                  return #cluster.info().member_config";
+    assert!(
+        cluster
+            .cli_ok(0, &["exec", create])?
+            .trim()
+            .parse::<usize>()?
+            >= 2
+    );
+
+    let refused = cluster.try_join(1, &[])?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("missing member-specific configuration: storage-pool \"local\" source, network \"uplink\" parent"), "{stderr}");
+
+    cluster.join_with(
+        1,
+        &[
+            "--member-config",
+            "storage-pool/local/source=/srv/m2",
+            "--member-config",
+            "network/uplink/parent=eth1",
+        ],
+    )?;
+    let preseed = cluster.dir(2).with_extension("yaml");
+    std::fs::write(
+        &preseed,
+        "member_config:\n  - {entity: storage-pool, name: local, key: source, value: /srv/m3}\n  - {entity: network, name: uplink, key: parent, value: eth2}\n",
+    )?;
+    cluster.join_with(2, &["--preseed", &preseed.to_string_lossy()])?;
+    let pools: serde_json::Value =
+        serde_json::from_str(&cluster.cli_ok(0, &["exec", "return storage.list()"])?)?;
+    assert_eq!(pools[0]["member_config"]["m2"]["source"], "/srv/m2");
+    assert_eq!(pools[0]["member_config"]["m3"]["source"], "/srv/m3");
+    Ok(())
+}
