@@ -11,6 +11,8 @@ pub(crate) struct RaftRoles {
     pub(crate) leader: Option<NodeId>,
     pub(crate) voters: Vec<NodeId>,
     pub(crate) learners: Vec<NodeId>,
+    /// No membership change is under way: the last one is applied and not joint.
+    pub(crate) settled: bool,
 }
 
 impl RaftRoles {
@@ -18,7 +20,10 @@ impl RaftRoles {
         let metrics = member.raft().metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
+        let settled = metrics.membership_config.log_id() <= &metrics.last_applied
+            && membership.get_joint_config().len() == 1;
         RaftRoles {
+            settled,
             leader: metrics.current_leader,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
@@ -99,6 +104,7 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
             "members": state.members.len(),
             "voters": raft.voters.len(),
             "standbys": raft.learners.len(),
+            "roles_settled": raft.settled,
             "version": env!("CARGO_PKG_VERSION"),
             "member_config": starling_store::member_config::questions(state),
         })

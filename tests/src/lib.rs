@@ -284,9 +284,35 @@ impl TestCluster {
                 .ok()?;
             let settled = with_role(&members, "database").len() == voters_expected
                 && with_role(&members, "database-standby").len() == standbys_expected;
-            settled.then_some(())
+            (settled && self.membership_applied_everywhere()).then_some(())
         })
         .await
+    }
+
+    /// Whether every running member has applied the same, non-joint Raft membership: only then
+    /// is a role change finished (the view shows a change as soon as it is proposed, and a
+    /// partition during a joint change can rightly stop the majority from electing).
+    pub fn membership_applied_everywhere(&self) -> bool {
+        let mut seen = None;
+        for member in self.members.iter().flatten() {
+            let metrics = member.raft().metrics().borrow().clone();
+            let membership = metrics.membership_config.clone();
+            if membership.membership().get_node(&member.id()).is_none() {
+                // A spare holds no replica, so it has no membership to compare.
+                continue;
+            }
+            let applied = membership.log_id() <= &metrics.last_applied;
+            let uniform = membership.membership().get_joint_config().len() == 1;
+            if !applied || !uniform {
+                return false;
+            }
+            match &seen {
+                None => seen = Some(*membership.log_id()),
+                Some(log_id) if log_id != membership.log_id() => return false,
+                Some(_) => {}
+            }
+        }
+        true
     }
 }
 

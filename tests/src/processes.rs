@@ -278,6 +278,23 @@ impl ProcessCluster {
         .await
     }
 
+    /// Waits until, through member `via`, there are `voters` voters and `standbys` stand-bys
+    /// and no membership change is under way.
+    pub async fn wait_roles(&self, via: usize, voters: usize, standbys: usize) -> Result<Value> {
+        let what = format!("{voters} voters and {standbys} stand-bys");
+        wait_for(&what, Duration::from_secs(30), || async {
+            let members = self.members(via).ok()?;
+            let info: Value =
+                serde_json::from_str(&self.cli_ok(via, &["exec", "return cluster.info()"]).ok()?)
+                    .ok()?;
+            let settled = crate::with_role(&members, "database").len() == voters
+                && crate::with_role(&members, "database-standby").len() == standbys
+                && info["roles_settled"] == true;
+            settled.then_some(members)
+        })
+        .await
+    }
+
     /// The log of member `index` (for failure messages).
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(self.dir(index).with_extension("log")).unwrap_or_default()

@@ -15,17 +15,7 @@ async fn five_members_roles_and_kill_of_a_voter() -> Result<()> {
     init_tracing();
     tracing::info!("--- start 5 member processes");
     let mut cluster = ProcessCluster::start(5).await?;
-    let members = wait_for(
-        "3 voters and 2 stand-bys",
-        Duration::from_secs(30),
-        || async {
-            let members = cluster.members(0).ok()?;
-            let settled = with_role(&members, "database").len() == 3
-                && with_role(&members, "database-standby").len() == 2;
-            settled.then_some(members)
-        },
-    )
-    .await?;
+    let members = cluster.wait_roles(0, 3, 2).await?;
     assert_eq!(with_role(&members, "database-leader").len(), 1);
 
     let leader = cluster.leader(0).await?;
@@ -64,10 +54,7 @@ async fn five_members_roles_and_kill_of_a_voter() -> Result<()> {
 async fn acknowledged_write_survives_kill_of_all_members() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
-    wait_for("3 voters", Duration::from_secs(30), || async {
-        (with_role(&cluster.members(0).ok()?, "database").len() == 3).then_some(())
-    })
-    .await?;
+    cluster.wait_roles(0, 3, 0).await?;
     for index in 0..20 {
         cluster.cli_ok(
             index % 3,
@@ -107,10 +94,7 @@ async fn acknowledged_write_survives_kill_of_all_members() -> Result<()> {
 async fn quorum_loss_fails_fast_with_a_clear_message() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
-    wait_for("3 voters", Duration::from_secs(30), || async {
-        (with_role(&cluster.members(0).ok()?, "database").len() == 3).then_some(())
-    })
-    .await?;
+    cluster.wait_roles(0, 3, 0).await?;
     tracing::info!("--- kill 2 of 3 voters");
     cluster.kill(1)?;
     cluster.kill(2)?;
@@ -208,17 +192,7 @@ async fn remote_client_trusted_with_a_token() -> Result<()> {
 async fn killed_voter_goes_offline_is_replaced_and_rejoins() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(5).await?;
-    wait_for(
-        "3 voters and 2 stand-bys",
-        Duration::from_secs(30),
-        || async {
-            let members = cluster.members(0).ok()?;
-            (with_role(&members, "database").len() == 3
-                && with_role(&members, "database-standby").len() == 2)
-                .then_some(())
-        },
-    )
-    .await?;
+    cluster.wait_roles(0, 3, 2).await?;
     let leader = cluster.leader(0).await?;
     cluster.cli_ok(leader, &["config", "set", "cluster.offline_threshold=10"])?;
     let members = cluster.members(leader)?;
@@ -283,17 +257,7 @@ async fn killed_voter_goes_offline_is_replaced_and_rejoins() -> Result<()> {
 async fn sigterm_hands_leadership_over() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(4).await?;
-    wait_for(
-        "3 voters and a stand-by",
-        Duration::from_secs(30),
-        || async {
-            let members = cluster.members(0).ok()?;
-            (with_role(&members, "database").len() == 3
-                && with_role(&members, "database-standby").len() == 1)
-                .then_some(())
-        },
-    )
-    .await?;
+    cluster.wait_roles(0, 3, 1).await?;
     let leader = cluster.leader(0).await?;
     let status = cluster.terminate(leader, Duration::from_secs(15))?;
     assert!(status.success(), "the leader exited with {status}");
