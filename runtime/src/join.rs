@@ -268,9 +268,11 @@ pub(crate) async fn issue_token(
         let expiry = state
             .config_value("cluster.join_token_expiry")
             .unwrap_or_else(|| "3H".to_string());
+        // As LXD: the members a joiner can reach now.
         let addresses: Vec<String> = state
             .members
             .values()
+            .filter(|other| other.status == starling_store::MemberStatus::Online)
             .map(|other| other.address.clone())
             .collect();
         (ca.fingerprint(), expiry, addresses)
