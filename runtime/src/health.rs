@@ -55,7 +55,7 @@ pub(crate) async fn run(member: Member) {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get_or_insert_with(Instant::now);
         heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
-        record_health(&member).await;
+        record_health(&member, Duration::from_millis(interval_ms)).await;
         rebalance(&member).await;
     }
 }
@@ -84,8 +84,10 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
                 }
             }
         });
+    // An answer proves the member was alive when the round started, no later.
+    let sent = Instant::now();
     let answered: Vec<NodeId> = join_all(beats).await.into_iter().flatten().collect();
-    let now = Instant::now();
+    let now = sent;
     let mut last_seen = member
         .inner
         .last_seen
@@ -97,7 +99,7 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
 }
 
 /// Records the members whose health changed since the last round.
-async fn record_health(member: &Member) {
+async fn record_health(member: &Member, interval: Duration) {
     let threshold = offline_threshold(member);
     let records: Vec<MemberRecord> =
         member.local_state(|state| state.members.values().cloned().collect());
@@ -120,7 +122,10 @@ async fn record_health(member: &Member) {
         .filter_map(|record| {
             let seen = if record.id == member.id() { Some(now) } else { last_seen.get(&record.id).copied() };
             let online = match seen {
-                Some(seen) => now.duration_since(seen) < threshold,
+                // Heartbeats go out once an interval, so the member may have died up to one
+                // interval after the last one it answered: wait that much longer, never less
+                // than the threshold after its last sign of life.
+                Some(seen) => now.duration_since(seen) < threshold + interval,
                 // Not heard yet: an online member keeps its status for one threshold after the
                 // election; an offline one stays offline until it answers.
                 None => record.status == MemberStatus::Online && leader_since.is_some_and(|since| since.elapsed() < threshold),
@@ -160,7 +165,11 @@ fn offline_threshold(member: &Member) -> Duration {
 
 /// A member's answer to the leader's heartbeat.
 pub(crate) fn on_heartbeat(member: &Member, heartbeat: Heartbeat) -> Reply {
-    member.heard().leader = Some((heartbeat.leader_id, heartbeat.leader_address.clone()));
+    {
+        let mut heard = member.heard();
+        heard.leader = Some((heartbeat.leader_id, heartbeat.leader_address.clone()));
+        heard.at = Some(Instant::now());
+    }
     let peers = heartbeat
         .addresses
         .into_iter()

@@ -20,6 +20,10 @@ use crate::network::RaftTransport;
 use crate::protocol::{Reply, Request};
 use crate::Error;
 
+/// How long a starting member waits without hearing from any leader before it may call an
+/// election (see [`Member::hold_elections_until_quiet`]).
+const QUIET_BEFORE_ELECTIONS: Duration = Duration::from_secs(3);
+
 /// How a member starts.
 #[derive(Clone, Debug)]
 pub enum StartMode {
@@ -111,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) proposals: tokio::sync::mpsc::UnboundedSender<crate::proposer::Proposal>,
     /// Addresses this member may not talk to (fault injection for partition tests).
     pub(crate) blocked: Blocked,
+    /// Set when a leader's append arrives (Raft contact since this member started).
+    pub(crate) raft_contact: std::sync::atomic::AtomicBool,
     /// Becomes true once the member has stopped (after shutdown or removal).
     pub(crate) stopped: watch::Sender<bool>,
     /// Held while the member runs, so recovery tools cannot touch its database.
@@ -125,6 +131,8 @@ pub type Blocked = Arc<Mutex<std::collections::HashSet<String>>>;
 pub(crate) struct Heard {
     pub(crate) leader: Option<(NodeId, String)>,
     pub(crate) peers: Vec<String>,
+    /// When the last heartbeat arrived.
+    pub(crate) at: Option<Instant>,
 }
 
 impl Member {
@@ -158,7 +166,9 @@ impl Member {
                     )));
                 }
                 crate::join::join(&dir, name, listen, token, member_config).await?;
-                Member::open(&dir, config.timings).await
+                let member = Member::open(&dir, config.timings).await?;
+                member.hold_elections_until_quiet();
+                Ok(member)
             }
             StartMode::Restart => {
                 if !dir.is_initialized() {
@@ -167,7 +177,9 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                Member::open(&dir, config.timings).await
+                let member = Member::open(&dir, config.timings).await?;
+                member.hold_elections_until_quiet();
+                Ok(member)
             }
         }
     }
@@ -214,6 +226,7 @@ impl Member {
         let heard = Heard {
             leader: None,
             peers: file.peers.clone(),
+            at: None,
         };
         let inner = Inner {
             name: file.name.clone(),
@@ -233,6 +246,7 @@ impl Member {
             proposals,
             blocked,
             stopped: watch::channel(false).0,
+            raft_contact: Default::default(),
             _lock: lock,
         };
         let member = Member {
@@ -242,6 +256,40 @@ impl Member {
         tokio::spawn(crate::proposer::run(member.clone(), proposal_queue));
         tracing::info!(name = %file.name, id = file.id, address = %file.address, "member started");
         Ok(member)
+    }
+
+    /// A member that starts must not call an election while a leader is alive: its term would
+    /// be higher and the leader would step down. Elections stay off until this member hears
+    /// from a leader through Raft, or hears from none at all for [`QUIET_BEFORE_ELECTIONS`].
+    fn hold_elections_until_quiet(&self) {
+        self.inner.raft.runtime_config().elect(false);
+        let member = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut shutdown = member.inner.shutdown.subscribe();
+            loop {
+                // The stored vote may name the leader from before the restart, so only a
+                // leader's append received since start counts as contact.
+                let raft_leader = member
+                    .inner
+                    .raft_contact
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then_some(());
+                let heard_recently = member
+                    .heard()
+                    .at
+                    .is_some_and(|at| at.elapsed() < QUIET_BEFORE_ELECTIONS);
+                let quiet = started.elapsed() >= QUIET_BEFORE_ELECTIONS && !heard_recently;
+                if raft_leader.is_some() || quiet {
+                    member.inner.raft.runtime_config().elect(true);
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
     }
 
     fn spawn_tasks(&self) {

@@ -11,7 +11,7 @@ use openraft::raft::{
 };
 use openraft::AnyError;
 use starling_store::{Node, NodeId, TypeConfig};
-use starling_transport::{Pool, ServerTrust};
+use starling_transport::{Error as TransportError, Pool, ServerTrust};
 
 use crate::protocol::{RaftRequest, Reply, Request};
 
@@ -74,7 +74,13 @@ impl PeerLink {
             .request(address, &self.transport.trust, &request, timeout)
             .await
             .map_err(|error| {
-                if error.is_retryable() {
+                // Only a peer that cannot be reached at all is "unreachable": openraft then
+                // pauses replication to it. A slow answer is an ordinary failure, retried at
+                // once, so that one late reply does not starve a follower of heartbeats.
+                if matches!(
+                    error,
+                    TransportError::Connect { .. } | TransportError::Unreachable { .. }
+                ) {
                     RPCError::Unreachable(Unreachable::new(&error))
                 } else {
                     RPCError::Network(NetworkError::new(&error))
@@ -90,6 +96,12 @@ fn remote_failure<E: std::error::Error>(
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
+    /// Retry an unreachable peer soon: a member that restarts should get heartbeats again well
+    /// within an election timeout (openraft's default pause is 500 ms).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(50)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

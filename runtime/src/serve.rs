@@ -104,11 +104,17 @@ impl Service {
     async fn raft(&self, request: RaftRequest) -> Reply {
         let raft = self.member.raft();
         match request {
-            RaftRequest::Append(rpc) => Reply::Append(
-                raft.append_entries(rpc)
-                    .await
-                    .map_err(|error| error.to_string()),
-            ),
+            RaftRequest::Append(rpc) => {
+                self.member
+                    .inner
+                    .raft_contact
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Reply::Append(
+                    raft.append_entries(rpc)
+                        .await
+                        .map_err(|error| error.to_string()),
+                )
+            }
             RaftRequest::Vote(rpc) => {
                 Reply::Vote(raft.vote(rpc).await.map_err(|error| error.to_string()))
             }
