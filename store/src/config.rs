@@ -57,7 +57,7 @@ const KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "cluster.heartbeat_interval_ms",
-        default: "1000",
+        default: "500",
         rule: "must be an integer number of milliseconds from 100 to 10000",
         check: |value| parse_int(value).is_some_and(|n| (100..=10_000).contains(&n)),
     },
