@@ -104,6 +104,9 @@ pub(crate) async fn join(
         )));
     }
     check_listen_address(listen)?;
+    // Fail before the token is spent if this machine cannot listen there.
+    std::net::UdpSocket::bind(listen)
+        .map_err(|error| Error::Local(format!("cannot listen on {listen}: {error}")))?;
     let identity = starling_transport::self_signed_identity(name)?;
     let endpoint = Endpoint::new(EndpointConfig {
         identity,

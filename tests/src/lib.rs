@@ -47,9 +47,20 @@ where
 }
 
 /// A loopback address whose port is free right now.
+///
+/// Ports come from below Linux's ephemeral range (32768 and up), where every client endpoint
+/// of the suite binds: a port picked there and released could be taken by a client before the
+/// member binds it.
 pub fn free_address() -> String {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a free UDP port");
-    socket.local_addr().expect("local address").to_string()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 60) as u16 * 200;
+    loop {
+        let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
 }
 
 /// Names of members holding `role` in a `cluster.members()` answer.
