@@ -248,6 +248,14 @@ impl TestCluster {
         .map(|_| ())
     }
 
+    /// The quickest offline detection allowed: a 10 s threshold, heartbeats every 500 ms.
+    pub async fn detect_offline_quickly(&self, via: usize) -> Result<()> {
+        self.set_config(via, "cluster.offline_threshold", "10")
+            .await?;
+        self.set_config(via, "cluster.heartbeat_interval_ms", "500")
+            .await
+    }
+
     /// Waits until member `name` has `status`, as seen through member `via`.
     pub async fn wait_status(
         &self,

@@ -26,12 +26,7 @@ async fn offline_voter_is_replaced_by_a_standby() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(5).await?;
     let leader = cluster.leader().await?;
-    cluster
-        .set_config(leader, "cluster.offline_threshold", "10")
-        .await?;
-    cluster
-        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
-        .await?;
+    cluster.detect_offline_quickly(leader).await?;
     let voters = cluster.names_with_role(leader, "database").await;
     let victim = voters
         .iter()
@@ -119,12 +114,7 @@ async fn lost_voter_is_replaced_from_its_failure_domain() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(6).await?;
     let leader = cluster.leader().await?;
-    cluster
-        .set_config(leader, "cluster.offline_threshold", "10")
-        .await?;
-    cluster
-        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
-        .await?;
+    cluster.detect_offline_quickly(leader).await?;
     let voters: Vec<usize> = cluster
         .names_with_role(leader, "database")
         .await
@@ -302,12 +292,7 @@ async fn statuses_survive_a_change_of_leader() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(4).await?;
     let leader = cluster.leader().await?;
-    cluster
-        .set_config(leader, "cluster.offline_threshold", "10")
-        .await?;
-    cluster
-        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
-        .await?;
+    cluster.detect_offline_quickly(leader).await?;
     let victim = (0..4).find(|index| *index != leader).expect("a follower");
     cluster.stop(victim).await;
     cluster

@@ -313,12 +313,7 @@ async fn offline_member_needs_force() -> Result<()> {
     init_tracing();
     let mut cluster = TestCluster::start(3).await?;
     let leader = cluster.leader().await?;
-    cluster
-        .set_config(leader, "cluster.offline_threshold", "10")
-        .await?;
-    cluster
-        .set_config(leader, "cluster.heartbeat_interval_ms", "500")
-        .await?;
+    cluster.detect_offline_quickly(leader).await?;
     let victim = (0..3).find(|index| *index != leader).expect("a follower");
     let victim_name = format!("m{}", victim + 1);
     cluster.stop(victim).await;
