@@ -10,12 +10,16 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use reedline::{
-    Completer, CompletionResult, FileBackedHistory, Prompt, PromptEditMode, PromptHistorySearch,
-    Reedline, Signal, Span, Suggestion, ValidationResult, Validator,
+    default_emacs_keybindings, ColumnarMenu, Completer, CompletionResult, Emacs, FileBackedHistory,
+    KeyCode, KeyModifiers, MenuBuilder, Prompt, PromptEditMode, PromptHistorySearch, Reedline,
+    ReedlineEvent, ReedlineMenu, Signal, Span, Suggestion, ValidationResult, Validator,
 };
 use serde_json::Value;
 use starling_runtime::{Client, Operation, BUILTINS};
 use starling_stdlib::{Host, Limits, Session};
+
+/// Name of the menu that Tab opens.
+const COMPLETION_MENU: &str = "completion_menu";
 
 /// Script built-ins that send each call to the member as an operation.
 struct RemoteHost {
@@ -85,10 +89,23 @@ impl Lines {
             return Ok(Lines::Plain);
         }
         let history = FileBackedHistory::with_file(1000, history)?;
+        // Tab opens the completion menu of built-in names, as shells do.
+        let mut keybindings = default_emacs_keybindings();
+        keybindings.add_binding(
+            KeyModifiers::NONE,
+            KeyCode::Tab,
+            ReedlineEvent::UntilFound(vec![
+                ReedlineEvent::Menu(COMPLETION_MENU.to_string()),
+                ReedlineEvent::MenuNext,
+            ]),
+        );
+        let menu = ColumnarMenu::default().with_name(COMPLETION_MENU);
         let editor = Reedline::create()
             .with_history(Box::new(history))
             .with_validator(Box::new(LuaValidator))
-            .with_completer(Box::new(BuiltinCompleter));
+            .with_completer(Box::new(BuiltinCompleter))
+            .with_menu(ReedlineMenu::EngineCompleter(Box::new(menu)))
+            .with_edit_mode(Box::new(Emacs::new(keybindings)));
         Ok(Lines::Editor(Box::new(editor)))
     }
 
