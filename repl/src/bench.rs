@@ -101,14 +101,7 @@ async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) ->
     let admin = Client::local(&first).await?;
     for index in 2..=members {
         let name = format!("m{index}");
-        let added = admin
-            .operation(Operation::ClusterAdd { name: name.clone() })
-            .await?;
-        let token = added
-            .get("token")
-            .and_then(|token| token.as_str())
-            .ok_or_else(|| anyhow!("no token"))?
-            .to_string();
+        let token = admin.join_token(&name).await?;
         let listen = crate::demo::free_address()?;
         let args = [
             "daemon", "--name", &name, "--listen", &listen, "--join", &token,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use starling_runtime::{Client, Member, MemberConfig, Operation, RaftTimings, StartMode};
+use starling_runtime::{Client, Member, MemberConfig, RaftTimings, StartMode};
 
 /// Starts (or restarts) `members` members under `dir` and runs the REPL on the first.
 pub async fn run(dir: &Path, members: usize, config_dir: &Path) -> Result<()> {
@@ -46,14 +46,7 @@ async fn create(dir: &Path, count: usize) -> Result<Vec<Member>> {
     let mut running = vec![first];
     for index in 2..=count {
         let name = format!("m{index}");
-        let added = admin
-            .operation(Operation::ClusterAdd { name: name.clone() })
-            .await?;
-        let token = added
-            .get("token")
-            .and_then(|token| token.as_str())
-            .unwrap_or_default()
-            .to_string();
+        let token = admin.join_token(&name).await?;
         let mode = StartMode::Join {
             name: name.clone(),
             listen: free_address()?,

@@ -356,14 +356,10 @@ impl Cluster {
             .context("connecting to m1")?;
         for index in 1..members {
             let name = member_name(index);
-            let added = admin
-                .operation(Operation::ClusterAdd { name: name.clone() })
+            let token = admin
+                .join_token(&name)
                 .await
                 .with_context(|| format!("a join token for {name}"))?;
-            let token = added["token"]
-                .as_str()
-                .ok_or_else(|| anyhow!("the answer to cluster.add({name}) has no token"))?
-                .to_string();
             let listen = crate::demo::free_address()?;
             let args = [
                 "daemon", "--name", &name, "--listen", &listen, "--join", &token,

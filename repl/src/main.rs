@@ -410,10 +410,7 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
             Ok(())
         }
         ClusterCommand::Add { name } => {
-            let value = client
-                .operation(Operation::ClusterAdd { name: name.clone() })
-                .await?;
-            println!("{}", field(&value, "token")?);
+            println!("{}", client.join_token(name).await?);
             Ok(())
         }
         ClusterCommand::ListTokens => print_value(

@@ -156,6 +156,20 @@ impl Client {
         }
     }
 
+    /// `cluster add NAME`: a join token for a new member, as the string the joiner needs.
+    pub async fn join_token(&self, name: &str) -> Result<String, Error> {
+        let added = self
+            .operation(Operation::ClusterAdd {
+                name: name.to_string(),
+            })
+            .await?;
+        added["token"].as_str().map(str::to_string).ok_or_else(|| {
+            Error::Internal(format!(
+                "the answer to cluster.add({name}) has no token: {added}"
+            ))
+        })
+    }
+
     /// Runs a Lua script on the member; `on_print` sees each printed line as it happens.
     pub async fn exec(
         &self,

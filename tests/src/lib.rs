@@ -113,15 +113,7 @@ impl TestCluster {
     /// Joins member `index` (`m{index+1}`) with a token from a running member.
     pub async fn add_member(&mut self, index: usize) -> Result<()> {
         let name = format!("m{}", index + 1);
-        let added = self
-            .any_client()
-            .await?
-            .operation(Operation::ClusterAdd { name: name.clone() })
-            .await?;
-        let token = added["token"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no token in {added}"))?
-            .to_string();
+        let token = self.any_client().await?.join_token(&name).await?;
         let mode = StartMode::Join {
             name,
             listen: free_address(),

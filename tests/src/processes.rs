@@ -147,38 +147,36 @@ impl ProcessCluster {
 
     /// Joins member `index` with a fresh token from member `via`.
     pub fn join_via(&mut self, index: usize, via: usize) -> Result<()> {
+        let args = self.join_arguments(index, via, &[])?;
+        self.start_joined(index, &args)
+    }
+
+    /// `daemon --name mN --listen ADDRESS --join TOKEN EXTRA...`, with a token from `via`.
+    fn join_arguments(&self, index: usize, via: usize, extra: &[&str]) -> Result<Vec<String>> {
         let name = format!("m{}", index + 1);
         let token = self
             .cli_ok(via, &["cluster", "add", &name])?
             .trim()
             .to_string();
-        let listen = free_address();
-        let child = self.spawn(
-            index,
-            &[
-                "daemon", "--name", &name, "--listen", &listen, "--join", &token,
-            ],
-        )?;
-        if self.children.len() <= index {
-            self.children.resize_with(index + 1, || None);
-        }
-        self.children[index] = Some(child);
-        self.wait_ready(index)
+        let mut args: Vec<String> = [
+            "daemon",
+            "--name",
+            &name,
+            "--listen",
+            &free_address(),
+            "--join",
+            &token,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Ok(args)
     }
 
     /// Tries to join member `index` in the foreground with `extra` daemon arguments; returns
     /// the output of a refused join (the daemon exits), or kills and reports a running one.
     pub fn try_join(&mut self, index: usize, extra: &[&str]) -> Result<Output> {
-        let name = format!("m{}", index + 1);
-        let token = self
-            .cli_ok(0, &["cluster", "add", &name])?
-            .trim()
-            .to_string();
-        let listen = free_address();
-        let mut args = vec![
-            "daemon", "--name", &name, "--listen", &listen, "--join", &token,
-        ];
-        args.extend_from_slice(extra);
+        let args = self.join_arguments(index, 0, extra)?;
         let mut child = Command::new(&self.binary)
             .arg("--dir")
             .arg(self.dir(index))
@@ -191,7 +189,7 @@ impl ProcessCluster {
         while child.try_wait()?.is_none() {
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
-                bail!("the join of {name} neither failed nor was stopped");
+                bail!("the join of m{} neither failed nor was stopped", index + 1);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -200,16 +198,13 @@ impl ProcessCluster {
 
     /// Joins member `index` as a background daemon with `extra` daemon arguments.
     pub fn join_with(&mut self, index: usize, extra: &[&str]) -> Result<()> {
-        let name = format!("m{}", index + 1);
-        let token = self
-            .cli_ok(0, &["cluster", "add", &name])?
-            .trim()
-            .to_string();
-        let listen = free_address();
-        let mut args = vec![
-            "daemon", "--name", &name, "--listen", &listen, "--join", &token,
-        ];
-        args.extend_from_slice(extra);
+        let args = self.join_arguments(index, 0, extra)?;
+        self.start_joined(index, &args)
+    }
+
+    /// Starts member `index` with `args` and waits until it answers.
+    fn start_joined(&mut self, index: usize, args: &[String]) -> Result<()> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self.spawn(index, &args)?;
         if self.children.len() <= index {
             self.children.resize_with(index + 1, || None);

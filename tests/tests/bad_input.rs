@@ -27,10 +27,7 @@ async fn try_join(
 }
 
 async fn token_for(client: &Client, name: &str) -> Result<String> {
-    let added = client
-        .operation(Operation::ClusterAdd { name: name.into() })
-        .await?;
-    Ok(added["token"].as_str().unwrap_or_default().to_string())
+    Ok(client.join_token(name).await?)
 }
 
 fn expect_error<T>(result: Result<T, starling_runtime::Error>, needle: &str) {

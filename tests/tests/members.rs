@@ -40,10 +40,7 @@ async fn join(
 }
 
 async fn token(cluster: &TestCluster, name: &str) -> Result<String> {
-    let added = cluster
-        .operation(0, Operation::ClusterAdd { name: name.into() })
-        .await?;
-    Ok(added["token"].as_str().unwrap_or_default().to_string())
+    Ok(cluster.client(0).await?.join_token(name).await?)
 }
 
 /// Goal: member properties and config change through the built-ins; invalid keys and the
