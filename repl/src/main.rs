@@ -65,7 +65,7 @@ enum Command {
     /// Global configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Trust tokens for remote clients.
+    /// Trusted client certificates and their tokens (as `lxc config trust`).
     #[command(subcommand)]
     Trust(TrustCommand),
     /// Remotes this client can reach.
@@ -134,6 +134,8 @@ enum ClusterCommand {
     },
     /// Lists outstanding join tokens.
     ListTokens,
+    /// Shows the cluster database's status: leader, Raft term and indexes, database size.
+    Info,
     /// On a stopped member: make it the only voter, when the majority is gone for good.
     RecoverFromQuorumLoss,
     /// Revokes the join token for a name.
@@ -242,6 +244,20 @@ enum TrustCommand {
         /// A name for the client.
         name: String,
     },
+    /// Lists trusted client certificates.
+    List,
+    /// Stops trusting a client certificate (by name or fingerprint).
+    Remove {
+        /// The client's name, or its fingerprint (at least 12 hex digits).
+        name: String,
+    },
+    /// Lists outstanding trust tokens.
+    ListTokens,
+    /// Revokes the trust token for a name.
+    RevokeToken {
+        /// The name the token was issued for.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +318,25 @@ const TOKEN_COLUMNS: &[Column] = &[
     Column {
         header: "EXPIRES AT",
         field: "expires_at",
+    },
+];
+
+const TRUST_COLUMNS: &[Column] = &[
+    Column {
+        header: "NAME",
+        field: "name",
+    },
+    Column {
+        header: "TYPE",
+        field: "type",
+    },
+    Column {
+        header: "FINGERPRINT",
+        field: "fingerprint",
+    },
+    Column {
+        header: "ADDED AT",
+        field: "added_at",
     },
 ];
 
@@ -370,13 +405,7 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
     match &cli.command {
         Command::Cluster(command) => cluster(cli, client, command).await,
         Command::Config(command) => config(cli, client, command).await,
-        Command::Trust(TrustCommand::Add { name }) => {
-            let value = client
-                .operation(Operation::TrustAdd { name: name.clone() })
-                .await?;
-            println!("{}", field(&value, "token")?);
-            Ok(())
-        }
+        Command::Trust(command) => trust(cli, client, command).await,
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)
@@ -390,8 +419,52 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
     }
 }
 
+async fn trust(cli: &Cli, client: &Client, command: &TrustCommand) -> Result<()> {
+    match command {
+        TrustCommand::Add { name } => {
+            let value = client
+                .operation(Operation::TrustAdd { name: name.clone() })
+                .await?;
+            println!("{}", field(&value, "token")?);
+            Ok(())
+        }
+        TrustCommand::List => print_value(
+            cli,
+            &client.operation(Operation::TrustList).await?,
+            TRUST_COLUMNS,
+        ),
+        TrustCommand::Remove { name } => {
+            client
+                .operation(Operation::TrustRemove { name: name.clone() })
+                .await?;
+            Ok(())
+        }
+        TrustCommand::ListTokens => print_value(
+            cli,
+            &client.operation(Operation::TrustTokens).await?,
+            TOKEN_COLUMNS,
+        ),
+        TrustCommand::RevokeToken { name } => {
+            client
+                .operation(Operation::TrustRevokeToken { name: name.clone() })
+                .await?;
+            Ok(())
+        }
+    }
+}
+
 async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result<()> {
     match command {
+        ClusterCommand::Info => {
+            let value = client.operation(Operation::ClusterInfo).await?;
+            let format = if cli.format == Format::Table {
+                Format::Yaml
+            } else {
+                cli.format
+            };
+            println!("{}", format::render(&value, format, &[]));
+            Ok(())
+        }
         ClusterCommand::List => print_value(
             cli,
             &client.operation(Operation::ClusterMembers).await?,

@@ -140,8 +140,7 @@ impl Client {
     pub async fn operation(&self, operation: Operation) -> Result<Value, Error> {
         let request = Request::Operation {
             operation,
-            origin: None,
-            hops: 0,
+            caller: crate::Caller::default(),
         };
         match self
             .connection

@@ -5,6 +5,7 @@
 //! DIR/tls/ca.crt           the cluster CA certificate
 //! DIR/tls/member.{crt,key} the member's identity (signed by the CA)
 //! DIR/tls/admin.{crt,key}  the local administrator's client identity
+//! DIR/registry.json        the trust registry last heard from the leader (spares need it)
 //! DIR/db/                  the Raft log and state machine (LMDB)
 //! ```
 
@@ -78,6 +79,19 @@ impl DataDir {
         self.write_atomic("member.json", text.as_bytes())
     }
 
+    /// Loads the trust registry saved by [`DataDir::save_registry`], if any.
+    pub fn load_registry(&self) -> Option<crate::trust::TrustRegistry> {
+        let text = std::fs::read_to_string(self.root.join("registry.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Saves the trust registry atomically.
+    pub fn save_registry(&self, registry: &crate::trust::TrustRegistry) -> Result<(), Error> {
+        let text =
+            serde_json::to_vec(registry).map_err(|error| Error::Internal(error.to_string()))?;
+        self.write_atomic("registry.json", &text)
+    }
+
     /// Loads an identity saved as `tls/NAME.crt` and `tls/NAME.key`.
     pub fn load_identity(&self, name: &str) -> Result<Identity, Error> {
         let cert_pem = self.read(&format!("tls/{name}.crt"))?;
@@ -90,11 +104,11 @@ impl DataDir {
         })
     }
 
-    /// Saves an identity as `tls/NAME.crt` and `tls/NAME.key` (the key readable by owner only).
+    /// Saves an identity as `tls/NAME.crt` and `tls/NAME.key` (the key readable by owner only,
+    /// from the moment the file is created).
     pub fn save_identity(&self, name: &str, identity: &Identity) -> Result<(), Error> {
         self.write_atomic(&format!("tls/{name}.crt"), identity.cert_pem.as_bytes())?;
-        self.write_atomic(&format!("tls/{name}.key"), identity.key_pem.as_bytes())?;
-        restrict_to_owner(&self.root.join(format!("tls/{name}.key")))
+        self.write_atomic(&format!("tls/{name}.key"), identity.key_pem.as_bytes())
     }
 
     /// Loads the cluster CA certificate.
@@ -120,19 +134,64 @@ impl DataDir {
             std::fs::create_dir_all(parent).map_err(local)?;
         }
         let temporary = path.with_extension("tmp");
-        std::fs::write(&temporary, bytes).map_err(local)?;
-        std::fs::rename(&temporary, &path).map_err(local)
+        // A leftover temporary file may have other permissions: start from a new file.
+        let _ = std::fs::remove_file(&temporary);
+        write_private(&temporary, bytes).map_err(local)?;
+        std::fs::rename(&temporary, &path).map_err(local)?;
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)
+                .and_then(|directory| directory.sync_all())
+                .map_err(local)?;
+        }
+        Ok(())
     }
 }
 
-#[cfg(unix)]
-fn restrict_to_owner(path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|error| Error::Local(format!("{}: {error}", path.display())))
+/// Writes a new file readable and writable by its owner only (mode 0600 from creation, so a key
+/// is never briefly readable by others), and makes it durable.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
-#[cfg(not(unix))]
-fn restrict_to_owner(_path: &Path) -> Result<(), Error> {
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: every file of the data directory, keys above all, is created with mode 0600.
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private_from_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(root.path());
+        let identity = Identity {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            chain_pem: vec![],
+        };
+        // A stale temporary file that anyone could read must not lend its mode to the key.
+        std::fs::create_dir_all(root.path().join("tls")).unwrap();
+        std::fs::write(root.path().join("tls/member.tmp"), "old").unwrap();
+        std::fs::set_permissions(
+            root.path().join("tls/member.tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        dir.save_identity("member", &identity).unwrap();
+        for file in ["tls/member.key", "tls/member.crt"] {
+            let mode = std::fs::metadata(root.path().join(file)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        assert_eq!(dir.load_identity("member").unwrap_err().to_string().contains("ca.crt"), true);
+    }
 }

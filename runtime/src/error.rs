@@ -27,6 +27,15 @@ pub enum Error {
     /// A network or transport failure.
     #[error("{0}")]
     Transport(String),
+    /// The request certainly did not reach the peer (no connection): safe to send elsewhere.
+    #[error("{0}")]
+    NotSent(String),
+    /// The request may have reached the peer and been applied, but no answer came back.
+    #[error("{0} (the request may or may not have been applied)")]
+    OutcomeUnknown(String),
+    /// Leadership moved while the request was under way: retry against the new leader.
+    #[error("leadership changed during the request: {0}")]
+    LeadershipChanged(String),
     /// A data-directory or local file problem.
     #[error("{0}")]
     Local(String),
@@ -40,7 +49,11 @@ pub enum Error {
 
 impl From<starling_transport::Error> for Error {
     fn from(error: starling_transport::Error) -> Self {
-        Error::Transport(error.to_string())
+        if error.may_have_been_delivered() {
+            Error::OutcomeUnknown(error.to_string())
+        } else {
+            Error::NotSent(error.to_string())
+        }
     }
 }
 

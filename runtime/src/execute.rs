@@ -13,7 +13,7 @@ use starling_store::{Command, Network, StoragePool, TokenKind};
 use crate::join::{self, WRITE_TIMEOUT};
 use crate::member::Member;
 use crate::operation::Operation;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{Caller, Reply, Request};
 use crate::view;
 use crate::Error;
 
@@ -23,46 +23,36 @@ const HOPS_MAX: u8 = 3;
 const LEADER_WAIT: Duration = Duration::from_secs(2);
 /// How long a request keeps looking for a new leader while leadership moves.
 const LEADER_CHANGE_BUDGET: Duration = Duration::from_secs(5);
-/// The start of every "try the next leader" error.
-pub(crate) const LEADERSHIP_MOVING: &str = "leadership changed during the request";
-
-fn is_leadership_moving(message: &str) -> bool {
-    message.starts_with(LEADERSHIP_MOVING)
-}
-
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Member {
-    /// Runs `operation` for a client of member `origin` (this member when `None`).
-    pub async fn execute(
-        &self,
-        operation: Operation,
-        origin: Option<String>,
-        hops: u8,
-    ) -> Result<Value, Error> {
-        let origin = origin.unwrap_or_else(|| self.name());
+    /// Runs `operation` for `caller` (its origin is this member when `None`).
+    pub async fn execute(&self, operation: Operation, caller: Caller) -> Result<Value, Error> {
+        let caller = Caller {
+            origin: Some(caller.origin.unwrap_or_else(|| self.name())),
+            ..caller
+        };
         let deadline = Instant::now() + LEADER_CHANGE_BUDGET;
         loop {
-            let attempt = self.attempt(&operation, &origin, hops).await;
+            let attempt = self.attempt(&operation, &caller).await;
             match attempt {
                 // The request did not reach a leader (it moved, or died): find the new one.
-                Err(Error::Transport(message))
-                    if is_leadership_moving(&message) && Instant::now() < deadline =>
-                {
+                Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(Error::Transport(message)) if is_leadership_moving(&message) => {
-                    return Err(self.unavailable().await)
-                }
+                Err(Error::LeadershipChanged(_)) => return Err(self.unavailable().await),
                 other => return other,
             }
         }
     }
 
     /// One try: run here if this member leads, else forward to the leader it knows.
-    async fn attempt(&self, operation: &Operation, origin: &str, hops: u8) -> Result<Value, Error> {
+    async fn attempt(&self, operation: &Operation, caller: &Caller) -> Result<Value, Error> {
+        let origin = caller.origin.as_deref().unwrap_or_default();
+        let hops = caller.hops;
         if self.is_leader() {
+            self.check_caller(caller)?;
             return self.execute_here(operation, origin).await;
         }
         if hops >= HOPS_MAX {
@@ -74,14 +64,16 @@ impl Member {
             return Err(self.unavailable().await);
         };
         if leader_address == self.address() {
-            return Err(Error::Transport(format!(
-                "{LEADERSHIP_MOVING}: this member just stopped leading"
-            )));
+            return Err(Error::LeadershipChanged(
+                "this member just stopped leading".to_string(),
+            ));
         }
         let request = Request::Operation {
             operation: operation.clone(),
-            origin: Some(origin.to_string()),
-            hops: hops + 1,
+            caller: Caller {
+                hops: hops + 1,
+                ..caller.clone()
+            },
         };
         match self
             .request(&leader_address, &request, FORWARD_TIMEOUT)
@@ -95,18 +87,34 @@ impl Member {
                 "unexpected reply to a forwarded request: {other:?}"
             ))),
             // Not sent at all: safe to try the next leader.
-            Err(Error::Transport(message))
-                if message.contains("connect") || message.contains("unreachable") =>
-            {
+            Err(Error::NotSent(reason)) => {
                 self.forget_leader(&leader_address);
-                Err(Error::Transport(format!(
-                    "{LEADERSHIP_MOVING}: the leader at {leader_address} is unreachable"
+                Err(Error::LeadershipChanged(format!(
+                    "the leader at {leader_address} is unreachable ({reason})"
                 )))
             }
             Err(error) => {
                 tracing::warn!(%error, leader = %leader_address, "forwarding to the leader failed");
                 Err(self.unavailable().await)
             }
+        }
+    }
+
+    /// The leader's own check of the original client: a member that forwarded the request may
+    /// hold a stale copy of the trust registry (a spare), the leader's is current.
+    fn check_caller(&self, caller: &Caller) -> Result<(), Error> {
+        let Some(fingerprint) = &caller.client else {
+            return Ok(());
+        };
+        match self.local_state(|state| state.registered(fingerprint)) {
+            starling_store::Registered::Member | starling_store::Registered::Client => Ok(()),
+            starling_store::Registered::Revoked => Err(Error::NotAuthorized(
+                "this certificate was revoked".to_string(),
+            )),
+            starling_store::Registered::Unknown => Err(Error::NotAuthorized(format!(
+                "the certificate {} is not trusted by this cluster",
+                &fingerprint[..fingerprint.len().min(16)]
+            ))),
         }
     }
 
@@ -151,7 +159,26 @@ impl Member {
             }
             Operation::ClusterTokens => Ok(view::tokens(self, TokenKind::Join)),
             Operation::ClusterRevokeToken { name } => {
-                self.propose(Command::TokenRevoke { name: name.clone() }, WRITE_TIMEOUT)
+                let command = Command::TokenRevoke {
+                    name: name.clone(),
+                    kind: TokenKind::Join,
+                };
+                self.propose(command, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::TrustTokens => Ok(view::tokens(self, TokenKind::Client)),
+            Operation::TrustRevokeToken { name } => {
+                let command = Command::TokenRevoke {
+                    name: name.clone(),
+                    kind: TokenKind::Client,
+                };
+                self.propose(command, WRITE_TIMEOUT).await?;
+                Ok(Value::Null)
+            }
+            Operation::TrustList => Ok(view::trust_list(self)),
+            Operation::TrustRemove { name } => {
+                let fingerprint = view::trusted_fingerprint(self, name)?;
+                self.propose(Command::TrustRemove { fingerprint }, WRITE_TIMEOUT)
                     .await?;
                 Ok(Value::Null)
             }
@@ -276,8 +303,8 @@ impl Member {
     async fn linearize(&self) -> Result<(), Error> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft().ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::Transport(
-                "leadership changed during the request; retry".to_string(),
+            Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::LeadershipChanged(
+                "this member no longer leads".to_string(),
             )),
             _ => Err(self.unavailable().await),
         }

@@ -17,6 +17,7 @@ use crate::member::{node, Member};
 use crate::protocol::{Heartbeat, Reply, Request};
 use crate::roles::{self, Candidate, CurrentRoles};
 use crate::token::{format_time_ms, now_ms};
+use crate::trust::TrustRegistry;
 use crate::view::RaftRoles;
 use crate::Error;
 
@@ -46,6 +47,12 @@ pub(crate) async fn run(member: Member) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clear();
+            member
+                .inner
+                .trust_acked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clear();
             continue;
         }
         member
@@ -60,41 +67,54 @@ pub(crate) async fn run(member: Member) {
     }
 }
 
-/// Sends one heartbeat to every other member and records who answered.
+/// Sends one heartbeat to every other member and records who answered. A member whose trust
+/// registry is older than the leader's gets the registry with it.
 async fn heartbeat_round(member: &Member, timeout: Duration) {
-    let records: Vec<MemberRecord> =
-        member.local_state(|state| state.members.values().cloned().collect());
-    let heartbeat = Heartbeat {
-        leader_id: member.id(),
-        leader_address: member.address().to_string(),
-        addresses: records
-            .iter()
-            .map(|record| record.address.clone())
-            .collect(),
-    };
+    let (records, registry): (Vec<MemberRecord>, TrustRegistry) = member.local_state(|state| {
+        (state.members.values().cloned().collect(), TrustRegistry::of(state))
+    });
+    let acked = member
+        .inner
+        .trust_acked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let addresses: Vec<String> = records.iter().map(|record| record.address.clone()).collect();
     let beats = records
         .iter()
         .filter(|record| record.id != member.id())
         .map(|record| {
-            let request = Request::Heartbeat(heartbeat.clone());
+            let stale = acked.get(&record.id).is_none_or(|version| *version < registry.version);
+            let request = Request::Heartbeat(Heartbeat {
+                leader_id: member.id(),
+                leader_address: member.address().to_string(),
+                addresses: addresses.clone(),
+                registry: stale.then(|| registry.clone()),
+            });
             async move {
                 match member.request(&record.address, &request, timeout).await {
-                    Ok(Reply::HeartbeatAck { .. }) => Some(record.id),
+                    Ok(Reply::HeartbeatAck { trust_version, .. }) => Some((record.id, trust_version)),
                     _ => None,
                 }
             }
         });
     // An answer proves the member was alive when the round started, no later.
     let sent = Instant::now();
-    let answered: Vec<NodeId> = join_all(beats).await.into_iter().flatten().collect();
+    let answered: Vec<(NodeId, u64)> = join_all(beats).await.into_iter().flatten().collect();
     let now = sent;
+    let mut trust_acked = member
+        .inner
+        .trust_acked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut last_seen = member
         .inner
         .last_seen
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for id in answered {
+    for (id, trust_version) in answered {
         last_seen.insert(id, now);
+        trust_acked.insert(id, trust_version);
     }
 }
 
@@ -176,8 +196,12 @@ pub(crate) fn on_heartbeat(member: &Member, heartbeat: Heartbeat) -> Reply {
         .filter(|address| address != member.address())
         .collect();
     member.remember_peers(peers);
+    if let Some(registry) = heartbeat.registry {
+        member.learn_registry(registry);
+    }
     Reply::HeartbeatAck {
         name: member.name(),
+        trust_version: member.trust_version(),
     }
 }
 

@@ -140,6 +140,7 @@ pub(crate) async fn join(
                     admin: &response.admin,
                     ca_cert_pem: &response.ca_cert_pem,
                 };
+                dir.save_registry(&response.registry)?;
                 files.save(dir)?;
                 tracing::info!(name, id = response.id, "joined the cluster");
                 return Ok(());
@@ -178,47 +179,67 @@ async fn ask_to_join(
     }
 }
 
-/// The leader's side of a join: check the token, record the member, issue its certificates.
+/// Checks a token claim on the leader before anything is issued or proposed, so a failed claim
+/// writes nothing to the log.
+fn check_claim(member: &Member, name: &str, kind: TokenKind, secret: &str) -> Result<(), Error> {
+    starling_store::limits::check_len("token secret", secret, starling_store::limits::SECRET_BYTES_MAX)
+        .map_err(Error::InvalidToken)?;
+    member
+        .local_state(|state| state.check_token(name, kind, secret, now_ms()))
+        .map_err(Error::InvalidToken)
+}
+
+/// The leader's side of a join: check the token, then issue the certificates and record the
+/// member.
 pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinResponse, Error> {
     starling_store::command::validate_member_name(&request.name).map_err(Error::Refused)?;
     check_listen_address(&request.address)?;
+    starling_store::limits::check_architecture(&request.architecture).map_err(Error::Refused)?;
+    check_claim(member, &request.name, TokenKind::Join, &request.secret)?;
     let ca = member.local_state(|state| ClusterCa {
         cert_pem: state.ca_cert_pem.clone(),
         key_pem: state.ca_key_pem.clone(),
     });
     let identity = ca.issue(&request.name, CertUsage::Member)?;
     let admin = ca.issue(&format!("admin@{}", request.name), CertUsage::Client)?;
-    let mut attempts = 0;
-    let id = loop {
-        attempts += 1;
-        let id = member.local_state(|state| state.next_node_id);
-        let record = new_record(
-            &request.name,
-            id,
-            &request.address,
-            &request.architecture,
-            (&identity, &admin),
-        )?;
-        let command = Command::MemberAdd {
-            member: record,
-            answers: request.member_config.clone(),
-            secret: request.secret.clone(),
-            now_ms: now_ms(),
-        };
-        match member.propose(command, WRITE_TIMEOUT).await {
-            Ok(()) => break id,
-            Err(Error::Refused(reason)) if reason.contains("already taken") && attempts < 5 => {
-                continue
-            }
-            Err(error) => return Err(error),
-        }
+    let record = new_record(
+        &request.name,
+        0,
+        &request.address,
+        &request.architecture,
+        (&identity, &admin),
+    )?;
+    let command = Command::MemberAdd {
+        member: record.clone(),
+        answers: request.member_config.clone(),
+        secret: request.secret.clone(),
+        now_ms: now_ms(),
     };
-    let peers = member.local_state(|state| {
-        state
+    member.propose(command, WRITE_TIMEOUT).await?;
+    // The id was assigned when the command applied. A retried request whose first attempt was
+    // applied finds a record with other certificates: its answer is lost for good.
+    let id = member
+        .local_state(|state| {
+            state
+                .members
+                .get(&request.name)
+                .filter(|added| added.certificate_fingerprint == record.certificate_fingerprint)
+                .map(|added| added.id)
+        })
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "member \"{}\" was admitted by an earlier attempt of this join whose answer was lost; \
+                 remove it and join again with a new token",
+                request.name
+            ))
+        })?;
+    let (peers, registry) = member.local_state(|state| {
+        let peers = state
             .members
             .values()
             .map(|other| other.address.clone())
-            .collect()
+            .collect();
+        (peers, crate::trust::TrustRegistry::of(state))
     });
     tracing::info!(name = %request.name, id, address = %request.address, "member admitted");
     Ok(JoinResponse {
@@ -227,6 +248,7 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
         admin,
         ca_cert_pem: ca.cert_pem,
         peers,
+        registry,
     })
 }
 
@@ -298,11 +320,14 @@ pub(crate) async fn issue_token(
         addresses,
         expires_at_ms,
     };
-    let payload = payload_of(&token);
     member
         .propose(Command::TokenIssue { token }, WRITE_TIMEOUT)
         .await?;
-    Ok(payload)
+    // The stored token, not the one built here: a retried request whose first attempt applied
+    // must answer with the token that is valid.
+    member
+        .local_state(|state| state.tokens_of(kind).get(name).map(payload_of))
+        .ok_or_else(|| Error::Refused(format!("the token for \"{name}\" was revoked meanwhile")))
 }
 
 /// The token string's contents for a stored token.
@@ -323,6 +348,8 @@ pub(crate) async fn trust_client(
     secret: &str,
     fingerprint: &str,
 ) -> Result<String, Error> {
+    starling_store::command::validate_member_name(name).map_err(Error::Refused)?;
+    check_claim(member, name, TokenKind::Client, secret)?;
     let client = TrustedClient {
         name: name.to_string(),
         fingerprint: fingerprint.to_string(),

@@ -7,6 +7,8 @@
 //! - [`execute`](crate::execute): operations, run on the leader or forwarded to it.
 //! - [`operation`]: [`Operation`], the one list of cluster operations, and the script built-ins.
 //! - [`join`](crate::join): bootstrap, joining, tokens and client trust.
+//! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
+//!   on failed claims per address.
 //! - [`health`](crate::health): heartbeats, member status, role rebalancing.
 //! - [`roles`]: the pure role planner.
 //! - [`client`]: [`Client`], how the CLI and tools talk to a member.
@@ -32,9 +34,11 @@ pub mod script;
 mod serve;
 mod sysinfo;
 pub mod token;
+pub mod trust;
 mod view;
 
 pub use client::Client;
 pub use error::Error;
 pub use member::{Member, MemberConfig, RaftTimings, StartMode};
 pub use operation::{Operation, BUILTINS};
+pub use protocol::Caller;

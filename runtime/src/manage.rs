@@ -174,8 +174,8 @@ impl Member {
         if record.id == self.id() {
             // The leader cannot remove itself: hand leadership over, then the new leader removes it.
             self.step_down().await?;
-            return Err(Error::Transport(
-                "leadership changed during the request; retry".to_string(),
+            return Err(Error::LeadershipChanged(
+                "the leader handed over before removing itself".to_string(),
             ));
         }
         let roles = RaftRoles::of(self);
@@ -324,7 +324,7 @@ impl Member {
         let result = if self.is_leader() {
             self.step_down().await
         } else if RaftRoles::of(self).voters.contains(&self.id()) {
-            let request = self.execute(crate::Operation::HandOver { id: self.id() }, None, 0);
+            let request = self.execute(crate::Operation::HandOver { id: self.id() }, crate::Caller::local());
             tokio::time::timeout(Duration::from_secs(10), request)
                 .await
                 .unwrap_or_else(|_| Err(Error::Transport("timed out".into())))

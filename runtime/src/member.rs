@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     pub(crate) heard: Mutex<Heard>,
     /// Leader only: when each member last answered a heartbeat.
     pub(crate) last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Leader only: the trust registry version each member last reported.
+    pub(crate) trust_acked: Mutex<HashMap<NodeId, u64>>,
     /// When this member last became leader.
     pub(crate) leader_since: Mutex<Option<Instant>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -117,6 +119,9 @@ pub(crate) struct Inner {
     pub(crate) blocked: Blocked,
     /// Set when a leader's append arrives (Raft contact since this member started).
     pub(crate) raft_contact: std::sync::atomic::AtomicBool,
+    /// The trust registry last heard from a leader (or given at join), for members whose own
+    /// replica is older (spares).
+    pub(crate) registry: Mutex<crate::trust::TrustRegistry>,
     /// Becomes true once the member has stopped (after shutdown or removal).
     pub(crate) stopped: watch::Sender<bool>,
     /// Held while the member runs, so recovery tools cannot touch its database.
@@ -241,12 +246,14 @@ impl Member {
             ca_cert_pem,
             heard: Mutex::new(heard),
             last_seen: Mutex::new(HashMap::new()),
+            trust_acked: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
             shutdown,
             proposals,
             blocked,
             stopped: watch::channel(false).0,
             raft_contact: Default::default(),
+            registry: Mutex::new(dir.load_registry().unwrap_or_default()),
             _lock: lock,
         };
         let member = Member {
@@ -298,7 +305,7 @@ impl Member {
         tokio::spawn(async move {
             let handler = Arc::new(crate::serve::Service {
                 member: serving.clone(),
-                verified: Default::default(),
+                claims: Default::default(),
             });
             if let Err(error) = serving.inner.endpoint.serve(handler, stop).await {
                 tracing::error!(%error, "endpoint stopped");
@@ -441,6 +448,44 @@ impl Member {
         }
     }
 
+    /// What a certificate fingerprint is registered as, from the newer of this member's replica
+    /// and the registry last heard from a leader.
+    pub(crate) fn registered(&self, fingerprint: &str) -> starling_store::Registered {
+        let (local_version, local) =
+            self.local_state(|state| (state.trust_version, state.registered(fingerprint)));
+        let heard = self.registry_lock();
+        if heard.version > local_version {
+            heard.registered(fingerprint)
+        } else {
+            local
+        }
+    }
+
+    /// The newest trust registry version this member holds.
+    pub(crate) fn trust_version(&self) -> u64 {
+        let local = self.local_state(|state| state.trust_version);
+        local.max(self.registry_lock().version)
+    }
+
+    /// Keeps `registry` if it is newer than the one held (saved for restarts).
+    pub(crate) fn learn_registry(&self, registry: crate::trust::TrustRegistry) {
+        let mut held = self.registry_lock();
+        if registry.version <= held.version {
+            return;
+        }
+        if let Err(error) = self.inner.dir.save_registry(&registry) {
+            tracing::warn!(%error, "could not save the trust registry");
+        }
+        *held = registry;
+    }
+
+    fn registry_lock(&self) -> MutexGuard<'_, crate::trust::TrustRegistry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(crate) fn heard(&self) -> MutexGuard<'_, Heard> {
         self.inner
             .heard
@@ -451,8 +496,14 @@ impl Member {
     /// Proposes a command and waits for it to apply; `Refused` carries the state's reason.
     /// Concurrent proposals share Raft entries (see [`crate::proposer`]).
     pub(crate) async fn propose(&self, command: Command, timeout: Duration) -> Result<(), Error> {
+        command.check_limits().map_err(Error::Refused)?;
+        let bytes = starling_store::limits::encoded_len(&command);
         let (done, outcome) = tokio::sync::oneshot::channel();
-        let proposal = crate::proposer::Proposal { command, done };
+        let proposal = crate::proposer::Proposal {
+            command,
+            bytes,
+            done,
+        };
         if self.inner.proposals.send(proposal).is_err() {
             return Err(Error::Transport("the member is shutting down".to_string()));
         }

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -14,6 +16,11 @@ use starling_store::{Node, NodeId, TypeConfig};
 use starling_transport::{Error as TransportError, Pool, ServerTrust};
 
 use crate::protocol::{RaftRequest, Reply, Request};
+
+/// Largest append sent at once, in encoded bytes (one larger entry still goes alone). openraft
+/// gives an append one heartbeat interval to complete, so it must be small enough to cross the
+/// network in a fraction of that.
+const APPEND_BYTES_MAX: u64 = starling_store::limits::BATCH_BYTES_MAX as u64;
 
 /// Creates a [`PeerLink`] per Raft peer; all share the member's connection pool.
 #[derive(Clone)]
@@ -74,6 +81,11 @@ impl PeerLink {
             .request(address, &self.transport.trust, &request, timeout)
             .await
             .map_err(|error| {
+                if let TransportError::FrameTooLarge { .. } = error {
+                    return RPCError::PayloadTooLarge(
+                        PayloadTooLarge::new_entries_hint(1).with_source_error(&error),
+                    );
+                }
                 // Only a peer that cannot be reached at all is "unreachable": openraft then
                 // pauses replication to it. A slow answer is an ordinary failure, retried at
                 // once, so that one late reply does not starve a follower of heartbeats.
@@ -86,6 +98,21 @@ impl PeerLink {
                     RPCError::Network(NetworkError::new(&error))
                 }
             })
+    }
+}
+
+/// An append too large for one frame asks openraft to send half as many entries next time (it
+/// never was a network failure, and retrying it unchanged would stall replication to the peer).
+fn shrink_if_too_large<E: std::error::Error>(
+    error: RPCError<NodeId, Node, RaftError<NodeId, E>>,
+    entries: u64,
+) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    match error {
+        RPCError::PayloadTooLarge(too_large) => {
+            tracing::debug!(entries, error = %too_large, "an append did not fit a frame: sending fewer entries");
+            RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1)))
+        }
+        other => other,
     }
 }
 
@@ -107,9 +134,18 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let entries = rpc.entries.len() as u64;
+        let bytes = starling_store::limits::encoded_len(&rpc.entries) as u64;
+        if entries > 1 && bytes > APPEND_BYTES_MAX {
+            // openraft bounds an append by the heartbeat interval: a large one would time out
+            // again and again. Ask for fewer entries, in proportion.
+            let hint = (entries * APPEND_BYTES_MAX / bytes).max(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
         match self
             .call(RaftRequest::Append(rpc), option.hard_ttl())
-            .await?
+            .await
+            .map_err(|error| shrink_if_too_large(error, entries))?
         {
             Reply::Append(result) => result.map_err(remote_failure),
             other => Err(remote_failure(format!(

@@ -42,6 +42,20 @@ pub enum Operation {
         /// A name for the client.
         name: String,
     },
+    /// `cluster.trust_tokens()`: outstanding client trust tokens.
+    TrustTokens,
+    /// `cluster.trust_revoke_token(name)`: revokes a client trust token.
+    TrustRevokeToken {
+        /// The name the token was issued for.
+        name: String,
+    },
+    /// `cluster.trust_list()`: trusted client certificates.
+    TrustList,
+    /// `cluster.trust_remove(name or fingerprint)`: stops trusting a client certificate.
+    TrustRemove {
+        /// The client's name, or its fingerprint (or a unique prefix of at least 12 digits).
+        name: String,
+    },
     /// `config.get(key)`: the effective value.
     ConfigGet {
         /// The key.
@@ -224,6 +238,22 @@ pub const BUILTINS: &[Builtin] = &[
         help: "cluster.trust_add(name) -> token for a remote client",
     },
     Builtin {
+        name: "cluster.trust_tokens",
+        help: "cluster.trust_tokens() -> outstanding client trust tokens",
+    },
+    Builtin {
+        name: "cluster.trust_revoke_token",
+        help: "cluster.trust_revoke_token(name) -> revokes a client trust token",
+    },
+    Builtin {
+        name: "cluster.trust_list",
+        help: "cluster.trust_list() -> trusted client certificates",
+    },
+    Builtin {
+        name: "cluster.trust_remove",
+        help: "cluster.trust_remove(name or fingerprint) -> stops trusting a client certificate",
+    },
+    Builtin {
         name: "cluster.member_state",
         help: "cluster.member_state(name) -> live state read from the member",
     },
@@ -321,6 +351,14 @@ impl Operation {
             "cluster.trust_add" => Operation::TrustAdd {
                 name: arguments.string(0, "name")?,
             },
+            "cluster.trust_tokens" => Operation::TrustTokens,
+            "cluster.trust_revoke_token" => Operation::TrustRevokeToken {
+                name: arguments.string(0, "name")?,
+            },
+            "cluster.trust_list" => Operation::TrustList,
+            "cluster.trust_remove" => Operation::TrustRemove {
+                name: arguments.string(0, "name or fingerprint")?,
+            },
             "config.get" => Operation::ConfigGet {
                 key: arguments.string(0, "key")?,
             },
@@ -400,6 +438,8 @@ impl Operation {
             Operation::ClusterAdd { .. }
                 | Operation::ClusterRevokeToken { .. }
                 | Operation::TrustAdd { .. }
+                | Operation::TrustRevokeToken { .. }
+                | Operation::TrustRemove { .. }
                 | Operation::ConfigSet { .. }
                 | Operation::ConfigUnset { .. }
                 | Operation::Join(_)

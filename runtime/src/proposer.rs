@@ -15,12 +15,16 @@ use crate::Error;
 
 /// Commands folded into one entry at most.
 const BATCH_COMMANDS_MAX: usize = 1024;
+/// Encoded bytes folded into one entry at most, so that an entry always fits a frame.
+const BATCH_BYTES_MAX: usize = starling_store::limits::BATCH_BYTES_MAX;
 /// How long one entry may take to commit before the proposal fails as unavailable.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A command waiting to be proposed, and where its outcome goes.
 pub(crate) struct Proposal {
     pub(crate) command: Command,
+    /// The command's encoded size.
+    pub(crate) bytes: usize,
     pub(crate) done: oneshot::Sender<Result<(), Error>>,
 }
 
@@ -31,23 +35,36 @@ const ENTRIES_IN_FLIGHT_MAX: usize = 2;
 pub(crate) async fn run(member: Member, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
     let mut shutdown = member.inner.shutdown.subscribe();
+    let mut carried: Option<Proposal> = None;
     loop {
         // The member owns the queue's sender, so the queue never closes while this task holds
         // the member: stop on shutdown instead.
-        let first = tokio::select! {
-            next = queue.recv() => match next {
-                Some(proposal) => proposal,
-                None => return,
+        let first = match carried.take() {
+            Some(proposal) => proposal,
+            None => tokio::select! {
+                next = queue.recv() => match next {
+                    Some(proposal) => proposal,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
             },
-            _ = shutdown.changed() => return,
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.bytes;
         let mut proposals = vec![first];
         while proposals.len() < BATCH_COMMANDS_MAX {
             match queue.try_recv() {
-                Ok(proposal) => proposals.push(proposal),
+                Ok(proposal) if bytes + proposal.bytes > BATCH_BYTES_MAX => {
+                    // Too large for this entry: it opens the next one.
+                    carried = Some(proposal);
+                    break;
+                }
+                Ok(proposal) => {
+                    bytes += proposal.bytes;
+                    proposals.push(proposal);
+                }
                 Err(_) => break,
             }
         }
@@ -96,8 +113,8 @@ async fn propose_batch(member: &Member, proposals: Vec<Proposal>) {
 async fn write(member: &Member, command: Command) -> Result<CommandResponse, Error> {
     match tokio::time::timeout(COMMIT_TIMEOUT, member.raft().client_write(command)).await {
         Ok(Ok(response)) => Ok(response.data),
-        Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::Transport(
-            "leadership changed during the request; retry".to_string(),
+        Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::LeadershipChanged(
+            "this member no longer leads; the write was not committed".to_string(),
         )),
         Ok(Err(error)) => {
             tracing::warn!(%error, "write failed");

@@ -19,14 +19,12 @@ use crate::Error;
 pub enum Request {
     /// Raft traffic; members only.
     Raft(RaftRequest),
-    /// A cluster operation; `hops` counts forwards so that a loop cannot form.
+    /// A cluster operation, from a client or forwarded by a member.
     Operation {
         /// The operation.
         operation: Operation,
-        /// The member the client talks to (set on the first hop).
-        origin: Option<String>,
-        /// How many times the request was forwarded already.
-        hops: u8,
+        /// Who asked, and through whom (set by the first member; a client's value is ignored).
+        caller: Caller,
     },
     /// Runs a Lua script on the member; the reply streams `Print` lines, then `ScriptDone`.
     Exec {
@@ -54,6 +52,34 @@ pub enum Request {
     TakeOver,
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
+}
+
+/// Who an operation runs for. The first member to receive a request fills it in; a member that
+/// forwards it keeps it, so the leader judges the original client, not the forwarding member.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Caller {
+    /// The member the client talks to (`cluster.info().server_name`).
+    pub origin: Option<String>,
+    /// Fingerprint of the client certificate the request came with; `None` when a member asks
+    /// for itself. The leader refuses the request unless it is still registered.
+    pub client: Option<String>,
+    /// How many times the request was forwarded already (a loop cannot form).
+    pub hops: u8,
+}
+
+impl Caller {
+    /// A member asking for itself.
+    pub fn local() -> Caller {
+        Caller::default()
+    }
+
+    /// A client of this member, with the certificate `fingerprint`.
+    pub fn client(fingerprint: &str) -> Caller {
+        Caller {
+            client: Some(fingerprint.to_string()),
+            ..Caller::default()
+        }
+    }
 }
 
 /// Raft RPCs.
@@ -90,6 +116,8 @@ pub enum Reply {
     HeartbeatAck {
         /// The member's name.
         name: String,
+        /// The newest trust registry version the member holds.
+        trust_version: u64,
     },
     /// Answer to a ping.
     Pong,
@@ -129,6 +157,8 @@ pub struct JoinResponse {
     pub ca_cert_pem: String,
     /// The other members' addresses.
     pub peers: Vec<String>,
+    /// Who the cluster trusts, so that the new member can judge its first requests.
+    pub registry: crate::trust::TrustRegistry,
 }
 
 /// The leader's heartbeat.
@@ -140,4 +170,6 @@ pub struct Heartbeat {
     pub leader_address: String,
     /// Addresses of all members.
     pub addresses: Vec<String>,
+    /// The trust registry, when the receiver's copy is older than the leader's.
+    pub registry: Option<crate::trust::TrustRegistry>,
 }

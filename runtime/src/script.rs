@@ -15,23 +15,25 @@ use crate::Error;
 /// Script built-ins backed by this member: each call becomes an [`Operation`].
 pub struct MemberHost {
     member: Member,
+    caller: crate::Caller,
 }
 
 impl MemberHost {
-    /// Built-ins that run operations on `member`.
-    pub fn new(member: Member) -> MemberHost {
-        MemberHost { member }
+    /// Built-ins that run operations on `member` for `caller`.
+    pub fn new(member: Member, caller: crate::Caller) -> MemberHost {
+        MemberHost { member, caller }
     }
 }
 
 impl Host for MemberHost {
     fn call(&self, name: &str, args: Vec<Value>) -> BoxFuture<'static, Result<Value, String>> {
         let member = self.member.clone();
+        let caller = self.caller.clone();
         let operation = Operation::from_call(name, &args);
         Box::pin(async move {
             let operation = operation.map_err(|error| error.to_string())?;
             member
-                .execute(operation, None, 0)
+                .execute(operation, caller)
                 .await
                 .map_err(|error| error.to_string())
         })
@@ -41,12 +43,13 @@ impl Host for MemberHost {
 /// Runs a script, streaming its `print` lines to the client, and returns the final reply.
 pub(crate) async fn exec(
     member: &Member,
+    caller: crate::Caller,
     source: String,
     chunk_name: String,
     responder: &mut Responder,
 ) -> Reply {
     let (print, mut printed) = tokio::sync::mpsc::unbounded_channel();
-    let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone()));
+    let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone(), caller));
     let script = Script { source, chunk_name };
     let run = tokio::spawn(starling_stdlib::run(
         host,

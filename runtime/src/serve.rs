@@ -1,34 +1,42 @@
 //! The request handler: who may ask what, and where each request goes.
 //!
-//! Trust is decided here, per request, from the peer's certificate: one issued by the cluster CA
-//! (members and local administrators), one whose fingerprint the cluster trusts (remote
-//! clients), or an untrusted one, which may only join with a token or claim trust with one.
+//! Trust is decided here, per request, from the fingerprint of the peer's certificate (see
+//! [`crate::trust`]): a current member's member certificate may send anything; a registered
+//! client certificate (a remote, or a member's local administrator) may run operations and
+//! scripts; anyone else may only join with a token or claim trust with one, in a small frame,
+//! and a few failed claims from one address make that address wait.
 
-use starling_transport::{issued_by, Handler, PeerIdentity, Responder};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use starling_store::Registered;
+use starling_transport::{Handler, PeerIdentity, Responder};
 
 use crate::member::Member;
 use crate::operation::Operation;
-use crate::protocol::{RaftRequest, Reply, Request};
+use crate::protocol::{Caller, RaftRequest, Reply, Request};
+use crate::trust::ClaimLimiter;
 use crate::Error;
+
+/// Largest request an unregistered peer may send: a join or a trust claim fits easily.
+pub const UNTRUSTED_REQUEST_BYTES_MAX: usize = 16 * 1024;
 
 /// The member's [`Handler`].
 pub(crate) struct Service {
     pub(crate) member: Member,
-    /// Certificates already checked against the cluster CA, by fingerprint.
-    pub(crate) verified: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// Failed token claims per address.
+    pub(crate) claims: Mutex<ClaimLimiter>,
 }
-
-/// Checked certificates remembered at most (the cache starts over past this).
-const VERIFIED_CERTIFICATES_MAX: usize = 4096;
 
 /// How far the cluster trusts a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PeerTrust {
-    /// Certificate issued by the cluster CA: a member or a local administrator.
-    Cluster,
-    /// A remote client whose certificate the cluster trusts.
+    /// The member certificate of a current member.
+    Member,
+    /// A registered client certificate (remote or local administrator).
     Client,
-    /// A certificate of a removed member.
+    /// A revoked certificate (a removed member's, a removed client's).
     Revoked,
     /// Anyone else.
     Untrusted,
@@ -36,40 +44,37 @@ pub(crate) enum PeerTrust {
 
 impl Service {
     fn trust_of(&self, peer: &PeerIdentity) -> PeerTrust {
-        if self
-            .member
-            .local_state(|state| state.revoked.contains(&peer.fingerprint))
-        {
-            return PeerTrust::Revoked;
+        match self.member.registered(&peer.fingerprint) {
+            Registered::Member => PeerTrust::Member,
+            Registered::Client => PeerTrust::Client,
+            Registered::Revoked => PeerTrust::Revoked,
+            Registered::Unknown => PeerTrust::Untrusted,
         }
-        if self.issued_by_cluster(peer) {
-            return PeerTrust::Cluster;
-        }
-        if self
-            .member
-            .local_state(|state| state.trusted_clients.contains_key(&peer.fingerprint))
-        {
-            return PeerTrust::Client;
-        }
-        PeerTrust::Untrusted
     }
 
-    /// Whether the cluster CA issued the peer's certificate. A signature check costs more than
-    /// the rest of a request, so results are remembered per certificate fingerprint.
-    fn issued_by_cluster(&self, peer: &PeerIdentity) -> bool {
-        let mut verified = self
-            .verified
+    /// Runs a join or trust claim, unless its address failed too often; counts its failure.
+    async fn claim(&self, peer: &PeerIdentity, operation: Operation) -> Result<serde_json::Value, Error> {
+        let address: IpAddr = peer.remote_addr.ip();
+        let refused = self
+            .claims
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(known) = verified.get(&peer.fingerprint) {
-            return *known;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check(address, Instant::now());
+        if let Err(wait) = refused {
+            return Err(Error::NotAuthorized(format!(
+                "too many failed token claims from {address}; retry in {} s",
+                wait.as_secs().max(1)
+            )));
         }
-        let issued = issued_by(&self.member.inner.ca_cert_pem, &peer.cert_der);
-        if verified.len() >= VERIFIED_CERTIFICATES_MAX {
-            verified.clear();
+        let result = self.member.execute(operation, Caller::local()).await;
+        if matches!(result, Err(Error::InvalidToken(_))) {
+            tracing::warn!(%address, "refused a token claim");
+            self.claims
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .failed(address, Instant::now());
         }
-        verified.insert(peer.fingerprint.clone(), issued);
-        issued
+        result
     }
 
     /// Whether the peer is a member this member is cut off from (fault injection).
@@ -83,15 +88,7 @@ impl Service {
     }
 
     /// Only another member (the leader) may tell this one it was removed.
-    fn removed(&self, peer: &PeerIdentity) -> Reply {
-        let from_member = self
-            .member
-            .local_state(|state| state.member_by_fingerprint(&peer.fingerprint).is_some());
-        if !from_member {
-            return Reply::Refused(Error::NotAuthorized(
-                "only a member may announce a removal".to_string(),
-            ));
-        }
+    fn removed(&self) -> Reply {
         let member = self.member.clone();
         tokio::spawn(async move {
             // Let the acknowledgement leave before the endpoint closes.
@@ -141,15 +138,22 @@ fn not_trusted(peer: &PeerIdentity) -> Reply {
 impl Handler for Service {
     type Request = Request;
 
+    fn request_len_max(&self, peer: &PeerIdentity) -> usize {
+        match self.trust_of(peer) {
+            PeerTrust::Member | PeerTrust::Client => starling_transport::FRAME_LEN_MAX,
+            PeerTrust::Revoked | PeerTrust::Untrusted => UNTRUSTED_REQUEST_BYTES_MAX,
+        }
+    }
+
     async fn handle(&self, peer: PeerIdentity, request: Request, mut responder: Responder) {
         let trust = self.trust_of(&peer);
         let reply = match (request, trust) {
             (_, PeerTrust::Revoked) => Reply::Refused(Error::NotAuthorized(
-                "this certificate was revoked when its member was removed from the cluster"
+                "this certificate was revoked (its member or client was removed from the cluster)"
                     .to_string(),
             )),
             (Request::Join(join), _) => {
-                let result = self.member.execute(Operation::Join(join), None, 0).await;
+                let result = self.claim(&peer, Operation::Join(join)).await;
                 Reply::Joined(result.and_then(from_json))
             }
             (Request::TrustClaim { name, secret }, _) => {
@@ -158,41 +162,40 @@ impl Handler for Service {
                     secret,
                     fingerprint: peer.fingerprint.clone(),
                 };
-                let result = self.member.execute(operation, None, 0).await;
+                let result = self.claim(&peer, operation).await;
                 Reply::Trusted(result.and_then(from_json))
             }
             (_, PeerTrust::Untrusted) => not_trusted(&peer),
             (_, _) if self.cut_off(&peer) => {
                 Reply::Refused(Error::Transport("cut off from this member".to_string()))
             }
-            (
-                Request::Operation {
-                    operation,
-                    origin,
-                    hops,
-                },
-                _,
-            ) => {
-                let result = self.member.execute(operation, origin, hops).await;
+            (Request::Operation { operation, caller }, trust) => {
+                // A client speaks for itself; a member forwards for the client it names.
+                let caller = match trust {
+                    PeerTrust::Member => caller,
+                    _ => Caller::client(&peer.fingerprint),
+                };
+                let result = self.member.execute(operation, caller).await;
                 Reply::Operation(result.map(|value| value.to_string()))
             }
             (Request::Exec { source, chunk_name }, _) => {
-                crate::script::exec(&self.member, source, chunk_name, &mut responder).await
+                let caller = Caller::client(&peer.fingerprint);
+                crate::script::exec(&self.member, caller, source, chunk_name, &mut responder).await
             }
             (_, PeerTrust::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
-            (Request::Raft(request), PeerTrust::Cluster) => self.raft(request).await,
-            (Request::Ping, PeerTrust::Cluster) => Reply::Pong,
-            (Request::Heartbeat(heartbeat), PeerTrust::Cluster) => {
+            (Request::Raft(request), PeerTrust::Member) => self.raft(request).await,
+            (Request::Ping, PeerTrust::Member) => Reply::Pong,
+            (Request::Heartbeat(heartbeat), PeerTrust::Member) => {
                 crate::health::on_heartbeat(&self.member, heartbeat)
             }
-            (Request::Removed, PeerTrust::Cluster) => self.removed(&peer),
-            (Request::TakeOver, PeerTrust::Cluster) => {
+            (Request::Removed, PeerTrust::Member) => self.removed(),
+            (Request::TakeOver, PeerTrust::Member) => {
                 let _ = self.member.raft().trigger().elect().await;
                 Reply::Ack
             }
-            (Request::MemberState, PeerTrust::Cluster) => {
+            (Request::MemberState, PeerTrust::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }
         };

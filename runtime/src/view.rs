@@ -87,9 +87,21 @@ pub(crate) fn member(member: &Member, name: &str) -> Result<Value, Error> {
     }
 }
 
-/// `cluster.info()`.
+/// `cluster.info()`: with the figures `etcdctl endpoint status` shows, as the member that
+/// answers (the leader) knows them.
 pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
     let raft = RaftRoles::of(member);
+    let (raft_term, last_log_index, applied_index, snapshot_index) = {
+        let metrics = member.raft().metrics();
+        let metrics = metrics.borrow();
+        (
+            metrics.current_term,
+            metrics.last_log_index.unwrap_or(0),
+            metrics.last_applied.map_or(0, |log_id| log_id.index),
+            metrics.snapshot.map_or(0, |log_id| log_id.index),
+        )
+    };
+    let db_size = directory_size(&member.dir().database());
     member.local_state(|state| {
         let leader = raft
             .leader
@@ -105,10 +117,41 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
             "voters": raft.voters.len(),
             "standbys": raft.learners.len(),
             "roles_settled": raft.settled,
+            "raft_term": raft_term,
+            "last_log_index": last_log_index,
+            "applied_index": applied_index,
+            "snapshot_index": snapshot_index,
+            "db_size": db_size,
             "version": env!("CARGO_PKG_VERSION"),
             "member_config": starling_store::member_config::questions(state),
         })
     })
+}
+
+/// Bytes used on disk by the files under `path` (LMDB files are sparse: count allocated blocks).
+fn directory_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => directory_size(&entry.path()),
+            Ok(metadata) => allocated_bytes(&metadata),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(unix)]
+fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.blocks() * 512).min(metadata.len())
+}
+
+#[cfg(not(unix))]
+fn allocated_bytes(metadata: &std::fs::Metadata) -> u64 {
+    metadata.len()
 }
 
 /// `storage.list()`.
@@ -133,10 +176,62 @@ pub(crate) fn networks(member: &Member) -> Value {
     })
 }
 
-/// `cluster.tokens()`.
+/// `cluster.trust_list()`: trusted clients, then the members' local administrators.
+pub(crate) fn trust_list(member: &Member) -> Value {
+    member.local_state(|state| {
+        let clients = state.trusted_clients.values().map(|client| {
+            json!({"name": client.name, "type": "client", "fingerprint": client.fingerprint,
+                   "added_at": crate::token::format_time_ms(client.added_at_ms)})
+        });
+        let admins = state.members.values().map(|record| {
+            json!({"name": format!("admin@{}", record.name), "type": "member-admin",
+                   "fingerprint": record.admin_fingerprint,
+                   "added_at": crate::token::format_time_ms(record.joined_at_ms)})
+        });
+        Value::Array(clients.chain(admins).collect())
+    })
+}
+
+/// The fingerprint of the trusted client named `name`, or whose fingerprint is or starts with
+/// `name` (at least 12 hex digits, as `lxc config trust remove` accepts).
+pub(crate) fn trusted_fingerprint(member: &Member, name: &str) -> Result<String, Error> {
+    member.local_state(|state| {
+        let by_name: Vec<&String> = state
+            .trusted_clients
+            .values()
+            .filter(|client| client.name == name)
+            .map(|client| &client.fingerprint)
+            .collect();
+        let by_prefix: Vec<&String> = state
+            .trusted_clients
+            .keys()
+            .filter(|fingerprint| name.len() >= 12 && fingerprint.starts_with(name))
+            .collect();
+        let admin_of = state.members.values().find(|record| {
+            record.admin_fingerprint == name || format!("admin@{}", record.name) == name
+        });
+        if let Some(record) = admin_of {
+            return Err(Error::Refused(format!(
+                "the certificate of admin@{0} belongs to member \"{0}\": remove the member instead",
+                record.name
+            )));
+        }
+        match (by_name.as_slice(), by_prefix.as_slice()) {
+            ([fingerprint], _) | ([], [fingerprint]) => Ok((*fingerprint).clone()),
+            ([], []) => Err(Error::Refused(format!(
+                "no trusted client certificate named or with fingerprint \"{name}\""
+            ))),
+            _ => Err(Error::Refused(format!(
+                "\"{name}\" matches several trusted certificates: give a full fingerprint"
+            ))),
+        }
+    })
+}
+
+/// `cluster.tokens()` and `cluster.trust_tokens()`.
 pub(crate) fn tokens(member: &Member, kind: TokenKind) -> Value {
     member.local_state(|state| {
-        let tokens = state.tokens.values().filter(|token| token.kind == kind).map(|token| {
+        let tokens = state.tokens_of(kind).values().map(|token| {
             let payload = crate::join::payload_of(token);
             json!({"server_name": token.name, "token": payload.encode(), "expires_at": payload.expires_at})
         });

@@ -49,10 +49,12 @@ pub enum Command {
     TokenRevoke {
         /// The name the token was issued for.
         name: String,
+        /// Which kind of token (join tokens and trust tokens are kept apart).
+        kind: TokenKind,
     },
     /// Adds a member, consuming its join token.
     MemberAdd {
-        /// The new member (its `id` must be the next free node id).
+        /// The new member (its `id` is ignored: the next free node id is assigned on apply).
         member: Member,
         /// Its answers to the member-specific configuration questions.
         answers: Vec<Answer>,
@@ -116,6 +118,11 @@ pub enum Command {
         /// The time of the request, milliseconds since the Unix epoch.
         now_ms: u64,
     },
+    /// Removes a client certificate from the trust store and revokes it (`trust remove`).
+    TrustRemove {
+        /// Its fingerprint.
+        fingerprint: String,
+    },
 }
 
 /// A member's new health, as a heartbeat round saw it.
@@ -166,6 +173,20 @@ impl CommandResponse {
     }
 }
 
+impl Command {
+    /// Whether applying the command changes which certificates the cluster trusts.
+    pub fn changes_trust(&self) -> bool {
+        matches!(
+            self,
+            Command::Bootstrap { .. }
+                | Command::MemberAdd { .. }
+                | Command::MemberRemove { .. }
+                | Command::ClientTrust { .. }
+                | Command::TrustRemove { .. }
+        )
+    }
+}
+
 impl ClusterState {
     /// Applies one log entry's command, a batch one command at a time.
     pub fn apply_entry(&mut self, command: &Command) -> CommandResponse {
@@ -186,6 +207,15 @@ impl ClusterState {
 
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, command: &Command) -> Result<(), String> {
+        command.check_limits()?;
+        self.apply_checked(command)?;
+        if command.changes_trust() {
+            self.trust_version += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_checked(&mut self, command: &Command) -> Result<(), String> {
         match command {
             Command::Batch(_) => Err("a batch cannot be nested in a batch".to_string()),
             Command::Bootstrap {
@@ -217,10 +247,11 @@ impl ClusterState {
             }
             Command::TokenIssue { token } => {
                 self.check_token_name(token)?;
-                self.tokens.insert(token.name.clone(), token.clone());
+                self.tokens_of_mut(token.kind)
+                    .insert(token.name.clone(), token.clone());
                 Ok(())
             }
-            Command::TokenRevoke { name } => match self.tokens.remove(name) {
+            Command::TokenRevoke { name, kind } => match self.tokens_of_mut(*kind).remove(name) {
                 Some(_) => Ok(()),
                 None => Err(format!("no token for \"{name}\"")),
             },
@@ -258,8 +289,19 @@ impl ClusterState {
                 now_ms,
             } => {
                 self.consume_token(&client.name, TokenKind::Client, secret, *now_ms)?;
+                self.revoked.remove(&client.fingerprint);
                 self.trusted_clients
                     .insert(client.fingerprint.clone(), client.clone());
+                Ok(())
+            }
+            Command::TrustRemove { fingerprint } => {
+                if self.trusted_clients.remove(fingerprint).is_none() {
+                    return Err(format!(
+                        "no trusted client certificate with fingerprint {}",
+                        crate::limits::short(fingerprint)
+                    ));
+                }
+                self.revoked.insert(fingerprint.clone());
                 Ok(())
             }
         }
@@ -289,12 +331,6 @@ impl ClusterState {
                 member.name
             ));
         }
-        if member.id < self.next_node_id {
-            return Err(format!(
-                "node id {} is already taken; retry the join",
-                member.id
-            ));
-        }
         if self
             .members
             .values()
@@ -307,6 +343,9 @@ impl ClusterState {
         }
         member_config::check_answers(self, answers)?;
         self.consume_token(&member.name, TokenKind::Join, secret, now_ms)?;
+        // The id is assigned here, in log order, so concurrent joins never collide.
+        let mut member = member.clone();
+        member.id = self.next_node_id;
         self.next_node_id = member.id + 1;
         self.members.insert(member.name.clone(), member.clone());
         member_config::record_answers(self, &member.name, answers);
@@ -438,7 +477,7 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Checks and removes the single-use token for `name`.
+    /// Checks and removes the single-use token for `name` (an expired one is removed too).
     fn consume_token(
         &mut self,
         name: &str,
@@ -446,23 +485,15 @@ impl ClusterState {
         secret: &str,
         now_ms: u64,
     ) -> Result<(), String> {
-        let Some(token) = self.tokens.get(name) else {
-            return Err(format!(
-                "no valid token for \"{name}\": it was already used, revoked, replaced or never issued"
-            ));
-        };
-        if token.kind != kind {
-            return Err(format!("the token for \"{name}\" is not a {kind:?} token"));
+        let checked = self.check_token(name, kind, secret, now_ms);
+        let expired = self
+            .tokens_of(kind)
+            .get(name)
+            .is_some_and(|token| now_ms >= token.expires_at_ms);
+        if checked.is_ok() || expired {
+            self.tokens_of_mut(kind).remove(name);
         }
-        if !constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) {
-            return Err(format!("the token secret for \"{name}\" does not match"));
-        }
-        if now_ms >= token.expires_at_ms {
-            self.tokens.remove(name);
-            return Err(format!("the token for \"{name}\" has expired"));
-        }
-        self.tokens.remove(name);
-        Ok(())
+        checked
     }
 }
 

@@ -70,7 +70,7 @@ const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "cluster.join_token_expiry",
         default: "3H",
-        rule: "must be a duration <n>(S|M|H|d|w|m|y) such as 30M or 3H",
+        rule: "must be a duration <n>(S|M|H|d|w|m|y) such as 30M or 3H, at most 100 years",
         check: |value| parse_expiry(value).is_some(),
     },
     KeySpec {
@@ -139,6 +139,9 @@ fn unknown_key(key: &str) -> ConfigError {
     }
 }
 
+/// Longest token expiry: 100 years.
+pub const EXPIRY_S_MAX: u64 = 100 * 365 * 86_400;
+
 /// Parses an LXD-style expiry such as `3H`, `30M`, `1d`: `<n>(S|M|H|d|w|m|y)`.
 pub fn parse_expiry(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -157,7 +160,11 @@ pub fn parse_expiry(value: &str) -> Option<Duration> {
     if count == 0 {
         return None;
     }
-    count.checked_mul(unit_s).map(Duration::from_secs)
+    // Tokens carry their expiry as milliseconds since the epoch: keep the sum far from overflow.
+    count
+        .checked_mul(unit_s)
+        .filter(|seconds| *seconds <= EXPIRY_S_MAX)
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -198,6 +205,10 @@ mod tests {
         assert_eq!(parse_expiry("1w"), Some(Duration::from_secs(604_800)));
         assert_eq!(parse_expiry("H"), None);
         assert_eq!(parse_expiry("0H"), None);
+        assert_eq!(parse_expiry("100y"), Some(Duration::from_secs(EXPIRY_S_MAX)));
+        assert_eq!(parse_expiry("101y"), None);
+        assert_eq!(parse_expiry("18446744073709551615S"), None);
+        assert!(validate("cluster.join_token_expiry", "99999999999999999y").is_err());
         assert_eq!(parse_expiry(""), None);
     }
 }

@@ -5,6 +5,7 @@
 //! - [`model`]: the typed cluster state ([`ClusterState`], [`Member`], [`JoinToken`], ...).
 //! - [`command`]: [`Command`], the only way state changes; applied deterministically.
 //! - [`config`]: global configuration keys, their defaults and validation rules.
+//! - [`limits`]: the size limit of every field that enters the Raft log.
 //! - [`log_store`]: the Raft log, vote and committed index in LMDB, group-committed by a writer
 //!   thread so that `fsync` never blocks the async runtime.
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
@@ -20,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod dir_lock;
 mod error;
+pub mod limits;
 pub mod log_store;
 pub mod member_config;
 pub mod model;
@@ -34,7 +36,8 @@ pub use dir_lock::DirLock;
 pub use error::Error;
 pub use log_store::LogStore;
 pub use model::{
-    ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient,
+    ClusterState, JoinToken, Member, MemberStatus, Network, Registered, StoragePool, TokenKind,
+    TrustedClient,
 };
 pub use state_machine::StateMachine;
 

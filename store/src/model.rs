@@ -15,11 +15,14 @@ pub struct ClusterState {
     pub members: BTreeMap<String, Member>,
     /// Global configuration (`cluster.*`, `user.*`); unset keys take their defaults.
     pub config: BTreeMap<String, String>,
-    /// Outstanding join and trust tokens by name (one per name).
+    /// Outstanding join tokens by member name (one per name).
     pub tokens: BTreeMap<String, JoinToken>,
+    /// Outstanding client trust tokens by client name (one per name), apart from join tokens.
+    pub trust_tokens: BTreeMap<String, JoinToken>,
     /// Client certificates trusted to drive the cluster remotely, by fingerprint.
     pub trusted_clients: BTreeMap<String, TrustedClient>,
-    /// Fingerprints of certificates revoked when their member was removed.
+    /// Fingerprints of revoked certificates: those of removed members, and client certificates
+    /// removed from the trust store (until trusted again with a new token).
     pub revoked: BTreeSet<String>,
     /// Storage pools by name.
     pub pools: BTreeMap<String, StoragePool>,
@@ -29,6 +32,9 @@ pub struct ClusterState {
     pub next_node_id: NodeId,
     /// The cluster CA (certificate and key, PEM) that signs member and client certificates.
     pub ca_cert_pem: String,
+    /// Counts changes to who is trusted (members added or removed, clients trusted or removed),
+    /// so a copy of the trust registry can tell whether it is newer than another.
+    pub trust_version: u64,
     /// The CA's private key in PEM: every database member can sign joiners, as in LXD, where
     /// every member holds the cluster certificate and key.
     pub ca_key_pem: String,
@@ -148,6 +154,19 @@ pub struct JoinToken {
     pub expires_at_ms: u64,
 }
 
+/// What the cluster knows a certificate fingerprint as (see [`ClusterState::registered`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Registered {
+    /// The member certificate of a current member.
+    Member,
+    /// A trusted client certificate (a remote, or a member's local administrator).
+    Client,
+    /// A certificate revoked by a removal.
+    Revoked,
+    /// Not registered.
+    Unknown,
+}
+
 /// A client certificate the cluster trusts (the local admin's or a remote's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrustedClient {
@@ -160,6 +179,65 @@ pub struct TrustedClient {
 }
 
 impl ClusterState {
+    /// The outstanding tokens of one kind, by name.
+    pub fn tokens_of(&self, kind: TokenKind) -> &BTreeMap<String, JoinToken> {
+        match kind {
+            TokenKind::Join => &self.tokens,
+            TokenKind::Client => &self.trust_tokens,
+        }
+    }
+
+    /// The outstanding tokens of one kind, by name, for changes.
+    pub fn tokens_of_mut(&mut self, kind: TokenKind) -> &mut BTreeMap<String, JoinToken> {
+        match kind {
+            TokenKind::Join => &mut self.tokens,
+            TokenKind::Client => &mut self.trust_tokens,
+        }
+    }
+
+    /// Checks a token claim without consuming the token: it exists for `name`, is of `kind`,
+    /// its secret matches (compared in constant time) and it has not expired at `now_ms`.
+    pub fn check_token(
+        &self,
+        name: &str,
+        kind: TokenKind,
+        secret: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let Some(token) = self.tokens_of(kind).get(name) else {
+            return Err(format!(
+                "no valid token for \"{name}\": it was already used, revoked, replaced or never issued"
+            ));
+        };
+        if !crate::command::constant_time_eq(token.secret.as_bytes(), secret.as_bytes()) {
+            return Err(format!("the token secret for \"{name}\" does not match"));
+        }
+        if now_ms >= token.expires_at_ms {
+            return Err(format!("the token for \"{name}\" has expired"));
+        }
+        Ok(())
+    }
+
+    /// What a certificate fingerprint is registered as: a member's certificate, a client's (a
+    /// trusted client or a member's local administrator), or nothing.
+    pub fn registered(&self, fingerprint: &str) -> Registered {
+        if self.revoked.contains(fingerprint) {
+            return Registered::Revoked;
+        }
+        if self.member_by_fingerprint(fingerprint).is_some() {
+            return Registered::Member;
+        }
+        if self.trusted_clients.contains_key(fingerprint)
+            || self
+                .members
+                .values()
+                .any(|member| member.admin_fingerprint == fingerprint)
+        {
+            return Registered::Client;
+        }
+        Registered::Unknown
+    }
+
     /// The member with Raft node id `id`.
     pub fn member_by_id(&self, id: NodeId) -> Option<&Member> {
         self.members.values().find(|member| member.id == id)

@@ -114,14 +114,23 @@ impl TestCluster {
     pub async fn add_member(&mut self, index: usize) -> Result<()> {
         let name = format!("m{}", index + 1);
         let token = self.any_client().await?.join_token(&name).await?;
+        self.add_member_with_token(index, &token).await
+    }
+
+    /// Joins member `index` (`m{index+1}`) with `token`.
+    pub async fn add_member_with_token(&mut self, index: usize, token: &str) -> Result<()> {
         let mode = StartMode::Join {
-            name,
+            name: format!("m{}", index + 1),
             listen: free_address(),
-            token,
+            token: token.to_string(),
             member_config: Vec::new(),
         };
-        self.members
-            .push(Some(start_member(&self.dir(index), mode).await?));
+        let member = start_member(&self.dir(index), mode).await?;
+        if index < self.members.len() {
+            self.members[index] = Some(member);
+        } else {
+            self.members.push(Some(member));
+        }
         Ok(())
     }
 
@@ -342,4 +351,34 @@ async fn start_member(dir: &Path, mode: StartMode) -> Result<Member> {
         timings,
     })
     .await?)
+}
+
+/// Sends one request to the member at `address` as the holder of `identity`, checking the
+/// member's certificate against `ca_cert_pem` (or, for an untrusted joiner, pinning the CA).
+pub async fn raw_request(
+    address: &str,
+    identity: starling_transport::Identity,
+    ca_cert_pem: &str,
+    request: &starling_runtime::protocol::Request,
+) -> std::result::Result<starling_runtime::protocol::Reply, starling_transport::Error> {
+    let endpoint = starling_transport::Endpoint::new(starling_transport::EndpointConfig {
+        identity,
+        bind: "127.0.0.1:0".parse().expect("a valid bind address"),
+        serve: false,
+    })?;
+    let trust = starling_transport::ServerTrust::Ca {
+        ca_cert_pem: ca_cert_pem.to_string(),
+    };
+    let socket = address.parse().expect("a member address is IP:PORT");
+    let connection = endpoint.connect(socket, &trust).await?;
+    let reply = connection
+        .request::<_, starling_runtime::protocol::Reply>(request, Duration::from_secs(10))
+        .await;
+    endpoint.close();
+    reply
+}
+
+/// `cluster.info()` through member `index`: the Raft indexes and more.
+pub async fn info(cluster: &TestCluster, index: usize) -> Result<Value> {
+    cluster.operation(index, Operation::ClusterInfo).await
 }

@@ -115,10 +115,14 @@ impl Endpoint {
             Ok(Ok(quic)) => quic,
             Ok(Err(e)) => return Err(connect_failure(addr, e, pinned.as_deref())),
             Err(_) => {
-                return Err(Error::Timeout {
-                    action: format!("connecting to {addr}"),
-                    timeout_ms: duration_ms(self.connect_timeout),
-                })
+                // Nothing was sent yet: a connect failure, not a request time-out.
+                return Err(Error::Connect {
+                    addr,
+                    reason: format!(
+                        "timed out after {} ms",
+                        duration_ms(self.connect_timeout)
+                    ),
+                });
             }
         };
         let fingerprint = peer_certificate(&quic)

@@ -169,6 +169,22 @@ impl Error {
         )
     }
 
+    /// False when the request certainly never reached the peer (no connection could be made,
+    /// the peer is not who it should be, the request could not be encoded): it is safe to send
+    /// it elsewhere. True when it may have been delivered and acted on (the connection broke or
+    /// timed out after sending began, the peer reset the stream), so the outcome is unknown.
+    pub fn may_have_been_delivered(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionLost { .. }
+                | Error::Timeout { .. }
+                | Error::Remote { .. }
+                | Error::NoResponse
+                | Error::MalformedFrame(_)
+                | Error::TruncatedFrame { .. }
+        )
+    }
+
     /// True when the connection the error happened on should no longer be
     /// trusted to work (the pool drops it).
     pub(crate) fn is_connection_level(&self) -> bool {

@@ -63,7 +63,23 @@ pub async fn read_frame_timeout<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     timeout: Duration,
 ) -> Result<Option<T>, Error> {
-    match tokio::time::timeout(timeout, read_frame_untimed(recv)).await {
+    read_frame_limited(recv, timeout, FRAME_LEN_MAX).await
+}
+
+/// Like [`read_frame_timeout`], refusing a frame whose announced length is over `len_max`
+/// before any of its payload is read or decoded.
+pub async fn read_frame_limited<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    timeout: Duration,
+    len_max: usize,
+) -> Result<Option<T>, Error> {
+    let read = async {
+        match read_payload(recv, len_max.min(FRAME_LEN_MAX)).await? {
+            Some(payload) => decode_payload(&payload).map(Some),
+            None => Ok(None),
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout {
             action: "reading a frame".into(),
@@ -117,14 +133,17 @@ pub(crate) async fn write_frame_untimed<T: Serialize>(
 pub(crate) async fn read_frame_untimed<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, Error> {
-    match read_payload(recv).await? {
+    match read_payload(recv, FRAME_LEN_MAX).await? {
         Some(payload) => decode_payload(&payload).map(Some),
         None => Ok(None),
     }
 }
 
 /// Reads the length prefix and the payload bytes of one frame.
-async fn read_payload(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Error> {
+async fn read_payload(
+    recv: &mut quinn::RecvStream,
+    len_max: usize,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut header = [0u8; HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -138,11 +157,8 @@ async fn read_payload(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, E
         Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-    if len > FRAME_LEN_MAX {
-        return Err(Error::FrameTooLarge {
-            len,
-            max: FRAME_LEN_MAX,
-        });
+    if len > len_max {
+        return Err(Error::FrameTooLarge { len, max: len_max });
     }
     let mut payload = Vec::with_capacity(len.min(READ_CHUNK_LEN_MAX));
     while payload.len() < len {
@@ -293,6 +309,21 @@ mod tests {
             })
         ));
         assert!(matches!(read_raw(&[]).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_smaller_limit_refuses_before_reading_the_payload() {
+        // Announces 5000 bytes but sends none: the limit answers without waiting for them.
+        let mut pair = raw_pair(&[0, 0, 0x13, 0x88], false).await;
+        let result =
+            read_frame_limited::<Msg>(&mut pair.server_recv, Duration::from_secs(5), 4096).await;
+        assert!(matches!(
+            result,
+            Err(Error::FrameTooLarge {
+                len: 5000,
+                max: 4096
+            })
+        ));
     }
 
     #[tokio::test]

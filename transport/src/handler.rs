@@ -48,6 +48,13 @@ pub trait Handler: Send + Sync + 'static {
     /// The request message type.
     type Request: DeserializeOwned + Send + 'static;
 
+    /// The largest request frame accepted from `peer`, in bytes; a larger one is refused from
+    /// its length prefix, before its payload is read or decoded. Untrusted peers should get a
+    /// small limit.
+    fn request_len_max(&self, _peer: &PeerIdentity) -> usize {
+        crate::FRAME_LEN_MAX
+    }
+
     /// Handles one request from `peer`.
     fn handle(
         &self,

@@ -54,7 +54,8 @@ pub use connection::{Connection, ResponseStream};
 pub use endpoint::{Endpoint, EndpointConfig, ServerTrust, CONNECT_TIMEOUT_MS};
 pub use error::Error;
 pub use frame::{
-    decode_payload, encode_frame, read_frame, read_frame_timeout, write_frame, FRAME_LEN_MAX,
+    decode_payload, encode_frame, read_frame, read_frame_limited, read_frame_timeout, write_frame,
+    FRAME_LEN_MAX,
     FRAME_TIMEOUT_MS, STREAM_CODE_HANDLER_FAILED, STREAM_CODE_MALFORMED_REQUEST,
 };
 pub use handler::{Handler, PeerIdentity, Responder};

@@ -9,7 +9,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::endpoint::peer_certificate;
-use crate::frame::{read_frame_timeout, STREAM_CODE_MALFORMED_REQUEST};
+use crate::frame::{read_frame_limited, STREAM_CODE_MALFORMED_REQUEST};
 use crate::tls::fingerprint_der;
 use crate::{Handler, PeerIdentity, Responder};
 
@@ -123,7 +123,8 @@ async fn serve_stream<H: Handler>(
     mut recv: quinn::RecvStream,
 ) {
     let limit = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
-    let code = match read_frame_timeout::<H::Request>(&mut recv, limit).await {
+    let len_max = handler.request_len_max(&peer);
+    let code = match read_frame_limited::<H::Request>(&mut recv, limit, len_max).await {
         Ok(Some(request)) => {
             handler.handle(peer, request, Responder::new(send)).await;
             return;
