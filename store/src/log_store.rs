@@ -27,8 +27,6 @@ use crate::{Error, NodeId, TypeConfig};
 
 /// Largest number of queued operations the writer folds into one LMDB transaction.
 const BATCH_OPERATIONS_MAX: usize = 4096;
-/// LMDB map size of the log: address space only, the file grows as needed.
-const LOG_MAP_BYTES: usize = 64 << 30;
 
 type LogEntry = Entry<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -75,8 +73,16 @@ enum WriteOp {
 }
 
 impl LogStore {
-    /// Opens or creates the log under `dir` and starts its writer thread.
+    /// Opens or creates the log under `dir` and starts its writer thread, with the default
+    /// map size ([`crate::StoreOptions`]).
     pub fn open(dir: &Path) -> Result<LogStore, Error> {
+        let options = crate::StoreOptions::default();
+        LogStore::open_in(dir, crate::map_size(options.log_map_size_bytes))
+    }
+
+    /// Opens or creates the log under `dir`, an LMDB environment of `map_size_bytes` (a size
+    /// LMDB accepts), and starts its writer thread.
+    pub(crate) fn open_in(dir: &Path, map_size_bytes: usize) -> Result<LogStore, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -86,7 +92,7 @@ impl LogStore {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(LOG_MAP_BYTES)
+                .map_size(map_size_bytes)
                 .max_dbs(4)
                 .open(dir)?
         };

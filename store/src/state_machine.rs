@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::{ClusterState, CommandResponse, Error, Node, NodeId, TypeConfig};
 
-const SNAPSHOT_MAP_BYTES: usize = 16 << 30;
 const KEY_SNAPSHOT: &str = "current";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -58,8 +57,16 @@ struct StoredSnapshot {
 }
 
 impl StateMachine {
-    /// Opens or creates the snapshot store under `dir` and loads the last snapshot.
+    /// Opens or creates the snapshot store under `dir` and loads the last snapshot, with the
+    /// default map size ([`crate::StoreOptions`]).
     pub fn open(dir: &Path) -> Result<StateMachine, Error> {
+        let options = crate::StoreOptions::default();
+        StateMachine::open_in(dir, crate::map_size(options.snapshot_map_size_bytes))
+    }
+
+    /// Opens or creates the snapshot store under `dir`, an LMDB environment of `map_size_bytes`
+    /// (a size LMDB accepts), and loads the last snapshot.
+    pub(crate) fn open_in(dir: &Path, map_size_bytes: usize) -> Result<StateMachine, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -68,7 +75,7 @@ impl StateMachine {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(SNAPSHOT_MAP_BYTES)
+                .map_size(map_size_bytes)
                 .max_dbs(2)
                 .open(dir)?
         };
