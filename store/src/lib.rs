@@ -9,6 +9,7 @@
 //!   thread so that `fsync` never blocks the async runtime.
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
 //! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
+//! - [`StorageHealth`]: a failed write takes the store out of service, and tells the member.
 //! - [`recover`]: recovery from quorum loss, making a stopped member the only voter.
 //!
 //! Start at [`open`], which opens both halves of the store from a member's data directory
@@ -32,7 +33,7 @@ use std::path::Path;
 
 pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges};
 pub use dir_lock::DirLock;
-pub use error::Error;
+pub use error::{Error, StorageHealth};
 pub use log_store::LogStore;
 pub use model::{
     ClusterState, JoinToken, Member, MemberStatus, Network, StoragePool, TokenKind, TrustedClient,
@@ -92,11 +93,20 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
 
 /// Opens (creating if needed) the log store and the state machine under `dir`, as [`open`]
 /// does, with `options`.
+///
+/// Both halves share one [`StorageHealth`] ([`LogStore::health`], [`StateMachine::health`]):
+/// a failed write in either takes the whole store out of service.
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateMachine), Error> {
-    let log_store = LogStore::open_in(&dir.join("log"), map_size(options.log_map_size_bytes))?;
+    let health = StorageHealth::new();
+    let log_store = LogStore::open_in(
+        &dir.join("log"),
+        map_size(options.log_map_size_bytes),
+        health.clone(),
+    )?;
     let state_machine = StateMachine::open_in(
         &dir.join("state"),
         map_size(options.snapshot_map_size_bytes),
+        health,
     )?;
     Ok((log_store, state_machine))
 }

@@ -20,7 +20,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{ClusterState, CommandResponse, Error, Node, NodeId, TypeConfig};
+use crate::{ClusterState, CommandResponse, Error, Node, NodeId, StorageHealth, TypeConfig};
 
 const KEY_SNAPSHOT: &str = "current";
 
@@ -39,6 +39,8 @@ struct Shared {
     snapshots_built: AtomicU64,
     /// Index of the last applied entry, for waiters.
     applied_index: watch::Sender<u64>,
+    /// Set for good by the first write that fails (here or in the log).
+    health: StorageHealth,
 }
 
 /// What the applied entries produced.
@@ -61,12 +63,17 @@ impl StateMachine {
     /// default map size ([`crate::StoreOptions`]).
     pub fn open(dir: &Path) -> Result<StateMachine, Error> {
         let options = crate::StoreOptions::default();
-        StateMachine::open_in(dir, crate::map_size(options.snapshot_map_size_bytes))
+        let map_size_bytes = crate::map_size(options.snapshot_map_size_bytes);
+        StateMachine::open_in(dir, map_size_bytes, StorageHealth::new())
     }
 
     /// Opens or creates the snapshot store under `dir`, an LMDB environment of `map_size_bytes`
-    /// (a size LMDB accepts), and loads the last snapshot.
-    pub(crate) fn open_in(dir: &Path, map_size_bytes: usize) -> Result<StateMachine, Error> {
+    /// (a size LMDB accepts), and loads the last snapshot. Failed writes go to `health`.
+    pub(crate) fn open_in(
+        dir: &Path,
+        map_size_bytes: usize,
+        health: StorageHealth,
+    ) -> Result<StateMachine, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -93,6 +100,7 @@ impl StateMachine {
             data: RwLock::default(),
             snapshots_built: AtomicU64::new(0),
             applied_index,
+            health,
         };
         let machine = StateMachine {
             shared: Arc::new(shared),
@@ -116,6 +124,11 @@ impl StateMachine {
     /// A receiver of the last applied index, for waiting until an entry is applied here.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.applied_index.subscribe()
+    }
+
+    /// Whether the store still writes snapshots, and why not once it does not.
+    pub fn health(&self) -> &StorageHealth {
+        &self.shared.health
     }
 
     fn data(&self) -> RwLockReadGuard<'_, Applied> {
@@ -142,12 +155,21 @@ impl StateMachine {
         }
     }
 
+    /// Stores `stored` as the current snapshot (durable when this returns). A failure takes the
+    /// store out of service.
     fn store_snapshot(&self, stored: &StoredSnapshot) -> Result<(), Error> {
+        self.shared.health.check()?;
         let bytes = bincode::serialize(stored).map_err(|error| Error::Decode(error.to_string()))?;
-        let mut txn = self.shared.env.write_txn()?;
-        self.shared.snapshots.put(&mut txn, KEY_SNAPSHOT, &bytes)?;
-        txn.commit()?;
-        Ok(())
+        let written = self.shared.env.write_txn().and_then(|mut txn| {
+            self.shared.snapshots.put(&mut txn, KEY_SNAPSHOT, &bytes)?;
+            txn.commit()
+        });
+        written.map_err(|error| {
+            let map_size_bytes = self.shared.env.info().map_size;
+            self.shared
+                .health
+                .fail("a snapshot", &error, map_size_bytes)
+        })
     }
 
     /// Replaces the in-memory state with a snapshot's.
