@@ -454,6 +454,9 @@ fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
             Ok(()) => commit_batch(&shared, &batch),
             Err(out_of_service) => Err(out_of_service.to_string()),
         };
+        // Let go of the store before reporting: once its owners have their answers and drop
+        // their handles, the LMDB environment closes at once, and can be opened again.
+        drop(shared);
         report(batch, result);
     }
 }
