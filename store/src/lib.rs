@@ -64,7 +64,8 @@ openraft::declare_raft_types!(
 pub struct StoreOptions {
     /// Largest size of the Raft log's LMDB file, in bytes (its map size). Only address space is
     /// reserved up front: the file grows as entries arrive. A log that reaches it can take no
-    /// more entries. Rounded up to a multiple of 64 KiB, which every page size divides.
+    /// more entries. Rounded up to a multiple of 64 KiB, which every page size divides; a
+    /// database file already larger is mapped whole (LMDB never maps less than the file).
     pub log_map_size_bytes: usize,
     /// Largest size of the snapshot store's LMDB file, in bytes; otherwise as
     /// `log_map_size_bytes`.
