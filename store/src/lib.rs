@@ -10,9 +10,11 @@
 //!   thread so that `fsync` never blocks the async runtime.
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
 //! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
+//! - [`StorageHealth`]: a failed write takes the store out of service, and tells the member.
 //! - [`recover`]: recovery from quorum loss, making a stopped member the only voter.
 //!
-//! Start at [`open`], which opens both halves of the store from a member's data directory.
+//! Start at [`open`], which opens both halves of the store from a member's data directory
+//! ([`open_with`] takes [`StoreOptions`]).
 //!
 //! *Architecture invariant:* only this crate knows LMDB.
 #![warn(missing_docs)]
@@ -33,7 +35,7 @@ use std::path::Path;
 
 pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges};
 pub use dir_lock::DirLock;
-pub use error::Error;
+pub use error::{Error, StorageHealth};
 pub use log_store::LogStore;
 pub use model::{
     ClusterState, JoinToken, Member, MemberStatus, Network, Registered, StoragePool, TokenKind,
@@ -57,12 +59,94 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-/// Opens (creating if needed) the log store and the state machine under `dir`.
+/// Settings of the store that a member's configuration can change.
+///
+/// Build one from [`StoreOptions::default`] and change what you need
+/// (`StoreOptions { log_map_size_bytes, ..StoreOptions::default() }`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Largest size of the Raft log's LMDB file, in bytes (its map size). Only address space is
+    /// reserved up front: the file grows as entries arrive. A log that reaches it can take no
+    /// more entries. Rounded up to a multiple of 64 KiB, which every page size divides; a
+    /// database file already larger is mapped whole (LMDB never maps less than the file).
+    pub log_map_size_bytes: usize,
+    /// Largest size of the snapshot store's LMDB file, in bytes; otherwise as
+    /// `log_map_size_bytes`.
+    pub snapshot_map_size_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    /// 64 GiB for the log and 16 GiB for snapshots: far more than a cluster database needs,
+    /// and free, since only address space is reserved.
+    fn default() -> StoreOptions {
+        StoreOptions {
+            log_map_size_bytes: 64 << 30,
+            snapshot_map_size_bytes: 16 << 30,
+        }
+    }
+}
+
+/// Opens (creating if needed) the log store and the state machine under `dir`, with the
+/// default [`StoreOptions`].
 ///
 /// The log lives in `dir/log` (every commit is durable) and the state machine's snapshots in
 /// `dir/state` (durable at snapshot time; between snapshots the state is rebuilt from the log).
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), Error> {
-    let log_store = LogStore::open(&dir.join("log"))?;
-    let state_machine = StateMachine::open(&dir.join("state"))?;
+    open_with(dir, &StoreOptions::default())
+}
+
+/// Opens (creating if needed) the log store and the state machine under `dir`, as [`open`]
+/// does, with `options`.
+///
+/// Both halves share one [`StorageHealth`] ([`LogStore::health`], [`StateMachine::health`]):
+/// a failed write in either takes the whole store out of service.
+pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateMachine), Error> {
+    let health = StorageHealth::new();
+    let log_store = LogStore::open_in(
+        &dir.join("log"),
+        map_size(options.log_map_size_bytes),
+        health.clone(),
+    )?;
+    let state_machine = StateMachine::open_in(
+        &dir.join("state"),
+        map_size(options.snapshot_map_size_bytes),
+        health,
+    )?;
     Ok((log_store, state_machine))
+}
+
+/// What LMDB's map size is rounded up to: heed refuses sizes that are not a multiple of the
+/// system's page size, and every page size in use (4, 16 or 64 KiB) divides this.
+const MAP_SIZE_GRANULE_BYTES: usize = 64 << 10;
+
+/// `requested` rounded up to a map size LMDB accepts (at least one granule).
+pub(crate) fn map_size(requested: usize) -> usize {
+    let granules = requested
+        .div_ceil(MAP_SIZE_GRANULE_BYTES)
+        .clamp(1, usize::MAX / MAP_SIZE_GRANULE_BYTES);
+    granules * MAP_SIZE_GRANULE_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: any requested map size becomes one heed accepts.
+    /// Method: round sizes below, at and above a granule, and the largest size.
+    #[test]
+    fn map_sizes_round_up_to_whole_granules() {
+        assert_eq!(map_size(0), MAP_SIZE_GRANULE_BYTES);
+        assert_eq!(map_size(1), MAP_SIZE_GRANULE_BYTES);
+        assert_eq!(map_size(MAP_SIZE_GRANULE_BYTES), MAP_SIZE_GRANULE_BYTES);
+        assert_eq!(
+            map_size(MAP_SIZE_GRANULE_BYTES + 1),
+            2 * MAP_SIZE_GRANULE_BYTES
+        );
+        assert_eq!(map_size(usize::MAX) % MAP_SIZE_GRANULE_BYTES, 0);
+        let default = StoreOptions::default();
+        assert_eq!(
+            map_size(default.log_map_size_bytes),
+            default.log_map_size_bytes
+        );
+    }
 }

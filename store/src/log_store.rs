@@ -5,15 +5,27 @@
 //! commits (one `fsync` for the whole batch) and only then reports the entries durable to
 //! openraft. The async runtime never waits on `fsync`.
 //!
-//! Entries queued but not yet committed stay readable from an in-memory tail, so openraft can
-//! replicate an entry to followers while the local `fsync` is still under way.
+//! Readers read LMDB only, so an entry can be read once it is durable and never before.
+//! openraft 0.9's documentation of `RaftLogStorage::append` asks for more (entries readable as
+//! soon as `append` returns), but openraft 0.9.25 never reads an entry before its flush is
+//! reported: `RaftCore` runs its commands one at a time, awaits each append's flush before the
+//! next, and queues the replication and apply commands that read the entries behind it. Check
+//! this again before moving to an openraft that runs log IO apart from `RaftCore`.
+//!
+//! # Failures
+//!
+//! A write that fails (map full, disk full, I/O error) takes the store out of service for good
+//! ([`StorageHealth`]): the cause is logged; every operation of the failed transaction gets the
+//! error, so openraft never counts those entries durable and stops with a fatal storage error;
+//! and every later write fails without touching LMDB. LMDB drops a failed transaction whole, so
+//! the log on disk ends at the last durable entry.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Weak};
 use std::thread;
+use std::time::Instant;
 
 use heed::types::{Bytes, Str, U64};
 use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
@@ -23,12 +35,10 @@ use openraft::{
 };
 use tokio::sync::oneshot;
 
-use crate::{Error, NodeId, TypeConfig};
+use crate::{Error, NodeId, StorageHealth, TypeConfig};
 
 /// Largest number of queued operations the writer folds into one LMDB transaction.
 const BATCH_OPERATIONS_MAX: usize = 4096;
-/// LMDB map size of the log: address space only, the file grows as needed.
-const LOG_MAP_BYTES: usize = 64 << 30;
 
 type LogEntry = Entry<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -47,9 +57,9 @@ struct Shared {
     env: Env<WithoutTls>,
     entries: Database<'static, U64<BigEndian>, Bytes>,
     meta: Database<'static, Str, Bytes>,
-    /// Entries handed to the writer and not yet committed, by index.
-    tail: Mutex<BTreeMap<u64, LogEntry>>,
     writer: mpsc::Sender<WriteOp>,
+    /// Set for good by the first write that fails.
+    health: StorageHealth,
 }
 
 /// One operation for the writer thread, applied in queue order.
@@ -75,8 +85,21 @@ enum WriteOp {
 }
 
 impl LogStore {
-    /// Opens or creates the log under `dir` and starts its writer thread.
+    /// Opens or creates the log under `dir` and starts its writer thread, with the default
+    /// map size ([`crate::StoreOptions`]).
     pub fn open(dir: &Path) -> Result<LogStore, Error> {
+        let options = crate::StoreOptions::default();
+        let map_size_bytes = crate::map_size(options.log_map_size_bytes);
+        LogStore::open_in(dir, map_size_bytes, StorageHealth::new())
+    }
+
+    /// Opens or creates the log under `dir`, an LMDB environment of `map_size_bytes` (a size
+    /// LMDB accepts), and starts its writer thread, which reports failures to `health`.
+    pub(crate) fn open_in(
+        dir: &Path,
+        map_size_bytes: usize,
+        health: StorageHealth,
+    ) -> Result<LogStore, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -86,7 +109,7 @@ impl LogStore {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(LOG_MAP_BYTES)
+                .map_size(map_size_bytes)
                 .max_dbs(4)
                 .open(dir)?
         };
@@ -104,8 +127,8 @@ impl LogStore {
             env,
             entries,
             meta,
-            tail: Mutex::new(BTreeMap::new()),
             writer,
+            health,
         });
         let for_thread = Arc::downgrade(&shared);
         thread::Builder::new()
@@ -118,11 +141,17 @@ impl LogStore {
         Ok(LogStore { shared })
     }
 
-    fn tail(&self) -> MutexGuard<'_, BTreeMap<u64, LogEntry>> {
+    /// Whether the log still writes, and why not once it does not.
+    pub fn health(&self) -> &StorageHealth {
+        &self.shared.health
+    }
+
+    /// Fails once the store is out of service, so nothing more is queued.
+    fn writable(&self) -> Result<(), String> {
         self.shared
-            .tail
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .health
+            .check()
+            .map_err(|error| error.to_string())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
@@ -148,6 +177,7 @@ impl LogStore {
         &self,
         op_with: impl FnOnce(oneshot::Sender<Result<(), String>>) -> WriteOp,
     ) -> Result<(), String> {
+        self.writable()?;
         let (done, wait) = oneshot::channel();
         self.shared
             .writer
@@ -156,33 +186,26 @@ impl LogStore {
         wait.await.map_err(|_| Error::WriterStopped.to_string())?
     }
 
-    /// Reads entries in `range` from the tail and from LMDB, in index order.
+    /// Reads the durable entries from `start` up to `end` (excluded), in index order.
     fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut found: BTreeMap<u64, LogEntry> = BTreeMap::new();
+        let txn = self
+            .shared
+            .env
+            .read_txn()
+            .map_err(|error| error.to_string())?;
+        let range = (Bound::Included(start), upper);
+        let mut found = Vec::new();
+        for item in self
+            .shared
+            .entries
+            .range(&txn, &range)
+            .map_err(|error| error.to_string())?
         {
-            let txn = self
-                .shared
-                .env
-                .read_txn()
-                .map_err(|error| error.to_string())?;
-            let range = (Bound::Included(start), upper);
-            for item in self
-                .shared
-                .entries
-                .range(&txn, &range)
-                .map_err(|error| error.to_string())?
-            {
-                let (index, bytes) = item.map_err(|error| error.to_string())?;
-                let entry: LogEntry =
-                    bincode::deserialize(bytes).map_err(|error| error.to_string())?;
-                found.insert(index, entry);
-            }
+            let (_, bytes) = item.map_err(|error| error.to_string())?;
+            found.push(bincode::deserialize(bytes).map_err(|error| error.to_string())?);
         }
-        for (index, entry) in self.tail().range((Bound::Included(start), upper)) {
-            found.insert(*index, entry.clone());
-        }
-        Ok(found.into_values().collect())
+        Ok(found)
     }
 }
 
@@ -199,7 +222,7 @@ pub(crate) struct StoredLog {
 }
 
 /// Synchronous access straight to LMDB, for offline tools only: nothing else may write the log
-/// meanwhile, since these bypass the writer thread and its in-memory tail.
+/// meanwhile, since these bypass the writer thread.
 impl LogStore {
     /// Reads the vote, committed and purged log ids, and the entries from `from_index` on, in
     /// one read transaction.
@@ -245,7 +268,6 @@ impl LogStore {
         self.shared.meta.put(&mut txn, KEY_COMMITTED, &last)?;
         self.shared.meta.put(&mut txn, KEY_VOTE, &vote)?;
         txn.commit()?;
-        self.tail().clear();
         Ok(())
     }
 }
@@ -294,7 +316,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .read_meta::<Option<LogId<NodeId>>>(KEY_LAST_PURGED)
             .map_err(read_error)?
             .flatten();
-        let tail_last = self.tail().values().next_back().map(|entry| entry.log_id);
         let stored_last = {
             let txn = self
                 .shared
@@ -315,7 +336,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         };
-        let last_log_id = tail_last.max(stored_last).or(last_purged);
+        let last_log_id = stored_last.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -344,7 +365,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         // Not awaited: the committed index is a hint for faster restarts, and it is written in
-        // queue order after the entries it covers.
+        // queue order after the entries it covers. A failure still takes the store out of
+        // service, so no later write lands after it.
+        self.writable().map_err(write_error)?;
         let value =
             bincode::serialize(&committed).map_err(|error| write_error(error.to_string()))?;
         self.shared
@@ -369,15 +392,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // Refused at once when out of service: the entries are neither written nor readable,
+        // and openraft gets the error.
+        self.writable().map_err(write_error)?;
         let mut encoded = Vec::new();
-        {
-            let mut tail = self.tail();
-            for entry in entries {
-                let bytes =
-                    bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
-                encoded.push((entry.log_id, bytes));
-                tail.insert(entry.log_id.index, entry);
-            }
+        for entry in entries {
+            let bytes =
+                bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
+            encoded.push((entry.log_id, bytes));
         }
         if encoded.is_empty() {
             callback.log_io_completed(Ok(()));
@@ -393,7 +415,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.tail().split_off(&log_id.index);
         self.submit(|done| WriteOp::Truncate {
             from_index: log_id.index,
             done,
@@ -415,8 +436,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The writer thread: takes everything queued, commits it in one transaction, reports.
-fn writer_loop(shared: std::sync::Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
+/// The writer thread: takes everything queued, commits it in one transaction, reports. Once a
+/// transaction fails it writes nothing more and fails whatever is queued after it.
+fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_OPERATIONS_MAX {
@@ -428,17 +450,34 @@ fn writer_loop(shared: std::sync::Weak<Shared>, queue: mpsc::Receiver<WriteOp>) 
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let started = std::time::Instant::now();
-        let result = write_batch(&shared, &batch).map_err(|error| error.to_string());
-        tracing::trace!(
-            operations = batch.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "log batch committed"
-        );
-        if result.is_ok() {
-            forget_durable_tail(&shared, &batch);
-        }
+        let result = match shared.health.check() {
+            Ok(()) => commit_batch(&shared, &batch),
+            Err(out_of_service) => Err(out_of_service.to_string()),
+        };
+        // Let go of the store before reporting: once its owners have their answers and drop
+        // their handles, the LMDB environment closes at once, and can be opened again.
+        drop(shared);
         report(batch, result);
+    }
+}
+
+/// Writes `batch` in one transaction; a failure takes the store out of service.
+fn commit_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), String> {
+    let started = Instant::now();
+    match write_batch(shared, batch) {
+        Ok(()) => {
+            tracing::trace!(
+                operations = batch.len(),
+                micros = started.elapsed().as_micros() as u64,
+                "log batch committed"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            let map_size_bytes = shared.env.info().map_size;
+            let failure = shared.health.fail("the Raft log", &error, map_size_bytes);
+            Err(failure.to_string())
+        }
     }
 }
 
@@ -466,26 +505,6 @@ fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
         }
     }
     txn.commit()
-}
-
-/// Drops committed entries from the in-memory tail (unless a newer entry replaced them).
-fn forget_durable_tail(shared: &Shared, batch: &[WriteOp]) {
-    let mut tail = shared
-        .tail
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for op in batch {
-        if let WriteOp::Append { entries, .. } = op {
-            for (log_id, _) in entries {
-                if tail
-                    .get(&log_id.index)
-                    .is_some_and(|entry| entry.log_id == *log_id)
-                {
-                    tail.remove(&log_id.index);
-                }
-            }
-        }
-    }
 }
 
 fn report(batch: Vec<WriteOp>, result: Result<(), String>) {

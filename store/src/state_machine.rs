@@ -4,6 +4,11 @@
 //! loaded from the last snapshot and openraft re-applies the committed entries after it, so a
 //! restart always ends at the state that was acknowledged. A snapshot is taken every few
 //! thousand entries (openraft's snapshot policy), which also bounds that replay.
+//!
+//! Snapshots and the state only move forward. openraft builds a snapshot in a task of its own
+//! while it may install a newer one from the leader: a build stores its snapshot only if none
+//! with a later last log id is stored (checked inside the write transaction), and an installed
+//! snapshot replaces the in-memory state only if it is newer than what was applied.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -20,9 +25,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{ClusterState, CommandResponse, Error, Node, NodeId, TypeConfig};
+use crate::{ClusterState, CommandResponse, Error, Node, NodeId, StorageHealth, TypeConfig};
 
-const SNAPSHOT_MAP_BYTES: usize = 16 << 30;
 const KEY_SNAPSHOT: &str = "current";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -40,6 +44,8 @@ struct Shared {
     snapshots_built: AtomicU64,
     /// Index of the last applied entry, for waiters.
     applied_index: watch::Sender<u64>,
+    /// Set for good by the first write that fails (here or in the log).
+    health: StorageHealth,
 }
 
 /// What the applied entries produced.
@@ -58,8 +64,21 @@ struct StoredSnapshot {
 }
 
 impl StateMachine {
-    /// Opens or creates the snapshot store under `dir` and loads the last snapshot.
+    /// Opens or creates the snapshot store under `dir` and loads the last snapshot, with the
+    /// default map size ([`crate::StoreOptions`]).
     pub fn open(dir: &Path) -> Result<StateMachine, Error> {
+        let options = crate::StoreOptions::default();
+        let map_size_bytes = crate::map_size(options.snapshot_map_size_bytes);
+        StateMachine::open_in(dir, map_size_bytes, StorageHealth::new())
+    }
+
+    /// Opens or creates the snapshot store under `dir`, an LMDB environment of `map_size_bytes`
+    /// (a size LMDB accepts), and loads the last snapshot. Failed writes go to `health`.
+    pub(crate) fn open_in(
+        dir: &Path,
+        map_size_bytes: usize,
+        health: StorageHealth,
+    ) -> Result<StateMachine, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.display().to_string(),
             source,
@@ -68,7 +87,7 @@ impl StateMachine {
         let env = unsafe {
             EnvOpenOptions::new()
                 .read_txn_without_tls()
-                .map_size(SNAPSHOT_MAP_BYTES)
+                .map_size(map_size_bytes)
                 .max_dbs(2)
                 .open(dir)?
         };
@@ -86,12 +105,13 @@ impl StateMachine {
             data: RwLock::default(),
             snapshots_built: AtomicU64::new(0),
             applied_index,
+            health,
         };
         let machine = StateMachine {
             shared: Arc::new(shared),
         };
         if let Some(stored) = machine.stored_snapshot()? {
-            machine.load(&stored.meta, &stored.data)?;
+            machine.advance_to(&stored.meta, decode_state(&stored.data)?);
         }
         Ok(machine)
     }
@@ -111,6 +131,11 @@ impl StateMachine {
         self.shared.applied_index.subscribe()
     }
 
+    /// Whether the store still writes snapshots, and why not once it does not.
+    pub fn health(&self) -> &StorageHealth {
+        &self.shared.health
+    }
+
     fn data(&self) -> RwLockReadGuard<'_, Applied> {
         self.shared
             .data
@@ -127,34 +152,101 @@ impl StateMachine {
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, Error> {
         let txn = self.shared.env.read_txn()?;
-        match self.shared.snapshots.get(&txn, KEY_SNAPSHOT)? {
-            None => Ok(None),
-            Some(bytes) => bincode::deserialize(bytes)
-                .map(Some)
-                .map_err(|error| Error::Decode(error.to_string())),
+        self.shared
+            .snapshots
+            .get(&txn, KEY_SNAPSHOT)?
+            .map(decode_snapshot)
+            .transpose()
+    }
+
+    /// Stores `snapshot` as the current one (durable when this returns) unless the stored one
+    /// is newer, and returns whether it did. A build takes the state before it stores it, and a
+    /// newer snapshot may be installed meanwhile: the build must not replace it. A failure takes
+    /// the store out of service.
+    fn store_snapshot(&self, snapshot: &StoredSnapshot) -> Result<bool, Error> {
+        self.shared.health.check()?;
+        let bytes =
+            bincode::serialize(snapshot).map_err(|error| Error::Decode(error.to_string()))?;
+        let failed = |error: heed::Error| {
+            let map_size_bytes = self.shared.env.info().map_size;
+            self.shared
+                .health
+                .fail("a snapshot", &error, map_size_bytes)
+        };
+        let mut txn = self.shared.env.write_txn().map_err(failed)?;
+        // Compared inside the write transaction, so that no other store slips in between.
+        let stored_last_log_id = match self.shared.snapshots.get(&txn, KEY_SNAPSHOT) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some(decode_snapshot(bytes)?.meta.last_log_id),
+            Err(error) => return Err(failed(error)),
+        };
+        if let Some(stored_last_log_id) = stored_last_log_id {
+            if stored_last_log_id > snapshot.meta.last_log_id {
+                tracing::info!(
+                    kept = %snapshot_position(stored_last_log_id),
+                    dropped = %snapshot_position(snapshot.meta.last_log_id),
+                    "a newer snapshot is stored already: keeping it"
+                );
+                return Ok(false);
+            }
         }
+        self.shared
+            .snapshots
+            .put(&mut txn, KEY_SNAPSHOT, &bytes)
+            .map_err(failed)?;
+        txn.commit().map_err(failed)?;
+        Ok(true)
     }
 
-    fn store_snapshot(&self, stored: &StoredSnapshot) -> Result<(), Error> {
-        let bytes = bincode::serialize(stored).map_err(|error| Error::Decode(error.to_string()))?;
-        let mut txn = self.shared.env.write_txn()?;
-        self.shared.snapshots.put(&mut txn, KEY_SNAPSHOT, &bytes)?;
-        txn.commit()?;
-        Ok(())
+    /// A snapshot of the state as applied now, with a new id.
+    fn snapshot_of_applied(&self) -> Result<StoredSnapshot, Error> {
+        let (data, last_applied, membership) = {
+            let applied = self.data();
+            let data = bincode::serialize(&applied.state)
+                .map_err(|error| Error::Decode(error.to_string()))?;
+            (data, applied.last_applied, applied.membership.clone())
+        };
+        let built = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match last_applied {
+            Some(log_id) => format!("{}-{}-{built}", log_id.leader_id, log_id.index),
+            None => format!("--{built}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        Ok(StoredSnapshot { meta, data })
     }
 
-    /// Replaces the in-memory state with a snapshot's.
-    fn load(&self, meta: &SnapshotMeta<NodeId, Node>, data: &[u8]) -> Result<(), Error> {
-        let state: ClusterState =
-            bincode::deserialize(data).map_err(|error| Error::Decode(error.to_string()))?;
+    /// Makes `state`, as of `meta`, the in-memory state, unless the state applied is as new
+    /// or newer (the state never goes back), and returns whether it did.
+    fn advance_to(&self, meta: &SnapshotMeta<NodeId, Node>, state: ClusterState) -> bool {
         let mut applied = self.data_mut();
+        if meta.last_log_id <= applied.last_applied {
+            return false;
+        }
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        drop(applied);
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         self.shared.applied_index.send_replace(index);
-        Ok(())
+        true
     }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<StoredSnapshot, Error> {
+    bincode::deserialize(bytes).map_err(|error| Error::Decode(error.to_string()))
+}
+
+fn decode_state(bytes: &[u8]) -> Result<ClusterState, Error> {
+    bincode::deserialize(bytes).map_err(|error| Error::Decode(error.to_string()))
+}
+
+/// A snapshot's last log id, for logs.
+fn snapshot_position(last_log_id: Option<LogId<NodeId>>) -> String {
+    last_log_id.map_or("nothing".to_string(), |log_id| log_id.to_string())
 }
 
 /// Offline access for recovery, while no Raft node runs on this state machine.
@@ -176,8 +268,15 @@ impl StateMachine {
             },
             data: bincode::serialize(state).map_err(|error| Error::Decode(error.to_string()))?,
         };
-        self.store_snapshot(&stored)?;
-        self.load(&stored.meta, &stored.data)
+        // The recovered log id has a term above any stored, so it is newer than the snapshot
+        // stored and the state loaded.
+        let newer = self.store_snapshot(&stored)? && self.advance_to(&stored.meta, state.clone());
+        if !newer {
+            return Err(Error::Inconsistent(format!(
+                "a snapshot newer than the recovered one ({last_log_id}) is stored"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -186,30 +285,14 @@ fn snapshot_error(message: impl ToString) -> StorageError<NodeId> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Builds a snapshot of the state applied now and stores it, unless a newer one was
+    /// installed meanwhile (openraft then ignores this older one too).
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, membership) = {
-            let applied = self.data();
-            let data = bincode::serialize(&applied.state).map_err(snapshot_error)?;
-            (data, applied.last_applied, applied.membership.clone())
-        };
-        let built = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot_id = match last_applied {
-            Some(log_id) => format!("{}-{}-{built}", log_id.leader_id, log_id.index),
-            None => format!("--{built}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.store_snapshot(&stored).map_err(snapshot_error)?;
+        let built = self.snapshot_of_applied().map_err(snapshot_error)?;
+        self.store_snapshot(&built).map_err(snapshot_error)?;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta: built.meta,
+            snapshot: Box::new(Cursor::new(built.data)),
         })
     }
 }
@@ -262,13 +345,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
-        let stored = StoredSnapshot {
+        let snapshot = StoredSnapshot {
             meta: meta.clone(),
             data: snapshot.into_inner(),
         };
-        self.load(&stored.meta, &stored.data)
-            .map_err(snapshot_error)?;
-        self.store_snapshot(&stored).map_err(snapshot_error)?;
+        // Decoded first: data that cannot be loaded is never stored.
+        let state = decode_state(&snapshot.data).map_err(snapshot_error)?;
+        self.store_snapshot(&snapshot).map_err(snapshot_error)?;
+        self.advance_to(&snapshot.meta, state);
         Ok(())
     }
 
@@ -278,5 +362,109 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+    use crate::Command;
+
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Applies entries `first..=last`, each setting `user.step` to its index.
+    async fn apply_steps(machine: &mut StateMachine, first: u64, last: u64) -> TestResult {
+        let entries = (first..=last).map(|index| Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Command::ConfigSet {
+                key: "user.step".to_string(),
+                value: index.to_string(),
+            }),
+        });
+        machine.apply(entries).await?;
+        Ok(())
+    }
+
+    /// A snapshot made elsewhere (the leader's), at `index`, where `user.step` is `index`.
+    fn leader_snapshot(index: u64) -> TestResult<(SnapshotMeta<NodeId, Node>, Vec<u8>)> {
+        let mut state = ClusterState::default();
+        state
+            .config
+            .insert("user.step".to_string(), index.to_string());
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("leader-{index}"),
+        };
+        Ok((meta, bincode::serialize(&state)?))
+    }
+
+    fn step(machine: &StateMachine) -> Option<String> {
+        machine.read(|state| state.config.get("user.step").cloned())
+    }
+
+    /// Goal: a snapshot built from an older state never replaces a newer one installed while
+    /// it was being built, neither in LMDB nor in memory.
+    /// Method: apply entries 1..=2, take the data of a build, install the leader's snapshot at
+    /// 10, then store the build; the current snapshot and the state stay the leader's, also
+    /// after reopening.
+    #[tokio::test]
+    async fn a_build_never_replaces_a_newer_installed_snapshot() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut machine = StateMachine::open(root.path())?;
+        apply_steps(&mut machine, 1, 2).await?;
+
+        tracing::info!("--- a build takes the state at 2, the leader's snapshot at 10 arrives");
+        let built = machine.snapshot_of_applied()?;
+        assert_eq!(built.meta.last_log_id, Some(log_id(2)));
+        let (meta, data) = leader_snapshot(10)?;
+        machine
+            .install_snapshot(&meta, Box::new(Cursor::new(data)))
+            .await?;
+
+        tracing::info!("--- the build finishes: the leader's snapshot stays");
+        assert!(
+            !machine.store_snapshot(&built)?,
+            "the older build was stored"
+        );
+        let current = machine
+            .get_current_snapshot()
+            .await?
+            .ok_or("no current snapshot")?;
+        assert_eq!(current.meta, meta);
+        assert_eq!(machine.last_applied(), Some(log_id(10)));
+        assert_eq!(step(&machine).as_deref(), Some("10"));
+
+        tracing::info!("--- and it is what a restart loads");
+        drop(machine);
+        let machine = StateMachine::open(root.path())?;
+        assert_eq!(machine.last_applied(), Some(log_id(10)));
+        assert_eq!(step(&machine).as_deref(), Some("10"));
+        Ok(())
+    }
+
+    /// Goal: the in-memory state never goes back to an older snapshot.
+    /// Method: apply entries 1..=5, install a snapshot at 3; the state, the last applied log id
+    /// and the applied index waiters see stay at 5.
+    #[tokio::test]
+    async fn an_older_snapshot_never_moves_the_state_back() -> TestResult {
+        let root = tempfile::tempdir()?;
+        let mut machine = StateMachine::open(root.path())?;
+        apply_steps(&mut machine, 1, 5).await?;
+        let applied_index = machine.subscribe();
+        let (meta, data) = leader_snapshot(3)?;
+        machine
+            .install_snapshot(&meta, Box::new(Cursor::new(data)))
+            .await?;
+        assert_eq!(machine.last_applied(), Some(log_id(5)));
+        assert_eq!(step(&machine).as_deref(), Some("5"));
+        assert_eq!(*applied_index.borrow(), 5);
+        Ok(())
     }
 }

@@ -32,6 +32,6 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Tem
 /// Goal: the heed store meets every storage guarantee openraft relies on.
 /// Method: openraft's `Suite::test_all`, each case on a fresh LMDB directory.
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(TempStoreBuilder)
+fn openraft_storage_suite() -> Result<(), Box<StorageError<NodeId>>> {
+    Suite::test_all(TempStoreBuilder).map_err(Box::new)
 }
