@@ -78,6 +78,7 @@ async fn start(dir: &Path, name: &str, mode: StartMode) -> Result<Member> {
         dir: dir.join(name),
         mode,
         timings: RaftTimings::default(),
+        store: Default::default(),
     };
     Member::start(config)
         .await

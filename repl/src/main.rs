@@ -116,6 +116,10 @@ struct DaemonArgs {
     /// A YAML file with the answers when joining: `member_config: [{entity, name, key, value}]`.
     #[arg(long, requires = "join")]
     preseed: Option<PathBuf>,
+    /// Largest size of the Raft log's database file, in MiB (default 65536). A log that fills
+    /// it takes the member out of service.
+    #[arg(long)]
+    db_map_mib: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -734,10 +738,15 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
     } else {
         StartMode::Restart
     };
+    let mut store = starling_store::StoreOptions::default();
+    if let Some(mib) = args.db_map_mib {
+        store.log_map_size_bytes = mib.saturating_mul(1024 * 1024);
+    }
     let member = Member::start(MemberConfig {
         dir,
         mode,
         timings: RaftTimings::default(),
+        store,
     })
     .await?;
     tokio::select! {
@@ -747,6 +756,10 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
         }
         _ = member.stopped() => {
             eprintln!("This member was removed from the cluster; its data directory was reset. Join again with a new token.");
+        }
+        cause = member.wait_out_of_service() => {
+            member.shutdown().await;
+            bail!("the database cannot write ({cause}): this member stopped; free space (or raise --db-map-mib) and start it again");
         }
     }
     Ok(())

@@ -85,6 +85,8 @@ pub struct MemberConfig {
     pub mode: StartMode,
     /// Raft timing.
     pub timings: RaftTimings,
+    /// The database's settings (LMDB map sizes).
+    pub store: starling_store::StoreOptions,
 }
 
 /// A running member. Cheap to clone.
@@ -122,6 +124,8 @@ pub(crate) struct Inner {
     /// The trust registry last heard from a leader (or given at join), for members whose own
     /// replica is older (spares).
     pub(crate) registry: Mutex<crate::trust::TrustRegistry>,
+    /// Whether the database can still write; once it cannot, the member is out of service.
+    pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
     pub(crate) stopped: watch::Sender<bool>,
     /// Held while the member runs, so recovery tools cannot touch its database.
@@ -154,7 +158,7 @@ impl Member {
                     )));
                 }
                 crate::join::prepare_bootstrap(&dir, name, listen)?;
-                let member = Member::open(&dir, config.timings).await?;
+                let member = Member::open(&dir, &config).await?;
                 crate::join::finish_bootstrap(&member).await?;
                 Ok(member)
             }
@@ -171,7 +175,7 @@ impl Member {
                     )));
                 }
                 crate::join::join(&dir, name, listen, token, member_config).await?;
-                let member = Member::open(&dir, config.timings).await?;
+                let member = Member::open(&dir, &config).await?;
                 member.hold_elections_until_quiet();
                 Ok(member)
             }
@@ -182,7 +186,7 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                let member = Member::open(&dir, config.timings).await?;
+                let member = Member::open(&dir, &config).await?;
                 member.hold_elections_until_quiet();
                 Ok(member)
             }
@@ -190,7 +194,8 @@ impl Member {
     }
 
     /// Opens the member saved in `dir` and starts serving.
-    async fn open(dir: &DataDir, timings: RaftTimings) -> Result<Member, Error> {
+    async fn open(dir: &DataDir, config: &MemberConfig) -> Result<Member, Error> {
+        let timings = config.timings;
         let file = dir.load_member()?;
         let identity = dir.load_identity("member")?;
         let ca_cert_pem = dir.load_ca()?;
@@ -210,7 +215,8 @@ impl Member {
             ca_cert_pem: ca_cert_pem.clone(),
         };
         let lock = starling_store::DirLock::acquire(&dir.database())?;
-        let (log_store, state) = starling_store::open(&dir.database())?;
+        let (log_store, state) = starling_store::open_with(&dir.database(), &config.store)?;
+        let storage = log_store.health().clone();
         let blocked = Blocked::default();
         let transport = RaftTransport {
             pool: pool.clone(),
@@ -254,6 +260,7 @@ impl Member {
             stopped: watch::channel(false).0,
             raft_contact: Default::default(),
             registry: Mutex::new(dir.load_registry().unwrap_or_default()),
+            storage,
             _lock: lock,
         };
         let member = Member {
@@ -313,6 +320,22 @@ impl Member {
         });
         let health = self.clone();
         tokio::spawn(async move { crate::health::run(health).await });
+        let storage = self.inner.storage.clone();
+        let name = self.inner.name.clone();
+        tokio::spawn(async move {
+            let cause = storage.failed().await;
+            tracing::error!(member = %name, %cause, "the database cannot write: this member is out of service");
+        });
+    }
+
+    /// Why this member is out of service (its database failed to write), if it is.
+    pub fn out_of_service(&self) -> Option<String> {
+        self.inner.storage.failure()
+    }
+
+    /// Resolves when the member goes out of service, with the cause.
+    pub async fn wait_out_of_service(&self) -> String {
+        self.inner.storage.failed().await
     }
 
     /// The member's name.

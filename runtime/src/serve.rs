@@ -166,6 +166,15 @@ impl Handler for Service {
                 Reply::Trusted(result.and_then(from_json))
             }
             (_, PeerTrust::Untrusted) => not_trusted(&peer),
+            // A member whose database cannot write answers nothing as healthy: the leader marks
+            // it offline and a stand-by takes its place.
+            (_, _) if self.member.out_of_service().is_some() => {
+                Reply::Refused(Error::Local(format!(
+                    "member {} is out of service: {}",
+                    self.member.name(),
+                    self.member.out_of_service().unwrap_or_default()
+                )))
+            }
             (_, _) if self.cut_off(&peer) => {
                 Reply::Refused(Error::Transport("cut off from this member".to_string()))
             }

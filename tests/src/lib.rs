@@ -119,13 +119,23 @@ impl TestCluster {
 
     /// Joins member `index` (`m{index+1}`) with `token`.
     pub async fn add_member_with_token(&mut self, index: usize, token: &str) -> Result<()> {
+        self.add_member_with(index, token, Default::default()).await
+    }
+
+    /// Joins member `index` (`m{index+1}`) with `token` and database settings `store`.
+    pub async fn add_member_with(
+        &mut self,
+        index: usize,
+        token: &str,
+        store: starling_store::StoreOptions,
+    ) -> Result<()> {
         let mode = StartMode::Join {
             name: format!("m{}", index + 1),
             listen: free_address(),
             token: token.to_string(),
             member_config: Vec::new(),
         };
-        let member = start_member(&self.dir(index), mode).await?;
+        let member = start_member_with(&self.dir(index), mode, store).await?;
         if index < self.members.len() {
             self.members[index] = Some(member);
         } else {
@@ -337,6 +347,14 @@ impl TestCluster {
 }
 
 async fn start_member(dir: &Path, mode: StartMode) -> Result<Member> {
+    start_member_with(dir, mode, Default::default()).await
+}
+
+async fn start_member_with(
+    dir: &Path,
+    mode: StartMode,
+    store: starling_store::StoreOptions,
+) -> Result<Member> {
     // Slower than the daemon's defaults: several clusters share two cores in the test suite.
     // Snapshots every 200 entries, so that tests exercise snapshot transfer and log purging.
     let timings = RaftTimings {
@@ -349,6 +367,7 @@ async fn start_member(dir: &Path, mode: StartMode) -> Result<Member> {
         dir: dir.to_path_buf(),
         mode,
         timings,
+        store,
     })
     .await?)
 }

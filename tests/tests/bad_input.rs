@@ -22,6 +22,7 @@ async fn try_join(
         dir: dir.to_path_buf(),
         mode,
         timings: RaftTimings::default(),
+        store: Default::default(),
     })
     .await
 }

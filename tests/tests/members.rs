@@ -35,6 +35,7 @@ async fn join(
         dir: dir.to_path_buf(),
         mode,
         timings: RaftTimings::default(),
+        store: Default::default(),
     })
     .await?)
 }
@@ -260,6 +261,7 @@ async fn remove_and_rejoin() -> Result<()> {
                         dir: victim_dir.clone(),
                         mode: StartMode::Restart,
                         timings: RaftTimings::default(),
+                        store: Default::default(),
                     };
                     Member::start(config).await.ok()
                 },
