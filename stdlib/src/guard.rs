@@ -70,8 +70,9 @@ impl Guard {
         self.limits
     }
 
-    /// Bytes of JSON a conversion may produce: the memory limit, if any.
-    pub(crate) fn conversion_budget_bytes(&self) -> usize {
+    /// Bytes a result built outside Lua's allocator (JSON text, `gsub`'s
+    /// output) may take: the memory limit, if any.
+    pub(crate) fn result_budget_bytes(&self) -> usize {
         match self.limits.memory_bytes {
             0 => usize::MAX,
             bytes => bytes,
@@ -110,8 +111,8 @@ impl Guard {
         *self.meter().fatal.get_or_insert(fatal)
     }
 
-    /// Charges `instructions` and checks every limit.
-    fn charge(&self, instructions: u64) -> Option<Fatal> {
+    /// Charges `instructions` and checks every limit; returns the latched one.
+    pub(crate) fn charge(&self, instructions: u64) -> Option<Fatal> {
         let mut meter = self.meter();
         meter.used_instructions = meter.used_instructions.saturating_add(instructions);
         if meter.fatal.is_none() {
@@ -160,16 +161,23 @@ pub(crate) fn install_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Re
     lua.set_global_hook(triggers, move |lua, _debug| on_hook(lua, &guard, step))
 }
 
+/// Latches `fatal` (unless another limit tripped first) and returns the error
+/// to raise into the script. The hook is re-armed to fire on every
+/// instruction, so a frame that catches the error cannot run even one more
+/// instruction normally. Rust functions that notice a limit (the pattern
+/// matcher, `print`) end the script through this, as the hook does.
+pub(crate) fn abort(lua: &Lua, guard: &Arc<Guard>, fatal: Fatal) -> mlua::Error {
+    let fatal = guard.trip(fatal);
+    if let Err(err) = install_hook(lua, guard, 1) {
+        return err;
+    }
+    guard.lua_error(fatal)
+}
+
 fn on_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Result<VmState> {
     match guard.charge(u64::from(step)) {
         None => Ok(VmState::Continue),
-        Some(fatal) => {
-            if step > 1 {
-                // From now on every instruction fails, so a frame that catches this
-                // error cannot run even one more instruction normally.
-                install_hook(lua, guard, 1)?;
-            }
-            Err(guard.lua_error(fatal))
-        }
+        Some(fatal) if step > 1 => Err(abort(lua, guard, fatal)),
+        Some(fatal) => Err(guard.lua_error(fatal)),
     }
 }

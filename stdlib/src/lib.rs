@@ -21,9 +21,11 @@
 //! `json.encode(value)`, `json.decode(text)`, `help([name])`, and the builtins.
 //! `io`, `os`, `debug` and `package` do not exist.
 //!
-//! Known gap: the string library's pattern matching (`find`, `match`, `gmatch`,
-//! `gsub`) runs in C, where the instruction hook does not fire, so a pathological
-//! pattern on a long subject is not stopped by the budget or the deadline.
+//! The string library's pattern functions (`string.find`, `string.match`,
+//! `string.gmatch`, `string.gsub`) are Rust implementations of Lua 5.4's
+//! patterns rather than Lua's C code, so the instruction budget and the
+//! deadline also stop a pathological pattern on a long subject, and `gsub`
+//! cannot build a result larger than the memory limit.
 //!
 //! # Layout
 //! - this file: the public types ([`Host`], [`Builtin`], [`Limits`], [`Script`],
@@ -31,6 +33,9 @@
 //! - `session`: [`Session`], the persistent state behind a REPL and behind [`run`];
 //!   compiles and executes chunks and turns their outcome into JSON or an [`Error`].
 //! - `sandbox`: builds the restricted Lua state and installs the globals.
+//! - `shim`: the C shim that lets Rust functions raise errors as Lua's own do.
+//! - `strings`: the Lua bindings of `string.find`, `match`, `gmatch` and `gsub`.
+//! - `pattern`: Lua 5.4 pattern matching in Rust, metered by the guard.
 //! - `guard`: the instruction budget, the wall-clock deadline and the latch that
 //!   keeps a tripped limit fatal.
 //! - `convert`: Lua ⇄ JSON conversion.
@@ -40,8 +45,11 @@
 
 mod convert;
 mod guard;
+mod pattern;
 mod sandbox;
 mod session;
+mod shim;
+mod strings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +84,9 @@ pub struct Limits {
     /// Ceiling on the memory held by the Lua state, in bytes (0 disables it).
     pub memory_bytes: usize,
     /// Lua VM instructions the script may execute (enforced in steps of at most
-    /// 10 000 instructions).
+    /// 10 000 instructions). Work done in Rust on the script's behalf counts
+    /// too: each step of the pattern matcher (one pattern item tried at one
+    /// position, or 16 bytes compared or copied) is one instruction.
     pub instructions: u64,
     /// Wall-clock time the script may take, including time spent awaiting the host.
     pub wall_clock: Duration,

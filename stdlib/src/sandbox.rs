@@ -1,22 +1,22 @@
 //! Builds the restricted Lua state and installs the script-visible globals.
 //!
-//! Every function we expose is a Rust "raw" function returning `(ok, value)`,
-//! wrapped by [`shim`], a small C function that turns `(false, message)` into a
-//! Lua string error prefixed with the caller's position
-//! (`script.lua:3: member "x" not found`), which `pcall` can catch and which
-//! reads well when uncaught. The shim is a C function rather than Lua because
-//! Lua never tail-calls C functions: `return cluster.member("x")` keeps the
-//! script's frame, so the position is always known.
+//! Every function we expose is a Rust "raw" function wrapped by the shim (see
+//! `shim`), so a failure becomes a Lua string error prefixed with the caller's
+//! position (`script.lua:3: member "x" not found`), which `pcall` can catch and
+//! which reads well when uncaught. `string.find`, `string.match`,
+//! `string.gmatch` and `string.gsub` are replaced by the Rust versions in
+//! `strings`, which the guard can stop.
 
-use std::os::raw::c_int;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{ffi, Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
+use mlua::{Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::convert::{json_to_lua, lua_to_json};
 use crate::guard::{Fatal, Guard};
+use crate::shim::{self, reply, Outcome};
+use crate::strings;
 use crate::{Builtin, Error, Host};
 
 /// Libraries loaded besides the base library.
@@ -122,9 +122,6 @@ coroutine.wrap = function(f)
 end
 "##;
 
-/// What a raw function reports to the script: a value or an error message.
-type Outcome = Result<Value, String>;
-
 fn setup(err: mlua::Error) -> Error {
     Error::Setup(err.to_string())
 }
@@ -150,6 +147,7 @@ pub(crate) fn new_lua(
     for builtin in builtins {
         installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
     }
+    strings::install(&lua, guard).map_err(setup)?;
     install_prelude(&lua, guard).map_err(setup)?;
     lua.set_memory_limit(guard.limits().memory_bytes)
         .map_err(setup)?;
@@ -206,13 +204,7 @@ impl Installer {
             return Err(taken());
         }
         let raw = raw.map_err(setup)?;
-        // SAFETY: the closure only pushes a C closure over the argument (`raw`),
-        // which `exec_raw` placed on the stack; `shim` upholds the Lua C API rules.
-        let wrapped: Function = unsafe {
-            self.lua
-                .exec_raw(raw, |state| ffi::lua_pushcclosure(state, shim, 1))
-        }
-        .map_err(setup)?;
+        let wrapped = shim::wrap(&self.lua, raw).map_err(setup)?;
         table.raw_set(*last, wrapped).map_err(setup)
     }
 }
@@ -223,50 +215,6 @@ fn is_identifier(segment: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Calls its upvalue (a raw function) with the arguments and returns its value,
-/// or raises its message as an error at the caller's position.
-unsafe extern "C-unwind" fn shim(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: a C function always has its upvalue and LUA_MINSTACK free slots;
-    // `lua_callk` with a continuation lets async raw functions yield through us.
-    unsafe {
-        let nargs = ffi::lua_gettop(state);
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(state, 1);
-        ffi::lua_callk(state, nargs, 2, 0, Some(shim_finish));
-        shim_finish(state, ffi::LUA_OK, 0)
-    }
-}
-
-/// Second half of [`shim`], also run as the continuation after a yield; the
-/// stack holds the raw function's `ok, value`.
-unsafe extern "C-unwind" fn shim_finish(
-    state: *mut ffi::lua_State,
-    _status: c_int,
-    _ctx: ffi::lua_KContext,
-) -> c_int {
-    // SAFETY: two results are on the stack; `luaL_where` pushes one more value,
-    // within the LUA_MINSTACK slots a C function is guaranteed.
-    unsafe {
-        if ffi::lua_toboolean(state, -2) != 0 {
-            return 1;
-        }
-        if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
-            ffi::luaL_where(state, 1);
-            ffi::lua_insert(state, -2);
-            ffi::lua_concat(state, 2);
-        }
-        ffi::lua_error(state)
-    }
-}
-
-/// Converts an outcome into the `(ok, value)` pair the shim expects.
-fn reply(lua: &Lua, outcome: Outcome) -> mlua::Result<(bool, Value)> {
-    match outcome {
-        Ok(value) => Ok((true, value)),
-        Err(message) => Ok((false, Value::String(lua.create_string(message)?))),
-    }
 }
 
 fn print_fn(
@@ -327,7 +275,7 @@ async fn sleep(guard: &Guard, args: MultiValue) -> Outcome {
 }
 
 fn json_encode_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {
-    let budget_bytes = guard.conversion_budget_bytes();
+    let budget_bytes = guard.result_budget_bytes();
     lua.create_function(move |lua, args: MultiValue| {
         let value = args.front().unwrap_or(&Value::Nil);
         let outcome = match lua_to_json(value, budget_bytes) {
@@ -424,7 +372,7 @@ async fn call_host(
 ) -> mlua::Result<Outcome> {
     let mut json_args = Vec::with_capacity(args.len());
     for (index, arg) in args.iter().enumerate() {
-        match lua_to_json(arg, guard.conversion_budget_bytes()) {
+        match lua_to_json(arg, guard.result_budget_bytes()) {
             Ok(json) => json_args.push(json),
             Err(message) => {
                 let position = index + 1;

@@ -85,7 +85,7 @@ impl Session {
             Err(_elapsed) => Err(self.guard.error(self.guard.trip(Fatal::Timeout))),
             Ok(Err(err)) => Err(self.classify(&err)),
             Ok(Ok(value)) => {
-                lua_to_json(&value, self.guard.conversion_budget_bytes()).map_err(Error::Conversion)
+                lua_to_json(&value, self.guard.result_budget_bytes()).map_err(Error::Conversion)
             }
         }
     }

@@ -10,6 +10,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::{is_incomplete, run, Builtin, Error, Host, Limits, Script, Session};
 
+mod patterns;
+
 /// Operation that never completes, to exercise the deadline around host calls.
 const HANG: &str = "cluster.hang";
 
@@ -90,10 +92,19 @@ async fn run_with(
     source: &str,
     limits: Limits,
 ) -> (Result<Json, Error>, UnboundedReceiver<String>) {
+    run_named(host, source, limits, "script.lua").await
+}
+
+async fn run_named(
+    host: Arc<FakeHost>,
+    source: &str,
+    limits: Limits,
+    chunk_name: &str,
+) -> (Result<Json, Error>, UnboundedReceiver<String>) {
     let (tx, rx) = unbounded_channel();
     let script = Script {
         source: source.to_string(),
-        chunk_name: "script.lua".to_string(),
+        chunk_name: chunk_name.to_string(),
     };
     (run(host, BUILTINS, script, limits, tx).await, rx)
 }
