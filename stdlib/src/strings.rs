@@ -190,13 +190,17 @@ fn gsub(lua: &Lua, context: &Context, args: Args) -> Result<Vec<Value>, Failure>
         Value::String(text) => Kind::Template(text),
         number @ (Value::Integer(_) | Value::Number(_)) => match lua.coerce_string(number)? {
             Some(text) => Kind::Template(text),
-            None => return Err(args.bad(3, "string/function/table expected, got number")),
+            None => return Err(args.bad(lua, 3, "string/function/table expected, got number")),
         },
         Value::Table(table) => Kind::Table(table),
         Value::Function(function) => Kind::Function(function),
         _ => {
             let got = args.type_name(3);
-            return Err(args.bad(3, &format!("string/function/table expected, got {got}")));
+            return Err(args.bad(
+                lua,
+                3,
+                &format!("string/function/table expected, got {got}"),
+            ));
         }
     };
     let max_bytes = context.guard.result_budget_bytes();
@@ -219,6 +223,8 @@ fn gsub(lua: &Lua, context: &Context, args: Args) -> Result<Vec<Value>, Failure>
     })?;
     let text = match substitution.text {
         Some(text) => lua.create_string(text)?,
+        // Lua returns its first argument, which it has already turned into a
+        // string if it was a number.
         None => subject.clone(),
     };
     let count = i64::try_from(substitution.count).unwrap_or(i64::MAX);
@@ -331,11 +337,20 @@ impl Args {
         self.values.get(index - 1).map_or("no value", lua_type_name)
     }
 
-    fn bad(&self, index: usize, detail: &str) -> Failure {
-        Failure::Message(format!(
-            "bad argument #{index} to '{}' ({detail})",
-            self.function
-        ))
+    /// A bad-argument error as `luaL_argerror` words it: in a method call
+    /// (`s:find(...)`) the receiver is not counted, and a bad receiver is
+    /// "bad self".
+    fn bad(&self, lua: &Lua, index: usize, detail: &str) -> Failure {
+        let function = self.function;
+        // Level 0 is this Rust function, level 1 the shim the script called.
+        let is_method = lua
+            .inspect_stack(1, |frame| frame.names().name_what == Some("method"))
+            .unwrap_or(false);
+        Failure::Message(match (is_method, index) {
+            (true, 1) => format!("calling '{function}' on bad self ({detail})"),
+            (true, _) => format!("bad argument #{} to '{function}' ({detail})", index - 1),
+            (false, _) => format!("bad argument #{index} to '{function}' ({detail})"),
+        })
     }
 
     /// A string argument; numbers are converted, as `luaL_checklstring` does.
@@ -344,7 +359,7 @@ impl Args {
             Some(text) => Ok(text),
             None => {
                 let got = self.type_name(index);
-                Err(self.bad(index, &format!("string expected, got {got}")))
+                Err(self.bad(lua, index, &format!("string expected, got {got}")))
             }
         }
     }
@@ -359,10 +374,10 @@ impl Args {
             return Ok(Some(integer));
         }
         if lua.coerce_number(value)?.is_some() {
-            return Err(self.bad(index, "number has no integer representation"));
+            return Err(self.bad(lua, index, "number has no integer representation"));
         }
         let got = self.type_name(index);
-        Err(self.bad(index, &format!("number expected, got {got}")))
+        Err(self.bad(lua, index, &format!("number expected, got {got}")))
     }
 
     fn is_truthy(&self, index: usize) -> bool {

@@ -150,6 +150,8 @@ const CASES: &[(&str, &str)] = &[
     (r#"string.gsub("abc", "b", 1.5)"#, r#"true "a1.5c" 1"#),
     (r#"string.gsub("abc", ".", {a = 1.0})"#, r#"true "1.0bc" 3"#),
     (r#"string.gsub(123, "2", "x")"#, r#"true "1x3" 1"#),
+    (r#"string.gsub(123, "4", "x")"#, r#"true "123" 0"#),
+    (r#"string.gsub(1.5, "%d", {})"#, r#"true "1.5" 2"#),
     (r#"string.gsub("abc", "(", "x")"#, r#"true "xaxbxcx" 4"#),
     (r#"string.gsub("a\0b", "%z", "Z")"#, r#"true "aZb" 1"#),
     (r#"("x"):rep(3):gsub("x", "y")"#, r#"true "yyy" 3"#),
@@ -189,6 +191,9 @@ const CASES: &[(&str, &str)] = &[
     (r#"string.find("abc", "b", "x")"#, r#"false "compat:1: bad argument #3 to 'find' (number expected, got string)""#),
     (r#"string.find("abc", "b", 1.5)"#, r#"false "compat:1: bad argument #3 to 'find' (number has no integer representation)""#),
     (r#"string.match("abc", {})"#, r#"false "compat:1: bad argument #2 to 'match' (string expected, got table)""#),
+    (r#"("abc"):gsub("b")"#, r#"false "compat:1: bad argument #2 to 'gsub' (string/function/table expected, got no value)""#),
+    (r#"("abc"):find({})"#, r#"false "compat:1: bad argument #1 to 'find' (string expected, got table)""#),
+    (r#"({find = string.find}):find("x")"#, r#"false "compat:1: calling 'find' on bad self (string expected, got table)""#),
     (r#"select(2, pcall(string.find, "a", "%"))"#, "true \"malformed pattern (ends with '%')\""),
 ];
 
