@@ -1,17 +1,27 @@
-//! Instruction budget, wall-clock deadline and the fatal-limit latch.
+//! Instruction budget, wall-clock deadline, printed output, cancellation and
+//! the fatal-limit latch.
 //!
-//! A count hook fires every [`Guard::hook_step`] instructions and charges them to
-//! the budget. Once any limit trips, the guard latches it: the hook is re-armed to
-//! fire on every instruction of the running coroutine, every later hook call fails
-//! again, and the script's catching functions (`pcall`, `xpcall`,
-//! `coroutine.resume`, `coroutine.wrap`, `coroutine.close`) re-raise it, so no
-//! Lua frame can turn a tripped limit into a normal return. The session consults
-//! the latch first when it reports the outcome.
+//! A count hook fires every [`Guard::hook_step`] instructions, charges them to
+//! the budget, and checks the deadline and whether the receiver of printed
+//! lines is still there (dropping it is how a caller cancels a script). Rust
+//! code working for the script checks the same way: the pattern matcher
+//! charges its steps, and everything that waits (`print` on a full channel,
+//! `sleep`, host calls) goes through [`Guard::wait`].
+//!
+//! Once any limit trips, the guard latches it: the hook is re-armed to fire on
+//! every instruction of the running coroutine ([`abort`] does the same for
+//! limits noticed outside the hook), every later hook call fails again, and
+//! the script's catching functions (`pcall`, `xpcall`, `coroutine.resume`,
+//! `coroutine.wrap`, `coroutine.close`) re-raise it, so no Lua frame can turn a
+//! tripped limit into a normal return. The session consults the latch first
+//! when it reports the outcome.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use mlua::{HookTriggers, Lua, VmState};
+use tokio::sync::mpsc::Sender;
 
 use crate::{Error, Limits};
 
@@ -30,6 +40,10 @@ pub(crate) enum Fatal {
     Memory,
     /// The wall-clock deadline passed.
     Timeout,
+    /// The script printed more than its output cap.
+    Output,
+    /// The receiver of printed lines was dropped: the caller cancelled the script.
+    Disconnected,
 }
 
 /// Mutable part of the guard, reset at the start of each chunk.
@@ -37,6 +51,8 @@ pub(crate) enum Fatal {
 struct Meter {
     used_instructions: u64,
     deadline: Instant,
+    /// Bytes printed so far, each line counted with its line break.
+    printed_bytes: usize,
     fatal: Option<Fatal>,
 }
 
@@ -45,19 +61,24 @@ struct Meter {
 pub(crate) struct Guard {
     limits: Limits,
     meter: Mutex<Meter>,
+    /// Where printed lines go. Its receiver being dropped cancels the script.
+    print: Sender<String>,
 }
 
 impl Guard {
-    /// A guard for `limits`; call [`Guard::begin`] before running a chunk.
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// A guard for `limits` whose script prints to `print`; call
+    /// [`Guard::begin`] before running a chunk.
+    pub(crate) fn new(limits: Limits, print: Sender<String>) -> Self {
         let meter = Meter {
             used_instructions: 0,
             deadline: deadline_after(limits.wall_clock),
+            printed_bytes: 0,
             fatal: None,
         };
         Guard {
             limits,
             meter: Mutex::new(meter),
+            print,
         }
     }
 
@@ -70,20 +91,28 @@ impl Guard {
         self.limits
     }
 
-    /// Bytes of JSON a conversion may produce: the memory limit, if any.
-    pub(crate) fn conversion_budget_bytes(&self) -> usize {
+    /// Bytes a result built outside Lua's allocator (JSON text, `gsub`'s
+    /// output) may take: the memory limit, if any.
+    pub(crate) fn result_budget_bytes(&self) -> usize {
         match self.limits.memory_bytes {
             0 => usize::MAX,
             bytes => bytes,
         }
     }
 
-    /// Starts a fresh budget and deadline, clearing any latched limit.
+    /// Starts a fresh budget, deadline and output allowance, clearing any
+    /// latched limit.
     pub(crate) fn begin(&self) {
         let mut meter = self.meter();
         meter.used_instructions = 0;
         meter.deadline = deadline_after(self.limits.wall_clock);
+        meter.printed_bytes = 0;
         meter.fatal = None;
+    }
+
+    /// True when the receiver of printed lines is gone: the script is cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.print.is_closed()
     }
 
     /// Instructions between two hook calls while no limit has tripped.
@@ -110,18 +139,56 @@ impl Guard {
         *self.meter().fatal.get_or_insert(fatal)
     }
 
-    /// Charges `instructions` and checks every limit.
-    fn charge(&self, instructions: u64) -> Option<Fatal> {
+    /// Charges `instructions` and checks every limit; returns the latched one.
+    pub(crate) fn charge(&self, instructions: u64) -> Option<Fatal> {
         let mut meter = self.meter();
         meter.used_instructions = meter.used_instructions.saturating_add(instructions);
         if meter.fatal.is_none() {
             if meter.used_instructions > self.limits.instructions {
                 meter.fatal = Some(Fatal::Instructions);
+            } else if self.is_cancelled() {
+                meter.fatal = Some(Fatal::Disconnected);
             } else if Instant::now() >= meter.deadline {
                 meter.fatal = Some(Fatal::Timeout);
             }
         }
         meter.fatal
+    }
+
+    /// Awaits `work` unless the deadline passes first ([`Fatal::Timeout`]) or
+    /// the receiver of printed lines is dropped ([`Fatal::Disconnected`]).
+    pub(crate) async fn wait<F: Future>(&self, work: F) -> Result<F::Output, Fatal> {
+        let deadline = self.deadline();
+        tokio::select! {
+            biased;
+            output = work => Ok(output),
+            () = self.print.closed() => Err(self.trip(Fatal::Disconnected)),
+            () = tokio::time::sleep_until(deadline.into()) => Err(self.trip(Fatal::Timeout)),
+        }
+    }
+
+    /// Sends one printed line, waiting while the channel is full (within the
+    /// deadline). A line that would take the chunk's output past
+    /// [`Limits::print_bytes`] is not sent and trips [`Fatal::Output`].
+    pub(crate) async fn print(&self, line: String) -> Result<(), Fatal> {
+        self.count_printed(line.len().saturating_add(1))?;
+        match self.wait(self.print.send(line)).await? {
+            Ok(()) => Ok(()),
+            Err(_receiver_dropped) => Err(self.trip(Fatal::Disconnected)),
+        }
+    }
+
+    fn count_printed(&self, bytes: usize) -> Result<(), Fatal> {
+        let mut meter = self.meter();
+        if let Some(fatal) = meter.fatal {
+            return Err(fatal);
+        }
+        let total = meter.printed_bytes.saturating_add(bytes);
+        if total > self.limits.print_bytes {
+            return Err(*meter.fatal.insert(Fatal::Output));
+        }
+        meter.printed_bytes = total;
+        Ok(())
     }
 
     /// The [`Error`] reported for `fatal`.
@@ -136,6 +203,10 @@ impl Guard {
             Fatal::Timeout => Error::Timeout {
                 seconds: self.limits.wall_clock.as_secs_f64(),
             },
+            Fatal::Output => Error::OutputLimit {
+                bytes: self.limits.print_bytes,
+            },
+            Fatal::Disconnected => Error::Disconnected,
         }
     }
 
@@ -160,16 +231,23 @@ pub(crate) fn install_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Re
     lua.set_global_hook(triggers, move |lua, _debug| on_hook(lua, &guard, step))
 }
 
+/// Latches `fatal` (unless another limit tripped first) and returns the error
+/// to raise into the script. The hook is re-armed to fire on every
+/// instruction, so a frame that catches the error cannot run even one more
+/// instruction normally. Rust functions that notice a limit (the pattern
+/// matcher, `print`) end the script through this, as the hook does.
+pub(crate) fn abort(lua: &Lua, guard: &Arc<Guard>, fatal: Fatal) -> mlua::Error {
+    let fatal = guard.trip(fatal);
+    if let Err(err) = install_hook(lua, guard, 1) {
+        return err;
+    }
+    guard.lua_error(fatal)
+}
+
 fn on_hook(lua: &Lua, guard: &Arc<Guard>, step: u32) -> mlua::Result<VmState> {
     match guard.charge(u64::from(step)) {
         None => Ok(VmState::Continue),
-        Some(fatal) => {
-            if step > 1 {
-                // From now on every instruction fails, so a frame that catches this
-                // error cannot run even one more instruction normally.
-                install_hook(lua, guard, 1)?;
-            }
-            Err(guard.lua_error(fatal))
-        }
+        Some(fatal) if step > 1 => Err(abort(lua, guard, fatal)),
+        Some(fatal) => Err(guard.lua_error(fatal)),
     }
 }

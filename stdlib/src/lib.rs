@@ -8,22 +8,36 @@
 //! a Lua error carrying the host's message and the caller's line, which `pcall`
 //! can catch. Host calls may be made from script coroutines too.
 //!
-//! Every script runs under [`Limits`]: a memory ceiling, an instruction budget and
-//! a wall-clock deadline (which also bounds `sleep` and host calls). Exceeding any
-//! of them ends the script with the matching [`Error`] variant, even if the script
-//! tries to catch the failure with `pcall`, `xpcall` or a coroutine.
+//! Every script runs under [`Limits`]: a memory ceiling, an instruction budget, a
+//! wall-clock deadline (which also bounds `sleep`, host calls and waiting to
+//! print) and a cap on the bytes it prints. Exceeding any of them ends the
+//! script with the matching [`Error`] variant, even if the script tries to catch
+//! the failure with `pcall`, `xpcall` or a coroutine.
+//!
+//! Printed lines go to a bounded channel (a `tokio::sync::mpsc::Sender` whose
+//! capacity the caller picks): when it is full, `print` waits for the caller to
+//! take lines out, which is the backpressure that keeps a fast script from
+//! queueing output without bound. Dropping the receiver cancels the script: it
+//! ends with [`Error::Disconnected`] at its next check, whether it is running
+//! Lua code (the instruction hook checks every step), matching a pattern,
+//! sleeping, waiting on the host or printing.
 //!
 //! Globals available to scripts: the Lua `table`, `string` (without `dump`),
 //! `math`, `utf8` and `coroutine` libraries; the base library without `load`,
 //! `loadfile`, `dofile`, `require`, `collectgarbage` and `warn`, and with a
 //! `setmetatable` that refuses `__gc` (Lua runs finalizers with hooks off, where
-//! no limit applies); `print(...)` (streamed to the caller), `sleep(seconds)`,
+//! no limit applies); `print(...)` (streamed to the caller; it can wait only
+//! where the script could yield, so inside a metamethod, a `table.sort`
+//! comparator or a `gsub` replacement function a full channel is an error),
+//! `sleep(seconds)`,
 //! `json.encode(value)`, `json.decode(text)`, `help([name])`, and the builtins.
 //! `io`, `os`, `debug` and `package` do not exist.
 //!
-//! Known gap: the string library's pattern matching (`find`, `match`, `gmatch`,
-//! `gsub`) runs in C, where the instruction hook does not fire, so a pathological
-//! pattern on a long subject is not stopped by the budget or the deadline.
+//! The string library's pattern functions (`string.find`, `string.match`,
+//! `string.gmatch`, `string.gsub`) are Rust implementations of Lua 5.4's
+//! patterns rather than Lua's C code, so the instruction budget and the
+//! deadline also stop a pathological pattern on a long subject, and `gsub`
+//! cannot build a result larger than the memory limit.
 //!
 //! # Layout
 //! - this file: the public types ([`Host`], [`Builtin`], [`Limits`], [`Script`],
@@ -31,8 +45,11 @@
 //! - `session`: [`Session`], the persistent state behind a REPL and behind [`run`];
 //!   compiles and executes chunks and turns their outcome into JSON or an [`Error`].
 //! - `sandbox`: builds the restricted Lua state and installs the globals.
-//! - `guard`: the instruction budget, the wall-clock deadline and the latch that
-//!   keeps a tripped limit fatal.
+//! - `shim`: the C shim that lets Rust functions raise errors as Lua's own do.
+//! - `strings`: the Lua bindings of `string.find`, `match`, `gmatch` and `gsub`.
+//! - `pattern`: Lua 5.4 pattern matching in Rust, metered by the guard.
+//! - `guard`: the instruction budget, the wall-clock deadline, the output cap,
+//!   cancellation and the latch that keeps a tripped limit fatal.
 //! - `convert`: Lua ⇄ JSON conversion.
 //! - `tests`: the crate's tests, against the real Lua engine.
 
@@ -40,8 +57,11 @@
 
 mod convert;
 mod guard;
+mod pattern;
 mod sandbox;
 mod session;
+mod shim;
+mod strings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,24 +90,39 @@ pub struct Builtin {
     pub help: &'static str,
 }
 
-/// Resource limits for one script run (or for each [`Session::eval`]).
+/// Resource limits for one script run (or for each [`Session::eval`]). Each
+/// tripped limit ends the script with its own [`Error`] variant, which `pcall`
+/// cannot catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Ceiling on the memory held by the Lua state, in bytes (0 disables it).
+    /// Results built in Rust (JSON text, `string.gsub`'s output) are refused
+    /// past it too. Exceeding it gives [`Error::MemoryLimit`].
     pub memory_bytes: usize,
     /// Lua VM instructions the script may execute (enforced in steps of at most
-    /// 10 000 instructions).
+    /// 10 000 instructions). Work done in Rust on the script's behalf counts
+    /// too: each step of the pattern matcher (one pattern item tried at one
+    /// position, or 16 bytes compared or copied) is one instruction. Exceeding
+    /// it gives [`Error::InstructionLimit`].
     pub instructions: u64,
-    /// Wall-clock time the script may take, including time spent awaiting the host.
+    /// Wall-clock time the script may take, including time spent sleeping,
+    /// awaiting the host and waiting for room to print. Exceeding it gives
+    /// [`Error::Timeout`].
     pub wall_clock: Duration,
+    /// Bytes the script may print, each line counted with its line break. A
+    /// `print` that would go past it is not sent and gives
+    /// [`Error::OutputLimit`].
+    pub print_bytes: usize,
 }
 
 impl Default for Limits {
+    /// 64 MiB of memory, 200 million instructions, 60 s and 1 MiB of output.
     fn default() -> Self {
         Limits {
             memory_bytes: 64 * 1024 * 1024,
             instructions: 200_000_000,
             wall_clock: Duration::from_secs(60),
+            print_bytes: 1024 * 1024,
         }
     }
 }
@@ -134,6 +169,16 @@ pub enum Error {
         /// The wall-clock limit, in seconds.
         seconds: f64,
     },
+    /// The script printed more than [`Limits::print_bytes`] allows.
+    #[error("script exceeded its output limit of {bytes} bytes")]
+    OutputLimit {
+        /// The cap that was exceeded, in bytes.
+        bytes: usize,
+    },
+    /// The receiver of printed lines was dropped (the client went away), so
+    /// the script was stopped.
+    #[error("script stopped because its client disconnected")]
+    Disconnected,
     /// The script's result cannot be represented as JSON.
     #[error("cannot convert the script's result to JSON: {0}")]
     Conversion(String),
@@ -143,14 +188,18 @@ pub enum Error {
 }
 
 /// Runs `script` once in a fresh sandbox and returns its first return value as
-/// JSON (`null` when it returns nothing). `print` receives each printed line as
-/// it happens.
+/// JSON (`null` when it returns nothing).
+///
+/// `print` receives each printed line as it happens; when the channel is full
+/// the script waits (within its deadline) until the receiver takes a line.
+/// Dropping the receiver cancels the run, which then ends with
+/// [`Error::Disconnected`]; a run whose receiver is already gone does not start.
 pub async fn run(
     host: Arc<dyn Host>,
     builtins: &[Builtin],
     script: Script,
     limits: Limits,
-    print: tokio::sync::mpsc::UnboundedSender<String>,
+    print: tokio::sync::mpsc::Sender<String>,
 ) -> Result<serde_json::Value, Error> {
     let mut session = Session::new(host, builtins, limits, print)?;
     session.run_chunk(&script.source, &script.chunk_name).await

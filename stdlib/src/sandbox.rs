@@ -1,22 +1,21 @@
 //! Builds the restricted Lua state and installs the script-visible globals.
 //!
-//! Every function we expose is a Rust "raw" function returning `(ok, value)`,
-//! wrapped by [`shim`], a small C function that turns `(false, message)` into a
-//! Lua string error prefixed with the caller's position
-//! (`script.lua:3: member "x" not found`), which `pcall` can catch and which
-//! reads well when uncaught. The shim is a C function rather than Lua because
-//! Lua never tail-calls C functions: `return cluster.member("x")` keeps the
-//! script's frame, so the position is always known.
+//! Every function we expose is a Rust "raw" function wrapped by the shim (see
+//! `shim`), so a failure becomes a Lua string error prefixed with the caller's
+//! position (`script.lua:3: member "x" not found`), which `pcall` can catch and
+//! which reads well when uncaught. `string.find`, `string.match`,
+//! `string.gmatch` and `string.gsub` are replaced by the Rust versions in
+//! `strings`, which the guard can stop.
 
-use std::os::raw::c_int;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mlua::{ffi, Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
-use tokio::sync::mpsc::UnboundedSender;
+use mlua::{Function, Lua, LuaOptions, LuaString, MultiValue, StdLib, Table, Value};
 
 use crate::convert::{json_to_lua, lua_to_json};
-use crate::guard::{Fatal, Guard};
+use crate::guard::{self, Fatal, Guard};
+use crate::shim::{self, reply, Outcome};
+use crate::strings;
 use crate::{Builtin, Error, Host};
 
 /// Libraries loaded besides the base library.
@@ -48,7 +47,7 @@ const REMOVED_GLOBALS: &[&str] = &[
 const STANDARD_HELP: &[Builtin] = &[
     Builtin {
         name: "print",
-        help: "print(...) -> sends its arguments, tab-separated, to your terminal",
+        help: "print(...) -> sends its arguments, tab-separated, to your terminal (waits while output is backed up)",
     },
     Builtin {
         name: "sleep",
@@ -122,9 +121,6 @@ coroutine.wrap = function(f)
 end
 "##;
 
-/// What a raw function reports to the script: a value or an error message.
-type Outcome = Result<Value, String>;
-
 fn setup(err: mlua::Error) -> Error {
     Error::Setup(err.to_string())
 }
@@ -134,7 +130,6 @@ pub(crate) fn new_lua(
     host: &Arc<dyn Host>,
     builtins: &[Builtin],
     guard: &Arc<Guard>,
-    print: &UnboundedSender<String>,
 ) -> Result<Lua, Error> {
     let lua = Lua::new_with(libs(), LuaOptions::default()).map_err(setup)?;
     let tostring: Function = lua.globals().get("tostring").map_err(setup)?;
@@ -142,14 +137,15 @@ pub(crate) fn new_lua(
     let installer = Installer::new(&lua);
     let mut help: Vec<Builtin> = STANDARD_HELP.to_vec();
     help.extend_from_slice(builtins);
-    installer.install("print", print_fn(&lua, tostring, print.clone()))?;
+    installer.install("print", print_fn(&lua, tostring, guard))?;
     installer.install("sleep", sleep_fn(&lua, guard))?;
     installer.install("json.encode", json_encode_fn(&lua, guard))?;
     installer.install("json.decode", json_decode_fn(&lua))?;
-    installer.install("help", help_fn(&lua, help, print.clone()))?;
+    installer.install("help", help_fn(&lua, help, guard))?;
     for builtin in builtins {
         installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
     }
+    strings::install(&lua, guard).map_err(setup)?;
     install_prelude(&lua, guard).map_err(setup)?;
     lua.set_memory_limit(guard.limits().memory_bytes)
         .map_err(setup)?;
@@ -206,13 +202,7 @@ impl Installer {
             return Err(taken());
         }
         let raw = raw.map_err(setup)?;
-        // SAFETY: the closure only pushes a C closure over the argument (`raw`),
-        // which `exec_raw` placed on the stack; `shim` upholds the Lua C API rules.
-        let wrapped: Function = unsafe {
-            self.lua
-                .exec_raw(raw, |state| ffi::lua_pushcclosure(state, shim, 1))
-        }
-        .map_err(setup)?;
+        let wrapped = shim::wrap(&self.lua, raw).map_err(setup)?;
         table.raw_set(*last, wrapped).map_err(setup)
     }
 }
@@ -225,109 +215,71 @@ fn is_identifier(segment: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Calls its upvalue (a raw function) with the arguments and returns its value,
-/// or raises its message as an error at the caller's position.
-unsafe extern "C-unwind" fn shim(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: a C function always has its upvalue and LUA_MINSTACK free slots;
-    // `lua_callk` with a continuation lets async raw functions yield through us.
-    unsafe {
-        let nargs = ffi::lua_gettop(state);
-        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(state, 1);
-        ffi::lua_callk(state, nargs, 2, 0, Some(shim_finish));
-        shim_finish(state, ffi::LUA_OK, 0)
-    }
-}
-
-/// Second half of [`shim`], also run as the continuation after a yield; the
-/// stack holds the raw function's `ok, value`.
-unsafe extern "C-unwind" fn shim_finish(
-    state: *mut ffi::lua_State,
-    _status: c_int,
-    _ctx: ffi::lua_KContext,
-) -> c_int {
-    // SAFETY: two results are on the stack; `luaL_where` pushes one more value,
-    // within the LUA_MINSTACK slots a C function is guaranteed.
-    unsafe {
-        if ffi::lua_toboolean(state, -2) != 0 {
-            return 1;
+fn print_fn(lua: &Lua, tostring: Function, guard: &Arc<Guard>) -> mlua::Result<Function> {
+    let guard = Arc::clone(guard);
+    lua.create_async_function(move |lua, args: MultiValue| {
+        let guard = Arc::clone(&guard);
+        // `tostring` may run Lua code (`__tostring`), so it runs before we wait.
+        let line = printed_line(&tostring, args);
+        async move {
+            let line = line?;
+            match guard.print(line).await {
+                Ok(()) => reply(&lua, Ok(Value::Nil)),
+                Err(fatal) => Err(guard::abort(&lua, &guard, fatal)),
+            }
         }
-        if ffi::lua_type(state, -1) == ffi::LUA_TSTRING {
-            ffi::luaL_where(state, 1);
-            ffi::lua_insert(state, -2);
-            ffi::lua_concat(state, 2);
-        }
-        ffi::lua_error(state)
-    }
-}
-
-/// Converts an outcome into the `(ok, value)` pair the shim expects.
-fn reply(lua: &Lua, outcome: Outcome) -> mlua::Result<(bool, Value)> {
-    match outcome {
-        Ok(value) => Ok((true, value)),
-        Err(message) => Ok((false, Value::String(lua.create_string(message)?))),
-    }
-}
-
-fn print_fn(
-    lua: &Lua,
-    tostring: Function,
-    print: UnboundedSender<String>,
-) -> mlua::Result<Function> {
-    lua.create_function(move |lua, args: MultiValue| {
-        let mut parts = Vec::with_capacity(args.len());
-        for arg in args {
-            let text: LuaString = tostring.call(arg)?;
-            parts.push(String::from_utf8_lossy(&text.as_bytes()).into_owned());
-        }
-        // A closed channel means nobody is listening any more; the script goes on.
-        let _ = print.send(parts.join("\t"));
-        reply(lua, Ok(Value::Nil))
     })
+}
+
+/// `print`'s arguments converted by `tostring` and separated by tabs.
+fn printed_line(tostring: &Function, args: MultiValue) -> mlua::Result<String> {
+    let mut parts = Vec::with_capacity(args.len());
+    for arg in args {
+        let text: LuaString = tostring.call(arg)?;
+        parts.push(String::from_utf8_lossy(&text.as_bytes()).into_owned());
+    }
+    Ok(parts.join("\t"))
 }
 
 fn sleep_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {
     let guard = Arc::clone(guard);
     lua.create_async_function(move |lua, args: MultiValue| {
         let guard = Arc::clone(&guard);
-        async move { reply(&lua, sleep(&guard, args).await) }
+        async move {
+            match sleep(&guard, args).await {
+                Ok(outcome) => reply(&lua, outcome),
+                Err(fatal) => Err(guard::abort(&lua, &guard, fatal)),
+            }
+        }
     })
 }
 
-async fn sleep(guard: &Guard, args: MultiValue) -> Outcome {
+/// Sleeps as asked, or fails with a message on a bad argument, or with the
+/// limit that stopped the wait.
+async fn sleep(guard: &Guard, args: MultiValue) -> Result<Outcome, Fatal> {
     let seconds = match args.front() {
         Some(Value::Integer(seconds)) => *seconds as f64,
         Some(Value::Number(seconds)) => *seconds,
         other => {
             let got = other.map_or("no value", Value::type_name);
-            return Err(format!(
+            return Ok(Err(format!(
                 "sleep(seconds) expects a number of seconds, got {got}"
-            ));
+            )));
         }
     };
     if seconds.is_nan() || seconds < 0.0 {
-        return Err(format!(
+        return Ok(Err(format!(
             "sleep(seconds) expects a non-negative number of seconds, got {seconds}"
-        ));
+        )));
     }
-    let deadline = guard.deadline();
-    let wake = Duration::try_from_secs_f64(seconds)
-        .ok()
-        .and_then(|pause| Instant::now().checked_add(pause));
-    match wake {
-        Some(wake) if wake <= deadline => {
-            tokio::time::sleep_until(wake.into()).await;
-            Ok(Value::Nil)
-        }
-        _ => {
-            tokio::time::sleep_until(deadline.into()).await;
-            Err(guard.error(guard.trip(Fatal::Timeout)).to_string())
-        }
-    }
+    // Too long to represent is as good as forever: the deadline ends it.
+    let pause = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
+    guard.wait(tokio::time::sleep(pause)).await?;
+    Ok(Ok(Value::Nil))
 }
 
 fn json_encode_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {
-    let budget_bytes = guard.conversion_budget_bytes();
+    let budget_bytes = guard.result_budget_bytes();
     lua.create_function(move |lua, args: MultiValue| {
         let value = args.front().unwrap_or(&Value::Nil);
         let outcome = match lua_to_json(value, budget_bytes) {
@@ -356,43 +308,56 @@ fn json_decode_fn(lua: &Lua) -> mlua::Result<Function> {
     })
 }
 
-fn help_fn(
-    lua: &Lua,
-    entries: Vec<Builtin>,
-    print: UnboundedSender<String>,
-) -> mlua::Result<Function> {
-    lua.create_function(move |lua, args: MultiValue| {
-        let topic = match args.front() {
-            None | Some(Value::Nil) => None,
-            Some(Value::String(name)) => Some(name.to_string_lossy()),
-            Some(other) => {
-                let got = other.type_name();
-                return reply(
-                    lua,
-                    Err(format!("help([name]) expects a string, got {got}")),
-                );
+fn help_fn(lua: &Lua, entries: Vec<Builtin>, guard: &Arc<Guard>) -> mlua::Result<Function> {
+    let guard = Arc::clone(guard);
+    lua.create_async_function(move |lua, args: MultiValue| {
+        let guard = Arc::clone(&guard);
+        let lines = help_lines(&entries, args);
+        async move {
+            let lines = match lines {
+                Ok(lines) => lines,
+                Err(message) => return reply(&lua, Err(message)),
+            };
+            for line in lines {
+                if let Err(fatal) = guard.print(line).await {
+                    return Err(guard::abort(&lua, &guard, fatal));
+                }
             }
-        };
-        let matches = |entry: &&Builtin| match &topic {
-            None => true,
-            Some(topic) => {
-                entry.name == topic
-                    || entry
-                        .name
-                        .strip_prefix(topic.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            }
-        };
-        let lines: Vec<&Builtin> = entries.iter().filter(matches).collect();
-        if lines.is_empty() {
-            let topic = topic.unwrap_or_default();
-            return reply(lua, Err(format!("help: no function named `{topic}`")));
+            reply(&lua, Ok(Value::Nil))
         }
-        for entry in lines {
-            let _ = print.send(entry.help.to_string());
-        }
-        reply(lua, Ok(Value::Nil))
     })
+}
+
+/// The help lines `help(args...)` prints, or why there are none.
+fn help_lines(entries: &[Builtin], args: MultiValue) -> Result<Vec<String>, String> {
+    let topic = match args.front() {
+        None | Some(Value::Nil) => None,
+        Some(Value::String(name)) => Some(name.to_string_lossy()),
+        Some(other) => {
+            let got = other.type_name();
+            return Err(format!("help([name]) expects a string, got {got}"));
+        }
+    };
+    let matches = |entry: &&Builtin| match &topic {
+        None => true,
+        Some(topic) => {
+            entry.name == topic
+                || entry
+                    .name
+                    .strip_prefix(topic.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        }
+    };
+    let lines: Vec<String> = entries
+        .iter()
+        .filter(matches)
+        .map(|entry| entry.help.to_string())
+        .collect();
+    if lines.is_empty() {
+        let topic = topic.unwrap_or_default();
+        return Err(format!("help: no function named `{topic}`"));
+    }
+    Ok(lines)
 }
 
 fn builtin_fn(
@@ -413,18 +378,19 @@ fn builtin_fn(
     })
 }
 
-/// Converts the arguments, calls the host (bounded by the deadline) and converts
-/// the result back. Internal Lua failures (e.g. out of memory) stay `mlua` errors.
+/// Converts the arguments, calls the host (bounded by the deadline and
+/// cancellation) and converts the result back. Internal Lua failures (e.g. out
+/// of memory) and tripped limits are `mlua` errors.
 async fn call_host(
     lua: &Lua,
     host: &dyn Host,
-    guard: &Guard,
+    guard: &Arc<Guard>,
     name: &str,
     args: MultiValue,
 ) -> mlua::Result<Outcome> {
     let mut json_args = Vec::with_capacity(args.len());
     for (index, arg) in args.iter().enumerate() {
-        match lua_to_json(arg, guard.conversion_budget_bytes()) {
+        match lua_to_json(arg, guard.result_budget_bytes()) {
             Ok(json) => json_args.push(json),
             Err(message) => {
                 let position = index + 1;
@@ -435,8 +401,8 @@ async fn call_host(
         }
     }
     let call = host.call(name, json_args);
-    match tokio::time::timeout_at(guard.deadline().into(), call).await {
-        Err(_elapsed) => Ok(Err(guard.error(guard.trip(Fatal::Timeout)).to_string())),
+    match guard.wait(call).await {
+        Err(fatal) => Err(guard::abort(lua, guard, fatal)),
         Ok(Err(message)) => Ok(Err(message)),
         Ok(Ok(json)) => Ok(Ok(json_to_lua(lua, &json)?)),
     }

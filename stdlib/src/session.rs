@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mlua::{Function, Lua, LuaOptions, StdLib, Value};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::convert::lua_to_json;
 use crate::guard::{install_hook, Fatal, Guard};
@@ -20,7 +20,8 @@ const REPL_CHUNK_NAME: &str = "repl";
 const BACKSTOP_GRACE: Duration = Duration::from_millis(500);
 
 /// A persistent Lua state for a REPL: globals survive between [`Session::eval`]
-/// calls, and each call gets a fresh instruction budget and deadline.
+/// calls, and each call gets a fresh instruction budget, deadline and output
+/// allowance.
 pub struct Session {
     lua: Lua,
     guard: Arc<Guard>,
@@ -36,14 +37,19 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Creates the sandbox with `builtins` forwarding to `host`; printed lines go to `print`.
+    ///
+    /// When `print` is full, a printing script waits (within its deadline) for
+    /// the receiver to take lines, so the receiver must be drained while a
+    /// chunk runs, not only after it. Dropping the receiver cancels the running
+    /// chunk and every later one with [`Error::Disconnected`].
     pub fn new(
         host: Arc<dyn Host>,
         builtins: &[Builtin],
         limits: Limits,
-        print: UnboundedSender<String>,
+        print: Sender<String>,
     ) -> Result<Session, Error> {
-        let guard = Arc::new(Guard::new(limits));
-        let lua = sandbox::new_lua(&host, builtins, &guard, &print)?;
+        let guard = Arc::new(Guard::new(limits, print));
+        let lua = sandbox::new_lua(&host, builtins, &guard)?;
         Ok(Session { lua, guard })
     }
 
@@ -72,6 +78,9 @@ impl Session {
 
     async fn execute(&mut self, function: Function) -> Result<serde_json::Value, Error> {
         self.guard.begin();
+        if self.guard.is_cancelled() {
+            return Err(self.guard.error(self.guard.trip(Fatal::Disconnected)));
+        }
         install_hook(&self.lua, &self.guard, self.guard.hook_step())
             .map_err(|err| Error::Setup(err.to_string()))?;
         let deadline = self.guard.deadline();
@@ -85,7 +94,7 @@ impl Session {
             Err(_elapsed) => Err(self.guard.error(self.guard.trip(Fatal::Timeout))),
             Ok(Err(err)) => Err(self.classify(&err)),
             Ok(Ok(value)) => {
-                lua_to_json(&value, self.guard.conversion_budget_bytes()).map_err(Error::Conversion)
+                lua_to_json(&value, self.guard.result_budget_bytes()).map_err(Error::Conversion)
             }
         }
     }

@@ -1,4 +1,8 @@
 //! Tests against the real Lua engine, with a small recording [`Host`] as fixture.
+//!
+//! This file covers the sandbox, the limits and the session; `patterns` checks
+//! the Rust string functions against Lua's C ones and stops runaway patterns;
+//! `output` covers backpressure, the output cap and cancellation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,9 +10,16 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::{json, Value as Json};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::{channel, Receiver};
 
 use crate::{is_incomplete, run, Builtin, Error, Host, Limits, Script, Session};
+
+mod output;
+mod patterns;
+
+/// Room in the print channel of most tests: more than any of them prints, so
+/// lines can be read after the script ends.
+const PRINT_CAPACITY: usize = 1024;
 
 /// Operation that never completes, to exercise the deadline around host calls.
 const HANG: &str = "cluster.hang";
@@ -82,6 +93,7 @@ fn small_limits() -> Limits {
         memory_bytes: 16 * 1024 * 1024,
         instructions: 1_000_000,
         wall_clock: Duration::from_secs(20),
+        print_bytes: 64 * 1024,
     }
 }
 
@@ -89,11 +101,20 @@ async fn run_with(
     host: Arc<FakeHost>,
     source: &str,
     limits: Limits,
-) -> (Result<Json, Error>, UnboundedReceiver<String>) {
-    let (tx, rx) = unbounded_channel();
+) -> (Result<Json, Error>, Receiver<String>) {
+    run_named(host, source, limits, "script.lua").await
+}
+
+async fn run_named(
+    host: Arc<FakeHost>,
+    source: &str,
+    limits: Limits,
+    chunk_name: &str,
+) -> (Result<Json, Error>, Receiver<String>) {
+    let (tx, rx) = channel(PRINT_CAPACITY);
     let script = Script {
         source: source.to_string(),
-        chunk_name: "script.lua".to_string(),
+        chunk_name: chunk_name.to_string(),
     };
     (run(host, BUILTINS, script, limits, tx).await, rx)
 }
@@ -102,10 +123,13 @@ async fn run_script(source: &str) -> Result<Json, Error> {
     run_with(host(), source, small_limits()).await.0
 }
 
-fn lines(rx: &mut UnboundedReceiver<String>) -> Vec<String> {
+fn lines(rx: &mut Receiver<String>) -> Vec<String> {
     std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }
 
+/// Goal: builtins forward converted arguments to the host and return its
+/// JSON as Lua tables. Method: call two builtins and inspect both the
+/// script's result and the calls the fake host recorded.
 #[tokio::test]
 async fn builtins_take_arguments_and_return_tables() {
     let fixture = host();
@@ -129,6 +153,9 @@ async fn builtins_take_arguments_and_return_tables() {
     );
 }
 
+/// Goal: a failed host operation is an ordinary Lua error with the caller's
+/// position, catchable by `pcall`. Method: caught, uncaught, tail-called and
+/// script-raised errors, each compared with the exact message.
 #[tokio::test]
 async fn host_errors_are_catchable_and_carry_the_line() {
     let caught = run_script(
@@ -162,6 +189,8 @@ async fn host_errors_are_catchable_and_carry_the_line() {
     );
 }
 
+/// Goal: `print` and `help` send their lines in order, formatted as Lua
+/// prints them. Method: read every line after the script ends.
 #[tokio::test]
 async fn print_streams_lines_in_order() {
     let source = r#"
@@ -183,6 +212,8 @@ async fn print_streams_lines_in_order() {
     assert_eq!(lines(&mut rx), expected);
 }
 
+/// Goal: nothing that loads code or reaches the host system is reachable.
+/// Method: check each removed global is nil and that calling one fails.
 #[tokio::test]
 async fn dangerous_globals_are_gone() {
     let source = r#"
@@ -202,6 +233,10 @@ async fn dangerous_globals_are_gone() {
     );
 }
 
+/// Goal: a spent instruction budget ends the script whatever Lua does to
+/// catch it. Method: endless loops wrapped in `pcall`, `xpcall`, coroutines,
+/// metamethods, `table.sort` and `gsub` callbacks; each must end with
+/// `Error::InstructionLimit` within 3 s.
 #[tokio::test]
 async fn instruction_budget_cannot_be_caught() {
     let scripts = [
@@ -237,6 +272,8 @@ async fn instruction_budget_cannot_be_caught() {
     }
 }
 
+/// Goal: hitting the memory limit ends the script even under `pcall`,
+/// `xpcall` or a coroutine. Method: grow a table of 1 MB strings past 16 MiB.
 #[tokio::test]
 async fn memory_limit_cannot_be_caught() {
     let grow = r#"local t = {} while true do t[#t + 1] = string.rep("x", 1e6) end"#;
@@ -263,6 +300,8 @@ async fn memory_limit_cannot_be_caught() {
     }
 }
 
+/// Goal: the wall-clock limit bounds sleeping, host calls and loops. Method:
+/// a 1 s limit against each; a short sleep still completes normally.
 #[tokio::test]
 async fn wall_clock_limit_covers_sleep_host_calls_and_loops() {
     let limits = Limits {
@@ -292,6 +331,9 @@ async fn wall_clock_limit_covers_sleep_host_calls_and_loops() {
     assert_eq!(quick, Ok(json!("done")));
 }
 
+/// Goal: host calls (which yield to the async runtime) work at any coroutine
+/// depth. Method: calls inside `coroutine.wrap`, `coroutine.resume` and a
+/// `pcall`-ed wrapped coroutine.
 #[tokio::test]
 async fn host_calls_work_inside_coroutines() {
     let source = r#"
@@ -309,6 +351,8 @@ async fn host_calls_work_inside_coroutines() {
     assert_eq!(run_script(source).await, Ok(expected));
 }
 
+/// Goal: scripts cannot install `__gc`, which Lua runs with hooks off.
+/// Method: `setmetatable` with `__gc` must fail with a message naming it.
 #[tokio::test]
 async fn finalizers_are_refused() {
     // Lua runs __gc with hooks off, where no limit could stop it.
@@ -319,6 +363,7 @@ async fn finalizers_are_refused() {
     assert!(message.contains("__gc"), "{message}");
 }
 
+/// Goal: syntax errors name the chunk and line. Method: an error on line 2.
 #[tokio::test]
 async fn syntax_errors_name_chunk_and_line() {
     let Err(Error::Syntax { message }) = run_script("local x = 1\nlocal y = = 2\n").await else {
@@ -327,6 +372,9 @@ async fn syntax_errors_name_chunk_and_line() {
     assert!(message.starts_with("script.lua:2:"), "{message}");
 }
 
+/// Goal: the REPL can tell unfinished input from complete or invalid input.
+/// Method: open blocks, tables, long strings and trailing operators against
+/// complete statements, expressions and a plain syntax error.
 #[test]
 fn incomplete_input_is_detected() {
     assert!(is_incomplete("function f()"));
@@ -341,6 +389,8 @@ fn incomplete_input_is_detected() {
     assert!(!is_incomplete("x = = 1"));
 }
 
+/// Goal: a script's result converts to JSON as documented, and values with
+/// no JSON form are refused. Method: one script per shape.
 #[tokio::test]
 async fn results_convert_to_json() {
     assert_eq!(run_script("return {}").await, Ok(json!([])));
@@ -378,6 +428,8 @@ async fn results_convert_to_json() {
     assert!(message.contains("function"), "{message}");
 }
 
+/// Goal: `json.encode` and `json.decode` round-trip and report bad input.
+/// Method: encode, decode and compare; decode invalid JSON under `pcall`.
 #[tokio::test]
 async fn json_round_trips() {
     let source = r#"
@@ -390,9 +442,12 @@ async fn json_round_trips() {
     assert_eq!(run_script(source).await, Ok(expected));
 }
 
+/// Goal: a session keeps globals between evaluations, evaluates bare
+/// expressions and recovers from a tripped limit. Method: a REPL-like
+/// sequence of inputs.
 #[tokio::test]
 async fn session_keeps_globals_and_evaluates_expressions() {
-    let (tx, mut rx) = unbounded_channel();
+    let (tx, mut rx) = channel(PRINT_CAPACITY);
     let mut session = Session::new(host(), BUILTINS, small_limits(), tx).expect("session");
     assert_eq!(session.eval("1+1").await, Ok(json!(2)));
     assert_eq!(session.eval("x = 41").await, Ok(Json::Null));
@@ -413,20 +468,24 @@ async fn session_keeps_globals_and_evaluates_expressions() {
     assert!(message.starts_with("repl:1:"), "{message}");
 }
 
+/// Goal: builtin names that are not dotted identifiers, or collide with a
+/// global, are refused at setup. Method: one session per bad name.
 #[test]
 fn bad_builtin_names_are_rejected() {
     for name in ["print", "bad name", "cluster..x", ""] {
         let builtins = [Builtin { name, help: "" }];
-        let (tx, _rx) = unbounded_channel();
+        let (tx, _rx) = channel(PRINT_CAPACITY);
         let result = Session::new(host(), &builtins, Limits::default(), tx);
         assert!(matches!(result, Err(Error::Setup(_))), "{name}");
     }
 }
 
+/// Goal: `run` and `Session::eval` can be spawned on a multi-threaded
+/// runtime. Method: a compile-time `Send` check.
 #[test]
 fn futures_are_send() {
     fn assert_send<T: Send>(_: &T) {}
-    let (tx, _rx) = unbounded_channel();
+    let (tx, _rx) = channel(PRINT_CAPACITY);
     let script = Script {
         source: String::new(),
         chunk_name: "s".to_string(),
