@@ -46,7 +46,7 @@ impl Host for RemoteHost {
 
 /// Runs the REPL until end of input or `exit`.
 pub async fn run(client: Client, history: PathBuf) -> Result<()> {
-    let (print, mut printed) = tokio::sync::mpsc::unbounded_channel();
+    let (print, mut printed) = tokio::sync::mpsc::channel(64);
     let host: Arc<dyn Host> = Arc::new(RemoteHost {
         client: Arc::new(client),
     });
@@ -64,7 +64,18 @@ pub async fn run(client: Client, history: PathBuf) -> Result<()> {
         if input == "exit" || input == "quit" {
             break;
         }
-        let result = session.eval(input).await;
+        // Print lines as the chunk prints them: the channel is bounded, so the chunk waits for us.
+        let result = {
+            let eval = session.eval(input);
+            tokio::pin!(eval);
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut eval => break result,
+                    Some(line) = printed.recv() => println!("{line}"),
+                }
+            }
+        };
         while let Ok(line) = printed.try_recv() {
             println!("{line}");
         }

@@ -39,6 +39,9 @@ pub enum Error {
     /// A data-directory or local file problem.
     #[error("{0}")]
     Local(String),
+    /// The member has no room for more work of this kind now; retry later.
+    #[error("{0}")]
+    Busy(String),
     /// A script failed.
     #[error("{0}")]
     Script(String),

@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     /// The trust registry last heard from a leader (or given at join), for members whose own
     /// replica is older (spares).
     pub(crate) registry: Mutex<crate::trust::TrustRegistry>,
+    /// Slots for scripts running on this member.
+    pub(crate) scripts: crate::script::ScriptSlots,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -261,6 +263,7 @@ impl Member {
             raft_contact: Default::default(),
             registry: Mutex::new(dir.load_registry().unwrap_or_default()),
             storage,
+            scripts: Default::default(),
             _lock: lock,
         };
         let member = Member {

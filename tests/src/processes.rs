@@ -57,6 +57,11 @@ impl ProcessCluster {
         })
     }
 
+    /// The `starling` binary the cluster runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// Data directory of member `index`.
     pub fn dir(&self, index: usize) -> PathBuf {
         self.root.path().join(format!("m{}", index + 1))

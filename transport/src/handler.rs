@@ -91,6 +91,20 @@ impl Responder {
         }
     }
 
+    /// A future that completes when the client stops reading the response (it went away or
+    /// dropped the request) or the connection is lost: long work for it can stop then.
+    pub fn client_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.send.as_ref().map(|send| send.stopped());
+        async move {
+            match stopped {
+                Some(stopped) => {
+                    let _ = stopped.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
     /// Ends the response: the client sees the end of the stream after the
     /// frames already sent.
     pub fn finish(mut self) -> Result<(), Error> {
