@@ -138,9 +138,24 @@ impl Client {
 
     /// Runs an operation on the member (which forwards it to the leader if needed).
     pub async fn operation(&self, operation: Operation) -> Result<Value, Error> {
+        self.operation_with_id(operation, crate::token::random_u128()?)
+            .await
+    }
+
+    /// Runs an operation with a request id of the caller's choosing: sending the same
+    /// operation with the same id again (after an ambiguous error) applies it once and answers
+    /// with the first outcome.
+    pub async fn operation_with_id(
+        &self,
+        operation: Operation,
+        request_id: u128,
+    ) -> Result<Value, Error> {
         let request = Request::Operation {
             operation,
-            caller: crate::Caller::default(),
+            caller: crate::Caller {
+                request_id: Some(request_id),
+                ..crate::Caller::default()
+            },
         };
         match self
             .connection

@@ -20,7 +20,7 @@ use crate::Error;
 /// Forwards allowed before a request is refused (a loop or a leadership storm).
 const HOPS_MAX: u8 = 3;
 /// How long a member looks for a leader before it reports the database unavailable.
-const LEADER_WAIT: Duration = Duration::from_secs(2);
+const LEADER_WAIT: Duration = Duration::from_millis(1200);
 /// How long a request keeps looking for a new leader while leadership moves.
 const LEADER_CHANGE_BUDGET: Duration = Duration::from_secs(5);
 /// How long a forwarded request may take.
@@ -29,16 +29,28 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 impl Member {
     /// Runs `operation` for `caller` (its origin is this member when `None`).
     pub async fn execute(&self, operation: Operation, caller: Caller) -> Result<Value, Error> {
+        // A write gets an id here if its client gave none: from now on every retry of it, on
+        // any member, is the same request and applies once.
+        let request_id = match caller.request_id {
+            Some(id) => Some(id),
+            None if operation.is_write() => Some(crate::token::random_u128()?),
+            None => None,
+        };
         let caller = Caller {
             origin: Some(caller.origin.unwrap_or_else(|| self.name())),
+            request_id,
             ..caller
         };
         let deadline = Instant::now() + LEADER_CHANGE_BUDGET;
         loop {
             let attempt = self.attempt(&operation, &caller).await;
             match attempt {
-                // The request did not reach a leader (it moved, or died): find the new one.
-                Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
+                // The request did not reach a leader (it moved, or died), or its answer was
+                // lost: find the leader again. Retrying is safe: a write carries its request
+                // id, so the leader applies it at most once.
+                Err(Error::LeadershipChanged(_) | Error::OutcomeUnknown(_))
+                    if Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(Error::LeadershipChanged(_)) => return Err(self.unavailable().await),
@@ -53,7 +65,15 @@ impl Member {
         let hops = caller.hops;
         if self.is_leader() {
             self.check_caller(caller)?;
-            return self.execute_here(operation, origin).await;
+            let Some(request_id) = caller.request_id.filter(|_| operation.is_write()) else {
+                return self.execute_here(operation, origin).await;
+            };
+            if let Some(outcome) = self.local_state(|state| {
+                state.requests.outcome(crate::once::command_id(request_id, 0))
+            }) {
+                return crate::once::replay(self, operation, outcome);
+            }
+            return crate::once::scope(request_id, self.execute_here(operation, origin)).await;
         }
         if hops >= HOPS_MAX {
             return Err(Error::Transport(format!(
@@ -75,10 +95,18 @@ impl Member {
                 ..caller.clone()
             },
         };
-        match self
-            .request(&leader_address, &request, FORWARD_TIMEOUT)
-            .await
-        {
+        // A leader cut off by the network never answers: stop waiting for it as soon as
+        // another member is known to lead, and send the request there (it is the same request,
+        // so it applies at most once).
+        let forwarded = tokio::select! {
+            reply = self.request(&leader_address, &request, FORWARD_TIMEOUT) => reply,
+            moved_to = self.leader_moves_from(&leader_address) => {
+                return Err(Error::LeadershipChanged(format!(
+                    "the leader moved from {leader_address} to {moved_to} while the request was under way"
+                )));
+            }
+        };
+        match forwarded {
             Ok(Reply::Operation(Ok(text))) => {
                 serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
             }
@@ -93,6 +121,8 @@ impl Member {
                     "the leader at {leader_address} is unreachable ({reason})"
                 )))
             }
+            // Sent, but the answer was lost: retried by `execute` with the same request id.
+            Err(error @ Error::OutcomeUnknown(_)) => Err(error),
             Err(error) => {
                 tracing::warn!(%error, leader = %leader_address, "forwarding to the leader failed");
                 Err(self.unavailable().await)
@@ -115,6 +145,19 @@ impl Member {
                 "the certificate {} is not trusted by this cluster",
                 &fingerprint[..fingerprint.len().min(16)]
             ))),
+        }
+    }
+
+    /// Resolves with the new leader's address once a member other than `address` is known to
+    /// lead.
+    async fn leader_moves_from(&self, address: &str) -> String {
+        loop {
+            if let Some((_, now)) = self.leader() {
+                if now != address {
+                    return now;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

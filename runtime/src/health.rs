@@ -344,7 +344,11 @@ async fn carry_out(
     Ok(())
 }
 
-/// The "no quorum" error with a fresh count: voters that answer a ping within half a second.
+/// How long a voter has to answer the ping that counts reachable voters.
+const QUORUM_PING_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The "no quorum" error with a fresh count: voters that answer a ping within
+/// [`QUORUM_PING_TIMEOUT`].
 pub(crate) async fn quorum_error(member: &Member) -> Error {
     let (voters, addresses): (Vec<NodeId>, Vec<(NodeId, String)>) = {
         let metrics = member.raft().metrics();
@@ -363,7 +367,7 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
             .filter(|(id, _)| *id != member.id())
             .map(|(_, address)| async move {
                 let reply = member
-                    .request(address, &Request::Ping, Duration::from_millis(500))
+                    .request(address, &Request::Ping, QUORUM_PING_TIMEOUT)
                     .await;
                 matches!(reply, Ok(Reply::Pong)).then_some(())
             });

@@ -11,6 +11,7 @@
 //!   on failed claims per address.
 //! - [`health`](crate::health): heartbeats, member status, role rebalancing.
 //! - [`roles`]: the pure role planner.
+//! - [`once`](crate::once): exactly-once writes (request ids).
 //! - [`client`]: [`Client`], how the CLI and tools talk to a member.
 //! - [`network`](crate::network), [`protocol`]: Raft over the transport, and the wire messages.
 //!
@@ -26,6 +27,7 @@ mod join;
 mod manage;
 pub mod member;
 pub mod network;
+mod once;
 pub mod operation;
 mod proposer;
 pub mod protocol;

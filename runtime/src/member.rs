@@ -24,6 +24,9 @@ use crate::Error;
 /// election (see [`Member::hold_elections_until_quiet`]).
 const QUIET_BEFORE_ELECTIONS: Duration = Duration::from_secs(3);
 
+/// How long Raft's idea of the leader counts without an append from it (see [`Member::leader`]).
+const RAFT_VIEW_FRESH: Duration = Duration::from_secs(1);
+
 /// How a member starts.
 #[derive(Clone, Debug)]
 pub enum StartMode {
@@ -119,6 +122,8 @@ pub(crate) struct Inner {
     pub(crate) proposals: tokio::sync::mpsc::UnboundedSender<crate::proposer::Proposal>,
     /// Addresses this member may not talk to (fault injection for partition tests).
     pub(crate) blocked: Blocked,
+    /// When the last Raft append arrived.
+    pub(crate) last_append: Mutex<Option<Instant>>,
     /// Set when a leader's append arrives (Raft contact since this member started).
     pub(crate) raft_contact: std::sync::atomic::AtomicBool,
     /// The trust registry last heard from a leader (or given at join), for members whose own
@@ -261,6 +266,7 @@ impl Member {
             blocked,
             stopped: watch::channel(false).0,
             raft_contact: Default::default(),
+            last_append: Mutex::new(None),
             registry: Mutex::new(dir.load_registry().unwrap_or_default()),
             storage,
             scripts: Default::default(),
@@ -447,17 +453,49 @@ impl Member {
     }
 
     /// The current leader's id and address, as this member knows it.
+    ///
+    /// Raft's view counts while the Raft leader keeps in touch (this member leads, or an append
+    /// arrived within [`RAFT_VIEW_FRESH`]); otherwise the leader of the latest heartbeat does.
+    /// A spare that once voted keeps a Raft view that never updates: heartbeats correct it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        {
+        let raft_view = {
             let metrics = self.inner.raft.metrics();
             let metrics = metrics.borrow();
-            if let Some(leader) = metrics.current_leader {
-                if let Some(node) = metrics.membership_config.membership().get_node(&leader) {
-                    return Some((leader, node.addr.clone()));
-                }
-            }
+            metrics.current_leader.and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader)?;
+                Some((leader, node.addr.clone()))
+            })
+        };
+        let raft_fresh = raft_view.as_ref().is_some_and(|(leader, _)| *leader == self.id())
+            || self
+                .last_append()
+                .is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH);
+        let heard = self.heard();
+        let heard_fresh = heard.at.is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH);
+        match (raft_view, heard.leader.clone()) {
+            (Some(raft), _) if raft_fresh => Some(raft),
+            (_, Some(heard_leader)) if heard_fresh => Some(heard_leader),
+            (Some(raft), _) => Some(raft),
+            (None, heard_leader) => heard_leader,
         }
-        self.heard().leader.clone()
+    }
+
+    /// When the last Raft append arrived, if one did since start.
+    fn last_append(&self) -> Option<Instant> {
+        *self
+            .inner
+            .last_append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes that a Raft append arrived now.
+    pub(crate) fn append_arrived(&self) {
+        *self
+            .inner
+            .last_append
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
     }
 
     /// Waits up to `timeout` for a leader to be known.
@@ -523,12 +561,15 @@ impl Member {
     /// Concurrent proposals share Raft entries (see [`crate::proposer`]).
     pub(crate) async fn propose(&self, command: Command, timeout: Duration) -> Result<(), Error> {
         command.check_limits().map_err(Error::Refused)?;
+        let command = crate::once::tag(command);
         let bytes = starling_store::limits::encoded_len(&command);
         let (done, outcome) = tokio::sync::oneshot::channel();
+        let proposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let proposal = crate::proposer::Proposal {
             command,
             bytes,
             done,
+            proposed: proposed.clone(),
         };
         if self.inner.proposals.send(proposal).is_err() {
             return Err(Error::Transport("the member is shutting down".to_string()));
@@ -536,7 +577,14 @@ impl Member {
         match tokio::time::timeout(timeout, outcome).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Transport("the member is shutting down".to_string())),
-            Err(_) => Err(self.unavailable().await),
+            // Giving up closes the answer channel: a command still queued is never proposed.
+            Err(_) if !proposed.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(self.unavailable().await)
+            }
+            Err(_) => Err(Error::OutcomeUnknown(format!(
+                "{}; the write was proposed and may still commit",
+                self.unavailable().await
+            ))),
         }
     }
 

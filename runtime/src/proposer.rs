@@ -17,8 +17,9 @@ use crate::Error;
 const BATCH_COMMANDS_MAX: usize = 1024;
 /// Encoded bytes folded into one entry at most, so that an entry always fits a frame.
 const BATCH_BYTES_MAX: usize = starling_store::limits::BATCH_BYTES_MAX;
-/// How long one entry may take to commit before the proposal fails as unavailable.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one entry may take to commit before the proposal fails as unavailable (then the
+/// voters are pinged, so a lost quorum is answered within 2 s of the request).
+const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// A command waiting to be proposed, and where its outcome goes.
 pub(crate) struct Proposal {
@@ -26,6 +27,15 @@ pub(crate) struct Proposal {
     /// The command's encoded size.
     pub(crate) bytes: usize,
     pub(crate) done: oneshot::Sender<Result<(), Error>>,
+    /// Set once the command went to Raft: from then on it may commit whatever its caller does.
+    pub(crate) proposed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proposal {
+    /// Whether the caller stopped waiting (it timed out): such a command is never proposed.
+    fn abandoned(&self) -> bool {
+        self.done.is_closed()
+    }
 }
 
 /// Entries in flight at once: the second overlaps the first's replication with its own `fsync`.
@@ -79,8 +89,19 @@ pub(crate) async fn run(member: Member, mut queue: mpsc::UnboundedReceiver<Propo
 async fn propose_batch(member: &Member, proposals: Vec<Proposal>) {
     let (commands, waiters): (Vec<Command>, Vec<_>) = proposals
         .into_iter()
+        // Mark first, then look: a caller that gives up drops its receiver first, then reads
+        // the mark, so it never says "not proposed" about a command that goes to Raft.
+        .filter(|proposal| {
+            proposal
+                .proposed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            !proposal.abandoned()
+        })
         .map(|proposal| (proposal.command, proposal.done))
         .unzip();
+    if commands.is_empty() {
+        return;
+    }
     let single = commands.len() == 1;
     let command = if single {
         commands
@@ -120,6 +141,10 @@ async fn write(member: &Member, command: Command) -> Result<CommandResponse, Err
             tracing::warn!(%error, "write failed");
             Err(member.unavailable().await)
         }
-        Err(_) => Err(member.unavailable().await),
+        // The entry is in this leader's log and may still commit.
+        Err(_) => Err(Error::OutcomeUnknown(format!(
+            "{}; the write was proposed and may still commit",
+            member.unavailable().await
+        ))),
     }
 }

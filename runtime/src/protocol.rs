@@ -65,6 +65,9 @@ pub struct Caller {
     pub client: Option<String>,
     /// How many times the request was forwarded already (a loop cannot form).
     pub hops: u8,
+    /// The request's id: a write with an id applies once, however often it is retried (see
+    /// `starling_store::requests`). The first member sets one when the client did not.
+    pub request_id: Option<u128>,
 }
 
 impl Caller {

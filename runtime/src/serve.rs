@@ -102,6 +102,7 @@ impl Service {
         let raft = self.member.raft();
         match request {
             RaftRequest::Append(rpc) => {
+                self.member.append_arrived();
                 self.member
                     .inner
                     .raft_contact
@@ -182,7 +183,10 @@ impl Handler for Service {
                 // A client speaks for itself; a member forwards for the client it names.
                 let caller = match trust {
                     PeerTrust::Member => caller,
-                    _ => Caller::client(&peer.fingerprint),
+                    _ => Caller {
+                        request_id: caller.request_id,
+                        ..Caller::client(&peer.fingerprint)
+                    },
                 };
                 let result = self.member.execute(operation, caller).await;
                 Reply::Operation(result.map(|value| value.to_string()))

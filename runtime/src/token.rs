@@ -57,6 +57,14 @@ pub fn random_secret() -> Result<String, Error> {
     Ok(hex::encode(bytes))
 }
 
+/// A random 128-bit number (request ids).
+pub fn random_u128() -> Result<u128, Error> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| Error::Internal("the system random number generator failed".to_string()))?;
+    Ok(u128::from_le_bytes(bytes))
+}
+
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-27T16:10:09Z`).
 pub fn format_time_ms(time_ms: u64) -> String {
     let seconds = time_ms / 1000;

@@ -118,6 +118,14 @@ pub enum Command {
         /// The time of the request, milliseconds since the Unix epoch.
         now_ms: u64,
     },
+    /// A command tagged with a request id: applied once, however often it is proposed; a
+    /// repeat answers with the first outcome (see [`crate::requests`]).
+    Once {
+        /// The request id.
+        request_id: u128,
+        /// The command.
+        command: Box<Command>,
+    },
     /// Removes a client certificate from the trust store and revokes it (`trust remove`).
     TrustRemove {
         /// Its fingerprint.
@@ -176,6 +184,9 @@ impl CommandResponse {
 impl Command {
     /// Whether applying the command changes which certificates the cluster trusts.
     pub fn changes_trust(&self) -> bool {
+        if let Command::Once { command, .. } = self {
+            return command.changes_trust();
+        }
         matches!(
             self,
             Command::Bootstrap { .. }
@@ -207,6 +218,22 @@ impl ClusterState {
 
     /// Applies one command. Deterministic: the same state and command give the same result.
     pub fn apply(&mut self, command: &Command) -> Result<(), String> {
+        if let Command::Once {
+            request_id,
+            command,
+        } = command
+        {
+            if let Some(outcome) = self.requests.outcome(*request_id) {
+                return outcome;
+            }
+            let outcome = self.apply_one(command);
+            self.requests.remember(*request_id, outcome.clone());
+            return outcome;
+        }
+        self.apply_one(command)
+    }
+
+    fn apply_one(&mut self, command: &Command) -> Result<(), String> {
         command.check_limits()?;
         self.apply_checked(command)?;
         if command.changes_trust() {
@@ -218,6 +245,7 @@ impl ClusterState {
     fn apply_checked(&mut self, command: &Command) -> Result<(), String> {
         match command {
             Command::Batch(_) => Err("a batch cannot be nested in a batch".to_string()),
+            Command::Once { .. } => Err("a request id cannot tag a tagged command".to_string()),
             Command::Bootstrap {
                 member,
                 ca_cert_pem,
@@ -638,6 +666,31 @@ mod tests {
         };
         state.apply(&bootstrap).unwrap();
         state
+    }
+
+    #[test]
+    fn a_tagged_command_applies_once_and_repeats_its_first_outcome() {
+        let mut state = bootstrapped();
+        let set = |value: &str| Command::Once {
+            request_id: 42,
+            command: Box::new(Command::ConfigSet {
+                key: "user.x".into(),
+                value: value.into(),
+            }),
+        };
+        state.apply(&set("1")).unwrap();
+        // The same request again (even with other contents) changes nothing.
+        state.apply(&set("2")).unwrap();
+        assert_eq!(state.config.get("user.x").map(String::as_str), Some("1"));
+        let refused = Command::Once {
+            request_id: 43,
+            command: Box::new(Command::ConfigSet {
+                key: "cluster.max_voters".into(),
+                value: "2".into(),
+            }),
+        };
+        let first = state.apply(&refused).unwrap_err();
+        assert_eq!(state.apply(&refused).unwrap_err(), first);
     }
 
     #[test]

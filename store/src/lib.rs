@@ -11,6 +11,7 @@
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
 //! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
 //! - [`StorageHealth`]: a failed write takes the store out of service, and tells the member.
+//! - [`requests`]: the outcomes of recent requests, so a retried write applies once.
 //! - [`recover`]: recovery from quorum loss, making a stopped member the only voter.
 //!
 //! Start at [`open`], which opens both halves of the store from a member's data directory
@@ -28,6 +29,7 @@ pub mod log_store;
 pub mod member_config;
 pub mod model;
 pub mod recover;
+pub mod requests;
 pub mod state_machine;
 
 use std::io::Cursor;

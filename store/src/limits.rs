@@ -150,6 +150,7 @@ impl Command {
                 check_len("token secret", secret, SECRET_BYTES_MAX)
             }
             Command::Batch(_) | Command::MemberHealth { .. } => Ok(()),
+            Command::Once { command, .. } => command.check_fields(),
             Command::MemberUpdate { name, changes } => {
                 check_len("member name", name, NAME_BYTES_MAX)?;
                 check_changes(changes)

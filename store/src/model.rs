@@ -35,6 +35,8 @@ pub struct ClusterState {
     /// Counts changes to who is trusted (members added or removed, clients trusted or removed),
     /// so a copy of the trust registry can tell whether it is newer than another.
     pub trust_version: u64,
+    /// Outcomes of recent requests by id (exactly-once writes).
+    pub requests: crate::requests::RecentRequests,
     /// The CA's private key in PEM: every database member can sign joiners, as in LXD, where
     /// every member holds the cluster certificate and key.
     pub ca_key_pem: String,

@@ -4,10 +4,12 @@
 //! - [`TestCluster`]: N members in this process, on `127.0.0.1` ports, with handles to stop and
 //!   restart members, and waits with deadlines.
 //! - [`processes`]: real `starling` processes, for the tests that must kill with `SIGKILL`.
+//! - [`netfault`]: real dropped packets between per-member loopback addresses (`iptables`).
 //!
 //! No test waits on a sleep being long enough: every wait is a condition with a deadline.
 #![warn(missing_docs)]
 
+pub mod netfault;
 pub mod processes;
 
 use std::future::Future;
@@ -52,13 +54,18 @@ where
 /// of the suite binds: a port picked there and released could be taken by a client before the
 /// member binds it.
 pub fn free_address() -> String {
+    free_address_on("127.0.0.1")
+}
+
+/// An address on loopback IP `ip` whose port is free right now (see [`free_address`]).
+pub fn free_address_on(ip: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 60) as u16 * 200;
     loop {
         let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 12_000;
         let port = 20_000 + (base - 20_000 + offset) % 12_000;
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return format!("127.0.0.1:{port}");
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return format!("{ip}:{port}");
         }
     }
 }
@@ -86,19 +93,27 @@ pub struct TestCluster {
     root: tempfile::TempDir,
     /// Member `i` is `m{i+1}`; `None` while stopped.
     members: Vec<Option<Member>>,
+    /// Loopback IP of member `i`, when it has one of its own.
+    ips: Vec<String>,
 }
 
 impl TestCluster {
     /// Bootstraps `m1`, joins `m2..mN`, and waits until the roles have settled.
     pub async fn start(count: usize) -> Result<TestCluster> {
+        TestCluster::start_with_ips(count, Vec::new()).await
+    }
+
+    /// Like [`TestCluster::start`], member `i` listening on `ips[i]` (127.0.0.1 past the list).
+    pub async fn start_with_ips(count: usize, ips: Vec<String>) -> Result<TestCluster> {
         let root = tempfile::tempdir()?;
         let mut cluster = TestCluster {
             root,
             members: Vec::new(),
+            ips,
         };
         let first = StartMode::Bootstrap {
             name: "m1".into(),
-            listen: free_address(),
+            listen: cluster.listen_address(0),
         };
         cluster
             .members
@@ -131,7 +146,7 @@ impl TestCluster {
     ) -> Result<()> {
         let mode = StartMode::Join {
             name: format!("m{}", index + 1),
-            listen: free_address(),
+            listen: self.listen_address(index),
             token: token.to_string(),
             member_config: Vec::new(),
         };
@@ -142,6 +157,14 @@ impl TestCluster {
             self.members.push(Some(member));
         }
         Ok(())
+    }
+
+    /// A free address for member `index`, on its own IP when it has one.
+    fn listen_address(&self, index: usize) -> String {
+        match self.ips.get(index) {
+            Some(ip) => free_address_on(ip),
+            None => free_address(),
+        }
     }
 
     /// The data directory of member `index` (0-based: `m1` is 0).

@@ -1,0 +1,84 @@
+//! Exactly-once writes: the request id of the operation being run, and the answer to a repeat.
+//!
+//! The leader runs a write inside [`scope`]; every command the operation proposes is tagged
+//! with an id derived from the request id and the command's place in the operation
+//! ([`command_id`]), so the state machine applies it once (`starling_store::requests`). A
+//! request whose first command was already applied is answered from the cluster state by
+//! [`replay`] instead of running again.
+
+use std::cell::Cell;
+use std::future::Future;
+
+use serde_json::{json, Value};
+use starling_store::{Command, TokenKind};
+
+use crate::member::Member;
+use crate::operation::Operation;
+use crate::Error;
+
+/// The request being run on this task, and how many commands it proposed so far.
+struct RequestScope {
+    request_id: u128,
+    commands: Cell<u64>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestScope;
+}
+
+/// Runs `work` as request `request_id`: the commands it proposes are tagged.
+pub(crate) async fn scope<T>(request_id: u128, work: impl Future<Output = T>) -> T {
+    let scope = RequestScope {
+        request_id,
+        commands: Cell::new(0),
+    };
+    REQUEST.scope(scope, work).await
+}
+
+/// The id of the `index`th command of request `request_id`.
+pub(crate) fn command_id(request_id: u128, index: u64) -> u128 {
+    request_id.wrapping_add(u128::from(index))
+}
+
+/// Tags `command` with the next command id of the request being run, if any.
+pub(crate) fn tag(command: Command) -> Command {
+    let id = REQUEST.try_with(|scope| {
+        let index = scope.commands.get();
+        scope.commands.set(index + 1);
+        command_id(scope.request_id, index)
+    });
+    match id {
+        Ok(request_id) => Command::Once {
+            request_id,
+            command: Box::new(command),
+        },
+        Err(_) => command,
+    }
+}
+
+/// The answer to a write whose first command was already applied: its first outcome, with the
+/// value rebuilt from the state where the operation returns one.
+pub(crate) fn replay(
+    member: &Member,
+    operation: &Operation,
+    outcome: Result<(), String>,
+) -> Result<Value, Error> {
+    outcome.map_err(Error::Refused)?;
+    let token = |name: &str, kind: TokenKind, field: &str| {
+        member
+            .local_state(|state| state.tokens_of(kind).get(name).map(crate::join::payload_of))
+            .map(|payload| json!({field: name, "token": payload.encode(), "expires_at": payload.expires_at}))
+            .ok_or_else(|| Error::Refused(format!("the token for \"{name}\" was used or revoked since")))
+    };
+    match operation {
+        Operation::ClusterAdd { name } => token(name, TokenKind::Join, "server_name"),
+        Operation::TrustAdd { name } => token(name, TokenKind::Client, "name"),
+        Operation::TrustClaim { .. } => Ok(Value::String(member.inner.ca_cert_pem.clone())),
+        Operation::Join(request) => Err(Error::Refused(format!(
+            "member \"{}\" was admitted by an earlier attempt of this join whose answer was lost; \
+             remove it and join again with a new token",
+            request.name
+        ))),
+        _ => Ok(Value::Null),
+    }
+}
