@@ -117,3 +117,56 @@ async fn a_real_partition_of_the_leader_is_handled_quickly() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Goal: the proposer's batch path answers each command on its own: in one entry, a refused
+/// command changes nothing and the others apply.
+/// Method: 64 concurrent creates on the leader, two of them with the same name; the log must
+/// grow by fewer entries than writes (they were batched), exactly one create must be refused
+/// with "already exists", and every other network must exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_command() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let before = info(&cluster, leader).await?["last_log_index"].as_u64().unwrap_or(0);
+    let client = std::sync::Arc::new(cluster.client(leader).await?);
+    let creates = (0..64).map(|index| {
+        let client = client.clone();
+        // Writers 0 and 1 both create n0.
+        let name = format!("n{}", index.max(1) - 1);
+        tokio::spawn(async move {
+            let create = Operation::NetworkCreate {
+                name: name.clone(),
+                network_type: "bridge".into(),
+                config: Default::default(),
+                member_config: Default::default(),
+            };
+            (name, client.operation(create).await)
+        })
+    });
+    let mut refused = 0;
+    for create in futures_join(creates).await {
+        let (name, result) = create?;
+        if let Err(error) = result {
+            assert!(error.to_string().contains("already exists"), "{name}: {error}");
+            assert_eq!(name, "n0");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1);
+    let after = info(&cluster, leader).await?["last_log_index"].as_u64().unwrap_or(0);
+    assert!(after - before < 64, "64 writes took {} entries: no batching", after - before);
+    let networks = client.operation(Operation::NetworkList).await?;
+    assert_eq!(networks.as_array().map(Vec::len), Some(63), "{networks}");
+    Ok(())
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await);
+    }
+    results
+}
