@@ -216,17 +216,41 @@ impl Member {
         tracing::info!(member = name, force, "member removed");
         // Tell it to reset itself; a forced removal does not wait for a broken member.
         let member = self.clone();
-        let notify = async move {
-            member
-                .request(&record.address, &Request::Removed, Duration::from_secs(2))
-                .await
-        };
+        let address = record.address.clone();
+        let notify = async move { member.tell_removed(&address).await };
         if force {
             tokio::spawn(notify);
-        } else if let Err(error) = notify.await {
-            tracing::warn!(%error, member = name, "removed member did not acknowledge its removal");
+            return Ok(Value::Null);
         }
+        notify.await.map_err(|error| {
+            Error::Refused(format!(
+                "member \"{name}\" was removed from the cluster but did not reset itself ({error}): \
+                 stop it and delete its data directory"
+            ))
+        })?;
         Ok(Value::Null)
+    }
+
+    /// Tells a removed member to reset itself, retrying for a few seconds: only an
+    /// acknowledgement counts (a spare may need a heartbeat to learn who leads now).
+    async fn tell_removed(&self, address: &str) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let error = match self
+                .request(address, &Request::Removed, Duration::from_secs(2))
+                .await
+            {
+                Ok(Reply::Ack) => return Ok(()),
+                Ok(Reply::Refused(error)) => error,
+                Ok(other) => Error::Internal(format!("unexpected reply to a removal: {other:?}")),
+                Err(error) => error,
+            };
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(%error, address, "removed member did not acknowledge its removal");
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A stand-by that can vote at once: online and caught up with the leader.
