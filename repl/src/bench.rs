@@ -62,8 +62,16 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         dir: dir.clone(),
         keep: args.keep,
     };
-    start_cluster(&mut processes, &dir, args.members).await?;
+    let joins = start_cluster(&mut processes, &dir, args.members).await?;
     let leader = leader_dir(&dir, args.members).await?;
+    let joins: Vec<String> = joins
+        .iter()
+        .map(|seconds| format!("{:.3} s", seconds))
+        .collect();
+    println!(
+        "join, token to member serving (process start included): {}",
+        joins.join(", ")
+    );
     println!(
         "cluster of {} member processes ready; writing to the leader",
         args.members
@@ -91,7 +99,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) -> Result<()> {
+/// Starts the members; returns how long each join took, from its token to the new member
+/// answering a request.
+async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) -> Result<Vec<f64>> {
+    let mut joins = Vec::new();
     let exe = std::env::current_exe()?;
     let first = dir.join("m1");
     let listen = crate::demo::free_address()?;
@@ -101,6 +112,7 @@ async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) ->
     let admin = Client::local(&first).await?;
     for index in 2..=members {
         let name = format!("m{index}");
+        let started = Instant::now();
         let token = admin.join_token(&name).await?;
         let listen = crate::demo::free_address()?;
         let args = [
@@ -110,6 +122,7 @@ async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) ->
             .children
             .push(spawn(&exe, &dir.join(&name), &args)?);
         wait_ready(&dir.join(&name)).await?;
+        joins.push(started.elapsed().as_secs_f64());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -125,7 +138,7 @@ async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) ->
         });
         if voters == members.as_array().map_or(0, Vec::len).min(3) {
             admin.close();
-            return Ok(());
+            return Ok(joins);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -155,7 +168,8 @@ async fn wait_ready(dir: &Path) -> Result<()> {
                 return Ok(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Fine-grained: the join figure is read from here.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!(
         "member in {} not ready after 30 s (see {}.log)",

@@ -87,6 +87,11 @@ async fn start(dir: &Path, name: &str, mode: StartMode) -> Result<Member> {
 
 /// A loopback address with a port that is free right now.
 pub fn free_address() -> Result<String> {
-    let socket = UdpSocket::bind("127.0.0.1:0").context("finding a free port")?;
+    free_address_on("127.0.0.1")
+}
+
+/// A free UDP port on loopback address `ip`, as `IP:PORT`.
+pub fn free_address_on(ip: &str) -> Result<String> {
+    let socket = UdpSocket::bind((ip, 0)).context("finding a free port")?;
     Ok(socket.local_addr()?.to_string())
 }

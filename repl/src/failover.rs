@@ -14,9 +14,14 @@
 //!    again without it. Their difference is how long promotion takes once the member is known
 //!    to be gone.
 //!
+//! 3. With `--partition`: the leader cut off by dropped packets instead of killed, and a write
+//!    sent into the cut-off minority (see `partition.rs`).
+//!
 //! After each run the killed member is restarted from its data directory and the cluster is
 //! left to settle (every member online, full voter and stand-by sets), so runs do not overlap.
 //! Every wait has a deadline (`--deadline`); a run that misses it is reported as timed out.
+
+mod partition;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -55,6 +60,10 @@ pub struct FailoverArgs {
     /// Keep the members' data and logs (their path is printed) instead of deleting them.
     #[arg(long)]
     keep: bool,
+    /// Also measure real network partitions: members listen on loopback addresses of their
+    /// own (127.77.0.N) and `iptables` drops the packets between them. Needs root.
+    #[arg(long)]
+    partition: bool,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -67,6 +76,7 @@ pub async fn run(args: &FailoverArgs) -> Result<()> {
     }
     print_header(args);
     let mut cluster = Cluster::new(args.keep)?;
+    cluster.own_ips = args.partition;
     // On Ctrl-C the measurement is dropped and `cluster` with it, which kills the members;
     // otherwise they would outlive the benchmark.
     tokio::select! {
@@ -129,6 +139,15 @@ async fn all_runs(cluster: &mut Cluster, args: &FailoverArgs, figures: &mut Figu
             .await
             .with_context(|| format!("leader kill, run {run}"))?;
         figures.leader_write.push(seconds);
+    }
+    if args.partition {
+        for run in 1..=args.runs {
+            let (cut_write, minority_error) = partition::run(cluster, deadline)
+                .await
+                .with_context(|| format!("partition, run {run}"))?;
+            figures.partition_write.push(cut_write);
+            figures.minority_error.push(minority_error);
+        }
     }
     if args.members < 4 {
         println!(
@@ -300,6 +319,8 @@ struct Cluster {
     keep: bool,
     /// The process of member `m{i+1}`; `None` while it is killed.
     children: Vec<Option<Child>>,
+    /// Whether each member listens on a loopback address of its own (for partitions).
+    own_ips: bool,
 }
 
 impl Drop for Cluster {
@@ -317,6 +338,15 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// A free address for member `index`: on its own loopback IP when partitions are measured.
+    fn listen_address(&self, index: usize) -> Result<String> {
+        if self.own_ips {
+            crate::demo::free_address_on(&partition::member_ip(index))
+        } else {
+            crate::demo::free_address()
+        }
+    }
+
     fn new(keep: bool) -> Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("starling-failover-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -325,6 +355,7 @@ impl Cluster {
             dir,
             keep,
             children: Vec::new(),
+            own_ips: false,
         })
     }
 
@@ -345,7 +376,7 @@ impl Cluster {
     /// Bootstraps `m1`, joins the others one by one, sets the offline threshold and waits
     /// until the roles are in place.
     async fn start(&mut self, members: usize, threshold: u64, deadline: Duration) -> Result<()> {
-        let listen = crate::demo::free_address()?;
+        let listen = self.listen_address(0)?;
         self.spawn(
             0,
             &["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"],
@@ -360,7 +391,7 @@ impl Cluster {
                 .join_token(&name)
                 .await
                 .with_context(|| format!("a join token for {name}"))?;
-            let listen = crate::demo::free_address()?;
+            let listen = self.listen_address(index)?;
             let args = [
                 "daemon", "--name", &name, "--listen", &listen, "--join", &token,
             ];
@@ -572,6 +603,8 @@ fn describe(seconds: Option<f64>) -> String {
 #[derive(Default)]
 struct Figures {
     leader_write: Vec<Option<f64>>,
+    partition_write: Vec<Option<f64>>,
+    minority_error: Vec<Option<f64>>,
     offline: Vec<Option<f64>>,
     promoted: Vec<Option<f64>>,
     promotion_after_offline: Vec<Option<f64>>,
@@ -585,6 +618,8 @@ impl Figures {
         );
         let rows = [
             ("leader kill → next acknowledged write", &self.leader_write),
+            ("leader cut off → next acknowledged write", &self.partition_write),
+            ("write in a cut-off minority → error", &self.minority_error),
             ("voter kill → Offline", &self.offline),
             ("voter kill → stand-by promoted", &self.promoted),
             (
