@@ -45,17 +45,14 @@ pub struct Recovery {
 /// `dir` is the directory [`crate::open`] takes. Fails with [`Error::NoDatabase`] if there is no
 /// database in it, and with [`Error::Locked`] while a member runs on it.
 pub fn recover_as_sole_voter(dir: &Path, id: NodeId, node: Node) -> Result<Recovery, Error> {
-    // Checked before locking, which would create the directory.
-    if !dir.join("log").is_dir() || !dir.join("state").is_dir() {
-        return Err(no_database(dir));
-    }
-    // Declared first so that it is released last, after both LMDB environments close.
-    let _lock = DirLock::acquire(dir)?;
-    let (log_store, state_machine) = crate::open(dir)?;
-    // Right after opening, the state machine holds exactly the stored snapshot.
-    let snapshot_log_id = state_machine.last_applied();
-    let mut state = state_machine.read(ClusterState::clone);
-    let stored = log_store.read_stored(next_index(snapshot_log_id))?;
+    let Replica {
+        _lock,
+        log_store,
+        state_machine,
+        snapshot_log_id,
+        mut state,
+        stored,
+    } = Replica::open(dir)?;
     if snapshot_log_id.is_none() && stored.entries.is_empty() {
         return Err(no_database(dir));
     }
@@ -86,16 +83,45 @@ pub fn recover_as_sole_voter(dir: &Path, id: NodeId, node: Node) -> Result<Recov
 /// log after it applied (committed or not), and the index of the last one. For inspection
 /// (tests, support); it changes nothing.
 pub fn read_stopped_state(dir: &Path) -> Result<(ClusterState, u64), Error> {
-    if !dir.join("log").is_dir() || !dir.join("state").is_dir() {
-        return Err(no_database(dir));
+    let mut replica = Replica::open(dir)?;
+    let last = apply_log(&mut replica.state, replica.snapshot_log_id, &replica.stored)?;
+    Ok((replica.state, last.map_or(0, |log_id| log_id.index)))
+}
+
+/// A stopped member's database, opened and locked: its last snapshot and the log after it.
+struct Replica {
+    // Declared first so that it is released last, after both LMDB environments close.
+    _lock: DirLock,
+    log_store: crate::LogStore,
+    state_machine: crate::StateMachine,
+    snapshot_log_id: Option<LogId<NodeId>>,
+    /// The state of the snapshot.
+    state: ClusterState,
+    /// The log after the snapshot.
+    stored: StoredLog,
+}
+
+impl Replica {
+    fn open(dir: &Path) -> Result<Replica, Error> {
+        // Checked before locking, which would create the directory.
+        if !dir.join("log").is_dir() || !dir.join("state").is_dir() {
+            return Err(no_database(dir));
+        }
+        let lock = DirLock::acquire(dir)?;
+        let (log_store, state_machine) = crate::open(dir)?;
+        // Right after opening, the state machine holds exactly the stored snapshot.
+        let snapshot_log_id = state_machine.last_applied();
+        let state = state_machine.read(ClusterState::clone);
+        let stored = log_store.read_stored(next_index(snapshot_log_id))?;
+        Ok(Replica {
+            _lock: lock,
+            log_store,
+            state_machine,
+            snapshot_log_id,
+            state,
+            stored,
+        })
     }
-    let _lock = DirLock::acquire(dir)?;
-    let (log_store, state_machine) = crate::open(dir)?;
-    let snapshot_log_id = state_machine.last_applied();
-    let mut state = state_machine.read(ClusterState::clone);
-    let stored = log_store.read_stored(next_index(snapshot_log_id))?;
-    let last = apply_log(&mut state, snapshot_log_id, &stored)?;
-    Ok((state, last.map_or(0, |log_id| log_id.index)))
 }
 
 fn no_database(dir: &Path) -> Error {

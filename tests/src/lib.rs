@@ -420,6 +420,22 @@ pub async fn raw_request(
     reply
 }
 
+/// A large write: member `name`'s config set to `keys` keys of 60 KiB each (values differ per
+/// `round`, so each write changes the state), about `keys` × 60 KiB in the log.
+pub fn large_edit(name: &str, round: usize, keys: usize) -> Operation {
+    let value = "v".repeat(60 * 1024);
+    let config = (0..keys)
+        .map(|key| (format!("user.k{key}"), format!("{round}{value}")))
+        .collect();
+    Operation::ClusterEdit {
+        name: name.to_string(),
+        edit: starling_runtime::operation::MemberEdit {
+            config: Some(config),
+            ..Default::default()
+        },
+    }
+}
+
 /// `cluster.info()` through member `index`: the Raft indexes and more.
 pub async fn info(cluster: &TestCluster, index: usize) -> Result<Value> {
     cluster.operation(index, Operation::ClusterInfo).await

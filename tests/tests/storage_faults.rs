@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use starling_runtime::protocol::{Reply, Request};
 use starling_runtime::Operation;
-use starling_tests::{init_tracing, raw_request, wait_for, with_role, TestCluster};
+use starling_tests::{init_tracing, large_edit, raw_request, wait_for, with_role, TestCluster};
 
 /// Goal: a full database takes its member out of service — it stops answering pings and
 /// heartbeats as healthy — so the leader marks it offline and a stand-by takes its vote, while
@@ -30,21 +30,11 @@ async fn a_full_database_takes_its_member_out_of_service() -> Result<()> {
     assert!(voters.contains(&"m3".to_string()), "m3 should vote: {voters:?}");
 
     tracing::info!("--- fill m3's log");
-    let value = "v".repeat(60 * 1024);
     for round in 0..40 {
         if cluster.member(2).out_of_service().is_some() {
             break;
         }
-        let config = (0..6)
-            .map(|key| (format!("user.k{key}"), format!("{round}{value}")))
-            .collect();
-        let edit = starling_runtime::operation::MemberEdit {
-            config: Some(config),
-            ..Default::default()
-        };
-        cluster
-            .operation(0, Operation::ClusterEdit { name: "m1".into(), edit })
-            .await?;
+        cluster.operation(0, large_edit("m1", round, 6)).await?;
     }
     let m3 = cluster.member(2).clone();
     let cause = wait_for("m3 to leave service", Duration::from_secs(10), || async {

@@ -367,18 +367,9 @@ async fn large_appends_are_split() -> Result<()> {
     let leader = cluster.leader().await?;
     let follower = (0..3).find(|index| *index != leader).unwrap_or(1);
     cluster.stop(follower).await;
-    let value = "v".repeat(60 * 1024);
     for round in 0..40 {
-        let config = (0..7)
-            .map(|key| (format!("user.k{key}"), format!("{round}{value}")))
-            .collect();
-        let edit = starling_runtime::operation::MemberEdit {
-            config: Some(config),
-            ..Default::default()
-        };
-        cluster
-            .operation(leader, Operation::ClusterEdit { name: format!("m{}", leader + 1), edit })
-            .await?;
+        let edit = starling_tests::large_edit(&format!("m{}", leader + 1), round, 7);
+        cluster.operation(leader, edit).await?;
     }
     let target = cluster.member(leader).raft().metrics().borrow().last_applied;
     cluster.restart(follower).await?;
