@@ -28,10 +28,11 @@
 //!    newest stand-by of the most crowded domain out, the spare in (from a domain with no
 //!    voter either if there is one, then oldest).
 //!
-//! So a round plans at most one swap, and only when nothing else is to be done. Each swap
-//! lowers the number of voters (or stand-bys) that share a domain with another, and nothing
-//! else raises it while the members and their domains stay the same, so the plan settles:
-//! once spread, the next rounds plan no change.
+//! So a round plans at most one swap, and only when nothing else is to be done. While the
+//! members, their status and their domains stay the same, each voter swap lowers the number
+//! of voters sharing a domain and nothing raises it, so the voters settle; after that each
+//! stand-by swap lowers the number of stand-bys sharing a domain, so the stand-bys settle too.
+//! Once spread, the next rounds plan no change (no flapping).
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
