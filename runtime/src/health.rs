@@ -293,6 +293,14 @@ pub(crate) fn replication_view(member: &Member) -> (bool, BTreeSet<NodeId>) {
     )
 }
 
+/// Moves Raft one step towards `plan`: adds the planned replicas Raft lacks as learners; then
+/// changes the voters if every new voter is caught up, and otherwise removes the stand-bys the
+/// plan drops once every planned stand-by is caught up.
+///
+/// A voter swap is one `change_membership` to the planned voter set, with `retain`: the
+/// demoted voter stays a learner, which the plan counts as a stand-by. A stand-by swap adds
+/// the newcomer first and removes the old stand-by only when the newcomer holds the log, so
+/// the cluster never has fewer caught-up stand-bys than before the swap.
 async fn carry_out(
     member: &Member,
     records: &[MemberRecord],
@@ -335,7 +343,8 @@ async fn carry_out(
         .filter(|id| !plan.standbys.contains(id) && !plan.voters.contains(id))
         .copied()
         .collect();
-    if !extra.is_empty() {
+    let standbys_ready = plan.standbys.iter().all(|id| caught_up.contains(id));
+    if !extra.is_empty() && standbys_ready {
         tracing::info!(removed = ?extra, "removing database replicas");
         raft.change_membership(ChangeMembers::RemoveNodes(extra), false)
             .await
