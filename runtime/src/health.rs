@@ -384,9 +384,10 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
     let reachable = answered + usize::from(voters.contains(&member.id()));
     let needed = voters.len() / 2 + 1;
     if reachable >= needed && !voters.is_empty() {
-        return Error::Transport(format!(
-            "cluster database is unavailable: no leader answered in time although {reachable} of {} voters are \
-             reachable; a leader election is probably under way, retry",
+        // A majority answers: an election is under way, and a retry will find its winner.
+        return Error::LeadershipChanged(format!(
+            "no leader answered in time although {reachable} of {} voters are reachable; \
+             a leader election is probably under way, retry",
             voters.len()
         ));
     }

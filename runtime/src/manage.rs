@@ -181,30 +181,16 @@ impl Member {
         let roles = RaftRoles::of(self);
         if roles.voters.contains(&record.id) || roles.learners.contains(&record.id) {
             // A voter leaves the voters and the nodes in one change; a stand-by just the nodes.
-            let change = if roles.voters.contains(&record.id) {
-                let voters: BTreeSet<NodeId> = roles
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|id| *id != record.id)
-                    .collect();
-                self.raft()
-                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
-            } else {
-                self.raft().change_membership(
-                    ChangeMembers::RemoveNodes(BTreeSet::from([record.id])),
-                    false,
-                )
-            };
-            match tokio::time::timeout(MEMBERSHIP_TIMEOUT, change).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    return Err(Error::Refused(format!(
-                        "could not take \"{name}\" out of the database: {error}"
-                    )))
+            let id = record.id;
+            self.change_membership_when_free(&format!("could not take \"{name}\" out of the database"), |roles| {
+                if roles.voters.contains(&id) {
+                    let voters = roles.voters.iter().copied().filter(|voter| *voter != id).collect();
+                    (ChangeMembers::ReplaceAllVoters(voters), false)
+                } else {
+                    (ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 }
-                Err(_) => return Err(self.unavailable().await),
-            }
+            })
+            .await?;
         }
         self.propose(
             Command::MemberRemove {
@@ -294,15 +280,35 @@ impl Member {
     }
 
     async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
-        match tokio::time::timeout(
-            MEMBERSHIP_TIMEOUT,
-            self.raft().change_membership(voters, true),
-        )
+        self.change_membership_when_free("membership change failed", |_| {
+            (ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+        })
         .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(Error::Refused(format!("membership change failed: {error}"))),
-            Err(_) => Err(self.unavailable().await),
+    }
+
+    /// Runs a membership change, waiting while another one is under way (the leader's own role
+    /// rebalancing may have started one): `change` builds it from the current roles each try.
+    async fn change_membership_when_free(
+        &self,
+        what: &str,
+        change: impl Fn(&RaftRoles) -> (ChangeMembers<NodeId, openraft::BasicNode>, bool),
+    ) -> Result<(), Error> {
+        use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+        let deadline = std::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        loop {
+            let (members, retain) = change(&RaftRoles::of(self));
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let attempt = self.raft().change_membership(members, retain);
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                )))) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(error)) => return Err(Error::Refused(format!("{what}: {error}"))),
+                Err(_) => return Err(self.unavailable().await),
+            }
         }
     }
 
