@@ -837,25 +837,47 @@ fn recover(cli: &Cli) -> Result<()> {
 
 async fn waitready(cli: &Cli, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut last_error = anyhow!("not tried");
-    while Instant::now() < deadline {
-        match connect(cli).await {
-            Ok(client) => {
-                let result = client.operation(Operation::ClusterInfo).await;
-                client.close();
-                match result {
-                    Ok(_) => return Ok(()),
-                    Err(error) => last_error = error.into(),
-                }
-            }
-            Err(error) => last_error = error,
+    let mut last_error = None;
+    loop {
+        // An attempt can outlast the time left (connecting alone may wait 3 s): bound it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ready_once(cli)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => last_error = Some(error),
+            Err(_) => {}
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
     }
+    let why = match (last_error, member_address(cli)) {
+        (Some(error), _) => format!("{error:#}"),
+        (None, Some(address)) => format!("no answer from {address} (is its daemon running?)"),
+        (None, None) => "no answer".to_string(),
+    };
     bail!(
-        "the member is not ready after {}s: {last_error}",
+        "the member is not ready after {}s: {why}",
         timeout.as_secs()
     )
+}
+
+/// One `waitready` attempt: connect and ask for the cluster's info.
+async fn ready_once(cli: &Cli) -> Result<()> {
+    let client = connect(cli).await?;
+    let result = client.operation(Operation::ClusterInfo).await;
+    client.close();
+    result.map(|_| ()).map_err(Into::into)
+}
+
+/// The address the command line talks to, for messages.
+fn member_address(cli: &Cli) -> Option<String> {
+    if let Some(address) = &cli.remote {
+        return Some(address.clone());
+    }
+    let data = starling_runtime::datadir::DataDir::new(cli.dir.as_deref()?);
+    data.load_member().ok().map(|file| file.address)
 }
 
 async fn connect(cli: &Cli) -> Result<Client> {

@@ -1,12 +1,19 @@
 //! The command line's own errors, on the real binary (no member needed).
+//!
+//! The commands that talk to a member are tested against real member processes in
+//! `tests/tests/processes.rs`, which builds the binary of the current tree for them.
 
 use std::process::Command;
 
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_test_writer()
+        .try_init();
+}
+
 fn starling(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .args(args)
-        .output()
-        .expect("run starling");
+    let output = starling_output(args);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -14,7 +21,15 @@ fn starling(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+fn starling_output(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(args)
+        .output()
+        .expect("run starling")
+}
+
 /// Goal: the help lists the commands an operator looks for.
+/// Method: `starling --help`, searched for each command.
 #[test]
 fn help_lists_the_commands() {
     let (ok, stdout, _) = starling(&["--help"]);
@@ -35,6 +50,7 @@ fn help_lists_the_commands() {
 }
 
 /// Goal: a command without a member to talk to says how to name one.
+/// Method: `cluster list` with neither `--dir` nor `--remote`.
 #[test]
 fn client_commands_need_a_member() {
     let (ok, _, stderr) = starling(&["cluster", "list"]);
@@ -46,6 +62,8 @@ fn client_commands_need_a_member() {
 }
 
 /// Goal: restarting from an empty directory explains what to do instead.
+/// Method: `daemon` on an empty directory, then `daemon --bootstrap` on an address other
+/// members cannot reach.
 #[test]
 fn daemon_on_an_empty_directory_explains() {
     let empty = tempfile::tempdir().expect("tempdir");
@@ -74,6 +92,7 @@ fn daemon_on_an_empty_directory_explains() {
 }
 
 /// Goal: a remote that was never added is named in the error.
+/// Method: `--remote` with an address missing from a fresh client configuration.
 #[test]
 fn unknown_remote_is_named() {
     let config = tempfile::tempdir().expect("tempdir");
@@ -88,4 +107,52 @@ fn unknown_remote_is_named() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("unknown remote 10.1.2.3:7443"), "{stderr}");
+}
+
+/// Goal: arguments the command line cannot parse are refused before anything is sent, with
+/// clap's usage error (exit status 2) naming the problem and pointing at `--help`, never a
+/// panic.
+/// Method: an unknown subcommand, an unknown `--format`, a missing argument, an unknown flag.
+#[test]
+fn unparsable_arguments_are_refused_with_usage() {
+    init_tracing();
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (
+            &["cluster", "frobnicate"],
+            "unrecognized subcommand 'frobnicate'",
+        ),
+        (
+            &["--format", "xml", "cluster", "list"],
+            "invalid value 'xml' for '--format <FORMAT>'",
+        ),
+        (
+            &["cluster", "add"],
+            "the following required arguments were not provided",
+        ),
+        (
+            &["config", "get"],
+            "the following required arguments were not provided",
+        ),
+        (
+            &["waitready", "--timeout", "soon"],
+            "invalid value 'soon' for '--timeout <TIMEOUT>'",
+        ),
+        (
+            &["cluster", "list", "--no-such-flag"],
+            "unexpected argument '--no-such-flag'",
+        ),
+    ];
+    for (args, message) in cases {
+        tracing::info!(?args, "--- refused");
+        let output = starling_output(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "starling {args:?}: {stderr}");
+        assert!(stderr.contains(message), "starling {args:?}: {stderr}");
+        assert!(
+            stderr.contains("try '--help'"),
+            "starling {args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "starling {args:?}: {stderr}");
+    }
 }

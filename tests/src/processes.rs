@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,30 +10,43 @@ use serde_json::Value;
 
 use crate::{free_address, wait_for};
 
-/// The `starling` binary built by this workspace (`STARLING_BIN` overrides it).
+/// The `starling` binary built from the workspace these tests belong to.
+///
+/// `STARLING_BIN` names a binary to use instead. Otherwise the first call in a test process
+/// runs `cargo build -p starling` on this workspace, with the test executable's target
+/// directory as cargo's build directory (dependencies are not built again) and
+/// `<target>/starling-tests/<workspace path>/` as the directory the binary goes to.
+///
+/// Why not take `<target>/debug/starling`: `cargo test -p starling-tests` does not build it,
+/// and worktrees that share a target directory share more than that one path.
+/// - Every worktree's build links its binary to `<target>/debug/starling`; the directory the
+///   binary goes to here is this workspace's alone.
+/// - Cargo names a workspace crate's artifacts after the crate, its dependencies and its
+///   profile, not after where its sources are, and takes them as up to date when they are
+///   newer than the sources: in a shared target directory, a build in one worktree takes
+///   another worktree's newer artifacts as its own (it happened while these tests were
+///   written). The build here gives this workspace's crates a profile setting of their own,
+///   an upper bound on codegen units derived from the workspace path, which changes nothing
+///   in the code but gives them artifacts that only this workspace's builds write.
+///
+/// The first run in a workspace therefore builds the workspace's own crates once more; later
+/// runs rebuild what changed, as any build does.
 pub fn starling_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("STARLING_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // Test executables live in target/<profile>/deps; the binary one level up.
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test path"))?;
-    let binary = profile_dir.join("starling");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: build it first (`cargo build -p starling` or `cargo test --workspace`)",
-            binary.display()
-        );
-    }
-    Ok(binary)
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_current_binary().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(|error| anyhow!("{error}"))
 }
 
 /// A cluster of member processes under one temporary directory.
 pub struct ProcessCluster {
+    /// Holds the members' data directories, their logs and the client's configuration.
     root: tempfile::TempDir,
+    /// The `starling` binary the processes run ([`starling_binary`]).
     binary: PathBuf,
     /// Child process of member `i` (`m{i+1}`), `None` while it is down.
     children: Vec<Option<Child>>,
@@ -73,11 +87,33 @@ impl ProcessCluster {
             .arg("--dir")
             .arg(self.dir(index))
             .args(args)
-            .env("STARLING_CONFIG_DIR", self.root.path().join("client"))
+            .env("STARLING_CONFIG_DIR", self.config_dir())
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running starling {args:?}"))?;
         Ok(output)
+    }
+
+    /// Starts `starling --dir <member index> args...` with its stdout and stderr piped, for a
+    /// test that reads its output as it comes.
+    pub fn spawn_cli(&self, index: usize, args: &[&str]) -> Result<Child> {
+        Command::new(&self.binary)
+            .arg("--dir")
+            .arg(self.dir(index))
+            .args(args)
+            .env("STARLING_CONFIG_DIR", self.config_dir())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting starling {args:?}"))
+    }
+
+    /// Where the CLI run by [`ProcessCluster::cli`] keeps its client certificate and remotes.
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.path().join("client")
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.
@@ -90,6 +126,43 @@ impl ProcessCluster {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs a CLI command that must fail, and not by a panic; returns its stderr.
+    pub fn cli_fails(&self, index: usize, args: &[&str]) -> Result<String> {
+        let output = self.cli(index, args)?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success() {
+            bail!(
+                "starling {args:?} succeeded but should have failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        if stderr.contains("panicked") {
+            bail!("starling {args:?} panicked: {stderr}");
+        }
+        Ok(stderr)
+    }
+
+    /// `cluster info --format json` through member `index`.
+    pub fn info(&self, index: usize) -> Result<Value> {
+        Ok(serde_json::from_str(&self.cli_ok(
+            index,
+            &["cluster", "info", "--format", "json"],
+        )?)?)
+    }
+
+    /// The address member `index` listens on, from its `member.json`.
+    pub fn address(&self, index: usize) -> Result<String> {
+        let path = self.dir(index).join("member.json");
+        let file: Value = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        file["address"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{} has no address", path.display()))
     }
 
     /// `cluster list --format json` through member `index`.
@@ -111,6 +184,8 @@ impl ProcessCluster {
             .arg("--dir")
             .arg(&dir)
             .args(args)
+            // Plain log lines, so that tests can search them.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -182,14 +257,8 @@ impl ProcessCluster {
     /// the output of a refused join (the daemon exits), or kills and reports a running one.
     pub fn try_join(&mut self, index: usize, extra: &[&str]) -> Result<Output> {
         let args = self.join_arguments(index, 0, extra)?;
-        let mut child = Command::new(&self.binary)
-            .arg("--dir")
-            .arg(self.dir(index))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self.spawn_cli(index, &args)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while child.try_wait()?.is_none() {
             if std::time::Instant::now() >= deadline {
@@ -298,5 +367,185 @@ impl ProcessCluster {
     /// The log of member `index` (for failure messages).
     pub fn log(&self, index: usize) -> String {
         std::fs::read_to_string(self.dir(index).with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// Builds `starling` from this workspace (see [`starling_binary`]).
+fn build_current_binary() -> Result<PathBuf> {
+    let plan = BuildPlan::new()?;
+    tracing::info!(
+        workspace = %plan.workspace.display(),
+        binary_dir = %plan.binary_dir.display(),
+        "building the starling binary of this workspace: cargo build -p starling"
+    );
+    plan.build()
+}
+
+/// How to run `cargo build -p starling` for this workspace.
+struct BuildPlan {
+    /// The cargo that runs the tests.
+    cargo: std::ffi::OsString,
+    /// The workspace these tests belong to.
+    workspace: PathBuf,
+    /// The test executable's target directory: cargo's build directory here, so that
+    /// dependencies built for the tests are not built again.
+    build_dir: PathBuf,
+    /// Where cargo puts the binary: `<target>/starling-tests/<workspace path>`, written by
+    /// this workspace's builds only.
+    binary_dir: PathBuf,
+    /// The test executable's profile (`cargo test` builds the test and dev profiles in `debug`).
+    profile: String,
+    /// `--config` settings that give this workspace's crates artifacts of their own.
+    own_artifacts: Vec<String>,
+}
+
+impl BuildPlan {
+    fn new() -> Result<BuildPlan> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or_else(|| anyhow!("the tests crate has no parent directory"))?
+            .to_path_buf();
+        // Test executables live in <target>/<profile directory>/deps.
+        let test_executable = std::env::current_exe()?;
+        let profile_dir = test_executable
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| anyhow!("unexpected test path {}", test_executable.display()))?;
+        let build_dir = profile_dir
+            .parent()
+            .ok_or_else(|| anyhow!("unexpected test path {}", test_executable.display()))?
+            .to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let workspace_name: String = workspace
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let mut plan = BuildPlan {
+            cargo: std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()),
+            binary_dir: build_dir
+                .join("starling-tests")
+                .join(workspace_name.trim_matches('-')),
+            workspace,
+            build_dir,
+            profile,
+            own_artifacts: Vec::new(),
+        };
+        plan.own_artifacts = plan.own_artifacts()?;
+        Ok(plan)
+    }
+
+    /// A profile setting for each crate of this workspace that differs from one workspace
+    /// path to another and changes nothing in the code: the upper bound on codegen units.
+    /// Profile settings are part of the names cargo gives artifacts, so each worktree's
+    /// crates get artifacts of their own; dependencies from crates.io stay shared.
+    fn own_artifacts(&self) -> Result<Vec<String>> {
+        use std::hash::{Hash, Hasher};
+        let output = self
+            .cargo()
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .output()
+            .context("running cargo metadata")?;
+        if !output.status.success() {
+            bail!(
+                "cargo metadata failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let metadata: Value = serde_json::from_slice(&output.stdout)?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.workspace.hash(&mut hasher);
+        let codegen_units = 1024 + hasher.finish() % (1 << 20);
+        let settings = metadata["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|package| package["name"].as_str())
+            .map(|name| {
+                format!(
+                    "profile.{}.package.{name}.codegen-units={codegen_units}",
+                    self.profile
+                )
+            })
+            .collect::<Vec<_>>();
+        if settings.is_empty() {
+            bail!(
+                "cargo metadata lists no package in {}",
+                self.workspace.display()
+            );
+        }
+        Ok(settings)
+    }
+
+    /// `cargo` in this workspace, without the variables cargo set for the test process:
+    /// build scripts rerun when those change (ring's does on `CARGO_MANIFEST_DIR`), and a
+    /// dependency built again here would be built again by the next ordinary build.
+    fn cargo(&self) -> Command {
+        let mut command = Command::new(&self.cargo);
+        command.current_dir(&self.workspace).stdin(Stdio::null());
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let set_for_tests = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_BIN_",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ];
+            if set_for_tests.iter().any(|prefix| name.starts_with(prefix)) {
+                command.env_remove(name.as_ref());
+            }
+        }
+        command
+    }
+
+    /// Runs `cargo build -p starling`; returns where the binary is.
+    fn build(&self) -> Result<PathBuf> {
+        let mut command = self.cargo();
+        command
+            .args(["build", "--package", "starling", "--bin", "starling"])
+            .args(["--profile", &self.profile])
+            .arg("--config")
+            .arg(format!(
+                "build.build-dir={}",
+                Value::from(self.build_dir.to_string_lossy())
+            ))
+            .arg("--target-dir")
+            .arg(&self.binary_dir)
+            .args(["--message-format", "json-render-diagnostics"]);
+        for setting in &self.own_artifacts {
+            command.arg("--config").arg(setting);
+        }
+        let output = command
+            .output()
+            .context("running cargo build -p starling")?;
+        if !output.status.success() {
+            bail!(
+                "cargo build -p starling failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let executable = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| {
+                message["reason"] == "compiler-artifact" && message["target"]["name"] == "starling"
+            })
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .ok_or_else(|| anyhow!("cargo build -p starling reported no starling executable"))?;
+        if !executable.starts_with(&self.binary_dir) {
+            bail!(
+                "cargo put the starling binary at {}, not under {}",
+                executable.display(),
+                self.binary_dir.display()
+            );
+        }
+        Ok(executable)
     }
 }
