@@ -183,7 +183,10 @@ pub(crate) fn trust_list(member: &Member) -> Value {
             json!({"name": client.name, "type": "client", "fingerprint": client.fingerprint,
                    "added_at": crate::token::format_time_ms(client.added_at_ms)})
         });
-        let admins = state.members.values().map(|record| {
+        // The first member's administrator is also in the trust table: list it once.
+        let admins = state.members.values().filter(|record| {
+            !state.trusted_clients.contains_key(&record.admin_fingerprint)
+        }).map(|record| {
             json!({"name": format!("admin@{}", record.name), "type": "member-admin",
                    "fingerprint": record.admin_fingerprint,
                    "added_at": crate::token::format_time_ms(record.joined_at_ms)})

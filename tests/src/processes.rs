@@ -13,24 +13,9 @@ use crate::{free_address, wait_for};
 /// The `starling` binary built from the workspace these tests belong to.
 ///
 /// `STARLING_BIN` names a binary to use instead. Otherwise the first call in a test process
-/// runs `cargo build -p starling` on this workspace, with the test executable's target
-/// directory as cargo's build directory (dependencies are not built again) and
-/// `<target>/starling-tests/<workspace path>/` as the directory the binary goes to.
-///
-/// Why not take `<target>/debug/starling`: `cargo test -p starling-tests` does not build it,
-/// and worktrees that share a target directory share more than that one path.
-/// - Every worktree's build links its binary to `<target>/debug/starling`; the directory the
-///   binary goes to here is this workspace's alone.
-/// - Cargo names a workspace crate's artifacts after the crate, its dependencies and its
-///   profile, not after where its sources are, and takes them as up to date when they are
-///   newer than the sources: in a shared target directory, a build in one worktree takes
-///   another worktree's newer artifacts as its own (it happened while these tests were
-///   written). The build here gives this workspace's crates a profile setting of their own,
-///   an upper bound on codegen units derived from the workspace path, which changes nothing
-///   in the code but gives them artifacts that only this workspace's builds write.
-///
-/// The first run in a workspace therefore builds the workspace's own crates once more; later
-/// runs rebuild what changed, as any build does.
+/// runs `cargo build -p starling` on this workspace, in the test executable's target directory
+/// and profile: a no-op after `cargo test --workspace` (which builds the binary first), and
+/// the guarantee that `cargo test -p starling-tests` never runs a stale binary.
 pub fn starling_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("STARLING_BIN") {
         return Ok(PathBuf::from(path));
@@ -375,7 +360,6 @@ fn build_current_binary() -> Result<PathBuf> {
     let plan = BuildPlan::new()?;
     tracing::info!(
         workspace = %plan.workspace.display(),
-        binary_dir = %plan.binary_dir.display(),
         "building the starling binary of this workspace: cargo build -p starling"
     );
     plan.build()
@@ -387,16 +371,10 @@ struct BuildPlan {
     cargo: std::ffi::OsString,
     /// The workspace these tests belong to.
     workspace: PathBuf,
-    /// The test executable's target directory: cargo's build directory here, so that
-    /// dependencies built for the tests are not built again.
-    build_dir: PathBuf,
-    /// Where cargo puts the binary: `<target>/starling-tests/<workspace path>`, written by
-    /// this workspace's builds only.
-    binary_dir: PathBuf,
+    /// The test executable's target directory.
+    target_dir: PathBuf,
     /// The test executable's profile (`cargo test` builds the test and dev profiles in `debug`).
     profile: String,
-    /// `--config` settings that give this workspace's crates artifacts of their own.
-    own_artifacts: Vec<String>,
 }
 
 impl BuildPlan {
@@ -419,65 +397,12 @@ impl BuildPlan {
             Some("debug") | None => "dev".to_string(),
             Some(other) => other.to_string(),
         };
-        let workspace_name: String = workspace
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let mut plan = BuildPlan {
+        Ok(BuildPlan {
             cargo: std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into()),
-            binary_dir: build_dir
-                .join("starling-tests")
-                .join(workspace_name.trim_matches('-')),
             workspace,
-            build_dir,
+            target_dir: build_dir,
             profile,
-            own_artifacts: Vec::new(),
-        };
-        plan.own_artifacts = plan.own_artifacts()?;
-        Ok(plan)
-    }
-
-    /// A profile setting for each crate of this workspace that differs from one workspace
-    /// path to another and changes nothing in the code: the upper bound on codegen units.
-    /// Profile settings are part of the names cargo gives artifacts, so each worktree's
-    /// crates get artifacts of their own; dependencies from crates.io stay shared.
-    fn own_artifacts(&self) -> Result<Vec<String>> {
-        use std::hash::{Hash, Hasher};
-        let output = self
-            .cargo()
-            .args(["metadata", "--no-deps", "--format-version", "1"])
-            .output()
-            .context("running cargo metadata")?;
-        if !output.status.success() {
-            bail!(
-                "cargo metadata failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let metadata: Value = serde_json::from_slice(&output.stdout)?;
-        let mut hasher = std::hash::DefaultHasher::new();
-        self.workspace.hash(&mut hasher);
-        let codegen_units = 1024 + hasher.finish() % (1 << 20);
-        let settings = metadata["packages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|package| package["name"].as_str())
-            .map(|name| {
-                format!(
-                    "profile.{}.package.{name}.codegen-units={codegen_units}",
-                    self.profile
-                )
-            })
-            .collect::<Vec<_>>();
-        if settings.is_empty() {
-            bail!(
-                "cargo metadata lists no package in {}",
-                self.workspace.display()
-            );
-        }
-        Ok(settings)
+        })
     }
 
     /// `cargo` in this workspace, without the variables cargo set for the test process:
@@ -511,17 +436,9 @@ impl BuildPlan {
         command
             .args(["build", "--package", "starling", "--bin", "starling"])
             .args(["--profile", &self.profile])
-            .arg("--config")
-            .arg(format!(
-                "build.build-dir={}",
-                Value::from(self.build_dir.to_string_lossy())
-            ))
             .arg("--target-dir")
-            .arg(&self.binary_dir)
+            .arg(&self.target_dir)
             .args(["--message-format", "json-render-diagnostics"]);
-        for setting in &self.own_artifacts {
-            command.arg("--config").arg(setting);
-        }
         let output = command
             .output()
             .context("running cargo build -p starling")?;
@@ -539,13 +456,6 @@ impl BuildPlan {
             })
             .find_map(|message| message["executable"].as_str().map(PathBuf::from))
             .ok_or_else(|| anyhow!("cargo build -p starling reported no starling executable"))?;
-        if !executable.starts_with(&self.binary_dir) {
-            bail!(
-                "cargo put the starling binary at {}, not under {}",
-                executable.display(),
-                self.binary_dir.display()
-            );
-        }
         Ok(executable)
     }
 }
