@@ -154,7 +154,7 @@ impl Handler for Service {
                     .to_string(),
             )),
             (Request::Join(join), _) => {
-                let result = self.claim(&peer, Operation::Join(join)).await;
+                let result = Box::pin(self.claim(&peer, Operation::Join(join))).await;
                 Reply::Joined(result.and_then(from_json))
             }
             (Request::TrustClaim { name, secret }, _) => {
@@ -163,7 +163,7 @@ impl Handler for Service {
                     secret,
                     fingerprint: peer.fingerprint.clone(),
                 };
-                let result = self.claim(&peer, operation).await;
+                let result = Box::pin(self.claim(&peer, operation)).await;
                 Reply::Trusted(result.and_then(from_json))
             }
             (_, PeerTrust::Untrusted) => not_trusted(&peer),
@@ -193,12 +193,20 @@ impl Handler for Service {
             }
             (Request::Exec { source, chunk_name }, _) => {
                 let caller = Caller::client(&peer.fingerprint);
-                crate::script::exec(&self.member, caller, source, chunk_name, &mut responder).await
+                // Boxed: a script's future is large, and every request's future would carry it.
+                Box::pin(crate::script::exec(
+                    &self.member,
+                    caller,
+                    source,
+                    chunk_name,
+                    &mut responder,
+                ))
+                .await
             }
             (_, PeerTrust::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
-            (Request::Raft(request), PeerTrust::Member) => self.raft(request).await,
+            (Request::Raft(request), PeerTrust::Member) => Box::pin(self.raft(request)).await,
             (Request::Ping, PeerTrust::Member) => Reply::Pong,
             (Request::Heartbeat(heartbeat), PeerTrust::Member) => {
                 crate::health::on_heartbeat(&self.member, heartbeat)
