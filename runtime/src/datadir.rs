@@ -111,6 +111,19 @@ impl DataDir {
         self.write_atomic(&format!("tls/{name}.key"), identity.key_pem.as_bytes())
     }
 
+    /// Deletes the identity saved as `tls/NAME.{crt,key}` (a missing one is not an error).
+    pub fn remove_identity(&self, name: &str) -> Result<(), Error> {
+        for extension in ["key", "crt"] {
+            let path = self.root.join(format!("tls/{name}.{extension}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::Local(format!("{}: {error}", path.display()))),
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the cluster CA certificate.
     pub fn load_ca(&self) -> Result<String, Error> {
         self.read("tls/ca.crt")

@@ -343,7 +343,7 @@ impl Member {
     }
 
     /// Confirms this member still leads a quorum, so local reads are up to date.
-    async fn linearize(&self) -> Result<(), Error> {
+    pub(crate) async fn linearize(&self) -> Result<(), Error> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft().ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::LeadershipChanged(

@@ -194,14 +194,23 @@ impl Member {
                     )));
                 }
                 let member = Member::open(&dir, &config).await?;
-                member.hold_elections_until_quiet();
+                let empty = member.local_state(|state| state.members.is_empty());
+                if crate::join::bootstrap_unfinished(&dir) && empty {
+                    // Killed between Raft initialization and the first entry: finish it.
+                    tracing::info!("finishing an interrupted bootstrap");
+                    crate::join::finish_bootstrap(&member).await?;
+                } else {
+                    // A member bootstrapped before the key file was deleted after use.
+                    dir.remove_identity("ca")?;
+                    member.hold_elections_until_quiet();
+                }
                 Ok(member)
             }
         }
     }
 
     /// Opens the member saved in `dir` and starts serving.
-    async fn open(dir: &DataDir, config: &MemberConfig) -> Result<Member, Error> {
+    pub(crate) async fn open(dir: &DataDir, config: &MemberConfig) -> Result<Member, Error> {
         let timings = config.timings;
         let file = dir.load_member()?;
         let identity = dir.load_identity("member")?;
