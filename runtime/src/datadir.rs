@@ -111,17 +111,20 @@ impl DataDir {
         self.write_atomic(&format!("tls/{name}.key"), identity.key_pem.as_bytes())
     }
 
-    /// Deletes the identity saved as `tls/NAME.{crt,key}` (a missing one is not an error).
-    pub fn remove_identity(&self, name: &str) -> Result<(), Error> {
-        for extension in ["key", "crt"] {
-            let path = self.root.join(format!("tls/{name}.{extension}"));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(Error::Local(format!("{}: {error}", path.display()))),
-            }
+    /// Whether the CA's private key is on disk (only between bootstrap and its first entry).
+    pub fn has_ca_key(&self) -> bool {
+        self.root.join("tls/ca.key").exists()
+    }
+
+    /// Deletes the CA's private key file, kept only until the bootstrap entry carries the key
+    /// into the database (a missing file is not an error; `tls/ca.crt` stays).
+    pub fn remove_ca_key(&self) -> Result<(), Error> {
+        let path = self.root.join("tls/ca.key");
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Error::Local(format!("{}: {error}", path.display()))),
         }
-        Ok(())
     }
 
     /// Loads the cluster CA certificate.

@@ -98,24 +98,25 @@ pub(crate) async fn finish_bootstrap(member: &Member) -> Result<(), Error> {
     if member.local_state(|state| state.members.is_empty()) {
         member.propose(command, Duration::from_secs(10)).await?;
     }
-    member.inner.dir.remove_identity("ca")?;
+    member.inner.dir.remove_ca_key()?;
     tracing::info!(name = %member.name(), "cluster bootstrapped");
     Ok(())
 }
 
 /// Whether `dir` holds a bootstrap that has not written its first entry yet.
 pub(crate) fn bootstrap_unfinished(dir: &DataDir) -> bool {
-    dir.load_identity("ca").is_ok()
+    dir.has_ca_key()
 }
 
-/// The new member's side of a join: ask the cluster, save what it answers.
+/// The new member's side of a join: ask the cluster, save what it answers. Returns the leader
+/// that admitted it, so the new member can forward requests before any heartbeat arrives.
 pub(crate) async fn join(
     dir: &DataDir,
     name: &str,
     listen: &str,
     token: &str,
     answers: &[starling_store::member_config::Answer],
-) -> Result<(), Error> {
+) -> Result<NodeIdAndAddress, Error> {
     let payload = TokenPayload::decode(token)?;
     if payload.server_name != name {
         return Err(Error::InvalidToken(format!(
@@ -163,7 +164,7 @@ pub(crate) async fn join(
                 dir.save_registry(&response.registry)?;
                 files.save(dir)?;
                 tracing::info!(name, id = response.id, "joined the cluster");
-                return Ok(());
+                return Ok((response.leader_id, response.leader_address));
             }
             Err(error @ (Error::Refused(_) | Error::InvalidToken(_) | Error::NotAuthorized(_))) => {
                 return Err(error)
@@ -208,6 +209,9 @@ fn check_claim(member: &Member, name: &str, kind: TokenKind, secret: &str) -> Re
         .local_state(|state| state.check_token(name, kind, secret, now_ms()))
         .map_err(Error::InvalidToken)
 }
+
+/// A member's Raft node id and address.
+pub(crate) type NodeIdAndAddress = (starling_store::NodeId, String);
 
 /// The leader's side of a join: check the token, then issue the certificates and record the
 /// member.
@@ -269,6 +273,8 @@ pub(crate) async fn admit(member: &Member, request: JoinRequest) -> Result<JoinR
         ca_cert_pem: ca.cert_pem,
         peers,
         registry,
+        leader_id: member.id(),
+        leader_address: member.address().to_string(),
     })
 }
 
@@ -459,6 +465,7 @@ mod tests {
             .unwrap();
         assert_eq!(members.as_array().map(Vec::len), Some(1), "{members}");
         assert!(!bootstrap_unfinished(&dir), "the CA key file stayed");
+        assert!(dir.load_ca().is_ok(), "the CA certificate went with the key");
         member.shutdown().await;
     }
 }

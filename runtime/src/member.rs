@@ -181,8 +181,14 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                crate::join::join(&dir, name, listen, token, member_config).await?;
+                let leader =
+                    crate::join::join(&dir, name, listen, token, member_config).await?;
                 let member = Member::open(&dir, &config).await?;
+                {
+                    let mut heard = member.heard();
+                    heard.leader = Some(leader);
+                    heard.at = Some(Instant::now());
+                }
                 member.hold_elections_until_quiet();
                 Ok(member)
             }
@@ -201,7 +207,7 @@ impl Member {
                     crate::join::finish_bootstrap(&member).await?;
                 } else {
                     // A member bootstrapped before the key file was deleted after use.
-                    dir.remove_identity("ca")?;
+                    dir.remove_ca_key()?;
                     member.hold_elections_until_quiet();
                 }
                 Ok(member)

@@ -162,6 +162,11 @@ pub struct JoinResponse {
     pub peers: Vec<String>,
     /// Who the cluster trusts, so that the new member can judge its first requests.
     pub registry: crate::trust::TrustRegistry,
+    /// The leader that admitted the member (its Raft node id), so the new member can forward
+    /// requests at once instead of waiting for a heartbeat.
+    pub leader_id: NodeId,
+    /// That leader's address.
+    pub leader_address: String,
 }
 
 /// The leader's heartbeat.
