@@ -481,10 +481,13 @@ impl Member {
                 Some((leader, node.addr.clone()))
             })
         };
-        let raft_fresh = raft_view.as_ref().is_some_and(|(leader, _)| *leader == self.id())
-            || self
+        // A restarted member's stored vote may name itself: that counts only if it leads now.
+        let raft_fresh = match &raft_view {
+            Some((leader, _)) if *leader == self.id() => self.is_leader(),
+            _ => self
                 .last_append()
-                .is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH);
+                .is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH),
+        };
         let heard = self.heard();
         let heard_fresh = heard.at.is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH);
         match (raft_view, heard.leader.clone()) {

@@ -119,8 +119,17 @@ async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
     tracing::info!("--- restart the killed members and let them catch up");
     cluster.restart(leader)?;
     cluster.restart(victim)?;
-    cluster.wait_ready(leader)?;
-    cluster.wait_ready(victim)?;
+    for index in [leader, victim] {
+        if let Err(error) = cluster.wait_ready(index) {
+            // Say what every member was doing: a failure here is read from CI's output.
+            for member in 0..5 {
+                let log = cluster.log(member);
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                tracing::error!(member, log = %tail.into_iter().rev().collect::<Vec<_>>().join("\n"), "member log");
+            }
+            return Err(error);
+        }
+    }
     cluster.cli_ok(via, &["config", "set", "user.last=1"])?;
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
     tracing::info!(
