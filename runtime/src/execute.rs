@@ -45,12 +45,11 @@ impl Member {
         loop {
             let attempt = self.attempt(&operation, &caller).await;
             match attempt {
-                // The request did not reach a leader (it moved, or died), or its answer was
-                // lost: find the leader again. Retrying is safe: a write carries its request
-                // id, so the leader applies it at most once.
-                Err(Error::LeadershipChanged(_) | Error::OutcomeUnknown(_))
-                    if Instant::now() < deadline =>
-                {
+                // The request did not reach a leader (it moved, or died), or a forward's answer
+                // was lost: find the leader again. Retrying is safe: a write carries its request
+                // id, so the leader applies it at most once. (A write this member proposed as
+                // leader and that timed out is not retried: no quorum answers it.)
+                Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(Error::LeadershipChanged(_)) => return Err(self.unavailable().await),
@@ -122,7 +121,9 @@ impl Member {
                 )))
             }
             // Sent, but the answer was lost: retried by `execute` with the same request id.
-            Err(error @ Error::OutcomeUnknown(_)) => Err(error),
+            Err(Error::OutcomeUnknown(reason)) => Err(Error::LeadershipChanged(format!(
+                "the answer from the leader at {leader_address} was lost ({reason})"
+            ))),
             Err(error) => {
                 tracing::warn!(%error, leader = %leader_address, "forwarding to the leader failed");
                 Err(self.unavailable().await)

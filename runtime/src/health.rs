@@ -375,10 +375,10 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
             .iter()
             .filter(|(id, _)| *id != member.id())
             .map(|(_, address)| async move {
-                let reply = member
-                    .request(address, &Request::Ping, QUORUM_PING_TIMEOUT)
-                    .await;
-                matches!(reply, Ok(Reply::Pong)).then_some(())
+                // Bounded as a whole: connecting to an unreachable voter may take longer.
+                let ping = member.request(address, &Request::Ping, QUORUM_PING_TIMEOUT);
+                let reply = tokio::time::timeout(QUORUM_PING_TIMEOUT, ping).await;
+                matches!(reply, Ok(Ok(Reply::Pong))).then_some(())
             });
     let answered = join_all(pings).await.into_iter().flatten().count();
     let reachable = answered + usize::from(voters.contains(&member.id()));
