@@ -618,7 +618,10 @@ impl Figures {
         );
         let rows = [
             ("leader kill → next acknowledged write", &self.leader_write),
-            ("leader cut off → next acknowledged write", &self.partition_write),
+            (
+                "leader cut off → next acknowledged write",
+                &self.partition_write,
+            ),
             ("write in a cut-off minority → error", &self.minority_error),
             ("voter kill → Offline", &self.offline),
             ("voter kill → stand-by promoted", &self.promoted),

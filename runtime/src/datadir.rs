@@ -205,9 +205,18 @@ mod tests {
         .unwrap();
         dir.save_identity("member", &identity).unwrap();
         for file in ["tls/member.key", "tls/member.crt"] {
-            let mode = std::fs::metadata(root.path().join(file)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(root.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
-        assert_eq!(dir.load_identity("member").unwrap_err().to_string().contains("ca.crt"), true);
+        assert_eq!(
+            dir.load_identity("member")
+                .unwrap_err()
+                .to_string()
+                .contains("ca.crt"),
+            true
+        );
     }
 }

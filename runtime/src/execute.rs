@@ -68,7 +68,9 @@ impl Member {
                 return self.execute_here(operation, origin).await;
             };
             if let Some(outcome) = self.local_state(|state| {
-                state.requests.outcome(crate::once::command_id(request_id, 0))
+                state
+                    .requests
+                    .outcome(crate::once::command_id(request_id, 0))
             }) {
                 return crate::once::replay(self, operation, outcome);
             }

@@ -71,7 +71,10 @@ pub(crate) async fn run(member: Member) {
 /// registry is older than the leader's gets the registry with it.
 async fn heartbeat_round(member: &Member, timeout: Duration) {
     let (records, registry): (Vec<MemberRecord>, TrustRegistry) = member.local_state(|state| {
-        (state.members.values().cloned().collect(), TrustRegistry::of(state))
+        (
+            state.members.values().cloned().collect(),
+            TrustRegistry::of(state),
+        )
     });
     let acked = member
         .inner
@@ -79,12 +82,17 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
-    let addresses: Vec<String> = records.iter().map(|record| record.address.clone()).collect();
+    let addresses: Vec<String> = records
+        .iter()
+        .map(|record| record.address.clone())
+        .collect();
     let beats = records
         .iter()
         .filter(|record| record.id != member.id())
         .map(|record| {
-            let stale = acked.get(&record.id).is_none_or(|version| *version < registry.version);
+            let stale = acked
+                .get(&record.id)
+                .is_none_or(|version| *version < registry.version);
             let request = Request::Heartbeat(Heartbeat {
                 leader_id: member.id(),
                 leader_address: member.address().to_string(),
@@ -93,7 +101,9 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
             });
             async move {
                 match member.request(&record.address, &request, timeout).await {
-                    Ok(Reply::HeartbeatAck { trust_version, .. }) => Some((record.id, trust_version)),
+                    Ok(Reply::HeartbeatAck { trust_version, .. }) => {
+                        Some((record.id, trust_version))
+                    }
                     _ => None,
                 }
             }

@@ -203,8 +203,12 @@ async fn ask_to_join(
 /// Checks a token claim on the leader before anything is issued or proposed, so a failed claim
 /// writes nothing to the log.
 fn check_claim(member: &Member, name: &str, kind: TokenKind, secret: &str) -> Result<(), Error> {
-    starling_store::limits::check_len("token secret", secret, starling_store::limits::SECRET_BYTES_MAX)
-        .map_err(Error::InvalidToken)?;
+    starling_store::limits::check_len(
+        "token secret",
+        secret,
+        starling_store::limits::SECRET_BYTES_MAX,
+    )
+    .map_err(Error::InvalidToken)?;
     member
         .local_state(|state| state.check_token(name, kind, secret, now_ms()))
         .map_err(Error::InvalidToken)
@@ -440,7 +444,9 @@ mod tests {
             timings: RaftTimings::default(),
             store: Default::default(),
         };
-        let half = Member::open(&dir, &config(StartMode::Restart)).await.unwrap();
+        let half = Member::open(&dir, &config(StartMode::Restart))
+            .await
+            .unwrap();
         half.raft()
             .initialize(initial_membership(half.id(), half.address()))
             .await
@@ -465,7 +471,10 @@ mod tests {
             .unwrap();
         assert_eq!(members.as_array().map(Vec::len), Some(1), "{members}");
         assert!(!bootstrap_unfinished(&dir), "the CA key file stayed");
-        assert!(dir.load_ca().is_ok(), "the CA certificate went with the key");
+        assert!(
+            dir.load_ca().is_ok(),
+            "the CA certificate went with the key"
+        );
         member.shutdown().await;
     }
 }

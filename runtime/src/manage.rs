@@ -182,14 +182,22 @@ impl Member {
         if roles.voters.contains(&record.id) || roles.learners.contains(&record.id) {
             // A voter leaves the voters and the nodes in one change; a stand-by just the nodes.
             let id = record.id;
-            self.change_membership_when_free(&format!("could not take \"{name}\" out of the database"), |roles| {
-                if roles.voters.contains(&id) {
-                    let voters = roles.voters.iter().copied().filter(|voter| *voter != id).collect();
-                    (ChangeMembers::ReplaceAllVoters(voters), false)
-                } else {
-                    (ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                }
-            })
+            self.change_membership_when_free(
+                &format!("could not take \"{name}\" out of the database"),
+                |roles| {
+                    if roles.voters.contains(&id) {
+                        let voters = roles
+                            .voters
+                            .iter()
+                            .copied()
+                            .filter(|voter| *voter != id)
+                            .collect();
+                        (ChangeMembers::ReplaceAllVoters(voters), false)
+                    } else {
+                        (ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    }
+                },
+            )
             .await?;
         }
         self.propose(
@@ -354,7 +362,10 @@ impl Member {
         let result = if self.is_leader() {
             self.step_down().await
         } else if RaftRoles::of(self).voters.contains(&self.id()) {
-            let request = self.execute(crate::Operation::HandOver { id: self.id() }, crate::Caller::local());
+            let request = self.execute(
+                crate::Operation::HandOver { id: self.id() },
+                crate::Caller::local(),
+            );
             tokio::time::timeout(Duration::from_secs(10), request)
                 .await
                 .unwrap_or_else(|_| Err(Error::Transport("timed out".into())))

@@ -181,8 +181,7 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                let leader =
-                    crate::join::join(&dir, name, listen, token, member_config).await?;
+                let leader = crate::join::join(&dir, name, listen, token, member_config).await?;
                 let member = Member::open(&dir, &config).await?;
                 {
                     let mut heard = member.heard();

@@ -140,7 +140,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             // openraft bounds an append by the heartbeat interval: a large one would time out
             // again and again. Ask for fewer entries, in proportion.
             let hint = (entries * APPEND_BYTES_MAX / bytes).max(1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
         }
         match self
             .call(RaftRequest::Append(rpc), option.hard_ttl())

@@ -107,7 +107,9 @@ pub(crate) async fn exec(
     };
     slots.waiting.fetch_sub(1, Ordering::SeqCst);
     let Ok(permit) = permit else {
-        return Reply::ScriptDone(Err(Error::Internal("the script slots are closed".to_string())));
+        return Reply::ScriptDone(Err(Error::Internal(
+            "the script slots are closed".to_string(),
+        )));
     };
     let (print, mut printed) = tokio::sync::mpsc::channel(PRINT_LINES_BUFFERED);
     let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone(), caller));

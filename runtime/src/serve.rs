@@ -53,7 +53,11 @@ impl Service {
     }
 
     /// Runs a join or trust claim, unless its address failed too often; counts its failure.
-    async fn claim(&self, peer: &PeerIdentity, operation: Operation) -> Result<serde_json::Value, Error> {
+    async fn claim(
+        &self,
+        peer: &PeerIdentity,
+        operation: Operation,
+    ) -> Result<serde_json::Value, Error> {
         let address: IpAddr = peer.remote_addr.ip();
         let refused = self
             .claims

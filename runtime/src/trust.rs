@@ -44,7 +44,12 @@ impl TrustRegistry {
                 .trusted_clients
                 .keys()
                 .cloned()
-                .chain(state.members.values().map(|member| member.admin_fingerprint.clone()))
+                .chain(
+                    state
+                        .members
+                        .values()
+                        .map(|member| member.admin_fingerprint.clone()),
+                )
                 .collect(),
             revoked: state.revoked.clone(),
         }
@@ -97,8 +102,11 @@ impl ClaimLimiter {
     /// Records a failed claim from `address`.
     pub fn failed(&mut self, address: IpAddr, now: Instant) {
         if self.failures.len() >= ADDRESSES_MAX && !self.failures.contains_key(&address) {
-            self.failures
-                .retain(|_, failures| failures.iter().any(|at| now.duration_since(*at) < CLAIM_WINDOW));
+            self.failures.retain(|_, failures| {
+                failures
+                    .iter()
+                    .any(|at| now.duration_since(*at) < CLAIM_WINDOW)
+            });
             if self.failures.len() >= ADDRESSES_MAX {
                 // Still full of recent failures: forget an arbitrary address to stay bounded.
                 if let Some(evicted) = self.failures.keys().next().copied() {

@@ -184,13 +184,19 @@ pub(crate) fn trust_list(member: &Member) -> Value {
                    "added_at": crate::token::format_time_ms(client.added_at_ms)})
         });
         // The first member's administrator is also in the trust table: list it once.
-        let admins = state.members.values().filter(|record| {
-            !state.trusted_clients.contains_key(&record.admin_fingerprint)
-        }).map(|record| {
-            json!({"name": format!("admin@{}", record.name), "type": "member-admin",
+        let admins = state
+            .members
+            .values()
+            .filter(|record| {
+                !state
+                    .trusted_clients
+                    .contains_key(&record.admin_fingerprint)
+            })
+            .map(|record| {
+                json!({"name": format!("admin@{}", record.name), "type": "member-admin",
                    "fingerprint": record.admin_fingerprint,
                    "added_at": crate::token::format_time_ms(record.joined_at_ms)})
-        });
+            });
         Value::Array(clients.chain(admins).collect())
     })
 }

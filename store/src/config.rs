@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(parse_expiry("1w"), Some(Duration::from_secs(604_800)));
         assert_eq!(parse_expiry("H"), None);
         assert_eq!(parse_expiry("0H"), None);
-        assert_eq!(parse_expiry("100y"), Some(Duration::from_secs(EXPIRY_S_MAX)));
+        assert_eq!(
+            parse_expiry("100y"),
+            Some(Duration::from_secs(EXPIRY_S_MAX))
+        );
         assert_eq!(parse_expiry("101y"), None);
         assert_eq!(parse_expiry("18446744073709551615S"), None);
         assert!(validate("cluster.join_token_expiry", "99999999999999999y").is_err());

@@ -77,8 +77,16 @@ pub fn check_config<'a>(
     let mut count = 0;
     for (key, value) in config {
         count += 1;
-        check_len(&format!("{field} key \"{}\"", short(key)), key, CONFIG_KEY_BYTES_MAX)?;
-        check_len(&format!("{field} value of \"{}\"", short(key)), value, CONFIG_VALUE_BYTES_MAX)?;
+        check_len(
+            &format!("{field} key \"{}\"", short(key)),
+            key,
+            CONFIG_KEY_BYTES_MAX,
+        )?;
+        check_len(
+            &format!("{field} value of \"{}\"", short(key)),
+            value,
+            CONFIG_VALUE_BYTES_MAX,
+        )?;
     }
     if count > CONFIG_KEYS_MAX {
         return Err(format!(
@@ -91,7 +99,9 @@ pub fn check_config<'a>(
 /// Checks the number of items of a list field.
 pub fn check_items(field: &str, count: usize, max: usize) -> Result<(), String> {
     if count > max {
-        return Err(format!("{field} has {count} items, over the limit of {max}"));
+        return Err(format!(
+            "{field} has {count} items, over the limit of {max}"
+        ));
     }
     Ok(())
 }
@@ -139,12 +149,23 @@ impl Command {
             }
             Command::ConfigSet { key, value } => {
                 check_len("configuration key", key, CONFIG_KEY_BYTES_MAX)?;
-                check_len(&format!("the value of \"{}\"", short(key)), value, CONFIG_VALUE_BYTES_MAX)
+                check_len(
+                    &format!("the value of \"{}\"", short(key)),
+                    value,
+                    CONFIG_VALUE_BYTES_MAX,
+                )
             }
-            Command::ConfigUnset { key } => check_len("configuration key", key, CONFIG_KEY_BYTES_MAX),
+            Command::ConfigUnset { key } => {
+                check_len("configuration key", key, CONFIG_KEY_BYTES_MAX)
+            }
             Command::TokenIssue { token } => check_token(token),
             Command::TokenRevoke { name, .. } => check_len("token name", name, NAME_BYTES_MAX),
-            Command::MemberAdd { member, answers, secret, .. } => {
+            Command::MemberAdd {
+                member,
+                answers,
+                secret,
+                ..
+            } => {
                 check_member(member)?;
                 check_answers(answers)?;
                 check_len("token secret", secret, SECRET_BYTES_MAX)
@@ -161,11 +182,23 @@ impl Command {
             }
             Command::MemberRemove { name } => check_len("member name", name, NAME_BYTES_MAX),
             Command::PoolCreate { pool } => {
-                check_object("storage pool", &pool.name, &pool.description, &pool.config, &pool.member_config)?;
+                check_object(
+                    "storage pool",
+                    &pool.name,
+                    &pool.description,
+                    &pool.config,
+                    &pool.member_config,
+                )?;
                 check_len("storage driver", &pool.driver, NAME_BYTES_MAX)
             }
             Command::NetworkCreate { network } => {
-                check_object("network", &network.name, &network.description, &network.config, &network.member_config)?;
+                check_object(
+                    "network",
+                    &network.name,
+                    &network.description,
+                    &network.config,
+                    &network.member_config,
+                )?;
                 check_len("network type", &network.network_type, NAME_BYTES_MAX)
             }
             Command::PoolDelete { name } => check_len("storage pool name", name, NAME_BYTES_MAX),
@@ -174,7 +207,9 @@ impl Command {
                 check_client(client)?;
                 check_len("token secret", secret, SECRET_BYTES_MAX)
             }
-            Command::TrustRemove { fingerprint } => check_len("fingerprint", fingerprint, FINGERPRINT_BYTES),
+            Command::TrustRemove { fingerprint } => {
+                check_len("fingerprint", fingerprint, FINGERPRINT_BYTES)
+            }
         }
     }
 }
@@ -191,8 +226,16 @@ fn check_member(member: &Member) -> Result<(), String> {
     check_config("member config", &member.config)?;
     check_names("groups", &member.groups)?;
     check_names("roles", &member.user_roles)?;
-    check_len("certificate fingerprint", &member.certificate_fingerprint, FINGERPRINT_BYTES)?;
-    check_len("administrator fingerprint", &member.admin_fingerprint, FINGERPRINT_BYTES)
+    check_len(
+        "certificate fingerprint",
+        &member.certificate_fingerprint,
+        FINGERPRINT_BYTES,
+    )?;
+    check_len(
+        "administrator fingerprint",
+        &member.admin_fingerprint,
+        FINGERPRINT_BYTES,
+    )
 }
 
 /// Checks an architecture name: at most 32 bytes of lowercase letters, digits and `_`.

@@ -232,7 +232,11 @@ async fn invalid_config_is_refused() -> Result<()> {
         ("cluster.images_minimal_replica", "0", "or -1"),
         ("cluster.join_token_expiry", "soon", "duration"),
         // Would overflow the expiry time in milliseconds.
-        ("cluster.join_token_expiry", "500000000000y", "at most 100 years"),
+        (
+            "cluster.join_token_expiry",
+            "500000000000y",
+            "at most 100 years",
+        ),
         ("cluster.healing_threshold", "-3", "0 to disable"),
         (
             "cluster.nonsense",

@@ -49,7 +49,9 @@ async fn writer(
             Some(client) => client.operation(create).await,
             None => continue,
         };
-        let mut outcomes = outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut outcomes = outcomes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match result {
             Ok(_) => outcomes.acknowledged.push(name),
             Err(error) => {
@@ -91,11 +93,15 @@ async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
     cluster.kill(leader)?;
     let via = (leader + 1) % 5;
     let leader_name = format!("m{}", leader + 1);
-    let members = wait_for("a stand-by to take the lost vote", Duration::from_secs(60), || async {
-        let members = cluster.members(via).ok()?;
-        let voters = with_role(&members, "database");
-        (voters.len() == 3 && !voters.contains(&leader_name)).then_some(members)
-    })
+    let members = wait_for(
+        "a stand-by to take the lost vote",
+        Duration::from_secs(60),
+        || async {
+            let members = cluster.members(via).ok()?;
+            let voters = with_role(&members, "database");
+            (voters.len() == 3 && !voters.contains(&leader_name)).then_some(members)
+        },
+    )
     .await?;
     let new_leader = cluster.leader(via).await?;
     let victim = with_role(&members, "database")
@@ -138,7 +144,10 @@ async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
         "--- writers done"
     );
     for (name, error) in &outcomes.failed {
-        assert!(!error.contains("already exists"), "{name} was applied twice: {error}");
+        assert!(
+            !error.contains("already exists"),
+            "{name} was applied twice: {error}"
+        );
     }
     // Stop everyone with kill -9 and read each replica offline. A member that has not
     // received the last write yet is given another moment (all restart, then all stop again).
@@ -153,7 +162,10 @@ async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
             let db = cluster.dir(index).join("db");
             states.push(starling_store::recover::read_stopped_state(&db)?.0);
         }
-        if states.iter().all(|state| state.config.contains_key("user.last")) {
+        if states
+            .iter()
+            .all(|state| state.config.contains_key("user.last"))
+        {
             break states;
         }
         if rounds == 5 {
@@ -173,7 +185,11 @@ async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
             .iter()
             .filter(|name| !state.networks.contains_key(*name))
             .collect();
-        assert!(missing.is_empty(), "m{} lost acknowledged writes: {missing:?}", index + 1);
+        assert!(
+            missing.is_empty(),
+            "m{} lost acknowledged writes: {missing:?}",
+            index + 1
+        );
     }
     Ok(())
 }

@@ -31,7 +31,9 @@ async fn a_retried_request_applies_once() -> Result<()> {
     let before = info(&cluster, 0).await?["last_log_index"].as_u64();
     second.operation_with_id(set("user.x", "2"), 7).await?;
     let value = first
-        .operation(Operation::ConfigGet { key: "user.x".into() })
+        .operation(Operation::ConfigGet {
+            key: "user.x".into(),
+        })
         .await?;
     assert_eq!(value, "1", "the repeated request was applied again");
     assert_eq!(info(&cluster, 0).await?["last_log_index"].as_u64(), before);
@@ -50,7 +52,9 @@ async fn a_retried_request_applies_once() -> Result<()> {
     assert_eq!(refused, again);
     assert_eq!(
         first
-            .operation(Operation::ConfigGet { key: "cluster.max_voters".into() })
+            .operation(Operation::ConfigGet {
+                key: "cluster.max_voters".into()
+            })
             .await?,
         "3"
     );
@@ -86,7 +90,10 @@ async fn a_real_partition_of_the_leader_is_handled_quickly() -> Result<()> {
     cluster.operation(follower, set("user.warm", "1")).await?;
     let client = cluster.client(follower).await?;
 
-    tracing::info!(leader, "--- drop every packet between the leader and the others");
+    tracing::info!(
+        leader,
+        "--- drop every packet between the leader and the others"
+    );
     for other in (0..3).filter(|index| *index != leader) {
         firewall.cut(&ips[leader], &ips[other])?;
     }
@@ -96,24 +103,41 @@ async fn a_real_partition_of_the_leader_is_handled_quickly() -> Result<()> {
     tracing::info!(?elapsed, "--- write through the majority succeeded");
     // Before: 5 s and more (the forward waited on the lost leader). A crash costs ~1 s with
     // the test suite's slow election timeouts (0.5-1 s); allow for a loaded machine.
-    assert!(elapsed < Duration::from_secs(4), "the write took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the write took {elapsed:?}"
+    );
 
     tracing::info!("--- reads through the cut-off old leader are refused");
     let old = cluster.client(leader).await?;
     let read = old
-        .operation(Operation::ConfigGet { key: "user.after".into() })
+        .operation(Operation::ConfigGet {
+            key: "user.after".into(),
+        })
         .await;
-    assert!(read.is_err(), "the cut-off leader answered a read: {read:?}");
+    assert!(
+        read.is_err(),
+        "the cut-off leader answered a read: {read:?}"
+    );
 
     tracing::info!("--- heal: the old leader follows and has the write");
     firewall.heal()?;
-    wait_for("the old leader to catch up", Duration::from_secs(20), || async {
-        let value = cluster
-            .operation(leader, Operation::ConfigGet { key: "user.after".into() })
-            .await
-            .ok()?;
-        (value == "yes").then_some(())
-    })
+    wait_for(
+        "the old leader to catch up",
+        Duration::from_secs(20),
+        || async {
+            let value = cluster
+                .operation(
+                    leader,
+                    Operation::ConfigGet {
+                        key: "user.after".into(),
+                    },
+                )
+                .await
+                .ok()?;
+            (value == "yes").then_some(())
+        },
+    )
     .await?;
     Ok(())
 }
@@ -128,7 +152,9 @@ async fn a_batch_answers_each_command() -> Result<()> {
     init_tracing();
     let cluster = TestCluster::start(3).await?;
     let leader = cluster.leader().await?;
-    let before = info(&cluster, leader).await?["last_log_index"].as_u64().unwrap_or(0);
+    let before = info(&cluster, leader).await?["last_log_index"]
+        .as_u64()
+        .unwrap_or(0);
     let client = std::sync::Arc::new(cluster.client(leader).await?);
     let creates = (0..64).map(|index| {
         let client = client.clone();
@@ -148,14 +174,23 @@ async fn a_batch_answers_each_command() -> Result<()> {
     for create in futures_join(creates).await {
         let (name, result) = create?;
         if let Err(error) = result {
-            assert!(error.to_string().contains("already exists"), "{name}: {error}");
+            assert!(
+                error.to_string().contains("already exists"),
+                "{name}: {error}"
+            );
             assert_eq!(name, "n0");
             refused += 1;
         }
     }
     assert_eq!(refused, 1);
-    let after = info(&cluster, leader).await?["last_log_index"].as_u64().unwrap_or(0);
-    assert!(after - before < 64, "64 writes took {} entries: no batching", after - before);
+    let after = info(&cluster, leader).await?["last_log_index"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after - before < 64,
+        "64 writes took {} entries: no batching",
+        after - before
+    );
     let networks = client.operation(Operation::NetworkList).await?;
     assert_eq!(networks.as_array().map(Vec::len), Some(63), "{networks}");
     Ok(())

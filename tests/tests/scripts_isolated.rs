@@ -19,7 +19,9 @@ const PATHOLOGICAL: &[&str] = &[
 fn term_of(cluster: &ProcessCluster, index: usize) -> Result<u64> {
     let info: Value =
         serde_json::from_str(&cluster.cli_ok(index, &["cluster", "info", "--format", "json"])?)?;
-    info["raft_term"].as_u64().context("cluster info has no raft_term")
+    info["raft_term"]
+        .as_u64()
+        .context("cluster info has no raft_term")
 }
 
 /// Goal: with twice as many pathological scripts as cores running on the leader, Raft,

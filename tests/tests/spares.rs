@@ -29,10 +29,19 @@ async fn removing_a_spare_resets_it() -> Result<()> {
     let cluster = three_voters_and_a_spare().await?;
     let spare = cluster.member(3).clone();
     cluster
-        .operation(0, Operation::ClusterRemove { name: "m4".into(), force: false })
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m4".into(),
+                force: false,
+            },
+        )
         .await?;
     tokio::time::timeout(Duration::from_secs(10), spare.stopped()).await?;
-    assert!(!cluster.dir(3).join("member.json").exists(), "m4's directory was not reset");
+    assert!(
+        !cluster.dir(3).join("member.json").exists(),
+        "m4's directory was not reset"
+    );
     Ok(())
 }
 
@@ -48,7 +57,9 @@ async fn a_former_voter_forwards_to_the_current_leader() -> Result<()> {
     cluster.detect_offline_quickly(0).await?;
     let leader = cluster.leader().await?;
     let voter = (0..3).find(|index| *index != leader).unwrap_or(1);
-    let via = (0..3).find(|index| *index != leader && *index != voter).unwrap_or(2);
+    let via = (0..3)
+        .find(|index| *index != leader && *index != voter)
+        .unwrap_or(2);
     let voter_name = format!("m{}", voter + 1);
 
     tracing::info!(voter, "--- stop a follower voter until m4 takes its vote");
@@ -60,19 +71,34 @@ async fn a_former_voter_forwards_to_the_current_leader() -> Result<()> {
     })
     .await?;
     cluster.restart(voter).await?;
-    wait_for("the former voter to be a spare", Duration::from_secs(30), || async {
-        let members = cluster.members_via(via).await.ok()?;
-        let record = members.as_array()?.iter().find(|m| m["server_name"] == voter_name)?;
-        (record["status"] == "Online" && record["database"] == false).then_some(())
-    })
+    wait_for(
+        "the former voter to be a spare",
+        Duration::from_secs(30),
+        || async {
+            let members = cluster.members_via(via).await.ok()?;
+            let record = members
+                .as_array()?
+                .iter()
+                .find(|m| m["server_name"] == voter_name)?;
+            (record["status"] == "Online" && record["database"] == false).then_some(())
+        },
+    )
     .await?;
 
-    tracing::info!(leader, "--- stop the leader; write through the former voter");
+    tracing::info!(
+        leader,
+        "--- stop the leader; write through the former voter"
+    );
     cluster.stop(leader).await;
-    let write = Operation::ConfigSet { key: "user.via_spare".into(), value: "1".into() };
-    wait_for("a write through the former voter", Duration::from_secs(20), || async {
-        cluster.operation(voter, write.clone()).await.ok()
-    })
+    let write = Operation::ConfigSet {
+        key: "user.via_spare".into(),
+        value: "1".into(),
+    };
+    wait_for(
+        "a write through the former voter",
+        Duration::from_secs(20),
+        || async { cluster.operation(voter, write.clone()).await.ok() },
+    )
     .await?;
     Ok(())
 }

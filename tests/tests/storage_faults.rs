@@ -27,7 +27,10 @@ async fn a_full_database_takes_its_member_out_of_service() -> Result<()> {
     cluster.add_member(3).await?;
     cluster.wait_roles_settled(Duration::from_secs(30)).await?;
     let voters = cluster.names_with_role(0, "database").await;
-    assert!(voters.contains(&"m3".to_string()), "m3 should vote: {voters:?}");
+    assert!(
+        voters.contains(&"m3".to_string()),
+        "m3 should vote: {voters:?}"
+    );
 
     tracing::info!("--- fill m3's log");
     for round in 0..40 {
@@ -41,10 +44,15 @@ async fn a_full_database_takes_its_member_out_of_service() -> Result<()> {
         m3.out_of_service()
     })
     .await?;
-    assert!(cause.contains("MDB_MAP_FULL") || cause.contains("map"), "{cause}");
+    assert!(
+        cause.contains("MDB_MAP_FULL") || cause.contains("map"),
+        "{cause}"
+    );
 
     tracing::info!("--- m3 answers nothing as healthy");
-    let ca = cluster.member(0).local_state(|state| state.ca_cert_pem.clone());
+    let ca = cluster
+        .member(0)
+        .local_state(|state| state.ca_cert_pem.clone());
     let m1 = starling_runtime::datadir::DataDir::new(&cluster.dir(0)).load_identity("member")?;
     let reply = raw_request(&cluster.address(2), m1, &ca, &Request::Ping).await?;
     assert!(
@@ -56,14 +64,25 @@ async fn a_full_database_takes_its_member_out_of_service() -> Result<()> {
     cluster
         .wait_status(0, "m3", "Offline", Duration::from_secs(30))
         .await?;
-    wait_for("m4 to vote instead of m3", Duration::from_secs(30), || async {
-        let members = cluster.members_via(0).await.ok()?;
-        let voters = with_role(&members, "database");
-        (voters.contains(&"m4".to_string()) && !voters.contains(&"m3".to_string())).then_some(())
-    })
+    wait_for(
+        "m4 to vote instead of m3",
+        Duration::from_secs(30),
+        || async {
+            let members = cluster.members_via(0).await.ok()?;
+            let voters = with_role(&members, "database");
+            (voters.contains(&"m4".to_string()) && !voters.contains(&"m3".to_string()))
+                .then_some(())
+        },
+    )
     .await?;
     cluster
-        .operation(1, Operation::ConfigSet { key: "user.after".into(), value: "1".into() })
+        .operation(
+            1,
+            Operation::ConfigSet {
+                key: "user.after".into(),
+                value: "1".into(),
+            },
+        )
         .await?;
     Ok(())
 }

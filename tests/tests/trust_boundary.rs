@@ -22,7 +22,9 @@ fn join_request(name: &str, secret: &str) -> Request {
 }
 
 fn ca_of(cluster: &TestCluster) -> String {
-    cluster.member(0).local_state(|state| state.ca_cert_pem.clone())
+    cluster
+        .member(0)
+        .local_state(|state| state.ca_cert_pem.clone())
 }
 
 fn refusal(reply: Reply) -> Option<Error> {
@@ -73,7 +75,11 @@ async fn failed_claims_write_nothing_and_are_limited() -> Result<()> {
         let error = refusal(reply).expect("a refusal");
         assert!(matches!(error, Error::InvalidToken(_)), "{error:?}");
     }
-    assert_eq!(last_log_index(&cluster).await?, before, "a failed claim wrote to the log");
+    assert_eq!(
+        last_log_index(&cluster).await?,
+        before,
+        "a failed claim wrote to the log"
+    );
 
     tracing::info!("--- an oversized request from an untrusted peer is refused unread");
     let mut huge = JoinRequest {
@@ -83,12 +89,13 @@ async fn failed_claims_write_nothing_and_are_limited() -> Result<()> {
         architecture: "x86_64".into(),
         member_config: vec![],
     };
-    huge.member_config.push(starling_store::member_config::Answer {
-        entity: "storage-pool".into(),
-        name: "local".into(),
-        key: "source".into(),
-        value: "x".repeat(100_000),
-    });
+    huge.member_config
+        .push(starling_store::member_config::Answer {
+            entity: "storage-pool".into(),
+            name: "local".into(),
+            key: "source".into(),
+            value: "x".repeat(100_000),
+        });
     let oversized = raw_request(&address, stranger(), &ca, &Request::Join(huge)).await;
     assert!(
         matches!(oversized, Err(starling_transport::Error::Remote { .. })),
@@ -109,7 +116,10 @@ async fn failed_claims_write_nothing_and_are_limited() -> Result<()> {
     let good = join_request("m2", &TokenPayload::decode(&token)?.secret);
     let error = refusal(raw_request(&address, stranger(), &ca, &good).await?).expect("refused");
     assert!(error.to_string().contains("too many failed"), "{error}");
-    assert_eq!(admin.operation(Operation::ClusterMembers).await?[0]["server_name"], "m1");
+    assert_eq!(
+        admin.operation(Operation::ClusterMembers).await?[0]["server_name"],
+        "m1"
+    );
     assert_eq!(last_log_index(&cluster).await?, before);
     Ok(())
 }
@@ -153,7 +163,10 @@ async fn only_registered_certificates_are_trusted() -> Result<()> {
     for request in [Request::Ping, Request::MemberState, Request::TakeOver] {
         let reply = raw_request(&address, admin.clone(), &ca.cert_pem, &request).await?;
         let error = refusal(reply).expect("a refusal");
-        assert!(error.to_string().contains("only cluster members"), "{error}");
+        assert!(
+            error.to_string().contains("only cluster members"),
+            "{error}"
+        );
     }
     let reply = raw_request(&address, admin, &ca.cert_pem, &members).await?;
     assert!(matches!(reply, Reply::Operation(Ok(_))), "{reply:?}");
@@ -186,15 +199,27 @@ async fn a_removed_member_is_refused_everywhere() -> Result<()> {
 
     tracing::info!("--- remove m3");
     cluster
-        .operation(0, Operation::ClusterRemove { name: "m3".into(), force: false })
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m3".into(),
+                force: false,
+            },
+        )
         .await?;
     for index in [0, 1, 3] {
         let address = cluster.address(index);
-        wait_for("m3's certificate to be refused", Duration::from_secs(3), || async {
-            let reply = raw_request(&address, m3.clone(), &ca, &Request::Ping).await.ok()?;
-            let error = refusal(reply)?;
-            error.to_string().contains("revoked").then_some(())
-        })
+        wait_for(
+            "m3's certificate to be refused",
+            Duration::from_secs(3),
+            || async {
+                let reply = raw_request(&address, m3.clone(), &ca, &Request::Ping)
+                    .await
+                    .ok()?;
+                let error = refusal(reply)?;
+                error.to_string().contains("revoked").then_some(())
+            },
+        )
         .await?;
     }
     cluster.stop(2).await;
@@ -216,18 +241,31 @@ async fn trust_list_and_remove() -> Result<()> {
     tracing::info!("--- separate tokens");
     admin.join_token("laptop").await?;
     let trust = admin
-        .operation(Operation::TrustAdd { name: "laptop".into() })
+        .operation(Operation::TrustAdd {
+            name: "laptop".into(),
+        })
         .await?;
     let join_tokens = admin.operation(Operation::ClusterTokens).await?;
     let trust_tokens = admin.operation(Operation::TrustTokens).await?;
-    assert_eq!(join_tokens.as_array().map(Vec::len), Some(1), "{join_tokens}");
-    assert_eq!(trust_tokens.as_array().map(Vec::len), Some(1), "{trust_tokens}");
+    assert_eq!(
+        join_tokens.as_array().map(Vec::len),
+        Some(1),
+        "{join_tokens}"
+    );
+    assert_eq!(
+        trust_tokens.as_array().map(Vec::len),
+        Some(1),
+        "{trust_tokens}"
+    );
     assert_ne!(join_tokens[0]["token"], trust_tokens[0]["token"]);
 
     tracing::info!("--- claim it");
     let laptop = self_signed_identity("laptop")?;
     let secret = TokenPayload::decode(trust["token"].as_str().unwrap_or_default())?.secret;
-    let claim = Request::TrustClaim { name: "laptop".into(), secret };
+    let claim = Request::TrustClaim {
+        name: "laptop".into(),
+        secret,
+    };
     let reply = raw_request(&address, laptop.clone(), &ca, &claim).await?;
     assert!(matches!(reply, Reply::Trusted(Ok(_))), "{reply:?}");
     let members = Request::Operation {
@@ -237,8 +275,22 @@ async fn trust_list_and_remove() -> Result<()> {
     let reply = raw_request(&address, laptop.clone(), &ca, &members).await?;
     assert!(matches!(reply, Reply::Operation(Ok(_))), "{reply:?}");
     // The join token for the same name is still there.
-    assert_eq!(admin.operation(Operation::ClusterTokens).await?.as_array().map(Vec::len), Some(1));
-    assert_eq!(admin.operation(Operation::TrustTokens).await?.as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        admin
+            .operation(Operation::ClusterTokens)
+            .await?
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        admin
+            .operation(Operation::TrustTokens)
+            .await?
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
 
     tracing::info!("--- list and remove");
     let list = admin.operation(Operation::TrustList).await?;
@@ -246,21 +298,40 @@ async fn trust_list_and_remove() -> Result<()> {
         .as_array()
         .and_then(|entries| entries.iter().find(|entry| entry["name"] == "laptop"))
         .cloned();
-    let Some(entry) = entry else { bail!("laptop not listed: {list}") };
+    let Some(entry) = entry else {
+        bail!("laptop not listed: {list}")
+    };
     assert_eq!(entry["type"], "client");
     let refused = admin
-        .operation(Operation::TrustRemove { name: "admin@m1".into() })
+        .operation(Operation::TrustRemove {
+            name: "admin@m1".into(),
+        })
         .await;
-    assert!(refused.is_err(), "a member's administrator was removed: {refused:?}");
-    let fingerprint = entry["fingerprint"].as_str().unwrap_or_default().to_string();
+    assert!(
+        refused.is_err(),
+        "a member's administrator was removed: {refused:?}"
+    );
+    let fingerprint = entry["fingerprint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     admin
-        .operation(Operation::TrustRemove { name: fingerprint[..16].to_string() })
+        .operation(Operation::TrustRemove {
+            name: fingerprint[..16].to_string(),
+        })
         .await?;
     let reply = raw_request(&address, laptop, &ca, &members).await?;
     let error = refusal(reply).expect("a refusal");
     assert!(error.to_string().contains("revoked"), "{error}");
-    let missing = admin.operation(Operation::TrustRemove { name: "laptop".into() }).await;
-    assert!(missing.unwrap_err().to_string().contains("no trusted client"));
+    let missing = admin
+        .operation(Operation::TrustRemove {
+            name: "laptop".into(),
+        })
+        .await;
+    assert!(missing
+        .unwrap_err()
+        .to_string()
+        .contains("no trusted client"));
     Ok(())
 }
 
@@ -278,20 +349,41 @@ async fn tokens_are_consumed_and_replaced() -> Result<()> {
     let used = admin.join_token("m3").await?;
     cluster.add_member_with_token(2, &used).await?;
     cluster
-        .operation(0, Operation::ClusterRemove { name: "m3".into(), force: false })
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m3".into(),
+                force: false,
+            },
+        )
         .await?;
     cluster.stop(2).await;
     // The name is free again; the used token still does not work.
     let secret = TokenPayload::decode(&used)?.secret;
-    let reply = raw_request(&address, self_signed_identity("m3")?, &ca, &join_request("m3", &secret)).await?;
+    let reply = raw_request(
+        &address,
+        self_signed_identity("m3")?,
+        &ca,
+        &join_request("m3", &secret),
+    )
+    .await?;
     let error = refusal(reply).expect("a refusal");
-    assert!(error.to_string().contains("no valid token for \"m3\""), "{error}");
+    assert!(
+        error.to_string().contains("no valid token for \"m3\""),
+        "{error}"
+    );
 
     tracing::info!("--- a new token replaces the old one");
     let old = admin.join_token("m4").await?;
     let new = admin.join_token("m4").await?;
     let old_secret = TokenPayload::decode(&old)?.secret;
-    let reply = raw_request(&address, self_signed_identity("m4")?, &ca, &join_request("m4", &old_secret)).await?;
+    let reply = raw_request(
+        &address,
+        self_signed_identity("m4")?,
+        &ca,
+        &join_request("m4", &old_secret),
+    )
+    .await?;
     let error = refusal(reply).expect("a refusal");
     assert!(error.to_string().contains("does not match"), "{error}");
     cluster.add_member_with_token(3, &new).await?;
@@ -310,11 +402,17 @@ async fn oversized_fields_are_refused() -> Result<()> {
     let big = "x".repeat(70 * 1024);
     let cases = [
         (
-            Operation::ConfigSet { key: "user.big".into(), value: big.clone() },
+            Operation::ConfigSet {
+                key: "user.big".into(),
+                value: big.clone(),
+            },
             "the value of \"user.big\"",
         ),
         (
-            Operation::ConfigSet { key: format!("user.{}", "k".repeat(300)), value: "1".into() },
+            Operation::ConfigSet {
+                key: format!("user.{}", "k".repeat(300)),
+                value: "1".into(),
+            },
             "configuration key is",
         ),
         (
@@ -328,7 +426,11 @@ async fn oversized_fields_are_refused() -> Result<()> {
             "description is 5000 bytes",
         ),
         (
-            Operation::ClusterSet { name: "m1".into(), key: "user.x".into(), value: big.clone() },
+            Operation::ClusterSet {
+                name: "m1".into(),
+                key: "user.x".into(),
+                value: big.clone(),
+            },
             "member config value of \"user.x\"",
         ),
         (
@@ -340,15 +442,30 @@ async fn oversized_fields_are_refused() -> Result<()> {
             },
             "config value of \"user.a\"",
         ),
-        (Operation::ClusterAdd { name: "n".repeat(64) }, "invalid member name"),
+        (
+            Operation::ClusterAdd {
+                name: "n".repeat(64),
+            },
+            "invalid member name",
+        ),
     ];
     for (operation, needle) in cases {
         let error = admin.operation(operation).await.unwrap_err().to_string();
         assert!(error.contains(needle), "{error} does not name {needle}");
     }
-    assert_eq!(last_log_index(&cluster).await?, before, "a refused request wrote to the log");
+    assert_eq!(
+        last_log_index(&cluster).await?,
+        before,
+        "a refused request wrote to the log"
+    );
     let info = info(&cluster, 0).await?;
-    for field in ["raft_term", "last_log_index", "applied_index", "snapshot_index", "db_size"] {
+    for field in [
+        "raft_term",
+        "last_log_index",
+        "applied_index",
+        "snapshot_index",
+        "db_size",
+    ] {
         assert!(info[field].is_u64(), "cluster.info() lacks {field}: {info}");
     }
     assert!(info["db_size"].as_u64() > Some(0));
@@ -371,12 +488,19 @@ async fn large_appends_are_split() -> Result<()> {
         let edit = starling_tests::large_edit(&format!("m{}", leader + 1), round, 7);
         cluster.operation(leader, edit).await?;
     }
-    let target = cluster.member(leader).raft().metrics().borrow().last_applied;
+    let target = cluster
+        .member(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied;
     cluster.restart(follower).await?;
     let member = cluster.member(follower).clone();
-    wait_for("the follower to catch up", Duration::from_secs(60), || async {
-        (member.raft().metrics().borrow().last_applied >= target).then_some(())
-    })
+    wait_for(
+        "the follower to catch up",
+        Duration::from_secs(60),
+        || async { (member.raft().metrics().borrow().last_applied >= target).then_some(()) },
+    )
     .await?;
     Ok(())
 }

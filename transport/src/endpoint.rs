@@ -118,10 +118,7 @@ impl Endpoint {
                 // Nothing was sent yet: a connect failure, not a request time-out.
                 return Err(Error::Connect {
                     addr,
-                    reason: format!(
-                        "timed out after {} ms",
-                        duration_ms(self.connect_timeout)
-                    ),
+                    reason: format!("timed out after {} ms", duration_ms(self.connect_timeout)),
                 });
             }
         };

@@ -55,8 +55,7 @@ pub use endpoint::{Endpoint, EndpointConfig, ServerTrust, CONNECT_TIMEOUT_MS};
 pub use error::Error;
 pub use frame::{
     decode_payload, encode_frame, read_frame, read_frame_limited, read_frame_timeout, write_frame,
-    FRAME_LEN_MAX,
-    FRAME_TIMEOUT_MS, STREAM_CODE_HANDLER_FAILED, STREAM_CODE_MALFORMED_REQUEST,
+    FRAME_LEN_MAX, FRAME_TIMEOUT_MS, STREAM_CODE_HANDLER_FAILED, STREAM_CODE_MALFORMED_REQUEST,
 };
 pub use handler::{Handler, PeerIdentity, Responder};
 pub use pool::{Pool, BACKOFF_MAX_MS, BACKOFF_MIN_MS};

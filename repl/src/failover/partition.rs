@@ -48,7 +48,10 @@ pub(super) async fn run(
     let cut_at = Instant::now();
     let acknowledged = write_until_acknowledged(&client, cut_at, deadline).await;
     let asked_at = Instant::now();
-    let refused = match old_leader.operation(set("user.partition", "minority")).await {
+    let refused = match old_leader
+        .operation(set("user.partition", "minority"))
+        .await
+    {
         Ok(_) => bail!("the cut-off leader acknowledged a write"),
         Err(_) => Some(asked_at.elapsed().as_secs_f64()),
     };
@@ -106,7 +109,10 @@ impl Drop for Chain {
 }
 
 fn iptables(args: &[&str]) -> Result<()> {
-    let output = Command::new("iptables").args(["-w", "5"]).args(args).output()?;
+    let output = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()?;
     if !output.status.success() {
         bail!(
             "iptables {args:?}: {}",
