@@ -2,7 +2,9 @@
 //!
 //! Starts `--members` `starling daemon` processes on loopback with durable storage, then for
 //! 1, 16 and 64 concurrent writers sends `config.set user.bench.N` to the leader for a fixed
-//! time and prints writes/s, p50 and p99. Then a linearizable read figure.
+//! time and prints writes/s, p50 and p99. Then a linearizable read figure. With `--baseline
+//! OLD_BINARY`, rounds alternate between the old binary's cluster and this one's (the same
+//! machine, the same run) and the medians of both are printed with the change in percent.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -27,6 +29,19 @@ pub struct BenchArgs {
     /// Concurrent writer counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     writers: Vec<usize>,
+    /// Another `starling` binary to measure in the same run (an older build): rounds
+    /// alternate between its cluster and this binary's, and medians of both are printed.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Rounds per binary when comparing with `--baseline`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// One binary's figures in one round: per writer count (writes/s, p50 ms), then read p50 ms.
+struct Round {
+    writes: Vec<(f64, f64)>,
+    read_p50_ms: f64,
 }
 
 /// Member processes, killed on drop.
@@ -53,16 +68,109 @@ impl Drop for Processes {
     }
 }
 
-/// Runs the benchmark and prints its figures.
+/// Runs the benchmark and prints its figures; with `--baseline`, both binaries' in turn.
 pub async fn run(args: &BenchArgs) -> Result<()> {
+    let this = std::env::current_exe()?;
+    let Some(baseline) = &args.baseline else {
+        measure(args, &this).await?;
+        return Ok(());
+    };
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=args.rounds {
+        for (slot, exe) in [baseline, &this].into_iter().enumerate() {
+            println!("\n--- round {round}: {}", exe.display());
+            rounds[slot].push(measure_by(args, exe)?);
+        }
+    }
+    println!("\nmedians over {} rounds, alternating (baseline, then this build):", args.rounds);
+    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "baseline /s", "this /s", "change");
+    for (index, writers) in args.writers.iter().enumerate() {
+        let rate = |slot: usize| median(rounds[slot].iter().map(|round| round.writes[index].0));
+        let (before, after) = (rate(0), rate(1));
+        println!(
+            "{writers:>8} {before:>14.0} {after:>14.0} {:>+7.1}%",
+            (after / before - 1.0) * 100.0
+        );
+        let p50 = |slot: usize| median(rounds[slot].iter().map(|round| round.writes[index].1));
+        println!("{:>8} {:>11.3} ms {:>11.3} ms   (p50)", "", p50(0), p50(1));
+    }
+    let read = |slot: usize| median(rounds[slot].iter().map(|round| round.read_p50_ms));
+    println!("linearizable read p50: baseline {:.3} ms, this {:.3} ms", read(0), read(1));
+    Ok(())
+}
+
+/// Runs `exe bench` (its own client and members: the wire protocol may differ between builds)
+/// and reads its figures from what it prints.
+fn measure_by(args: &BenchArgs, exe: &Path) -> Result<Round> {
+    let writers: Vec<String> = args.writers.iter().map(usize::to_string).collect();
+    let output = std::process::Command::new(exe)
+        .args(["bench", "--members", &args.members.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--writers", &writers.join(",")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} bench", exe.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    if !output.status.success() {
+        bail!("{} bench failed", exe.display());
+    }
+    parse_round(&text, &args.writers)
+        .ok_or_else(|| anyhow!("cannot read the figures {} bench printed", exe.display()))
+}
+
+/// The figures of one `bench` output: a `writers writes/s p50 p99` row per writer count and
+/// the `linearizable read ... p50 X ms` line.
+fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .map(|line| line.split_whitespace().filter_map(|word| word.parse().ok()).collect())
+        .filter(|numbers: &Vec<f64>| numbers.len() == 4)
+        .collect();
+    let writes = writer_counts
+        .iter()
+        .map(|count| {
+            rows.iter()
+                .find(|row| row[0] == *count as f64)
+                .map(|row| (row[1], row[2]))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let read_p50_ms = text
+        .lines()
+        .find(|line| line.starts_with("linearizable read"))?
+        .split("p50 ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Round {
+        writes,
+        read_p50_ms,
+    })
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Starts a cluster of `exe` processes, measures it and prints the figures.
+async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
     let dir = std::env::temp_dir().join(format!("starling-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let mut processes = Processes {
         children: Vec::new(),
         dir: dir.clone(),
         keep: args.keep,
     };
-    let joins = start_cluster(&mut processes, &dir, args.members).await?;
+    let joins = start_cluster(&mut processes, &dir, args.members, exe).await?;
     let leader = leader_dir(&dir, args.members).await?;
     let joins: Vec<String> = joins
         .iter()
@@ -80,34 +188,43 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         "{:>8} {:>12} {:>10} {:>10}",
         "writers", "writes/s", "p50 ms", "p99 ms"
     );
+    let mut writes = Vec::new();
     for &writers in &args.writers {
         let (count, latencies) =
             write_load(&leader, writers, Duration::from_secs(args.seconds)).await?;
         let rate = count as f64 / args.seconds as f64;
+        let p50 = percentile(&latencies, 0.50);
         println!(
-            "{writers:>8} {rate:>12.0} {:>10.3} {:>10.3}",
-            percentile(&latencies, 0.50),
+            "{writers:>8} {rate:>12.0} {p50:>10.3} {:>10.3}",
             percentile(&latencies, 0.99)
         );
+        writes.push((rate, p50));
     }
     let reads = read_load(&leader, Duration::from_secs(args.seconds.min(3))).await?;
+    let read_p50_ms = percentile(&reads, 0.50);
     println!(
-        "linearizable read (1 reader): p50 {:.3} ms, p99 {:.3} ms",
-        percentile(&reads, 0.50),
+        "linearizable read (1 reader): p50 {read_p50_ms:.3} ms, p99 {:.3} ms",
         percentile(&reads, 0.99)
     );
-    Ok(())
+    Ok(Round {
+        writes,
+        read_p50_ms,
+    })
 }
 
 /// Starts the members; returns how long each join took, from its token to the new member
 /// answering a request.
-async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) -> Result<Vec<f64>> {
+async fn start_cluster(
+    processes: &mut Processes,
+    dir: &Path,
+    members: usize,
+    exe: &Path,
+) -> Result<Vec<f64>> {
     let mut joins = Vec::new();
-    let exe = std::env::current_exe()?;
     let first = dir.join("m1");
     let listen = crate::demo::free_address()?;
     let args = ["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"];
-    processes.children.push(spawn(&exe, &first, &args)?);
+    processes.children.push(spawn(exe, &first, &args)?);
     wait_ready(&first).await?;
     let admin = Client::local(&first).await?;
     for index in 2..=members {
@@ -120,7 +237,7 @@ async fn start_cluster(processes: &mut Processes, dir: &Path, members: usize) ->
         ];
         processes
             .children
-            .push(spawn(&exe, &dir.join(&name), &args)?);
+            .push(spawn(exe, &dir.join(&name), &args)?);
         wait_ready(&dir.join(&name)).await?;
         joins.push(started.elapsed().as_secs_f64());
     }
@@ -257,4 +374,26 @@ fn percentile(latencies: &[f64], fraction: f64) -> f64 {
     let mut sorted = latencies.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the comparison reads the figures another build's `bench` printed.
+    /// Method: parse a real output (an older build prints no join line), and a broken one.
+    #[test]
+    fn reads_a_bench_output() {
+        let text = "cluster of 3 member processes ready; writing to the leader
+ writers     writes/s     p50 ms     p99 ms
+       1          458      2.152      3.421
+      64        11112      5.560     10.365
+linearizable read (1 reader): p50 0.398 ms, p99 0.985 ms
+";
+        let round = parse_round(text, &[1, 64]).expect("figures");
+        assert_eq!(round.writes, vec![(458.0, 2.152), (11112.0, 5.56)]);
+        assert_eq!(round.read_p50_ms, 0.398);
+        assert!(parse_round(text, &[16]).is_none());
+        assert!(parse_round("nothing", &[1]).is_none());
+    }
 }
