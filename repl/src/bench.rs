@@ -85,8 +85,14 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             rounds[slot].push(measure_by(args, exe)?);
         }
     }
-    println!("\nmedians over {} rounds, alternating (baseline, then this build):", args.rounds);
-    println!("{:>8} {:>14} {:>14} {:>8}", "writers", "baseline /s", "this /s", "change");
+    println!(
+        "\nmedians over {} rounds, alternating (baseline, then this build):",
+        args.rounds
+    );
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "writers", "baseline /s", "this /s", "change"
+    );
     for (index, writers) in args.writers.iter().enumerate() {
         let rate = |slot: usize| median(rounds[slot].iter().map(|round| round.writes[index].0));
         let (before, after) = (rate(0), rate(1));
@@ -98,7 +104,11 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         println!("{:>8} {:>11.3} ms {:>11.3} ms   (p50)", "", p50(0), p50(1));
     }
     let read = |slot: usize| median(rounds[slot].iter().map(|round| round.read_p50_ms));
-    println!("linearizable read p50: baseline {:.3} ms, this {:.3} ms", read(0), read(1));
+    println!(
+        "linearizable read p50: baseline {:.3} ms, this {:.3} ms",
+        read(0),
+        read(1)
+    );
     Ok(())
 }
 
@@ -128,7 +138,11 @@ fn measure_by(args: &BenchArgs, exe: &Path) -> Result<Round> {
 fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
     let rows: Vec<Vec<f64>> = text
         .lines()
-        .map(|line| line.split_whitespace().filter_map(|word| word.parse().ok()).collect())
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|word| word.parse().ok())
+                .collect()
+        })
         .filter(|numbers: &Vec<f64>| numbers.len() == 4)
         .collect();
     let writes = writer_counts
