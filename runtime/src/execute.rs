@@ -141,13 +141,8 @@ impl Member {
         };
         match self.local_state(|state| state.registered(fingerprint)) {
             starling_store::Registered::Member | starling_store::Registered::Client => Ok(()),
-            starling_store::Registered::Revoked => Err(Error::NotAuthorized(
-                "this certificate was revoked".to_string(),
-            )),
-            starling_store::Registered::Unknown => Err(Error::NotAuthorized(format!(
-                "the certificate {} is not trusted by this cluster",
-                &fingerprint[..fingerprint.len().min(16)]
-            ))),
+            starling_store::Registered::Revoked => Err(crate::trust::revoked()),
+            starling_store::Registered::Unknown => Err(crate::trust::not_registered(fingerprint)),
         }
     }
 

@@ -70,18 +70,26 @@ pub(crate) async fn run(member: Member) {
 /// Sends one heartbeat to every other member and records who answered. A member whose trust
 /// registry is older than the leader's gets the registry with it.
 async fn heartbeat_round(member: &Member, timeout: Duration) {
-    let (records, registry): (Vec<MemberRecord>, TrustRegistry) = member.local_state(|state| {
-        (
-            state.members.values().cloned().collect(),
-            TrustRegistry::of(state),
-        )
-    });
     let acked = member
         .inner
         .trust_acked
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
+    // The registry is built only in the rounds where some member's copy is older.
+    let (records, registry): (Vec<MemberRecord>, Option<TrustRegistry>) =
+        member.local_state(|state| {
+            let stale = state.members.values().any(|record| {
+                record.id != member.id()
+                    && acked
+                        .get(&record.id)
+                        .is_none_or(|version| *version < state.trust_version)
+            });
+            (
+                state.members.values().cloned().collect(),
+                stale.then(|| TrustRegistry::of(state)),
+            )
+        });
     let addresses: Vec<String> = records
         .iter()
         .map(|record| record.address.clone())
@@ -90,14 +98,16 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
         .iter()
         .filter(|record| record.id != member.id())
         .map(|record| {
-            let stale = acked
-                .get(&record.id)
-                .is_none_or(|version| *version < registry.version);
+            let registry = registry.as_ref().filter(|registry| {
+                acked
+                    .get(&record.id)
+                    .is_none_or(|version| *version < registry.version)
+            });
             let request = Request::Heartbeat(Heartbeat {
                 leader_id: member.id(),
                 leader_address: member.address().to_string(),
                 addresses: addresses.clone(),
-                registry: stale.then(|| registry.clone()),
+                registry: registry.cloned(),
             });
             async move {
                 match member.request(&record.address, &request, timeout).await {

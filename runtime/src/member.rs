@@ -122,10 +122,8 @@ pub(crate) struct Inner {
     pub(crate) proposals: tokio::sync::mpsc::UnboundedSender<crate::proposer::Proposal>,
     /// Addresses this member may not talk to (fault injection for partition tests).
     pub(crate) blocked: Blocked,
-    /// When the last Raft append arrived.
+    /// When the last Raft append arrived (`None`: no Raft contact since this member started).
     pub(crate) last_append: Mutex<Option<Instant>>,
-    /// Set when a leader's append arrives (Raft contact since this member started).
-    pub(crate) raft_contact: std::sync::atomic::AtomicBool,
     /// The trust registry last heard from a leader (or given at join), for members whose own
     /// replica is older (spares).
     pub(crate) registry: Mutex<crate::trust::TrustRegistry>,
@@ -279,7 +277,6 @@ impl Member {
             proposals,
             blocked,
             stopped: watch::channel(false).0,
-            raft_contact: Default::default(),
             last_append: Mutex::new(None),
             registry: Mutex::new(dir.load_registry().unwrap_or_default()),
             storage,
@@ -307,11 +304,7 @@ impl Member {
             loop {
                 // The stored vote may name the leader from before the restart, so only a
                 // leader's append received since start counts as contact.
-                let raft_leader = member
-                    .inner
-                    .raft_contact
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .then_some(());
+                let raft_leader = member.last_append().map(|_| ());
                 let heard_recently = member
                     .heard()
                     .at
@@ -577,9 +570,9 @@ impl Member {
     /// Proposes a command and waits for it to apply; `Refused` carries the state's reason.
     /// Concurrent proposals share Raft entries (see [`crate::proposer`]).
     pub(crate) async fn propose(&self, command: Command, timeout: Duration) -> Result<(), Error> {
-        command.check_limits().map_err(Error::Refused)?;
+        // The size measured by the check stands for the tagged command's (a few bytes more).
+        let bytes = command.check_limits().map_err(Error::Refused)?;
         let command = crate::once::tag(command);
-        let bytes = starling_store::limits::encoded_len(&command);
         let (done, outcome) = tokio::sync::oneshot::channel();
         let proposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let proposal = crate::proposer::Proposal {

@@ -54,10 +54,13 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
 impl PeerLink {
+    /// Sends one Raft request; `entries` is the number of log entries it carries (0 but for an
+    /// append), for the hint when it does not fit a frame.
     async fn call<E: std::error::Error>(
         &self,
         request: RaftRequest,
         timeout: Duration,
+        entries: u64,
     ) -> RpcResult<Reply, E> {
         let cut_off = self
             .transport
@@ -81,10 +84,12 @@ impl PeerLink {
             .request(address, &self.transport.trust, &request, timeout)
             .await
             .map_err(|error| {
+                // Too large for one frame is no network failure: retried unchanged it would stall
+                // replication to the peer, so openraft is asked for half as many entries.
                 if let TransportError::FrameTooLarge { .. } = error {
-                    return RPCError::PayloadTooLarge(
-                        PayloadTooLarge::new_entries_hint(1).with_source_error(&error),
-                    );
+                    tracing::debug!(entries, %error, "an append did not fit a frame: sending fewer entries");
+                    let hint = PayloadTooLarge::new_entries_hint((entries / 2).max(1));
+                    return RPCError::PayloadTooLarge(hint.with_source_error(&error));
                 }
                 // Only a peer that cannot be reached at all is "unreachable": openraft then
                 // pauses replication to it. A slow answer is an ordinary failure, retried at
@@ -98,21 +103,6 @@ impl PeerLink {
                     RPCError::Network(NetworkError::new(&error))
                 }
             })
-    }
-}
-
-/// An append too large for one frame asks openraft to send half as many entries next time (it
-/// never was a network failure, and retrying it unchanged would stall replication to the peer).
-fn shrink_if_too_large<E: std::error::Error>(
-    error: RPCError<NodeId, Node, RaftError<NodeId, E>>,
-    entries: u64,
-) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
-    match error {
-        RPCError::PayloadTooLarge(too_large) => {
-            tracing::debug!(entries, error = %too_large, "an append did not fit a frame: sending fewer entries");
-            RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2).max(1)))
-        }
-        other => other,
     }
 }
 
@@ -145,9 +135,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             ));
         }
         match self
-            .call(RaftRequest::Append(rpc), option.hard_ttl())
-            .await
-            .map_err(|error| shrink_if_too_large(error, entries))?
+            .call(RaftRequest::Append(rpc), option.hard_ttl(), entries)
+            .await?
         {
             Reply::Append(result) => result.map_err(remote_failure),
             other => Err(remote_failure(format!(
@@ -162,7 +151,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         match self
-            .call(RaftRequest::Snapshot(rpc), option.hard_ttl())
+            .call(RaftRequest::Snapshot(rpc), option.hard_ttl(), 0)
             .await?
         {
             Reply::Snapshot(result) => result.map_err(remote_failure),
@@ -177,7 +166,10 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await? {
+        match self
+            .call(RaftRequest::Vote(rpc), option.hard_ttl(), 0)
+            .await?
+        {
             Reply::Vote(result) => result.map_err(remote_failure),
             other => Err(remote_failure(format!(
                 "unexpected reply to vote: {other:?}"

@@ -29,27 +29,10 @@ pub(crate) struct Service {
     pub(crate) claims: Mutex<ClaimLimiter>,
 }
 
-/// How far the cluster trusts a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PeerTrust {
-    /// The member certificate of a current member.
-    Member,
-    /// A registered client certificate (remote or local administrator).
-    Client,
-    /// A revoked certificate (a removed member's, a removed client's).
-    Revoked,
-    /// Anyone else.
-    Untrusted,
-}
-
 impl Service {
-    fn trust_of(&self, peer: &PeerIdentity) -> PeerTrust {
-        match self.member.registered(&peer.fingerprint) {
-            Registered::Member => PeerTrust::Member,
-            Registered::Client => PeerTrust::Client,
-            Registered::Revoked => PeerTrust::Revoked,
-            Registered::Unknown => PeerTrust::Untrusted,
-        }
+    /// What the peer's certificate is registered as (see [`crate::trust`]).
+    fn trust_of(&self, peer: &PeerIdentity) -> Registered {
+        self.member.registered(&peer.fingerprint)
     }
 
     /// Runs a join or trust claim, unless its address failed too often; counts its failure.
@@ -107,10 +90,6 @@ impl Service {
         match request {
             RaftRequest::Append(rpc) => {
                 self.member.append_arrived();
-                self.member
-                    .inner
-                    .raft_contact
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 Reply::Append(
                     raft.append_entries(rpc)
                         .await
@@ -133,30 +112,20 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result
     serde_json::from_value(value).map_err(|error| Error::Internal(error.to_string()))
 }
 
-fn not_trusted(peer: &PeerIdentity) -> Reply {
-    Reply::Refused(Error::NotAuthorized(format!(
-        "the certificate {} is not trusted by this cluster; join with a token or add it with `starling remote add`",
-        &peer.fingerprint[..peer.fingerprint.len().min(16)]
-    )))
-}
-
 impl Handler for Service {
     type Request = Request;
 
     fn request_len_max(&self, peer: &PeerIdentity) -> usize {
         match self.trust_of(peer) {
-            PeerTrust::Member | PeerTrust::Client => starling_transport::FRAME_LEN_MAX,
-            PeerTrust::Revoked | PeerTrust::Untrusted => UNTRUSTED_REQUEST_BYTES_MAX,
+            Registered::Member | Registered::Client => starling_transport::FRAME_LEN_MAX,
+            Registered::Revoked | Registered::Unknown => UNTRUSTED_REQUEST_BYTES_MAX,
         }
     }
 
     async fn handle(&self, peer: PeerIdentity, request: Request, mut responder: Responder) {
         let trust = self.trust_of(&peer);
         let reply = match (request, trust) {
-            (_, PeerTrust::Revoked) => Reply::Refused(Error::NotAuthorized(
-                "this certificate was revoked (its member or client was removed from the cluster)"
-                    .to_string(),
-            )),
+            (_, Registered::Revoked) => Reply::Refused(crate::trust::revoked()),
             (Request::Join(join), _) => {
                 let result = Box::pin(self.claim(&peer, Operation::Join(join))).await;
                 Reply::Joined(result.and_then(from_json))
@@ -170,7 +139,9 @@ impl Handler for Service {
                 let result = Box::pin(self.claim(&peer, operation)).await;
                 Reply::Trusted(result.and_then(from_json))
             }
-            (_, PeerTrust::Untrusted) => not_trusted(&peer),
+            (_, Registered::Unknown) => {
+                Reply::Refused(crate::trust::not_registered(&peer.fingerprint))
+            }
             // A member whose database cannot write answers nothing as healthy: the leader marks
             // it offline and a stand-by takes its place.
             (_, _) if self.member.out_of_service().is_some() => {
@@ -186,7 +157,7 @@ impl Handler for Service {
             (Request::Operation { operation, caller }, trust) => {
                 // A client speaks for itself; a member forwards for the client it names.
                 let caller = match trust {
-                    PeerTrust::Member => caller,
+                    Registered::Member => caller,
                     _ => Caller {
                         request_id: caller.request_id,
                         ..Caller::client(&peer.fingerprint)
@@ -207,20 +178,20 @@ impl Handler for Service {
                 ))
                 .await
             }
-            (_, PeerTrust::Client) => Reply::Refused(Error::NotAuthorized(
+            (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
-            (Request::Raft(request), PeerTrust::Member) => Box::pin(self.raft(request)).await,
-            (Request::Ping, PeerTrust::Member) => Reply::Pong,
-            (Request::Heartbeat(heartbeat), PeerTrust::Member) => {
+            (Request::Raft(request), Registered::Member) => Box::pin(self.raft(request)).await,
+            (Request::Ping, Registered::Member) => Reply::Pong,
+            (Request::Heartbeat(heartbeat), Registered::Member) => {
                 crate::health::on_heartbeat(&self.member, heartbeat)
             }
-            (Request::Removed, PeerTrust::Member) => self.removed(),
-            (Request::TakeOver, PeerTrust::Member) => {
+            (Request::Removed, Registered::Member) => self.removed(),
+            (Request::TakeOver, Registered::Member) => {
                 let _ = self.member.raft().trigger().elect().await;
                 Reply::Ack
             }
-            (Request::MemberState, PeerTrust::Member) => {
+            (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }
         };

@@ -69,6 +69,22 @@ impl TrustRegistry {
     }
 }
 
+/// The refusal of a revoked certificate.
+pub(crate) fn revoked() -> crate::Error {
+    crate::Error::NotAuthorized(
+        "this certificate was revoked (its member or client was removed from the cluster)"
+            .to_string(),
+    )
+}
+
+/// The refusal of a certificate the cluster does not know.
+pub(crate) fn not_registered(fingerprint: &str) -> crate::Error {
+    crate::Error::NotAuthorized(format!(
+        "the certificate {} is not trusted by this cluster; join with a token or add it with `starling remote add`",
+        &fingerprint[..fingerprint.len().min(16)]
+    ))
+}
+
 /// Failed claims (join or trust tokens) allowed from one address within [`CLAIM_WINDOW`].
 pub const FAILED_CLAIMS_MAX: u32 = 5;
 /// The window over which failed claims are counted; an address over the limit waits until its

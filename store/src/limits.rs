@@ -126,10 +126,11 @@ pub fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
 }
 
 impl Command {
-    /// Checks every field of the command against its limit, and the command's encoded size.
-    pub fn check_limits(&self) -> Result<(), String> {
+    /// Checks every field of the command against its limit, and the command's encoded size;
+    /// returns that size (of a batch, the sum of its commands').
+    pub fn check_limits(&self) -> Result<usize, String> {
         if let Command::Batch(commands) = self {
-            return commands.iter().try_for_each(Command::check_limits);
+            return commands.iter().map(Command::check_limits).sum();
         }
         self.check_fields()?;
         let encoded = encoded_len(self);
@@ -138,7 +139,7 @@ impl Command {
                 "the request is {encoded} bytes once encoded, over the limit of {COMMAND_BYTES_MAX} bytes"
             ));
         }
-        Ok(())
+        Ok(encoded)
     }
 
     fn check_fields(&self) -> Result<(), String> {

@@ -66,30 +66,30 @@ impl ProcessCluster {
         self.root.path().join(format!("m{}", index + 1))
     }
 
-    /// Runs `starling --dir <member index> args...` and returns its output.
-    pub fn cli(&self, index: usize, args: &[&str]) -> Result<Output> {
-        let output = Command::new(&self.binary)
+    /// `starling --dir <member index> args...`, with this cluster's client configuration.
+    fn cli_command(&self, index: usize, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
             .arg("--dir")
             .arg(self.dir(index))
             .args(args)
             .env("STARLING_CONFIG_DIR", self.config_dir())
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `starling --dir <member index> args...` and returns its output.
+    pub fn cli(&self, index: usize, args: &[&str]) -> Result<Output> {
+        self.cli_command(index, args)
             .output()
-            .with_context(|| format!("running starling {args:?}"))?;
-        Ok(output)
+            .with_context(|| format!("running starling {args:?}"))
     }
 
     /// Starts `starling --dir <member index> args...` with its stdout and stderr piped, for a
     /// test that reads its output as it comes.
     pub fn spawn_cli(&self, index: usize, args: &[&str]) -> Result<Child> {
-        Command::new(&self.binary)
-            .arg("--dir")
-            .arg(self.dir(index))
-            .args(args)
-            .env("STARLING_CONFIG_DIR", self.config_dir())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+        self.cli_command(index, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
