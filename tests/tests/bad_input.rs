@@ -327,3 +327,21 @@ async fn runaway_scripts_are_stopped() -> Result<()> {
     assert_eq!(printed, ["still\there"]);
     Ok(())
 }
+
+/// Goal: a script source over its documented limit (256 KiB) is refused with an error saying
+/// so, before anything runs.
+/// Method: send a 300 KiB script (a long comment, then a statement that would print).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_script_is_refused() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::start(1).await?;
+    let admin = cluster.client(0).await?;
+    let source = format!("--{}\nprint('ran')", "x".repeat(300 * 1024));
+    let mut printed = Vec::new();
+    let result = admin
+        .exec(&source, "big.lua", |line| printed.push(line.to_string()))
+        .await;
+    expect_error(result, "over the limit of 262144 bytes");
+    assert!(printed.is_empty(), "the oversized script ran: {printed:?}");
+    Ok(())
+}
