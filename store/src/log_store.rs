@@ -23,9 +23,10 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use heed::types::{Bytes, Str, U64};
 use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
@@ -60,6 +61,8 @@ struct Shared {
     writer: mpsc::Sender<WriteOp>,
     /// Set for good by the first write that fails.
     health: StorageHealth,
+    /// LMDB transactions the writer committed since the store was opened.
+    commits: AtomicU64,
 }
 
 /// One operation for the writer thread, applied in queue order.
@@ -129,6 +132,7 @@ impl LogStore {
             meta,
             writer,
             health,
+            commits: AtomicU64::new(0),
         });
         let for_thread = Arc::downgrade(&shared);
         thread::Builder::new()
@@ -144,6 +148,12 @@ impl LogStore {
     /// Whether the log still writes, and why not once it does not.
     pub fn health(&self) -> &StorageHealth {
         &self.shared.health
+    }
+
+    /// How many transactions (each one durable write, with its `fsync`s) the writer committed
+    /// since the store was opened.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Fails once the store is out of service, so nothing more is queued.
@@ -436,16 +446,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// How long a write nobody waits for (the committed index) may stay queued while nothing else
+/// is written: it rides along with the next append instead of costing a commit of its own.
+const DEFERRED_WRITE_DELAY: Duration = Duration::from_millis(100);
+
 /// The writer thread: takes everything queued, commits it in one transaction, reports. Once a
 /// transaction fails it writes nothing more and fails whatever is queued after it.
+///
+/// Writes nobody waits for ([`WriteOp::PutMeta`] without `done`) are held back until something
+/// else is written or [`DEFERRED_WRITE_DELAY`] passes, so that the committed index costs no
+/// `fsync` of its own on the write path.
 fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
+    let mut deferred: Vec<WriteOp> = Vec::new();
+    loop {
+        let first = if deferred.is_empty() {
+            queue.recv().ok()
+        } else {
+            match queue.recv_timeout(DEFERRED_WRITE_DELAY) {
+                Ok(op) => Some(op),
+                // Idle, or the store is closing: write what was held back.
+                Err(_) => None,
+            }
+        };
+        let mut batch = std::mem::take(&mut deferred);
+        let idle = first.is_none();
+        if let Some(first) = first {
+            batch.push(first);
+        }
         while batch.len() < BATCH_OPERATIONS_MAX {
             match queue.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if !idle && batch.iter().all(WriteOp::may_wait) {
+            deferred = batch;
+            continue;
         }
         let Some(shared) = shared.upgrade() else {
             return;
@@ -461,11 +500,19 @@ fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
     }
 }
 
+impl WriteOp {
+    /// Whether nobody waits for this write, so it may wait for the next one.
+    fn may_wait(&self) -> bool {
+        matches!(self, WriteOp::PutMeta { done: None, .. })
+    }
+}
+
 /// Writes `batch` in one transaction; a failure takes the store out of service.
 fn commit_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), String> {
     let started = Instant::now();
     match write_batch(shared, batch) {
         Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(
                 operations = batch.len(),
                 micros = started.elapsed().as_micros() as u64,

@@ -1,0 +1,55 @@
+//! The committed index costs no durable write of its own on the write path.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftLogStorage;
+use support::{filler, reopen, start_raft, wait_leader, TestResult};
+
+/// Goal: each client write costs one log transaction (one round of `fsync`s), not two: the
+/// committed index openraft saves after each write waits for the next append instead of being
+/// committed alone; once the log is idle it is still written.
+/// Method: a single-node Raft; 50 writes one after another; count the writer's transactions;
+/// then wait past the idle delay and read the committed index back from LMDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_index_rides_with_the_next_append() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let (log_store, state_machine) = starling_store::open(root.path())?;
+    let mut watched = log_store.clone();
+    let raft = start_raft(log_store, state_machine).await?;
+    raft.initialize(support::node1()).await?;
+    wait_leader(&raft).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const WRITES: u64 = 50;
+    let before = watched.commits();
+    let mut last = None;
+    for _ in 0..WRITES {
+        last = Some(raft.client_write(filler(8)).await?.log_id);
+    }
+    let spent = watched.commits() - before;
+    assert!(
+        spent <= WRITES + 2,
+        "{WRITES} writes cost {spent} log transactions (at most {} expected)",
+        WRITES + 2
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let saved = watched.read_committed().await?;
+        if saved == last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed index on disk {saved:?}, expected {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raft.shutdown().await?;
+    drop(raft);
+    drop(watched);
+    let _ = reopen(root.path(), &starling_store::StoreOptions::default()).await?;
+    Ok(())
+}
