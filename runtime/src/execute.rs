@@ -342,7 +342,13 @@ impl Member {
 
     /// Confirms this member still leads a quorum, so local reads are up to date.
     pub(crate) async fn linearize(&self) -> Result<(), Error> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft().ensure_linearizable()).await {
+        match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.raft()
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::LeadershipChanged(
                 "this member no longer leads".to_string(),

@@ -6,6 +6,7 @@
 //! when it answers again. A new leader gives every member it has not heard from yet one full
 //! threshold, counted from its election, before it calls it offline.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -287,7 +288,7 @@ async fn rebalance(member: &Member) {
 /// membership change is still in progress.
 pub(crate) fn replication_view(member: &Member) -> (bool, BTreeSet<NodeId>) {
     let metrics = member.raft().metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     let last_index = metrics.last_log_index.unwrap_or(0);
     let caught_up = metrics
         .replication
@@ -381,7 +382,7 @@ const QUORUM_PING_TIMEOUT: Duration = Duration::from_millis(300);
 pub(crate) async fn quorum_error(member: &Member) -> Error {
     let (voters, addresses): (Vec<NodeId>, Vec<(NodeId, String)>) = {
         let metrics = member.raft().metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let addresses = voters

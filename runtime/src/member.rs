@@ -4,6 +4,7 @@
 //! arrive through [`crate::serve`]; operations run in [`crate::execute`]; the leader's
 //! heartbeat and role rebalancing run in [`crate::health`].
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
-use starling_store::{ClusterState, Command, NodeId, StateMachine, TypeConfig};
+use starling_store::{ClusterState, Command, NodeId, StateMachine};
 use starling_transport::{Endpoint, EndpointConfig, Identity, Pool, ServerTrust};
 use tokio::sync::watch;
 
@@ -103,7 +104,7 @@ pub(crate) struct Inner {
     pub(crate) id: NodeId,
     pub(crate) address: String,
     pub(crate) dir: DataDir,
-    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) raft: starling_store::Raft,
     pub(crate) state: StateMachine,
     pub(crate) endpoint: Endpoint,
     pub(crate) pool: Pool,
@@ -443,7 +444,7 @@ impl Member {
     }
 
     /// The Raft node (for tests and tools).
-    pub fn raft(&self) -> &Raft<TypeConfig> {
+    pub fn raft(&self) -> &starling_store::Raft {
         &self.inner.raft
     }
 
@@ -455,7 +456,7 @@ impl Member {
     /// Whether this member currently leads the cluster database.
     pub fn is_leader(&self) -> bool {
         let metrics = self.inner.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id)
     }
 
@@ -467,7 +468,7 @@ impl Member {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let raft_view = {
             let metrics = self.inner.raft.metrics();
-            let metrics = metrics.borrow();
+            let metrics = metrics.borrow_watched();
             metrics.current_leader.and_then(|leader| {
                 let node = metrics.membership_config.membership().get_node(&leader)?;
                 Some((leader, node.addr.clone()))

@@ -3,24 +3,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::future::Future;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::AnyError;
-use starling_store::{Node, NodeId, TypeConfig};
+use openraft::{OptionalSend, RaftNetworkV2};
+use starling_store::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 use starling_transport::{Error as TransportError, Pool, ServerTrust};
 
 use crate::protocol::{RaftRequest, Reply, Request};
-
-/// Largest append sent at once, in encoded bytes (one larger entry still goes alone). openraft
-/// gives an append one heartbeat interval to complete, so it must be small enough to cross the
-/// network in a fraction of that.
-const APPEND_BYTES_MAX: u64 = starling_store::limits::BATCH_BYTES_MAX as u64;
 
 /// Creates a [`PeerLink`] per Raft peer; all share the member's connection pool.
 #[derive(Clone)]
@@ -50,18 +45,11 @@ impl RaftNetworkFactory<TypeConfig> for RaftTransport {
     }
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
 impl PeerLink {
-    /// Sends one Raft request; `entries` is the number of log entries it carries (0 but for an
-    /// append), for the hint when it does not fit a frame.
-    async fn call<E: std::error::Error>(
-        &self,
-        request: RaftRequest,
-        timeout: Duration,
-        entries: u64,
-    ) -> RpcResult<Reply, E> {
+    /// Sends one Raft request.
+    async fn call(&self, request: RaftRequest, timeout: Duration) -> RpcResult<Reply> {
         let cut_off = self
             .transport
             .blocked
@@ -84,13 +72,6 @@ impl PeerLink {
             .request(address, &self.transport.trust, &request, timeout)
             .await
             .map_err(|error| {
-                // Too large for one frame is no network failure: retried unchanged it would stall
-                // replication to the peer, so openraft is asked for half as many entries.
-                if let TransportError::FrameTooLarge { .. } = error {
-                    tracing::debug!(entries, %error, "an append did not fit a frame: sending fewer entries");
-                    let hint = PayloadTooLarge::new_entries_hint((entries / 2).max(1));
-                    return RPCError::PayloadTooLarge(hint.with_source_error(&error));
-                }
                 // Only a peer that cannot be reached at all is "unreachable": openraft then
                 // pauses replication to it. A slow answer is an ordinary failure, retried at
                 // once, so that one late reply does not starve a follower of heartbeats.
@@ -106,74 +87,104 @@ impl PeerLink {
     }
 }
 
-fn remote_failure<E: std::error::Error>(
-    message: String,
-) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
-    RPCError::Network(NetworkError::new(&AnyError::error(message)))
+fn remote_failure(message: String) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(message))
 }
 
-impl RaftNetwork<TypeConfig> for PeerLink {
+fn unexpected(what: &str, reply: &Reply) -> RPCError<TypeConfig> {
+    remote_failure(format!("unexpected reply to {what}: {reply:?}"))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerLink {
+    type SnapshotData = SnapshotData;
+
     /// Retry an unreachable peer soon: a member that restarts should get heartbeats again well
     /// within an election timeout (openraft's default pause is 500 ms).
-    fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(50)))
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(50))))
     }
 
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let entries = rpc.entries.len() as u64;
-        let bytes = starling_store::limits::encoded_len(&rpc.entries) as u64;
-        if entries > 1 && bytes > APPEND_BYTES_MAX {
-            // openraft bounds an append by the heartbeat interval: a large one would time out
-            // again and again. Ask for fewer entries, in proportion.
-            let hint = (entries * APPEND_BYTES_MAX / bytes).max(1);
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(hint),
-            ));
-        }
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         match self
-            .call(RaftRequest::Append(rpc), option.hard_ttl(), entries)
+            .call(RaftRequest::Append(rpc), option.hard_ttl())
             .await?
         {
             Reply::Append(result) => result.map_err(remote_failure),
-            other => Err(remote_failure(format!(
-                "unexpected reply to append: {other:?}"
-            ))),
-        }
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self
-            .call(RaftRequest::Snapshot(rpc), option.hard_ttl(), 0)
-            .await?
-        {
-            Reply::Snapshot(result) => result.map_err(remote_failure),
-            other => Err(remote_failure(format!(
-                "unexpected reply to snapshot: {other:?}"
-            ))),
+            other => Err(unexpected("append", &other)),
         }
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(result) => result.map_err(remote_failure),
+            other => Err(unexpected("vote", &other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
         match self
-            .call(RaftRequest::Vote(rpc), option.hard_ttl(), 0)
+            .call(RaftRequest::PreVote(rpc), option.hard_ttl())
             .await?
         {
             Reply::Vote(result) => result.map_err(remote_failure),
-            other => Err(remote_failure(format!(
-                "unexpected reply to vote: {other:?}"
-            ))),
+            other => Err(unexpected("pre-vote", &other)),
+        }
+    }
+
+    /// The whole snapshot in one request: a cluster database's state is far below a frame's
+    /// limit (`FRAME_LEN_MAX`, 32 MiB); a larger one fails with the transport's error.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = RaftRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = self.call(request, option.hard_ttl()) => reply,
+        };
+        let reply = reply.map_err(|error| match error {
+            RPCError::Unreachable(unreachable) => StreamingError::Unreachable(unreachable),
+            other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+        })?;
+        match reply {
+            Reply::Snapshot(result) => result
+                .map_err(|message| StreamingError::Network(NetworkError::from_string(message))),
+            other => Err(StreamingError::Network(NetworkError::from_string(format!(
+                "unexpected reply to snapshot: {other:?}"
+            )))),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        match self
+            .call(RaftRequest::TransferLeader(request), option.hard_ttl())
+            .await?
+        {
+            Reply::TransferLeader(result) => result.map_err(remote_failure),
+            other => Err(unexpected("leadership transfer", &other)),
         }
     }
 }

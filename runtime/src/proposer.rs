@@ -1,9 +1,8 @@
 //! Group commit of proposals: concurrent writes share one Raft entry.
 //!
-//! openraft 0.9 waits for each entry's log `fsync` before it takes the next client write, so
-//! one entry per write caps a member at one write per `fsync`. The proposer keeps one entry in
-//! flight; whatever arrives meanwhile goes into the next entry as a [`Command::Batch`]. A lone
-//! writer pays nothing extra: its command goes out at once, unbatched.
+//! One entry per write would cost every write its own log commit. The proposer keeps a few
+//! entries in flight; whatever arrives meanwhile goes into the next entry as a
+//! [`Command::Batch`]. A lone writer pays nothing extra: its command goes out at once, unbatched.
 
 use std::time::Duration;
 

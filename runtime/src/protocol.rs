@@ -4,8 +4,8 @@
 //! [`Reply`] frames (a script streams its `print` lines before its result).
 
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 use starling_store::{NodeId, TypeConfig};
@@ -91,20 +91,36 @@ pub enum RaftRequest {
     /// Append entries (and heartbeats).
     Append(AppendEntriesRequest<TypeConfig>),
     /// Request a vote.
-    Vote(VoteRequest<NodeId>),
-    /// Install a snapshot chunk.
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    /// Ask whether a vote would be granted, before an election (pre-vote).
+    PreVote(VoteRequest<TypeConfig>),
+    /// Install a whole snapshot, sent by the leader of `vote`.
+    Snapshot {
+        /// The sending leader's vote.
+        vote: starling_store::Vote,
+        /// What the snapshot covers.
+        meta: starling_store::SnapshotMeta,
+        /// The serialized state.
+        data: Vec<u8>,
+    },
+    /// The leader hands leadership over to the receiver.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 /// A member's answer.
+// Replies are built once per request and encoded at once; boxing the larger Raft answers would
+// only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     /// Answer to a Raft append.
-    Append(Result<AppendEntriesResponse<NodeId>, String>),
-    /// Answer to a vote request.
-    Vote(Result<VoteResponse<NodeId>, String>),
-    /// Answer to a snapshot chunk.
-    Snapshot(Result<InstallSnapshotResponse<NodeId>, String>),
+    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
+    /// Answer to a vote or pre-vote request.
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    /// Answer to a snapshot.
+    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    /// Answer to a leadership transfer.
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     /// Answer to an operation: the result as JSON text.
     Operation(Result<String, Error>),
     /// One line a script printed.

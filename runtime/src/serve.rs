@@ -99,8 +99,22 @@ impl Service {
             RaftRequest::Vote(rpc) => {
                 Reply::Vote(raft.vote(rpc).await.map_err(|error| error.to_string()))
             }
-            RaftRequest::Snapshot(rpc) => Reply::Snapshot(
-                raft.install_snapshot(rpc)
+            RaftRequest::PreVote(rpc) => {
+                Reply::Vote(raft.pre_vote(rpc).await.map_err(|error| error.to_string()))
+            }
+            RaftRequest::Snapshot { vote, meta, data } => {
+                let snapshot = starling_store::Snapshot {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                };
+                Reply::Snapshot(
+                    raft.install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|error| error.to_string()),
+                )
+            }
+            RaftRequest::TransferLeader(rpc) => Reply::TransferLeader(
+                raft.handle_transfer_leader(rpc)
                     .await
                     .map_err(|error| error.to_string()),
             ),
@@ -188,7 +202,7 @@ impl Handler for Service {
             }
             (Request::Removed, Registered::Member) => self.removed(),
             (Request::TakeOver, Registered::Member) => {
-                let _ = self.member.raft().trigger().elect().await;
+                let _ = self.member.raft().trigger().elect(false).await;
                 Reply::Ack
             }
             (Request::MemberState, Registered::Member) => {

@@ -1,5 +1,6 @@
 //! What operations return: cluster objects as JSON with LXD's field names.
 
+use openraft::async_runtime::WatchReceiver;
 use serde_json::{json, Map, Value};
 use starling_store::{ClusterState, Member as MemberRecord, NodeId, TokenKind};
 
@@ -18,7 +19,7 @@ pub(crate) struct RaftRoles {
 impl RaftRoles {
     pub(crate) fn of(member: &Member) -> RaftRoles {
         let metrics = member.raft().metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let membership = metrics.membership_config.membership();
         let settled = metrics.membership_config.log_id() <= &metrics.last_applied
             && membership.get_joint_config().len() == 1;
@@ -93,7 +94,7 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
     let raft = RaftRoles::of(member);
     let (raft_term, last_log_index, applied_index, snapshot_index) = {
         let metrics = member.raft().metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         (
             metrics.current_term,
             metrics.last_log_index.unwrap_or(0),

@@ -617,6 +617,19 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
         == 0
 }
 
+/// The command's kind only (`ConfigSet`, `Bootstrap`, ...): what openraft's logs show of an
+/// entry, without values (a bootstrap entry carries the CA key).
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let debug = format!("{self:?}");
+        let kind = debug
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        f.write_str(kind)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

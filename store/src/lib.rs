@@ -12,6 +12,7 @@
 //! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
 //! - [`StorageHealth`]: a failed write takes the store out of service, and tells the member.
 //! - [`requests`]: the outcomes of recent requests, so a retried write applies once.
+//! - [`no_network`]: [`no_network::NoNetwork`], for a single Raft node run on a store alone.
 //! - [`recover`]: recovery from quorum loss, making a stopped member the only voter.
 //!
 //! Start at [`open`], which opens both halves of the store from a member's data directory
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod log_store;
 pub mod member_config;
 pub mod model;
+pub mod no_network;
 pub mod recover;
 pub mod requests;
 pub mod state_machine;
@@ -58,8 +60,42 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = NodeId,
         Node = Node,
-        SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// A Raft log position: the term and leader that wrote it, and its index.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// The leader a log id names (its term and node).
+pub type CommittedLeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+/// A Raft vote (term, candidate, whether a quorum granted it).
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// One Raft log entry.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// The payload of a Raft log entry.
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+/// The membership of the Raft group (voters and learners).
+pub type Membership = openraft::Membership<NodeId, Node>;
+/// A membership and the log id that stored it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// What a snapshot covers: its last log id and membership.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// A snapshot of the state machine: its meta and the serialized state.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+/// The serialized state a snapshot carries.
+pub type SnapshotData = Cursor<Vec<u8>>;
+
+/// A Raft node over Starling's state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// The log id at `index` written by `node` in `term`.
+pub fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
+    LogId::new(
+        CommittedLeaderId {
+            term,
+            node_id: node,
+        },
+        index,
+    )
+}
 
 /// Settings of the store that a member's configuration can change.
 ///

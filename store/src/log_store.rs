@@ -5,12 +5,14 @@
 //! commits (one `fsync` for the whole batch) and only then reports the entries durable to
 //! openraft. The async runtime never waits on `fsync`.
 //!
-//! Readers read LMDB only, so an entry can be read once it is durable and never before.
-//! openraft 0.9's documentation of `RaftLogStorage::append` asks for more (entries readable as
-//! soon as `append` returns), but openraft 0.9.25 never reads an entry before its flush is
-//! reported: `RaftCore` runs its commands one at a time, awaits each append's flush before the
-//! next, and queues the replication and apply commands that read the entries behind it. Check
-//! this again before moving to an openraft that runs log IO apart from `RaftCore`.
+//! An appended entry is readable at once: until its transaction commits it is kept in memory
+//! (the pending entries) beside LMDB, as openraft 0.10 asks. The leader replicates entries
+//! while its own `fsync` runs, and counts itself in the quorum only once the writer reports
+//! them durable. A follower's truncation drops pending entries at once and reaches LMDB in
+//! queue order, after the appends before it.
+//!
+//! The committed index, which nobody waits for, rides along with the next append (or is
+//! written alone after 100 ms of quiet), so it costs no `fsync` on the write path.
 //!
 //! # Failures
 //!
@@ -30,19 +32,24 @@ use std::time::{Duration, Instant};
 
 use heed::types::{Bytes, Str, U64};
 use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use tokio::sync::oneshot;
 
-use crate::{Error, NodeId, StorageHealth, TypeConfig};
+use crate::{Entry, Error, LogId, StorageHealth, TypeConfig, Vote};
+
+/// Largest append replication sends at once, in encoded bytes.
+pub const APPEND_BYTES_MAX: usize = crate::limits::BATCH_BYTES_MAX;
 
 /// Largest number of queued operations the writer folds into one LMDB transaction.
 const BATCH_OPERATIONS_MAX: usize = 4096;
 
-type LogEntry = Entry<TypeConfig>;
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type LogEntry = Entry;
+type StorageResult<T> = Result<T, io::Error>;
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -63,13 +70,37 @@ struct Shared {
     health: StorageHealth,
     /// LMDB transactions the writer committed since the store was opened.
     commits: AtomicU64,
+    /// Entries appended and not yet durable, by index: readable at once, as openraft needs to
+    /// replicate them while they are being written. Removed once their transaction commits.
+    pending: Mutex<BTreeMap<u64, LogEntry>>,
+    /// Writes held back until the next one (see [`writer_loop`]); the store's drop writes them.
+    deferred: Mutex<Vec<WriteOp>>,
+}
+
+impl Shared {
+    fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<WriteOp>> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Shared {
+    /// Writes what was held back (the committed index), so that a store closed right after a
+    /// write reopens with it.
+    fn drop(&mut self) {
+        let batch = std::mem::take(&mut *self.deferred());
+        if !batch.is_empty() && self.health.check().is_ok() {
+            let _ = commit_batch(self, &batch);
+        }
+    }
 }
 
 /// One operation for the writer thread, applied in queue order.
 enum WriteOp {
     Append {
-        entries: Vec<(LogId<NodeId>, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        entries: Vec<(LogId, Vec<u8>)>,
+        callback: IOFlushed<TypeConfig>,
     },
     PutMeta {
         key: &'static str,
@@ -133,6 +164,8 @@ impl LogStore {
             writer,
             health,
             commits: AtomicU64::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+            deferred: Mutex::new(Vec::new()),
         });
         let for_thread = Arc::downgrade(&shared);
         thread::Builder::new()
@@ -196,37 +229,69 @@ impl LogStore {
         wait.await.map_err(|_| Error::WriterStopped.to_string())?
     }
 
-    /// Reads the durable entries from `start` up to `end` (excluded), in index order.
+    /// Reads the entries from `start` up to `end` (excluded), in index order: the durable ones
+    /// and those still being written.
+    ///
+    /// The entries being written are looked at first: one that becomes durable meanwhile is then
+    /// found in LMDB, so none falls between the two reads.
     fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (Bound::Included(start), upper);
+        let pending: Vec<LogEntry> = self
+            .pending()
+            .range(range)
+            .map(|(_, entry)| entry.clone())
+            .collect();
         let txn = self
             .shared
             .env
             .read_txn()
             .map_err(|error| error.to_string())?;
-        let range = (Bound::Included(start), upper);
-        let mut found = Vec::new();
+        let mut found = BTreeMap::new();
         for item in self
             .shared
             .entries
             .range(&txn, &range)
             .map_err(|error| error.to_string())?
         {
-            let (_, bytes) = item.map_err(|error| error.to_string())?;
-            found.push(bincode::deserialize(bytes).map_err(|error| error.to_string())?);
+            let (index, bytes) = item.map_err(|error| error.to_string())?;
+            let entry: LogEntry = bincode::deserialize(bytes).map_err(|error| error.to_string())?;
+            found.insert(index, entry);
         }
-        Ok(found)
+        // An entry being written replaces a durable one at its index (a follower's log that
+        // was truncated and written again).
+        for entry in pending {
+            found.insert(entry.log_id.index, entry);
+        }
+        let mut next = start;
+        let mut consecutive = Vec::with_capacity(found.len());
+        for (index, entry) in found {
+            if index != next && !consecutive.is_empty() {
+                break;
+            }
+            next = index.saturating_add(1);
+            consecutive.push(entry);
+        }
+        Ok(consecutive)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, LogEntry>> {
+        // A panic while holding the lock leaves the map whole (every change is one call).
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// The log as LMDB holds it, read by offline tools (recovery) while no Raft node runs.
 pub(crate) struct StoredLog {
     /// The last vote saved.
-    pub(crate) vote: Option<Vote<NodeId>>,
+    pub(crate) vote: Option<Vote>,
     /// The last committed log id saved (a hint; it may lag behind).
-    pub(crate) committed: Option<LogId<NodeId>>,
+    pub(crate) committed: Option<LogId>,
     /// The last purged log id.
-    pub(crate) last_purged: Option<LogId<NodeId>>,
+    pub(crate) last_purged: Option<LogId>,
     /// The stored entries from the requested index on, in index order.
     pub(crate) entries: Vec<LogEntry>,
 }
@@ -240,13 +305,13 @@ impl LogStore {
         let txn = self.shared.env.read_txn()?;
         let meta =
             |key: &str| -> Result<Option<&[u8]>, Error> { Ok(self.shared.meta.get(&txn, key)?) };
-        let vote = meta(KEY_VOTE)?.map(decode::<Vote<NodeId>>).transpose()?;
+        let vote = meta(KEY_VOTE)?.map(decode::<Vote>).transpose()?;
         let committed = meta(KEY_COMMITTED)?
-            .map(decode::<Option<LogId<NodeId>>>)
+            .map(decode::<Option<LogId>>)
             .transpose()?
             .flatten();
         let last_purged = meta(KEY_LAST_PURGED)?
-            .map(decode::<Option<LogId<NodeId>>>)
+            .map(decode::<Option<LogId>>)
             .transpose()?
             .flatten();
         let mut entries = Vec::new();
@@ -264,11 +329,7 @@ impl LogStore {
 
     /// Replaces the whole log with an empty one that starts after `last_log_id` (covered by a
     /// snapshot), with `vote` saved and `last_log_id` committed, in one durable transaction.
-    pub(crate) fn reset_to(
-        &self,
-        last_log_id: LogId<NodeId>,
-        vote: &Vote<NodeId>,
-    ) -> Result<(), Error> {
+    pub(crate) fn reset_to(&self, last_log_id: LogId, vote: &Vote) -> Result<(), Error> {
         let last = bincode::serialize(&Some(last_log_id))
             .map_err(|error| Error::Decode(error.to_string()))?;
         let vote = bincode::serialize(vote).map_err(|error| Error::Decode(error.to_string()))?;
@@ -300,12 +361,12 @@ fn range_start_end<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
     (start, end)
 }
 
-fn read_error(message: String) -> StorageError<NodeId> {
-    StorageIOError::read_logs(AnyError::error(message)).into()
+fn read_error(message: String) -> io::Error {
+    io::Error::other(format!("reading the Raft log: {message}"))
 }
 
-fn write_error(message: String) -> StorageError<NodeId> {
-    StorageIOError::write_logs(AnyError::error(message)).into()
+fn write_error(message: String) -> io::Error {
+    io::Error::other(format!("writing the Raft log: {message}"))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -316,6 +377,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (start, end) = range_start_end(&range);
         self.read_range(start, end).map_err(read_error)
     }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote>> {
+        self.read_meta(KEY_VOTE).map_err(read_error)
+    }
+
+    /// What replication sends at once: the entries from `start` while they add up to at most
+    /// [`APPEND_BYTES_MAX`] (one larger entry still goes alone). openraft gives an append one
+    /// heartbeat interval to complete, so it must cross the network in a fraction of that.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> StorageResult<Vec<LogEntry>> {
+        let mut entries = self.read_range(start, Some(end)).map_err(read_error)?;
+        let mut total = 0usize;
+        let kept = entries
+            .iter()
+            .take_while(|entry| {
+                total = total.saturating_add(crate::limits::encoded_len(entry));
+                total <= APPEND_BYTES_MAX
+            })
+            .count()
+            .max(1);
+        entries.truncate(kept);
+        Ok(entries)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -323,7 +410,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
         let last_purged = self
-            .read_meta::<Option<LogId<NodeId>>>(KEY_LAST_PURGED)
+            .read_meta::<Option<LogId>>(KEY_LAST_PURGED)
             .map_err(read_error)?
             .flatten();
         let stored_last = {
@@ -346,7 +433,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         };
-        let last_log_id = stored_last.or(last_purged);
+        let pending_last = self
+            .pending()
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id);
+        let last_log_id = pending_last.or(stored_last).or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -357,7 +449,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+    async fn save_vote(&mut self, vote: &Vote) -> StorageResult<()> {
         let value = bincode::serialize(vote).map_err(|error| write_error(error.to_string()))?;
         self.submit(|done| WriteOp::PutMeta {
             key: KEY_VOTE,
@@ -365,15 +457,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             done: Some(done),
         })
         .await
-        .map_err(|message| StorageIOError::write_vote(AnyError::error(message)).into())
+        .map_err(write_error)
     }
 
-    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        self.read_meta(KEY_VOTE)
-            .map_err(|message| StorageIOError::read_vote(AnyError::error(message)).into())
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> StorageResult<()> {
         // Not awaited: the committed index is a hint for faster restarts, and it is written in
         // queue order after the entries it covers. A failure still takes the store out of
         // service, so no later write lands after it.
@@ -390,14 +477,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|_| write_error(Error::WriterStopped.to_string()))
     }
 
-    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId>> {
         Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)
+            .read_meta::<Option<LogId>>(KEY_COMMITTED)
             .map_err(read_error)?
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> StorageResult<()>
     where
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -406,14 +493,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // and openraft gets the error.
         self.writable().map_err(write_error)?;
         let mut encoded = Vec::new();
+        let mut readable = Vec::new();
         for entry in entries {
             let bytes =
                 bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
             encoded.push((entry.log_id, bytes));
+            readable.push(entry);
         }
         if encoded.is_empty() {
-            callback.log_io_completed(Ok(()));
+            callback.io_completed(Ok(()));
             return Ok(());
+        }
+        {
+            let mut pending = self.pending();
+            for entry in readable {
+                pending.insert(entry.log_id.index, entry);
+            }
         }
         self.shared
             .writer
@@ -424,16 +519,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|_| write_error(Error::WriterStopped.to_string()))
     }
 
-    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.submit(|done| WriteOp::Truncate {
-            from_index: log_id.index,
-            done,
-        })
-        .await
-        .map_err(write_error)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> StorageResult<()> {
+        let from_index = last_log_id.map_or(0, |log_id| log_id.index.saturating_add(1));
+        // Gone for readers at once; LMDB follows in queue order, after the appends before.
+        self.pending().split_off(&from_index);
+        self.submit(|done| WriteOp::Truncate { from_index, done })
+            .await
+            .map_err(write_error)
     }
 
-    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+    async fn purge(&mut self, log_id: LogId) -> StorageResult<()> {
+        {
+            let mut pending = self.pending();
+            let kept = pending.split_off(&log_id.index.saturating_add(1));
+            *pending = kept;
+        }
         let last_purged =
             bincode::serialize(&Some(log_id)).map_err(|error| write_error(error.to_string()))?;
         self.submit(|done| WriteOp::Purge {
@@ -457,46 +557,80 @@ const DEFERRED_WRITE_DELAY: Duration = Duration::from_millis(100);
 /// else is written or [`DEFERRED_WRITE_DELAY`] passes, so that the committed index costs no
 /// `fsync` of its own on the write path.
 fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
-    let mut deferred: Vec<WriteOp> = Vec::new();
     loop {
-        let first = if deferred.is_empty() {
-            queue.recv().ok()
+        let waiting = match shared.upgrade() {
+            Some(shared) => !shared.deferred().is_empty(),
+            None => return,
+        };
+        let first = if waiting {
+            // Idle, or the store is closing: write what was held back (on closing, the
+            // store's drop does).
+            queue.recv_timeout(DEFERRED_WRITE_DELAY).ok()
         } else {
-            match queue.recv_timeout(DEFERRED_WRITE_DELAY) {
+            match queue.recv() {
                 Ok(op) => Some(op),
-                // Idle, or the store is closing: write what was held back.
-                Err(_) => None,
+                Err(_) => return,
             }
         };
-        let mut batch = std::mem::take(&mut deferred);
+        let mut arrived = Vec::new();
         let idle = first.is_none();
         if let Some(first) = first {
-            batch.push(first);
+            arrived.push(first);
         }
-        while batch.len() < BATCH_OPERATIONS_MAX {
+        while arrived.len() < BATCH_OPERATIONS_MAX {
             match queue.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => arrived.push(op),
                 Err(_) => break,
             }
-        }
-        if batch.is_empty() {
-            return;
-        }
-        if !idle && batch.iter().all(WriteOp::may_wait) {
-            deferred = batch;
-            continue;
         }
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let mut batch = std::mem::take(&mut *shared.deferred());
+        batch.extend(arrived);
+        if batch.is_empty() {
+            continue;
+        }
+        if !idle && batch.iter().all(WriteOp::may_wait) {
+            *shared.deferred() = batch;
+            continue;
+        }
         let result = match shared.health.check() {
             Ok(()) => commit_batch(&shared, &batch),
             Err(out_of_service) => Err(out_of_service.to_string()),
         };
+        match result {
+            Ok(()) => forget_durable(&shared, &batch),
+            // Nothing more will be written: the log ends at the last durable entry, for
+            // readers too.
+            Err(_) => shared
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear(),
+        }
         // Let go of the store before reporting: once its owners have their answers and drop
         // their handles, the LMDB environment closes at once, and can be opened again.
         drop(shared);
         report(batch, result);
+    }
+}
+
+/// Drops the entries `batch` made durable from the pending ones, unless an entry appended
+/// since replaced one (same index, other log id).
+fn forget_durable(shared: &Shared, batch: &[WriteOp]) {
+    let mut pending = shared
+        .pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for op in batch {
+        if let WriteOp::Append { entries, .. } = op {
+            for (log_id, _) in entries {
+                if pending.get(&log_id.index).map(|entry| entry.log_id) == Some(*log_id) {
+                    pending.remove(&log_id.index);
+                }
+            }
+        }
     }
 }
 
@@ -558,8 +692,8 @@ fn report(batch: Vec<WriteOp>, result: Result<(), String>) {
     for op in batch {
         match op {
             WriteOp::Append { callback, .. } => {
-                let io_result = result.clone().map_err(std::io::Error::other);
-                callback.log_io_completed(io_result);
+                let io_result = result.clone().map_err(write_error);
+                callback.io_completed(io_result);
             }
             WriteOp::PutMeta {
                 done: Some(done), ..

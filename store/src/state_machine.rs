@@ -15,21 +15,22 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures::StreamExt;
 use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{ClusterState, CommandResponse, Error, Node, NodeId, StorageHealth, TypeConfig};
+use crate::{
+    ClusterState, CommandResponse, EntryPayload, Error, LogId, Snapshot, SnapshotData,
+    SnapshotMeta, StorageHealth, StoredMembership, TypeConfig,
+};
 
 const KEY_SNAPSHOT: &str = "current";
 
-type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type StorageResult<T> = Result<T, std::io::Error>;
 
 /// The state machine of one member. Cheap to clone; clones share the state.
 #[derive(Clone)]
@@ -51,15 +52,15 @@ struct Shared {
 /// What the applied entries produced.
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct Applied {
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, Node>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
     state: ClusterState,
 }
 
 /// A snapshot as stored in LMDB.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Node>,
+    meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
@@ -122,7 +123,7 @@ impl StateMachine {
     }
 
     /// The last applied log id.
-    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+    pub fn last_applied(&self) -> Option<LogId> {
         self.data().last_applied
     }
 
@@ -206,22 +207,17 @@ impl StateMachine {
                 .map_err(|error| Error::Decode(error.to_string()))?;
             (data, applied.last_applied, applied.membership.clone())
         };
-        let built = self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot_id = match last_applied {
-            Some(log_id) => format!("{}-{}-{built}", log_id.leader_id, log_id.index),
-            None => format!("--{built}"),
-        };
+        self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
-            snapshot_id,
         };
         Ok(StoredSnapshot { meta, data })
     }
 
     /// Makes `state`, as of `meta`, the in-memory state, unless the state applied is as new
     /// or newer (the state never goes back), and returns whether it did.
-    fn advance_to(&self, meta: &SnapshotMeta<NodeId, Node>, state: ClusterState) -> bool {
+    fn advance_to(&self, meta: &SnapshotMeta, state: ClusterState) -> bool {
         let mut applied = self.data_mut();
         if meta.last_log_id <= applied.last_applied {
             return false;
@@ -245,7 +241,7 @@ fn decode_state(bytes: &[u8]) -> Result<ClusterState, Error> {
 }
 
 /// A snapshot's last log id, for logs.
-fn snapshot_position(last_log_id: Option<LogId<NodeId>>) -> String {
+fn snapshot_position(last_log_id: Option<LogId>) -> String {
     last_log_id.map_or("nothing".to_string(), |log_id| log_id.to_string())
 }
 
@@ -255,16 +251,14 @@ impl StateMachine {
     /// current one (durable when this returns), and makes it the in-memory state.
     pub(crate) fn replace_snapshot(
         &self,
-        last_log_id: LogId<NodeId>,
-        membership: StoredMembership<NodeId, Node>,
+        last_log_id: LogId,
+        membership: StoredMembership,
         state: &ClusterState,
     ) -> Result<(), Error> {
         let stored = StoredSnapshot {
             meta: SnapshotMeta {
                 last_log_id: Some(last_log_id),
                 last_membership: membership,
-                // Distinct from the ids `build_snapshot` makes, which end in a build counter.
-                snapshot_id: format!("recovered-{}-{}", last_log_id.leader_id, last_log_id.index),
             },
             data: bincode::serialize(state).map_err(|error| Error::Decode(error.to_string()))?,
         };
@@ -280,70 +274,71 @@ impl StateMachine {
     }
 }
 
-fn snapshot_error(message: impl ToString) -> StorageError<NodeId> {
-    StorageIOError::write_snapshot(None, AnyError::error(message.to_string())).into()
+fn snapshot_error(message: impl ToString) -> std::io::Error {
+    std::io::Error::other(format!("snapshot: {}", message.to_string()))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
     /// Builds a snapshot of the state applied now and stores it, unless a newer one was
     /// installed meanwhile (openraft then ignores this older one too).
-    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot> {
         let built = self.snapshot_of_applied().map_err(snapshot_error)?;
         self.store_snapshot(&built).map_err(snapshot_error)?;
         Ok(Snapshot {
             meta: built.meta,
-            snapshot: Box::new(Cursor::new(built.data)),
+            snapshot: Cursor::new(built.data),
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId>, StoredMembership)> {
         let applied = self.data();
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResponse>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> StorageResult<()>
     where
-        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
     {
-        let mut responses = Vec::new();
-        let mut applied = self.data_mut();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => CommandResponse::ok(),
-                EntryPayload::Normal(command) => applied.state.apply_entry(&command),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandResponse::ok()
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let response = {
+                let mut applied = self.data_mut();
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => CommandResponse::ok(),
+                    EntryPayload::Normal(command) => applied.state.apply_entry(&command),
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResponse::ok()
+                    }
                 }
             };
-            responses.push(response);
+            // Seen applied before the writer hears back, so its next local read finds it.
+            self.shared.applied_index.send_replace(entry.log_id.index);
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
         }
-        let index = applied.last_applied.map_or(0, |log_id| log_id.index);
-        drop(applied);
-        self.shared.applied_index.send_replace(index);
-        Ok(responses)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
     ) -> StorageResult<()> {
         let snapshot = StoredSnapshot {
             meta: meta.clone(),
@@ -356,43 +351,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot>> {
         let stored = self.stored_snapshot().map_err(snapshot_error)?;
         Ok(stored.map(|stored| Snapshot {
             meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            snapshot: Cursor::new(stored.data),
         }))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Entry};
-
     use super::*;
-    use crate::Command;
+    use crate::{Command, Entry};
 
     type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
-    fn log_id(index: u64) -> LogId<NodeId> {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
+    fn log_id(index: u64) -> LogId {
+        crate::log_id(1, 1, index)
     }
 
     /// Applies entries `first..=last`, each setting `user.step` to its index.
     async fn apply_steps(machine: &mut StateMachine, first: u64, last: u64) -> TestResult {
-        let entries = (first..=last).map(|index| Entry {
-            log_id: log_id(index),
-            payload: EntryPayload::Normal(Command::ConfigSet {
-                key: "user.step".to_string(),
-                value: index.to_string(),
-            }),
+        let entries = (first..=last).map(|index| {
+            let entry = Entry {
+                log_id: log_id(index),
+                payload: EntryPayload::Normal(Command::ConfigSet {
+                    key: "user.step".to_string(),
+                    value: index.to_string(),
+                }),
+            };
+            Ok((entry, None))
         });
-        machine.apply(entries).await?;
+        machine.apply(futures::stream::iter(entries)).await?;
         Ok(())
     }
 
     /// A snapshot made elsewhere (the leader's), at `index`, where `user.step` is `index`.
-    fn leader_snapshot(index: u64) -> TestResult<(SnapshotMeta<NodeId, Node>, Vec<u8>)> {
+    fn leader_snapshot(index: u64) -> TestResult<(SnapshotMeta, Vec<u8>)> {
         let mut state = ClusterState::default();
         state
             .config
@@ -400,7 +396,6 @@ mod tests {
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(index)),
             last_membership: StoredMembership::default(),
-            snapshot_id: format!("leader-{index}"),
         };
         Ok((meta, bincode::serialize(&state)?))
     }
@@ -424,9 +419,7 @@ mod tests {
         let built = machine.snapshot_of_applied()?;
         assert_eq!(built.meta.last_log_id, Some(log_id(2)));
         let (meta, data) = leader_snapshot(10)?;
-        machine
-            .install_snapshot(&meta, Box::new(Cursor::new(data)))
-            .await?;
+        machine.install_snapshot(&meta, Cursor::new(data)).await?;
 
         tracing::info!("--- the build finishes: the leader's snapshot stays");
         assert!(
@@ -459,9 +452,7 @@ mod tests {
         apply_steps(&mut machine, 1, 5).await?;
         let applied_index = machine.subscribe();
         let (meta, data) = leader_snapshot(3)?;
-        machine
-            .install_snapshot(&meta, Box::new(Cursor::new(data)))
-            .await?;
+        machine.install_snapshot(&meta, Cursor::new(data)).await?;
         assert_eq!(machine.last_applied(), Some(log_id(5)));
         assert_eq!(step(&machine).as_deref(), Some("5"));
         assert_eq!(*applied_index.borrow(), 5);

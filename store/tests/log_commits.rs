@@ -53,3 +53,22 @@ async fn committed_index_rides_with_the_next_append() -> TestResult {
     let _ = reopen(root.path(), &starling_store::StoreOptions::default()).await?;
     Ok(())
 }
+
+/// Goal: a committed index held back is not lost when the store closes right after a write:
+/// a restart re-applies up to it, so the state does not go back.
+/// Method: a single-node Raft writes and shuts down at once (well within the 100 ms the index
+/// may wait); the store reopened holds the last write as committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_index_held_back_is_written_on_close() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let (log_store, state_machine) = starling_store::open(root.path())?;
+    let raft = start_raft(log_store, state_machine).await?;
+    raft.initialize(support::node1()).await?;
+    wait_leader(&raft).await?;
+    let last = raft.client_write(filler(8)).await?.log_id;
+    raft.shutdown().await?;
+    drop(raft);
+    let (mut reopened, _) = reopen(root.path(), &starling_store::StoreOptions::default()).await?;
+    assert_eq!(reopened.read_committed().await?, Some(last));
+    Ok(())
+}

@@ -6,7 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-use openraft::{Entry, EntryPayload, LogId, Membership, RaftLogReader, Vote};
+use openraft::RaftLogReader;
+use starling_store::{Entry, EntryPayload, Membership, Vote};
 use starling_store::{StateMachine, StoreOptions};
 use support::{filler, node1, reopen, start_raft, wait_leader, TestResult};
 
@@ -74,10 +75,10 @@ async fn only_the_membership_entry_and_a_vote() -> TestResult {
         tracing::info!(%vote, "--- a database with the membership entry and a vote");
         {
             let (mut log_store, _) = starling_store::open(root.path())?;
-            let membership = Membership::new(vec![BTreeSet::from([1])], node1());
+            let membership = Membership::new(vec![BTreeSet::from([1])], node1())?;
             log_store
                 .blocking_append([Entry {
-                    log_id: LogId::default(),
+                    log_id: starling_store::log_id(0, 0, 0),
                     payload: EntryPayload::Membership(membership),
                 }])
                 .await?;

@@ -5,10 +5,12 @@ mod support;
 
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{Fatal, RaftError};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
-use openraft::{RaftLogReader, Vote};
+use openraft::RaftLogReader;
 use starling_store::StoreOptions;
+use starling_store::Vote;
 use support::{
     entry, filler, node1, reopen, start_raft, tiny_log_options, wait_leader, TestResult,
 };
@@ -99,7 +101,10 @@ async fn a_failed_write_takes_the_store_out_of_service() -> TestResult {
         .save_committed(Some(entry(0, 0).log_id))
         .await
         .is_err());
-    assert!(log_store.truncate(entry(1, 0).log_id).await.is_err());
+    assert!(log_store
+        .truncate_after(Some(entry(1, 0).log_id))
+        .await
+        .is_err());
     assert!(log_store.purge(entry(0, 0).log_id).await.is_err());
     assert!(log_store.try_get_log_entries(failed_at..).await?.is_empty());
     assert_eq!(log_store.read_vote().await?, None);
@@ -162,7 +167,7 @@ async fn a_full_log_stops_raft_and_keeps_what_it_acknowledged() -> TestResult {
     tracing::info!("--- the store says why, and openraft has stopped");
     let cause = tokio::time::timeout(Duration::from_secs(5), health.failed()).await?;
     assert!(cause.contains("MDB_MAP_FULL"), "{cause}");
-    let running = raft.metrics().borrow().running_state.clone();
+    let running = raft.metrics().borrow_watched().running_state.clone();
     assert!(
         matches!(running, Err(Fatal::StorageError(_))),
         "{running:?}"

@@ -12,6 +12,7 @@
 pub mod netfault;
 pub mod processes;
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -348,7 +349,7 @@ impl TestCluster {
     pub fn membership_applied_everywhere(&self) -> bool {
         let mut seen = None;
         for member in self.members.iter().flatten() {
-            let metrics = member.raft().metrics().borrow().clone();
+            let metrics = member.raft().metrics().borrow_watched().clone();
             let membership = metrics.membership_config.clone();
             if membership.membership().get_node(&member.id()).is_none() {
                 // A spare holds no replica, so it has no membership to compare.

@@ -1,5 +1,6 @@
 //! In-process scenarios: a cluster forms, replicates, and survives member restarts.
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -128,7 +129,7 @@ async fn snapshot_brings_a_new_member_up_to_date() -> Result<()> {
         "a snapshot and a purged log",
         Duration::from_secs(10),
         || async {
-            let metrics = cluster.member(0).raft().metrics().borrow().clone();
+            let metrics = cluster.member(0).raft().metrics().borrow_watched().clone();
             (metrics.snapshot.is_some() && metrics.purged.is_some()).then_some(())
         },
     )
@@ -147,7 +148,7 @@ async fn snapshot_brings_a_new_member_up_to_date() -> Result<()> {
         },
     )
     .await?;
-    let snapshot = cluster.member(1).raft().metrics().borrow().snapshot;
+    let snapshot = cluster.member(1).raft().metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some(),
         "the new member did not install a snapshot"

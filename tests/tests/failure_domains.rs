@@ -1,6 +1,7 @@
 //! Failure domains: the leader spreads voters and stand-bys over them, also when the number of
 //! voters and stand-bys is already right (see `starling_runtime::roles` for the rules).
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -90,7 +91,7 @@ fn replicas_applied(cluster: &TestCluster, via: usize) -> bool {
         .member(via)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .membership_config
         .clone();
     let log_id = *membership.log_id();
@@ -100,7 +101,7 @@ fn replicas_applied(cluster: &TestCluster, via: usize) -> bool {
             .member(id as usize - 1)
             .raft()
             .metrics()
-            .borrow()
+            .borrow_watched()
             .clone();
         *metrics.membership_config.log_id() == log_id
             && metrics.last_applied >= log_id
@@ -124,7 +125,12 @@ async fn assert_roles_stay(cluster: &TestCluster, leader: usize, rounds: u32) ->
         .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
         .max(100) as u64;
     let membership = |cluster: &TestCluster| {
-        let metrics = cluster.member(leader).raft().metrics().borrow().clone();
+        let metrics = cluster
+            .member(leader)
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .clone();
         *metrics.membership_config.log_id()
     };
     let before = membership(cluster);

@@ -2,6 +2,7 @@
 //! certificates are trusted because they are registered (not because the CA signed them), and
 //! revocation holds on every member.
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -492,14 +493,16 @@ async fn large_appends_are_split() -> Result<()> {
         .member(leader)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied;
     cluster.restart(follower).await?;
     let member = cluster.member(follower).clone();
     wait_for(
         "the follower to catch up",
         Duration::from_secs(60),
-        || async { (member.raft().metrics().borrow().last_applied >= target).then_some(()) },
+        || async {
+            (member.raft().metrics().borrow_watched().last_applied >= target).then_some(())
+        },
     )
     .await?;
     Ok(())

@@ -8,14 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+use openraft::{BasicNode, ServerState};
+use starling_store::no_network::NoNetwork;
+use starling_store::{
+    Command, Entry, EntryPayload, LogStore, Node, NodeId, Raft, StateMachine, StoreOptions,
 };
-use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Raft, ServerState};
-use starling_store::{Command, LogStore, Node, NodeId, StateMachine, StoreOptions, TypeConfig};
 
 /// What the tests return: any error fails the test with its message.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -32,9 +29,9 @@ pub fn tiny_log_options() -> StoreOptions {
 }
 
 /// A normal entry at `index` of term 1 (leader 1) whose command carries `bytes` bytes.
-pub fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+pub fn entry(index: u64, bytes: usize) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: starling_store::log_id(1, 1, index),
         payload: EntryPayload::Normal(filler(bytes)),
     }
 }
@@ -58,10 +55,7 @@ pub fn node1() -> BTreeMap<NodeId, Node> {
 }
 
 /// Starts Raft node 1 over a store, with fast timeouts.
-pub async fn start_raft(
-    log_store: LogStore,
-    state_machine: StateMachine,
-) -> TestResult<Raft<TypeConfig>> {
+pub async fn start_raft(log_store: LogStore, state_machine: StateMachine) -> TestResult<Raft> {
     let config = openraft::Config {
         heartbeat_interval: 50,
         election_timeout_min: 150,
@@ -80,7 +74,7 @@ pub async fn start_raft(
 }
 
 /// Waits until `raft` leads, or fails after a few seconds.
-pub async fn wait_leader(raft: &Raft<TypeConfig>) -> TestResult {
+pub async fn wait_leader(raft: &Raft) -> TestResult {
     raft.wait(Some(Duration::from_secs(5)))
         .state(ServerState::Leader, "node 1 leads")
         .await?;
@@ -100,51 +94,5 @@ pub async fn reopen(dir: &Path, options: &StoreOptions) -> TestResult<(LogStore,
             }
             Err(error) => return Err(error.into()),
         }
-    }
-}
-
-/// A network that reaches nobody: a single node never needs it.
-pub struct NoNetwork;
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &Node) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
-
-fn unreachable<E: std::error::Error>() -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-        "no network in tests",
-    )))
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        Err(unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>> {
-        Err(unreachable())
     }
 }
