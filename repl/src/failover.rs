@@ -22,6 +22,7 @@
 //! Every wait has a deadline (`--deadline`); a run that misses it is reported as timed out.
 
 mod partition;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -64,6 +65,13 @@ pub struct FailoverArgs {
     /// own (127.77.0.N) and `iptables` drops the packets between them. Needs root.
     #[arg(long)]
     partition: bool,
+    /// Also measure leadership transfers (`cluster.transfer_leadership`) with a writer running
+    /// through a follower, over --transfer-runs runs.
+    #[arg(long)]
+    transfer: bool,
+    /// Runs of the transfer measurement.
+    #[arg(long, default_value_t = 20)]
+    transfer_runs: usize,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -148,6 +156,17 @@ async fn all_runs(cluster: &mut Cluster, args: &FailoverArgs, figures: &mut Figu
             figures.partition_write.push(cut_write);
             figures.minority_error.push(minority_error);
         }
+    }
+    if args.transfer {
+        let mut runs = Vec::new();
+        for run in 1..=args.transfer_runs {
+            let outcome = transfer::run(cluster)
+                .await
+                .with_context(|| format!("transfer, run {run}"))?;
+            runs.push(outcome);
+            cluster.settle(deadline).await?;
+        }
+        print_transfers(&runs);
     }
     if args.members < 4 {
         println!(
@@ -597,6 +616,34 @@ fn describe(seconds: Option<f64>) -> String {
         || "timed out".to_string(),
         |seconds| format!("{seconds:.3} s"),
     )
+}
+
+/// The transfer runs' figures: transfer time and the longest write around it (min, median,
+/// max over the runs), and every failed write.
+fn print_transfers(runs: &[transfer::TransferRun]) {
+    let transfers: Vec<Option<f64>> = runs.iter().map(|run| Some(run.transfer)).collect();
+    let writes: Vec<Option<f64>> = runs.iter().map(|run| Some(run.longest_write)).collect();
+    println!(
+        "\n{:<40} {:>8} {:>8} {:>8}  (seconds)",
+        "transfer figure", "min", "median", "max"
+    );
+    println!(
+        "{:<40} {}",
+        "transfer, request → new leader leads",
+        summarize(&transfers, runs.len())
+    );
+    println!(
+        "{:<40} {}",
+        "longest write around the transfer",
+        summarize(&writes, runs.len())
+    );
+    let failed: Vec<&String> = runs.iter().flat_map(|run| &run.failed).collect();
+    println!("failed writes: {}", failed.len());
+    for error in failed.iter().take(5) {
+        println!("  {error}");
+    }
+    println!("reference: etcd 3.4 here (etcdctl move-leader): 181–230 ms, writes around it up to 7–11 ms");
+    println!("targets:   transfer ≤ 100 ms, longest write ≤ 20 ms, no failed write");
 }
 
 /// Every figure's per-run result in seconds; `None` for a run that timed out.

@@ -193,6 +193,24 @@ enum ClusterCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Gives a member a vote now (at cluster.max_voters a voter gives its vote up).
+    Promote {
+        /// Member name.
+        name: String,
+        /// The voter that gives its vote up (default: the one the role planner would choose).
+        #[arg(long)]
+        replace: Option<String>,
+    },
+    /// A voter gives its vote to the best candidate and becomes a stand-by (or a spare).
+    Demote {
+        /// Member name.
+        name: String,
+    },
+    /// Moves leadership to a voter (default: the most caught-up one).
+    TransferLeader {
+        /// Member name.
+        name: Option<String>,
+    },
     /// Shows a member's live state, read from the member itself.
     State {
         /// Member name.
@@ -580,6 +598,31 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
             println!("Member {name} removed");
             Ok(())
         }
+        ClusterCommand::Promote { name, replace } => {
+            let value = client
+                .operation(Operation::ClusterPromote {
+                    name: name.clone(),
+                    replace: replace.clone(),
+                })
+                .await?;
+            print_voters(name, "promoted", &value);
+            Ok(())
+        }
+        ClusterCommand::Demote { name } => {
+            let value = client
+                .operation(Operation::ClusterDemote { name: name.clone() })
+                .await?;
+            print_voters(name, "demoted", &value);
+            Ok(())
+        }
+        ClusterCommand::TransferLeader { name } => {
+            let value = client
+                .operation(Operation::ClusterTransferLeadership { name: name.clone() })
+                .await?;
+            let leader = value["leader"].as_str().unwrap_or("?");
+            println!("Leader: {leader}");
+            Ok(())
+        }
         ClusterCommand::State { name } => {
             let value = client
                 .operation(Operation::ClusterMemberState { name: name.clone() })
@@ -810,6 +853,24 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// What `cluster promote` and `cluster demote` print: whether anything changed, and the voters.
+fn print_voters(name: &str, done: &str, value: &Value) {
+    let voters: Vec<&str> = value["voters"]
+        .as_array()
+        .map(|voters| voters.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if value["changed"].as_bool() == Some(false) {
+        let state = if voters.contains(&name) {
+            "already votes"
+        } else {
+            "does not vote"
+        };
+        println!("Member {name} {state}; voters: {}", voters.join(", "));
+    } else {
+        println!("Member {name} {done}; voters: {}", voters.join(", "));
+    }
 }
 
 fn recover(cli: &Cli) -> Result<()> {

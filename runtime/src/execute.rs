@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use starling_store::{Command, Network, StoragePool, TokenKind};
 
-use crate::join::{self, WRITE_TIMEOUT};
+use crate::cluster::join::{self, WRITE_TIMEOUT};
 use crate::member::Member;
 use crate::operation::Operation;
 use crate::protocol::{Caller, Reply, Request};
@@ -42,6 +42,9 @@ impl Member {
             ..caller
         };
         let deadline = Instant::now() + LEADER_CHANGE_BUDGET;
+        // A transfer names the new leader within milliseconds, an election takes longer: retry
+        // every few milliseconds at first, then less often.
+        let started = Instant::now();
         loop {
             let attempt = self.attempt(&operation, &caller).await;
             match attempt {
@@ -50,7 +53,12 @@ impl Member {
                 // id, so the leader applies it at most once. (A write this member proposed as
                 // leader and that timed out is not retried: no quorum answers it.)
                 Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = if started.elapsed() < Duration::from_millis(40) {
+                        Duration::from_millis(3)
+                    } else {
+                        Duration::from_millis(50)
+                    };
+                    tokio::time::sleep(pause).await;
                 }
                 Err(Error::LeadershipChanged(_)) => return Err(self.unavailable().await),
                 other => return other,
@@ -278,6 +286,13 @@ impl Member {
                 Ok(Value::Null)
             }
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
+            Operation::ClusterPromote { name, replace } => {
+                self.promote(name, replace.as_deref()).await
+            }
+            Operation::ClusterDemote { name } => self.demote(name).await,
+            Operation::ClusterTransferLeadership { name } => {
+                self.transfer_leadership(name.as_deref()).await
+            }
             Operation::HandOver { id } => self.hand_over(*id).await,
             Operation::StorageCreate {
                 name,

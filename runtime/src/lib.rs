@@ -6,11 +6,13 @@
 //! - [`serve`](crate::serve): the request handler and its trust rules.
 //! - [`execute`](crate::execute): operations, run on the leader or forwarded to it.
 //! - [`operation`]: [`Operation`], the one list of cluster operations, and the script built-ins.
-//! - [`join`](crate::join): bootstrap, joining, tokens and client trust.
+//! - [`cluster`]: membership, each part an IO-free planner and the code that carries it out:
+//!   joining ([`cluster::join`]), member status and role rebalancing ([`cluster::health`],
+//!   planned by [`cluster::roles`]), member management ([`cluster::manage`]) and the
+//!   operator's role control: promote, demote, transfer leadership ([`cluster::role_control`],
+//!   carried out by [`cluster::role_ops`]).
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
-//! - [`health`](crate::health): heartbeats, member status, role rebalancing.
-//! - [`roles`]: the pure role planner.
 //! - [`once`](crate::once): exactly-once writes (request ids).
 //! - [`client`]: [`Client`], how the CLI and tools talk to a member.
 //! - [`network`](crate::network), [`protocol`]: Raft over the transport, and the wire messages.
@@ -19,19 +21,16 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod datadir;
 mod error;
 mod execute;
-mod health;
-mod join;
-mod manage;
 pub mod member;
 pub mod network;
 mod once;
 pub mod operation;
 mod proposer;
 pub mod protocol;
-pub mod roles;
 pub mod script;
 mod serve;
 mod sysinfo;

@@ -2,7 +2,7 @@
 //!
 //! [`Member::start`] creates, joins or restarts a member from its data directory. Requests
 //! arrive through [`crate::serve`]; operations run in [`crate::execute`]; the leader's
-//! heartbeat and role rebalancing run in [`crate::health`].
+//! heartbeat and role rebalancing run in [`crate::cluster::health`].
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
@@ -130,6 +130,9 @@ pub(crate) struct Inner {
     pub(crate) registry: Mutex<crate::trust::TrustRegistry>,
     /// Slots for scripts running on this member.
     pub(crate) scripts: crate::script::ScriptSlots,
+    /// Held while roles are planned and changed (automatic rebalancing, operator changes), so
+    /// neither plans on the other's half-done change.
+    pub(crate) role_lock: tokio::sync::Mutex<()>,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -163,9 +166,9 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                crate::join::prepare_bootstrap(&dir, name, listen)?;
+                crate::cluster::join::prepare_bootstrap(&dir, name, listen)?;
                 let member = Member::open(&dir, &config).await?;
-                crate::join::finish_bootstrap(&member).await?;
+                crate::cluster::join::finish_bootstrap(&member).await?;
                 Ok(member)
             }
             StartMode::Join {
@@ -180,7 +183,8 @@ impl Member {
                         config.dir.display()
                     )));
                 }
-                let leader = crate::join::join(&dir, name, listen, token, member_config).await?;
+                let leader =
+                    crate::cluster::join::join(&dir, name, listen, token, member_config).await?;
                 let member = Member::open(&dir, &config).await?;
                 {
                     let mut heard = member.heard();
@@ -199,10 +203,10 @@ impl Member {
                 }
                 let member = Member::open(&dir, &config).await?;
                 let empty = member.local_state(|state| state.members.is_empty());
-                if crate::join::bootstrap_unfinished(&dir) && empty {
+                if crate::cluster::join::bootstrap_unfinished(&dir) && empty {
                     // Killed between Raft initialization and the first entry: finish it.
                     tracing::info!("finishing an interrupted bootstrap");
-                    crate::join::finish_bootstrap(&member).await?;
+                    crate::cluster::join::finish_bootstrap(&member).await?;
                 } else {
                     // A member bootstrapped before the key file was deleted after use.
                     dir.remove_ca_key()?;
@@ -282,6 +286,7 @@ impl Member {
             registry: Mutex::new(dir.load_registry().unwrap_or_default()),
             storage,
             scripts: Default::default(),
+            role_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         };
         let member = Member {
@@ -336,7 +341,7 @@ impl Member {
             }
         });
         let health = self.clone();
-        tokio::spawn(async move { crate::health::run(health).await });
+        tokio::spawn(async move { crate::cluster::health::run(health).await });
         let storage = self.inner.storage.clone();
         let name = self.inner.name.clone();
         tokio::spawn(async move {
@@ -601,7 +606,7 @@ impl Member {
 
     /// The error for "no quorum", with a fresh count of reachable voters.
     pub(crate) async fn unavailable(&self) -> Error {
-        crate::health::quorum_error(self).await
+        crate::cluster::health::quorum_error(self).await
     }
 
     /// Stops the member: Raft, the endpoint and the background tasks.

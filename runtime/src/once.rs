@@ -66,7 +66,7 @@ pub(crate) fn replay(
     outcome.map_err(Error::Refused)?;
     let token = |name: &str, kind: TokenKind, field: &str| {
         member
-            .local_state(|state| state.tokens_of(kind).get(name).map(crate::join::payload_of))
+            .local_state(|state| state.tokens_of(kind).get(name).map(crate::cluster::join::payload_of))
             .map(|payload| json!({field: name, "token": payload.encode(), "expires_at": payload.expires_at}))
             .ok_or_else(|| Error::Refused(format!("the token for \"{name}\" was used or revoked since")))
     };

@@ -138,6 +138,25 @@ pub enum Operation {
         /// Remove an offline or broken member without its cooperation.
         force: bool,
     },
+    /// `cluster.promote(name [, {replace=other}])`: the member votes now.
+    ClusterPromote {
+        /// Member name.
+        name: String,
+        /// The voter that gives its vote up, when the cluster has all the voters it keeps.
+        replace: Option<String>,
+    },
+    /// `cluster.demote(name)`: the voter becomes a stand-by (or a spare) and another member
+    /// takes its vote.
+    ClusterDemote {
+        /// Member name.
+        name: String,
+    },
+    /// `cluster.transfer_leadership([name])`: leadership moves to the named voter, or the most
+    /// caught-up one.
+    ClusterTransferLeadership {
+        /// Member name, if one is chosen.
+        name: Option<String>,
+    },
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -290,6 +309,18 @@ pub const BUILTINS: &[Builtin] = &[
         help: "cluster.remove(name [, {force=true}]) -> removes a member",
     },
     Builtin {
+        name: "cluster.promote",
+        help: "cluster.promote(name [, {replace=other}]) -> gives a member a vote now",
+    },
+    Builtin {
+        name: "cluster.demote",
+        help: "cluster.demote(name) -> a voter gives its vote to the best candidate",
+    },
+    Builtin {
+        name: "cluster.transfer_leadership",
+        help: "cluster.transfer_leadership([name]) -> moves leadership to a voter",
+    },
+    Builtin {
         name: "storage.create",
         help: "storage.create(name, driver [, config [, member_config]]) -> creates a pool",
     },
@@ -405,6 +436,16 @@ impl Operation {
             "cluster.remove" => Operation::ClusterRemove {
                 name: arguments.string(0, "name")?,
                 force: arguments.flag(1, "force")?,
+            },
+            "cluster.promote" => Operation::ClusterPromote {
+                name: arguments.string(0, "name")?,
+                replace: arguments.option_string(1, "replace")?,
+            },
+            "cluster.demote" => Operation::ClusterDemote {
+                name: arguments.string(0, "name")?,
+            },
+            "cluster.transfer_leadership" => Operation::ClusterTransferLeadership {
+                name: arguments.optional_string(0, "name")?,
             },
             "storage.create" => Operation::StorageCreate {
                 name: arguments.string(0, "name")?,
@@ -531,6 +572,28 @@ impl Arguments<'_> {
                 })
                 .collect(),
             Some(other) => Err(self.wrong_table(position, "member_config", other)),
+        }
+    }
+
+    /// An optional string argument.
+    fn optional_string(&self, position: usize, what: &str) -> Result<Option<String>, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.string(position, what).map(Some),
+        }
+    }
+
+    /// An optional options table's string field, e.g. `{replace="m2"}`.
+    fn option_string(&self, position: usize, field: &str) -> Result<Option<String>, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if items.is_empty() => Ok(None),
+            Some(Value::Object(map)) => match map.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text.clone())),
+                Some(other) => Err(self.wrong(position, field, other)),
+            },
+            Some(other) => Err(self.wrong_table(position, "options", other)),
         }
     }
 

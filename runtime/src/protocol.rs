@@ -48,8 +48,6 @@ pub enum Request {
     Ping,
     /// The leader removed the receiver from the cluster: it resets itself; members only.
     Removed,
-    /// Start an election now (the leader is handing over); members only.
-    TakeOver,
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
 }

@@ -198,13 +198,9 @@ impl Handler for Service {
             (Request::Raft(request), Registered::Member) => Box::pin(self.raft(request)).await,
             (Request::Ping, Registered::Member) => Reply::Pong,
             (Request::Heartbeat(heartbeat), Registered::Member) => {
-                crate::health::on_heartbeat(&self.member, heartbeat)
+                crate::cluster::health::on_heartbeat(&self.member, heartbeat)
             }
             (Request::Removed, Registered::Member) => self.removed(),
-            (Request::TakeOver, Registered::Member) => {
-                let _ = self.member.raft().trigger().elect(false).await;
-                Reply::Ack
-            }
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }

@@ -48,7 +48,7 @@ impl RaftRoles {
 }
 
 fn member_json(raft: &RaftRoles, record: &MemberRecord) -> Value {
-    let (status, message) = crate::health::status_of(record);
+    let (status, message) = crate::cluster::health::status_of(record);
     json!({
         "server_name": record.name,
         "url": format!("quic://{}", record.address),
@@ -242,7 +242,7 @@ pub(crate) fn trusted_fingerprint(member: &Member, name: &str) -> Result<String,
 pub(crate) fn tokens(member: &Member, kind: TokenKind) -> Value {
     member.local_state(|state| {
         let tokens = state.tokens_of(kind).values().map(|token| {
-            let payload = crate::join::payload_of(token);
+            let payload = crate::cluster::join::payload_of(token);
             json!({"server_name": token.name, "token": payload.encode(), "expires_at": payload.expires_at})
         });
         Value::Array(tokens.collect())

@@ -1,5 +1,5 @@
 //! Failure domains: the leader spreads voters and stand-bys over them, also when the number of
-//! voters and stand-bys is already right (see `starling_runtime::roles` for the rules).
+//! voters and stand-bys is already right (see `starling_runtime::cluster::roles` for the rules).
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;

@@ -161,7 +161,7 @@ async fn only_registered_certificates_are_trusted() -> Result<()> {
 
     tracing::info!("--- the administrator's client certificate is not a member's");
     let admin = starling_runtime::datadir::DataDir::new(&cluster.dir(0)).load_identity("admin")?;
-    for request in [Request::Ping, Request::MemberState, Request::TakeOver] {
+    for request in [Request::Ping, Request::MemberState, Request::Removed] {
         let reply = raw_request(&address, admin.clone(), &ca.cert_pem, &request).await?;
         let error = refusal(reply).expect("a refusal");
         assert!(

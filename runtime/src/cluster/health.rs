@@ -14,16 +14,16 @@ use futures::future::join_all;
 use openraft::ChangeMembers;
 use starling_store::{Command, HealthUpdate, Member as MemberRecord, MemberStatus, NodeId};
 
+use crate::cluster::roles::{self, Candidate, CurrentRoles};
 use crate::member::{node, Member};
 use crate::protocol::{Heartbeat, Reply, Request};
-use crate::roles::{self, Candidate, CurrentRoles};
 use crate::token::{format_time_ms, now_ms};
 use crate::trust::TrustRegistry;
 use crate::view::RaftRoles;
 use crate::Error;
 
 /// How far behind the leader's log a stand-by may be and still be promoted.
-const PROMOTION_LAG_MAX: u64 = 100;
+pub(crate) const PROMOTION_LAG_MAX: u64 = 100;
 
 /// Runs heartbeat rounds while the member leads, until shutdown.
 pub(crate) async fn run(member: Member) {
@@ -187,7 +187,7 @@ async fn record_health(member: &Member, interval: Duration) {
         if let Err(error) = member
             .propose(
                 Command::MemberHealth { updates },
-                crate::join::WRITE_TIMEOUT,
+                crate::cluster::join::WRITE_TIMEOUT,
             )
             .await
         {
@@ -256,6 +256,10 @@ pub(crate) fn require_online(record: &MemberRecord) -> Result<(), Error> {
 
 /// Moves Raft roles towards the plan for the current members and limits.
 async fn rebalance(member: &Member) {
+    // An operator's role change is under way: plan next round, on its result.
+    let Ok(_roles) = member.inner.role_lock.try_lock() else {
+        return;
+    };
     let raft_roles = RaftRoles::of(member);
     let (records, voters_max, standbys_max) = member.local_state(|state| {
         let records: Vec<MemberRecord> = state.members.values().cloned().collect();

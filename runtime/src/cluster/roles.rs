@@ -1,7 +1,7 @@
 //! Role planning: which members should vote, which should stand by, which stay spares.
 //!
 //! A pure function of the members, the current Raft roles and the limits; the leader runs it
-//! after every heartbeat round and carries the plan out (see [`crate::health`]). Start at
+//! after every heartbeat round and carries the plan out (see [`crate::cluster::health`]). Start at
 //! [`plan`].
 //!
 //! # Rules
@@ -114,10 +114,7 @@ fn plan_voters<'a>(
     current: &CurrentRoles,
     voters_max: usize,
 ) -> Vec<&'a Candidate> {
-    let mut target = voters_max.min(online.len()).max(1);
-    if target.is_multiple_of(2) {
-        target -= 1;
-    }
+    let target = voter_target(online.len(), voters_max);
     let lost_domains: BTreeSet<&str> = candidates
         .iter()
         .filter(|candidate| !candidate.online && current.voters.contains(&candidate.id))
@@ -150,6 +147,48 @@ fn plan_voters<'a>(
         voters.push(best);
     }
     voters
+}
+
+/// How many voters the planner keeps with `online` members online (the leader counts):
+/// `cluster.max_voters`, at most the online members, at least one, and odd.
+pub fn voter_target(online: usize, voters_max: usize) -> usize {
+    let target = voters_max.min(online).max(1);
+    if target.is_multiple_of(2) {
+        target - 1
+    } else {
+        target
+    }
+}
+
+/// The voter the planner gives up first among `voters` (never `leader`): from the most
+/// crowded failure domain, newest first.
+pub fn first_to_demote(
+    candidates: &[Candidate],
+    voters: &BTreeSet<NodeId>,
+    leader: NodeId,
+) -> Option<NodeId> {
+    let holders: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|candidate| voters.contains(&candidate.id))
+        .collect();
+    demotion_choice(&holders, Some(leader)).map(|position| holders[position].id)
+}
+
+/// The member the planner would promote first among the online non-voters `rest`, given
+/// `voters`: one from a failure domain with no voter, stand-bys before spares, oldest first.
+pub fn first_to_promote(
+    candidates: &[Candidate],
+    rest: &BTreeSet<NodeId>,
+    voters: &BTreeSet<NodeId>,
+    current: &CurrentRoles,
+) -> Option<NodeId> {
+    let pick = |ids: &BTreeSet<NodeId>| -> Vec<&Candidate> {
+        candidates
+            .iter()
+            .filter(|candidate| ids.contains(&candidate.id))
+            .collect()
+    };
+    promotion_choice(&pick(rest), &pick(voters), current, &BTreeSet::new()).map(|chosen| chosen.id)
 }
 
 /// Step 2: the position in `voters` of the voter to demote and the member to promote in its

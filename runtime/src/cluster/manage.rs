@@ -9,8 +9,8 @@ use openraft::ChangeMembers;
 use serde_json::{json, Value};
 use starling_store::{Command, Member as MemberRecord, MemberChanges, MemberStatus, NodeId};
 
-use crate::health::{replication_view, require_online};
-use crate::join::WRITE_TIMEOUT;
+use crate::cluster::health::{replication_view, require_online};
+use crate::cluster::join::WRITE_TIMEOUT;
 use crate::member::Member;
 use crate::operation::MemberEdit;
 use crate::protocol::{Reply, Request};
@@ -296,7 +296,7 @@ impl Member {
 
     /// Runs a membership change, waiting while another one is under way (the leader's own role
     /// rebalancing may have started one): `change` builds it from the current roles each try.
-    async fn change_membership_when_free(
+    pub(crate) async fn change_membership_when_free(
         &self,
         what: &str,
         change: impl Fn(&RaftRoles) -> (ChangeMembers<NodeId, openraft::BasicNode>, bool),
@@ -314,67 +314,59 @@ impl Member {
                 )))) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // Leadership is moving (a transfer, or a leader elected a moment ago that does
+                // not take changes yet): wait while this member still leads, else let the
+                // request find the new leader.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    if !self.is_leader() {
+                        return Err(Error::LeadershipChanged(format!(
+                            "{what}: leadership moved ({forward})"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 Ok(Err(error)) => return Err(Error::Refused(format!("{what}: {error}"))),
                 Err(_) => return Err(self.unavailable().await),
             }
         }
     }
 
-    /// Leader only: leave the voters (a ready stand-by takes the place) and let another voter
-    /// lead at once.
+    /// Leader only: hands leadership to the most caught-up voter (openraft's leadership
+    /// transfer, no membership change) and waits until it leads.
     pub(crate) async fn step_down(&self) -> Result<(), Error> {
-        let roles = RaftRoles::of(self);
-        let mut voters: BTreeSet<NodeId> = roles
-            .voters
-            .iter()
-            .copied()
-            .filter(|voter| *voter != self.id())
-            .collect();
-        if let Some(standby) = self.ready_standby(self.id()) {
-            voters.insert(standby);
-        }
-        let Some(successor) = voters.iter().next().copied() else {
-            return Err(Error::Refused(
-                "the only voter cannot hand leadership over".to_string(),
-            ));
+        let view = self.role_view();
+        let to = crate::cluster::role_control::transfer_target(&view, None)
+            .map_err(|refusal| Error::Refused(refusal.to_string()))?;
+        let Some(to) = to else {
+            return Ok(());
         };
-        self.change_voters(voters).await?;
-        let address = self.local_state(|state| {
-            state
-                .member_by_id(successor)
-                .map(|record| record.address.clone())
-        });
-        if let Some(address) = address {
-            let _ = self
-                .request(&address, &Request::TakeOver, Duration::from_secs(1))
-                .await;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.is_leader() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::info!(successor, "leadership handed over");
+        self.transfer_to(to).await?;
+        tracing::info!(successor = to, "leadership handed over");
         Ok(())
     }
 
-    /// On SIGTERM: a leader hands leadership over, a voter hands its vote to a stand-by.
+    /// On SIGTERM: a leader hands leadership over; then a voter hands its vote to a ready
+    /// stand-by (through the new leader).
     pub async fn leave_gracefully(&self) {
-        let result = if self.is_leader() {
-            self.step_down().await
-        } else if RaftRoles::of(self).voters.contains(&self.id()) {
-            let request = self.execute(
-                crate::Operation::HandOver { id: self.id() },
-                crate::Caller::local(),
-            );
-            tokio::time::timeout(Duration::from_secs(10), request)
-                .await
-                .unwrap_or_else(|_| Err(Error::Transport("timed out".into())))
-                .map(|_| ())
-        } else {
-            Ok(())
-        };
+        if self.is_leader() {
+            if let Err(error) = self.step_down().await {
+                tracing::warn!(%error, "could not hand leadership over before leaving");
+            }
+        }
+        if !RaftRoles::of(self).voters.contains(&self.id()) {
+            return;
+        }
+        let request = self.execute(
+            crate::Operation::HandOver { id: self.id() },
+            crate::Caller::local(),
+        );
+        let result = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .unwrap_or_else(|_| Err(Error::Transport("timed out".into())));
         if let Err(error) = result {
-            tracing::warn!(%error, "could not hand roles over before leaving");
+            tracing::warn!(%error, "could not hand the vote over before leaving");
         }
     }
 
