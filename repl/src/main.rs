@@ -16,6 +16,7 @@ mod console;
 mod demo;
 mod failover;
 mod format;
+mod image;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,6 +69,9 @@ enum Command {
     /// Trusted client certificates and their tokens (as `lxc config trust`).
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Images: import, list, show, delete, aliases (as `lxc image`).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Remotes this client can reach.
     #[command(subcommand)]
     Remote(RemoteCommand),
@@ -428,6 +432,9 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Cluster(command) => cluster(cli, client, command).await,
         Command::Config(command) => config(cli, client, command).await,
         Command::Trust(command) => trust(cli, client, command).await,
+        Command::Image(command) => {
+            image::run(cli.format, cli.remote.is_none(), client, command).await
+        }
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)

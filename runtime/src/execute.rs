@@ -68,6 +68,20 @@ impl Member {
 
     /// One try: run here if this member leads, else forward to the leader it knows.
     async fn attempt(&self, operation: &Operation, caller: &Caller) -> Result<Value, Error> {
+        // Recording an imported image vouches for a file on a member: members only.
+        if let Operation::Image(crate::images::ops::ImageOperation::Record { .. }) = operation {
+            if caller.client.is_some() {
+                return Err(Error::NotAuthorized(
+                    "recording an image is for members only: use images.import".to_string(),
+                ));
+            }
+        }
+        // An import reads a file on the member asked: it runs there, whoever leads.
+        if let Operation::Image(image) = operation {
+            if image.is_local() && caller.hops == 0 {
+                return self.image_local(image).await;
+            }
+        }
         let origin = caller.origin.as_deref().unwrap_or_default();
         let hops = caller.hops;
         if self.is_leader() {
@@ -286,6 +300,7 @@ impl Member {
                 Ok(Value::Null)
             }
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
+            Operation::Image(image) => self.image_here(image).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

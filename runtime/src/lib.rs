@@ -11,6 +11,7 @@
 //!   planned by [`cluster::roles`]), member management ([`cluster::manage`]) and the
 //!   operator's role control: promote, demote, transfer leadership ([`cluster::role_control`],
 //!   carried out by [`cluster::role_ops`]).
+//! - [`images`]: image import, records, replication between members (bytes off Raft).
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
 //! - [`once`](crate::once): exactly-once writes (request ids).
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod datadir;
 mod error;
 mod execute;
+pub mod images;
 pub mod member;
 pub mod network;
 mod once;

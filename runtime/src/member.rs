@@ -133,6 +133,8 @@ pub(crate) struct Inner {
     /// Held while roles are planned and changed (automatic rebalancing, operator changes), so
     /// neither plans on the other's half-done change.
     pub(crate) role_lock: tokio::sync::Mutex<()>,
+    /// Images being imported, received and copied (see [`crate::images::ops`]).
+    pub(crate) images: crate::images::ops::ImageState,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -287,11 +289,13 @@ impl Member {
             storage,
             scripts: Default::default(),
             role_lock: tokio::sync::Mutex::new(()),
+            images: Default::default(),
             _lock: lock,
         };
         let member = Member {
             inner: Arc::new(inner),
         };
+        member.image_files().remove_partials();
         member.spawn_tasks();
         tokio::spawn(crate::proposer::run(member.clone(), proposal_queue));
         tracing::info!(name = %file.name, id = file.id, address = %file.address, "member started");
@@ -372,6 +376,24 @@ impl Member {
     }
 
     /// Sends `request` to the member at `address` (a `host:port`) over the pool.
+    /// Sends `request` to the member at `address` and returns its stream of reply frames.
+    pub(crate) async fn request_stream(
+        &self,
+        address: &str,
+        request: &Request,
+    ) -> Result<starling_transport::ResponseStream, Error> {
+        if self.is_blocked(address) {
+            return Err(Error::Transport(format!(
+                "{address} is cut off from this member"
+            )));
+        }
+        let socket = crate::network::resolve(address)
+            .await
+            .map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        let connection = self.inner.pool.get(socket, &self.inner.trust).await?;
+        Ok(connection.request_stream(request).await?)
+    }
+
     pub(crate) async fn request(
         &self,
         address: &str,

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::images::ops::ImageOperation;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use starling_stdlib::Builtin;
@@ -157,6 +159,8 @@ pub enum Operation {
         /// Member name, if one is chosen.
         name: Option<String>,
     },
+    /// `images.*`.
+    Image(crate::images::ops::ImageOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -321,6 +325,46 @@ pub const BUILTINS: &[Builtin] = &[
         help: "cluster.transfer_leadership([name]) -> moves leadership to a voter",
     },
     Builtin {
+        name: "images.list",
+        help: "images.list() -> image records, with their locations",
+    },
+    Builtin {
+        name: "images.get",
+        help: "images.get(fingerprint or alias) -> one image record",
+    },
+    Builtin {
+        name: "images.import",
+        help: "images.import(path [, {aliases=, public=, properties=}]) -> imports a file on this member",
+    },
+    Builtin {
+        name: "images.delete",
+        help: "images.delete(x) -> deletes an image from every holder",
+    },
+    Builtin {
+        name: "images.alias_add",
+        help: "images.alias_add(x, name [, description]) -> adds an alias",
+    },
+    Builtin {
+        name: "images.alias_remove",
+        help: "images.alias_remove(name) -> removes an alias",
+    },
+    Builtin {
+        name: "images.alias_rename",
+        help: "images.alias_rename(old, new) -> renames an alias",
+    },
+    Builtin {
+        name: "images.replicate",
+        help: "images.replicate(x) -> copies it to the minimum now; its locations",
+    },
+    Builtin {
+        name: "images.copy_to",
+        help: "images.copy_to(x, member) -> one more copy, on member",
+    },
+    Builtin {
+        name: "images.transfers",
+        help: "images.transfers() -> copies under way",
+    },
+    Builtin {
         name: "storage.create",
         help: "storage.create(name, driver [, config [, member_config]]) -> creates a pool",
     },
@@ -447,6 +491,41 @@ impl Operation {
             "cluster.transfer_leadership" => Operation::ClusterTransferLeadership {
                 name: arguments.optional_string(0, "name")?,
             },
+            "images.list" => Operation::Image(ImageOperation::List),
+            "images.get" => Operation::Image(ImageOperation::Get {
+                reference: arguments.string(0, "fingerprint or alias")?,
+            }),
+            "images.import" => Operation::Image(ImageOperation::Import {
+                path: arguments.string(0, "path")?,
+                aliases: arguments.option_list(1, "aliases")?,
+                public: arguments.flag(1, "public")?,
+                properties: arguments.option_map(1, "properties")?,
+            }),
+            "images.delete" => Operation::Image(ImageOperation::Delete {
+                reference: arguments.string(0, "fingerprint or alias")?,
+            }),
+            "images.alias_add" => Operation::Image(ImageOperation::AliasAdd {
+                reference: arguments.string(0, "fingerprint or alias")?,
+                name: arguments.string(1, "name")?,
+                description: arguments
+                    .optional_string(2, "description")?
+                    .unwrap_or_default(),
+            }),
+            "images.alias_remove" => Operation::Image(ImageOperation::AliasRemove {
+                name: arguments.string(0, "name")?,
+            }),
+            "images.alias_rename" => Operation::Image(ImageOperation::AliasRename {
+                from: arguments.string(0, "old")?,
+                to: arguments.string(1, "new")?,
+            }),
+            "images.replicate" => Operation::Image(ImageOperation::Replicate {
+                reference: arguments.string(0, "fingerprint or alias")?,
+            }),
+            "images.copy_to" => Operation::Image(ImageOperation::CopyTo {
+                reference: arguments.string(0, "fingerprint or alias")?,
+                member: arguments.string(1, "member")?,
+            }),
+            "images.transfers" => Operation::Image(ImageOperation::Transfers),
             "storage.create" => Operation::StorageCreate {
                 name: arguments.string(0, "name")?,
                 driver: arguments.string(1, "driver")?,
@@ -474,6 +553,9 @@ impl Operation {
 
     /// Whether the operation changes the cluster state.
     pub fn is_write(&self) -> bool {
+        if let Operation::Image(image) = self {
+            return image.is_write();
+        }
         matches!(
             self,
             Operation::ClusterAdd { .. }
@@ -580,6 +662,42 @@ impl Arguments<'_> {
         match self.args.get(position) {
             None | Some(Value::Null) => Ok(None),
             Some(_) => self.string(position, what).map(Some),
+        }
+    }
+
+    /// An optional options table's list of strings, e.g. `{aliases={"a", "b"}}`.
+    fn option_list(&self, position: usize, field: &str) -> Result<Vec<String>, Error> {
+        match self.args.get(position) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) if items.is_empty() => Ok(Vec::new()),
+            Some(Value::Object(map)) => match map.get(field) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(text) => Ok(text.clone()),
+                        other => Err(self.wrong(position, field, other)),
+                    })
+                    .collect(),
+                Some(Value::Object(map)) if map.is_empty() => Ok(Vec::new()),
+                Some(other) => Err(self.wrong_table(position, field, other)),
+            },
+            Some(other) => Err(self.wrong_table(position, "options", other)),
+        }
+    }
+
+    /// An optional options table's table of scalars, e.g. `{properties={os="busybox"}}`.
+    fn option_map(&self, position: usize, field: &str) -> Result<BTreeMap<String, String>, Error> {
+        match self.args.get(position) {
+            Some(Value::Object(map)) => match map.get(field) {
+                None | Some(Value::Null) => Ok(BTreeMap::new()),
+                Some(value) => Arguments {
+                    name: self.name,
+                    args: std::slice::from_ref(value),
+                }
+                .string_map(0, field),
+            },
+            _ => Ok(BTreeMap::new()),
         }
     }
 

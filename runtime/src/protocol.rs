@@ -48,6 +48,24 @@ pub enum Request {
     Ping,
     /// The leader removed the receiver from the cluster: it resets itself; members only.
     Removed,
+    /// The leader asks the receiver to fetch an image from `sources` (member addresses, in
+    /// order) and keep it; answered `Ack` once the file is verified and durable. Members only.
+    ImagePull {
+        /// The image.
+        fingerprint: String,
+        /// Its size in bytes (checked against the free disk before the transfer starts).
+        size: u64,
+        /// Addresses of members holding it.
+        sources: Vec<String>,
+    },
+    /// Sends the bytes of an image from `offset` as `ImageChunk` frames, then `Ack`. Members
+    /// only.
+    ImageFetch {
+        /// The image.
+        fingerprint: String,
+        /// Where to start, in bytes.
+        offset: u64,
+    },
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
 }
@@ -119,6 +137,8 @@ pub enum Reply {
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     /// Answer to a leadership transfer.
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+    /// A piece of an image file (an answer to `ImageFetch` is a sequence of these).
+    ImageChunk(Vec<u8>),
     /// Answer to an operation: the result as JSON text.
     Operation(Result<String, Error>),
     /// One line a script printed.

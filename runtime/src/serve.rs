@@ -201,6 +201,28 @@ impl Handler for Service {
                 crate::cluster::health::on_heartbeat(&self.member, heartbeat)
             }
             (Request::Removed, Registered::Member) => self.removed(),
+            (
+                Request::ImagePull {
+                    fingerprint,
+                    size,
+                    sources,
+                },
+                Registered::Member,
+            ) => match self.member.pull_image(&fingerprint, size, &sources).await {
+                Ok(()) => Reply::Ack,
+                Err(error) => Reply::Refused(error),
+            },
+            (
+                Request::ImageFetch {
+                    fingerprint,
+                    offset,
+                },
+                Registered::Member,
+            ) => {
+                self.member
+                    .serve_fetch(&fingerprint, offset, &mut responder)
+                    .await
+            }
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }

@@ -99,6 +99,8 @@ pub enum Command {
         /// Its name.
         name: String,
     },
+    /// A change to the image records.
+    Image(crate::images::ImageCommand),
     /// Creates a network.
     NetworkCreate {
         /// The network.
@@ -306,6 +308,7 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(format!("storage pool \"{name}\" not found")),
             },
+            Command::Image(command) => self.apply_image(command),
             Command::NetworkCreate { network } => self.create_network(network),
             Command::NetworkDelete { name } => match self.networks.remove(name) {
                 Some(_) => Ok(()),
@@ -429,6 +432,7 @@ impl ClusterState {
                 object_config.insert(to.to_string(), values);
             }
         }
+        self.move_image_locations(from, Some(to));
         Ok(())
     }
 
@@ -459,6 +463,7 @@ impl ClusterState {
         {
             object_config.remove(name);
         }
+        self.move_image_locations(name, None);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! - [`model`]: the typed cluster state ([`ClusterState`], [`Member`], [`JoinToken`], ...).
 //! - [`command`]: [`Command`], the only way state changes; applied deterministically.
 //! - [`config`]: global configuration keys, their defaults and validation rules.
+//! - [`images`]: image records (fingerprint, properties, aliases, locations); bytes stay off Raft.
 //! - [`limits`]: the size limit of every field that enters the Raft log.
 //! - [`log_store`]: the Raft log, vote and committed index in LMDB, group-committed by a writer
 //!   thread so that `fsync` never blocks the async runtime.
@@ -25,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod dir_lock;
 mod error;
+pub mod images;
 pub mod limits;
 pub mod log_store;
 pub mod member_config;

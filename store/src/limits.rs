@@ -211,6 +211,7 @@ impl Command {
             Command::TrustRemove { fingerprint } => {
                 check_len("fingerprint", fingerprint, FINGERPRINT_BYTES)
             }
+            Command::Image(command) => command.check_fields(),
         }
     }
 }

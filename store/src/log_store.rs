@@ -12,7 +12,9 @@
 //! queue order, after the appends before it.
 //!
 //! The committed index, which nobody waits for, rides along with the next append (or is
-//! written alone after 100 ms of quiet), so it costs no `fsync` on the write path.
+//! written alone after 100 ms of quiet, or when the store closes), so it costs no `fsync` on
+//! the write path. It is never stored ahead of the durable log: a follower may learn of a
+//! commit before its copy of the entry is written, and a restart re-applies up to it.
 //!
 //! # Failures
 //!
@@ -73,25 +75,50 @@ struct Shared {
     /// Entries appended and not yet durable, by index: readable at once, as openraft needs to
     /// replicate them while they are being written. Removed once their transaction commits.
     pending: Mutex<BTreeMap<u64, LogEntry>>,
-    /// Writes held back until the next one (see [`writer_loop`]); the store's drop writes them.
+    /// Writes held back until the next one (see [`writer_loop`]).
     deferred: Mutex<Vec<WriteOp>>,
+    /// The latest committed log id openraft saved and LMDB does not hold yet. It is written
+    /// with the next transaction in which the log reaches it (a follower may learn of a commit
+    /// before its own copy of the entry is durable), and on close.
+    committed: Mutex<Option<LogId>>,
+    /// Index of the last durable entry (`None`: the log is empty).
+    durable_last: Mutex<Option<u64>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
+    /// Index of the last entry LMDB holds, else of the last purged one.
+    fn last_stored_index(&self) -> Result<Option<u64>, Error> {
+        let txn = self.env.read_txn()?;
+        if let Some((index, _)) = self.entries.last(&txn)? {
+            return Ok(Some(index));
+        }
+        Ok(self
+            .meta
+            .get(&txn, KEY_LAST_PURGED)?
+            .map(decode::<Option<LogId>>)
+            .transpose()?
+            .flatten()
+            .map(|log_id| log_id.index))
+    }
+
     fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<WriteOp>> {
-        self.deferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.deferred)
     }
 }
 
 impl Drop for Shared {
-    /// Writes what was held back (the committed index), so that a store closed right after a
-    /// write reopens with it.
+    /// Writes the committed index held back, so that a store closed right after a commit
+    /// reopens with it.
     fn drop(&mut self) {
-        let batch = std::mem::take(&mut *self.deferred());
-        if !batch.is_empty() && self.health.check().is_ok() {
-            let _ = commit_batch(self, &batch);
+        let waiting = locked(&self.committed).is_some();
+        if waiting && self.health.check().is_ok() {
+            let _ = commit_batch(self, &[]);
         }
     }
 }
@@ -105,8 +132,11 @@ enum WriteOp {
     PutMeta {
         key: &'static str,
         value: Vec<u8>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: oneshot::Sender<Result<(), String>>,
     },
+    /// Wakes the writer to write the committed index held back ([`Shared::committed`]) when
+    /// nothing else comes within [`DEFERRED_WRITE_DELAY`].
+    Nudge,
     Truncate {
         from_index: u64,
         done: oneshot::Sender<Result<(), String>>,
@@ -166,7 +196,11 @@ impl LogStore {
             commits: AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(Vec::new()),
+            committed: Mutex::new(None),
+            durable_last: Mutex::new(None),
         });
+        let stored_last = shared.last_stored_index()?;
+        *locked(&shared.durable_last) = stored_last;
         let for_thread = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("raft-log-writer".to_string())
@@ -454,26 +488,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.submit(|done| WriteOp::PutMeta {
             key: KEY_VOTE,
             value,
-            done: Some(done),
+            done,
         })
         .await
         .map_err(write_error)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> StorageResult<()> {
-        // Not awaited: the committed index is a hint for faster restarts, and it is written in
-        // queue order after the entries it covers. A failure still takes the store out of
-        // service, so no later write lands after it.
+        // Not awaited: the committed index is a hint for faster restarts. It is written with
+        // the next transaction that makes the log reach it, or on its own after a quiet
+        // moment, or when the store closes.
         self.writable().map_err(write_error)?;
-        let value =
-            bincode::serialize(&committed).map_err(|error| write_error(error.to_string()))?;
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        *locked(&self.shared.committed) = Some(committed);
         self.shared
             .writer
-            .send(WriteOp::PutMeta {
-                key: KEY_COMMITTED,
-                value,
-                done: None,
-            })
+            .send(WriteOp::Nudge)
             .map_err(|_| write_error(Error::WriterStopped.to_string()))
     }
 
@@ -637,7 +669,7 @@ fn forget_durable(shared: &Shared, batch: &[WriteOp]) {
 impl WriteOp {
     /// Whether nobody waits for this write, so it may wait for the next one.
     fn may_wait(&self) -> bool {
-        matches!(self, WriteOp::PutMeta { done: None, .. })
+        matches!(self, WriteOp::Nudge)
     }
 }
 
@@ -664,16 +696,20 @@ fn commit_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), String> {
 
 fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
     let mut txn = shared.env.write_txn()?;
+    let mut last = *locked(&shared.durable_last);
     for op in batch {
         match op {
             WriteOp::Append { entries, .. } => {
                 for (log_id, bytes) in entries {
                     shared.entries.put(&mut txn, &log_id.index, bytes)?;
+                    last = Some(log_id.index);
                 }
             }
             WriteOp::PutMeta { key, value, .. } => shared.meta.put(&mut txn, key, value)?,
+            WriteOp::Nudge => {}
             WriteOp::Truncate { from_index, .. } => {
                 shared.entries.delete_range(&mut txn, &(*from_index..))?;
+                last = last.min(from_index.checked_sub(1));
             }
             WriteOp::Purge {
                 to_index,
@@ -682,10 +718,27 @@ fn write_batch(shared: &Shared, batch: &[WriteOp]) -> Result<(), heed::Error> {
             } => {
                 shared.entries.delete_range(&mut txn, &(..=*to_index))?;
                 shared.meta.put(&mut txn, KEY_LAST_PURGED, last_purged)?;
+                last = last.max(Some(*to_index));
             }
         }
     }
-    txn.commit()
+    // The committed index held back, once the log holds what it covers.
+    let committed = *locked(&shared.committed);
+    let written = committed.filter(|committed| Some(committed.index) <= last);
+    if let Some(committed) = written {
+        let value = bincode::serialize(&Some(committed))
+            .map_err(|error| heed::Error::Io(std::io::Error::other(error)))?;
+        shared.meta.put(&mut txn, KEY_COMMITTED, &value)?;
+    }
+    txn.commit()?;
+    *locked(&shared.durable_last) = last;
+    if written.is_some() {
+        let mut slot = locked(&shared.committed);
+        if *slot == written {
+            *slot = None;
+        }
+    }
+    Ok(())
 }
 
 fn report(batch: Vec<WriteOp>, result: Result<(), String>) {
@@ -695,14 +748,12 @@ fn report(batch: Vec<WriteOp>, result: Result<(), String>) {
                 let io_result = result.clone().map_err(write_error);
                 callback.io_completed(io_result);
             }
-            WriteOp::PutMeta {
-                done: Some(done), ..
-            }
+            WriteOp::PutMeta { done, .. }
             | WriteOp::Truncate { done, .. }
             | WriteOp::Purge { done, .. } => {
                 let _ = done.send(result.clone());
             }
-            WriteOp::PutMeta { done: None, .. } => {}
+            WriteOp::Nudge => {}
         }
     }
 }

@@ -28,6 +28,12 @@ pub struct ClusterState {
     pub pools: BTreeMap<String, StoragePool>,
     /// Networks by name.
     pub networks: BTreeMap<String, Network>,
+    /// Images by fingerprint (their bytes live on the holders' disks).
+    pub images: BTreeMap<String, crate::images::Image>,
+    /// Fingerprints of the latest deleted images (at most [`crate::images::DELETED_KEPT`]):
+    /// a member deletes its file of an image only once the image is listed here, so a member
+    /// whose state lags never deletes an image it does not know yet.
+    pub deleted_images: std::collections::VecDeque<String>,
     /// The Raft node id the next joining member gets.
     pub next_node_id: NodeId,
     /// The cluster CA (certificate and key, PEM) that signs member and client certificates.

@@ -54,21 +54,52 @@ async fn committed_index_rides_with_the_next_append() -> TestResult {
     Ok(())
 }
 
-/// Goal: a committed index held back is not lost when the store closes right after a write:
-/// a restart re-applies up to it, so the state does not go back.
-/// Method: a single-node Raft writes and shuts down at once (well within the 100 ms the index
-/// may wait); the store reopened holds the last write as committed.
+/// Goal: a committed index held back is not lost when the store closes right after it was
+/// saved: a restart re-applies up to it, so the state does not go back.
+/// Method: append an entry and save it as committed through the storage API, close the store
+/// at once (well within the 100 ms the index may wait), reopen it and read the index back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_index_held_back_is_written_on_close() -> TestResult {
+    use openraft::storage::RaftLogStorageExt;
     let root = tempfile::tempdir()?;
-    let (log_store, state_machine) = starling_store::open(root.path())?;
-    let raft = start_raft(log_store, state_machine).await?;
-    raft.initialize(support::node1()).await?;
-    wait_leader(&raft).await?;
-    let last = raft.client_write(filler(8)).await?.log_id;
-    raft.shutdown().await?;
-    drop(raft);
+    let (mut log_store, state_machine) = starling_store::open(root.path())?;
+    let entry = support::entry(1, 8);
+    let last = entry.log_id;
+    log_store.blocking_append([entry]).await?;
+    log_store.save_committed(Some(last)).await?;
+    drop(log_store);
+    drop(state_machine);
     let (mut reopened, _) = reopen(root.path(), &starling_store::StoreOptions::default()).await?;
     assert_eq!(reopened.read_committed().await?, Some(last));
+    Ok(())
+}
+
+/// Goal: a committed index beyond the durable log (a follower learns of a commit before its own
+/// copy of the entry is written) is never stored ahead of the log: a restart would re-apply
+/// entries the log lacks.
+/// Method: append entry 1, save entry 3 as committed, close, reopen: nothing is stored; then
+/// append 2 and 3 and close: 3 is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_index_never_runs_ahead_of_the_log() -> TestResult {
+    use openraft::storage::RaftLogStorageExt;
+    let root = tempfile::tempdir()?;
+    let (mut log_store, state_machine) = starling_store::open(root.path())?;
+    log_store.blocking_append([support::entry(1, 8)]).await?;
+    let ahead = support::entry(3, 8).log_id;
+    log_store.save_committed(Some(ahead)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(log_store);
+    drop(state_machine);
+    let (mut log_store, state_machine) =
+        reopen(root.path(), &starling_store::StoreOptions::default()).await?;
+    assert_eq!(log_store.read_committed().await?, None);
+    log_store.save_committed(Some(ahead)).await?;
+    log_store
+        .blocking_append([support::entry(2, 8), support::entry(3, 8)])
+        .await?;
+    drop(log_store);
+    drop(state_machine);
+    let (mut reopened, _) = reopen(root.path(), &starling_store::StoreOptions::default()).await?;
+    assert_eq!(reopened.read_committed().await?, Some(ahead));
     Ok(())
 }

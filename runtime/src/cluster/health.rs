@@ -36,6 +36,7 @@ pub(crate) async fn run(member: Member) {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = shutdown.changed() => return,
         }
+        member.remove_deleted_images();
         if !member.is_leader() {
             *member
                 .inner
@@ -65,6 +66,7 @@ pub(crate) async fn run(member: Member) {
         heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
         record_health(&member, Duration::from_millis(interval_ms)).await;
         rebalance(&member).await;
+        member.replicate_images().await;
     }
 }
 

@@ -1,0 +1,735 @@
+//! The image built-ins and replication, carried out.
+//!
+//! - `images.import(path)` runs on the member asked (the file is on its disk): the file is
+//!   copied into its image files, verified, and the record proposed with that member as the
+//!   first location.
+//! - Everything else runs on the leader. After each heartbeat round, after an import and on
+//!   `images.replicate`, the leader runs the [`planner`](super::planner) and asks each
+//!   receiving member to pull its copy ([`Request::ImagePull`]); the receiver fetches the bytes
+//!   from a holder ([`Request::ImageFetch`], streamed in 1 MiB frames), resuming from the
+//!   offset reached with the next holder if one fails, verifies the hash, makes the file
+//!   durable and answers; then the leader records the location.
+//! - Every member deletes its files of images the database lists as deleted (an offline holder
+//!   does when it is back), except those it is importing or receiving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use starling_store::images::{Image, ImageAlias, ImageCommand};
+use starling_store::{Command, MemberStatus};
+
+use super::files::{ImageFiles, CHUNK_BYTES};
+use super::format::{self, FormatError};
+use super::planner::{self, Copy, Peer};
+use crate::cluster::join::WRITE_TIMEOUT;
+use crate::member::Member;
+use crate::protocol::{Reply, Request};
+use crate::{Caller, Error, Operation};
+
+/// How long one copy may go without progress before it fails over to the next holder.
+const FETCH_SILENCE: Duration = Duration::from_secs(30);
+/// How long a whole copy may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long `images.replicate` waits for the copies it started.
+const REPLICATE_WAIT: Duration = Duration::from_secs(600);
+
+/// An image operation (`images.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ImageOperation {
+    /// `images.list()`.
+    List,
+    /// `images.get(fingerprint or alias)`.
+    Get {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+    },
+    /// `images.import(path [, {aliases=, public=, properties=}])`: a file on the member asked.
+    Import {
+        /// Path of the image file on the member.
+        path: String,
+        /// Aliases to give it.
+        aliases: Vec<String>,
+        /// Whether untrusted clients may download it.
+        public: bool,
+        /// Properties added to (or overriding) those of its `metadata.yaml`.
+        properties: BTreeMap<String, String>,
+    },
+    /// Records an image a member imported (sent by that member to the leader).
+    Record {
+        /// The record, its importer as the only location.
+        image: Image,
+    },
+    /// `images.delete(x)`.
+    Delete {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+    },
+    /// `images.alias_add(x, name [, description])`.
+    AliasAdd {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+        /// The alias.
+        name: String,
+        /// Its description.
+        description: String,
+    },
+    /// `images.alias_remove(name)`.
+    AliasRemove {
+        /// The alias.
+        name: String,
+    },
+    /// `images.alias_rename(old, new)`.
+    AliasRename {
+        /// The current name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
+    /// `images.replicate(x)`: bring it to the minimum now; answers its locations.
+    Replicate {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+    },
+    /// `images.copy_to(x, member)`: one more copy, on `member`.
+    CopyTo {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+        /// The member to copy it to.
+        member: String,
+    },
+    /// `images.transfers()`: copies under way.
+    Transfers,
+}
+
+impl ImageOperation {
+    /// Whether it changes the cluster state.
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            ImageOperation::List | ImageOperation::Get { .. } | ImageOperation::Transfers
+        )
+    }
+
+    /// Whether it runs on the member asked rather than on the leader.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ImageOperation::Import { .. })
+    }
+}
+
+/// A copy under way, as `images.transfers()` shows it.
+#[derive(Clone, Debug)]
+struct Transfer {
+    from: String,
+    to: String,
+    total: u64,
+    started: Instant,
+}
+
+/// A member's image bookkeeping.
+#[derive(Default)]
+pub struct ImageState {
+    /// Fingerprints being imported or received here: the clean-up leaves their files alone.
+    local: Mutex<BTreeSet<String>>,
+    /// Copies this member (as leader) started: (fingerprint, receiver) → transfer.
+    copies: Mutex<BTreeMap<(String, String), Transfer>>,
+    /// Bytes received so far by copies to this member, by fingerprint.
+    receiving: Mutex<BTreeMap<String, u64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn refused(error: impl std::fmt::Display) -> Error {
+    Error::Refused(error.to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// The JSON of an image record, in LXD's field names.
+fn image_json(image: &Image) -> Value {
+    json!({
+        "fingerprint": image.fingerprint,
+        "size": image.size,
+        "filename": image.filename,
+        "architecture": image.architecture,
+        "properties": image.properties,
+        "aliases": image.aliases.iter().map(|alias| json!({
+            "name": alias.name,
+            "description": alias.description,
+        })).collect::<Vec<_>>(),
+        "public": image.public,
+        "created_at": image.created_at,
+        "uploaded_at": image.uploaded_at_ms / 1000,
+        "locations": image.locations,
+    })
+}
+
+impl Member {
+    /// This member's image files.
+    pub(crate) fn image_files(&self) -> ImageFiles {
+        ImageFiles::new(self.dir().root())
+    }
+
+    /// Runs an image operation on the member asked ([`ImageOperation::is_local`]).
+    pub(crate) async fn image_local(&self, operation: &ImageOperation) -> Result<Value, Error> {
+        match operation {
+            ImageOperation::Import {
+                path,
+                aliases,
+                public,
+                properties,
+            } => self.import_image(path, aliases, *public, properties).await,
+            other => Err(Error::Internal(format!("{other:?} runs on the leader"))),
+        }
+    }
+
+    /// Runs an image operation on the leader.
+    pub(crate) async fn image_here(&self, operation: &ImageOperation) -> Result<Value, Error> {
+        match operation {
+            ImageOperation::List => Ok(self.local_state(|state| {
+                Value::Array(state.images.values().map(image_json).collect())
+            })),
+            ImageOperation::Get { reference } => self
+                .local_state(|state| state.image(reference).map(image_json))
+                .map_err(refused),
+            ImageOperation::Import { .. } => self.image_local(operation).await,
+            ImageOperation::Record { image } => {
+                self.propose_image(ImageCommand::Add {
+                    image: image.clone(),
+                })
+                .await?;
+                self.replicate_images().await;
+                Ok(json!({"fingerprint": image.fingerprint}))
+            }
+            ImageOperation::Delete { reference } => {
+                let fingerprint = self.fingerprint_of(reference)?;
+                self.propose_image(ImageCommand::Delete { fingerprint })
+                    .await?;
+                Ok(Value::Null)
+            }
+            ImageOperation::AliasAdd {
+                reference,
+                name,
+                description,
+            } => {
+                let fingerprint = self.fingerprint_of(reference)?;
+                let alias = ImageAlias {
+                    name: name.clone(),
+                    description: description.clone(),
+                };
+                self.propose_image(ImageCommand::AliasAdd { fingerprint, alias })
+                    .await?;
+                Ok(Value::Null)
+            }
+            ImageOperation::AliasRemove { name } => {
+                self.propose_image(ImageCommand::AliasRemove { name: name.clone() })
+                    .await?;
+                Ok(Value::Null)
+            }
+            ImageOperation::AliasRename { from, to } => {
+                self.propose_image(ImageCommand::AliasRename {
+                    from: from.clone(),
+                    to: to.clone(),
+                })
+                .await?;
+                Ok(Value::Null)
+            }
+            ImageOperation::Replicate { reference } => {
+                let fingerprint = self.fingerprint_of(reference)?;
+                self.replicate_images().await;
+                self.wait_copies_of(&fingerprint, REPLICATE_WAIT).await;
+                let locations = self.local_state(|state| {
+                    state
+                        .images
+                        .get(&fingerprint)
+                        .map(|image| image.locations.clone())
+                        .unwrap_or_default()
+                });
+                Ok(json!(locations))
+            }
+            ImageOperation::CopyTo { reference, member } => {
+                let fingerprint = self.fingerprint_of(reference)?;
+                let copy = self.copy_to(&fingerprint, member)?;
+                self.run_copy(copy).await?;
+                Ok(Value::Null)
+            }
+            ImageOperation::Transfers => Ok(self.transfers()),
+        }
+    }
+
+    fn fingerprint_of(&self, reference: &str) -> Result<String, Error> {
+        self.local_state(|state| {
+            state
+                .image(reference)
+                .map(|image| image.fingerprint.clone())
+        })
+        .map_err(refused)
+    }
+
+    async fn propose_image(&self, command: ImageCommand) -> Result<(), Error> {
+        self.propose(Command::Image(command), WRITE_TIMEOUT).await
+    }
+
+    /// `images.import(path)`: copies the file in, checks it, and records it through the leader.
+    async fn import_image(
+        &self,
+        path: &str,
+        aliases: &[String],
+        public: bool,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Value, Error> {
+        let source = Path::new(path).to_path_buf();
+        if !source.is_file() {
+            return Err(Error::Refused(format!(
+                "image file \"{path}\" not found on member {}",
+                self.name()
+            )));
+        }
+        let metadata = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || format::read_metadata(&source))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))?
+        }
+        .map_err(|error: FormatError| Error::Refused(format!("\"{path}\": {error}")))?;
+        let runnable = self.local_state(|state| {
+            state
+                .members
+                .values()
+                .any(|member| member.architecture == metadata.architecture)
+        });
+        if !runnable {
+            return Err(Error::Refused(format!(
+                "\"{path}\": architecture {} is one no member can run",
+                metadata.architecture
+            )));
+        }
+        for alias in aliases {
+            starling_store::images::check_alias_name(alias).map_err(Error::Refused)?;
+            if self.local_state(|state| state.image(alias).is_ok()) {
+                return Err(Error::Refused(format!("Alias \"{alias}\" already exists")));
+            }
+        }
+        let size = std::fs::metadata(&source)
+            .map_err(|error| Error::Local(error.to_string()))?
+            .len();
+        let files = self.image_files();
+        let free = files
+            .free_bytes()
+            .map_err(|error| Error::Local(error.to_string()))?;
+        if free < size {
+            return Err(Error::Refused(format!(
+                "not enough free disk on member {} for \"{path}\": {size} bytes needed, {free} free",
+                self.name()
+            )));
+        }
+        let (fingerprint, size) = {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || files.copy_in(&source))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))?
+                .map_err(|error| Error::Local(format!("copying \"{path}\": {error}")))?
+        };
+        if self.local_state(|state| state.images.contains_key(&fingerprint)) {
+            return Err(Error::Refused(
+                "Image with same fingerprint already exists".to_string(),
+            ));
+        }
+        lock(&self.inner.images.local).insert(fingerprint.clone());
+        let mut all_properties = metadata.properties.clone();
+        all_properties.extend(properties.clone());
+        let filename = Path::new(path)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let image = Image {
+            fingerprint: fingerprint.clone(),
+            size,
+            filename,
+            architecture: metadata.architecture,
+            properties: all_properties,
+            aliases: aliases
+                .iter()
+                .map(|name| ImageAlias {
+                    name: name.clone(),
+                    description: String::new(),
+                })
+                .collect(),
+            public,
+            created_at: metadata.created_at,
+            uploaded_at_ms: now_ms(),
+            locations: BTreeSet::from([self.name()]),
+        };
+        // Boxed: `execute` runs imports, so it would otherwise contain itself.
+        let recorded = Box::pin(self.execute(
+            Operation::Image(ImageOperation::Record { image }),
+            Caller::local(),
+        ))
+        .await;
+        lock(&self.inner.images.local).remove(&fingerprint);
+        if let Err(error) = recorded {
+            if !self.local_state(|state| state.images.contains_key(&fingerprint)) {
+                let _ = files.remove(&fingerprint);
+            }
+            return Err(error);
+        }
+        tracing::info!(%fingerprint, size, "image imported");
+        Ok(json!({"fingerprint": fingerprint, "size": size}))
+    }
+
+    /// The members as the replication planner sees them.
+    fn image_peers(&self) -> Vec<Peer> {
+        self.local_state(|state| {
+            state
+                .members
+                .values()
+                .map(|member| Peer {
+                    name: member.name.clone(),
+                    failure_domain: member.failure_domain.clone(),
+                    online: member.status == MemberStatus::Online,
+                })
+                .collect()
+        })
+    }
+
+    /// Leader only: plans the copies missing and starts them (in the background).
+    pub(crate) async fn replicate_images(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let (holders, minimum) = self.local_state(|state| {
+            let holders: BTreeMap<String, BTreeSet<String>> = state
+                .images
+                .values()
+                .map(|image| (image.fingerprint.clone(), image.locations.clone()))
+                .collect();
+            (holders, state.config_i64("cluster.images_minimal_replica"))
+        });
+        if holders.is_empty() {
+            return;
+        }
+        let in_flight: BTreeSet<(String, String)> =
+            lock(&self.inner.images.copies).keys().cloned().collect();
+        let copies = planner::plan(&holders, &self.image_peers(), minimum, &in_flight);
+        for copy in copies {
+            let member = self.clone();
+            tokio::spawn(async move {
+                let what = format!("{} to {}", copy.fingerprint, copy.to);
+                if let Err(error) = member.run_copy(copy).await {
+                    tracing::warn!(%error, copy = %what, "image copy failed");
+                }
+            });
+        }
+    }
+
+    /// A copy of `fingerprint` to `member`, from the online holders.
+    fn copy_to(&self, fingerprint: &str, member: &str) -> Result<Copy, Error> {
+        let (record, target) = self.local_state(|state| {
+            (
+                state.images.get(fingerprint).cloned(),
+                state.members.get(member).cloned(),
+            )
+        });
+        let record = record.ok_or_else(|| refused(format!("image \"{fingerprint}\" not found")))?;
+        let target = target.ok_or_else(|| refused(format!("member \"{member}\" not found")))?;
+        crate::cluster::health::require_online(&target)?;
+        if record.locations.contains(member) {
+            return Err(refused(format!(
+                "member \"{member}\" holds the image already"
+            )));
+        }
+        let online: BTreeSet<String> = self
+            .image_peers()
+            .into_iter()
+            .filter(|peer| peer.online)
+            .map(|peer| peer.name)
+            .collect();
+        let sources: Vec<String> = record
+            .locations
+            .iter()
+            .filter(|name| online.contains(*name))
+            .cloned()
+            .collect();
+        let from = sources
+            .first()
+            .cloned()
+            .ok_or_else(|| refused("no online member holds the image"))?;
+        Ok(Copy {
+            fingerprint: fingerprint.to_string(),
+            from,
+            sources,
+            to: member.to_string(),
+        })
+    }
+
+    /// Leader: asks `copy.to` to pull the image, then records the location.
+    async fn run_copy(&self, copy: Copy) -> Result<(), Error> {
+        let key = (copy.fingerprint.clone(), copy.to.clone());
+        let (size, addresses, target) = self.local_state(|state| {
+            let size = state
+                .images
+                .get(&copy.fingerprint)
+                .map_or(0, |image| image.size);
+            let addresses: Vec<String> = copy
+                .sources
+                .iter()
+                .filter_map(|name| state.members.get(name).map(|member| member.address.clone()))
+                .collect();
+            let target = state
+                .members
+                .get(&copy.to)
+                .map(|member| member.address.clone());
+            (size, addresses, target)
+        });
+        let target = target.ok_or_else(|| refused(format!("member \"{}\" not found", copy.to)))?;
+        {
+            let mut copies = lock(&self.inner.images.copies);
+            if copies.contains_key(&key) {
+                return Ok(());
+            }
+            copies.insert(
+                key.clone(),
+                Transfer {
+                    from: copy.from.clone(),
+                    to: copy.to.clone(),
+                    total: size,
+                    started: Instant::now(),
+                },
+            );
+        }
+        let request = Request::ImagePull {
+            fingerprint: copy.fingerprint.clone(),
+            size,
+            sources: addresses,
+        };
+        let outcome = self.request(&target, &request, COPY_TIMEOUT).await;
+        let result = match outcome {
+            Ok(Reply::Ack) => {
+                self.propose_image(ImageCommand::LocationAdd {
+                    fingerprint: copy.fingerprint.clone(),
+                    member: copy.to.clone(),
+                })
+                .await
+            }
+            Ok(Reply::Refused(error)) => Err(error),
+            Ok(other) => Err(Error::Internal(format!(
+                "unexpected reply to a pull: {other:?}"
+            ))),
+            Err(error) => Err(error),
+        };
+        lock(&self.inner.images.copies).remove(&key);
+        if result.is_ok() {
+            tracing::info!(fingerprint = %copy.fingerprint, to = %copy.to, "image copied");
+        }
+        result
+    }
+
+    /// Waits until no copy of `fingerprint` is under way, at most `wait`.
+    async fn wait_copies_of(&self, fingerprint: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let busy = lock(&self.inner.images.copies)
+                .keys()
+                .any(|(image, _)| image == fingerprint);
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn transfers(&self) -> Value {
+        let copies = lock(&self.inner.images.copies).clone();
+        Value::Array(
+            copies
+                .iter()
+                .map(|((fingerprint, _), transfer)| {
+                    json!({
+                        "image": fingerprint,
+                        "from": transfer.from,
+                        "to": transfer.to,
+                        "total": transfer.total,
+                        "seconds": transfer.started.elapsed().as_secs_f64(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Receiver: fetches `fingerprint` from `sources` in order, resuming from the offset
+    /// reached, verifies and keeps it. Answers once the file is durable.
+    pub(crate) async fn pull_image(
+        &self,
+        fingerprint: &str,
+        size: u64,
+        sources: &[String],
+    ) -> Result<(), Error> {
+        starling_store::images::check_fingerprint(fingerprint).map_err(Error::Refused)?;
+        let files = self.image_files();
+        if files.contains(fingerprint) {
+            return Ok(());
+        }
+        {
+            let mut receiving = lock(&self.inner.images.receiving);
+            if receiving.contains_key(fingerprint) {
+                return Err(refused(format!(
+                    "member {} is already receiving {fingerprint}",
+                    self.name()
+                )));
+            }
+            receiving.insert(fingerprint.to_string(), 0);
+        }
+        lock(&self.inner.images.local).insert(fingerprint.to_string());
+        let result = self.fetch_from(&files, fingerprint, size, sources).await;
+        lock(&self.inner.images.receiving).remove(fingerprint);
+        lock(&self.inner.images.local).remove(fingerprint);
+        result
+    }
+
+    async fn fetch_from(
+        &self,
+        files: &ImageFiles,
+        fingerprint: &str,
+        size: u64,
+        sources: &[String],
+    ) -> Result<(), Error> {
+        let free = files
+            .free_bytes()
+            .map_err(|error| Error::Local(error.to_string()))?;
+        if free < size {
+            return Err(Error::Refused(format!(
+                "not enough free disk on member {}: {size} bytes needed, {free} free",
+                self.name()
+            )));
+        }
+        let mut incoming = files
+            .incoming()
+            .map_err(|error| Error::Local(error.to_string()))?;
+        let mut last_error = Error::Refused("no member to copy the image from".to_string());
+        for source in sources {
+            match self.fetch_range(source, fingerprint, &mut incoming).await {
+                Ok(()) => {
+                    let expected = fingerprint.to_string();
+                    return tokio::task::spawn_blocking(move || incoming.finish(&expected))
+                        .await
+                        .map_err(|error| Error::Internal(error.to_string()))?
+                        .map_err(|error| Error::Local(error.to_string()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, source, offset = incoming.written(), "image fetch failed; trying the next holder");
+                    last_error = error;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Appends to `incoming` what `source` sends of `fingerprint` from `incoming.written()`.
+    async fn fetch_range(
+        &self,
+        source: &str,
+        fingerprint: &str,
+        incoming: &mut super::files::Incoming,
+    ) -> Result<(), Error> {
+        let request = Request::ImageFetch {
+            fingerprint: fingerprint.to_string(),
+            offset: incoming.written(),
+        };
+        let mut stream = self.request_stream(source, &request).await?;
+        loop {
+            match stream.next::<Reply>(FETCH_SILENCE).await {
+                Ok(Some(Reply::ImageChunk(bytes))) => {
+                    incoming
+                        .write(&bytes)
+                        .map_err(|error| Error::Local(error.to_string()))?;
+                    if let Some(done) = lock(&self.inner.images.receiving).get_mut(fingerprint) {
+                        *done = incoming.written();
+                    }
+                }
+                Ok(Some(Reply::Ack)) => return Ok(()),
+                Ok(Some(Reply::Refused(error))) => return Err(error),
+                Ok(Some(other)) => {
+                    return Err(Error::Internal(format!(
+                        "unexpected reply to a fetch: {other:?}"
+                    )))
+                }
+                Ok(None) => {
+                    return Err(Error::Transport(format!(
+                        "{source} closed the image stream early"
+                    )))
+                }
+                Err(error) => return Err(Error::Transport(error.to_string())),
+            }
+        }
+    }
+
+    /// Holder: sends `fingerprint` from `offset` in [`CHUNK_BYTES`] frames, then `Ack`.
+    pub(crate) async fn serve_fetch(
+        &self,
+        fingerprint: &str,
+        offset: u64,
+        responder: &mut starling_transport::Responder,
+    ) -> Reply {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        if starling_store::images::check_fingerprint(fingerprint).is_err() {
+            return Reply::Refused(refused("invalid fingerprint"));
+        }
+        let path = self.image_files().path(fingerprint);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) => {
+                return Reply::Refused(Error::Refused(format!(
+                    "member {} does not hold {fingerprint}: {error}",
+                    self.name()
+                )))
+            }
+        };
+        if let Err(error) = file.seek(std::io::SeekFrom::Start(offset)).await {
+            return Reply::Refused(Error::Local(error.to_string()));
+        }
+        let mut buffer = vec![0; CHUNK_BYTES];
+        loop {
+            let read = match file.read(&mut buffer).await {
+                Ok(0) => return Reply::Ack,
+                Ok(read) => read,
+                Err(error) => return Reply::Refused(Error::Local(error.to_string())),
+            };
+            if let Err(error) = responder
+                .send(&Reply::ImageChunk(buffer[..read].to_vec()))
+                .await
+            {
+                tracing::debug!(%error, "image fetch abandoned by the receiver");
+                return Reply::Ack;
+            }
+        }
+    }
+
+    /// Deletes the files of images the database deleted (those it lists as deleted: a member
+    /// whose state lags never deletes an image it does not know of yet), except those being
+    /// imported or received here.
+    pub(crate) fn remove_deleted_images(&self) {
+        let files = self.image_files();
+        let keep: BTreeSet<String> = lock(&self.inner.images.local).clone();
+        let deleted: BTreeSet<String> =
+            self.local_state(|state| state.deleted_images.iter().cloned().collect());
+        for fingerprint in files.list() {
+            if deleted.contains(&fingerprint) && !keep.contains(&fingerprint) {
+                match files.remove(&fingerprint) {
+                    Ok(()) => tracing::info!(%fingerprint, "deleted image removed from disk"),
+                    Err(error) => tracing::warn!(%error, %fingerprint, "could not remove image"),
+                }
+            }
+        }
+    }
+}
