@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use starling_runtime::images::ops::ImageOperation;
@@ -23,6 +23,14 @@ pub enum ImageCommand {
         /// Let untrusted clients download it.
         #[arg(long)]
         public: bool,
+    },
+    /// Writes an image's file (from whichever member holds it) to FILE, or to
+    /// `<fingerprint>` plus the image's file extension in the current directory.
+    Export {
+        /// Fingerprint (or a unique prefix) or alias.
+        image: String,
+        /// Where to write it.
+        target: Option<PathBuf>,
     },
     /// Lists images.
     List,
@@ -121,6 +129,24 @@ const ALIAS_COLUMNS: &[Column] = &[
     },
 ];
 
+/// A progress bar with bytes, rate and ETA, on a terminal only (nothing when stdout is a
+/// file or a pipe).
+fn progress_bar(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    Some(bar)
+}
+
 /// A size as lxc prints it (`12.34MiB`).
 fn human_size(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -156,12 +182,7 @@ fn table_row(image: &Value) -> Value {
 }
 
 /// Runs `starling image ...` through `client`.
-pub async fn run(
-    format: Format,
-    local: bool,
-    client: &Client,
-    command: &ImageCommand,
-) -> Result<()> {
+pub async fn run(format: Format, client: &Client, command: &ImageCommand) -> Result<()> {
     let image_operation = |operation| Operation::Image(operation);
     match command {
         ImageCommand::Import {
@@ -169,24 +190,59 @@ pub async fn run(
             aliases,
             public,
         } => {
-            if !local {
-                bail!(
-                    "image import reads the file on the member: use --dir on the member's machine, \
-                     or copy the file there and call images.import(path)"
-                );
-            }
-            let path = std::fs::canonicalize(file)
-                .with_context(|| format!("image file {}", file.display()))?;
+            let total = std::fs::metadata(file)
+                .with_context(|| format!("image file {}", file.display()))?
+                .len();
+            let bar = progress_bar(total, "uploading");
             let answer = client
-                .operation(image_operation(ImageOperation::Import {
-                    path: path.to_string_lossy().into_owned(),
-                    aliases: aliases.clone(),
-                    public: *public,
-                    properties: Default::default(),
-                }))
-                .await?;
+                .upload_image(file, aliases, *public, |done, _| {
+                    if let Some(bar) = &bar {
+                        bar.set_position(done);
+                    }
+                })
+                .await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let answer = answer?;
             let fingerprint = answer["fingerprint"].as_str().unwrap_or_default();
             println!("Image imported with fingerprint: {fingerprint}");
+            Ok(())
+        }
+        ImageCommand::Export { image, target } => {
+            let record = client
+                .operation(image_operation(ImageOperation::Get {
+                    reference: image.clone(),
+                }))
+                .await?;
+            let fingerprint = record["fingerprint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let size = record["size"].as_u64().unwrap_or(0);
+            let target = match target {
+                Some(target) => target.clone(),
+                None => {
+                    let filename = record["filename"].as_str().unwrap_or_default();
+                    let extension = filename
+                        .find(".tar")
+                        .map_or(String::new(), |start| filename[start..].to_string());
+                    PathBuf::from(format!("{fingerprint}{extension}"))
+                }
+            };
+            let bar = progress_bar(size, "downloading");
+            let written = client
+                .download_image(&fingerprint, &fingerprint, &target, |done| {
+                    if let Some(bar) = &bar {
+                        bar.set_position(done);
+                    }
+                })
+                .await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            written?;
+            println!("Image exported successfully to {}", target.display());
             Ok(())
         }
         ImageCommand::List => {

@@ -432,9 +432,7 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Cluster(command) => cluster(cli, client, command).await,
         Command::Config(command) => config(cli, client, command).await,
         Command::Trust(command) => trust(cli, client, command).await,
-        Command::Image(command) => {
-            image::run(cli.format, cli.remote.is_none(), client, command).await
-        }
+        Command::Image(command) => image::run(cli.format, client, command).await,
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)

@@ -21,6 +21,8 @@ use crate::Error;
 
 /// How long an operation may take end to end (it may be forwarded to the leader).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per upload request (a trusted client's request may be up to 32 MiB).
+const UPLOAD_PIECE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a script may stay silent before the client gives up on it.
 const SCRIPT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -212,6 +214,148 @@ impl Client {
                         "the member closed the script's stream".to_string(),
                     ))
                 }
+            }
+        }
+    }
+
+    /// Uploads the image file at `path` and imports it on the member (`image import`);
+    /// `progress(done, total)` is called after each piece. Answers as `images.import`.
+    pub async fn upload_image(
+        &self,
+        path: &Path,
+        aliases: &[String],
+        public: bool,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Value, Error> {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|error| Error::Local(format!("{}: {error}", path.display())))?;
+        let total = file
+            .metadata()
+            .await
+            .map_err(|error| Error::Local(format!("{}: {error}", path.display())))?
+            .len();
+        let upload = crate::token::random_u128()?;
+        let mut offset = 0u64;
+        let mut buffer = vec![0; UPLOAD_PIECE_BYTES];
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let read = file
+                    .read(&mut buffer[filled..])
+                    .await
+                    .map_err(|error| Error::Local(format!("{}: {error}", path.display())))?;
+                if read == 0 {
+                    break;
+                }
+                filled += read;
+            }
+            if filled == 0 {
+                break;
+            }
+            let request = Request::ImageUpload {
+                upload,
+                offset,
+                bytes: buffer[..filled].to_vec(),
+            };
+            match self
+                .connection
+                .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+                .await?
+            {
+                Reply::Ack => {}
+                Reply::Refused(error) => return Err(error),
+                other => return Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+            }
+            offset += filled as u64;
+            progress(offset, total);
+        }
+        let filename = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let done = Request::ImageUploadDone {
+            upload,
+            filename,
+            aliases: aliases.to_vec(),
+            public,
+        };
+        match self
+            .connection
+            .request::<Request, Reply>(&done, OPERATION_TIMEOUT)
+            .await?
+        {
+            Reply::Operation(Ok(text)) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Reply::Operation(Err(error)) | Reply::Refused(error) => Err(error),
+            other => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// Downloads image `reference` into `target` (`image export`), checking its SHA-256
+    /// against `fingerprint`; `progress(done)` is called after each piece. The file appears
+    /// only once complete and verified.
+    pub async fn download_image(
+        &self,
+        reference: &str,
+        fingerprint: &str,
+        target: &Path,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, Error> {
+        use tokio::io::AsyncWriteExt;
+        let partial = target.with_extension("partial");
+        let local = |error: std::io::Error| Error::Local(format!("{}: {error}", partial.display()));
+        let mut file = tokio::fs::File::create(&partial).await.map_err(local)?;
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let request = Request::ImageDownload {
+            reference: reference.to_string(),
+        };
+        let mut stream = self.connection.request_stream(&request).await?;
+        let mut done = 0u64;
+        let outcome = loop {
+            match stream.next::<Reply>(SCRIPT_SILENCE_TIMEOUT).await {
+                Ok(Some(Reply::ImageChunk(bytes))) => {
+                    hasher.update(&bytes);
+                    if let Err(error) = file.write_all(&bytes).await {
+                        break Err(local(error));
+                    }
+                    done += bytes.len() as u64;
+                    progress(done);
+                }
+                Ok(Some(Reply::Ack)) => break Ok(()),
+                Ok(Some(Reply::Refused(error))) => break Err(error),
+                Ok(Some(other)) => {
+                    break Err(Error::Internal(format!("unexpected reply: {other:?}")))
+                }
+                Ok(None) => {
+                    break Err(Error::Transport(
+                        "the member closed the image stream early".to_string(),
+                    ))
+                }
+                Err(error) => break Err(error.into()),
+            }
+        };
+        let verified = outcome.and_then(|()| {
+            let got = hex::encode(hasher.finish().as_ref());
+            if got == fingerprint {
+                Ok(())
+            } else {
+                Err(Error::Transport(format!(
+                    "the downloaded bytes hash to {got}, expected {fingerprint}"
+                )))
+            }
+        });
+        match verified {
+            Ok(()) => {
+                file.sync_all().await.map_err(local)?;
+                tokio::fs::rename(&partial, target).await.map_err(local)?;
+                Ok(done)
+            }
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(error)
             }
         }
     }

@@ -52,6 +52,11 @@ impl Member {
                 // was lost: find the leader again. Retrying is safe: a write carries its request
                 // id, so the leader applies it at most once. (A write this member proposed as
                 // leader and that timed out is not retried: no quorum answers it.)
+                // Only the member the request started at retries; a member it was forwarded to
+                // answers at once, so retries never multiply along a chain of forwards.
+                Err(Error::LeadershipChanged(reason)) if caller.hops > 0 => {
+                    return Err(Error::LeadershipChanged(reason))
+                }
                 Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
                     let pause = if started.elapsed() < Duration::from_millis(40) {
                         Duration::from_millis(3)
@@ -99,7 +104,9 @@ impl Member {
             return crate::once::scope(request_id, self.execute_here(operation, origin)).await;
         }
         if hops >= HOPS_MAX {
-            return Err(Error::Transport(format!(
+            // Members disagree on who leads (leadership is moving): the member the request
+            // started at asks again once their views agree.
+            return Err(Error::LeadershipChanged(format!(
                 "request forwarded {hops} times without reaching the leader"
             )));
         }

@@ -48,6 +48,33 @@ pub enum Request {
     Ping,
     /// The leader removed the receiver from the cluster: it resets itself; members only.
     Removed,
+    /// A piece of an image file a client uploads (trusted clients and members), at `offset`
+    /// of upload `upload` (an id the client chose). Pieces come in order.
+    ImageUpload {
+        /// The upload's id.
+        upload: u128,
+        /// Where the piece starts.
+        offset: u64,
+        /// The bytes (at most [`crate::images::files::CHUNK_BYTES`] × 4).
+        bytes: Vec<u8>,
+    },
+    /// Upload `upload` is complete: import it as `images.import` does.
+    ImageUploadDone {
+        /// The upload's id.
+        upload: u128,
+        /// The file's name on the client.
+        filename: String,
+        /// Aliases to give it.
+        aliases: Vec<String>,
+        /// Whether untrusted clients may download it.
+        public: bool,
+    },
+    /// Streams an image's bytes to a client as `ImageChunk` frames, then `Ack`, from this
+    /// member's copy or relayed from a holder.
+    ImageDownload {
+        /// Fingerprint, unique prefix or alias.
+        reference: String,
+    },
     /// The leader asks the receiver to fetch an image from `sources` (member addresses, in
     /// order) and keep it; answered `Ack` once the file is verified and durable. Members only.
     ImagePull {

@@ -192,6 +192,35 @@ impl Handler for Service {
                 ))
                 .await
             }
+            (
+                Request::ImageUpload {
+                    upload,
+                    offset,
+                    bytes,
+                },
+                _,
+            ) => match self.member.upload_piece(upload, offset, &bytes) {
+                Ok(()) => Reply::Ack,
+                Err(error) => Reply::Refused(error),
+            },
+            (
+                Request::ImageUploadDone {
+                    upload,
+                    filename,
+                    aliases,
+                    public,
+                },
+                _,
+            ) => {
+                let result = self
+                    .member
+                    .upload_done(upload, &filename, &aliases, public)
+                    .await;
+                Reply::Operation(result.map(|value| value.to_string()))
+            }
+            (Request::ImageDownload { reference }, _) => {
+                self.member.serve_download(&reference, &mut responder).await
+            }
             (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),

@@ -74,9 +74,10 @@ fn index_of(name: &str) -> usize {
     name.trim_start_matches('m').parse::<usize>().unwrap_or(1) - 1
 }
 
-/// Goal: an import is copied to 3 members in 3 failure domains, then to every member with
-/// `-1`; every copy hashes to the fingerprint; bad input is refused with what is wrong; a
-/// delete removes every file, also on a holder that was down during the delete.
+/// Goal: an import (uploaded by the CLI) is copied to 3 members in 3 failure domains, then to
+/// every member with `-1`; every copy, and an export through a member holding none, hashes to
+/// the fingerprint; bad input is refused with what is wrong and leaves no file; a delete removes
+/// every file, also on a holder that was down during the delete.
 /// Method: 5 member processes in domains a, a, b, b, c; import through the CLI of m1; read
 /// `image list --format json` and the files on disk; then the bad inputs; then SIGKILL a
 /// holder, delete, restart it and watch its file go.
@@ -127,6 +128,18 @@ async fn import_replicate_and_delete() -> Result<()> {
     assert_eq!(record["properties"]["os"], "busybox");
     assert_eq!(record["aliases"][0]["name"], "bb");
 
+    tracing::info!("--- export through a member that holds no copy: the bytes are relayed");
+    let outsider = (0..5)
+        .find(|index| !holders.contains(&format!("m{}", index + 1)))
+        .unwrap_or(0);
+    let exported = work.path().join("exported.tar.gz");
+    let out = cluster.cli_ok(
+        outsider,
+        &["image", "export", "bb", &exported.to_string_lossy()],
+    )?;
+    assert!(out.contains("exported successfully"), "{out}");
+    assert_eq!(sha256_of(&exported)?, expected);
+
     tracing::info!("--- bad input is refused with what is wrong");
     let not_tarball = work.path().join("notes.txt");
     std::fs::write(&not_tarball, "these are not the bytes of an image")?;
@@ -162,6 +175,11 @@ async fn import_replicate_and_delete() -> Result<()> {
         1,
         "a refused import left a record"
     );
+    let left: Vec<String> = std::fs::read_dir(cluster.dir(0).join("images"))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![expected.clone()], "refused imports left files");
 
     tracing::info!("--- -1: every member holds it");
     cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;

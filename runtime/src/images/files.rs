@@ -152,7 +152,8 @@ impl Incoming {
         self.written
     }
 
-    fn fingerprint_and_size(&self) -> (String, u64) {
+    /// The SHA-256 (hex) and size of what was written so far.
+    pub fn fingerprint_and_size(&self) -> (String, u64) {
         let digest = self.hasher.clone().finish();
         (hex::encode(digest.as_ref()), self.written)
     }

@@ -129,9 +129,30 @@ struct Transfer {
     started: Instant,
 }
 
+/// An image file a client is uploading.
+struct OpenUpload {
+    incoming: super::files::Incoming,
+    touched: Instant,
+}
+
+/// An image file in place under its fingerprint, with what its `metadata.yaml` says.
+struct Imported {
+    fingerprint: String,
+    size: u64,
+    filename: String,
+    metadata: format::ImageMetadata,
+}
+
+/// Uploads open at once on one member.
+const UPLOADS_MAX: usize = 8;
+/// An upload without a piece for this long is dropped (with its partial file).
+const UPLOAD_IDLE_MAX: Duration = Duration::from_secs(300);
+
 /// A member's image bookkeeping.
 #[derive(Default)]
 pub struct ImageState {
+    /// Uploads from clients, by id.
+    uploads: Mutex<BTreeMap<u128, OpenUpload>>,
     /// Fingerprints being imported or received here: the clean-up leaves their files alone.
     local: Mutex<BTreeSet<String>>,
     /// Copies this member (as leader) started: (fingerprint, receiver) → transfer.
@@ -303,6 +324,40 @@ impl Member {
                 .map_err(|error| Error::Internal(error.to_string()))?
         }
         .map_err(|error: FormatError| Error::Refused(format!("\"{path}\": {error}")))?;
+        self.check_importable(path, &metadata, aliases)?;
+        let size = std::fs::metadata(&source)
+            .map_err(|error| Error::Local(error.to_string()))?
+            .len();
+        let files = self.image_files();
+        self.check_free(size, path)?;
+        let (fingerprint, size) = {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || files.copy_in(&source))
+                .await
+                .map_err(|error| Error::Internal(error.to_string()))?
+                .map_err(|error| Error::Local(format!("copying \"{path}\": {error}")))?
+        };
+        let filename = Path::new(path)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let imported = Imported {
+            fingerprint,
+            size,
+            filename,
+            metadata,
+        };
+        self.record_import(imported, aliases, public, properties)
+            .await
+    }
+
+    /// Refuses an image no member can run, or aliases already taken.
+    fn check_importable(
+        &self,
+        what: &str,
+        metadata: &format::ImageMetadata,
+        aliases: &[String],
+    ) -> Result<(), Error> {
         let runnable = self.local_state(|state| {
             state
                 .members
@@ -311,7 +366,7 @@ impl Member {
         });
         if !runnable {
             return Err(Error::Refused(format!(
-                "\"{path}\": architecture {} is one no member can run",
+                "\"{what}\": architecture {} is one no member can run",
                 metadata.architecture
             )));
         }
@@ -321,26 +376,40 @@ impl Member {
                 return Err(Error::Refused(format!("Alias \"{alias}\" already exists")));
             }
         }
-        let size = std::fs::metadata(&source)
-            .map_err(|error| Error::Local(error.to_string()))?
-            .len();
-        let files = self.image_files();
-        let free = files
+        Ok(())
+    }
+
+    /// Refuses a file larger than the free space of this member's image directory.
+    fn check_free(&self, size: u64, what: &str) -> Result<(), Error> {
+        let free = self
+            .image_files()
             .free_bytes()
             .map_err(|error| Error::Local(error.to_string()))?;
         if free < size {
             return Err(Error::Refused(format!(
-                "not enough free disk on member {} for \"{path}\": {size} bytes needed, {free} free",
+                "not enough free disk on member {} for \"{what}\": {size} bytes needed, {free} free",
                 self.name()
             )));
         }
-        let (fingerprint, size) = {
-            let files = files.clone();
-            tokio::task::spawn_blocking(move || files.copy_in(&source))
-                .await
-                .map_err(|error| Error::Internal(error.to_string()))?
-                .map_err(|error| Error::Local(format!("copying \"{path}\": {error}")))?
-        };
+        Ok(())
+    }
+
+    /// Records an image whose file is in place here, through the leader; on refusal the file
+    /// goes, unless the database knows the image (this member then held it already).
+    async fn record_import(
+        &self,
+        imported: Imported,
+        aliases: &[String],
+        public: bool,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Value, Error> {
+        let Imported {
+            fingerprint,
+            size,
+            filename,
+            metadata,
+        } = imported;
+        let files = self.image_files();
         if self.local_state(|state| state.images.contains_key(&fingerprint)) {
             return Err(Error::Refused(
                 "Image with same fingerprint already exists".to_string(),
@@ -349,10 +418,6 @@ impl Member {
         lock(&self.inner.images.local).insert(fingerprint.clone());
         let mut all_properties = metadata.properties.clone();
         all_properties.extend(properties.clone());
-        let filename = Path::new(path)
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let image = Image {
             fingerprint: fingerprint.clone(),
             size,
@@ -386,6 +451,166 @@ impl Member {
         }
         tracing::info!(%fingerprint, size, "image imported");
         Ok(json!({"fingerprint": fingerprint, "size": size}))
+    }
+
+    /// A piece of a client's upload.
+    pub(crate) fn upload_piece(
+        &self,
+        upload: u128,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        let mut uploads = lock(&self.inner.images.uploads);
+        uploads.retain(|_, open| open.touched.elapsed() < UPLOAD_IDLE_MAX);
+        if !uploads.contains_key(&upload) {
+            if offset != 0 {
+                return Err(Error::Refused(format!(
+                    "upload {upload:x} is unknown here (it expired, or went to another member)"
+                )));
+            }
+            if uploads.len() >= UPLOADS_MAX {
+                return Err(Error::Busy(format!(
+                    "member {} has {UPLOADS_MAX} uploads open; try again",
+                    self.name()
+                )));
+            }
+            let incoming = self
+                .image_files()
+                .incoming()
+                .map_err(|error| Error::Local(error.to_string()))?;
+            uploads.insert(
+                upload,
+                OpenUpload {
+                    incoming,
+                    touched: Instant::now(),
+                },
+            );
+        }
+        let open = uploads
+            .get_mut(&upload)
+            .ok_or_else(|| Error::Internal("upload vanished".to_string()))?;
+        if open.incoming.written() != offset {
+            return Err(Error::Refused(format!(
+                "upload piece at {offset}, expected {}",
+                open.incoming.written()
+            )));
+        }
+        open.incoming
+            .write(bytes)
+            .map_err(|error| Error::Local(error.to_string()))?;
+        open.touched = Instant::now();
+        Ok(())
+    }
+
+    /// A client's upload is complete: check and record it as an import.
+    pub(crate) async fn upload_done(
+        &self,
+        upload: u128,
+        filename: &str,
+        aliases: &[String],
+        public: bool,
+    ) -> Result<Value, Error> {
+        let open = lock(&self.inner.images.uploads)
+            .remove(&upload)
+            .ok_or_else(|| Error::Refused(format!("upload {upload:x} is unknown here")))?;
+        let incoming = open.incoming;
+        let (fingerprint, size) = incoming.fingerprint_and_size();
+        if self.local_state(|state| state.images.contains_key(&fingerprint)) {
+            return Err(Error::Refused(
+                "Image with same fingerprint already exists".to_string(),
+            ));
+        }
+        self.check_free(0, filename)?;
+        let expected = fingerprint.clone();
+        tokio::task::spawn_blocking(move || incoming.finish(&expected))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?
+            .map_err(|error| Error::Local(error.to_string()))?;
+        let path = self.image_files().path(&fingerprint);
+        let metadata = tokio::task::spawn_blocking(move || format::read_metadata(&path))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        let checked = metadata
+            .map_err(|error| Error::Refused(format!("\"{filename}\": {error}")))
+            .and_then(|metadata| {
+                self.check_importable(filename, &metadata, aliases)
+                    .map(|()| metadata)
+            });
+        let metadata = match checked {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                if !self.local_state(|state| state.images.contains_key(&fingerprint)) {
+                    let _ = self.image_files().remove(&fingerprint);
+                }
+                return Err(error);
+            }
+        };
+        let imported = Imported {
+            fingerprint,
+            size,
+            filename: filename.to_string(),
+            metadata,
+        };
+        self.record_import(imported, aliases, public, &BTreeMap::new())
+            .await
+    }
+
+    /// Streams image `reference` to a client: from this member's copy, or relayed from a
+    /// holder's.
+    pub(crate) async fn serve_download(
+        &self,
+        reference: &str,
+        responder: &mut starling_transport::Responder,
+    ) -> Reply {
+        let found = self.local_state(|state| {
+            state
+                .image(reference)
+                .map(|image| (image.fingerprint.clone(), image.locations.clone()))
+        });
+        let (fingerprint, holders) = match found {
+            Ok(found) => found,
+            Err(error) => return Reply::Refused(Error::Refused(error)),
+        };
+        if self.image_files().contains(&fingerprint) {
+            return self.serve_fetch(&fingerprint, 0, responder).await;
+        }
+        let addresses: Vec<String> = self.local_state(|state| {
+            holders
+                .iter()
+                .filter_map(|name| state.members.get(name))
+                .filter(|member| member.status == MemberStatus::Online)
+                .map(|member| member.address.clone())
+                .collect()
+        });
+        let Some(address) = addresses.first() else {
+            return Reply::Refused(Error::Refused(format!(
+                "no online member holds image {fingerprint}"
+            )));
+        };
+        let request = Request::ImageFetch {
+            fingerprint: fingerprint.clone(),
+            offset: 0,
+        };
+        let mut stream = match self.request_stream(address, &request).await {
+            Ok(stream) => stream,
+            Err(error) => return Reply::Refused(error),
+        };
+        loop {
+            match stream.next::<Reply>(FETCH_SILENCE).await {
+                Ok(Some(Reply::ImageChunk(bytes))) => {
+                    if responder.send(&Reply::ImageChunk(bytes)).await.is_err() {
+                        return Reply::Ack;
+                    }
+                }
+                Ok(Some(reply)) => return reply,
+                Ok(None) => {
+                    return Reply::Refused(Error::Transport(format!(
+                        "{address} closed the image stream early"
+                    )))
+                }
+                Err(error) => return Reply::Refused(Error::Transport(error.to_string())),
+            }
+        }
     }
 
     /// The members as the replication planner sees them.
