@@ -61,9 +61,9 @@ fn voters(cluster: &ProcessCluster, via: usize) -> Result<Vec<String>> {
 }
 
 /// Goal: leadership moves to a named voter and back, a spare is promoted in place of a voter,
-/// a voter and then the leader are demoted, all while a writer runs: it sees no error and every
-/// acknowledged write is there; the planner leaves each accepted change alone for several
-/// heartbeat rounds.
+/// a voter and then the leader are demoted, and the leader gets SIGTERM, all while a writer
+/// runs: it sees no error and every acknowledged write is there; the planner leaves each
+/// accepted change alone for several heartbeat rounds.
 /// Method: 5 member processes with `cluster.max_standby=1` (3 voters, a stand-by, a spare); a
 /// writer through the stand-by; the CLI
 /// and the Lua built-ins change roles; after each change, the roles are read again after 3 s
@@ -71,7 +71,7 @@ fn voters(cluster: &ProcessCluster, via: usize) -> Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_change_under_a_writer() -> Result<()> {
     init_tracing();
-    let cluster = ProcessCluster::start(5).await?;
+    let mut cluster = ProcessCluster::start(5).await?;
     cluster.wait_roles(0, 3, 2).await?;
     cluster.cli_ok(0, &["config", "set", "cluster.max_standby=1"])?;
     let members = cluster.wait_roles(0, 3, 1).await?;
@@ -168,6 +168,24 @@ async fn roles_change_under_a_writer() -> Result<()> {
     let leader = leader_name(&cluster, via)?;
     assert!(
         leader != first_leader && after.contains(&leader),
+        "{leader}"
+    );
+
+    tracing::info!("--- SIGTERM of the leader (not the writer's member): it transfers first");
+    if index_of(&leader_name(&cluster, via)?) == via {
+        cluster.cli_ok(via, &["cluster", "transfer-leader"])?;
+    }
+    let leaving = index_of(&leader_name(&cluster, via)?);
+    let status = cluster.terminate(leaving, Duration::from_secs(15))?;
+    assert!(status.success(), "{status}:\n{}", cluster.log(leaving));
+    let log = cluster.log(leaving);
+    assert!(
+        log.contains("leadership transferred"),
+        "no transfer:\n{log}"
+    );
+    let leader = leader_name(&cluster, via)?;
+    assert!(
+        !leader.is_empty() && index_of(&leader) != leaving,
         "{leader}"
     );
 
