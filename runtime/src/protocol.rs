@@ -56,6 +56,7 @@ pub enum Request {
         /// Where the piece starts.
         offset: u64,
         /// The bytes (at most [`crate::images::files::CHUNK_BYTES`] × 4).
+        #[serde(with = "byte_buffer")]
         bytes: Vec<u8>,
     },
     /// Upload `upload` is complete: import it as `images.import` does.
@@ -165,7 +166,7 @@ pub enum Reply {
     /// Answer to a leadership transfer.
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     /// A piece of an image file (an answer to `ImageFetch` is a sequence of these).
-    ImageChunk(Vec<u8>),
+    ImageChunk(#[serde(with = "byte_buffer")] Vec<u8>),
     /// Answer to an operation: the result as JSON text.
     Operation(Result<String, Error>),
     /// One line a script printed.
@@ -241,4 +242,50 @@ pub struct Heartbeat {
     pub addresses: Vec<String>,
     /// The trust registry, when the receiver's copy is older than the leader's.
     pub registry: Option<crate::trust::TrustRegistry>,
+}
+
+/// Serializes a byte buffer as bytes (one length and a copy), not as a sequence of numbers
+/// (one call per byte), for image data.
+mod byte_buffer {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a byte buffer")
+            }
+
+            fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(bytes)
+            }
+
+            fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(bytes.to_vec())
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Holder(#[serde(with = "super")] Vec<u8>);
+
+        /// Goal: bytes survive the round trip through bincode, as a length and the bytes.
+        #[test]
+        fn round_trip() {
+            let original = Holder((0..=255).collect());
+            let encoded = bincode::serialize(&original).unwrap();
+            assert_eq!(encoded.len(), 8 + 256);
+            assert_eq!(bincode::deserialize::<Holder>(&encoded).unwrap(), original);
+        }
+    }
 }

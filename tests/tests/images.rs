@@ -298,3 +298,147 @@ async fn clients_cannot_record_images() -> Result<()> {
     assert_eq!(list, Value::Array(Vec::new()));
     Ok(())
 }
+
+/// Writes a plain `.tar` image of about `mib` MiB (a rootfs file of random bytes, so that
+/// nothing compresses it).
+fn write_large_image(path: &Path, mib: usize) -> Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+    let metadata = format!(
+        "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: large\n",
+        machine_architecture()
+    );
+    let mut header = tar::Header::new_gnu();
+    header.set_size(metadata.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "metadata.yaml", metadata.as_bytes())?;
+    let mut bytes = vec![0u8; mib << 20];
+    let rng = ring::rand::SystemRandom::new();
+    for chunk in bytes.chunks_mut(1 << 20) {
+        ring::rand::SecureRandom::fill(&rng, chunk)
+            .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "rootfs/blob", bytes.as_slice())?;
+    builder.into_inner()?;
+    Ok(())
+}
+
+/// Goal: a holder that dies in the middle of a copy does not lose it: the receiver goes on from
+/// the offset it reached with another holder, and the copy completes and is recorded.
+/// Method: 4 member processes, `images_minimal_replica=2`; import a 256 MiB image (2 holders);
+/// move leadership off the holders; `images.copy_to` a third member, which fetches from the
+/// first holder by name; SIGKILL that holder once the receiver's partial file has grown; the
+/// copy completes from the other holder and hashes to the fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_resumes_from_another_holder() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(4).await?;
+    cluster.wait_roles(0, 3, 1).await?;
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=2"])?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("large.tar");
+    write_large_image(&image, 256)?;
+    let fingerprint = sha256_of(&image)?;
+    cluster.cli_ok(0, &["image", "import", &image.to_string_lossy()])?;
+    let holders = wait_for("2 locations", Duration::from_secs(60), || async {
+        let holders = locations(&cluster, 0, &fingerprint);
+        (holders.len() == 2).then_some(holders)
+    })
+    .await?;
+    let mut by_name = holders.clone();
+    by_name.sort();
+    let first = index_of(&by_name[0]);
+    let others: Vec<usize> = (0..4)
+        .filter(|index| !holders.contains(&format!("m{}", index + 1)))
+        .collect();
+    let via = others[0];
+    let leader = cluster.leader(via).await?;
+    if holders.contains(&format!("m{}", leader + 1)) {
+        // Make a member that holds nothing lead (it must vote): the copy's source dies, not the
+        // leader that waits for it.
+        let voters = with_role_names(&cluster, via, "database")?;
+        if let Some(new_leader) = others
+            .iter()
+            .copied()
+            .find(|index| voters.contains(&format!("m{}", index + 1)))
+        {
+            let name = format!("m{}", new_leader + 1);
+            cluster.cli_ok(via, &["cluster", "transfer-leader", &name])?;
+        }
+    }
+    let leader = cluster.leader(via).await?;
+    anyhow::ensure!(
+        !holders.contains(&format!("m{}", leader + 1)),
+        "a holder still leads: {holders:?}"
+    );
+    let target = others
+        .iter()
+        .copied()
+        .find(|index| *index != leader)
+        .unwrap_or(others[0]);
+    let via = leader;
+
+    tracing::info!(
+        first,
+        target,
+        "--- copy to a third member; kill its source mid-copy"
+    );
+    let copy = cluster.spawn_cli(
+        via,
+        &[
+            "exec",
+            &format!(
+                "return images.copy_to(\"{fingerprint}\", \"m{}\")",
+                target + 1
+            ),
+        ],
+    )?;
+    let images_dir = cluster.dir(target).join("images");
+    wait_for(
+        "the copy to be under way",
+        Duration::from_secs(30),
+        || async {
+            let growing = std::fs::read_dir(&images_dir)
+                .ok()?
+                .flatten()
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(".partial"))
+                .any(|entry| {
+                    entry
+                        .metadata()
+                        .map(|m| m.len() > (16 << 20))
+                        .unwrap_or(false)
+                });
+            growing.then_some(())
+        },
+    )
+    .await?;
+    cluster.kill(first)?;
+    let output = copy.wait_with_output()?;
+    assert!(
+        output.status.success(),
+        "copy_to failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = image_file(&cluster, target, &fingerprint);
+    assert_eq!(sha256_of(&file)?, fingerprint);
+    assert!(
+        locations(&cluster, via, &fingerprint).contains(&format!("m{}", target + 1)),
+        "the copy was not recorded"
+    );
+    assert!(
+        cluster.log(target).contains("trying the next holder"),
+        "the copy did not change source:\n{}",
+        cluster.log(target)
+    );
+    Ok(())
+}
+
+fn with_role_names(cluster: &ProcessCluster, via: usize, role: &str) -> Result<Vec<String>> {
+    Ok(starling_tests::with_role(&cluster.members(via)?, role))
+}
