@@ -21,6 +21,17 @@ use crate::Error;
 
 /// How long an operation may take end to end (it may be forwarded to the leader).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The answer to an operation: its JSON value, or the error it failed with.
+fn operation_answer(reply: Reply) -> Result<Value, Error> {
+    match reply {
+        Reply::Operation(Ok(text)) => {
+            serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+        }
+        Reply::Operation(Err(error)) | Reply::Refused(error) => Err(error),
+        other => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+    }
+}
+
 /// Bytes per upload request (a trusted client's request may be up to 32 MiB).
 const UPLOAD_PIECE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a script may stay silent before the client gives up on it.
@@ -159,17 +170,11 @@ impl Client {
                 ..crate::Caller::default()
             },
         };
-        match self
-            .connection
-            .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
-            .await?
-        {
-            Reply::Operation(Ok(text)) => {
-                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
-            }
-            Reply::Operation(Err(error)) | Reply::Refused(error) => Err(error),
-            other => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
-        }
+        operation_answer(
+            self.connection
+                .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+                .await?,
+        )
     }
 
     /// `cluster add NAME`: a join token for a new member, as the string the joiner needs.
@@ -281,17 +286,11 @@ impl Client {
             aliases: aliases.to_vec(),
             public,
         };
-        match self
-            .connection
-            .request::<Request, Reply>(&done, OPERATION_TIMEOUT)
-            .await?
-        {
-            Reply::Operation(Ok(text)) => {
-                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
-            }
-            Reply::Operation(Err(error)) | Reply::Refused(error) => Err(error),
-            other => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
-        }
+        operation_answer(
+            self.connection
+                .request::<Request, Reply>(&done, OPERATION_TIMEOUT)
+                .await?,
+        )
     }
 
     /// Downloads image `reference` into `target` (`image export`), checking its SHA-256

@@ -375,39 +375,37 @@ impl Member {
         .unwrap_or_else(|| self.inner.name.clone())
     }
 
-    /// Sends `request` to the member at `address` (a `host:port`) over the pool.
+    /// The socket address of the member at `address`, unless this member is cut off from it.
+    async fn peer_socket(&self, address: &str) -> Result<SocketAddr, Error> {
+        if self.is_blocked(address) {
+            return Err(Error::Transport(format!(
+                "{address} is cut off from this member"
+            )));
+        }
+        crate::network::resolve(address)
+            .await
+            .map_err(|error| Error::Transport(format!("{address}: {error}")))
+    }
+
     /// Sends `request` to the member at `address` and returns its stream of reply frames.
     pub(crate) async fn request_stream(
         &self,
         address: &str,
         request: &Request,
     ) -> Result<starling_transport::ResponseStream, Error> {
-        if self.is_blocked(address) {
-            return Err(Error::Transport(format!(
-                "{address} is cut off from this member"
-            )));
-        }
-        let socket = crate::network::resolve(address)
-            .await
-            .map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        let socket = self.peer_socket(address).await?;
         let connection = self.inner.pool.get(socket, &self.inner.trust).await?;
         Ok(connection.request_stream(request).await?)
     }
 
+    /// Sends `request` to the member at `address` (a `host:port`) over the pool.
     pub(crate) async fn request(
         &self,
         address: &str,
         request: &Request,
         timeout: Duration,
     ) -> Result<Reply, Error> {
-        if self.is_blocked(address) {
-            return Err(Error::Transport(format!(
-                "{address} is cut off from this member"
-            )));
-        }
-        let socket = crate::network::resolve(address)
-            .await
-            .map_err(|error| Error::Transport(format!("{address}: {error}")))?;
+        let socket = self.peer_socket(address).await?;
         Ok(self
             .inner
             .pool

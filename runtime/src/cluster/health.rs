@@ -271,14 +271,7 @@ async fn rebalance(member: &Member) {
             state.config_i64("cluster.max_standby") as usize,
         )
     });
-    let candidates: Vec<Candidate> = records
-        .iter()
-        .map(|record| Candidate {
-            id: record.id,
-            failure_domain: record.failure_domain.clone(),
-            online: record.status == MemberStatus::Online,
-        })
-        .collect();
+    let candidates: Vec<Candidate> = records.iter().map(Candidate::of).collect();
     let current = CurrentRoles {
         leader: member.id(),
         voters: raft_roles.voters.iter().copied().collect(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use serde_json::{json, Value};
-use starling_store::{MemberStatus, NodeId};
+use starling_store::NodeId;
 
 use super::health::PROMOTION_LAG_MAX;
 use super::role_control::{self, Demotion, Refusal, RoleView, VoterChange};
@@ -34,15 +34,7 @@ impl Member {
     pub(crate) fn role_view(&self) -> RoleView {
         let raft_roles = RaftRoles::of(self);
         let (candidates, names, voters_max, standbys_max) = self.local_state(|state| {
-            let candidates: Vec<Candidate> = state
-                .members
-                .values()
-                .map(|record| Candidate {
-                    id: record.id,
-                    failure_domain: record.failure_domain.clone(),
-                    online: record.status == MemberStatus::Online,
-                })
-                .collect();
+            let candidates: Vec<Candidate> = state.members.values().map(Candidate::of).collect();
             let names: BTreeMap<NodeId, String> = state
                 .members
                 .values()

@@ -50,6 +50,17 @@ pub struct Candidate {
     pub online: bool,
 }
 
+impl Candidate {
+    /// A member record as the planner sees it.
+    pub fn of(record: &starling_store::Member) -> Candidate {
+        Candidate {
+            id: record.id,
+            failure_domain: record.failure_domain.clone(),
+            online: record.status == starling_store::MemberStatus::Online,
+        }
+    }
+}
+
 /// Raft roles now.
 #[derive(Clone, Debug, Default)]
 pub struct CurrentRoles {
