@@ -45,10 +45,10 @@ struct Round {
 }
 
 /// Member processes, killed on drop.
-struct Processes {
-    children: Vec<Child>,
-    dir: PathBuf,
-    keep: bool,
+pub(crate) struct Processes {
+    pub(crate) children: Vec<Child>,
+    pub(crate) dir: PathBuf,
+    pub(crate) keep: bool,
 }
 
 impl Drop for Processes {
@@ -228,7 +228,7 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
 
 /// Starts the members; returns how long each join took, from its token to the new member
 /// answering a request.
-async fn start_cluster(
+pub(crate) async fn start_cluster(
     processes: &mut Processes,
     dir: &Path,
     members: usize,

@@ -12,6 +12,7 @@
 //! - `failover.rs`: the failover benchmark.
 
 mod bench;
+mod bench_images;
 mod console;
 mod demo;
 mod failover;
@@ -97,6 +98,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measures failover: leader kill to next write, voter kill to Offline and to promotion.
     BenchFailover(failover::FailoverArgs),
+    /// Measures an image import and its copies to the other members, against the floor of an
+    /// export over the same transport.
+    BenchImages(bench_images::ImageBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -410,6 +414,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::BenchFailover(args) => failover::run(args).await,
+        Command::BenchImages(args) => bench_images::run(args).await,
         Command::Remote(RemoteCommand::Add { address, token }) => {
             Client::add_remote(&config_dir(&cli), address, token).await?;
             println!("Remote {address} added: use `starling --remote {address} ...`");
