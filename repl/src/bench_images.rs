@@ -29,6 +29,20 @@ pub struct ImageBenchArgs {
     keep: bool,
 }
 
+/// Adds a file `name` holding `bytes` to a tarball.
+fn append<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, name, bytes)?;
+    Ok(())
+}
+
 /// Writes a plain `.tar` image with an uncompressible rootfs file of `mib` MiB.
 fn write_image(path: &Path, mib: usize) -> Result<()> {
     let file = std::fs::File::create(path)?;
@@ -37,11 +51,7 @@ fn write_image(path: &Path, mib: usize) -> Result<()> {
         "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: bench\n",
         std::env::consts::ARCH
     );
-    let mut header = tar::Header::new_gnu();
-    header.set_size(metadata.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder.append_data(&mut header, "metadata.yaml", metadata.as_bytes())?;
+    append(&mut builder, "metadata.yaml", metadata.as_bytes())?;
     // A cheap generator is enough: the bytes only have to defeat compression.
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut bytes = vec![0u8; mib << 20];
@@ -52,11 +62,7 @@ fn write_image(path: &Path, mib: usize) -> Result<()> {
         let word = state.to_le_bytes();
         chunk.copy_from_slice(&word[..chunk.len()]);
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bytes.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder.append_data(&mut header, "rootfs/blob", bytes.as_slice())?;
+    append(&mut builder, "rootfs/blob", &bytes)?;
     builder.into_inner()?;
     Ok(())
 }

@@ -19,19 +19,29 @@ fn write_image(path: &Path, architecture: &str, extra: &str) -> Result<()> {
     let file = std::fs::File::create(path)?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut builder = tar::Builder::new(gz);
-    let mut add = |name: &str, bytes: &[u8]| -> Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, name, bytes)?;
-        Ok(())
-    };
-    add("metadata.yaml", metadata.as_bytes())?;
-    add("rootfs/etc/hostname", b"starling\n")?;
-    add("rootfs/etc/extra", extra.as_bytes())?;
-    add("templates/hostname.tpl", b"{{ container.name }}\n")?;
+    append(&mut builder, "metadata.yaml", metadata.as_bytes())?;
+    append(&mut builder, "rootfs/etc/hostname", b"starling\n")?;
+    append(&mut builder, "rootfs/etc/extra", extra.as_bytes())?;
+    append(
+        &mut builder,
+        "templates/hostname.tpl",
+        b"{{ container.name }}\n",
+    )?;
     builder.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// Adds a file `name` holding `bytes` to an image tarball.
+fn append<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, name, bytes)?;
     Ok(())
 }
 
@@ -308,22 +318,14 @@ fn write_large_image(path: &Path, mib: usize) -> Result<()> {
         "architecture: {}\ncreation_date: 1700000000\nproperties:\n  description: large\n",
         machine_architecture()
     );
-    let mut header = tar::Header::new_gnu();
-    header.set_size(metadata.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder.append_data(&mut header, "metadata.yaml", metadata.as_bytes())?;
+    append(&mut builder, "metadata.yaml", metadata.as_bytes())?;
     let mut bytes = vec![0u8; mib << 20];
     let rng = ring::rand::SystemRandom::new();
     for chunk in bytes.chunks_mut(1 << 20) {
         ring::rand::SecureRandom::fill(&rng, chunk)
             .map_err(|_| anyhow::anyhow!("no randomness"))?;
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(bytes.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder.append_data(&mut header, "rootfs/blob", bytes.as_slice())?;
+    append(&mut builder, "rootfs/blob", &bytes)?;
     builder.into_inner()?;
     Ok(())
 }

@@ -268,6 +268,8 @@ impl Member {
 
     /// Leader only: gives the vote of `id` to a ready stand-by, if there is one.
     pub(crate) async fn hand_over(&self, id: NodeId) -> Result<Value, Error> {
+        // A role change like the operator's: the rebalancing must not plan on it half-done.
+        let _roles = self.inner.role_lock.lock().await;
         let roles = RaftRoles::of(self);
         if !roles.voters.contains(&id) {
             return Ok(Value::Null);

@@ -155,6 +155,9 @@ pub struct ImageState {
     uploads: Mutex<BTreeMap<u128, OpenUpload>>,
     /// Fingerprints being imported or received here: the clean-up leaves their files alone.
     local: Mutex<BTreeSet<String>>,
+    /// The list of deleted images (its length and newest entry) the last complete clean-up
+    /// saw: the image directory is read again only once the list changes.
+    swept: Mutex<Option<(usize, Option<String>)>>,
     /// Copies this member (as leader) started: (fingerprint, receiver) → transfer.
     copies: Mutex<BTreeMap<(String, String), Transfer>>,
     /// Bytes received so far by copies to this member, by fingerprint.
@@ -520,7 +523,6 @@ impl Member {
                 "Image with same fingerprint already exists".to_string(),
             ));
         }
-        self.check_free(0, filename)?;
         let expected = fingerprint.clone();
         tokio::task::spawn_blocking(move || incoming.finish(&expected))
             .await
@@ -829,15 +831,7 @@ impl Member {
         size: u64,
         sources: &[String],
     ) -> Result<(), Error> {
-        let free = files
-            .free_bytes()
-            .map_err(|error| Error::Local(error.to_string()))?;
-        if free < size {
-            return Err(Error::Refused(format!(
-                "not enough free disk on member {}: {size} bytes needed, {free} free",
-                self.name()
-            )));
-        }
+        self.check_free(size, fingerprint)?;
         let mut incoming = files
             .incoming()
             .map_err(|error| Error::Local(error.to_string()))?;
@@ -944,17 +938,38 @@ impl Member {
     /// whose state lags never deletes an image it does not know of yet), except those being
     /// imported or received here.
     pub(crate) fn remove_deleted_images(&self) {
+        let (deleted, seen): (BTreeSet<String>, (usize, Option<String>)) =
+            self.local_state(|state| {
+                let list = &state.deleted_images;
+                (
+                    list.iter().cloned().collect(),
+                    (list.len(), list.back().cloned()),
+                )
+            });
+        if deleted.is_empty() || lock(&self.inner.images.swept).as_ref() == Some(&seen) {
+            return;
+        }
         let files = self.image_files();
         let keep: BTreeSet<String> = lock(&self.inner.images.local).clone();
-        let deleted: BTreeSet<String> =
-            self.local_state(|state| state.deleted_images.iter().cloned().collect());
+        let mut complete = true;
         for fingerprint in files.list() {
-            if deleted.contains(&fingerprint) && !keep.contains(&fingerprint) {
-                match files.remove(&fingerprint) {
-                    Ok(()) => tracing::info!(%fingerprint, "deleted image removed from disk"),
-                    Err(error) => tracing::warn!(%error, %fingerprint, "could not remove image"),
+            if !deleted.contains(&fingerprint) {
+                continue;
+            }
+            if keep.contains(&fingerprint) {
+                complete = false;
+                continue;
+            }
+            match files.remove(&fingerprint) {
+                Ok(()) => tracing::info!(%fingerprint, "deleted image removed from disk"),
+                Err(error) => {
+                    complete = false;
+                    tracing::warn!(%error, %fingerprint, "could not remove image");
                 }
             }
+        }
+        if complete {
+            *lock(&self.inner.images.swept) = Some(seen);
         }
     }
 }
