@@ -177,6 +177,27 @@ impl Client {
         )
     }
 
+    /// The raw stream rate from member `from` to the member this client talks to: it takes
+    /// `bytes` zero bytes from `from` the way an image copy does, without the disk. Answers
+    /// the bytes received and the seconds taken.
+    pub async fn stream_probe_from(&self, from: &str, bytes: u64) -> Result<(u64, f64), Error> {
+        let request = Request::StreamProbeFrom {
+            from: from.to_string(),
+            bytes,
+        };
+        match self
+            .connection
+            .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+            .await?
+        {
+            Reply::Probe { bytes, seconds } => Ok((bytes, seconds)),
+            Reply::Refused(error) => Err(error),
+            other => Err(Error::Internal(format!(
+                "unexpected reply to a stream probe: {other:?}"
+            ))),
+        }
+    }
+
     /// `cluster add NAME`: a join token for a new member, as the string the joiner needs.
     pub async fn join_token(&self, name: &str) -> Result<String, Error> {
         let added = self
@@ -311,35 +332,25 @@ impl Client {
         let request = Request::ImageDownload {
             reference: reference.to_string(),
         };
-        let mut stream = self.connection.request_stream(&request).await?;
-        let mut done = 0u64;
-        let outcome = loop {
-            match stream.next::<Reply>(SCRIPT_SILENCE_TIMEOUT).await {
-                Ok(Some(Reply::ImageChunk(bytes))) => {
-                    hasher.update(&bytes);
-                    if let Err(error) = file.write_all(&bytes).await {
-                        break Err(local(error));
-                    }
-                    done += bytes.len() as u64;
-                    progress(done);
-                }
-                Ok(Some(Reply::Ack)) => break Ok(()),
-                Ok(Some(Reply::Refused(error))) => break Err(error),
-                Ok(Some(other)) => {
-                    break Err(Error::Internal(format!("unexpected reply: {other:?}")))
-                }
-                Ok(None) => {
-                    break Err(Error::Transport(
-                        "the member closed the image stream early".to_string(),
-                    ))
-                }
-                Err(error) => break Err(error.into()),
+        let outcome = async {
+            let answers = self.connection.request_stream(&request).await?;
+            let mut body =
+                crate::images::stream::Body::open(answers, SCRIPT_SILENCE_TIMEOUT).await?;
+            let mut piece = Vec::new();
+            let mut done = 0u64;
+            while body.next_piece(&mut piece).await? {
+                hasher.update(&piece);
+                file.write_all(&piece).await.map_err(local)?;
+                done += piece.len() as u64;
+                progress(done);
             }
-        };
-        let verified = outcome.and_then(|()| {
+            Ok::<u64, Error>(done)
+        }
+        .await;
+        let verified = outcome.and_then(|done| {
             let got = hex::encode(hasher.finish().as_ref());
             if got == fingerprint {
-                Ok(())
+                Ok(done)
             } else {
                 Err(Error::Transport(format!(
                     "the downloaded bytes hash to {got}, expected {fingerprint}"
@@ -347,7 +358,7 @@ impl Client {
             }
         });
         match verified {
-            Ok(()) => {
+            Ok(done) => {
                 file.sync_all().await.map_err(local)?;
                 tokio::fs::rename(&partial, target).await.map_err(local)?;
                 Ok(done)

@@ -274,6 +274,7 @@ impl Member {
                     value: value.clone(),
                 };
                 self.propose(command, WRITE_TIMEOUT).await?;
+                self.config_changed(key).await;
                 Ok(Value::Null)
             }
             Operation::ConfigUnset { key } => {
@@ -281,6 +282,7 @@ impl Member {
                     .map_err(|error| Error::Refused(error.to_string()))?;
                 self.propose(Command::ConfigUnset { key: key.clone() }, WRITE_TIMEOUT)
                     .await?;
+                self.config_changed(key).await;
                 Ok(Value::Null)
             }
             Operation::ConfigAll => Ok(view::config(self)),

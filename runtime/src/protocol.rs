@@ -70,14 +70,15 @@ pub enum Request {
         /// Whether untrusted clients may download it.
         public: bool,
     },
-    /// Streams an image's bytes to a client as `ImageChunk` frames, then `Ack`, from this
-    /// member's copy or relayed from a holder.
+    /// Streams an image's bytes to a client (see [`crate::images::stream`]: a length frame,
+    /// then the raw bytes), from this member's copy or relayed from a holder.
     ImageDownload {
         /// Fingerprint, unique prefix or alias.
         reference: String,
     },
     /// The leader asks the receiver to fetch an image from `sources` (member addresses, in
-    /// order) and keep it; answered `Ack` once the file is verified and durable. Members only.
+    /// order) and keep it; answered with `Progress` frames while it runs, then `Ack` once the
+    /// file is verified and durable. Members only.
     ImagePull {
         /// The image.
         fingerprint: String,
@@ -86,7 +87,7 @@ pub enum Request {
         /// Addresses of members holding it.
         sources: Vec<String>,
     },
-    /// Sends the bytes of an image from `offset` as `ImageChunk` frames, then `Ack`. Members
+    /// Sends the bytes of an image from `offset` (a length frame, then the raw bytes). Members
     /// only.
     ImageFetch {
         /// The image.
@@ -96,7 +97,24 @@ pub enum Request {
     },
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
+    /// Sends `bytes` zero bytes as an image stream would: the raw stream rate, the floor
+    /// `bench-images` compares copies with. At most [`STREAM_PROBE_BYTES_MAX`].
+    StreamProbe {
+        /// How many bytes.
+        bytes: u64,
+    },
+    /// Asks the receiver to take a `StreamProbe` of `bytes` from member `from` and answer
+    /// how long it took (`Probe`).
+    StreamProbeFrom {
+        /// The member sending.
+        from: String,
+        /// How many bytes.
+        bytes: u64,
+    },
 }
+
+/// The largest `StreamProbe`.
+pub const STREAM_PROBE_BYTES_MAX: u64 = 16 << 30;
 
 /// Who an operation runs for. The first member to receive a request fills it in; a member that
 /// forwards it keeps it, so the leader judges the original client, not the forwarding member.
@@ -165,8 +183,23 @@ pub enum Reply {
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     /// Answer to a leadership transfer.
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
-    /// A piece of an image file (an answer to `ImageFetch` is a sequence of these).
-    ImageChunk(#[serde(with = "byte_buffer")] Vec<u8>),
+    /// The raw bytes that follow on this stream: `bytes` of them, then its end.
+    ImageStream {
+        /// How many.
+        bytes: u64,
+    },
+    /// How far a copy got (`ImagePull` answers these until it is done).
+    Progress {
+        /// Bytes received and written.
+        done: u64,
+    },
+    /// How long a `StreamProbeFrom` took.
+    Probe {
+        /// Bytes received.
+        bytes: u64,
+        /// Seconds from the request to the last byte.
+        seconds: f64,
+    },
     /// Answer to an operation: the result as JSON text.
     Operation(Result<String, Error>),
     /// One line a script printed.

@@ -219,7 +219,22 @@ impl Handler for Service {
                 Reply::Operation(result.map(|value| value.to_string()))
             }
             (Request::ImageDownload { reference }, _) => {
-                self.member.serve_download(&reference, &mut responder).await
+                // Answers with a length frame and raw bytes, or a refusal: nothing after it.
+                self.member.serve_download(&reference, &mut responder).await;
+                return;
+            }
+            (Request::StreamProbe { bytes }, _) if bytes > crate::protocol::STREAM_PROBE_BYTES_MAX => {
+                Reply::Refused(Error::Refused(format!(
+                    "a stream probe is at most {} bytes",
+                    crate::protocol::STREAM_PROBE_BYTES_MAX
+                )))
+            }
+            (Request::StreamProbe { bytes }, _) => {
+                crate::images::stream::send_zeros(&mut responder, bytes).await;
+                return;
+            }
+            (Request::StreamProbeFrom { from, bytes }, _) => {
+                self.member.stream_probe_from(&from, bytes).await
             }
             (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
@@ -237,10 +252,11 @@ impl Handler for Service {
                     sources,
                 },
                 Registered::Member,
-            ) => match self.member.pull_image(&fingerprint, size, &sources).await {
-                Ok(()) => Reply::Ack,
-                Err(error) => Reply::Refused(error),
-            },
+            ) => {
+                self.member
+                    .serve_pull(&fingerprint, size, &sources, &mut responder)
+                    .await
+            }
             (
                 Request::ImageFetch {
                     fingerprint,
@@ -250,7 +266,8 @@ impl Handler for Service {
             ) => {
                 self.member
                     .serve_fetch(&fingerprint, offset, &mut responder)
-                    .await
+                    .await;
+                return;
             }
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())

@@ -272,6 +272,42 @@ async fn a_dead_holder_is_replaced() -> Result<()> {
     Ok(())
 }
 
+/// Goal: raising `cluster.images_minimal_replica` copies at once, not at the next heartbeat
+/// round, and copies beyond what one holder feeds at once follow as soon as a copy ends.
+/// Method: 4 member processes, heartbeat rounds 10 s apart; an image on 1 member; the minimum
+/// raised to -1: all 4 hold it well before the next round (1 holder feeds 2 copies at once, so
+/// the third comes from a new holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_minimum_copies_at_once() -> Result<()> {
+    init_tracing();
+    let cluster = ProcessCluster::start(4).await?;
+    cluster.wait_roles(0, 3, 1).await?;
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=1"])?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("image.tar.gz");
+    write_image(&image, &machine_architecture(), "raised")?;
+    let fingerprint = sha256_of(&image)?;
+    cluster.cli_ok(0, &["image", "import", &image.to_string_lossy()])?;
+    assert_eq!(locations(&cluster, 0, &fingerprint).len(), 1);
+    cluster.cli_ok(0, &["config", "set", "cluster.heartbeat_interval_ms=10000"])?;
+    // Let the current round end: the next one is 10 s away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let raised = std::time::Instant::now();
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;
+    wait_for("4 locations", Duration::from_secs(6), || async {
+        (locations(&cluster, 0, &fingerprint).len() == 4).then_some(())
+    })
+    .await?;
+    tracing::info!(seconds = raised.elapsed().as_secs_f64(), "every member holds it");
+    for index in 0..4 {
+        assert_eq!(
+            sha256_of(&image_file(&cluster, index, &fingerprint))?,
+            fingerprint
+        );
+    }
+    Ok(())
+}
+
 /// Goal: a client cannot record an image (claiming locations for bytes it never sent): only
 /// members record the images they imported.
 /// Method: an in-process cluster; the administrator's client sends the internal record
@@ -420,6 +456,20 @@ async fn a_copy_resumes_from_another_holder() -> Result<()> {
     )
     .await?;
     cluster.kill(first)?;
+    tracing::info!("--- images.transfers() shows the copy going on, with its progress");
+    let transfers = cluster.cli_ok(via, &["exec", "return images.transfers()"])?;
+    let transfers: Value = serde_json::from_str(&transfers)?;
+    let entry = transfers
+        .as_array()
+        .and_then(|list| {
+            list.iter()
+                .find(|entry| entry["to"] == format!("m{}", target + 1).as_str())
+        })
+        .ok_or_else(|| anyhow::anyhow!("no transfer to the target in {transfers}"))?;
+    assert_eq!(entry["image"], fingerprint.as_str());
+    assert_eq!(entry["total"].as_u64(), Some(std::fs::metadata(&image)?.len()));
+    assert!(entry["done"].as_u64().unwrap_or(0) > 0, "{entry}");
+    assert!(entry["rate"].as_f64().unwrap_or(0.0) > 0.0, "{entry}");
     let output = copy.wait_with_output()?;
     assert!(
         output.status.success(),

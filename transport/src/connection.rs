@@ -52,10 +52,7 @@ impl Connection {
     /// [`crate::FRAME_TIMEOUT_MS`].
     pub async fn request_stream<Req: Serialize>(&self, req: &Req) -> Result<ResponseStream, Error> {
         let (_send, recv) = self.open_timed(req).await?;
-        Ok(ResponseStream {
-            recv,
-            remote_addr: self.remote_addr(),
-        })
+        Ok(ResponseStream::new(recv, self.remote_addr()))
     }
 
     /// Fingerprint (lowercase hex SHA-256) of the certificate the peer
@@ -151,6 +148,25 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
+    pub(crate) fn new(recv: quinn::RecvStream, remote_addr: SocketAddr) -> ResponseStream {
+        ResponseStream { recv, remote_addr }
+    }
+
+    /// Reads raw body bytes (sent with [`crate::Responder::send_raw`] after the frames) into
+    /// `buffer`: the count read, 0 once the server finished the stream. `timeout` bounds the
+    /// wait for this read. A stream the server abandoned is an error, never a short end.
+    pub async fn read_raw(&mut self, buffer: &mut [u8], timeout: Duration) -> Result<usize, Error> {
+        match tokio::time::timeout(timeout, self.recv.read(buffer)).await {
+            Ok(Ok(Some(read))) => Ok(read),
+            Ok(Ok(None)) => Ok(0),
+            Ok(Err(error)) => Err(crate::frame::read_error(error).at_peer(self.remote_addr)),
+            Err(_) => Err(Error::Timeout {
+                action: format!("waiting for body bytes ({})", self.remote_addr),
+                timeout_ms: duration_ms(timeout),
+            }),
+        }
+    }
+
     /// The next response frame, or `None` once the server finished the
     /// response. `timeout` bounds the wait for this one frame; after an
     /// error the stream must not be read again.

@@ -91,6 +91,39 @@ impl Responder {
         }
     }
 
+    /// Sends raw bytes, not a frame: the body that follows a frame announcing its length (see
+    /// [`crate::ResponseStream::read_raw`]). The bytes are handed to QUIC without a copy.
+    /// Fails if the client went away or stopped reading, or nothing could be sent for
+    /// [`crate::FRAME_TIMEOUT_MS`].
+    pub async fn send_raw(&mut self, bytes: bytes::Bytes) -> Result<(), Error> {
+        let Some(send) = self.send.as_mut() else {
+            return Err(Error::ConnectionLost {
+                reason: "the response stream is already finished".into(),
+            });
+        };
+        let timeout_ms = crate::FRAME_TIMEOUT_MS;
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(timeout_ms),
+            send.write_chunk(bytes),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(crate::frame::write_error),
+            Err(_) => Err(Error::Timeout {
+                action: "writing raw bytes".into(),
+                timeout_ms,
+            }),
+        }
+    }
+
+    /// Abandons the response: the client's next read fails (rather than seeing a clean end),
+    /// so a body cut short is never taken for a complete one.
+    pub fn abort(&mut self) {
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(quinn::VarInt::from_u32(STREAM_CODE_HANDLER_FAILED));
+        }
+    }
+
     /// A future that completes when the client stops reading the response (it went away or
     /// dropped the request) or the connection is lost: long work for it can stop then.
     pub fn client_gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -147,5 +180,57 @@ mod tests {
         let recv = &mut pair.client_recv;
         assert_eq!(crate::read_frame::<u32>(recv).await.unwrap(), Some(5));
         assert_eq!(crate::read_frame::<u32>(recv).await.unwrap(), None);
+    }
+
+    /// A frame, then a raw body: read back exactly, in pieces no larger than asked.
+    #[tokio::test]
+    async fn raw_body_after_a_frame() {
+        let pair = raw_pair(b"x", true).await;
+        let mut responder = Responder::new(pair.server_send);
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        responder.send(&(body.len() as u64)).await.unwrap();
+        responder
+            .send_raw(bytes::Bytes::from(body[..100_000].to_vec()))
+            .await
+            .unwrap();
+        responder
+            .send_raw(bytes::Bytes::from(body[100_000..].to_vec()))
+            .await
+            .unwrap();
+        drop(responder);
+        let mut stream = crate::ResponseStream::new(pair.client_recv, crate::testutil::loopback());
+        let timeout = std::time::Duration::from_secs(5);
+        let len: u64 = stream.next(timeout).await.unwrap().unwrap();
+        let mut got = Vec::new();
+        let mut buffer = vec![0; 65_536];
+        loop {
+            let read = stream.read_raw(&mut buffer, timeout).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            got.extend_from_slice(&buffer[..read]);
+        }
+        assert_eq!(got.len() as u64, len);
+        assert_eq!(got, body);
+    }
+
+    /// An aborted body is an error to the reader, not a short clean end.
+    #[tokio::test]
+    async fn aborted_body_is_an_error() {
+        let pair = raw_pair(b"x", true).await;
+        let mut responder = Responder::new(pair.server_send);
+        responder.send_raw(bytes::Bytes::from_static(b"abc")).await.unwrap();
+        responder.abort();
+        let mut stream = crate::ResponseStream::new(pair.client_recv, crate::testutil::loopback());
+        let timeout = std::time::Duration::from_secs(5);
+        let mut buffer = vec![0; 16];
+        let outcome = loop {
+            match stream.read_raw(&mut buffer, timeout).await {
+                Ok(0) => break Ok(0),
+                Ok(_) => continue,
+                Err(error) => break Err(error),
+            }
+        };
+        assert!(outcome.is_err(), "a reset stream must fail, got {outcome:?}");
     }
 }

@@ -10,3 +10,4 @@ pub mod files;
 pub mod format;
 pub mod ops;
 pub mod planner;
+pub(crate) mod stream;

@@ -6,7 +6,7 @@
 //! - Everything else runs on the leader. After each heartbeat round, after an import and on
 //!   `images.replicate`, the leader runs the [`planner`](super::planner) and asks each
 //!   receiving member to pull its copy ([`Request::ImagePull`]); the receiver fetches the bytes
-//!   from a holder ([`Request::ImageFetch`], streamed in 1 MiB frames), resuming from the
+//!   from a holder ([`Request::ImageFetch`], a length frame then the raw bytes), resuming from the
 //!   offset reached with the next holder if one fails, verifies the hash, makes the file
 //!   durable and answers; then the leader records the location.
 //! - Every member deletes its files of images the database lists as deleted (an offline holder
@@ -14,7 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,8 @@ use serde_json::{json, Value};
 use starling_store::images::{Image, ImageAlias, ImageCommand};
 use starling_store::{Command, MemberStatus};
 
-use super::files::{ImageFiles, CHUNK_BYTES};
+use super::files::ImageFiles;
+use super::stream;
 use super::format::{self, FormatError};
 use super::planner::{self, Copy, Peer};
 use crate::cluster::join::WRITE_TIMEOUT;
@@ -32,8 +34,11 @@ use crate::{Caller, Error, Operation};
 
 /// How long one copy may go without progress before it fails over to the next holder.
 const FETCH_SILENCE: Duration = Duration::from_secs(30);
-/// How long a whole copy may take.
-const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long the leader waits for word of a copy (the receiver reports every
+/// [`PROGRESS_EVERY`], and fails over itself after [`FETCH_SILENCE`] without bytes).
+const PULL_SILENCE: Duration = Duration::from_secs(90);
+/// How often a receiver reports the progress of a copy.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long `images.replicate` waits for the copies it started.
 const REPLICATE_WAIT: Duration = Duration::from_secs(600);
 
@@ -126,6 +131,8 @@ struct Transfer {
     from: String,
     to: String,
     total: u64,
+    /// Bytes the receiver reported written.
+    done: u64,
     started: Instant,
 }
 
@@ -160,8 +167,8 @@ pub struct ImageState {
     swept: Mutex<Option<(usize, Option<String>)>>,
     /// Copies this member (as leader) started: (fingerprint, receiver) → transfer.
     copies: Mutex<BTreeMap<(String, String), Transfer>>,
-    /// Bytes received so far by copies to this member, by fingerprint.
-    receiving: Mutex<BTreeMap<String, u64>>,
+    /// Images this member is receiving.
+    receiving: Mutex<BTreeSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -271,8 +278,17 @@ impl Member {
             }
             ImageOperation::Replicate { reference } => {
                 let fingerprint = self.fingerprint_of(reference)?;
-                self.replicate_images().await;
-                self.wait_copies_of(&fingerprint, REPLICATE_WAIT).await;
+                // Copies come in generations (a holder feeds a few at once): plan, wait, and
+                // plan again until a plan starts nothing.
+                let deadline = Instant::now() + REPLICATE_WAIT;
+                while Instant::now() < deadline {
+                    let started = self.replicate_images().await;
+                    self.wait_copies_of(&fingerprint, deadline - Instant::now())
+                        .await;
+                    if started == 0 && !self.copying(&fingerprint) {
+                        break;
+                    }
+                }
                 let locations = self.local_state(|state| {
                     state
                         .images
@@ -558,12 +574,12 @@ impl Member {
     }
 
     /// Streams image `reference` to a client: from this member's copy, or relayed from a
-    /// holder's.
+    /// holder's (a length frame, then the raw bytes; see [`stream`]).
     pub(crate) async fn serve_download(
         &self,
         reference: &str,
         responder: &mut starling_transport::Responder,
-    ) -> Reply {
+    ) {
         let found = self.local_state(|state| {
             state
                 .image(reference)
@@ -571,48 +587,72 @@ impl Member {
         });
         let (fingerprint, holders) = match found {
             Ok(found) => found,
-            Err(error) => return Reply::Refused(Error::Refused(error)),
+            Err(error) => {
+                let _ = responder.send(&Reply::Refused(Error::Refused(error))).await;
+                return;
+            }
         };
-        if self.image_files().contains(&fingerprint) {
-            return self.serve_fetch(&fingerprint, 0, responder).await;
+        let files = self.image_files();
+        if files.contains(&fingerprint) {
+            let what = format!("image {fingerprint} on member {}", self.name());
+            return stream::send_file(responder, &files.path(&fingerprint), 0, &what).await;
         }
-        let addresses: Vec<String> = self.local_state(|state| {
-            holders
-                .iter()
-                .filter_map(|name| state.members.get(name))
-                .filter(|member| member.status == MemberStatus::Online)
-                .map(|member| member.address.clone())
-                .collect()
-        });
+        let addresses = self.online_addresses(&holders);
         let Some(address) = addresses.first() else {
-            return Reply::Refused(Error::Refused(format!(
-                "no online member holds image {fingerprint}"
-            )));
+            let refusal = Error::Refused(format!("no online member holds image {fingerprint}"));
+            let _ = responder.send(&Reply::Refused(refusal)).await;
+            return;
         };
         let request = Request::ImageFetch {
             fingerprint: fingerprint.clone(),
             offset: 0,
         };
-        let mut stream = match self.request_stream(address, &request).await {
-            Ok(stream) => stream,
-            Err(error) => return Reply::Refused(error),
+        let opened = match self.request_stream(address, &request).await {
+            Ok(source) => stream::Body::open(source, FETCH_SILENCE).await,
+            Err(error) => Err(error),
         };
+        let mut body = match opened {
+            Ok(body) => body,
+            Err(error) => {
+                let _ = responder.send(&Reply::Refused(error)).await;
+                return;
+            }
+        };
+        let header = Reply::ImageStream {
+            bytes: body.length(),
+        };
+        if responder.send(&header).await.is_err() {
+            return;
+        }
+        let mut piece = Vec::new();
         loop {
-            match stream.next::<Reply>(FETCH_SILENCE).await {
-                Ok(Some(Reply::ImageChunk(bytes))) => {
-                    if responder.send(&Reply::ImageChunk(bytes)).await.is_err() {
-                        return Reply::Ack;
+            match body.next_piece(&mut piece).await {
+                Ok(true) => {
+                    let bytes = bytes::Bytes::from(std::mem::take(&mut piece));
+                    if responder.send_raw(bytes).await.is_err() {
+                        return;
                     }
                 }
-                Ok(Some(reply)) => return reply,
-                Ok(None) => {
-                    return Reply::Refused(Error::Transport(format!(
-                        "{address} closed the image stream early"
-                    )))
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(%error, %fingerprint, "relaying an image failed");
+                    responder.abort();
+                    return;
                 }
-                Err(error) => return Reply::Refused(Error::Transport(error.to_string())),
             }
         }
+    }
+
+    /// The addresses of the online members among `names`.
+    fn online_addresses(&self, names: &BTreeSet<String>) -> Vec<String> {
+        self.local_state(|state| {
+            names
+                .iter()
+                .filter_map(|name| state.members.get(name))
+                .filter(|member| member.status == MemberStatus::Online)
+                .map(|member| member.address.clone())
+                .collect()
+        })
     }
 
     /// The members as the replication planner sees them.
@@ -630,10 +670,11 @@ impl Member {
         })
     }
 
-    /// Leader only: plans the copies missing and starts them (in the background).
-    pub(crate) async fn replicate_images(&self) {
+    /// Leader only: plans the copies missing and starts them (in the background); answers how
+    /// many it started.
+    pub(crate) async fn replicate_images(&self) -> usize {
         if !self.is_leader() {
-            return;
+            return 0;
         }
         let (holders, minimum) = self.local_state(|state| {
             let holders: BTreeMap<String, BTreeSet<String>> = state
@@ -644,20 +685,50 @@ impl Member {
             (holders, state.config_i64("cluster.images_minimal_replica"))
         });
         if holders.is_empty() {
-            return;
+            return 0;
         }
         let in_flight: BTreeSet<(String, String)> =
             lock(&self.inner.images.copies).keys().cloned().collect();
-        let copies = planner::plan(&holders, &self.image_peers(), minimum, &in_flight);
+        let feeding = self.feeding();
+        let copies = planner::plan(
+            &holders,
+            &self.image_peers(),
+            minimum,
+            &in_flight,
+            &feeding,
+        );
+        let started = copies.len();
         for copy in copies {
             let member = self.clone();
             tokio::spawn(async move {
                 let what = format!("{} to {}", copy.fingerprint, copy.to);
-                if let Err(error) = member.run_copy(copy).await {
-                    tracing::warn!(%error, copy = %what, "image copy failed");
+                match member.run_copy(copy).await {
+                    // The new holder (and its freed source) can feed the copies still
+                    // waiting. A failed copy waits for the next heartbeat round instead, so a
+                    // copy that keeps failing is not retried in a tight loop.
+                    Ok(()) => member.replicate_again().await,
+                    Err(error) => tracing::warn!(%error, copy = %what, "image copy failed"),
                 }
             });
         }
+        started
+    }
+
+    /// After a change of `key` (committed, on the leader): a new image minimum takes effect
+    /// at once, not at the next heartbeat round.
+    pub(crate) async fn config_changed(&self, key: &str) {
+        if key == "cluster.images_minimal_replica" {
+            self.replicate_images().await;
+        }
+    }
+
+    /// [`Member::replicate_images`] as a boxed future: a copy that ends plans again, and the
+    /// named type keeps the compiler from chasing the future's type around that cycle.
+    fn replicate_again(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let member = self.clone();
+        Box::pin(async move {
+            member.replicate_images().await;
+        })
     }
 
     /// A copy of `fingerprint` to `member`, from the online holders.
@@ -682,12 +753,11 @@ impl Member {
             .filter(|peer| peer.online)
             .map(|peer| peer.name)
             .collect();
-        let sources: Vec<String> = record
-            .locations
-            .iter()
-            .filter(|name| online.contains(*name))
-            .cloned()
-            .collect();
+        let feeding = self.feeding();
+        let sources = planner::order_sources(
+            record.locations.iter().filter(|name| online.contains(*name)),
+            &feeding,
+        );
         let from = sources
             .first()
             .cloned()
@@ -698,6 +768,15 @@ impl Member {
             sources,
             to: member.to_string(),
         })
+    }
+
+    /// Copies under way from each member (this leader's copies).
+    fn feeding(&self) -> BTreeMap<String, usize> {
+        let mut feeding: BTreeMap<String, usize> = BTreeMap::new();
+        for transfer in lock(&self.inner.images.copies).values() {
+            *feeding.entry(transfer.from.clone()).or_default() += 1;
+        }
+        feeding
     }
 
     /// Leader: asks `copy.to` to pull the image, then records the location.
@@ -731,6 +810,7 @@ impl Member {
                     from: copy.from.clone(),
                     to: copy.to.clone(),
                     total: size,
+                    done: 0,
                     started: Instant::now(),
                 },
             );
@@ -740,19 +820,18 @@ impl Member {
             size,
             sources: addresses,
         };
-        let outcome = self.request(&target, &request, COPY_TIMEOUT).await;
+        let outcome = match self.request_stream(&target, &request).await {
+            Ok(answers) => self.follow_pull(answers, &key).await,
+            Err(error) => Err(error),
+        };
         let result = match outcome {
-            Ok(Reply::Ack) => {
+            Ok(()) => {
                 self.propose_image(ImageCommand::LocationAdd {
                     fingerprint: copy.fingerprint.clone(),
                     member: copy.to.clone(),
                 })
                 .await
             }
-            Ok(Reply::Refused(error)) => Err(error),
-            Ok(other) => Err(Error::Internal(format!(
-                "unexpected reply to a pull: {other:?}"
-            ))),
             Err(error) => Err(error),
         };
         lock(&self.inner.images.copies).remove(&key);
@@ -762,16 +841,48 @@ impl Member {
         result
     }
 
+    /// Reads a pull's progress into its transfer until the receiver says it is done.
+    async fn follow_pull(
+        &self,
+        mut answers: starling_transport::ResponseStream,
+        key: &(String, String),
+    ) -> Result<(), Error> {
+        loop {
+            match answers.next::<Reply>(PULL_SILENCE).await {
+                Ok(Some(Reply::Progress { done })) => {
+                    if let Some(transfer) = lock(&self.inner.images.copies).get_mut(key) {
+                        transfer.done = done;
+                    }
+                }
+                Ok(Some(Reply::Ack)) => return Ok(()),
+                Ok(Some(Reply::Refused(error))) => return Err(error),
+                Ok(Some(other)) => {
+                    return Err(Error::Internal(format!(
+                        "unexpected reply to a pull: {other:?}"
+                    )))
+                }
+                Ok(None) => {
+                    return Err(Error::Transport(format!(
+                        "member {} ended the copy without an answer",
+                        key.1
+                    )))
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Whether a copy of `fingerprint` is under way.
+    fn copying(&self, fingerprint: &str) -> bool {
+        lock(&self.inner.images.copies)
+            .keys()
+            .any(|(image, _)| image == fingerprint)
+    }
+
     /// Waits until no copy of `fingerprint` is under way, at most `wait`.
     async fn wait_copies_of(&self, fingerprint: &str, wait: Duration) {
         let deadline = Instant::now() + wait;
-        while Instant::now() < deadline {
-            let busy = lock(&self.inner.images.copies)
-                .keys()
-                .any(|(image, _)| image == fingerprint);
-            if !busy {
-                return;
-            }
+        while Instant::now() < deadline && self.copying(fingerprint) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -782,16 +893,50 @@ impl Member {
             copies
                 .iter()
                 .map(|((fingerprint, _), transfer)| {
+                    let seconds = transfer.started.elapsed().as_secs_f64();
                     json!({
                         "image": fingerprint,
                         "from": transfer.from,
                         "to": transfer.to,
+                        "done": transfer.done,
                         "total": transfer.total,
-                        "seconds": transfer.started.elapsed().as_secs_f64(),
+                        "seconds": seconds,
+                        "rate": if seconds > 0.0 { transfer.done as f64 / seconds } else { 0.0 },
                     })
                 })
                 .collect(),
         )
+    }
+
+    /// Receiver: runs [`Member::pull_image`], answering its progress every
+    /// [`PROGRESS_EVERY`] and then how it ended.
+    pub(crate) async fn serve_pull(
+        &self,
+        fingerprint: &str,
+        size: u64,
+        sources: &[String],
+        responder: &mut starling_transport::Responder,
+    ) -> Reply {
+        let progress = Arc::new(AtomicU64::new(0));
+        let pull = self.pull_image(fingerprint, size, sources, progress.clone());
+        tokio::pin!(pull);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                result = &mut pull => {
+                    return match result {
+                        Ok(()) => Reply::Ack,
+                        Err(error) => Reply::Refused(error),
+                    };
+                }
+                _ = tick.tick() => {
+                    let done = progress.load(Ordering::Relaxed);
+                    if responder.send(&Reply::Progress { done }).await.is_err() {
+                        return Reply::Ack;
+                    }
+                }
+            }
+        }
     }
 
     /// Receiver: fetches `fingerprint` from `sources` in order, resuming from the offset
@@ -801,6 +946,7 @@ impl Member {
         fingerprint: &str,
         size: u64,
         sources: &[String],
+        progress: Arc<AtomicU64>,
     ) -> Result<(), Error> {
         starling_store::images::check_fingerprint(fingerprint).map_err(Error::Refused)?;
         let files = self.image_files();
@@ -809,16 +955,17 @@ impl Member {
         }
         {
             let mut receiving = lock(&self.inner.images.receiving);
-            if receiving.contains_key(fingerprint) {
+            if !receiving.insert(fingerprint.to_string()) {
                 return Err(refused(format!(
                     "member {} is already receiving {fingerprint}",
                     self.name()
                 )));
             }
-            receiving.insert(fingerprint.to_string(), 0);
         }
         lock(&self.inner.images.local).insert(fingerprint.to_string());
-        let result = self.fetch_from(&files, fingerprint, size, sources).await;
+        let result = self
+            .fetch_from(&files, fingerprint, size, sources, progress)
+            .await;
         lock(&self.inner.images.receiving).remove(fingerprint);
         lock(&self.inner.images.local).remove(fingerprint);
         result
@@ -830,20 +977,38 @@ impl Member {
         fingerprint: &str,
         size: u64,
         sources: &[String],
+        progress: Arc<AtomicU64>,
     ) -> Result<(), Error> {
         self.check_free(size, fingerprint)?;
+        let started = Instant::now();
         let mut incoming = files
             .incoming()
             .map_err(|error| Error::Local(error.to_string()))?;
         let mut last_error = Error::Refused("no member to copy the image from".to_string());
         for source in sources {
-            match self.fetch_range(source, fingerprint, &mut incoming).await {
+            let (back, result) = self
+                .fetch_range(source, fingerprint, size, incoming, progress.clone())
+                .await;
+            incoming = match back {
+                Some(incoming) => incoming,
+                None => return result,
+            };
+            match result {
                 Ok(()) => {
                     let expected = fingerprint.to_string();
-                    return tokio::task::spawn_blocking(move || incoming.finish(&expected))
+                    let received = started.elapsed();
+                    tokio::task::spawn_blocking(move || incoming.finish(&expected))
                         .await
                         .map_err(|error| Error::Internal(error.to_string()))?
-                        .map_err(|error| Error::Local(error.to_string()));
+                        .map_err(|error| Error::Local(error.to_string()))?;
+                    tracing::info!(
+                        fingerprint,
+                        size,
+                        received_s = received.as_secs_f64(),
+                        durable_s = (started.elapsed() - received).as_secs_f64(),
+                        "image received"
+                    );
+                    return Ok(());
                 }
                 Err(error) => {
                     tracing::warn!(%error, source, offset = incoming.written(), "image fetch failed; trying the next holder");
@@ -855,82 +1020,116 @@ impl Member {
     }
 
     /// Appends to `incoming` what `source` sends of `fingerprint` from `incoming.written()`.
+    /// The network is read here; the bytes are hashed and written on a blocking thread at
+    /// most [`stream::PIECES_AHEAD`] pieces behind. Gives `incoming` back, however it went
+    /// (unless its writer panicked), so the next holder can go on from where this one stopped.
     async fn fetch_range(
         &self,
         source: &str,
         fingerprint: &str,
-        incoming: &mut super::files::Incoming,
-    ) -> Result<(), Error> {
-        let request = Request::ImageFetch {
-            fingerprint: fingerprint.to_string(),
-            offset: incoming.written(),
-        };
-        let mut stream = self.request_stream(source, &request).await?;
-        loop {
-            match stream.next::<Reply>(FETCH_SILENCE).await {
-                Ok(Some(Reply::ImageChunk(bytes))) => {
-                    incoming
-                        .write(&bytes)
-                        .map_err(|error| Error::Local(error.to_string()))?;
-                    if let Some(done) = lock(&self.inner.images.receiving).get_mut(fingerprint) {
-                        *done = incoming.written();
+        size: u64,
+        incoming: super::files::Incoming,
+        progress: Arc<AtomicU64>,
+    ) -> (Option<super::files::Incoming>, Result<(), Error>) {
+        let offset = incoming.written();
+        let (pieces, mut to_write) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::PIECES_AHEAD);
+        let (spent, mut free) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::PIECES_AHEAD + 1);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut incoming = incoming;
+            let mut failed = None;
+            while let Some(piece) = to_write.blocking_recv() {
+                if failed.is_none() {
+                    match incoming.write(&piece) {
+                        Ok(()) => progress.store(incoming.written(), Ordering::Relaxed),
+                        Err(error) => failed = Some(error),
                     }
                 }
-                Ok(Some(Reply::Ack)) => return Ok(()),
-                Ok(Some(Reply::Refused(error))) => return Err(error),
-                Ok(Some(other)) => {
-                    return Err(Error::Internal(format!(
-                        "unexpected reply to a fetch: {other:?}"
-                    )))
+                let _ = spent.try_send(piece);
+            }
+            (incoming, failed)
+        });
+        let received = async {
+            let request = Request::ImageFetch {
+                fingerprint: fingerprint.to_string(),
+                offset,
+            };
+            let answers = self.request_stream(source, &request).await?;
+            let mut body = stream::Body::open(answers, FETCH_SILENCE).await?;
+            if offset + body.length() != size {
+                return Err(Error::Transport(format!(
+                    "{source} offers {} bytes from offset {offset} of a {size}-byte image",
+                    body.length()
+                )));
+            }
+            loop {
+                let mut piece = free.try_recv().unwrap_or_default();
+                if !body.next_piece(&mut piece).await? {
+                    return Ok(());
                 }
-                Ok(None) => {
-                    return Err(Error::Transport(format!(
-                        "{source} closed the image stream early"
-                    )))
+                if pieces.send(piece).await.is_err() {
+                    return Err(Error::Local("the image writer stopped".to_string()));
                 }
-                Err(error) => return Err(Error::Transport(error.to_string())),
             }
         }
+        .await;
+        drop(pieces);
+        let (incoming, failed) = match writer.await {
+            Ok(done) => done,
+            // The writer panicked: nothing to resume from.
+            Err(error) => return (None, Err(Error::Internal(error.to_string()))),
+        };
+        let result = match failed {
+            Some(error) => Err(Error::Local(format!("writing image {fingerprint}: {error}"))),
+            None => received,
+        };
+        (Some(incoming), result)
     }
 
-    /// Holder: sends `fingerprint` from `offset` in [`CHUNK_BYTES`] frames, then `Ack`.
+    /// Holder: sends `fingerprint` from `offset` (a length frame, then the raw bytes).
     pub(crate) async fn serve_fetch(
         &self,
         fingerprint: &str,
         offset: u64,
         responder: &mut starling_transport::Responder,
-    ) -> Reply {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    ) {
         if starling_store::images::check_fingerprint(fingerprint).is_err() {
-            return Reply::Refused(refused("invalid fingerprint"));
+            let _ = responder
+                .send(&Reply::Refused(refused("invalid fingerprint")))
+                .await;
+            return;
         }
         let path = self.image_files().path(fingerprint);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(error) => {
-                return Reply::Refused(Error::Refused(format!(
-                    "member {} does not hold {fingerprint}: {error}",
-                    self.name()
-                )))
-            }
+        let what = format!("member {} copy of {fingerprint}", self.name());
+        stream::send_file(responder, &path, offset, &what).await;
+    }
+
+    /// Takes a stream probe of `bytes` from member `from` and says how long it took.
+    pub(crate) async fn stream_probe_from(&self, from: &str, bytes: u64) -> Reply {
+        let address = self.local_state(|state| {
+            state.members.get(from).map(|member| member.address.clone())
+        });
+        let Some(address) = address else {
+            return Reply::Refused(refused(format!("member \"{from}\" not found")));
         };
-        if let Err(error) = file.seek(std::io::SeekFrom::Start(offset)).await {
-            return Reply::Refused(Error::Local(error.to_string()));
-        }
-        let mut buffer = vec![0; CHUNK_BYTES];
-        loop {
-            let read = match file.read(&mut buffer).await {
-                Ok(0) => return Reply::Ack,
-                Ok(read) => read,
-                Err(error) => return Reply::Refused(Error::Local(error.to_string())),
-            };
-            if let Err(error) = responder
-                .send(&Reply::ImageChunk(buffer[..read].to_vec()))
-                .await
-            {
-                tracing::debug!(%error, "image fetch abandoned by the receiver");
-                return Reply::Ack;
+        let started = Instant::now();
+        let probe = async {
+            let answers = self
+                .request_stream(&address, &Request::StreamProbe { bytes })
+                .await?;
+            let mut body = stream::Body::open(answers, FETCH_SILENCE).await?;
+            let mut piece = Vec::new();
+            let mut received = 0u64;
+            while body.next_piece(&mut piece).await? {
+                received += piece.len() as u64;
             }
+            Ok::<u64, Error>(received)
+        };
+        match probe.await {
+            Ok(received) => Reply::Probe {
+                bytes: received,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+            Err(error) => Reply::Refused(error),
         }
     }
 
