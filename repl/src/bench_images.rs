@@ -125,6 +125,27 @@ impl Memory {
     }
 }
 
+/// CPU seconds (user and system) the members used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the command name (which may hold spaces) start at its closing ')'.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| {
+                fields
+                    .get(n)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            // utime and stime are fields 14 and 15 of stat: 12 and 13 after the ')'.
+            (field(11) + field(12)) / ticks_per_second
+        })
+        .sum()
+}
+
 /// A `/proc/PID/status` figure in KiB (0 when unreadable).
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -177,6 +198,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     start_cluster(&mut processes, &dir, args.members, &exe).await?;
     let pids: Vec<u32> = processes.children.iter().map(|child| child.id()).collect();
+    let pids_for_cpu = pids.clone();
     let bytes = (args.size_mib as u64) << 20;
     let mib = |seconds: f64| args.size_mib as f64 / seconds;
     let client = Client::local(&dir.join("m1")).await?;
@@ -186,7 +208,14 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         "Starling images: {} member processes on loopback, {} MiB images (uncompressible)",
         args.members, args.size_mib
     );
-    let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
+    let mut rows: Vec<(String, f64, Option<f64>, f64)> = Vec::new();
+    let mut cpu_mark = cpu_seconds(&pids);
+    let mut cpu_used = move || {
+        let now = cpu_seconds(&pids_for_cpu);
+        let used = now - cpu_mark;
+        cpu_mark = now;
+        used
+    };
 
     // The floor: the same bytes over a raw QUIC stream between two members, no disk.
     let mut floors = Vec::new();
@@ -203,6 +232,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         "floor: raw QUIC stream m1 → m2 (median of 3)".into(),
         floor,
         Some(mib(floor)),
+        cpu_used() / 3.0,
     ));
 
     // One copy alone.
@@ -216,6 +246,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         "import (client upload, hash, durable copy)".into(),
         seconds,
         Some(mib(seconds)),
+        cpu_used(),
     ));
     let memory = Memory::start(&pids);
     let started = Instant::now();
@@ -231,6 +262,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         "one copy m1 → m2 (verified, durable, recorded)".into(),
         single,
         Some(mib(single)),
+        cpu_used(),
     ));
 
     // From one holder to every member (the first image gone, so it is the only one copied).
@@ -242,12 +274,14 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     let image = dir.join("all.tar");
     write_image(&image, args.size_mib, 2)?;
     let (all, _) = import(&client, &image).await?;
+    cpu_used();
     set_minimum(&client, "-1").await?;
     let every = wait_locations(&client, &all, args.members, limit).await?;
     rows.push((
         format!("1 → {} holders ({} copies)", args.members, args.members - 1),
         every,
         None,
+        cpu_used(),
     ));
 
     // The default minimum (3) after an import.
@@ -258,7 +292,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     let (three, _) = import(&client, &image).await?;
     wait_locations(&client, &three, 3, limit).await?;
     let to_three = started.elapsed().as_secs_f64();
-    rows.push(("import → 3 holders".into(), to_three, None));
+    rows.push(("import → 3 holders".into(), to_three, None, cpu_used()));
 
     // A small image, as LXD's busybox one.
     let image = dir.join("small.tar");
@@ -267,27 +301,34 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     let (small, _) = import(&client, &image).await?;
     wait_locations(&client, &small, 3, limit).await?;
     let small_three = started.elapsed().as_secs_f64();
-    rows.push(("2 MiB image: import → 3 holders".into(), small_three, None));
+    rows.push((
+        "2 MiB image: import → 3 holders".into(),
+        small_three,
+        None,
+        cpu_used(),
+    ));
 
     // The floor to a client, through the export path.
     let exported = dir.join("exported.tar");
     let started = Instant::now();
-    client
-        .download_image(&all, &all, &exported, |_| {})
-        .await?;
+    client.download_image(&all, &all, &exported, |_| {}).await?;
     let export = started.elapsed().as_secs_f64();
     rows.push((
         "export from a holder to this client".into(),
         export,
         Some(mib(export)),
+        cpu_used(),
     ));
     client.close();
     second.close();
 
-    println!("{:<52} {:>9} {:>10}", "figure", "seconds", "MiB/s");
-    for (figure, seconds, rate) in &rows {
+    println!(
+        "{:<52} {:>9} {:>10} {:>12}",
+        "figure", "seconds", "MiB/s", "member CPU s"
+    );
+    for (figure, seconds, rate, cpu) in &rows {
         let rate = rate.map_or(String::new(), |rate| format!("{rate:.0}"));
-        println!("{figure:<52} {seconds:>9.3} {rate:>10}");
+        println!("{figure:<52} {seconds:>9.3} {rate:>10} {cpu:>12.2}");
     }
     println!(
         "one copy: {:.2}× the floor (target ≥ 0.8); {} holders: {:.2}× one copy (target ≤ 2)",

@@ -223,7 +223,9 @@ impl Handler for Service {
                 self.member.serve_download(&reference, &mut responder).await;
                 return;
             }
-            (Request::StreamProbe { bytes }, _) if bytes > crate::protocol::STREAM_PROBE_BYTES_MAX => {
+            (Request::StreamProbe { bytes }, _)
+                if bytes > crate::protocol::STREAM_PROBE_BYTES_MAX =>
+            {
                 Reply::Refused(Error::Refused(format!(
                     "a stream probe is at most {} bytes",
                     crate::protocol::STREAM_PROBE_BYTES_MAX

@@ -298,7 +298,10 @@ async fn a_raised_minimum_copies_at_once() -> Result<()> {
         (locations(&cluster, 0, &fingerprint).len() == 4).then_some(())
     })
     .await?;
-    tracing::info!(seconds = raised.elapsed().as_secs_f64(), "every member holds it");
+    tracing::info!(
+        seconds = raised.elapsed().as_secs_f64(),
+        "every member holds it"
+    );
     for index in 0..4 {
         assert_eq!(
             sha256_of(&image_file(&cluster, index, &fingerprint))?,
@@ -467,7 +470,10 @@ async fn a_copy_resumes_from_another_holder() -> Result<()> {
         })
         .ok_or_else(|| anyhow::anyhow!("no transfer to the target in {transfers}"))?;
     assert_eq!(entry["image"], fingerprint.as_str());
-    assert_eq!(entry["total"].as_u64(), Some(std::fs::metadata(&image)?.len()));
+    assert_eq!(
+        entry["total"].as_u64(),
+        Some(std::fs::metadata(&image)?.len())
+    );
     assert!(entry["done"].as_u64().unwrap_or(0) > 0, "{entry}");
     assert!(entry["rate"].as_f64().unwrap_or(0.0) > 0.0, "{entry}");
     let output = copy.wait_with_output()?;

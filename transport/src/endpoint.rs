@@ -61,6 +61,27 @@ pub struct Endpoint {
     connect_timeout: Duration,
 }
 
+/// The UDP buffer size asked for each direction. The kernel caps it (`net.core.rmem_max`,
+/// `wmem_max`); the default (about 200 KiB) overflows while a busy receiver is descheduled
+/// during a bulk transfer, and every datagram dropped there costs a retransmission and halves
+/// the sender's congestion window.
+pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER_BYTES`] buffers (or as much as the kernel
+/// allows).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(error) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(error) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(%error, "could not enlarge the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 impl Endpoint {
     /// Opens the UDP socket. Must be called inside a Tokio runtime.
     pub fn new(config: EndpointConfig) -> Result<Endpoint, Error> {
@@ -68,13 +89,20 @@ impl Endpoint {
             addr: config.bind,
             source,
         };
-        let quic = if config.serve {
-            quinn::Endpoint::server(server_config(&config.identity)?, config.bind)
-                .map_err(bind_error)?
+        let server = if config.serve {
+            Some(server_config(&config.identity)?)
         } else {
             check_identity(&config.identity)?;
-            quinn::Endpoint::client(config.bind).map_err(bind_error)?
+            None
         };
+        let socket = udp_socket(config.bind).map_err(bind_error)?;
+        let quic = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         Ok(Endpoint {
             quic,
             identity: Arc::new(config.identity),

@@ -219,7 +219,10 @@ mod tests {
     async fn aborted_body_is_an_error() {
         let pair = raw_pair(b"x", true).await;
         let mut responder = Responder::new(pair.server_send);
-        responder.send_raw(bytes::Bytes::from_static(b"abc")).await.unwrap();
+        responder
+            .send_raw(bytes::Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         responder.abort();
         let mut stream = crate::ResponseStream::new(pair.client_recv, crate::testutil::loopback());
         let timeout = std::time::Duration::from_secs(5);
@@ -231,6 +234,9 @@ mod tests {
                 Err(error) => break Err(error),
             }
         };
-        assert!(outcome.is_err(), "a reset stream must fail, got {outcome:?}");
+        assert!(
+            outcome.is_err(),
+            "a reset stream must fail, got {outcome:?}"
+        );
     }
 }

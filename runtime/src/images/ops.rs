@@ -24,9 +24,9 @@ use starling_store::images::{Image, ImageAlias, ImageCommand};
 use starling_store::{Command, MemberStatus};
 
 use super::files::ImageFiles;
-use super::stream;
 use super::format::{self, FormatError};
 use super::planner::{self, Copy, Peer};
+use super::stream;
 use crate::cluster::join::WRITE_TIMEOUT;
 use crate::member::Member;
 use crate::protocol::{Reply, Request};
@@ -690,13 +690,7 @@ impl Member {
         let in_flight: BTreeSet<(String, String)> =
             lock(&self.inner.images.copies).keys().cloned().collect();
         let feeding = self.feeding();
-        let copies = planner::plan(
-            &holders,
-            &self.image_peers(),
-            minimum,
-            &in_flight,
-            &feeding,
-        );
+        let copies = planner::plan(&holders, &self.image_peers(), minimum, &in_flight, &feeding);
         let started = copies.len();
         for copy in copies {
             let member = self.clone();
@@ -755,7 +749,10 @@ impl Member {
             .collect();
         let feeding = self.feeding();
         let sources = planner::order_sources(
-            record.locations.iter().filter(|name| online.contains(*name)),
+            record
+                .locations
+                .iter()
+                .filter(|name| online.contains(*name)),
             &feeding,
         );
         let from = sources
@@ -1079,7 +1076,9 @@ impl Member {
             Err(error) => return (None, Err(Error::Internal(error.to_string()))),
         };
         let result = match failed {
-            Some(error) => Err(Error::Local(format!("writing image {fingerprint}: {error}"))),
+            Some(error) => Err(Error::Local(format!(
+                "writing image {fingerprint}: {error}"
+            ))),
             None => received,
         };
         (Some(incoming), result)
@@ -1105,9 +1104,8 @@ impl Member {
 
     /// Takes a stream probe of `bytes` from member `from` and says how long it took.
     pub(crate) async fn stream_probe_from(&self, from: &str, bytes: u64) -> Reply {
-        let address = self.local_state(|state| {
-            state.members.get(from).map(|member| member.address.clone())
-        });
+        let address =
+            self.local_state(|state| state.members.get(from).map(|member| member.address.clone()));
         let Some(address) = address else {
             return Reply::Refused(refused(format!("member \"{from}\" not found")));
         };

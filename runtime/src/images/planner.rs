@@ -220,12 +220,25 @@ mod tests {
             ("m4", "d", true),
         ]);
         peers[1].online = false;
-        let copies = plan(&holders(&[("f", &["m1", "m2", "m3"])]), &peers, 3, NONE, IDLE);
+        let copies = plan(
+            &holders(&[("f", &["m1", "m2", "m3"])]),
+            &peers,
+            3,
+            NONE,
+            IDLE,
+        );
         assert_eq!(targets(&copies), ["m4"]);
         assert_eq!(copies[0].sources, ["m1", "m3"]);
         peers[0].online = false;
         peers[2].online = false;
-        assert!(plan(&holders(&[("f", &["m1", "m2", "m3"])]), &peers, 3, NONE, IDLE).is_empty());
+        assert!(plan(
+            &holders(&[("f", &["m1", "m2", "m3"])]),
+            &peers,
+            3,
+            NONE,
+            IDLE
+        )
+        .is_empty());
     }
 
     /// Goal: copies under way count, so the next round plans nothing more; extra holders are
@@ -241,7 +254,14 @@ mod tests {
             ("f".to_string(), "m3".to_string()),
         ]);
         assert!(plan(&holders(&[("f", &["m1"])]), &peers, 3, &in_flight, IDLE).is_empty());
-        assert!(plan(&holders(&[("f", &["m1", "m2", "m3"])]), &peers, 1, NONE, IDLE).is_empty());
+        assert!(plan(
+            &holders(&[("f", &["m1", "m2", "m3"])]),
+            &peers,
+            1,
+            NONE,
+            IDLE
+        )
+        .is_empty());
     }
 
     /// Goal: copies of one image spread over its holders, and new holders are the members
@@ -318,7 +338,10 @@ mod tests {
             for copy in &copies {
                 *per_source.entry(copy.from.as_str()).or_default() += 1;
             }
-            assert!(per_source.values().all(|n| *n <= FEEDS_MAX), "{per_source:?}");
+            assert!(
+                per_source.values().all(|n| *n <= FEEDS_MAX),
+                "{per_source:?}"
+            );
             for copy in &copies {
                 held.get_mut("f").unwrap().insert(copy.to.clone());
             }

@@ -311,3 +311,22 @@ async fn connect_to_nobody_times_out() {
     let err = client.connect(addr, &trust(&ca)).await.unwrap_err();
     assert!(matches!(err, Error::EndpointClosed), "{err:?}");
 }
+
+/// Goal: an endpoint's UDP socket has room for a bulk transfer's bursts: its buffers are
+/// [`UDP_BUFFER_BYTES`] or the kernel's cap, not the ~200 KiB default that dropped datagrams
+/// (and halved the congestion window) while an image copy's receiver was descheduled.
+#[test]
+fn udp_buffers_are_enlarged() {
+    let cap = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()
+            .and_then(|value| value.trim().parse::<usize>().ok())
+            .unwrap_or(UDP_BUFFER_BYTES)
+    };
+    let socket = socket2::Socket::from(udp_socket(crate::testutil::loopback()).unwrap());
+    // Linux reports twice the size asked (its bookkeeping overhead), capped at twice the limit.
+    let expect = |limit: usize| UDP_BUFFER_BYTES.min(limit);
+    assert!(socket.recv_buffer_size().unwrap() >= expect(cap("rmem_max")));
+    assert!(socket.send_buffer_size().unwrap() >= expect(cap("wmem_max")));
+    assert!(socket.recv_buffer_size().unwrap() > 212_992 * 2 || cap("rmem_max") <= 212_992);
+}
