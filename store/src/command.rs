@@ -101,6 +101,8 @@ pub enum Command {
     },
     /// A change to the image records.
     Image(crate::images::ImageCommand),
+    /// A change to projects, profiles, instances or cluster groups.
+    Instance(crate::instances::InstanceCommand),
     /// Creates a network.
     NetworkCreate {
         /// The network.
@@ -263,6 +265,7 @@ impl ClusterState {
                 self.members.insert(member.name.clone(), member.clone());
                 self.trusted_clients
                     .insert(admin.fingerprint.clone(), admin.clone());
+                self.seed_defaults();
                 Ok(())
             }
             Command::ConfigSet { key, value } => {
@@ -309,6 +312,7 @@ impl ClusterState {
                 None => Err(format!("storage pool \"{name}\" not found")),
             },
             Command::Image(command) => self.apply_image(command),
+            Command::Instance(command) => self.apply_instance(command),
             Command::NetworkCreate { network } => self.create_network(network),
             Command::NetworkDelete { name } => match self.networks.remove(name) {
                 Some(_) => Ok(()),
@@ -385,6 +389,9 @@ impl ClusterState {
 
     fn update_member(&mut self, name: &str, changes: &MemberChanges) -> Result<(), String> {
         validate_changes(changes)?;
+        if let Some(groups) = &changes.groups {
+            self.check_member_groups(groups)?;
+        }
         let member = self
             .members
             .get_mut(name)
@@ -433,6 +440,11 @@ impl ClusterState {
             }
         }
         self.move_image_locations(from, Some(to));
+        for instance in self.instances.values_mut() {
+            if instance.location == from {
+                instance.location = to.to_string();
+            }
+        }
         Ok(())
     }
 
@@ -443,6 +455,18 @@ impl ClusterState {
         if self.members.len() == 1 {
             return Err(format!(
                 "\"{name}\" is the last member of the cluster and cannot be removed"
+            ));
+        }
+        let instances: Vec<&str> = self
+            .instances
+            .values()
+            .filter(|instance| instance.location == name)
+            .map(|instance| instance.name.as_str())
+            .collect();
+        if !instances.is_empty() {
+            return Err(format!(
+                "member \"{name}\" still has instances ({}): move or delete them first",
+                instances.join(", ")
             ));
         }
         let member = self
@@ -636,10 +660,10 @@ impl std::fmt::Display for Command {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(name: &str, id: u64) -> Member {
+    pub(crate) fn member(name: &str, id: u64) -> Member {
         Member {
             name: name.to_string(),
             id,
@@ -669,7 +693,7 @@ mod tests {
         }
     }
 
-    fn bootstrapped() -> ClusterState {
+    pub(crate) fn bootstrapped() -> ClusterState {
         let mut state = ClusterState::default();
         let admin = TrustedClient {
             name: "admin".into(),

@@ -27,6 +27,7 @@ pub mod config;
 pub mod dir_lock;
 mod error;
 pub mod images;
+pub mod instances;
 pub mod limits;
 pub mod log_store;
 pub mod member_config;

@@ -212,6 +212,7 @@ impl Command {
                 check_len("fingerprint", fingerprint, FINGERPRINT_BYTES)
             }
             Command::Image(command) => command.check_fields(),
+            Command::Instance(command) => command.check_fields(),
         }
     }
 }

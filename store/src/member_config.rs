@@ -45,7 +45,12 @@ pub const NETWORK_TYPES: &[&str] = &["bridge", "macvlan", "physical", "sriov", "
 
 /// Member-specific keys of a pool driver: (key, required).
 pub fn pool_keys(driver: &str) -> Vec<(&'static str, bool)> {
-    let mut keys = vec![("source", driver != "ceph"), ("size", false)];
+    // A `dir` pool's source defaults to a directory in the member's data directory (as LXD's
+    // defaults to one under /var/lib/lxd); a ceph pool's is the cluster's.
+    let mut keys = vec![
+        ("source", !matches!(driver, "ceph" | "dir")),
+        ("size", false),
+    ];
     match driver {
         "zfs" => keys.push(("zfs.pool_name", false)),
         "lvm" => keys.extend([("lvm.vg_name", false), ("lvm.thinpool_name", false)]),

@@ -34,6 +34,14 @@ pub struct ClusterState {
     /// a member deletes its file of an image only once the image is listed here, so a member
     /// whose state lags never deletes an image it does not know yet.
     pub deleted_images: std::collections::VecDeque<String>,
+    /// Projects by name.
+    pub projects: BTreeMap<String, crate::instances::Project>,
+    /// Profiles by (project, name).
+    pub profiles: BTreeMap<crate::instances::Key, crate::instances::Profile>,
+    /// Instances by (project, name).
+    pub instances: BTreeMap<crate::instances::Key, crate::instances::Instance>,
+    /// Cluster groups by name (each member lists its groups).
+    pub groups: BTreeMap<String, crate::instances::ClusterGroup>,
     /// The Raft node id the next joining member gets.
     pub next_node_id: NodeId,
     /// The cluster CA (certificate and key, PEM) that signs member and client certificates.

@@ -341,7 +341,7 @@ async fn sigterm_hands_leadership_over() -> Result<()> {
 async fn join_answers_member_specific_questions() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(1).await?;
-    let create = "storage.create('local', 'dir', {}, {m1 = {source = '/srv/local'}}) \
+    let create = "storage.create('local', 'btrfs', {}, {m1 = {source = '/srv/local'}}) \
                   network.create('uplink', 'macvlan', {}, {m1 = {parent = 'eth0'}}) \
                   return #cluster.info().member_config";
     assert!(

@@ -1,0 +1,1206 @@
+//! Projects, profiles, instances and cluster groups as the cluster database records them
+//! (LXD's fields). An instance's processes and root file system live on its `location` member;
+//! the record says where it is and what state that member last reported.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{
+    check_architecture, check_config, check_items, check_len, DESCRIPTION_BYTES_MAX,
+    LIST_ITEMS_MAX, NAME_BYTES_MAX,
+};
+use crate::model::ClusterState;
+
+/// The project every cluster has.
+pub const DEFAULT_PROJECT: &str = "default";
+/// The profile every project has.
+pub const DEFAULT_PROFILE: &str = "default";
+/// The storage pool bootstrap creates.
+pub const DEFAULT_POOL: &str = "default";
+/// The cluster group every member starts in.
+pub const DEFAULT_GROUP: &str = "default";
+/// Most devices one instance or profile may have.
+pub const DEVICES_MAX: usize = 64;
+
+/// Devices by name, each a map of keys (`type`, `path`, `pool`, `size`, ...).
+pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
+
+/// A project: its own namespace of instances and profiles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Name.
+    pub name: String,
+    /// Free-form description.
+    pub description: String,
+    /// Configuration (`user.*`, `limits.*`, ...).
+    pub config: BTreeMap<String, String>,
+}
+
+/// A profile: config and devices instances take in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Its project.
+    pub project: String,
+    /// Name (unique in its project).
+    pub name: String,
+    /// Free-form description.
+    pub description: String,
+    /// Configuration keys.
+    pub config: BTreeMap<String, String>,
+    /// Devices.
+    pub devices: Devices,
+}
+
+/// What an instance is doing, as its member last reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    /// Its root file system is being prepared on its member.
+    #[default]
+    Creating,
+    /// Not running.
+    Stopped,
+    /// Running.
+    Running,
+    /// Failed (the record's `status_message` says why).
+    Error,
+}
+
+impl InstanceStatus {
+    /// LXD's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Creating => "Creating",
+            InstanceStatus::Stopped => "Stopped",
+            InstanceStatus::Running => "Running",
+            InstanceStatus::Error => "Error",
+        }
+    }
+}
+
+/// An instance (a system container).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its project.
+    pub project: String,
+    /// Name (unique in its project; a valid host name).
+    pub name: String,
+    /// `container`.
+    pub kind: String,
+    /// Architecture (the image's).
+    pub architecture: String,
+    /// Its own configuration (`volatile.*` and `image.*` included).
+    pub config: BTreeMap<String, String>,
+    /// Its own devices.
+    pub devices: Devices,
+    /// Profiles applied in order, before its own config and devices.
+    pub profiles: Vec<String>,
+    /// The member it lives on.
+    pub location: String,
+    /// What its member last reported.
+    pub status: InstanceStatus,
+    /// Why it is in `Error`, empty otherwise.
+    pub status_message: String,
+    /// Created, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Free-form description.
+    pub description: String,
+    /// Deleted when it stops.
+    pub ephemeral: bool,
+    /// The fingerprint of the image it was created from.
+    pub image: String,
+}
+
+/// A cluster group (members are listed in each member's `groups`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterGroup {
+    /// Name.
+    pub name: String,
+    /// Free-form description.
+    pub description: String,
+}
+
+/// What an instance update changes (`None`: unchanged).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceChanges {
+    /// New configuration (whole).
+    pub config: Option<BTreeMap<String, String>>,
+    /// New devices (whole).
+    pub devices: Option<Devices>,
+    /// New profiles.
+    pub profiles: Option<Vec<String>>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+/// A change to projects, profiles, instances or groups.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InstanceCommand {
+    /// Creates a project (with its `default` profile).
+    ProjectCreate {
+        /// The project.
+        project: Project,
+    },
+    /// Replaces a project's description and config.
+    ProjectUpdate {
+        /// The project, as it is to be.
+        project: Project,
+    },
+    /// Deletes an empty project.
+    ProjectDelete {
+        /// Its name.
+        name: String,
+    },
+    /// Creates a profile.
+    ProfileCreate {
+        /// The profile.
+        profile: Profile,
+    },
+    /// Replaces a profile's description, config and devices.
+    ProfileUpdate {
+        /// The profile, as it is to be.
+        profile: Profile,
+    },
+    /// Renames a profile (and every instance's reference to it).
+    ProfileRename {
+        /// Its project.
+        project: String,
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Deletes a profile no instance uses.
+    ProfileDelete {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+    },
+    /// Records a new instance, placed on `instance.location`, `Creating`.
+    InstanceCreate {
+        /// The instance.
+        instance: Instance,
+    },
+    /// Changes an instance's config, devices, profiles or description.
+    InstanceUpdate {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// What changes.
+        changes: InstanceChanges,
+    },
+    /// Records what an instance's member reports of it.
+    InstanceStatus {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// The member reporting (must be its location: a stale report from a former
+        /// location changes nothing).
+        location: String,
+        /// The status.
+        status: InstanceStatus,
+        /// Why, for `Error`.
+        message: String,
+    },
+    /// Moves an instance's record to another member.
+    InstanceMove {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// The new member.
+        location: String,
+    },
+    /// Renames an instance.
+    InstanceRename {
+        /// Its project.
+        project: String,
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Deletes an instance's record.
+    InstanceDelete {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+    },
+    /// Creates a cluster group, with members.
+    GroupCreate {
+        /// The group.
+        group: ClusterGroup,
+        /// Members to add to it.
+        members: Vec<String>,
+    },
+    /// Changes a group's description.
+    GroupUpdate {
+        /// The group, as it is to be.
+        group: ClusterGroup,
+    },
+    /// Renames a group (and every member's reference to it).
+    GroupRename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Deletes a group no member is in.
+    GroupDelete {
+        /// Its name.
+        name: String,
+    },
+    /// Sets the groups a member is in.
+    GroupAssign {
+        /// The member.
+        member: String,
+        /// Its groups (at least one).
+        groups: Vec<String>,
+    },
+}
+
+/// Checks a name for a project, profile or group: LXD's object-name rules.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    check_len(&format!("{what} name"), name, NAME_BYTES_MAX)?;
+    crate::command::validate_object_name(name, what)
+}
+
+/// Checks an instance name: a host name label (letters, digits and `-`, not starting with a
+/// digit or `-`, not ending with `-`, at most 63 bytes), as LXD requires.
+pub fn check_instance_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    if name.is_empty() || name.len() > 63 || !valid_chars || !first_ok || name.ends_with('-') {
+        return Err(format!(
+            "invalid instance name \"{}\": a host name is needed (letters, digits and '-', \
+             starting with a letter, at most 63 characters)",
+            crate::limits::short(name)
+        ));
+    }
+    Ok(())
+}
+
+fn check_devices(field: &str, devices: &Devices) -> Result<(), String> {
+    check_items(field, devices.len(), DEVICES_MAX)?;
+    for (name, device) in devices {
+        check_name("device", name)?;
+        check_config(&format!("{field} \"{name}\""), device)?;
+    }
+    Ok(())
+}
+
+fn check_profile(profile: &Profile) -> Result<(), String> {
+    check_name("project", &profile.project)?;
+    check_name("profile", &profile.name)?;
+    check_len(
+        "profile description",
+        &profile.description,
+        DESCRIPTION_BYTES_MAX,
+    )?;
+    check_config("profile config", &profile.config)?;
+    check_devices("profile devices", &profile.devices)
+}
+
+impl InstanceCommand {
+    /// Checks every field's limit (see [`crate::limits`]).
+    pub fn check_fields(&self) -> Result<(), String> {
+        match self {
+            InstanceCommand::ProjectCreate { project }
+            | InstanceCommand::ProjectUpdate { project } => {
+                check_name("project", &project.name)?;
+                check_len(
+                    "project description",
+                    &project.description,
+                    DESCRIPTION_BYTES_MAX,
+                )?;
+                check_config("project config", &project.config)
+            }
+            InstanceCommand::ProjectDelete { name } => {
+                check_len("project name", name, NAME_BYTES_MAX)
+            }
+            InstanceCommand::ProfileCreate { profile }
+            | InstanceCommand::ProfileUpdate { profile } => check_profile(profile),
+            InstanceCommand::ProfileRename { project, from, to } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("profile name", from, NAME_BYTES_MAX)?;
+                check_name("profile", to)
+            }
+            InstanceCommand::ProfileDelete { project, name } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("profile name", name, NAME_BYTES_MAX)
+            }
+            InstanceCommand::InstanceCreate { instance } => {
+                check_name("project", &instance.project)?;
+                check_instance_name(&instance.name)?;
+                check_len("instance type", &instance.kind, NAME_BYTES_MAX)?;
+                check_architecture(&instance.architecture)?;
+                check_config("instance config", &instance.config)?;
+                check_devices("instance devices", &instance.devices)?;
+                check_items("profiles", instance.profiles.len(), LIST_ITEMS_MAX)?;
+                for profile in &instance.profiles {
+                    check_len("profile name", profile, NAME_BYTES_MAX)?;
+                }
+                check_len("member name", &instance.location, NAME_BYTES_MAX)?;
+                check_len(
+                    "instance description",
+                    &instance.description,
+                    DESCRIPTION_BYTES_MAX,
+                )?;
+                check_len(
+                    "status message",
+                    &instance.status_message,
+                    DESCRIPTION_BYTES_MAX,
+                )?;
+                crate::images::check_fingerprint(&instance.image)
+            }
+            InstanceCommand::InstanceUpdate {
+                project,
+                name,
+                changes,
+            } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                if let Some(config) = &changes.config {
+                    check_config("instance config", config)?;
+                }
+                if let Some(devices) = &changes.devices {
+                    check_devices("instance devices", devices)?;
+                }
+                if let Some(profiles) = &changes.profiles {
+                    check_items("profiles", profiles.len(), LIST_ITEMS_MAX)?;
+                    for profile in profiles {
+                        check_len("profile name", profile, NAME_BYTES_MAX)?;
+                    }
+                }
+                if let Some(description) = &changes.description {
+                    check_len("instance description", description, DESCRIPTION_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            InstanceCommand::InstanceStatus {
+                project,
+                name,
+                location,
+                message,
+                ..
+            } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                check_len("member name", location, NAME_BYTES_MAX)?;
+                check_len("status message", message, DESCRIPTION_BYTES_MAX)
+            }
+            InstanceCommand::InstanceMove {
+                project,
+                name,
+                location,
+            } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                check_len("member name", location, NAME_BYTES_MAX)
+            }
+            InstanceCommand::InstanceRename { project, from, to } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", from, NAME_BYTES_MAX)?;
+                check_instance_name(to)
+            }
+            InstanceCommand::InstanceDelete { project, name } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)
+            }
+            InstanceCommand::GroupCreate { group, members } => {
+                check_name("cluster group", &group.name)?;
+                check_len(
+                    "group description",
+                    &group.description,
+                    DESCRIPTION_BYTES_MAX,
+                )?;
+                check_items("members", members.len(), crate::limits::LIST_ITEMS_MAX)?;
+                members
+                    .iter()
+                    .try_for_each(|member| check_len("member name", member, NAME_BYTES_MAX))
+            }
+            InstanceCommand::GroupUpdate { group } => {
+                check_len("group name", &group.name, NAME_BYTES_MAX)?;
+                check_len(
+                    "group description",
+                    &group.description,
+                    DESCRIPTION_BYTES_MAX,
+                )
+            }
+            InstanceCommand::GroupRename { from, to } => {
+                check_len("group name", from, NAME_BYTES_MAX)?;
+                check_name("cluster group", to)
+            }
+            InstanceCommand::GroupDelete { name } => check_len("group name", name, NAME_BYTES_MAX),
+            InstanceCommand::GroupAssign { member, groups } => {
+                check_len("member name", member, NAME_BYTES_MAX)?;
+                check_items("groups", groups.len(), LIST_ITEMS_MAX)?;
+                groups
+                    .iter()
+                    .try_for_each(|group| check_len("group name", group, NAME_BYTES_MAX))
+            }
+        }
+    }
+}
+
+/// The key of a profile or instance: (project, name).
+pub type Key = (String, String);
+
+fn key(project: &str, name: &str) -> Key {
+    (project.to_string(), name.to_string())
+}
+
+impl ClusterState {
+    /// Creates what `lxd init` would: the `default` project, its `default` profile with a root
+    /// disk on the `default` pool, the `default` `dir` pool and the `default` cluster group.
+    pub(crate) fn seed_defaults(&mut self) {
+        self.projects.insert(
+            DEFAULT_PROJECT.to_string(),
+            Project {
+                name: DEFAULT_PROJECT.to_string(),
+                description: "Default Starling project".to_string(),
+                config: BTreeMap::new(),
+            },
+        );
+        self.profiles.insert(
+            key(DEFAULT_PROJECT, DEFAULT_PROFILE),
+            default_profile(DEFAULT_PROJECT),
+        );
+        self.pools
+            .entry(DEFAULT_POOL.to_string())
+            .or_insert_with(|| crate::model::StoragePool {
+                name: DEFAULT_POOL.to_string(),
+                driver: "dir".to_string(),
+                description: String::new(),
+                config: BTreeMap::new(),
+                member_config: BTreeMap::new(),
+            });
+        self.groups.insert(
+            DEFAULT_GROUP.to_string(),
+            ClusterGroup {
+                name: DEFAULT_GROUP.to_string(),
+                description: "Default cluster group".to_string(),
+            },
+        );
+    }
+
+    /// Members of a cluster group, by name.
+    pub fn group_members(&self, group: &str) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|member| member.groups.iter().any(|g| g == group))
+            .map(|member| member.name.clone())
+            .collect()
+    }
+
+    /// The instances on `member` (all projects).
+    pub fn instances_on(&self, member: &str) -> usize {
+        self.instances
+            .values()
+            .filter(|instance| instance.location == member)
+            .count()
+    }
+
+    /// The instance's config and devices with its profiles applied in order, then its own.
+    pub fn expanded(&self, instance: &Instance) -> (BTreeMap<String, String>, Devices) {
+        self.expand(
+            &instance.project,
+            &instance.profiles,
+            &instance.config,
+            &instance.devices,
+        )
+    }
+
+    /// Profiles `profiles` of `project` applied in order, then `config` and `devices`. A
+    /// profile that does not exist adds nothing.
+    pub fn expand(
+        &self,
+        project: &str,
+        profiles: &[String],
+        config: &BTreeMap<String, String>,
+        devices: &Devices,
+    ) -> (BTreeMap<String, String>, Devices) {
+        let mut expanded_config = BTreeMap::new();
+        let mut expanded_devices = Devices::new();
+        for name in profiles {
+            if let Some(profile) = self.profiles.get(&key(project, name)) {
+                expanded_config.extend(profile.config.clone());
+                expanded_devices.extend(profile.devices.clone());
+            }
+        }
+        expanded_config.extend(config.clone());
+        expanded_devices.extend(devices.clone());
+        (expanded_config, expanded_devices)
+    }
+
+    fn project_exists(&self, project: &str) -> Result<(), String> {
+        if self.projects.contains_key(project) {
+            Ok(())
+        } else {
+            Err(format!("project \"{project}\" not found"))
+        }
+    }
+
+    fn instance_mut(&mut self, project: &str, name: &str) -> Result<&mut Instance, String> {
+        self.instances
+            .get_mut(&key(project, name))
+            .ok_or_else(|| format!("instance \"{name}\" not found in project \"{project}\""))
+    }
+
+    fn check_profiles_exist(&self, project: &str, profiles: &[String]) -> Result<(), String> {
+        for profile in profiles {
+            if !self.profiles.contains_key(&key(project, profile)) {
+                return Err(format!(
+                    "profile \"{profile}\" not found in project \"{project}\""
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = profiles.iter().find(|profile| !seen.insert(*profile)) {
+            return Err(format!("profile \"{twice}\" is listed twice"));
+        }
+        Ok(())
+    }
+
+    fn check_groups_exist(&self, groups: &[String]) -> Result<(), String> {
+        if groups.is_empty() {
+            return Err("a member must stay in at least one cluster group".to_string());
+        }
+        for group in groups {
+            if !self.groups.contains_key(group) {
+                return Err(format!("cluster group \"{group}\" not found"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn apply_instance(&mut self, command: &InstanceCommand) -> Result<(), String> {
+        match command {
+            InstanceCommand::ProjectCreate { project } => {
+                if self.projects.contains_key(&project.name) {
+                    return Err(format!("project \"{}\" already exists", project.name));
+                }
+                self.projects.insert(project.name.clone(), project.clone());
+                self.profiles.insert(
+                    key(&project.name, DEFAULT_PROFILE),
+                    default_profile(&project.name),
+                );
+                Ok(())
+            }
+            InstanceCommand::ProjectUpdate { project } => {
+                let existing = self
+                    .projects
+                    .get_mut(&project.name)
+                    .ok_or_else(|| format!("project \"{}\" not found", project.name))?;
+                *existing = project.clone();
+                Ok(())
+            }
+            InstanceCommand::ProjectDelete { name } => {
+                if name == DEFAULT_PROJECT {
+                    return Err("the default project cannot be deleted".to_string());
+                }
+                self.project_exists(name)?;
+                if self.instances.keys().any(|(project, _)| project == name) {
+                    return Err(format!("project \"{name}\" still has instances"));
+                }
+                if self
+                    .profiles
+                    .keys()
+                    .any(|(project, profile)| project == name && profile != DEFAULT_PROFILE)
+                {
+                    return Err(format!(
+                        "project \"{name}\" still has profiles other than default"
+                    ));
+                }
+                self.profiles.remove(&key(name, DEFAULT_PROFILE));
+                self.projects.remove(name);
+                Ok(())
+            }
+            InstanceCommand::ProfileCreate { profile } => {
+                self.project_exists(&profile.project)?;
+                let profile_key = key(&profile.project, &profile.name);
+                if self.profiles.contains_key(&profile_key) {
+                    return Err(format!("profile \"{}\" already exists", profile.name));
+                }
+                self.profiles.insert(profile_key, profile.clone());
+                Ok(())
+            }
+            InstanceCommand::ProfileUpdate { profile } => {
+                let existing = self
+                    .profiles
+                    .get_mut(&key(&profile.project, &profile.name))
+                    .ok_or_else(|| format!("profile \"{}\" not found", profile.name))?;
+                *existing = profile.clone();
+                Ok(())
+            }
+            InstanceCommand::ProfileRename { project, from, to } => {
+                if from == DEFAULT_PROFILE {
+                    return Err("the default profile cannot be renamed".to_string());
+                }
+                if self.profiles.contains_key(&key(project, to)) {
+                    return Err(format!("profile \"{to}\" already exists"));
+                }
+                let mut profile = self
+                    .profiles
+                    .remove(&key(project, from))
+                    .ok_or_else(|| format!("profile \"{from}\" not found"))?;
+                profile.name = to.clone();
+                self.profiles.insert(key(project, to), profile);
+                for instance in self.instances.values_mut() {
+                    if instance.project == *project {
+                        for name in &mut instance.profiles {
+                            if name == from {
+                                *name = to.clone();
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            InstanceCommand::ProfileDelete { project, name } => {
+                if name == DEFAULT_PROFILE {
+                    return Err("the default profile cannot be deleted".to_string());
+                }
+                if !self.profiles.contains_key(&key(project, name)) {
+                    return Err(format!("profile \"{name}\" not found"));
+                }
+                let users: Vec<&str> = self
+                    .instances
+                    .values()
+                    .filter(|instance| {
+                        instance.project == *project && instance.profiles.contains(name)
+                    })
+                    .map(|instance| instance.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(format!(
+                        "profile \"{name}\" is used by instances: {}",
+                        users.join(", ")
+                    ));
+                }
+                self.profiles.remove(&key(project, name));
+                Ok(())
+            }
+            InstanceCommand::InstanceCreate { instance } => {
+                self.project_exists(&instance.project)?;
+                let instance_key = key(&instance.project, &instance.name);
+                if self.instances.contains_key(&instance_key) {
+                    return Err(format!(
+                        "instance \"{}\" already exists in project \"{}\"",
+                        instance.name, instance.project
+                    ));
+                }
+                if !self.members.contains_key(&instance.location) {
+                    return Err(format!("member \"{}\" not found", instance.location));
+                }
+                self.check_profiles_exist(&instance.project, &instance.profiles)?;
+                if !self.images.contains_key(&instance.image) {
+                    return Err(format!("image \"{}\" not found", instance.image));
+                }
+                self.instances.insert(instance_key, instance.clone());
+                Ok(())
+            }
+            InstanceCommand::InstanceUpdate {
+                project,
+                name,
+                changes,
+            } => {
+                if let Some(profiles) = &changes.profiles {
+                    self.check_profiles_exist(project, profiles)?;
+                }
+                let instance = self.instance_mut(project, name)?;
+                if let Some(config) = &changes.config {
+                    instance.config = config.clone();
+                }
+                if let Some(devices) = &changes.devices {
+                    instance.devices = devices.clone();
+                }
+                if let Some(profiles) = &changes.profiles {
+                    instance.profiles = profiles.clone();
+                }
+                if let Some(description) = &changes.description {
+                    instance.description = description.clone();
+                }
+                Ok(())
+            }
+            InstanceCommand::InstanceStatus {
+                project,
+                name,
+                location,
+                status,
+                message,
+            } => {
+                let instance = self.instance_mut(project, name)?;
+                if instance.location != *location {
+                    return Err(format!(
+                        "instance \"{name}\" is on member \"{}\", not \"{location}\"",
+                        instance.location
+                    ));
+                }
+                instance.status = *status;
+                instance.status_message = message.clone();
+                Ok(())
+            }
+            InstanceCommand::InstanceMove {
+                project,
+                name,
+                location,
+            } => {
+                if !self.members.contains_key(location) {
+                    return Err(format!("member \"{location}\" not found"));
+                }
+                let instance = self.instance_mut(project, name)?;
+                instance.location = location.clone();
+                Ok(())
+            }
+            InstanceCommand::InstanceRename { project, from, to } => {
+                if self.instances.contains_key(&key(project, to)) {
+                    return Err(format!("instance \"{to}\" already exists"));
+                }
+                let mut instance = self
+                    .instances
+                    .remove(&key(project, from))
+                    .ok_or_else(|| format!("instance \"{from}\" not found"))?;
+                instance.name = to.clone();
+                self.instances.insert(key(project, to), instance);
+                Ok(())
+            }
+            InstanceCommand::InstanceDelete { project, name } => {
+                match self.instances.remove(&key(project, name)) {
+                    Some(_) => Ok(()),
+                    None => Err(format!(
+                        "instance \"{name}\" not found in project \"{project}\""
+                    )),
+                }
+            }
+            InstanceCommand::GroupCreate { group, members } => {
+                if self.groups.contains_key(&group.name) {
+                    return Err(format!("cluster group \"{}\" already exists", group.name));
+                }
+                for member in members {
+                    if !self.members.contains_key(member) {
+                        return Err(format!("member \"{member}\" not found"));
+                    }
+                }
+                self.groups.insert(group.name.clone(), group.clone());
+                for member in members {
+                    if let Some(record) = self.members.get_mut(member) {
+                        if !record.groups.contains(&group.name) {
+                            record.groups.push(group.name.clone());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            InstanceCommand::GroupUpdate { group } => {
+                let existing = self
+                    .groups
+                    .get_mut(&group.name)
+                    .ok_or_else(|| format!("cluster group \"{}\" not found", group.name))?;
+                existing.description = group.description.clone();
+                Ok(())
+            }
+            InstanceCommand::GroupRename { from, to } => {
+                if from == DEFAULT_GROUP {
+                    return Err("the default cluster group cannot be renamed".to_string());
+                }
+                if self.groups.contains_key(to) {
+                    return Err(format!("cluster group \"{to}\" already exists"));
+                }
+                let mut group = self
+                    .groups
+                    .remove(from)
+                    .ok_or_else(|| format!("cluster group \"{from}\" not found"))?;
+                group.name = to.clone();
+                self.groups.insert(to.clone(), group);
+                for member in self.members.values_mut() {
+                    for name in &mut member.groups {
+                        if name == from {
+                            *name = to.clone();
+                        }
+                    }
+                }
+                Ok(())
+            }
+            InstanceCommand::GroupDelete { name } => {
+                if name == DEFAULT_GROUP {
+                    return Err("the default cluster group cannot be deleted".to_string());
+                }
+                if !self.groups.contains_key(name) {
+                    return Err(format!("cluster group \"{name}\" not found"));
+                }
+                let members = self.group_members(name);
+                if !members.is_empty() {
+                    return Err(format!(
+                        "only empty cluster groups can be deleted: \"{name}\" has members {}",
+                        members.join(", ")
+                    ));
+                }
+                self.groups.remove(name);
+                Ok(())
+            }
+            InstanceCommand::GroupAssign { member, groups } => {
+                self.check_groups_exist(groups)?;
+                let mut unique = groups.clone();
+                unique.dedup();
+                let record = self
+                    .members
+                    .get_mut(member)
+                    .ok_or_else(|| format!("member \"{member}\" not found"))?;
+                record.groups = unique;
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a member's new group list (`cluster.edit`): existing groups, at least one.
+    pub(crate) fn check_member_groups(&self, groups: &[String]) -> Result<(), String> {
+        self.check_groups_exist(groups)
+    }
+}
+
+/// A project's `default` profile: the root disk on the `default` pool, as `lxd init` makes it.
+pub fn default_profile(project: &str) -> Profile {
+    Profile {
+        project: project.to_string(),
+        name: DEFAULT_PROFILE.to_string(),
+        description: format!("Default Starling profile for project {project}"),
+        config: BTreeMap::new(),
+        devices: BTreeMap::from([(
+            "root".to_string(),
+            BTreeMap::from([
+                ("path".to_string(), "/".to_string()),
+                ("pool".to_string(), DEFAULT_POOL.to_string()),
+                ("type".to_string(), "disk".to_string()),
+            ]),
+        )]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::tests::{bootstrapped, member};
+    use crate::Command;
+
+    fn apply(state: &mut ClusterState, command: InstanceCommand) -> Result<(), String> {
+        state.apply(&Command::Instance(command))
+    }
+
+    fn with_members(names: &[&str]) -> ClusterState {
+        let mut state = bootstrapped();
+        for (index, name) in names.iter().enumerate() {
+            let record = member(name, index as u64 + 2);
+            state.members.insert(record.name.clone(), record);
+        }
+        state
+    }
+
+    fn group(name: &str) -> ClusterGroup {
+        ClusterGroup {
+            name: name.to_string(),
+            description: String::new(),
+        }
+    }
+
+    /// Goal: bootstrap makes what `lxd init` makes: the default project, its default profile
+    /// with a root disk on the default `dir` pool, and the default group holding the member.
+    #[test]
+    fn bootstrap_seeds_the_defaults() {
+        let state = bootstrapped();
+        assert!(state.projects.contains_key(DEFAULT_PROJECT));
+        let profile = &state.profiles[&key(DEFAULT_PROJECT, DEFAULT_PROFILE)];
+        assert_eq!(profile.devices["root"]["path"], "/");
+        assert_eq!(profile.devices["root"]["pool"], DEFAULT_POOL);
+        assert_eq!(state.pools[DEFAULT_POOL].driver, "dir");
+        assert_eq!(state.group_members(DEFAULT_GROUP), ["m1"]);
+    }
+
+    /// Goal: LXD's group rules: invalid names refused, `default` neither renamed nor deleted,
+    /// only empty groups deleted, a member keeps at least one group, renames follow members.
+    #[test]
+    fn group_rules() {
+        let mut state = with_members(&["m2"]);
+        for bad in ["*", ".", "..", "a/b", "a b", "a_b", "a\"b", ""] {
+            let error = apply(
+                &mut state,
+                InstanceCommand::GroupCreate {
+                    group: group(bad),
+                    members: vec![],
+                },
+            )
+            .unwrap_err();
+            assert!(
+                error.contains("invalid cluster group name"),
+                "{bad}: {error}"
+            );
+        }
+        apply(
+            &mut state,
+            InstanceCommand::GroupCreate {
+                group: group("gpu"),
+                members: vec!["m2".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(state.group_members("gpu"), ["m2"]);
+        assert!(apply(
+            &mut state,
+            InstanceCommand::GroupDelete { name: "gpu".into() }
+        )
+        .unwrap_err()
+        .contains("only empty cluster groups can be deleted"));
+        assert!(apply(
+            &mut state,
+            InstanceCommand::GroupDelete {
+                name: DEFAULT_GROUP.into()
+            }
+        )
+        .unwrap_err()
+        .contains("cannot be deleted"));
+        assert!(apply(
+            &mut state,
+            InstanceCommand::GroupRename {
+                from: DEFAULT_GROUP.into(),
+                to: "x".into()
+            }
+        )
+        .unwrap_err()
+        .contains("cannot be renamed"));
+        let error = apply(
+            &mut state,
+            InstanceCommand::GroupAssign {
+                member: "m2".into(),
+                groups: vec![],
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("at least one cluster group"), "{error}");
+        assert!(apply(
+            &mut state,
+            InstanceCommand::GroupAssign {
+                member: "m2".into(),
+                groups: vec!["nope".into()],
+            },
+        )
+        .unwrap_err()
+        .contains("not found"));
+        apply(
+            &mut state,
+            InstanceCommand::GroupRename {
+                from: "gpu".into(),
+                to: "fast".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(state.members["m2"].groups, ["default", "fast"]);
+        apply(
+            &mut state,
+            InstanceCommand::GroupAssign {
+                member: "m2".into(),
+                groups: vec![DEFAULT_GROUP.into()],
+            },
+        )
+        .unwrap();
+        apply(
+            &mut state,
+            InstanceCommand::GroupDelete {
+                name: "fast".into(),
+            },
+        )
+        .unwrap();
+        assert!(!state.groups.contains_key("fast"));
+    }
+
+    fn instance(name: &str, profiles: &[&str]) -> Instance {
+        Instance {
+            project: DEFAULT_PROJECT.into(),
+            name: name.into(),
+            kind: "container".into(),
+            architecture: "x86_64".into(),
+            config: BTreeMap::from([("limits.cpu".into(), "2".into())]),
+            devices: Devices::new(),
+            profiles: profiles.iter().map(|p| p.to_string()).collect(),
+            location: "m1".into(),
+            status: InstanceStatus::Creating,
+            status_message: String::new(),
+            created_at_ms: 1,
+            description: String::new(),
+            ephemeral: false,
+            image: "a".repeat(64),
+        }
+    }
+
+    fn with_image(state: &mut ClusterState) {
+        let image = crate::images::Image {
+            fingerprint: "a".repeat(64),
+            size: 1,
+            filename: "i.tar".into(),
+            architecture: "x86_64".into(),
+            properties: BTreeMap::new(),
+            aliases: vec![],
+            public: false,
+            created_at: 0,
+            uploaded_at_ms: 0,
+            locations: ["m1".to_string()].into(),
+        };
+        state
+            .apply(&Command::Image(crate::images::ImageCommand::Add { image }))
+            .unwrap();
+    }
+
+    /// Goal: profiles expand in order under the instance's own keys; a profile in use cannot
+    /// be deleted, the default one never; a renamed profile is renamed in its instances; an
+    /// instance needs a valid host name, existing profiles, image and member.
+    #[test]
+    fn profiles_and_instances() {
+        let mut state = with_members(&["m2"]);
+        with_image(&mut state);
+        let mut big = default_profile(DEFAULT_PROJECT);
+        big.name = "big".into();
+        big.devices.clear();
+        big.config = BTreeMap::from([
+            ("limits.cpu".into(), "4".into()),
+            ("limits.memory".into(), "1GiB".into()),
+        ]);
+        apply(&mut state, InstanceCommand::ProfileCreate { profile: big }).unwrap();
+        for bad in ["1abc", "-a", "a-", "a_b", "a.b", ""] {
+            let error = apply(
+                &mut state,
+                InstanceCommand::InstanceCreate {
+                    instance: instance(bad, &["default"]),
+                },
+            )
+            .unwrap_err();
+            assert!(error.contains("invalid instance name"), "{bad}: {error}");
+        }
+        let error = apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: instance("c1", &["default", "nope"]),
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("profile \"nope\" not found"), "{error}");
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: instance("c1", &["default", "big"]),
+            },
+        )
+        .unwrap();
+        let record = &state.instances[&key(DEFAULT_PROJECT, "c1")];
+        let (config, devices) = state.expanded(record);
+        assert_eq!(config["limits.cpu"], "2", "the instance's own key wins");
+        assert_eq!(config["limits.memory"], "1GiB");
+        assert_eq!(devices["root"]["pool"], DEFAULT_POOL);
+        let error = apply(
+            &mut state,
+            InstanceCommand::ProfileDelete {
+                project: DEFAULT_PROJECT.into(),
+                name: "big".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("used by instances: c1"), "{error}");
+        apply(
+            &mut state,
+            InstanceCommand::ProfileRename {
+                project: DEFAULT_PROJECT.into(),
+                from: "big".into(),
+                to: "large".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            state.instances[&key(DEFAULT_PROJECT, "c1")].profiles,
+            ["default", "large"]
+        );
+        let error = state
+            .apply(&Command::MemberRemove { name: "m1".into() })
+            .unwrap_err();
+        assert!(error.contains("still has instances (c1)"), "{error}");
+        // A status from a member that is not the instance's location changes nothing.
+        let error = apply(
+            &mut state,
+            InstanceCommand::InstanceStatus {
+                project: DEFAULT_PROJECT.into(),
+                name: "c1".into(),
+                location: "m9".into(),
+                status: InstanceStatus::Running,
+                message: String::new(),
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("is on member \"m1\""), "{error}");
+    }
+
+    /// Goal: a project is its own namespace with its own default profile; the default project
+    /// cannot be deleted, nor a project that has instances.
+    #[test]
+    fn projects() {
+        let mut state = with_members(&[]);
+        with_image(&mut state);
+        apply(
+            &mut state,
+            InstanceCommand::ProjectCreate {
+                project: Project {
+                    name: "dev".into(),
+                    description: String::new(),
+                    config: BTreeMap::new(),
+                },
+            },
+        )
+        .unwrap();
+        assert!(state.profiles.contains_key(&key("dev", DEFAULT_PROFILE)));
+        let mut in_dev = instance("c1", &["default"]);
+        in_dev.project = "dev".into();
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: in_dev.clone(),
+            },
+        )
+        .unwrap();
+        // The same name in another project is another instance.
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: instance("c1", &["default"]),
+            },
+        )
+        .unwrap();
+        assert!(apply(
+            &mut state,
+            InstanceCommand::ProjectDelete { name: "dev".into() }
+        )
+        .unwrap_err()
+        .contains("still has instances"));
+        assert!(apply(
+            &mut state,
+            InstanceCommand::ProjectDelete {
+                name: DEFAULT_PROJECT.into()
+            }
+        )
+        .unwrap_err()
+        .contains("cannot be deleted"));
+        apply(
+            &mut state,
+            InstanceCommand::InstanceDelete {
+                project: "dev".into(),
+                name: "c1".into(),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut state,
+            InstanceCommand::ProjectDelete { name: "dev".into() },
+        )
+        .unwrap();
+        assert!(!state.profiles.contains_key(&key("dev", DEFAULT_PROFILE)));
+    }
+}
