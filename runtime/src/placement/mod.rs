@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 pub use rules::{candidates, choose_least_loaded};
 pub use scriptlet::{
-    instance_resources, validate, InstanceResources, Limits, LogLevel, LogLine, Outcome,
-    Scriptlet, ScriptletError, ScriptletHost,
+    instance_resources, validate, InstanceResources, Limits, LogLevel, LogLine, Outcome, Scriptlet,
+    ScriptletError, ScriptletHost,
 };
 
 /// The member config key that says when a member may be chosen automatically.

@@ -246,8 +246,7 @@ mod tests {
         let (chosen, exclusions) = candidates(&members, "", &Target::None, Some("m1")).unwrap();
         assert_eq!(names(&chosen), ["m2"]);
         assert_eq!(exclusions[0].reason, ExclusionReason::CurrentLocation);
-        let error =
-            candidates(&members, "", &Target::Member("m1".into()), Some("m1")).unwrap_err();
+        let error = candidates(&members, "", &Target::Member("m1".into()), Some("m1")).unwrap_err();
         assert_eq!(
             error.to_string(),
             "Cluster member m1 cannot take the instance: the instance is already on it"

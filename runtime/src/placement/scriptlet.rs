@@ -14,14 +14,14 @@
 //!
 //! # Bounds
 //! Every evaluation (the module at compile time, each call) has a time and a memory bound
-//! ([`Limits`]); one that exceeds either fails like `fail()`, naming the bound. See
-//! [`bounds`] for how they are enforced and what they do not cover.
+//! ([`Limits`]); one that exceeds either fails like `fail()`, naming the bound. The `bounds`
+//! module says how they are enforced and what they do not cover.
 //!
 //! # Built-ins
 //! `log_info`, `log_warn`, `log_error`, `set_target` (also `set_cluster_member_target`),
 //! `get_cluster_member_state`, `get_cluster_member_resources`, `get_instance_resources`,
 //! Incus's `get_instances`, `get_instances_count`, `get_cluster_members`, `get_project`, and
-//! Starlark's own (`fail`, `len`, `sorted`, ...). See [`builtins`].
+//! Starlark's own (`fail`, `len`, `sorted`, ...), all in the `builtins` module.
 
 mod bounds;
 mod builtins;
@@ -117,8 +117,7 @@ pub trait ScriptletHost {
     /// Instances (LXD's instance fields, `location` included), filtered by project and member.
     fn instances(&self, project: Option<&str>, location: Option<&str>) -> Vec<serde_json::Value>;
     /// How many instances, filtered so; `pending` also counts creations in flight.
-    fn instances_count(&self, project: Option<&str>, location: Option<&str>, pending: bool)
-        -> u64;
+    fn instances_count(&self, project: Option<&str>, location: Option<&str>, pending: bool) -> u64;
     /// The online members, of a group or all.
     fn cluster_members(&self, group: Option<&str>) -> Vec<MemberView>;
     /// A project (`name`, `description`, `config`), `None` when there is none of that name.
@@ -225,7 +224,9 @@ pub enum ScriptletError {
         limit_bytes: usize,
     },
     /// A built-in consumed a long range at once (`list(range(10**9))`).
-    #[error("Range limit exceeded: a built-in consumed more than {limit} elements of a range at once")]
+    #[error(
+        "Range limit exceeded: a built-in consumed more than {limit} elements of a range at once"
+    )]
     RangeLimit {
         /// The bound.
         limit: u64,
@@ -274,10 +275,12 @@ impl Scriptlet {
             enable_load: false,
             ..Dialect::Standard
         };
-        let mut ast = AstModule::parse("placement.star", source.to_string(), &dialect)
-            .map_err(|error| ScriptletError::Syntax {
-                line: error_line(&error).unwrap_or(1),
-                message: error.without_diagnostic().to_string(),
+        let mut ast =
+            AstModule::parse("placement.star", source.to_string(), &dialect).map_err(|error| {
+                ScriptletError::Syntax {
+                    line: error_line(&error).unwrap_or(1),
+                    message: error.without_diagnostic().to_string(),
+                }
             })?;
         let functions = check_statements(&ast)?;
         ast.replace_binary_operators(&HashMap::from([("*".to_string(), MULTIPLY.to_string())]));
@@ -336,17 +339,19 @@ impl Scriptlet {
             limits.memory_bytes,
             Arc::clone(&self.functions),
         ));
+        let call = Call {
+            request,
+            candidates,
+            host,
+            log: RefCell::new(Vec::new()),
+            target: RefCell::new(None),
+            failure: RefCell::new(None),
+        };
         let context = Context {
             guard: Rc::clone(&guard),
-            call: Some(Call {
-                request,
-                candidates,
-                host,
-                log: RefCell::new(Vec::new()),
-                target: RefCell::new(None),
-                failure: RefCell::new(None),
-            }),
+            call: Some(&call),
         };
+        // Ok(None) when it returned None, Ok(Some(repr)) when it returned something else.
         let result = Module::with_temp_heap(|module| {
             let _range_steps = RangeStepsScope::enter();
             let heap = module.heap();
@@ -359,29 +364,21 @@ impl Scriptlet {
                 (PARAMETERS[0], values::request_value(heap, request)),
                 (PARAMETERS[1], values::members_value(heap, candidates)),
             ];
-            match eval.eval_function(function, &[], &arguments) {
-                Ok(value) if value.is_none() => Ok(()),
-                Ok(value) => Err(Err(ScriptletError::UnexpectedReturn {
-                    value: value.to_repr(),
-                })),
-                Err(error) => Err(Ok(error)),
-            }
+            eval.eval_function(function, &[], &arguments)
+                .map(|value| (!value.is_none()).then(|| value.to_repr()))
         });
-        let Some(call) = context.call else {
-            return Err(ScriptletError::NotInCall);
-        };
         // A bound or a typed failure from a built-in comes first: the Starlark error that
         // carried it out of the evaluation says less.
         if let Some(exceeded) = guard.exceeded() {
             return Err(exceeded.into_error());
         }
         match result {
-            Ok(()) => Ok(Outcome {
+            Ok(None) => Ok(Outcome {
                 target: call.target.into_inner(),
                 log: call.log.into_inner(),
             }),
-            Err(Err(error)) => Err(error),
-            Err(Ok(error)) => Err(call
+            Ok(Some(value)) => Err(ScriptletError::UnexpectedReturn { value }),
+            Err(error) => Err(call
                 .failure
                 .into_inner()
                 .unwrap_or_else(|| runtime_error(&error))),
@@ -397,9 +394,7 @@ fn globals() -> &'static Globals {
 
 /// Line (from 1) of a Starlark error, when it has one.
 fn error_line(error: &starlark::Error) -> Option<usize> {
-    error
-        .span()
-        .map(|span| span.resolve_span().begin.line + 1)
+    error.span().map(|span| span.resolve_span().begin.line + 1)
 }
 
 fn compile_error(error: &starlark::Error) -> ScriptletError {
@@ -429,20 +424,17 @@ fn check_statements(ast: &AstModule) -> Result<Arc<BTreeSet<String>>, ScriptletE
     let line = |statement: &AstStmt| ast.file_span(statement.span).resolve_span().begin.line + 1;
     let mut functions = BTreeSet::new();
     let mut problem = None;
-    visit_statements(ast.statement(), &mut |statement| {
-        match &statement.node {
-            StmtP::Def(def) => {
-                functions.insert(def.name.ident.clone());
-            }
-            StmtP::AssignModify(_, AssignOp::Multiply, _) if problem.is_none() => {
-                problem = Some(ScriptletError::Unsupported {
-                    line: line(statement),
-                    message: "`x *= y` is not supported in scriptlets; write `x = x * y`"
-                        .to_string(),
-                });
-            }
-            _ => {}
+    visit_statements(ast.statement(), &mut |statement| match &statement.node {
+        StmtP::Def(def) => {
+            functions.insert(def.name.ident.clone());
         }
+        StmtP::AssignModify(_, AssignOp::Multiply, _) if problem.is_none() => {
+            problem = Some(ScriptletError::Unsupported {
+                line: line(statement),
+                message: "`x *= y` is not supported in scriptlets; write `x = x * y`".to_string(),
+            });
+        }
+        _ => {}
     });
     if let Some(problem) = problem {
         return Err(problem);
@@ -451,10 +443,12 @@ fn check_statements(ast: &AstModule) -> Result<Arc<BTreeSet<String>>, ScriptletE
         StmtP::Statements(statements) => statements.iter().collect(),
         _ => vec![ast.statement()],
     };
-    let definition = top_level.iter().find_map(|statement| match &statement.node {
-        StmtP::Def(def) if def.name.ident == FUNCTION => Some((def, line(statement))),
-        _ => None,
-    });
+    let definition = top_level
+        .iter()
+        .find_map(|statement| match &statement.node {
+            StmtP::Def(def) if def.name.ident == FUNCTION => Some((def, line(statement))),
+            _ => None,
+        });
     let Some((definition, def_line)) = definition else {
         return Err(ScriptletError::MissingFunction);
     };
@@ -579,7 +573,7 @@ fn byte_size(value: &str) -> Option<u64> {
     }
     let fraction: f64 = number.parse().ok()?;
     let bytes = fraction * multiplier as f64;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then(|| bytes as u64)
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 #[cfg(test)]

@@ -69,7 +69,11 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(time: Duration, memory_bytes: usize, functions: Arc<BTreeSet<String>>) -> Self {
+    pub(crate) fn new(
+        time: Duration,
+        memory_bytes: usize,
+        functions: Arc<BTreeSet<String>>,
+    ) -> Self {
         Guard {
             started: Instant::now(),
             time,
@@ -95,28 +99,21 @@ impl Guard {
         starlark::Error::new_other(exceeded.into_error())
     }
 
-    /// Checks the clock, the heap and the range steps; false once any bound is exceeded.
-    pub(crate) fn within(&self, allocated_bytes: usize) -> bool {
-        if self.exceeded.borrow().is_some() {
-            return false;
+    /// Checks the range steps, the heap and the clock; fails once any bound is exceeded.
+    pub(crate) fn check(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
+        if let Some(exceeded) = self.exceeded() {
+            return Err(starlark::Error::new_other(exceeded.into_error()));
         }
-        let range_tripped = range_steps_reset();
-        let exceeded = if range_tripped {
-            Some(Exceeded::Range)
-        } else if allocated_bytes > self.memory_bytes {
-            Some(Exceeded::Memory(self.memory_bytes))
-        } else if self.started.elapsed() > self.time {
-            Some(Exceeded::Time(self.time))
-        } else {
-            None
-        };
-        match exceeded {
-            Some(exceeded) => {
-                self.trip(exceeded);
-                false
-            }
-            None => true,
+        if range_steps_reset() {
+            return Err(self.trip(Exceeded::Range));
         }
+        if allocated_bytes > self.memory_bytes {
+            return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
+        }
+        if self.started.elapsed() > self.time {
+            return Err(self.trip(Exceeded::Time(self.time)));
+        }
+        Ok(())
     }
 
     /// Whether `x * n` may run: the result must fit in what is left of the memory bound.
@@ -177,7 +174,9 @@ fn repetition_item_bytes(sequence: Value) -> Option<usize> {
 pub(crate) fn install<'v, 'a, 'e: 'a>(eval: &mut Evaluator<'v, 'a, 'e>, guard: &Rc<Guard>) {
     let heap = eval.heap();
     let for_ticks = Rc::clone(guard);
-    eval.set_check_cancelled(Box::new(move || !for_ticks.within(heap.allocated_bytes())));
+    eval.set_check_cancelled(Box::new(move || {
+        for_ticks.check(heap.allocated_bytes()).is_err()
+    }));
     eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(StatementCheck {
         guard: Rc::clone(guard),
     })));
@@ -195,10 +194,7 @@ impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
         _continued: bool,
         eval: &mut Evaluator<'v, '_, 'e>,
     ) -> starlark::Result<()> {
-        if !self.guard.within(eval.heap().allocated_bytes()) {
-            let exceeded = self.guard.exceeded().unwrap_or(Exceeded::Time(self.guard.time));
-            return Err(starlark::Error::new_other(exceeded.into_error()));
-        }
+        self.guard.check(eval.heap().allocated_bytes())?;
         self.guard.check_recursion(eval)
     }
 }

@@ -14,9 +14,7 @@ use starlark::values::{ProvidesStaticType, Value};
 
 use super::super::{MemberView, PlacementRequest};
 use super::bounds::Guard;
-use super::values::{
-    json_value, members_value, resources_value, GuardedRange, JsonObject,
-};
+use super::values::{json_value, members_value, resources_value, GuardedRange, JsonObject};
 use super::{instance_resources, LogLevel, LogLine, ScriptletError, ScriptletHost};
 
 /// What the built-ins of one evaluation reach, through `Evaluator::extra`.
@@ -25,7 +23,7 @@ pub(crate) struct Context<'a> {
     /// The run's bounds.
     pub(crate) guard: Rc<Guard>,
     /// The call of `instance_placement`; `None` while the module itself is evaluated.
-    pub(crate) call: Option<Call<'a>>,
+    pub(crate) call: Option<&'a Call<'a>>,
 }
 
 /// One call of `instance_placement`.
@@ -65,7 +63,6 @@ fn call<'a, 'e>(
 ) -> Result<&'a Call<'e>, starlark::Error> {
     context(eval)?
         .call
-        .as_ref()
         .ok_or_else(|| starlark::Error::new_other(ScriptletError::OutsideCall { builtin }))
 }
 
@@ -111,10 +108,7 @@ fn member_answer<'v>(
     }
     match ask(call.host) {
         Ok(answer) => Ok(json_value(heap, &answer)),
-        Err(message) => Err(call.fail(ScriptletError::Host {
-            builtin,
-            message,
-        })),
+        Err(message) => Err(call.fail(ScriptletError::Host { builtin, message })),
     }
 }
 
@@ -188,11 +182,12 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
     }
 
     /// What the instance asks for: `cpu_cores`, `memory_size`, `root_disk_size`.
-    fn get_instance_resources<'v>(
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<Value<'v>> {
+    fn get_instance_resources<'v>(eval: &mut Evaluator<'v, '_, '_>) -> starlark::Result<Value<'v>> {
         let call = call(eval, "get_instance_resources")?;
-        Ok(resources_value(eval.heap(), &instance_resources(call.request)))
+        Ok(resources_value(
+            eval.heap(),
+            &instance_resources(call.request),
+        ))
     }
 
     /// Instances, of a project and/or on a member.

@@ -4,117 +4,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::*;
-use crate::placement::{MemberView, PlacementError, PlacementRequest, Reason};
-
-/// A host answering from fixed data: resources and state per member, instances with a
-/// `location` and a `project`.
-pub(crate) struct TestHost {
-    pub(crate) members: Vec<MemberView>,
-    pub(crate) resources: BTreeMap<String, serde_json::Value>,
-    pub(crate) instances: Vec<serde_json::Value>,
-}
-
-impl TestHost {
-    pub(crate) fn new(members: &[MemberView]) -> Self {
-        let resources = members
-            .iter()
-            .enumerate()
-            .map(|(position, member)| {
-                let used = 1024 * (position as u64 + 1);
-                (
-                    member.name.clone(),
-                    json!({
-                        "cpu": {"architecture": member.architecture, "sockets": [], "total": 4},
-                        "memory": {"used": used, "total": 8192},
-                        "storage": {"disks": [], "total": 100},
-                    }),
-                )
-            })
-            .collect();
-        TestHost {
-            members: members.to_vec(),
-            resources,
-            instances: Vec::new(),
-        }
-    }
-
-    fn matching<'a>(
-        &'a self,
-        project: Option<&'a str>,
-        location: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-        self.instances.iter().filter(move |instance| {
-            project.is_none_or(|project| instance["project"] == project)
-                && location.is_none_or(|location| instance["location"] == location)
-        })
-    }
-}
-
-impl ScriptletHost for TestHost {
-    fn member_state(&self, name: &str) -> Result<serde_json::Value, String> {
-        if name == "broken" {
-            return Err("member did not answer".to_string());
-        }
-        Ok(json!({"sysinfo": {"uptime": 100, "logical_cpus": 4, "total_ram": 8192}, "storage_pools": {}}))
-    }
-
-    fn member_resources(&self, name: &str) -> Result<serde_json::Value, String> {
-        self.resources
-            .get(name)
-            .cloned()
-            .ok_or_else(|| "no resources".to_string())
-    }
-
-    fn instances(&self, project: Option<&str>, location: Option<&str>) -> Vec<serde_json::Value> {
-        self.matching(project, location).cloned().collect()
-    }
-
-    fn instances_count(&self, project: Option<&str>, location: Option<&str>, pending: bool) -> u64 {
-        self.matching(project, location)
-            .filter(|instance| pending || instance["status"] != "Pending")
-            .count() as u64
-    }
-
-    fn cluster_members(&self, group: Option<&str>) -> Vec<MemberView> {
-        self.members
-            .iter()
-            .filter(|member| group.is_none_or(|group| member.groups.iter().any(|g| g == group)))
-            .cloned()
-            .collect()
-    }
-
-    fn project(&self, name: &str) -> Option<serde_json::Value> {
-        (name == "default").then(|| {
-            json!({"name": "default", "description": "Default project", "config": {"features.images": "true"}})
-        })
-    }
-}
-
-pub(crate) fn member(name: &str) -> MemberView {
-    MemberView {
-        name: name.to_string(),
-        url: format!("https://{name}:8443"),
-        status: "Online".to_string(),
-        message: "Fully operational".to_string(),
-        architecture: "x86_64".to_string(),
-        failure_domain: "default".to_string(),
-        groups: vec!["default".to_string()],
-        roles: vec!["database".to_string()],
-        ..MemberView::default()
-    }
-}
-
-pub(crate) fn request(name: &str) -> PlacementRequest {
-    PlacementRequest {
-        name: name.to_string(),
-        project: "default".to_string(),
-        kind: "container".to_string(),
-        architecture: "x86_64".to_string(),
-        source: "debian/12".to_string(),
-        reason: Reason::New,
-        ..PlacementRequest::default()
-    }
-}
+use crate::placement::tests::{member, request, TestHost};
+use crate::placement::{MemberView, PlacementError, Reason};
 
 fn members() -> Vec<MemberView> {
     vec![member("m1"), member("m2"), member("m3")]
@@ -158,7 +49,10 @@ fn set_target_chooses() {
     );
     assert_eq!(target(&body("pass")), None);
     assert_eq!(
-        target(&body("set_target(candidate_members[0].server_name)\nreturn None")).as_deref(),
+        target(&body(
+            "set_target(candidate_members[0].server_name)\nreturn None"
+        ))
+        .as_deref(),
         Some("m1")
     );
 }
@@ -199,17 +93,30 @@ fn failures_carry_their_message() {
         error(&body("return \"m1\"")),
         "Failed with unexpected return value: \"m1\""
     );
-    assert_eq!(error(&body("return 3")), "Failed with unexpected return value: 3");
+    assert_eq!(
+        error(&body("return 3")),
+        "Failed with unexpected return value: 3"
+    );
+    let bad_operands = error(&body("return \"a\" * \"b\""));
+    assert!(bad_operands.contains('*'), "{bad_operands}");
     let missing_attribute = error(&body("return request.no_such_field"));
-    assert!(missing_attribute.contains("no_such_field"), "{missing_attribute}");
+    assert!(
+        missing_attribute.contains("no_such_field"),
+        "{missing_attribute}"
+    );
 }
 
 /// Goal: compile refuses syntax errors with their line, unknown names, a missing function,
 /// other parameters, `while`, top-level `for`, `load` and `*=`.
 #[test]
 fn compile_refusals() {
-    let syntax = Scriptlet::compile("def instance_placement(request, candidate_members):\n    x = (\n").unwrap_err();
-    assert!(matches!(syntax, ScriptletError::Syntax { line: 2 | 3, .. }), "{syntax:?}");
+    let syntax =
+        Scriptlet::compile("def instance_placement(request, candidate_members):\n    x = (\n")
+            .unwrap_err();
+    assert!(
+        matches!(syntax, ScriptletError::Syntax { line: 2 | 3, .. }),
+        "{syntax:?}"
+    );
 
     let unknown = Scriptlet::compile(&body("x = 1\nset_targett(\"m1\")")).unwrap_err();
     assert!(
@@ -236,7 +143,9 @@ fn compile_refusals() {
         Scriptlet::compile(&body("while True:\n    pass")).unwrap_err(),
         ScriptletError::Syntax { line: 2, .. }
     ));
-    assert!(Scriptlet::compile(&format!("for i in range(3):\n    pass\n{}", body("pass"))).is_err());
+    assert!(
+        Scriptlet::compile(&format!("for i in range(3):\n    pass\n{}", body("pass"))).is_err()
+    );
     assert!(Scriptlet::compile(&format!("load(\"x.star\", \"y\")\n{}", body("pass"))).is_err());
     assert_eq!(
         Scriptlet::compile(&body("x = [1]\nx *= 3")).unwrap_err(),
@@ -259,8 +168,15 @@ fn recursion_is_refused() {
             function: "f".to_string()
         }
     );
-    let mutual = "def f(n):\n    return g(n)\ndef g(n):\n    return f(n)\n".to_string() + &body("f(1)");
-    assert!(matches!(run(&mutual).unwrap_err(), ScriptletError::Recursion { .. }));
+    let mutual =
+        "def f(n):\n    return g(n)\ndef g(n):\n    return f(n)\n".to_string() + &body("f(1)");
+    assert!(matches!(
+        run(&mutual).unwrap_err(),
+        ScriptletError::Recursion { .. }
+    ));
+    // A lambda has no name to check: the call depth stops it.
+    let lambda = "f = lambda n: f(n)\n".to_string() + &body("f(1)");
+    assert!(matches!(run(&lambda).unwrap_err(), ScriptletError::Runtime { .. }));
     // Calling the same helper twice in a row is not recursion.
     let twice = "def f(n):\n    return n + 1\n".to_string() + &body("f(f(1))\nf(2)");
     assert_eq!(target(&twice), None);
@@ -281,14 +197,22 @@ fn time_bound() {
             limit: Duration::from_millis(200)
         }
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         PlacementError::from(failure).to_string(),
         "Failed instance placement scriptlet: Time limit of 200ms exceeded"
     );
     // Nested loops and a comprehension are stopped too.
-    let nested = body("n = 0\nfor i in range(100000):\n    for j in range(100000):\n        n = n + 1");
-    assert!(matches!(run_with(&nested, &limits), Err(ScriptletError::TimeLimit { .. })));
+    let nested =
+        body("n = 0\nfor i in range(100000):\n    for j in range(100000):\n        n = n + 1");
+    assert!(matches!(
+        run_with(&nested, &limits),
+        Err(ScriptletError::TimeLimit { .. })
+    ));
 }
 
 /// Goal: huge allocations fail at the memory bound without being built: repetition, a
@@ -314,7 +238,9 @@ fn memory_bound() {
         limit
     );
     assert_eq!(
-        memory(&body("big = \"x\" * 100000\nx = [big + str(i) for i in range(100000000)]")),
+        memory(&body(
+            "big = \"x\" * 100000\nx = [big + str(i) for i in range(100000000)]"
+        )),
         limit
     );
     assert_eq!(
@@ -329,7 +255,9 @@ fn memory_bound() {
             limit: bounds::RANGE_STEPS_MAX
         }
     );
-    assert!(memory(&body("x = max(range(2000000000))")).to_string().contains("Range limit"));
+    assert!(memory(&body("x = max(range(2000000000))"))
+        .to_string()
+        .contains("Range limit"));
     // The top level is bounded too, at compile time.
     assert_eq!(
         Scriptlet::compile(&format!("x = [0] * 100000000\n{}", body("pass"))).unwrap_err(),
@@ -361,7 +289,9 @@ fn ranges_behave() {
 #[test]
 fn request_and_candidate_fields() {
     let mut request = request("web-1");
-    request.config.insert("limits.memory".into(), "512MiB".into());
+    request
+        .config
+        .insert("limits.memory".into(), "512MiB".into());
     request.profiles = vec!["default".into()];
     request.reason = Reason::Evacuation;
     let source = body(
@@ -407,7 +337,12 @@ fn member_state_and_resources() {
          log_info(state.sysinfo.logical_cpus, sorted(state.keys()))\n\
          log_info(get_cluster_member_resources(\"m9\"), get_cluster_member_state(\"m9\"))",
     );
-    let lines: Vec<String> = run(&source).unwrap().log.into_iter().map(|line| line.text).collect();
+    let lines: Vec<String> = run(&source)
+        .unwrap()
+        .log
+        .into_iter()
+        .map(|line| line.text)
+        .collect();
     assert_eq!(
         lines,
         [
@@ -433,7 +368,9 @@ fn member_state_and_resources() {
 fn instance_resources_from_config() {
     let mut request = request("c1");
     request.config.insert("limits.cpu".into(), "1".into());
-    request.config.insert("limits.memory".into(), "512MiB".into());
+    request
+        .config
+        .insert("limits.memory".into(), "512MiB".into());
     request.devices.insert(
         "root".into(),
         BTreeMap::from([
@@ -461,7 +398,10 @@ fn instance_resources_from_config() {
         .run(&request, &members, &host, &Limits::default())
         .unwrap();
     assert_eq!(outcome.log[0].text, "1 536870912 209715200");
-    assert_eq!(instance_resources(&super::super::tests::plain_request()), InstanceResources::default());
+    assert_eq!(
+        instance_resources(&PlacementRequest::default()),
+        InstanceResources::default()
+    );
 }
 
 /// Goal: the size and CPU forms LXD accepts.
@@ -569,4 +509,3 @@ fn compiled_once_run_many() {
     assert!(per_run < Duration::from_millis(250), "{per_run:?} per run");
     eprintln!("50-line scriptlet, 50 candidates: {per_run:?} per run (debug build)");
 }
-

@@ -11,12 +11,11 @@ use starlark::starlark_simple_value;
 use starlark::values::dict::AllocDict;
 use starlark::values::list::AllocList;
 use starlark::values::none::NoneType;
+use starlark::values::starlark_value;
 use starlark::values::structs::AllocStruct;
 use starlark::values::{
-    Heap, NoSerialize, ProvidesStaticType, StarlarkPagablePanic, StarlarkValue, Value,
-    ValueLike,
+    Heap, NoSerialize, ProvidesStaticType, StarlarkPagablePanic, StarlarkValue, Value, ValueLike,
 };
-use starlark::values::starlark_value;
 
 use super::super::{MemberView, PlacementRequest};
 use super::bounds::range_step;
@@ -52,12 +51,10 @@ fn texts<'v>(heap: Heap<'v>, values: &[String]) -> Value<'v> {
     heap.alloc(AllocList(values.iter().map(|value| value.as_str())))
 }
 
-fn text_map<'v>(
-    heap: Heap<'v>,
-    map: &std::collections::BTreeMap<String, String>,
-) -> Value<'v> {
+fn text_map<'v>(heap: Heap<'v>, map: &std::collections::BTreeMap<String, String>) -> Value<'v> {
     heap.alloc(AllocDict(
-        map.iter().map(|(key, value)| (key.as_str(), value.as_str())),
+        map.iter()
+            .map(|(key, value)| (key.as_str(), value.as_str())),
     ))
 }
 
@@ -294,7 +291,11 @@ impl GuardedRange {
 impl fmt::Display for GuardedRange {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.step != 1 {
-            write!(formatter, "range({}, {}, {})", self.start, self.stop, self.step)
+            write!(
+                formatter,
+                "range({}, {}, {})",
+                self.start, self.stop, self.step
+            )
         } else if self.start != 0 {
             write!(formatter, "range({}, {})", self.start, self.stop)
         } else {
