@@ -176,7 +176,10 @@ fn recursion_is_refused() {
     ));
     // A lambda has no name to check: the call depth stops it.
     let lambda = "f = lambda n: f(n)\n".to_string() + &body("f(1)");
-    assert!(matches!(run(&lambda).unwrap_err(), ScriptletError::Runtime { .. }));
+    assert!(matches!(
+        run(&lambda).unwrap_err(),
+        ScriptletError::Runtime { .. }
+    ));
     // Calling the same helper twice in a row is not recursion.
     let twice = "def f(n):\n    return n + 1\n".to_string() + &body("f(f(1))\nf(2)");
     assert_eq!(target(&twice), None);
