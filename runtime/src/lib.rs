@@ -12,6 +12,8 @@
 //!   operator's role control: promote, demote, transfer leadership ([`cluster::role_control`],
 //!   carried out by [`cluster::role_ops`]).
 //! - [`images`]: image import, records, replication between members (bytes off Raft).
+//! - [`placement`]: which member an instance goes to: the built-in rules and Starlark
+//!   placement scriptlets, IO-free.
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
 //! - [`once`](crate::once): exactly-once writes (request ids).
@@ -31,6 +33,7 @@ pub mod member;
 pub mod network;
 mod once;
 pub mod operation;
+pub mod placement;
 mod proposer;
 pub mod protocol;
 pub mod script;

@@ -1,0 +1,270 @@
+//! The time and memory bounds of a scriptlet, checked while it runs.
+//!
+//! starlark-rust has no hard limits; it offers two hooks, and the bounds use both:
+//! - a check before every statement (`before_stmt`): the clock, the bytes on the run's heap
+//!   (nothing is collected during a call, so that is everything the run allocated) and
+//!   recursion of a `def`;
+//! - the cancellation check it makes every 1000 loop iterations or calls: the same clock and
+//!   bytes, for long single statements such as comprehensions.
+//!
+//! A single built-in call could still allocate far more than the bound between two checks, so
+//! the two ways to make much from little are checked before they run: the repetition operator
+//! (`x * n` is rewritten to call [`repetition_fits`] first) and a built-in consuming a range
+//! (`list(range(10**9))`: a range gives at most [`RANGE_STEPS_MAX`] elements between two
+//! checks, then the run stops).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starlark::codemap::FileSpanRef;
+use starlark::eval::{BeforeStmtFunc, BeforeStmtFuncDyn, Evaluator};
+use starlark::values::Value;
+
+use super::ScriptletError;
+
+/// At most this many range elements may be produced between two checks. A loop checks every
+/// 1000 iterations; only a built-in that consumes a long range at once (`list`, `sorted`,
+/// `max`, `list.extend`...) reaches it.
+pub(crate) const RANGE_STEPS_MAX: u64 = 1_000_000;
+
+/// The bound a run went over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    /// The run took longer than its time bound.
+    Time(Duration),
+    /// The run allocated more than its memory bound, or was about to.
+    Memory(usize),
+    /// A built-in consumed more than [`RANGE_STEPS_MAX`] range elements at once.
+    Range,
+    /// A `def` called itself, directly or not.
+    Recursion(String),
+}
+
+impl Exceeded {
+    pub(crate) fn into_error(self) -> ScriptletError {
+        match self {
+            Exceeded::Time(limit) => ScriptletError::TimeLimit { limit },
+            Exceeded::Memory(limit_bytes) => ScriptletError::MemoryLimit { limit_bytes },
+            Exceeded::Range => ScriptletError::RangeLimit {
+                limit: RANGE_STEPS_MAX,
+            },
+            Exceeded::Recursion(function) => ScriptletError::Recursion { function },
+        }
+    }
+}
+
+/// The bounds of one evaluation (the module at compile time, or one call), and the first one
+/// it went over.
+pub(crate) struct Guard {
+    started: Instant,
+    time: Duration,
+    memory_bytes: usize,
+    /// Names of the scriptlet's `def`s: one of them twice on the call stack is recursion.
+    functions: Arc<BTreeSet<String>>,
+    exceeded: RefCell<Option<Exceeded>>,
+    depth: Cell<usize>,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        time: Duration,
+        memory_bytes: usize,
+        functions: Arc<BTreeSet<String>>,
+    ) -> Self {
+        Guard {
+            started: Instant::now(),
+            time,
+            memory_bytes,
+            functions,
+            exceeded: RefCell::new(None),
+            depth: Cell::new(0),
+        }
+    }
+
+    /// The first bound exceeded, if any.
+    pub(crate) fn exceeded(&self) -> Option<Exceeded> {
+        self.exceeded.borrow().clone()
+    }
+
+    /// Records that a bound was exceeded (the first one counts) and returns the error that
+    /// stops the evaluation; its text is never looked at, [`Guard::exceeded`] is.
+    pub(crate) fn trip(&self, exceeded: Exceeded) -> starlark::Error {
+        let mut slot = self.exceeded.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(exceeded.clone());
+        }
+        starlark::Error::new_other(exceeded.into_error())
+    }
+
+    /// Checks the range steps, the heap and the clock; fails once any bound is exceeded.
+    pub(crate) fn check(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
+        if let Some(exceeded) = self.exceeded() {
+            return Err(starlark::Error::new_other(exceeded.into_error()));
+        }
+        if range_steps_reset() {
+            return Err(self.trip(Exceeded::Range));
+        }
+        if allocated_bytes > self.memory_bytes {
+            return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
+        }
+        if self.started.elapsed() > self.time {
+            return Err(self.trip(Exceeded::Time(self.time)));
+        }
+        Ok(())
+    }
+
+    /// Whether `x * n` may run: the result must fit in what is left of the memory bound.
+    pub(crate) fn repetition_fits(
+        &self,
+        sequence: Value,
+        count: i32,
+        allocated_bytes: usize,
+    ) -> Result<(), starlark::Error> {
+        let Some(item_bytes) = repetition_item_bytes(sequence) else {
+            return Ok(());
+        };
+        let result_bytes = item_bytes.saturating_mul(count.max(0) as usize);
+        let left = self.memory_bytes.saturating_sub(allocated_bytes);
+        if result_bytes > left {
+            return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
+        }
+        Ok(())
+    }
+
+    /// Fails when the innermost frame is a `def` already on the call stack.
+    fn check_recursion(&self, eval: &Evaluator) -> Result<(), starlark::Error> {
+        let depth = eval.call_stack_count();
+        let deeper = depth > self.depth.get();
+        self.depth.set(depth);
+        if !deeper {
+            return Ok(());
+        }
+        let stack = eval.call_stack();
+        let Some((innermost, outer)) = stack.frames.split_last() else {
+            return Ok(());
+        };
+        if self.functions.contains(&innermost.name)
+            && outer.iter().any(|frame| frame.name == innermost.name)
+        {
+            return Err(self.trip(Exceeded::Recursion(innermost.name.clone())));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes `x * 1` takes for a string, list or tuple `x` (a list item is a pointer, counted
+/// twice: the copy is built before it is moved to the heap); `None` for numbers.
+fn repetition_item_bytes(sequence: Value) -> Option<usize> {
+    if let Some(text) = sequence.unpack_str() {
+        return Some(text.len());
+    }
+    match sequence.get_type() {
+        "list" | "tuple" => {
+            let length = sequence.length().ok()?;
+            Some((length.max(0) as usize).saturating_mul(2 * std::mem::size_of::<usize>()))
+        }
+        _ => None,
+    }
+}
+
+/// Installs the checks on an evaluator; `guard` must outlive it.
+pub(crate) fn install<'v, 'a, 'e: 'a>(eval: &mut Evaluator<'v, 'a, 'e>, guard: &Rc<Guard>) {
+    let heap = eval.heap();
+    let for_ticks = Rc::clone(guard);
+    eval.set_check_cancelled(Box::new(move || {
+        for_ticks.check(heap.allocated_bytes()).is_err()
+    }));
+    eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(StatementCheck {
+        guard: Rc::clone(guard),
+    })));
+}
+
+/// The check made before each statement.
+struct StatementCheck {
+    guard: Rc<Guard>,
+}
+
+impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
+    fn call<'v>(
+        &mut self,
+        _span: FileSpanRef,
+        _continued: bool,
+        eval: &mut Evaluator<'v, '_, 'e>,
+    ) -> starlark::Result<()> {
+        self.guard.check(eval.heap().allocated_bytes())?;
+        self.guard.check_recursion(eval)
+    }
+}
+
+/// Range elements produced since the last check, on this thread.
+#[derive(Clone, Copy, Default)]
+struct RangeSteps {
+    /// Whether an evaluation with bounds is running on this thread.
+    active: bool,
+    steps: u64,
+    tripped: bool,
+}
+
+thread_local! {
+    static RANGE_STEPS: Cell<RangeSteps> = const {
+        Cell::new(RangeSteps { active: false, steps: 0, tripped: false })
+    };
+}
+
+/// Called by a range for each element it produces: false (stop producing) once
+/// [`RANGE_STEPS_MAX`] were produced since the last check.
+pub(crate) fn range_step() -> bool {
+    RANGE_STEPS.with(|cell| {
+        let mut state = cell.get();
+        if !state.active {
+            return true;
+        }
+        if state.tripped || state.steps >= RANGE_STEPS_MAX {
+            state.tripped = true;
+            cell.set(state);
+            return false;
+        }
+        state.steps += 1;
+        cell.set(state);
+        true
+    })
+}
+
+/// Starts a new count; true when the limit was reached since the last check.
+fn range_steps_reset() -> bool {
+    RANGE_STEPS.with(|cell| {
+        let mut state = cell.get();
+        let tripped = state.tripped;
+        state.steps = 0;
+        cell.set(state);
+        tripped
+    })
+}
+
+/// Counts range steps on this thread while it lives (evaluations may nest: the previous count
+/// comes back on drop).
+pub(crate) struct RangeStepsScope {
+    previous: RangeSteps,
+}
+
+impl RangeStepsScope {
+    pub(crate) fn enter() -> Self {
+        let previous = RANGE_STEPS.with(|cell| {
+            cell.replace(RangeSteps {
+                active: true,
+                steps: 0,
+                tripped: false,
+            })
+        });
+        RangeStepsScope { previous }
+    }
+}
+
+impl Drop for RangeStepsScope {
+    fn drop(&mut self) {
+        RANGE_STEPS.with(|cell| cell.set(self.previous));
+    }
+}
