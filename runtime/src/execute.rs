@@ -310,6 +310,7 @@ impl Member {
             }
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
             Operation::Image(image) => self.image_here(image).await,
+            Operation::Group(group) => self.group_here(group).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

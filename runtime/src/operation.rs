@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::groups::GroupOperation;
 use crate::images::ops::ImageOperation;
 
 use serde::{Deserialize, Serialize};
@@ -161,6 +162,8 @@ pub enum Operation {
     },
     /// `images.*`.
     Image(crate::images::ops::ImageOperation),
+    /// `groups.*`.
+    Group(crate::cluster::groups::GroupOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -389,6 +392,42 @@ pub const BUILTINS: &[Builtin] = &[
         help: "network.list() -> networks",
     },
     Builtin {
+        name: "groups.list",
+        help: "groups.list() -> cluster groups (name, description, members, used_by)",
+    },
+    Builtin {
+        name: "groups.get",
+        help: "groups.get(name) -> one cluster group",
+    },
+    Builtin {
+        name: "groups.create",
+        help: "groups.create(name [, {description=, members=}]) -> creates a cluster group",
+    },
+    Builtin {
+        name: "groups.delete",
+        help: "groups.delete(name) -> deletes an empty cluster group",
+    },
+    Builtin {
+        name: "groups.rename",
+        help: "groups.rename(old, new) -> renames a cluster group",
+    },
+    Builtin {
+        name: "groups.edit",
+        help: "groups.edit(name, {description=, members=}) -> changes a group (members: all of them)",
+    },
+    Builtin {
+        name: "groups.assign",
+        help: "groups.assign(member, {g1, g2}) -> sets every group of a member",
+    },
+    Builtin {
+        name: "groups.add",
+        help: "groups.add(member, group) -> adds a member to a group",
+    },
+    Builtin {
+        name: "groups.remove",
+        help: "groups.remove(member, group) -> takes a member out of a group (it keeps one)",
+    },
+    Builtin {
         name: "config.get",
         help: "config.get(key) -> effective value of a global key",
     },
@@ -526,6 +565,41 @@ impl Operation {
                 member: arguments.string(1, "member")?,
             }),
             "images.transfers" => Operation::Image(ImageOperation::Transfers),
+            "groups.list" => Operation::Group(GroupOperation::List),
+            "groups.get" => Operation::Group(GroupOperation::Get {
+                name: arguments.string(0, "name")?,
+            }),
+            "groups.create" => Operation::Group(GroupOperation::Create {
+                name: arguments.string(0, "name")?,
+                description: arguments
+                    .option_string(1, "description")?
+                    .unwrap_or_default(),
+                members: arguments.option_list(1, "members")?,
+            }),
+            "groups.delete" => Operation::Group(GroupOperation::Delete {
+                name: arguments.string(0, "name")?,
+            }),
+            "groups.rename" => Operation::Group(GroupOperation::Rename {
+                from: arguments.string(0, "old")?,
+                to: arguments.string(1, "new")?,
+            }),
+            "groups.edit" => Operation::Group(GroupOperation::Edit {
+                name: arguments.string(0, "name")?,
+                description: arguments.option_string(1, "description")?,
+                members: arguments.option_list_given(1, "members")?,
+            }),
+            "groups.assign" => Operation::Group(GroupOperation::Assign {
+                member: arguments.string(0, "member")?,
+                groups: arguments.string_list(1, "groups")?,
+            }),
+            "groups.add" => Operation::Group(GroupOperation::Add {
+                member: arguments.string(0, "member")?,
+                group: arguments.string(1, "group")?,
+            }),
+            "groups.remove" => Operation::Group(GroupOperation::Remove {
+                member: arguments.string(0, "member")?,
+                group: arguments.string(1, "group")?,
+            }),
             "storage.create" => Operation::StorageCreate {
                 name: arguments.string(0, "name")?,
                 driver: arguments.string(1, "driver")?,
@@ -555,6 +629,9 @@ impl Operation {
     pub fn is_write(&self) -> bool {
         if let Operation::Image(image) = self {
             return image.is_write();
+        }
+        if let Operation::Group(group) = self {
+            return group.is_write();
         }
         matches!(
             self,
@@ -683,6 +760,41 @@ impl Arguments<'_> {
                 Some(other) => Err(self.wrong_table(position, field, other)),
             },
             Some(other) => Err(self.wrong_table(position, "options", other)),
+        }
+    }
+
+    /// An optional options table's list of strings, `None` when the field is not given (an
+    /// empty list is given).
+    fn option_list_given(&self, position: usize, field: &str) -> Result<Option<Vec<String>>, Error> {
+        let given = matches!(
+            self.args.get(position),
+            Some(Value::Object(map)) if map.get(field).is_some_and(|value| !value.is_null())
+        );
+        if given {
+            self.option_list(position, field).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A list of strings, e.g. `{"g1", "g2"}`.
+    fn string_list(&self, position: usize, what: &str) -> Result<Vec<String>, Error> {
+        match self.args.get(position) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text.clone()),
+                    other => Err(self.wrong(position, what, other)),
+                })
+                .collect(),
+            // An empty Lua table arrives as an empty object.
+            Some(Value::Object(map)) if map.is_empty() => Ok(Vec::new()),
+            Some(other) => Err(self.wrong(position, what, other)),
+            None => Err(Error::Refused(format!(
+                "{}: argument #{} ({what}) is missing",
+                self.name,
+                position + 1
+            ))),
         }
     }
 

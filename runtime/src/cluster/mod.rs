@@ -8,7 +8,10 @@
 //! - [`manage`]: member records, removal, hand-over on shutdown.
 //! - [`role_control`] (planner) and [`role_ops`] (carrying out): the operator's promote, demote
 //!   and leadership transfer.
+//! - [`groups`]: cluster groups (their rules are checked in the store, where the state
+//!   changes).
 
+pub mod groups;
 pub mod health;
 pub mod join;
 pub mod manage;
