@@ -12,6 +12,8 @@
 //!   operator's role control: promote, demote, transfer leadership ([`cluster::role_control`],
 //!   carried out by [`cluster::role_ops`]).
 //! - [`images`]: image import, records, replication between members (bytes off Raft).
+//! - [`instances`]: system containers on this member ([`instances::driver`]: namespaces,
+//!   cgroups, the monitor process that outlives the daemon).
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
 //! - [`once`](crate::once): exactly-once writes (request ids).
@@ -27,6 +29,7 @@ pub mod datadir;
 mod error;
 mod execute;
 pub mod images;
+pub mod instances;
 pub mod member;
 pub mod network;
 mod once;
