@@ -337,6 +337,7 @@ fn container_is_isolated_and_cleaned_up() -> Result<()> {
         Some(libc::SIGINT),
         "{exit:?} after {stop_time:?}"
     );
+    println!("driver timing: graceful stop of busybox init {stop_time:?}");
     assert!(!record.init.is_alive() && !record.monitor.is_alive());
     assert!(matches!(
         fixture.driver.exec(&key, &ExecRequest::new(["true"])),

@@ -10,7 +10,7 @@
 //!
 //! # On disk
 //! `<pool>/containers/<project>_<name>/`: `rootfs/`, `state.json` (the monitor's
-//! [`StateRecord`](state::StateRecord)), `console.log`, `monitor.log`. The cgroup is
+//! [`state::StateRecord`]), `console.log`, `monitor.log`. The cgroup is
 //! `starling/<project>_<name>` under each controller ([`cgroup`]).
 //!
 //! # Adoption

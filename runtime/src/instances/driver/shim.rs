@@ -8,7 +8,7 @@
 //! 1. opens a pseudo-terminal for the container's console,
 //! 2. `unshare(CLONE_NEWPID)`, so that its next child is PID 1 of a new PID namespace, and
 //!    forks that child, which sets the container up and execs init
-//!    ([`setup::become_init`](super::setup::become_init)),
+//!    ([`setup::become_init`]),
 //! 3. waits for the child's close-on-exec error pipe: closed empty means init runs, else it
 //!    holds the failed step,
 //! 4. writes `state.json` and answers the daemon with one [`StartReport`] line on standard
