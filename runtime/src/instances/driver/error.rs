@@ -32,6 +32,8 @@ pub enum SetupStep {
     WorkingDirectory,
     /// Running the command (`execve`).
     Exec,
+    /// Writing the container's `state.json` once init runs.
+    RecordState,
 }
 
 impl SetupStep {
@@ -50,6 +52,7 @@ impl SetupStep {
             SetupStep::Fork => "fork",
             SetupStep::WorkingDirectory => "chdir",
             SetupStep::Exec => "exec",
+            SetupStep::RecordState => "recording the state",
         }
     }
 }

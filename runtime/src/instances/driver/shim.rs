@@ -150,9 +150,9 @@ fn monitor(config: &StartConfig) -> i32 {
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(child, None);
             answer(&StartReport::Failed(SetupFailure {
-                step: SetupStep::Exec,
+                step: SetupStep::RecordState,
                 errno: error.raw_os_error().unwrap_or(0),
-                detail: format!("recording the state in {}", state_path.display()),
+                detail: state_path.display().to_string(),
             }));
             return 1;
         }
@@ -299,7 +299,12 @@ impl ConsoleLog {
 /// `starling __shim exec --report-fd <fd> <config>`: runs the command in the container and
 /// returns its exit code, or [`EXEC_SHIM_FAILED`] with a [`SetupFailure`] on the report pipe.
 pub fn run_exec(config_json: &str, report_fd: RawFd) -> i32 {
-    // SAFETY: the daemon passed this descriptor to this process for it alone.
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if report_fd < 0 || unsafe { libc::fcntl(report_fd, libc::F_GETFD) } < 0 {
+        eprintln!("starling shim: report descriptor {report_fd} is not open");
+        return EXEC_SHIM_FAILED;
+    }
+    // SAFETY: the descriptor is open, and the daemon passed it to this process for it alone.
     let report = unsafe { OwnedFd::from_raw_fd(report_fd) };
     // The command must not hold the report pipe open.
     if let Err(errno) = set_cloexec(&report) {
