@@ -101,6 +101,28 @@ enum Command {
     /// Measures an image import and its copies to the other members, against the floor of an
     /// export over the same transport.
     BenchImages(bench_images::ImageBenchArgs),
+    /// Internal: the container driver's shim (a container's monitor, and `exec` into it), run
+    /// by the daemon re-executing this binary. Not for people.
+    #[command(name = "__shim", hide = true, subcommand)]
+    Shim(ShimCommand),
+}
+
+/// The container driver's shim (`starling_runtime::instances::driver::shim`).
+#[derive(Subcommand)]
+enum ShimCommand {
+    /// Starts a container and becomes its monitor.
+    Start {
+        /// The start configuration, as JSON.
+        config: String,
+    },
+    /// Runs a command in a running container.
+    Exec {
+        /// The descriptor to report a failure on, before the command runs.
+        #[arg(long)]
+        report_fd: i32,
+        /// The exec configuration, as JSON.
+        config: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -372,6 +394,10 @@ const TRUST_COLUMNS: &[Column] = &[
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shim forks: it must run before anything starts a thread (no logging, no runtime).
+    if let Command::Shim(command) = &cli.command {
+        return shim(command);
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -390,6 +416,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn shim(command: &ShimCommand) -> ExitCode {
+    use starling_runtime::instances::driver::shim;
+    let code = match command {
+        ShimCommand::Start { config } => shim::run_start(config),
+        ShimCommand::Exec { report_fd, config } => shim::run_exec(config, *report_fd),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }
 
 fn init_logging(cli: &Cli) {

@@ -14,6 +14,8 @@
 //! - [`images`]: image import, records, replication between members (bytes off Raft).
 //! - [`placement`]: which member an instance goes to: the built-in rules and Starlark
 //!   placement scriptlets, IO-free.
+//! - [`instances`]: system containers on this member ([`instances::driver`]: namespaces,
+//!   cgroups, the monitor process that outlives the daemon).
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
 //! - [`once`](crate::once): exactly-once writes (request ids).
@@ -29,6 +31,7 @@ pub mod datadir;
 mod error;
 mod execute;
 pub mod images;
+pub mod instances;
 pub mod member;
 pub mod network;
 mod once;

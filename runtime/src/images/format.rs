@@ -74,17 +74,22 @@ pub fn normalize_architecture(name: &str) -> String {
 
 /// Reads `metadata.yaml` from the image at `path`.
 pub fn read_metadata(path: &Path) -> Result<ImageMetadata, FormatError> {
+    metadata_from_tar(open_tar_stream(path)?)
+}
+
+/// The uncompressed tar stream of the image at `path`: gzip and xz are recognised by their
+/// magic bytes, anything else is read as a plain tarball.
+pub fn open_tar_stream(path: &Path) -> Result<Box<dyn Read>, FormatError> {
     let file = std::fs::File::open(path).map_err(FormatError::Io)?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let magic = reader.fill_buf().map_err(FormatError::Io)?.to_vec();
-    let stream: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(reader))
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
         Box::new(xz2::read::XzDecoder::new(reader))
     } else {
         Box::new(reader)
-    };
-    metadata_from_tar(stream)
+    })
 }
 
 /// Finds and parses `metadata.yaml` in a tar stream.

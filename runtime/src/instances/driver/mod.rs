@@ -1,0 +1,754 @@
+//! The system-container driver: LXC-style privileged containers made with namespaces,
+//! `pivot_root` and cgroups, each watched by a monitor process that outlives the daemon.
+//!
+//! # Use
+//! [`Driver::new`] with the member's `default` storage pool directory and the `starling`
+//! binary (the shim), then [`Driver::unpack`] an image, [`Driver::start`], [`Driver::exec`],
+//! [`Driver::state`], [`Driver::stop`], [`Driver::delete`]. Every call blocks (processes,
+//! files, waits of up to the stop timeout): call it from `spawn_blocking`. Calls for one
+//! instance must not overlap (the caller serializes them); calls for different instances may.
+//!
+//! # On disk
+//! `<pool>/containers/<project>_<name>/`: `rootfs/`, `state.json` (the monitor's
+//! [`state::StateRecord`]), `console.log`, `monitor.log`. The cgroup is
+//! `starling/<project>_<name>` under each controller ([`cgroup`]).
+//!
+//! # Adoption
+//! Nothing lives in the daemon's memory: [`Driver::state`] reads `state.json` and checks that
+//! the recorded init (and monitor) still run, comparing start times so that a PID reused by
+//! another process is not taken for init. A daemon restarted after `kill -9` sees the
+//! containers the previous one started ([`Driver::list`]) and runs, stops or enters them the
+//! same way.
+//!
+//! # Layout
+//! - [`key`]: [`InstanceKey`]. [`spec`]: [`ContainerSpec`], [`Limits`], [`CpuLimit`].
+//! - [`unpack`]: the image's `rootfs/` into the pool, refusing entries that escape.
+//! - [`cgroup`]: cgroup v1 and v2, limits planned by a pure function.
+//! - [`setup`]: the container's mounts (planned by a pure function), `pivot_root`, exec.
+//! - [`shim`]: the re-executed `starling __shim start|exec`: the monitor, and `exec`.
+//! - [`state`]: `state.json`, process identity, and [`state::observe`], the pure decision of
+//!   what a record and the live processes say.
+//! - [`error`]: [`DriverError`], and the [`SetupStep`] a failure names.
+
+pub mod cgroup;
+pub mod error;
+pub mod key;
+pub mod setup;
+pub mod shim;
+pub mod spec;
+pub mod state;
+pub mod unpack;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+pub use error::{DriverError, SetupFailure, SetupStep};
+pub use key::InstanceKey;
+pub use spec::{ContainerSpec, CpuLimit, Limits};
+pub use state::{ExitInfo, State};
+
+use cgroup::{Cgroup, Hierarchy};
+use shim::{ExecConfig, StartConfig, StartReport};
+use state::{Observation, ProcessIdentity, StateRecord};
+
+/// How long a monitor may take to record an exit it has seen.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long processes may take to go after `SIGKILL`.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often waits look again.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// The most of `monitor.log` quoted in an error.
+const LOG_TAIL_BYTES: usize = 2048;
+
+/// A command to run in a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The command and its arguments; a command without `/` is searched in `PATH`.
+    pub argv: Vec<String>,
+    /// Environment, on top of `PATH`, `HOME=/root`, `USER=root` and `LANG=C.UTF-8`.
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    pub cwd: PathBuf,
+}
+
+impl ExecRequest {
+    /// `argv`, run in `/` (which every root file system has) with the default environment.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> ExecRequest {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            cwd: PathBuf::from("/"),
+        }
+    }
+}
+
+/// What a finished command returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The exit code; 128 + the signal when a signal killed it.
+    pub exit_code: i32,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// A command running in a container ([`Driver::exec_spawn`]): read and write its pipes through
+/// `child`, then [`ExecChild::wait`]. Killing `child` (the shim) kills the command.
+#[derive(Debug)]
+pub struct ExecChild {
+    /// The shim process; its standard streams are the command's.
+    pub child: Child,
+    /// Where the shim reports a failure before the command ran.
+    report: std::fs::File,
+    /// The shim executable, for errors.
+    shim: PathBuf,
+    /// The instance, for errors.
+    key: InstanceKey,
+}
+
+impl ExecChild {
+    /// Waits for the command; returns its exit code.
+    pub fn wait(self) -> Result<i32, DriverError> {
+        let (mut child, mut report) = self.split();
+        let status = child
+            .wait()
+            .map_err(|error| report.shim_error(format!("waiting: {error}")))?;
+        report.exit_code(status)
+    }
+
+    /// Waits for the command, collecting what it wrote to piped streams.
+    pub fn wait_with_output(self) -> Result<ExecOutput, DriverError> {
+        let (child, mut report) = self.split();
+        let output = child
+            .wait_with_output()
+            .map_err(|error| report.shim_error(format!("waiting: {error}")))?;
+        Ok(ExecOutput {
+            exit_code: report.exit_code(output.status)?,
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
+    }
+
+    fn split(self) -> (Child, ExecReport) {
+        let ExecChild {
+            child,
+            report,
+            shim,
+            key,
+        } = self;
+        (child, ExecReport { report, shim, key })
+    }
+}
+
+/// The report pipe of an `exec` shim, read once it has ended.
+struct ExecReport {
+    /// Where the shim reports a failure before the command ran.
+    report: std::fs::File,
+    /// The shim executable, for errors.
+    shim: PathBuf,
+    /// The instance, for errors.
+    key: InstanceKey,
+}
+
+impl ExecReport {
+    /// The command's exit code, or why it did not run.
+    fn exit_code(&mut self, status: std::process::ExitStatus) -> Result<i32, DriverError> {
+        let mut report = Vec::new();
+        let _ = self.report.read_to_end(&mut report);
+        if !report.is_empty() {
+            let failure: SetupFailure = serde_json::from_slice(&report)
+                .map_err(|error| self.shim_error(format!("unreadable report: {error}")))?;
+            return Err(exec_error(&self.key, failure));
+        }
+        status
+            .code()
+            .ok_or_else(|| self.shim_error(format!("the shim itself ended with {status}")))
+    }
+
+    fn shim_error(&self, reason: String) -> DriverError {
+        DriverError::Shim {
+            shim: self.shim.clone(),
+            reason,
+        }
+    }
+}
+
+/// The containers of one member's storage pool.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    /// The storage pool's directory (`<datadir>/storage-pools/default`).
+    pool_dir: PathBuf,
+    /// The `starling` binary, run as `starling __shim ...`.
+    shim_exe: PathBuf,
+}
+
+impl Driver {
+    /// A driver for the containers under `pool_dir`, re-executing `shim_exe` (the `starling`
+    /// binary) for the monitor and `exec`.
+    pub fn new(pool_dir: PathBuf, shim_exe: PathBuf) -> Driver {
+        Driver { pool_dir, shim_exe }
+    }
+
+    /// `<pool>/containers/<project>_<name>`.
+    pub fn container_dir(&self, key: &InstanceKey) -> PathBuf {
+        self.pool_dir.join("containers").join(key.storage_name())
+    }
+
+    /// Every instance with a directory in the pool, running or not, sorted.
+    pub fn list(&self) -> Result<Vec<InstanceKey>, DriverError> {
+        let dir = self.pool_dir.join("containers");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io_error(&dir, "listing", source)),
+        };
+        let mut keys: Vec<InstanceKey> = entries
+            .flatten()
+            .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+            .filter_map(|entry| {
+                InstanceKey::from_storage_name(&entry.file_name().to_string_lossy())
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Unpacks the `rootfs/` of the image tarball at `image` (`.tar`, `.tar.gz`, `.tar.xz`) as
+    /// the instance's root file system. Refuses an instance that has one already.
+    pub fn unpack(&self, key: &InstanceKey, image: &Path) -> Result<(), DriverError> {
+        key.validate()?;
+        let dir = self.container_dir(key);
+        if dir.join("rootfs").exists() {
+            return Err(DriverError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        let created = !dir.exists();
+        create_private_dir(&dir)?;
+        let result = unpack::unpack_rootfs(image, &dir);
+        if result.is_err() && created {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    /// Starts the container; returns once init runs, with init's PID on the host.
+    pub fn start(&self, key: &InstanceKey, spec: &ContainerSpec) -> Result<u32, DriverError> {
+        key.validate()?;
+        validate_spec(spec)?;
+        let dir = self.container_dir(key);
+        if !dir.join("rootfs").is_dir() {
+            return Err(DriverError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        if !matches!(self.observe(key)?, (Observation::Stopped(_), _)) {
+            return Err(DriverError::Running {
+                key: key.to_string(),
+            });
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(DriverError::NamespacesUnavailable {
+                missing: "root: creating mount, PID, UTS, IPC and network namespaces needs \
+                          CAP_SYS_ADMIN, and Starling runs as an unprivileged user"
+                    .to_string(),
+            });
+        }
+        let cgroup = Cgroup::create(&Hierarchy::detect()?, &key.storage_name(), &spec.limits)?;
+        let config = StartConfig {
+            container_dir: dir.clone(),
+            rootfs: dir.join("rootfs"),
+            hostname: spec.hostname.clone(),
+            init: spec.init.clone(),
+            env: init_environment(spec),
+            cgroup: cgroup.clone(),
+        };
+        match self.run_start_shim(&config) {
+            Ok(init) => Ok(init.pid),
+            Err(error) => {
+                let _ = cgroup.remove();
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs `starling __shim start` and reads its answer.
+    fn run_start_shim(&self, config: &StartConfig) -> Result<ProcessIdentity, DriverError> {
+        let json =
+            serde_json::to_string(config).map_err(|error| self.shim_error(error.to_string()))?;
+        let log_path = config.container_dir.join("monitor.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|source| io_error(&log_path, "creating", source))?;
+        let mut child = Command::new(&self.shim_exe)
+            .args(["__shim", "start"])
+            .arg(json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .current_dir("/")
+            .spawn()
+            .map_err(|error| self.shim_error(format!("cannot run it: {error}")))?;
+        let mut answer = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut answer);
+        }
+        let _ = child.wait();
+        let report: Option<StartReport> = answer
+            .lines()
+            .last()
+            .and_then(|line| serde_json::from_str(line).ok());
+        match report {
+            Some(StartReport::Started { init }) => Ok(init),
+            Some(StartReport::Failed(failure)) => Err(setup_error(failure)),
+            None => Err(self.shim_error(format!(
+                "no answer from the monitor; its log says: {}",
+                log_tail(&log_path)
+            ))),
+        }
+    }
+
+    /// Stops the container: `SIGPWR` to init (the shutdown request LXC sends), then after
+    /// `timeout`, or at once when `force`, `SIGKILL` to everything in it. Returns once every
+    /// process is gone and the exit is recorded.
+    pub fn stop(
+        &self,
+        key: &InstanceKey,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<(), DriverError> {
+        let record = match self.observe(key)? {
+            (Observation::Running, Some(record)) => record,
+            _ => {
+                return Err(DriverError::NotRunning {
+                    key: key.to_string(),
+                })
+            }
+        };
+        if !force {
+            let _ = signal_process(&record.init, libc::SIGPWR);
+            if wait_until(timeout, || {
+                !record.init.is_alive() && record.cgroup.pids().is_empty()
+            }) {
+                return self.wait_recorded(&record);
+            }
+        }
+        let _ = signal_process(&record.init, libc::SIGKILL);
+        let gone = wait_until(KILL_TIMEOUT, || {
+            record.cgroup.kill_all();
+            !record.init.is_alive() && record.cgroup.pids().is_empty()
+        });
+        if !gone {
+            return Err(DriverError::StopTimedOut {
+                key: key.to_string(),
+                pids: record.cgroup.pids(),
+            });
+        }
+        self.wait_recorded(&record)
+    }
+
+    /// Waits for the monitor of `record` to record the exit and end (it ends right after).
+    fn wait_recorded(&self, record: &StateRecord) -> Result<(), DriverError> {
+        wait_until(SETTLE_TIMEOUT, || !record.monitor.is_alive());
+        Ok(())
+    }
+
+    /// The container's state, for a container started by this or an earlier daemon.
+    pub fn state(&self, key: &InstanceKey) -> Result<State, DriverError> {
+        match self.observe(key)? {
+            (Observation::Running, Some(record)) => Ok(State::Running {
+                pid: record.init.pid,
+                processes: record.cgroup.pids().len() as u64,
+                memory_bytes: record.cgroup.memory_bytes().unwrap_or(0),
+                cpu_ns: record.cgroup.cpu_ns().unwrap_or(0),
+            }),
+            (Observation::Stopped(exit), _) => Ok(State::Stopped { exit }),
+            (observation, _) => Err(DriverError::BadState {
+                path: self.container_dir(key).join("state.json"),
+                reason: format!("unexpected observation {observation:?}"),
+            }),
+        }
+    }
+
+    /// The container's record, when it has one.
+    pub fn record(&self, key: &InstanceKey) -> Result<Option<StateRecord>, DriverError> {
+        StateRecord::load(&self.container_dir(key).join("state.json"))
+    }
+
+    /// What the record and the live processes say, waiting out a monitor that is recording an
+    /// exit. A container without a directory is [`DriverError::NotFound`].
+    fn observe(
+        &self,
+        key: &InstanceKey,
+    ) -> Result<(Observation, Option<StateRecord>), DriverError> {
+        key.validate()?;
+        if !self.container_dir(key).is_dir() {
+            return Err(DriverError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let record = self.record(key)?;
+            let observation = state::observe(
+                record.as_ref(),
+                record.as_ref().is_some_and(|record| record.init.is_alive()),
+                record
+                    .as_ref()
+                    .is_some_and(|record| record.monitor.is_alive()),
+            );
+            match observation {
+                Observation::Settling if Instant::now() < deadline => {
+                    std::thread::sleep(POLL_INTERVAL)
+                }
+                Observation::Settling => return Ok((Observation::Stopped(None), record)),
+                observation => return Ok((observation, record)),
+            }
+        }
+    }
+
+    /// Runs a command in the running container and collects its output.
+    pub fn exec(
+        &self,
+        key: &InstanceKey,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, DriverError> {
+        self.exec_spawn(key, request, Stdio::null(), Stdio::piped(), Stdio::piped())?
+            .wait_with_output()
+    }
+
+    /// Starts a command in the running container, with the standard streams given.
+    pub fn exec_spawn(
+        &self,
+        key: &InstanceKey,
+        request: &ExecRequest,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<ExecChild, DriverError> {
+        if request.argv.is_empty() {
+            return Err(DriverError::InvalidSpec {
+                reason: "exec needs a command".to_string(),
+            });
+        }
+        let record = match self.observe(key)? {
+            (Observation::Running, Some(record)) => record,
+            _ => {
+                return Err(DriverError::NotRunning {
+                    key: key.to_string(),
+                })
+            }
+        };
+        let config = ExecConfig {
+            init: record.init,
+            cgroup_procs: record.cgroup.procs_files(),
+            argv: request.argv.clone(),
+            env: exec_environment(request),
+            cwd: request.cwd.clone(),
+        };
+        let json =
+            serde_json::to_string(&config).map_err(|error| self.shim_error(error.to_string()))?;
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|errno| self.shim_error(format!("pipe: {errno}")))?;
+        let report_fd = report_write.as_raw_fd();
+        let mut command = Command::new(&self.shim_exe);
+        command
+            .args(["__shim", "exec", "--report-fd", &report_fd.to_string()])
+            .arg(json)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .current_dir("/");
+        // SAFETY: between fork and exec only fcntl(2) runs, which is async-signal-safe. The
+        // pipe is close-on-exec everywhere else, so no other child of the daemon inherits it.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|error| self.shim_error(format!("cannot run it: {error}")))?;
+        drop(report_write);
+        Ok(ExecChild {
+            child,
+            report: std::fs::File::from(report_read),
+            shim: self.shim_exe.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Deletes a stopped container: its cgroup, any mount left under its directory, and the
+    /// directory with the root file system. Refuses a running one.
+    pub fn delete(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        let (observation, record) = self.observe(key)?;
+        if !matches!(observation, Observation::Stopped(_)) {
+            return Err(DriverError::Running {
+                key: key.to_string(),
+            });
+        }
+        if let Some(record) = record {
+            record.cgroup.remove()?;
+        }
+        // A start that failed half-way may have left the cgroup without a record.
+        if let Ok(hierarchy) = Hierarchy::detect() {
+            Cgroup::every_controller(&hierarchy, &key.storage_name()).remove()?;
+        }
+        let dir = self.container_dir(key);
+        unmount_under(&dir)?;
+        std::fs::remove_dir_all(&dir).map_err(|source| io_error(&dir, "removing", source))
+    }
+
+    fn shim_error(&self, reason: String) -> DriverError {
+        DriverError::Shim {
+            shim: self.shim_exe.clone(),
+            reason,
+        }
+    }
+}
+
+/// Checks what [`Driver::start`] is given.
+fn validate_spec(spec: &ContainerSpec) -> Result<(), DriverError> {
+    let invalid = |reason: String| Err(DriverError::InvalidSpec { reason });
+    if let Err(reason) = key::validate_hostname(&spec.hostname) {
+        return invalid(format!("hostname {:?}: {reason}", spec.hostname));
+    }
+    match spec.init.first() {
+        None => return invalid("the init command is empty".to_string()),
+        Some(init) if !init.starts_with('/') => {
+            return invalid(format!("the init command {init:?} is not an absolute path"))
+        }
+        Some(_) => {}
+    }
+    let texts = spec
+        .init
+        .iter()
+        .chain(spec.env.keys())
+        .chain(spec.env.values());
+    if texts.clone().any(|text| text.contains('\0'))
+        || spec
+            .env
+            .keys()
+            .any(|name| name.contains('=') || name.is_empty())
+    {
+        return invalid(
+            "a NUL byte in the command or environment, or a bad variable name".to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// Init's environment: LXC's defaults, then the spec's.
+fn init_environment(spec: &ContainerSpec) -> Vec<(String, String)> {
+    // `container=lxc` is what systemd and distribution images look for to adapt to a
+    // container set up as LXC sets one up, which this driver follows.
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", setup::DEFAULT_PATH),
+        ("TERM", "linux"),
+        ("container", "lxc"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    env.extend(spec.env.clone());
+    env.into_iter().collect()
+}
+
+/// A command's environment: LXD's `exec` defaults, then the request's.
+fn exec_environment(request: &ExecRequest) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", setup::DEFAULT_PATH),
+        ("HOME", "/root"),
+        ("USER", "root"),
+        ("LANG", "C.UTF-8"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    env.extend(request.env.clone());
+    env.into_iter().collect()
+}
+
+/// The error for a failed container setup: the kernel refusing namespaces is told apart.
+pub fn setup_error(failure: SetupFailure) -> DriverError {
+    let refused = [
+        Errno::EPERM as i32,
+        Errno::EACCES as i32,
+        Errno::EINVAL as i32,
+        Errno::ENOSPC as i32,
+    ];
+    if failure.step == SetupStep::CreateNamespaces && refused.contains(&failure.errno) {
+        let why = match Errno::from_raw(failure.errno) {
+            Errno::EINVAL => "this kernel lacks one of them",
+            Errno::ENOSPC => "the limit on namespaces (/proc/sys/user/max_*_namespaces) is reached",
+            _ => "permission denied: CAP_SYS_ADMIN is needed (run as root, outside a restricted sandbox)",
+        };
+        return DriverError::NamespacesUnavailable {
+            missing: format!("{} namespace(s): {why}", failure.detail),
+        };
+    }
+    DriverError::Setup(failure)
+}
+
+/// The error for a command that did not run: a container that ended meanwhile is told apart.
+fn exec_error(key: &InstanceKey, failure: SetupFailure) -> DriverError {
+    if failure.step == SetupStep::JoinNamespaces
+        && [Errno::ESRCH as i32, Errno::ENOENT as i32].contains(&failure.errno)
+    {
+        return DriverError::NotRunning {
+            key: key.to_string(),
+        };
+    }
+    DriverError::Exec(failure)
+}
+
+/// Sends `signal` to `process` if it is still that process: through a pidfd, so that a PID
+/// reused between the check and the signal cannot be hit.
+fn signal_process(process: &ProcessIdentity, signal: libc::c_int) -> Result<(), Errno> {
+    let pidfd = shim::pidfd_open(process.pid as i32)?;
+    if !process.is_alive() {
+        return Err(Errno::ESRCH);
+    }
+    // SAFETY: pidfd_send_signal takes a descriptor and integers; no siginfo is passed.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Polls `condition` until it holds (true) or `timeout` passes (false).
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Unmounts everything mounted at or under `dir` in this mount namespace, deepest first.
+fn unmount_under(dir: &Path) -> Result<(), DriverError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| io_error(Path::new("/proc/self/mountinfo"), "reading", source))?;
+    let mut mounts: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in mounts {
+        match nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(io_error(&point, "unmounting", errno.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents), readable by root only: the root file system of a
+/// privileged container holds set-user-ID programs no host user should reach.
+fn create_private_dir(dir: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| io_error(parent, "creating", source))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(io_error(dir, "creating", source)),
+    }
+}
+
+/// The end of a log file, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    let tail = String::from_utf8_lossy(&text[start..]).trim().to_string();
+    if tail.is_empty() {
+        "(empty)".to_string()
+    } else {
+        tail
+    }
+}
+
+fn io_error(path: &Path, action: &str, source: std::io::Error) -> DriverError {
+    DriverError::Io {
+        context: format!("{action} {}", path.display()),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the kernel refusing namespaces is told apart by the step and the error number
+    /// (never by message text); other failures stay setup failures naming their step.
+    #[test]
+    fn classifies_setup_failures() {
+        let failure = |step, errno: Errno| SetupFailure {
+            step,
+            errno: errno as i32,
+            detail: "PID".to_string(),
+        };
+        let refused = setup_error(failure(SetupStep::CreateNamespaces, Errno::EPERM));
+        assert!(
+            matches!(&refused, DriverError::NamespacesUnavailable { missing } if missing.contains("CAP_SYS_ADMIN"))
+        );
+        let pivot = setup_error(failure(SetupStep::PivotRoot, Errno::EINVAL));
+        assert!(matches!(
+            pivot,
+            DriverError::Setup(SetupFailure {
+                step: SetupStep::PivotRoot,
+                ..
+            })
+        ));
+        assert_eq!(
+            pivot.to_string(),
+            "container setup failed: pivot_root failed (PID): Invalid argument"
+        );
+        let key = InstanceKey::new("default", "c1");
+        let gone = exec_error(&key, failure(SetupStep::JoinNamespaces, Errno::ESRCH));
+        assert!(matches!(gone, DriverError::NotRunning { .. }));
+    }
+
+    /// Goal: what start refuses before any process runs.
+    #[test]
+    fn validates_the_spec() {
+        let mut spec = ContainerSpec::new("c1");
+        assert!(validate_spec(&spec).is_ok());
+        spec.init = vec!["sbin/init".to_string()];
+        assert!(validate_spec(&spec).is_err());
+        spec.init = Vec::new();
+        assert!(validate_spec(&spec).is_err());
+        let mut spec = ContainerSpec::new("not_a_hostname");
+        assert!(validate_spec(&spec).is_err());
+        spec.hostname = "c1".to_string();
+        spec.env.insert("A=B".to_string(), "x".to_string());
+        assert!(validate_spec(&spec).is_err());
+    }
+}
