@@ -163,6 +163,7 @@ impl Client {
         operation: Operation,
         request_id: u128,
     ) -> Result<Value, Error> {
+        let timeout = OPERATION_TIMEOUT + operation.time_budget().unwrap_or_default();
         let request = Request::Operation {
             operation,
             caller: crate::Caller {
@@ -172,7 +173,7 @@ impl Client {
         };
         operation_answer(
             self.connection
-                .request::<Request, Reply>(&request, OPERATION_TIMEOUT)
+                .request::<Request, Reply>(&request, timeout)
                 .await?,
         )
     }

@@ -81,6 +81,15 @@ impl Member {
                 ));
             }
         }
+        // A status report vouches for a container on a member: members only.
+        if let Operation::Instance(crate::instances::ops::InstanceOperation::Report(_)) = operation
+        {
+            if caller.client.is_some() {
+                return Err(Error::NotAuthorized(
+                    "reporting an instance's status is for members only".to_string(),
+                ));
+            }
+        }
         // An import reads a file on the member asked: it runs there, whoever leads.
         if let Operation::Image(image) = operation {
             if image.is_local() && caller.hops == 0 {
@@ -129,7 +138,11 @@ impl Member {
         // another member is known to lead, and send the request there (it is the same request,
         // so it applies at most once).
         let forwarded = tokio::select! {
-            reply = self.request(&leader_address, &request, FORWARD_TIMEOUT) => reply,
+            reply = self.request(
+                &leader_address,
+                &request,
+                FORWARD_TIMEOUT + operation.time_budget().unwrap_or_default(),
+            ) => reply,
             moved_to = self.leader_moves_from(&leader_address) => {
                 return Err(Error::LeadershipChanged(format!(
                     "the leader moved from {leader_address} to {moved_to} while the request was under way"
@@ -311,6 +324,7 @@ impl Member {
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
             Operation::Image(image) => self.image_here(image).await,
             Operation::Group(group) => self.group_here(group).await,
+            Operation::Instance(instance) => Box::pin(self.instance_here(instance)).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

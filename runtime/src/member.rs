@@ -135,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) role_lock: tokio::sync::Mutex<()>,
     /// Images being imported, received and copied (see [`crate::images::ops`]).
     pub(crate) images: crate::images::ops::ImageState,
+    /// This member's containers (see [`crate::instances::local`]).
+    pub(crate) instances: crate::instances::local::InstanceState,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -290,6 +292,7 @@ impl Member {
             scripts: Default::default(),
             role_lock: tokio::sync::Mutex::new(()),
             images: Default::default(),
+            instances: Default::default(),
             _lock: lock,
         };
         let member = Member {
@@ -346,6 +349,7 @@ impl Member {
         });
         let health = self.clone();
         tokio::spawn(async move { crate::cluster::health::run(health).await });
+        crate::instances::watch::spawn(self.clone());
         let storage = self.inner.storage.clone();
         let name = self.inner.name.clone();
         tokio::spawn(async move {

@@ -164,6 +164,8 @@ pub enum Operation {
     Image(crate::images::ops::ImageOperation),
     /// `groups.*`.
     Group(crate::cluster::groups::GroupOperation),
+    /// `instances.*`.
+    Instance(crate::instances::ops::InstanceOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -428,6 +430,54 @@ pub const BUILTINS: &[Builtin] = &[
         help: "groups.remove(member, group) -> takes a member out of a group (it keeps one)",
     },
     Builtin {
+        name: "instances.launch",
+        help: "instances.launch{image=, name=, target=, profiles=, config=, devices=, project=} -> creates and starts an instance",
+    },
+    Builtin {
+        name: "instances.create",
+        help: "instances.create{image=, name=, target=, profiles=, config=, devices=, project=} -> creates an instance (not started)",
+    },
+    Builtin {
+        name: "instances.start",
+        help: "instances.start(name [, {project=}]) -> starts an instance",
+    },
+    Builtin {
+        name: "instances.stop",
+        help: "instances.stop(name [, {force=, timeout=, project=}]) -> stops an instance",
+    },
+    Builtin {
+        name: "instances.restart",
+        help: "instances.restart(name [, {force=, timeout=, project=}]) -> restarts an instance",
+    },
+    Builtin {
+        name: "instances.delete",
+        help: "instances.delete(name [, {force=, project=}]) -> deletes an instance (force: a running one)",
+    },
+    Builtin {
+        name: "instances.list",
+        help: "instances.list([{project=}]) -> instances",
+    },
+    Builtin {
+        name: "instances.get",
+        help: "instances.get(name [, {project=}]) -> one instance",
+    },
+    Builtin {
+        name: "instances.state",
+        help: "instances.state(name [, {project=}]) -> live state from its member: status, pid, processes, memory, cpu",
+    },
+    Builtin {
+        name: "instances.exec",
+        help: "instances.exec(name, argv [, {env=, cwd=, project=}]) -> {exit_code, stdout, stderr}",
+    },
+    Builtin {
+        name: "instances.set",
+        help: "instances.set(name, key, value [, {project=}]) -> sets a config key",
+    },
+    Builtin {
+        name: "instances.unset",
+        help: "instances.unset(name, key [, {project=}]) -> unsets a config key",
+    },
+    Builtin {
         name: "config.get",
         help: "config.get(key) -> effective value of a global key",
     },
@@ -620,9 +670,21 @@ impl Operation {
                 name: arguments.string(0, "name")?,
             },
             "network.list" => Operation::NetworkList,
+            name if name.starts_with("instances.") => {
+                Operation::Instance(crate::instances::calls::from_call(name, args)?)
+            }
             _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
         };
         Ok(operation)
+    }
+
+    /// How long the operation may take beyond the usual request timeouts (a stop's timeout,
+    /// an image copy before a launch, a command run in an instance); `None`: the usual.
+    pub fn time_budget(&self) -> Option<std::time::Duration> {
+        match self {
+            Operation::Instance(instance) => instance.time_budget(),
+            _ => None,
+        }
     }
 
     /// Whether the operation changes the cluster state.
@@ -632,6 +694,9 @@ impl Operation {
         }
         if let Operation::Group(group) = self {
             return group.is_write();
+        }
+        if let Operation::Instance(instance) = self {
+            return instance.is_write();
         }
         matches!(
             self,
@@ -765,7 +830,11 @@ impl Arguments<'_> {
 
     /// An optional options table's list of strings, `None` when the field is not given (an
     /// empty list is given).
-    fn option_list_given(&self, position: usize, field: &str) -> Result<Option<Vec<String>>, Error> {
+    fn option_list_given(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<Option<Vec<String>>, Error> {
         let given = matches!(
             self.args.get(position),
             Some(Value::Object(map)) if map.get(field).is_some_and(|value| !value.is_null())
@@ -961,7 +1030,7 @@ mod tests {
         let tables = [json!("x"), json!({}), json!({}), json!({})];
         let strings_then_tables = [json!("x"), json!("y"), json!({}), json!({})];
         for builtin in BUILTINS {
-            let accepted = [&scalars[..], &tables[..], &strings_then_tables[..]]
+            let accepted = [&scalars[..], &tables[..], &strings_then_tables[..], &[]]
                 .iter()
                 .any(|args| Operation::from_call(builtin.name, args).is_ok());
             assert!(accepted, "{} has no operation", builtin.name);

@@ -97,6 +97,12 @@ pub enum Request {
     },
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
+    /// The leader asks an instance's member to act on its container (unpack, start, stop,
+    /// exec, state, delete); answered with `Operation`. Members only.
+    InstanceLocal {
+        /// What to do.
+        operation: crate::instances::local::LocalOperation,
+    },
     /// Sends `bytes` zero bytes as an image stream would: the raw stream rate, the floor
     /// `bench-images` compares copies with. At most [`STREAM_PROBE_BYTES_MAX`].
     StreamProbe {

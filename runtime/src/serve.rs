@@ -271,6 +271,10 @@ impl Handler for Service {
                     .await;
                 return;
             }
+            (Request::InstanceLocal { operation }, Registered::Member) => {
+                let result = Box::pin(self.member.instance_local(&operation)).await;
+                Reply::Operation(result.map(|value| value.to_string()))
+            }
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }

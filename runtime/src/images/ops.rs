@@ -725,6 +725,43 @@ impl Member {
         })
     }
 
+    /// Leader: makes sure `member` holds `fingerprint` (an instance is created there), copying
+    /// it there first when it does not; waits for a copy already under way.
+    pub(crate) async fn ensure_image_on(
+        &self,
+        fingerprint: &str,
+        member: &str,
+    ) -> Result<(), Error> {
+        let held = |this: &Member| {
+            this.local_state(|state| {
+                state
+                    .images
+                    .get(fingerprint)
+                    .is_some_and(|image| image.locations.contains(member))
+            })
+        };
+        if held(self) {
+            return Ok(());
+        }
+        let key = (fingerprint.to_string(), member.to_string());
+        if !lock(&self.inner.images.copies).contains_key(&key) {
+            let copy = self.copy_to(fingerprint, member)?;
+            self.run_copy(copy).await?;
+        }
+        // A copy the replication had started is followed, not repeated.
+        let deadline = Instant::now() + REPLICATE_WAIT;
+        while lock(&self.inner.images.copies).contains_key(&key) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if held(self) {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "image {fingerprint} could not be copied to member \"{member}\""
+            )))
+        }
+    }
+
     /// A copy of `fingerprint` to `member`, from the online holders.
     fn copy_to(&self, fingerprint: &str, member: &str) -> Result<Copy, Error> {
         let (record, target) = self.local_state(|state| {

@@ -1,9 +1,21 @@
-//! Instances: system containers on this member.
+//! Instances: system containers, recorded in the cluster database and run on their members.
 //!
+//! - [`ops`]: the `instances.*` operations, run on the leader: records, placement, and
+//!   requests to the instance's member. Start there.
+//! - [`local`]: what an instance's member does when asked ([`local::LocalOperation`]), and
+//!   how it reports status changes.
+//! - [`watch`]: each member keeps its instances' records true (init exited, adopted after a
+//!   daemon restart, started again after a clean shutdown).
+//! - [`config`]: the expanded config read as the container's limits and init (IO-free).
+//! - [`calls`]: `instances.*` script calls read into operations.
+//! - [`names`]: generated names.
 //! - [`driver`]: the container driver: unpack an image into the member's storage pool, start,
 //!   stop, exec, observe and delete containers, adopting those a previous daemon started.
-//!
-//! Placement, records in the cluster database and the script built-ins live elsewhere; this
-//! domain only knows what happens on one member's machine.
 
+pub mod calls;
+pub mod config;
 pub mod driver;
+pub mod local;
+pub mod names;
+pub mod ops;
+pub mod watch;

@@ -546,7 +546,7 @@ fn cpu_count(value: &str) -> Option<u64> {
 
 /// LXD's byte sizes: a number with an optional unit, decimal (`kB`, `MB`, ... `EB`) or binary
 /// (`KiB`, `MiB`, ... `EiB`), `B` or none for bytes. Percentages and anything else: `None`.
-fn byte_size(value: &str) -> Option<u64> {
+pub(crate) fn byte_size(value: &str) -> Option<u64> {
     let value = value.trim();
     let split = value
         .find(|character: char| !(character.is_ascii_digit() || character == '.'))

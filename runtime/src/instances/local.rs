@@ -1,0 +1,466 @@
+//! What an instance's member does with its containers when the leader asks
+//! ([`LocalOperation`], `Request::InstanceLocal`), and how it reports what it saw.
+//!
+//! Driver calls block, so they run on blocking threads; calls for one instance are serialized
+//! by its lock ([`InstanceState`]): a writer for what changes the container, a reader for
+//! `state` and for starting an `exec` (whose command then runs without the lock, so a stop is
+//! not held up by a long command). Every status change is reported to the leader under the
+//! lock, so reports of one instance arrive in the order things happened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use starling_store::instances::{InstanceStatus, DEFAULT_POOL};
+
+use super::config;
+use super::driver::{Driver, DriverError, ExecRequest, InstanceKey, State};
+use super::ops::{InstanceOperation, StatusReport};
+use crate::member::Member;
+use crate::{Caller, Error, Operation};
+
+/// What the leader asks an instance's member to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LocalOperation {
+    /// Unpack the image's root file system; then start it with `start` (the expanded config)
+    /// when given.
+    Create {
+        /// The instance.
+        key: InstanceKey,
+        /// The image, held by this member.
+        fingerprint: String,
+        /// The expanded config to start it with (a launch), or `None` (a create).
+        start: Option<BTreeMap<String, String>>,
+    },
+    /// Start the container with the expanded config.
+    Start {
+        /// The instance.
+        key: InstanceKey,
+        /// Its expanded config.
+        config: BTreeMap<String, String>,
+    },
+    /// Stop the container.
+    Stop {
+        /// The instance.
+        key: InstanceKey,
+        /// Kill at once.
+        force: bool,
+        /// Seconds to wait for a clean shutdown.
+        timeout_s: u64,
+    },
+    /// Stop (if it runs), then start.
+    Restart {
+        /// The instance.
+        key: InstanceKey,
+        /// Kill at once.
+        force: bool,
+        /// Seconds to wait for a clean shutdown.
+        timeout_s: u64,
+        /// Its expanded config.
+        config: BTreeMap<String, String>,
+    },
+    /// Delete the container (stopping it first with `force`).
+    Delete {
+        /// The instance.
+        key: InstanceKey,
+        /// Stop it first if it runs.
+        force: bool,
+    },
+    /// The container's live state.
+    State {
+        /// The instance.
+        key: InstanceKey,
+    },
+    /// Run a command in the container and collect its output.
+    Exec {
+        /// The instance.
+        key: InstanceKey,
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        cwd: String,
+    },
+}
+
+impl LocalOperation {
+    /// How long the leader waits for the answer.
+    pub(crate) fn timeout(&self) -> Duration {
+        let base = Duration::from_secs(30);
+        match self {
+            LocalOperation::Create { .. } | LocalOperation::Exec { .. } => Duration::from_secs(600),
+            LocalOperation::Stop { timeout_s, .. } | LocalOperation::Restart { timeout_s, .. } => {
+                base + Duration::from_secs(*timeout_s)
+            }
+            LocalOperation::Delete { .. } => {
+                base + Duration::from_secs(super::ops::DEFAULT_STOP_TIMEOUT_S)
+            }
+            _ => base,
+        }
+    }
+}
+
+/// A member's containers: the driver, and a lock per instance.
+#[derive(Default)]
+pub struct InstanceState {
+    /// The driver, made on first use.
+    driver: OnceLock<Driver>,
+    /// One lock per instance (see the module's doc).
+    locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::RwLock<()>>>>,
+    /// Set once the member is shutting down: the watcher stops starting containers.
+    pub(crate) shutting_down: AtomicBool,
+}
+
+impl InstanceState {
+    /// The lock of instance `key`.
+    pub(crate) fn lock(&self, key: &InstanceKey) -> Arc<tokio::sync::RwLock<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn forget(&self, key: &InstanceKey) {
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Whether the member is shutting down.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// A driver error as the operation's error: what the caller got wrong, or what failed here.
+pub(crate) fn driver_error(member: &str, error: DriverError) -> Error {
+    match error {
+        DriverError::Io { .. } | DriverError::Shim { .. } | DriverError::BadState { .. } => {
+            Error::Local(format!("member {member}: {error}"))
+        }
+        other => Error::Refused(other.to_string()),
+    }
+}
+
+/// The host's memory, for `limits.memory` percentages.
+fn memory_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(u64::MAX / 2, |kib| kib * 1024)
+}
+
+impl Member {
+    /// This member's container driver: the `default` pool under the data directory, and this
+    /// binary as the shim (`STARLING_SHIM` names another, for tools that embed a member).
+    pub(crate) fn driver(&self) -> &Driver {
+        self.inner.instances.driver.get_or_init(|| {
+            let shim = std::env::var_os("STARLING_SHIM")
+                .map(PathBuf::from)
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| PathBuf::from("starling"));
+            Driver::new(
+                self.dir().root().join("storage-pools").join(DEFAULT_POOL),
+                shim,
+            )
+        })
+    }
+
+    /// Runs `work` with the driver on a blocking thread.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Driver) -> Result<T, DriverError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let driver = self.driver().clone();
+        let name = self.name();
+        tokio::task::spawn_blocking(move || work(&driver))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?
+            .map_err(|error| driver_error(&name, error))
+    }
+
+    /// Runs a [`LocalOperation`] on this member (the instance's location).
+    pub(crate) async fn instance_local(&self, operation: &LocalOperation) -> Result<Value, Error> {
+        match operation {
+            LocalOperation::Create {
+                key,
+                fingerprint,
+                start,
+            } => self.create_local(key, fingerprint, start.as_ref()).await,
+            LocalOperation::Start { key, config } => {
+                let lock = self.inner.instances.lock(key);
+                let _guard = lock.write().await;
+                self.start_local(key, config, None).await
+            }
+            LocalOperation::Stop {
+                key,
+                force,
+                timeout_s,
+            } => {
+                let lock = self.inner.instances.lock(key);
+                let _guard = lock.write().await;
+                self.stop_local(key, *force, *timeout_s, None).await?;
+                Ok(Value::Null)
+            }
+            LocalOperation::Restart {
+                key,
+                force,
+                timeout_s,
+                config,
+            } => {
+                let lock = self.inner.instances.lock(key);
+                let _guard = lock.write().await;
+                let running = matches!(self.observe(key).await?, State::Running { .. });
+                if running {
+                    let timeout = Duration::from_secs(*timeout_s);
+                    let stop_key = key.clone();
+                    let force = *force;
+                    self.blocking(move |driver| driver.stop(&stop_key, timeout, force))
+                        .await?;
+                }
+                self.start_local(key, config, None).await
+            }
+            LocalOperation::Delete { key, force } => self.delete_local(key, *force).await,
+            LocalOperation::State { key } => {
+                let lock = self.inner.instances.lock(key);
+                let _guard = lock.read().await;
+                Ok(state_json(&self.observe(key).await?))
+            }
+            LocalOperation::Exec {
+                key,
+                argv,
+                env,
+                cwd,
+            } => {
+                let mut request = ExecRequest::new(argv.iter().cloned());
+                request.env = env.clone();
+                request.cwd = PathBuf::from(cwd);
+                self.exec_local(key, request).await
+            }
+        }
+    }
+
+    /// The driver's state of `key`.
+    pub(crate) async fn observe(&self, key: &InstanceKey) -> Result<State, Error> {
+        let key = key.clone();
+        self.blocking(move |driver| driver.state(&key)).await
+    }
+
+    async fn create_local(
+        &self,
+        key: &InstanceKey,
+        fingerprint: &str,
+        start: Option<&BTreeMap<String, String>>,
+    ) -> Result<Value, Error> {
+        let lock = self.inner.instances.lock(key);
+        let _guard = lock.write().await;
+        let image = self.image_files().path(fingerprint);
+        let unpack_key = key.clone();
+        let unpacked = if image.is_file() {
+            self.blocking(move |driver| driver.unpack(&unpack_key, &image))
+                .await
+        } else {
+            Err(Error::Refused(format!(
+                "member {} has no copy of image {fingerprint}",
+                self.name()
+            )))
+        };
+        if let Err(error) = unpacked {
+            self.report(key, InstanceStatus::Error, &error.to_string(), None)
+                .await?;
+            return Err(error);
+        }
+        match start {
+            Some(config) => self.start_local(key, config, None).await,
+            None => {
+                self.report(key, InstanceStatus::Stopped, "", None).await?;
+                Ok(json!({"status": "Stopped"}))
+            }
+        }
+    }
+
+    /// Starts the container (the caller holds its lock) and reports `Running`, or `Error`
+    /// with the reason.
+    pub(crate) async fn start_local(
+        &self,
+        key: &InstanceKey,
+        config: &BTreeMap<String, String>,
+        last_power_running: Option<bool>,
+    ) -> Result<Value, Error> {
+        let spec = config::container_spec(&key.name, config, memory_total_bytes())
+            .map_err(|error| Error::Refused(error.to_string()))?;
+        let start_key = key.clone();
+        let driver = self.driver().clone();
+        let started = tokio::task::spawn_blocking(move || driver.start(&start_key, &spec))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        match started {
+            Ok(pid) => {
+                self.report(key, InstanceStatus::Running, "", last_power_running)
+                    .await?;
+                Ok(json!({"status": "Running", "pid": pid}))
+            }
+            // Already running: no change of state to report.
+            Err(DriverError::Running { .. }) => Err(Error::Refused(format!(
+                "The instance \"{}\" is already running",
+                key.name
+            ))),
+            Err(error) => {
+                let error = driver_error(&self.name(), error);
+                self.report(key, InstanceStatus::Error, &error.to_string(), None)
+                    .await?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops the container (the caller holds its lock) and reports `Stopped`.
+    pub(crate) async fn stop_local(
+        &self,
+        key: &InstanceKey,
+        force: bool,
+        timeout_s: u64,
+        last_power_running: Option<bool>,
+    ) -> Result<(), Error> {
+        let stop_key = key.clone();
+        let timeout = Duration::from_secs(timeout_s);
+        let driver = self.driver().clone();
+        let stopped = tokio::task::spawn_blocking(move || driver.stop(&stop_key, timeout, force))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?;
+        match stopped {
+            Ok(()) => {}
+            Err(DriverError::NotRunning { .. }) => {
+                return Err(Error::Refused(format!(
+                    "The instance \"{}\" is already stopped",
+                    key.name
+                )))
+            }
+            Err(error) => return Err(driver_error(&self.name(), error)),
+        }
+        self.report(key, InstanceStatus::Stopped, "", last_power_running)
+            .await
+    }
+
+    async fn delete_local(&self, key: &InstanceKey, force: bool) -> Result<Value, Error> {
+        let lock = self.inner.instances.lock(key);
+        let _guard = lock.write().await;
+        let state = match self.observe(key).await {
+            Ok(state) => state,
+            // Never unpacked, or deleted already: nothing left here.
+            Err(_) if !self.driver().container_dir(key).exists() => {
+                self.inner.instances.forget(key);
+                return Ok(Value::Null);
+            }
+            Err(error) => return Err(error),
+        };
+        if matches!(state, State::Running { .. }) {
+            if !force {
+                return Err(Error::Refused(format!(
+                    "The instance \"{}\" is running: stop it first, or delete it with force",
+                    key.name
+                )));
+            }
+            let stop_key = key.clone();
+            self.blocking(move |driver| driver.stop(&stop_key, Duration::ZERO, true))
+                .await?;
+        }
+        let delete_key = key.clone();
+        self.blocking(move |driver| driver.delete(&delete_key))
+            .await?;
+        self.inner.instances.forget(key);
+        Ok(Value::Null)
+    }
+
+    async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {
+        let lock = self.inner.instances.lock(key);
+        let guard = lock.read().await;
+        let spawn_key = key.clone();
+        let child = self
+            .blocking(move |driver| {
+                driver.exec_spawn(
+                    &spawn_key,
+                    &request,
+                    std::process::Stdio::null(),
+                    std::process::Stdio::piped(),
+                    std::process::Stdio::piped(),
+                )
+            })
+            .await?;
+        drop(guard);
+        let name = self.name();
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?
+            .map_err(|error| driver_error(&name, error))?;
+        Ok(json!({
+            "exit_code": output.exit_code,
+            "stdout": String::from_utf8_lossy(&output.stdout),
+            "stderr": String::from_utf8_lossy(&output.stderr),
+        }))
+    }
+
+    /// Reports what this member saw of instance `key` to the leader, which records it.
+    pub(crate) async fn report(
+        &self,
+        key: &InstanceKey,
+        status: InstanceStatus,
+        message: &str,
+        last_power_running: Option<bool>,
+    ) -> Result<(), Error> {
+        let report = StatusReport {
+            project: key.project.clone(),
+            name: key.name.clone(),
+            location: self.name(),
+            status,
+            message: message.to_string(),
+            last_power_running,
+        };
+        let operation = Operation::Instance(InstanceOperation::Report(report));
+        Box::pin(self.execute(operation, Caller::local()))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `instances.state()`: LXD's fields of a container's state.
+fn state_json(state: &State) -> Value {
+    match state {
+        State::Running {
+            pid,
+            processes,
+            memory_bytes,
+            cpu_ns,
+        } => json!({
+            "status": "Running",
+            "status_code": 103,
+            "pid": pid,
+            "processes": processes,
+            "memory": {"usage": memory_bytes},
+            "cpu": {"usage": cpu_ns},
+        }),
+        State::Stopped { exit } => json!({
+            "status": "Stopped",
+            "status_code": 102,
+            "pid": 0,
+            "processes": 0,
+            "memory": {"usage": 0},
+            "cpu": {"usage": 0},
+            "exit_code": exit.and_then(|exit| exit.code),
+            "exit_signal": exit.and_then(|exit| exit.signal),
+        }),
+    }
+}

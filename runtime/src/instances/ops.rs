@@ -1,0 +1,728 @@
+//! The instance built-ins (`instances.*`), carried out across the cluster.
+//!
+//! Everything runs on the leader, which reads and writes the records and asks the instance's
+//! member (its `location`) to act on the container ([`LocalOperation`], sent as
+//! `Request::InstanceLocal`; see [`super::local`]). That member reports every status change
+//! itself ([`InstanceOperation::Report`], members only), so the record says what the member
+//! last saw.
+//!
+//! A create: [`plan_create`] (IO-free: image, name, profiles, devices, config checked) →
+//! placement → the record, `Creating` → the image copied to the chosen member if it has none →
+//! that member unpacks (and for a launch starts) the container and reports `Stopped`,
+//! `Running` or `Error`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use starling_store::instances::{
+    check_instance_name, Devices, Instance, InstanceChanges, InstanceCommand, InstanceStatus,
+    DEFAULT_PROFILE,
+};
+use starling_store::{ClusterState, Command, MemberStatus};
+
+use super::config::{self, BASE_IMAGE_KEY, IMAGE_PROPERTIES, LAST_POWER_KEY};
+use super::driver::{ExecRequest, InstanceKey};
+use super::local::LocalOperation;
+use super::names;
+use crate::cluster::join::WRITE_TIMEOUT;
+use crate::member::Member;
+use crate::placement::{self, PlacementRequest, Reason, Target};
+use crate::protocol::{Reply, Request};
+use crate::Error;
+
+/// Seconds a stop waits for the container to shut down before killing it, unless told.
+pub const DEFAULT_STOP_TIMEOUT_S: u64 = 30;
+/// How long a create may take on its member (an image copy, unpacking a large root file
+/// system).
+const CREATE_BUDGET: Duration = Duration::from_secs(600);
+/// How long a command run by `instances.exec` may take.
+const EXEC_BUDGET: Duration = Duration::from_secs(600);
+/// How long the other requests to an instance's member may take, beyond a stop's timeout.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `instances.launch` and `instances.create` ask for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The project.
+    pub project: String,
+    /// The name; generated when absent.
+    pub name: Option<String>,
+    /// Image fingerprint, unique prefix or alias.
+    pub image: String,
+    /// `--target`: a member, `@group`, or none.
+    pub target: Option<String>,
+    /// Profiles in order; `["default"]` when absent.
+    pub profiles: Option<Vec<String>>,
+    /// Its own config keys.
+    pub config: BTreeMap<String, String>,
+    /// Its own devices (a device without `type` changes a profile's device).
+    pub devices: Devices,
+    /// Free-form description.
+    pub description: String,
+    /// Whether to start it (launch) or not (create, LXD's `init`).
+    pub start: bool,
+}
+
+/// What an instance's member saw of it (sent to the leader, which records it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The project.
+    pub project: String,
+    /// The instance.
+    pub name: String,
+    /// The reporting member (must be the instance's location).
+    pub location: String,
+    /// What it saw.
+    pub status: InstanceStatus,
+    /// Why, for `Error`.
+    pub message: String,
+    /// `Some(true)`: it was running when its member shut down cleanly (start it again when the
+    /// member is back); `Some(false)`: forget that; `None`: unchanged.
+    pub last_power_running: Option<bool>,
+}
+
+/// An instance operation (`instances.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InstanceOperation {
+    /// `instances.launch{...}` / `instances.create{...}`.
+    Create(CreateRequest),
+    /// `instances.start(name)`.
+    Start {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+    },
+    /// `instances.stop(name [, {force=, timeout=}])`.
+    Stop {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// Kill at once instead of asking init to shut down.
+        force: bool,
+        /// Seconds to wait for a clean shutdown before killing.
+        timeout_s: u64,
+    },
+    /// `instances.restart(name [, {force=, timeout=}])`.
+    Restart {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// Kill at once instead of asking init to shut down.
+        force: bool,
+        /// Seconds to wait for a clean shutdown before killing.
+        timeout_s: u64,
+    },
+    /// `instances.delete(name [, {force=}])`: a running instance only with `force`.
+    Delete {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// Stop it first if it runs.
+        force: bool,
+    },
+    /// `instances.list()`.
+    List {
+        /// The project.
+        project: String,
+    },
+    /// `instances.get(name)`.
+    Get {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+    },
+    /// `instances.state(name)`: live, from its member.
+    State {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+    },
+    /// `instances.exec(name, argv [, {env=, cwd=}])`.
+    Exec {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory (`/` when absent).
+        cwd: Option<String>,
+    },
+    /// `instances.set(name, key, value)` (`value`) and `instances.unset(name, key)` (`None`).
+    Set {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// The config key.
+        key: String,
+        /// The value; `None` unsets.
+        value: Option<String>,
+    },
+    /// Internal: an instance's member reports what it saw (members only).
+    Report(StatusReport),
+}
+
+impl InstanceOperation {
+    /// Whether it changes the cluster state.
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            InstanceOperation::List { .. }
+                | InstanceOperation::Get { .. }
+                | InstanceOperation::State { .. }
+                | InstanceOperation::Exec { .. }
+        )
+    }
+
+    /// How long it may take beyond the usual request timeouts.
+    pub fn time_budget(&self) -> Option<Duration> {
+        match self {
+            InstanceOperation::Create(_) => Some(CREATE_BUDGET),
+            InstanceOperation::Stop { timeout_s, .. }
+            | InstanceOperation::Restart { timeout_s, .. } => {
+                Some(Duration::from_secs(*timeout_s) + LOCAL_TIMEOUT)
+            }
+            InstanceOperation::Delete { .. } => {
+                Some(Duration::from_secs(DEFAULT_STOP_TIMEOUT_S) + LOCAL_TIMEOUT)
+            }
+            InstanceOperation::Exec { .. } => Some(EXEC_BUDGET),
+            _ => None,
+        }
+    }
+}
+
+/// LXD's status code of a status.
+pub fn status_code(status: InstanceStatus) -> u32 {
+    match status {
+        InstanceStatus::Creating => 105,
+        InstanceStatus::Stopped => 102,
+        InstanceStatus::Running => 103,
+        InstanceStatus::Error => 112,
+    }
+}
+
+/// An instance as `instances.get` shows it (LXD's fields).
+pub fn instance_json(state: &ClusterState, instance: &Instance) -> Value {
+    let (expanded_config, expanded_devices) = state.expanded(instance);
+    json!({
+        "name": instance.name,
+        "project": instance.project,
+        "type": instance.kind,
+        "architecture": instance.architecture,
+        "config": instance.config,
+        "devices": instance.devices,
+        "expanded_config": expanded_config,
+        "expanded_devices": expanded_devices,
+        "profiles": instance.profiles,
+        "location": instance.location,
+        "status": instance.status.as_str(),
+        "status_code": status_code(instance.status),
+        "status_message": instance.status_message,
+        "created_at": crate::token::format_time_ms(instance.created_at_ms),
+        "description": instance.description,
+        "ephemeral": instance.ephemeral,
+        "stateful": false,
+    })
+}
+
+/// A new instance, checked, before placement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewInstance {
+    /// The record to write (its `location` still empty).
+    pub instance: Instance,
+    /// What placement is asked.
+    pub placement: PlacementRequest,
+    /// Where the operator asked for it.
+    pub target: Target,
+}
+
+/// Checks a create against the cluster state and builds the record: the image resolved
+/// (`volatile.base_image` and `image.*` keys copied from it), the name checked or generated
+/// from `random`, profiles (`default` unless given) and devices applied, the config's keys
+/// checked. IO-free.
+pub fn plan_create(
+    state: &ClusterState,
+    request: &CreateRequest,
+    now_ms: u64,
+    random: u128,
+) -> Result<NewInstance, String> {
+    let project = request.project.as_str();
+    if !state.projects.contains_key(project) {
+        return Err(format!("project \"{project}\" not found"));
+    }
+    let image = state.image(&request.image)?;
+    let taken = |name: &str| {
+        state
+            .instances
+            .contains_key(&(project.to_string(), name.to_string()))
+    };
+    let name = match &request.name {
+        Some(name) => {
+            check_instance_name(name)?;
+            if taken(name) {
+                return Err(format!(
+                    "instance \"{name}\" already exists in project \"{project}\""
+                ));
+            }
+            name.clone()
+        }
+        None => names::generate(random, taken),
+    };
+    let profiles = request
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_PROFILE.to_string()]);
+    for profile in &profiles {
+        if !state
+            .profiles
+            .contains_key(&(project.to_string(), profile.clone()))
+        {
+            return Err(format!(
+                "profile \"{profile}\" not found in project \"{project}\""
+            ));
+        }
+    }
+    let (_, profile_devices) = state.expand(project, &profiles, &BTreeMap::new(), &Devices::new());
+    let devices = config::device_overrides(&profile_devices, &request.devices)?;
+    let mut own_config = request.config.clone();
+    own_config.insert(BASE_IMAGE_KEY.to_string(), image.fingerprint.clone());
+    for property in IMAGE_PROPERTIES {
+        let value = match *property {
+            "architecture" => Some(&image.architecture),
+            other => image.properties.get(other),
+        };
+        if let Some(value) = value {
+            own_config.insert(format!("image.{property}"), value.clone());
+        }
+    }
+    let (expanded_config, expanded_devices) =
+        state.expand(project, &profiles, &own_config, &devices);
+    config::check(&expanded_config).map_err(|error| error.to_string())?;
+    let target = Target::parse(request.target.as_deref().unwrap_or_default())
+        .map_err(|error| error.to_string())?;
+    let instance = Instance {
+        project: project.to_string(),
+        name: name.clone(),
+        kind: "container".to_string(),
+        architecture: image.architecture.clone(),
+        config: own_config,
+        devices,
+        profiles: profiles.clone(),
+        location: String::new(),
+        status: InstanceStatus::Creating,
+        status_message: String::new(),
+        created_at_ms: now_ms,
+        description: request.description.clone(),
+        ephemeral: false,
+        image: image.fingerprint.clone(),
+    };
+    let placement = PlacementRequest {
+        name,
+        project: project.to_string(),
+        kind: "container".to_string(),
+        architecture: image.architecture.clone(),
+        source: request.image.clone(),
+        config: expanded_config,
+        devices: expanded_devices,
+        profiles,
+        ephemeral: false,
+        description: request.description.clone(),
+        reason: Reason::New,
+    };
+    Ok(NewInstance {
+        instance,
+        placement,
+        target,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Member {
+    /// Runs an instance operation on the leader.
+    pub(crate) async fn instance_here(
+        &self,
+        operation: &InstanceOperation,
+    ) -> Result<Value, Error> {
+        match operation {
+            InstanceOperation::Create(request) => self.create_instance(request).await,
+            InstanceOperation::List { project } => Ok(self.local_state(|state| {
+                Value::Array(
+                    state
+                        .instances
+                        .values()
+                        .filter(|instance| instance.project == *project)
+                        .map(|instance| instance_json(state, instance))
+                        .collect(),
+                )
+            })),
+            InstanceOperation::Get { project, name } => {
+                let instance = self.instance_record(project, name)?;
+                Ok(self.local_state(|state| instance_json(state, &instance)))
+            }
+            InstanceOperation::Start { project, name } => {
+                let instance = self.instance_record(project, name)?;
+                let config = self.local_state(|state| state.expanded(&instance).0);
+                let operation = LocalOperation::Start {
+                    key: key_of(&instance),
+                    config,
+                };
+                self.on_location(&instance, operation).await
+            }
+            InstanceOperation::Stop {
+                project,
+                name,
+                force,
+                timeout_s,
+            } => {
+                let instance = self.instance_record(project, name)?;
+                let operation = LocalOperation::Stop {
+                    key: key_of(&instance),
+                    force: *force,
+                    timeout_s: *timeout_s,
+                };
+                self.on_location(&instance, operation).await
+            }
+            InstanceOperation::Restart {
+                project,
+                name,
+                force,
+                timeout_s,
+            } => {
+                let instance = self.instance_record(project, name)?;
+                let config = self.local_state(|state| state.expanded(&instance).0);
+                let operation = LocalOperation::Restart {
+                    key: key_of(&instance),
+                    force: *force,
+                    timeout_s: *timeout_s,
+                    config,
+                };
+                self.on_location(&instance, operation).await
+            }
+            InstanceOperation::Delete {
+                project,
+                name,
+                force,
+            } => self.delete_instance(project, name, *force).await,
+            InstanceOperation::State { project, name } => {
+                let instance = self.instance_record(project, name)?;
+                let operation = LocalOperation::State {
+                    key: key_of(&instance),
+                };
+                self.on_location(&instance, operation).await
+            }
+            InstanceOperation::Exec {
+                project,
+                name,
+                argv,
+                env,
+                cwd,
+            } => {
+                let instance = self.instance_record(project, name)?;
+                if argv.is_empty() {
+                    return Err(Error::Refused("exec needs a command".to_string()));
+                }
+                let mut request = ExecRequest::new(argv.iter().cloned());
+                request.env = env.clone();
+                if let Some(cwd) = cwd {
+                    request.cwd = cwd.into();
+                }
+                let operation = LocalOperation::Exec {
+                    key: key_of(&instance),
+                    argv: request.argv,
+                    env: request.env,
+                    cwd: request.cwd.to_string_lossy().into_owned(),
+                };
+                self.on_location(&instance, operation).await
+            }
+            InstanceOperation::Set {
+                project,
+                name,
+                key,
+                value,
+            } => {
+                self.set_instance_key(project, name, key, value.as_deref())
+                    .await
+            }
+            InstanceOperation::Report(report) => self.record_report(report).await,
+        }
+    }
+
+    /// The record of instance `name`, or LXD's error.
+    pub(crate) fn instance_record(&self, project: &str, name: &str) -> Result<Instance, Error> {
+        self.local_state(|state| {
+            state
+                .instances
+                .get(&(project.to_string(), name.to_string()))
+                .cloned()
+        })
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "Instance not found: no instance \"{name}\" in project \"{project}\""
+            ))
+        })
+    }
+
+    async fn propose_instance(&self, command: InstanceCommand) -> Result<(), Error> {
+        self.propose(Command::Instance(command), WRITE_TIMEOUT)
+            .await
+    }
+
+    /// `instances.launch` and `instances.create`.
+    async fn create_instance(&self, request: &CreateRequest) -> Result<Value, Error> {
+        let random = crate::token::random_u128()?;
+        let new = self
+            .local_state(|state| plan_create(state, request, now_ms(), random))
+            .map_err(Error::Refused)?;
+        let location = self.place_new(&new.placement, &new.target).await?;
+        let mut instance = new.instance;
+        instance.location = location.clone();
+        self.propose_instance(InstanceCommand::InstanceCreate {
+            instance: instance.clone(),
+        })
+        .await?;
+        let prepared = async {
+            self.ensure_image_on(&instance.image, &location).await?;
+            let config = self.local_state(|state| state.expanded(&instance).0);
+            let operation = LocalOperation::Create {
+                key: key_of(&instance),
+                fingerprint: instance.image.clone(),
+                start: request.start.then_some(config),
+            };
+            self.on_location(&instance, operation).await
+        }
+        .await;
+        if let Err(error) = &prepared {
+            // The member reports its own failures; these are the ones before it acted.
+            let recorded = self.instance_record(&instance.project, &instance.name);
+            if recorded.is_ok_and(|record| record.status == InstanceStatus::Creating) {
+                let _ = self
+                    .record_status(&instance, InstanceStatus::Error, &error.to_string())
+                    .await;
+            }
+        }
+        prepared?;
+        let instance = self.instance_record(&instance.project, &instance.name)?;
+        Ok(self.local_state(|state| instance_json(state, &instance)))
+    }
+
+    /// Chooses the member for a new instance.
+    // TODO(lead): replace with `place_instance` once it is on main (it also runs the
+    // scriptlet and counts creations in flight).
+    async fn place_new(
+        &self,
+        request: &PlacementRequest,
+        target: &Target,
+    ) -> Result<String, Error> {
+        let members = self.local_state(member_views);
+        let seed = crate::token::random_u128()?;
+        let mut random = |count: usize| (seed % count.max(1) as u128) as usize;
+        placement::place(&members, request, target, None, None, &mut random)
+            .map(|placement| placement.member)
+            .map_err(|error| Error::Refused(error.to_string()))
+    }
+
+    /// Records a status for `instance` on behalf of its member (for failures before the member
+    /// could act).
+    async fn record_status(
+        &self,
+        instance: &Instance,
+        status: InstanceStatus,
+        message: &str,
+    ) -> Result<(), Error> {
+        self.propose_instance(InstanceCommand::InstanceStatus {
+            project: instance.project.clone(),
+            name: instance.name.clone(),
+            location: instance.location.clone(),
+            status,
+            message: truncate(message),
+        })
+        .await
+    }
+
+    /// Records what an instance's member reported.
+    async fn record_report(&self, report: &StatusReport) -> Result<Value, Error> {
+        self.propose_instance(InstanceCommand::InstanceStatus {
+            project: report.project.clone(),
+            name: report.name.clone(),
+            location: report.location.clone(),
+            status: report.status,
+            message: truncate(&report.message),
+        })
+        .await?;
+        if let Some(running) = report.last_power_running {
+            let instance = self.instance_record(&report.project, &report.name)?;
+            let mut config = instance.config.clone();
+            if running {
+                config.insert(LAST_POWER_KEY.to_string(), "RUNNING".to_string());
+            } else {
+                config.remove(LAST_POWER_KEY);
+            }
+            if config != instance.config {
+                self.propose_instance(InstanceCommand::InstanceUpdate {
+                    project: report.project.clone(),
+                    name: report.name.clone(),
+                    changes: InstanceChanges {
+                        config: Some(config),
+                        ..InstanceChanges::default()
+                    },
+                })
+                .await?;
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    /// `instances.set` / `instances.unset`: the new expanded config must be usable.
+    async fn set_instance_key(
+        &self,
+        project: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<Value, Error> {
+        let instance = self.instance_record(project, name)?;
+        let mut changed = instance.clone();
+        match value {
+            Some(value) => changed.config.insert(key.to_string(), value.to_string()),
+            None => changed.config.remove(key),
+        };
+        let expanded = self.local_state(|state| state.expanded(&changed).0);
+        config::check(&expanded).map_err(|error| Error::Refused(error.to_string()))?;
+        self.propose_instance(InstanceCommand::InstanceUpdate {
+            project: project.to_string(),
+            name: name.to_string(),
+            changes: InstanceChanges {
+                config: Some(changed.config),
+                ..InstanceChanges::default()
+            },
+        })
+        .await?;
+        Ok(Value::Null)
+    }
+
+    /// `instances.delete`: the container goes first (stopped first with `force`), then the
+    /// record.
+    async fn delete_instance(
+        &self,
+        project: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Value, Error> {
+        let instance = self.instance_record(project, name)?;
+        if instance.status == InstanceStatus::Running && !force {
+            return Err(Error::Refused(format!(
+                "The instance \"{name}\" is running: stop it first, or delete it with force"
+            )));
+        }
+        let operation = LocalOperation::Delete {
+            key: key_of(&instance),
+            force,
+        };
+        self.on_location(&instance, operation).await?;
+        self.propose_instance(InstanceCommand::InstanceDelete {
+            project: project.to_string(),
+            name: name.to_string(),
+        })
+        .await?;
+        Ok(Value::Null)
+    }
+
+    /// Runs `operation` on the instance's member: here, or asked over the network. An offline
+    /// or unreachable member is named in the error.
+    async fn on_location(
+        &self,
+        instance: &Instance,
+        operation: LocalOperation,
+    ) -> Result<Value, Error> {
+        let location = &instance.location;
+        if *location == self.name() {
+            return Box::pin(self.instance_local(&operation)).await;
+        }
+        let record = self
+            .local_state(|state| state.members.get(location).cloned())
+            .ok_or_else(|| Error::Refused(format!("member \"{location}\" not found")))?;
+        if record.status != MemberStatus::Online {
+            let (status, message) = crate::cluster::health::status_of(&record);
+            return Err(Error::Refused(format!(
+                "instance \"{}\" is on member \"{location}\", which is {status} ({message})",
+                instance.name
+            )));
+        }
+        let timeout = operation.timeout();
+        let request = Request::InstanceLocal { operation };
+        match self.request(&record.address, &request, timeout).await {
+            Ok(Reply::Operation(Ok(text))) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Ok(Reply::Operation(Err(error))) | Ok(Reply::Refused(error)) => Err(error),
+            Ok(other) => Err(Error::Internal(format!(
+                "unexpected reply from member {location}: {other:?}"
+            ))),
+            Err(Error::NotSent(reason)) => Err(Error::Refused(format!(
+                "instance \"{}\" is on member \"{location}\", which cannot be reached: {reason}",
+                instance.name
+            ))),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The driver's key of an instance.
+pub(crate) fn key_of(instance: &Instance) -> InstanceKey {
+    InstanceKey::new(instance.project.clone(), instance.name.clone())
+}
+
+/// A status message cut to what the record takes.
+fn truncate(message: &str) -> String {
+    let limit = starling_store::limits::DESCRIPTION_BYTES_MAX;
+    if message.len() <= limit {
+        return message.to_string();
+    }
+    let mut end = limit;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
+/// The members as placement sees them.
+fn member_views(state: &ClusterState) -> Vec<placement::MemberView> {
+    state
+        .members
+        .values()
+        .map(|record| {
+            let (status, message) = crate::cluster::health::status_of(record);
+            placement::MemberView {
+                name: record.name.clone(),
+                url: format!("quic://{}", record.address),
+                database: false,
+                status: status.to_string(),
+                message,
+                architecture: record.architecture.clone(),
+                roles: record.user_roles.clone(),
+                failure_domain: record.failure_domain.clone(),
+                description: record.description.clone(),
+                config: record.config.clone(),
+                groups: record.groups.clone(),
+                scheduler: placement::SchedulerMode::from_config(&record.config),
+                instance_count: state.instances_on(&record.name) as u64,
+            }
+        })
+        .collect()
+}

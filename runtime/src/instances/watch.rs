@@ -1,0 +1,200 @@
+//! Each member watches its own containers and keeps their records true.
+//!
+//! Every [`WATCH_INTERVAL`] the member compares what the driver sees of each instance it is
+//! the location of with the record, and acts as [`decide`] says (IO-free): a container whose
+//! init exited is reported `Stopped`; one running that the record does not show running
+//! (adopted after a `kill -9` of the daemon: the driver's monitors outlive it) is reported
+//! `Running`; one that was running when the member shut down cleanly
+//! (`volatile.last_state.power=RUNNING`) or whose init asked for a reboot is started again.
+//! An instance whose lock is held (an operation on it is under way) is left for next time.
+//!
+//! A clean shutdown ([`Member::stop_instances`]) stops the running containers and records
+//! them with `volatile.last_state.power=RUNNING`, as LXD does.
+
+use std::time::Duration;
+
+use starling_store::instances::{Instance, InstanceStatus};
+
+use super::config::LAST_POWER_KEY;
+use super::driver::State;
+use super::ops::key_of;
+use crate::member::Member;
+
+/// How often a member compares its containers with their records.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a clean shutdown waits for each container to shut down before killing it.
+pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the driver sees of a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Init runs.
+    Running,
+    /// Not running; `reboot`: init ended asking for a restart.
+    Stopped {
+        /// Init asked for a restart (`reboot` in the container).
+        reboot: bool,
+    },
+    /// No container here (not unpacked yet, or deleted).
+    Missing,
+}
+
+/// What to do about one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The record is right.
+    Nothing,
+    /// Report this status.
+    Report(InstanceStatus),
+    /// Start the container again.
+    Start,
+}
+
+/// What to do, from the record's status, whether it was running at a clean shutdown, and
+/// what the driver sees.
+pub fn decide(recorded: InstanceStatus, last_power_running: bool, seen: Seen) -> Action {
+    match (recorded, seen) {
+        // Being created (or a create that failed half-way): the create reports.
+        (InstanceStatus::Creating, _) | (_, Seen::Missing) => Action::Nothing,
+        (InstanceStatus::Running, Seen::Running) => Action::Nothing,
+        (_, Seen::Running) => Action::Report(InstanceStatus::Running),
+        // A failed start recorded the reason: not tried again until someone asks.
+        (InstanceStatus::Error, Seen::Stopped { .. }) => Action::Nothing,
+        (_, Seen::Stopped { .. }) if last_power_running => Action::Start,
+        (InstanceStatus::Running, Seen::Stopped { reboot: true }) => Action::Start,
+        (InstanceStatus::Running, Seen::Stopped { reboot: false }) => {
+            Action::Report(InstanceStatus::Stopped)
+        }
+        (_, Seen::Stopped { .. }) => Action::Nothing,
+    }
+}
+
+/// Starts the member's watcher; it ends when the member shuts down.
+pub(crate) fn spawn(member: Member) {
+    tokio::spawn(async move {
+        let mut shutdown = member.inner.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            if member.inner.instances.is_shutting_down() {
+                return;
+            }
+            member.watch_once().await;
+        }
+    });
+}
+
+impl Member {
+    /// The instances this member is the location of.
+    fn my_instances(&self) -> Vec<Instance> {
+        let me = self.name();
+        self.local_state(|state| {
+            state
+                .instances
+                .values()
+                .filter(|instance| instance.location == me)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// One round of the watcher.
+    async fn watch_once(&self) {
+        for instance in self.my_instances() {
+            let key = key_of(&instance);
+            let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
+                continue;
+            };
+            let seen = match self.observe(&key).await {
+                Ok(State::Running { .. }) => Seen::Running,
+                Ok(State::Stopped { exit }) => Seen::Stopped {
+                    reboot: exit.is_some_and(|exit| exit.requested_restart()),
+                },
+                Err(_) => Seen::Missing,
+            };
+            let last_power_running = instance
+                .config
+                .get(LAST_POWER_KEY)
+                .is_some_and(|value| value == "RUNNING");
+            let result = match decide(instance.status, last_power_running, seen) {
+                Action::Nothing => Ok(()),
+                Action::Report(status) => {
+                    tracing::info!(instance = %key, status = status.as_str(), "instance changed on its own");
+                    self.report(&key, status, "", None).await
+                }
+                Action::Start => {
+                    tracing::info!(instance = %key, "starting the instance again");
+                    let config = self.local_state(|state| state.expanded(&instance).0);
+                    let remembered = last_power_running.then_some(false);
+                    self.start_local(&key, &config, remembered)
+                        .await
+                        .map(|_| ())
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(instance = %key, %error, "could not bring the instance's record up to date");
+            }
+        }
+    }
+
+    /// On a clean shutdown: stops this member's running containers (each asked to shut down,
+    /// killed after [`SHUTDOWN_STOP_TIMEOUT`]) and records them as running at shutdown, so that
+    /// the member starts them again when it is back.
+    pub async fn stop_instances(&self) {
+        self.inner
+            .instances
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stops = self.my_instances().into_iter().map(|instance| async move {
+            let key = key_of(&instance);
+            let lock = self.inner.instances.lock(&key);
+            let _guard = lock.write().await;
+            if !matches!(self.observe(&key).await, Ok(State::Running { .. })) {
+                return;
+            }
+            let timeout_s = SHUTDOWN_STOP_TIMEOUT.as_secs();
+            if let Err(error) = self.stop_local(&key, false, timeout_s, Some(true)).await {
+                tracing::warn!(instance = %key, %error, "could not stop the instance cleanly");
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstanceStatus::*;
+
+    /// Goal: every combination of record and container gives the action the module's doc
+    /// says.
+    #[test]
+    fn decisions() {
+        let stopped = Seen::Stopped { reboot: false };
+        let rebooted = Seen::Stopped { reboot: true };
+        let cases = [
+            (Creating, false, Seen::Running, Action::Nothing),
+            (Creating, true, stopped, Action::Nothing),
+            (Running, false, Seen::Running, Action::Nothing),
+            (Stopped, false, Seen::Running, Action::Report(Running)),
+            (Error, false, Seen::Running, Action::Report(Running)),
+            (Running, false, stopped, Action::Report(Stopped)),
+            (Running, false, rebooted, Action::Start),
+            (Stopped, true, stopped, Action::Start),
+            (Running, true, stopped, Action::Start),
+            (Stopped, false, stopped, Action::Nothing),
+            (Error, false, stopped, Action::Nothing),
+            (Error, true, stopped, Action::Nothing),
+            (Running, false, Seen::Missing, Action::Nothing),
+        ];
+        for (recorded, last_power, seen, expected) in cases {
+            assert_eq!(
+                decide(recorded, last_power, seen),
+                expected,
+                "{recorded:?} {last_power} {seen:?}"
+            );
+        }
+    }
+}
