@@ -18,6 +18,7 @@ mod demo;
 mod failover;
 mod format;
 mod image;
+mod instance;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
     format: Format,
+    /// The project of the instances and profiles named.
+    #[arg(long, global = true, default_value = "default")]
+    project: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,11 +80,17 @@ enum Command {
     /// Remotes this client can reach.
     #[command(subcommand)]
     Remote(RemoteCommand),
-    /// Runs Lua code on the member and prints its result as JSON.
+    /// Runs Lua code on the member and prints its result as JSON; or, as
+    /// `exec INSTANCE -- COMMAND...`, runs a command in an instance and exits with its code.
     Exec {
-        /// Lua source.
+        /// Lua source (or the instance, when a command follows `--`).
         code: String,
+        /// The command to run in the instance, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
+    #[command(flatten)]
+    Instance(instance::InstanceCommand),
     /// Runs a Lua file on the member and prints its result as JSON.
     Run {
         /// The file.
@@ -458,6 +468,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Cluster(ClusterCommand::RecoverFromQuorumLoss) => recover(&cli),
         Command::Waitready { timeout } => waitready(&cli, Duration::from_secs(*timeout)).await,
         Command::Repl => console::run(connect(&cli).await?, config_dir(&cli).join("history")).await,
+        Command::Exec { code, command } if !command.is_empty() => {
+            let client = connect(&cli).await?;
+            let result = instance::exec(&cli.project, &client, code, command).await;
+            client.close();
+            // The command's exit code is this process's.
+            std::process::exit(result?);
+        }
         _ => {
             let client = connect(&cli).await?;
             let result = client_command(&cli, &client).await;
@@ -473,7 +490,10 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Config(command) => config(cli, client, command).await,
         Command::Trust(command) => trust(cli, client, command).await,
         Command::Image(command) => image::run(cli.format, client, command).await,
-        Command::Exec { code } => exec(client, code, "exec").await,
+        Command::Exec { code, .. } => exec(client, code, "exec").await,
+        Command::Instance(command) => {
+            instance::run(cli.format, &cli.project, client, command).await
+        }
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
@@ -839,6 +859,7 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
     .await?;
     tokio::select! {
         _ = wait_for_signal() => {
+            member.stop_instances().await;
             member.leave_gracefully().await;
             member.shutdown().await;
         }

@@ -172,10 +172,11 @@ impl Member {
                 .map(PathBuf::from)
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or_else(|| PathBuf::from("starling"));
-            Driver::new(
-                self.dir().root().join("storage-pools").join(DEFAULT_POOL),
-                shim,
-            )
+            // The shim runs in `/`: a data directory given relative to the daemon's working
+            // directory must be made absolute.
+            let root = std::path::absolute(self.dir().root())
+                .unwrap_or_else(|_| self.dir().root().to_path_buf());
+            Driver::new(root.join("storage-pools").join(DEFAULT_POOL), shim)
         })
     }
 

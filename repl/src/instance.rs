@@ -1,0 +1,377 @@
+//! `starling launch|init|start|stop|restart|delete|list|info|exec`: lxc's instance commands
+//! over the `instances.*` operations.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+use clap::Subcommand;
+use serde_json::Value;
+use starling_runtime::instances::ops::{CreateRequest, InstanceOperation, DEFAULT_STOP_TIMEOUT_S};
+use starling_runtime::{Client, Operation};
+use starling_store::instances::Devices;
+
+use crate::format::{self, Column, Format};
+
+/// The instance commands (top-level, as lxc has them).
+#[derive(Subcommand)]
+pub enum InstanceCommand {
+    /// Creates and starts an instance from an image.
+    Launch(CreateArgs),
+    /// Creates an instance from an image without starting it.
+    Init(CreateArgs),
+    /// Starts instances.
+    Start {
+        /// Instance names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stops instances.
+    Stop {
+        /// Instance names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill at once instead of asking init to shut down.
+        #[arg(long, short)]
+        force: bool,
+        /// Seconds to wait for a clean shutdown before killing.
+        #[arg(long, default_value_t = DEFAULT_STOP_TIMEOUT_S)]
+        timeout: u64,
+    },
+    /// Restarts instances.
+    Restart {
+        /// Instance names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill at once instead of asking init to shut down.
+        #[arg(long, short)]
+        force: bool,
+        /// Seconds to wait for a clean shutdown before killing.
+        #[arg(long, default_value_t = DEFAULT_STOP_TIMEOUT_S)]
+        timeout: u64,
+    },
+    /// Deletes instances.
+    Delete {
+        /// Instance names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop a running instance first.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Lists instances.
+    List,
+    /// Shows an instance: its record, and its live state from its member.
+    Info {
+        /// Instance name.
+        name: String,
+    },
+}
+
+/// `launch` and `init`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Image fingerprint (or a unique prefix) or alias.
+    image: String,
+    /// Instance name (generated when absent).
+    name: Option<String>,
+    /// A member, or @GROUP.
+    #[arg(long)]
+    target: Option<String>,
+    /// A config key: KEY=VALUE (repeatable).
+    #[arg(long = "config", short = 'c')]
+    config: Vec<String>,
+    /// A profile, in order (repeatable; `default` when none is given).
+    #[arg(long = "profile", short = 'p')]
+    profiles: Vec<String>,
+    /// A device key: DEVICE,KEY=VALUE (changes a profile's device; repeatable).
+    #[arg(long = "device", short = 'd')]
+    devices: Vec<String>,
+    /// No profile at all (not even `default`).
+    #[arg(long)]
+    no_profiles: bool,
+    /// Description.
+    #[arg(long, default_value = "")]
+    description: String,
+}
+
+const INSTANCE_COLUMNS: &[Column] = &[
+    Column {
+        header: "NAME",
+        field: "name",
+    },
+    Column {
+        header: "STATE",
+        field: "state",
+    },
+    Column {
+        header: "TYPE",
+        field: "type_text",
+    },
+    Column {
+        header: "LOCATION",
+        field: "location",
+    },
+    Column {
+        header: "PROFILES",
+        field: "profiles",
+    },
+];
+
+/// Runs an instance command.
+pub async fn run(
+    format: Format,
+    project: &str,
+    client: &Client,
+    command: &InstanceCommand,
+) -> Result<()> {
+    let project = project.to_string();
+    match command {
+        InstanceCommand::Launch(args) | InstanceCommand::Init(args) => {
+            let start = matches!(command, InstanceCommand::Launch(_));
+            let request = create_request(&project, args, start)?;
+            let value = client
+                .operation(Operation::Instance(InstanceOperation::Create(request)))
+                .await?;
+            let name = value["name"].as_str().unwrap_or_default();
+            if args.name.is_none() {
+                println!("Instance name is: {name}");
+            }
+            if start {
+                println!(
+                    "Instance {name} launched on {}",
+                    value["location"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "Instance {name} created on {}",
+                    value["location"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        InstanceCommand::Start { names } => {
+            for name in names {
+                let operation = InstanceOperation::Start {
+                    project: project.clone(),
+                    name: name.clone(),
+                };
+                client.operation(Operation::Instance(operation)).await?;
+            }
+            Ok(())
+        }
+        InstanceCommand::Stop {
+            names,
+            force,
+            timeout,
+        }
+        | InstanceCommand::Restart {
+            names,
+            force,
+            timeout,
+        } => {
+            let restart = matches!(command, InstanceCommand::Restart { .. });
+            for name in names {
+                let (project, name, force, timeout_s) =
+                    (project.clone(), name.clone(), *force, *timeout);
+                let operation = if restart {
+                    InstanceOperation::Restart {
+                        project,
+                        name,
+                        force,
+                        timeout_s,
+                    }
+                } else {
+                    InstanceOperation::Stop {
+                        project,
+                        name,
+                        force,
+                        timeout_s,
+                    }
+                };
+                client.operation(Operation::Instance(operation)).await?;
+            }
+            Ok(())
+        }
+        InstanceCommand::Delete { names, force } => {
+            for name in names {
+                let operation = InstanceOperation::Delete {
+                    project: project.clone(),
+                    name: name.clone(),
+                    force: *force,
+                };
+                client.operation(Operation::Instance(operation)).await?;
+            }
+            Ok(())
+        }
+        InstanceCommand::List => {
+            let value = client
+                .operation(Operation::Instance(InstanceOperation::List {
+                    project: project.clone(),
+                }))
+                .await?;
+            let value = if format == Format::Table || format == Format::Csv {
+                list_rows(&value)
+            } else {
+                value
+            };
+            println!("{}", format::render(&value, format, INSTANCE_COLUMNS));
+            Ok(())
+        }
+        InstanceCommand::Info { name } => info(format, &project, client, name).await,
+    }
+}
+
+/// `lxc list`'s row for an instance: `STATE` in capitals, `TYPE` as `CONTAINER`.
+fn list_rows(value: &Value) -> Value {
+    let rows = value.as_array().map(|items| {
+        items
+            .iter()
+            .map(|item| {
+                let mut row = item.clone();
+                if let Some(object) = row.as_object_mut() {
+                    let state = item["status"].as_str().unwrap_or_default().to_uppercase();
+                    let kind = item["type"].as_str().unwrap_or_default().to_uppercase();
+                    object.insert("state".to_string(), Value::String(state));
+                    object.insert("type_text".to_string(), Value::String(kind));
+                }
+                row
+            })
+            .collect::<Vec<_>>()
+    });
+    Value::Array(rows.unwrap_or_default())
+}
+
+/// `info NAME`: `Name:`, `Status:`, `Location:` ... as lxc prints them, then resources.
+async fn info(format: Format, project: &str, client: &Client, name: &str) -> Result<()> {
+    let record = client
+        .operation(Operation::Instance(InstanceOperation::Get {
+            project: project.to_string(),
+            name: name.to_string(),
+        }))
+        .await?;
+    let state = if record["status"] == "Creating" {
+        Value::Null
+    } else {
+        client
+            .operation(Operation::Instance(InstanceOperation::State {
+                project: project.to_string(),
+                name: name.to_string(),
+            }))
+            .await
+            .unwrap_or(Value::Null)
+    };
+    if format != Format::Table {
+        let mut both = record.clone();
+        both["state"] = state;
+        println!("{}", format::render(&both, format, &[]));
+        return Ok(());
+    }
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+    println!("Name: {}", text(&record["name"]));
+    println!("Status: {}", text(&record["status"]).to_uppercase());
+    println!("Type: {}", text(&record["type"]));
+    println!("Architecture: {}", text(&record["architecture"]));
+    println!("Location: {}", text(&record["location"]));
+    if let Some(pid) = state["pid"].as_u64().filter(|pid| *pid > 0) {
+        println!("PID: {pid}");
+    }
+    println!("Created: {}", text(&record["created_at"]));
+    let message = text(&record["status_message"]);
+    if !message.is_empty() {
+        println!("Error: {message}");
+    }
+    if state["status"] == "Running" {
+        println!();
+        println!("Resources:");
+        println!("  Processes: {}", state["processes"].as_u64().unwrap_or(0));
+        let cpu_ns = state["cpu"]["usage"].as_u64().unwrap_or(0);
+        println!("  CPU usage:");
+        println!("    CPU usage (in seconds): {}", cpu_ns / 1_000_000_000);
+        let memory = state["memory"]["usage"].as_u64().unwrap_or(0);
+        println!("  Memory usage:");
+        println!("    Memory (current): {}", bytes_text(memory));
+    }
+    Ok(())
+}
+
+/// Bytes as lxc prints them (`12.34MiB`).
+fn bytes_text(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.2}{}", units[unit])
+    }
+}
+
+/// `exec NAME -- CMD...`: runs the command, prints its output, and gives its exit code.
+pub async fn exec(project: &str, client: &Client, name: &str, command: &[String]) -> Result<i32> {
+    let operation = InstanceOperation::Exec {
+        project: project.to_string(),
+        name: name.to_string(),
+        argv: command.to_vec(),
+        env: BTreeMap::new(),
+        cwd: None,
+    };
+    let value = client.operation(Operation::Instance(operation)).await?;
+    use std::io::Write;
+    let stdout = value["stdout"].as_str().unwrap_or_default();
+    let stderr = value["stderr"].as_str().unwrap_or_default();
+    std::io::stdout().write_all(stdout.as_bytes())?;
+    std::io::stdout().flush()?;
+    std::io::stderr().write_all(stderr.as_bytes())?;
+    value["exit_code"]
+        .as_i64()
+        .map(|code| code as i32)
+        .ok_or_else(|| anyhow!("the member's answer has no exit code: {value}"))
+}
+
+/// The operation's request from `launch`/`init` arguments.
+fn create_request(project: &str, args: &CreateArgs, start: bool) -> Result<CreateRequest> {
+    let mut config = BTreeMap::new();
+    for given in &args.config {
+        let (key, value) = given
+            .split_once('=')
+            .ok_or_else(|| anyhow!("-c {given}: use KEY=VALUE"))?;
+        config.insert(key.to_string(), value.to_string());
+    }
+    let mut devices = Devices::new();
+    for given in &args.devices {
+        let (device, pairs) = given
+            .split_once(',')
+            .ok_or_else(|| anyhow!("-d {given}: use DEVICE,KEY=VALUE"))?;
+        for pair in pairs.split(',') {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("-d {given}: use DEVICE,KEY=VALUE");
+            };
+            devices
+                .entry(device.to_string())
+                .or_default()
+                .insert(key.to_string(), value.to_string());
+        }
+    }
+    let profiles = if args.no_profiles {
+        Some(Vec::new())
+    } else if args.profiles.is_empty() {
+        None
+    } else {
+        Some(args.profiles.clone())
+    };
+    Ok(CreateRequest {
+        project: project.to_string(),
+        name: args.name.clone(),
+        image: args.image.clone(),
+        target: args.target.clone(),
+        profiles,
+        config,
+        devices,
+        description: args.description.clone(),
+        start,
+    })
+}
