@@ -39,6 +39,8 @@ pub const DEFAULT_STOP_TIMEOUT_S: u64 = 30;
 const CREATE_BUDGET: Duration = Duration::from_secs(600);
 /// How long a command run by `instances.exec` may take.
 const EXEC_BUDGET: Duration = Duration::from_secs(600);
+/// How long a request to an instance's member that could not be sent is tried again.
+const NOT_SENT_RETRY: Duration = Duration::from_secs(3);
 /// How long the other requests to an instance's member may take, beyond a stop's timeout.
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -666,7 +668,15 @@ impl Member {
         }
         let timeout = operation.timeout();
         let request = Request::InstanceLocal { operation };
-        match self.request(&record.address, &request, timeout).await {
+        // A request that was not sent may be sent again: a member that just restarted is
+        // reached once the pool's pause after failed connections is over.
+        let deadline = std::time::Instant::now() + NOT_SENT_RETRY;
+        let mut reply = self.request(&record.address, &request, timeout).await;
+        while matches!(reply, Err(Error::NotSent(_))) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            reply = self.request(&record.address, &request, timeout).await;
+        }
+        match reply {
             Ok(Reply::Operation(Ok(text))) => {
                 serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
             }

@@ -1,0 +1,413 @@
+//! Instances on real member processes: busybox containers launched across a cluster through
+//! the command line, placed, copied their image, isolated, limited, entered, stopped, watched,
+//! adopted after a `kill -9` of their daemon, started again after a clean restart, deleted
+//! without a trace, and every bad input refused with what is wrong.
+//!
+//! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
+//! `busybox-static`). As another user the test prints why and returns.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use serde_json::Value;
+use starling_runtime::instances::driver::Driver;
+use starling_tests::processes::{starling_binary, ProcessCluster};
+use starling_tests::{init_tracing, wait_for};
+
+/// Commands the test image links to busybox.
+const APPLETS: &[&str] = &[
+    "sh", "ps", "hostname", "cat", "sleep", "ls", "true", "false", "head", "tr", "echo", "kill",
+    "halt", "poweroff", "reboot",
+];
+
+/// LXD's unified tarball around a busybox root file system (init from `/etc/inittab`).
+fn busybox_image(dir: &Path) -> Result<PathBuf> {
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add =
+        |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: &str| -> Result<()> {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1_700_000_000);
+            header.set_size(data.len() as u64);
+            if kind.is_symlink() {
+                builder.append_link(&mut header, path, link)?;
+            } else {
+                builder.append_data(&mut header, path, data)?;
+            }
+            Ok(())
+        };
+    let metadata = format!(
+        "architecture: {}\ncreation_date: 1700000000\nproperties:\n  os: busybox\n  release: \"1\"\n  description: busybox\n",
+        std::env::consts::ARCH
+    );
+    add(
+        "metadata.yaml",
+        tar::EntryType::Regular,
+        0o644,
+        metadata.as_bytes(),
+        "",
+    )?;
+    for dir in [
+        "rootfs",
+        "rootfs/bin",
+        "rootfs/sbin",
+        "rootfs/etc",
+        "rootfs/root",
+    ] {
+        add(dir, tar::EntryType::Directory, 0o755, b"", "")?;
+    }
+    add("rootfs/tmp", tar::EntryType::Directory, 0o1777, b"", "")?;
+    add(
+        "rootfs/bin/busybox",
+        tar::EntryType::Regular,
+        0o755,
+        &busybox,
+        "",
+    )?;
+    for applet in APPLETS {
+        let path = format!("rootfs/bin/{applet}");
+        add(&path, tar::EntryType::Symlink, 0o777, b"", "busybox")?;
+    }
+    add(
+        "rootfs/sbin/init",
+        tar::EntryType::Symlink,
+        0o777,
+        b"",
+        "../bin/busybox",
+    )?;
+    let inittab = b"::sysinit:/bin/true\n::respawn:/bin/sleep 3600\n";
+    add(
+        "rootfs/etc/inittab",
+        tar::EntryType::Regular,
+        0o644,
+        inittab,
+        "",
+    )?;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(&builder.into_inner()?)?;
+    let path = dir.join("busybox.tar.gz");
+    std::fs::write(&path, gzip.finish()?)?;
+    Ok(path)
+}
+
+/// Stops and deletes, through the driver, every container left in the members' pools (a test
+/// that failed half-way must not leave containers running on the machine).
+struct LeftoverContainers {
+    pools: Vec<PathBuf>,
+}
+
+impl Drop for LeftoverContainers {
+    fn drop(&mut self) {
+        let Ok(shim) = starling_binary() else { return };
+        for pool in &self.pools {
+            let driver = Driver::new(pool.clone(), shim.clone());
+            for key in driver.list().unwrap_or_default() {
+                let _ = driver.stop(&key, Duration::ZERO, true);
+                let _ = driver.delete(&key);
+            }
+        }
+    }
+}
+
+/// The instance records, through member `via`.
+fn instances(cluster: &ProcessCluster, via: usize) -> Result<Vec<Value>> {
+    let out = cluster.cli_ok(via, &["list", "--format", "json"])?;
+    let value: Value = serde_json::from_str(&out).context("list --format json")?;
+    Ok(value.as_array().cloned().unwrap_or_default())
+}
+
+/// One instance's record with its live state (`info --format json`).
+fn info(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Value> {
+    let out = cluster.cli_ok(via, &["info", name, "--format", "json"])?;
+    serde_json::from_str(&out).context("info --format json")
+}
+
+/// Waits until instance `name` has `status` in its record.
+async fn wait_status(cluster: &ProcessCluster, name: &str, status: &str) -> Result<Value> {
+    let what = format!("{name} {status}");
+    wait_for(&what, Duration::from_secs(30), || async {
+        let record = info(cluster, 0, name).ok()?;
+        (record["status"] == status).then_some(record)
+    })
+    .await
+}
+
+/// `exec NAME -- argv...` through member `via`: exit code, stdout, stderr.
+fn exec(
+    cluster: &ProcessCluster,
+    via: usize,
+    name: &str,
+    argv: &[&str],
+) -> Result<(i32, String, String)> {
+    let mut args = vec!["exec", name, "--"];
+    args.extend_from_slice(argv);
+    let output = cluster.cli(via, &args)?;
+    let code = output
+        .status
+        .code()
+        .ok_or_else(|| anyhow!("exec {argv:?} was killed"))?;
+    Ok((
+        code,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn index_of(member: &Value) -> usize {
+    member
+        .as_str()
+        .and_then(|name| name.trim_start_matches('m').parse::<usize>().ok())
+        .unwrap_or(1)
+        - 1
+}
+
+/// The median of `samples`, in milliseconds.
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// Goal: instances really run across the cluster. Three launches without a target spread one
+/// per member, each member without the image getting a copy first; `--target` places; a
+/// container has its own hostname, PID 1 and root; `limits.memory` is enforced by the kernel;
+/// `exec` gives exit codes and output; stop and force stop; an init that halts is recorded
+/// `Stopped`; after `kill -9` of its daemon a container still runs with the same PID and is
+/// reported `Running`; after a clean restart it runs again; delete leaves no process, cgroup,
+/// mount or file; bad input is refused with what is wrong.
+/// Method: 3 member processes, the image imported on m1 only (`images_minimal_replica=1`),
+/// everything through the command line of m1; the kernel's view read from `/proc`,
+/// `/sys/fs/cgroup` and the pools on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_across_the_cluster() -> Result<()> {
+    init_tracing();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
+        return Ok(());
+    }
+    let mut cluster = ProcessCluster::start(3).await?;
+    let _leftovers = LeftoverContainers {
+        pools: (0..3)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    // Names unique to this test process: a container's cgroup is named after it host-wide.
+    let suffix = std::process::id() % 100_000;
+    let name = |base: &str| format!("{base}-{suffix}");
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=1"])?;
+    let out = cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    let fingerprint = out
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+
+    tracing::info!("--- three launches without a target: one per member, the image copied first");
+    let mut launches = Vec::new();
+    for base in ["a", "b", "c"] {
+        let started = Instant::now();
+        cluster.cli_ok(0, &["launch", "bb", &name(base)])?;
+        launches.push(started.elapsed());
+    }
+    let records = instances(&cluster, 0)?;
+    let mut locations: Vec<String> = records
+        .iter()
+        .map(|record| record["location"].as_str().unwrap_or_default().to_string())
+        .collect();
+    locations.sort();
+    assert_eq!(locations, ["m1", "m2", "m3"], "{records:#?}");
+    for record in &records {
+        assert_eq!(record["status"], "Running", "{record}");
+        assert_eq!(
+            record["config"]["volatile.base_image"],
+            fingerprint.as_str()
+        );
+        assert_eq!(record["config"]["image.os"], "busybox");
+        assert_eq!(record["expanded_devices"]["root"]["path"], "/");
+        let holder = index_of(&record["location"]);
+        let copy = cluster.dir(holder).join("images").join(&fingerprint);
+        assert!(copy.is_file(), "{} has no image copy", record["location"]);
+    }
+    let on = |member: &str| -> String {
+        records
+            .iter()
+            .find(|record| record["location"] == member)
+            .and_then(|record| record["name"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (on_m2, on_m3) = (on("m2"), on("m3"));
+
+    tracing::info!("--- --target m2");
+    let targeted = name("t");
+    let started = Instant::now();
+    cluster.cli_ok(0, &["launch", "bb", &targeted, "--target", "m2"])?;
+    launches.push(started.elapsed());
+    assert_eq!(info(&cluster, 0, &targeted)?["location"], "m2");
+
+    tracing::info!("--- isolation: hostname, PID 1, root (through m1, on m2)");
+    let (code, hostname, _) = exec(&cluster, 0, &on_m2, &["hostname"])?;
+    assert_eq!((code, hostname.trim()), (0, on_m2.as_str()));
+    let (_, comm, _) = exec(&cluster, 0, &on_m2, &["cat", "/proc/1/comm"])?;
+    assert_eq!(comm.trim(), "init");
+    let host_pid = info(&cluster, 0, &on_m2)?["state"]["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no pid"))?;
+    ensure!(host_pid > 1, "init's host PID is {host_pid}");
+    let marker = work.path().join("host-only");
+    std::fs::write(&marker, b"host")?;
+    let (code, _, _) = exec(&cluster, 0, &on_m2, &["cat", &marker.to_string_lossy()])?;
+    assert_ne!(code, 0, "a host file is visible in the container");
+
+    tracing::info!("--- exec: exit codes and output");
+    let mut execs = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (code, _, _) = exec(&cluster, 0, &on_m3, &["true"])?;
+        execs.push(started.elapsed());
+        assert_eq!(code, 0);
+    }
+    let (code, stdout, stderr) = exec(
+        &cluster,
+        0,
+        &on_m3,
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    )?;
+    assert_eq!(
+        (code, stdout.as_str(), stderr.as_str()),
+        (3, "out\n", "err\n")
+    );
+    println!(
+        "launch to Running (CLI, median of {}): {:.1} ms; exec true (CLI, median of {}): {:.1} ms",
+        launches.len(),
+        median_ms(launches),
+        execs.len(),
+        median_ms(execs)
+    );
+
+    tracing::info!("--- limits.memory: an allocation past it is OOM-killed");
+    let limited = name("mem");
+    cluster.cli_ok(0, &["launch", "bb", &limited, "-c", "limits.memory=32MiB"])?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        0,
+        &limited,
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        ],
+    )?;
+    assert_eq!(code, 128 + libc::SIGKILL, "not OOM-killed: {stderr}");
+
+    tracing::info!("--- stop, start, force stop");
+    cluster.cli_ok(0, &["stop", &targeted, "--timeout", "10"])?;
+    assert_eq!(info(&cluster, 0, &targeted)?["status"], "Stopped");
+    cluster.cli_ok(0, &["start", &targeted])?;
+    assert_eq!(info(&cluster, 0, &targeted)?["status"], "Running");
+    cluster.cli_ok(0, &["stop", &targeted, "--force"])?;
+    assert_eq!(info(&cluster, 0, &targeted)?["status"], "Stopped");
+
+    tracing::info!("--- an init that halts on its own is recorded Stopped");
+    let (code, _, _) = exec(&cluster, 0, &limited, &["halt"])?;
+    assert_eq!(code, 0);
+    wait_status(&cluster, &limited, "Stopped").await?;
+
+    tracing::info!("--- kill -9 of m3's daemon: the container runs on, adopted");
+    let before = info(&cluster, 0, &on_m3)?["state"]["pid"].clone();
+    cluster.kill(2)?;
+    cluster.restart(2)?;
+    cluster.wait_ready(2)?;
+    let after = wait_for(
+        "m3 answering for its instance",
+        Duration::from_secs(30),
+        || async { info(&cluster, 0, &on_m3).ok() },
+    )
+    .await?;
+    assert_eq!(after["status"], "Running");
+    assert_eq!(after["state"]["pid"], before, "init was restarted");
+    assert_eq!(exec(&cluster, 0, &on_m3, &["true"])?.0, 0);
+
+    tracing::info!("--- clean restart of m3: stopped at shutdown, started again when back");
+    cluster.terminate(2, Duration::from_secs(30))?;
+    let stopped = info(&cluster, 0, &on_m3)?;
+    assert_eq!(stopped["status"], "Stopped", "{stopped}");
+    assert_eq!(stopped["config"]["volatile.last_state.power"], "RUNNING");
+    cluster.restart(2)?;
+    cluster.wait_ready(2)?;
+    let again = wait_status(&cluster, &on_m3, "Running").await?;
+    assert!(again["config"].get("volatile.last_state.power").is_none());
+
+    tracing::info!("--- delete: refused while running, then nothing left");
+    let error = cluster.cli_fails(0, &["delete", &on_m2])?;
+    assert!(error.contains("is running"), "{error}");
+    let pid = info(&cluster, 0, &on_m2)?["state"]["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no pid"))?;
+    cluster.cli_ok(0, &["delete", &on_m2, "--force"])?;
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "init {pid} runs on"
+    );
+    let storage_name = format!("default_{on_m2}");
+    assert!(!cluster
+        .dir(1)
+        .join("storage-pools/default/containers")
+        .join(&storage_name)
+        .exists());
+    for controller in ["memory", "cpu", "cpuacct", "pids", ""] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("starling")
+            .join(&storage_name);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(!mounts.contains(&storage_name), "a mount is left");
+    assert!(cluster
+        .cli_fails(0, &["info", &on_m2])?
+        .contains("not found"));
+
+    tracing::info!("--- bad input");
+    for (args, expected) in [
+        (vec!["launch", "nope", "x1"], "image \"nope\" not found"),
+        (vec!["launch", "bb", "1bad"], "invalid instance name"),
+        (
+            vec!["launch", "bb", "x2", "-c", "limits.memory=lots"],
+            "limits.memory",
+        ),
+        (
+            vec!["launch", "bb", "x3", "-p", "nope"],
+            "profile \"nope\" not found",
+        ),
+        (vec!["launch", "bb", "x4", "--target", "m9"], "m9"),
+        (vec!["start", "x5"], "not found"),
+    ] {
+        let error = cluster.cli_fails(0, &args)?;
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    assert_eq!(
+        instances(&cluster, 0)?.len(),
+        4,
+        "a refused launch left a record"
+    );
+
+    tracing::info!("--- clean up");
+    for record in instances(&cluster, 0)? {
+        let name = record["name"].as_str().unwrap_or_default();
+        cluster.cli_ok(0, &["delete", name, "--force"])?;
+    }
+    Ok(())
+}
