@@ -270,6 +270,7 @@ impl Member {
         let _guard = lock.write().await;
         let image = self.image_files().path(fingerprint);
         let unpack_key = key.clone();
+        let started = std::time::Instant::now();
         let unpacked = if image.is_file() {
             self.blocking(move |driver| driver.unpack(&unpack_key, &image))
                 .await
@@ -284,6 +285,7 @@ impl Member {
                 .await?;
             return Err(error);
         }
+        tracing::info!(instance = %key, unpack_ms = started.elapsed().as_millis() as u64, "root file system unpacked");
         match start {
             Some(config) => self.start_local(key, config, None).await,
             None => {
@@ -305,11 +307,13 @@ impl Member {
             .map_err(|error| Error::Refused(error.to_string()))?;
         let start_key = key.clone();
         let driver = self.driver().clone();
+        let began = std::time::Instant::now();
         let started = tokio::task::spawn_blocking(move || driver.start(&start_key, &spec))
             .await
             .map_err(|error| Error::Internal(error.to_string()))?;
         match started {
             Ok(pid) => {
+                tracing::info!(instance = %key, pid, start_ms = began.elapsed().as_millis() as u64, "instance started");
                 self.report(key, InstanceStatus::Running, "", last_power_running)
                     .await?;
                 Ok(json!({"status": "Running", "pid": pid}))
