@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use serde_json::Value;
 use starling_runtime::instances::ops::{CreateRequest, InstanceOperation, DEFAULT_STOP_TIMEOUT_S};
+use starling_runtime::instances::stream::ExecCall;
 use starling_runtime::{Client, Operation};
 use starling_store::instances::Devices;
 
@@ -310,26 +311,30 @@ fn bytes_text(bytes: u64) -> String {
     }
 }
 
-/// `exec NAME -- CMD...`: runs the command, prints its output, and gives its exit code.
+/// `exec NAME -- CMD...`: runs the command, its output streamed as it comes; answers its
+/// exit code.
 pub async fn exec(project: &str, client: &Client, name: &str, command: &[String]) -> Result<i32> {
-    let operation = InstanceOperation::Exec {
+    use std::io::Write;
+    let call = ExecCall {
         project: project.to_string(),
         name: name.to_string(),
         argv: command.to_vec(),
         env: BTreeMap::new(),
         cwd: None,
     };
-    let value = client.operation(Operation::Instance(operation)).await?;
-    use std::io::Write;
-    let stdout = value["stdout"].as_str().unwrap_or_default();
-    let stderr = value["stderr"].as_str().unwrap_or_default();
-    std::io::stdout().write_all(stdout.as_bytes())?;
-    std::io::stdout().flush()?;
-    std::io::stderr().write_all(stderr.as_bytes())?;
-    value["exit_code"]
-        .as_i64()
-        .map(|code| code as i32)
-        .ok_or_else(|| anyhow!("the member's answer has no exit code: {value}"))
+    let code = client
+        .exec_instance(call, |stderr, bytes| {
+            // A closed terminal or pipe is the reader's business: the command goes on.
+            if stderr {
+                let _ = std::io::stderr().write_all(bytes);
+            } else {
+                let mut stdout = std::io::stdout();
+                let _ = stdout.write_all(bytes);
+                let _ = stdout.flush();
+            }
+        })
+        .await?;
+    Ok(code)
 }
 
 /// The operation's request from `launch`/`init` arguments.

@@ -245,6 +245,36 @@ impl Client {
         }
     }
 
+    /// Runs a command in an instance (`exec NAME -- CMD...`); `on_output(stderr, bytes)` sees
+    /// its output as it comes. Answers its exit code.
+    pub async fn exec_instance(
+        &self,
+        call: crate::instances::stream::ExecCall,
+        mut on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<i32, Error> {
+        let request = Request::InstanceExec {
+            project: call.project,
+            name: call.name,
+            argv: call.argv,
+            env: call.env,
+            cwd: call.cwd,
+        };
+        let mut stream = self.connection.request_stream(&request).await?;
+        loop {
+            match stream.next::<Reply>(Duration::from_secs(3600)).await? {
+                Some(Reply::ExecOutput { stderr, bytes }) => on_output(stderr, &bytes),
+                Some(Reply::ExecExit(result)) => return result,
+                Some(Reply::Refused(error)) => return Err(error),
+                Some(other) => return Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+                None => {
+                    return Err(Error::Transport(
+                        "the member closed the exec's stream".to_string(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// Uploads the image file at `path` and imports it on the member (`image import`);
     /// `progress(done, total)` is called after each piece. Answers as `images.import`.
     pub async fn upload_image(

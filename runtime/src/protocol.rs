@@ -97,6 +97,33 @@ pub enum Request {
     },
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
+    /// Runs a command in an instance and streams its output (`ExecOutput` frames, then
+    /// `ExecExit`): the member asked relays it from the instance's member (trusted clients and
+    /// members).
+    InstanceExec {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: std::collections::BTreeMap<String, String>,
+        /// Working directory (`/` when absent).
+        cwd: Option<String>,
+    },
+    /// Runs a command in a container of the receiver and streams its output, as
+    /// `InstanceExec` answers. Members only.
+    InstanceExecLocal {
+        /// The instance.
+        key: crate::instances::driver::InstanceKey,
+        /// The command and its arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: std::collections::BTreeMap<String, String>,
+        /// Working directory.
+        cwd: String,
+    },
     /// The leader asks an instance's member to act on its container (unpack, start, stop,
     /// exec, state, delete); answered with `Operation`. Members only.
     InstanceLocal {
@@ -206,6 +233,16 @@ pub enum Reply {
         /// Seconds from the request to the last byte.
         seconds: f64,
     },
+    /// Output of a command run in an instance, as it comes.
+    ExecOutput {
+        /// From its standard error (else its standard output).
+        stderr: bool,
+        /// The bytes.
+        #[serde(with = "byte_buffer")]
+        bytes: Vec<u8>,
+    },
+    /// The command run in an instance ended: its exit code, or why it did not run.
+    ExecExit(Result<i32, Error>),
     /// Answer to an operation: the result as JSON text.
     Operation(Result<String, Error>),
     /// One line a script printed.

@@ -238,6 +238,25 @@ impl Handler for Service {
             (Request::StreamProbeFrom { from, bytes }, _) => {
                 self.member.stream_probe_from(&from, bytes).await
             }
+            (
+                Request::InstanceExec {
+                    project,
+                    name,
+                    argv,
+                    env,
+                    cwd,
+                },
+                _,
+            ) => {
+                let request = crate::instances::stream::ExecCall {
+                    project,
+                    name,
+                    argv,
+                    env,
+                    cwd,
+                };
+                Box::pin(self.member.relay_exec(request, &mut responder)).await
+            }
             (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
@@ -270,6 +289,20 @@ impl Handler for Service {
                     .serve_fetch(&fingerprint, offset, &mut responder)
                     .await;
                 return;
+            }
+            (
+                Request::InstanceExecLocal {
+                    key,
+                    argv,
+                    env,
+                    cwd,
+                },
+                Registered::Member,
+            ) => {
+                let mut request = crate::instances::driver::ExecRequest::new(argv);
+                request.env = env;
+                request.cwd = cwd.into();
+                self.member.exec_stream(&key, request, &mut responder).await
             }
             (Request::InstanceLocal { operation }, Registered::Member) => {
                 let result = Box::pin(self.member.instance_local(&operation)).await;

@@ -6,6 +6,7 @@
 //!   how it reports status changes.
 //! - [`watch`]: each member keeps its instances' records true (init exited, adopted after a
 //!   daemon restart, started again after a clean shutdown).
+//! - [`stream`]: `exec` with its output streamed to the client as it comes.
 //! - [`config`]: the expanded config read as the container's limits and init (IO-free).
 //! - [`calls`]: `instances.*` script calls read into operations.
 //! - [`names`]: generated names.
@@ -18,4 +19,5 @@ pub mod driver;
 pub mod local;
 pub mod names;
 pub mod ops;
+pub mod stream;
 pub mod watch;
