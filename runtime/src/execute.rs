@@ -269,6 +269,11 @@ impl Member {
             Operation::ConfigSet { key, value } => {
                 starling_store::config::validate(key, value)
                     .map_err(|error| Error::Refused(error.to_string()))?;
+                if key == crate::placement::ops::SCRIPTLET_KEY && !value.trim().is_empty() {
+                    crate::placement::scriptlet::validate(value).map_err(|error| {
+                        Error::Refused(format!("invalid placement scriptlet: {error}"))
+                    })?;
+                }
                 let command = Command::ConfigSet {
                     key: key.clone(),
                     value: value.clone(),
@@ -311,6 +316,7 @@ impl Member {
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
             Operation::Image(image) => self.image_here(image).await,
             Operation::Group(group) => self.group_here(group).await,
+            Operation::Placement(placement) => self.placement_here(placement).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

@@ -135,6 +135,7 @@ pub(crate) struct Inner {
     pub(crate) role_lock: tokio::sync::Mutex<()>,
     /// Images being imported, received and copied (see [`crate::images::ops`]).
     pub(crate) images: crate::images::ops::ImageState,
+    pub(crate) placement: crate::placement::ops::PlacementState,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -290,6 +291,7 @@ impl Member {
             scripts: Default::default(),
             role_lock: tokio::sync::Mutex::new(()),
             images: Default::default(),
+            placement: Default::default(),
             _lock: lock,
         };
         let member = Member {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::cluster::groups::GroupOperation;
 use crate::images::ops::ImageOperation;
+use crate::placement::ops::{PlacementInput, PlacementOperation};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -164,6 +165,8 @@ pub enum Operation {
     Image(crate::images::ops::ImageOperation),
     /// `groups.*`.
     Group(crate::cluster::groups::GroupOperation),
+    /// `placement.*`.
+    Placement(crate::placement::ops::PlacementOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -392,6 +395,14 @@ pub const BUILTINS: &[Builtin] = &[
         help: "network.list() -> networks",
     },
     Builtin {
+        name: "placement.explain",
+        help: "placement.explain{image=, target=, config=, profiles=, project=} -> the member a new instance would go to, why, and the candidates (creates nothing)",
+    },
+    Builtin {
+        name: "placement.test",
+        help: "placement.test(source, {image=, ...}) -> as placement.explain, with a scriptlet that is not installed",
+    },
+    Builtin {
         name: "groups.list",
         help: "groups.list() -> cluster groups (name, description, members, used_by)",
     },
@@ -565,6 +576,13 @@ impl Operation {
                 member: arguments.string(1, "member")?,
             }),
             "images.transfers" => Operation::Image(ImageOperation::Transfers),
+            "placement.explain" => Operation::Placement(PlacementOperation::Explain {
+                request: Box::new(arguments.placement_input(0)?),
+            }),
+            "placement.test" => Operation::Placement(PlacementOperation::Test {
+                source: arguments.string(0, "source")?,
+                request: Box::new(arguments.placement_input(1)?),
+            }),
             "groups.list" => Operation::Group(GroupOperation::List),
             "groups.get" => Operation::Group(GroupOperation::Get {
                 name: arguments.string(0, "name")?,
@@ -765,7 +783,11 @@ impl Arguments<'_> {
 
     /// An optional options table's list of strings, `None` when the field is not given (an
     /// empty list is given).
-    fn option_list_given(&self, position: usize, field: &str) -> Result<Option<Vec<String>>, Error> {
+    fn option_list_given(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<Option<Vec<String>>, Error> {
         let given = matches!(
             self.args.get(position),
             Some(Value::Object(map)) if map.get(field).is_some_and(|value| !value.is_null())
@@ -775,6 +797,42 @@ impl Arguments<'_> {
         } else {
             Ok(None)
         }
+    }
+
+    /// The table of `placement.explain` / `placement.test`:
+    /// `{image=, name=, project=, target=, config=, profiles=}`.
+    fn placement_input(&self, position: usize) -> Result<PlacementInput, Error> {
+        let Some(Value::Object(map)) = self.args.get(position) else {
+            let given = self.args.get(position).unwrap_or(&Value::Null);
+            return Err(self.wrong_table(position, "request", given));
+        };
+        let known = ["image", "name", "project", "target", "config", "profiles"];
+        if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(Error::Refused(format!(
+                "{}: unknown field \"{unknown}\" (known: {})",
+                self.name,
+                known.join(", ")
+            )));
+        }
+        let text = |field: &str| {
+            self.option_string(position, field)
+                .map(Option::unwrap_or_default)
+        };
+        let image = text("image")?;
+        if image.is_empty() {
+            return Err(Error::Refused(format!(
+                "{}: the request needs an image",
+                self.name
+            )));
+        }
+        Ok(PlacementInput {
+            image,
+            name: text("name")?,
+            project: text("project")?,
+            target: text("target")?,
+            config: self.option_map(position, "config")?,
+            profiles: self.option_list(position, "profiles")?,
+        })
     }
 
     /// A list of strings, e.g. `{"g1", "g2"}`.

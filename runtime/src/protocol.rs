@@ -97,6 +97,9 @@ pub enum Request {
     },
     /// The receiver's live state (`cluster.member_state`); members only.
     MemberState,
+    /// The receiver's hardware resources (placement scriptlets); answered as `MemberState`
+    /// (JSON text); members only.
+    MemberResources,
     /// Sends `bytes` zero bytes as an image stream would: the raw stream rate, the floor
     /// `bench-images` compares copies with. At most [`STREAM_PROBE_BYTES_MAX`].
     StreamProbe {

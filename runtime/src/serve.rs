@@ -271,6 +271,9 @@ impl Handler for Service {
                     .await;
                 return;
             }
+            (Request::MemberResources, Registered::Member) => Reply::MemberState(
+                crate::sysinfo::local_resources(self.member.inner.dir.root()).to_string(),
+            ),
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }

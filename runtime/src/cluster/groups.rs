@@ -116,7 +116,8 @@ fn with_group(groups: &[String], group: &str) -> Option<Vec<String>> {
 
 impl Member {
     async fn propose_group(&self, command: InstanceCommand) -> Result<(), Error> {
-        self.propose(Command::Instance(command), WRITE_TIMEOUT).await
+        self.propose(Command::Instance(command), WRITE_TIMEOUT)
+            .await
     }
 
     fn member_groups(&self, member: &str) -> Result<Vec<String>, Error> {
@@ -175,7 +176,10 @@ impl Member {
                 name,
                 description,
                 members,
-            } => self.edit_group(name, description.as_deref(), members.as_deref()).await,
+            } => {
+                self.edit_group(name, description.as_deref(), members.as_deref())
+                    .await
+            }
             GroupOperation::Assign { member, groups } => {
                 self.propose_group(InstanceCommand::GroupAssign {
                     member: member.clone(),
@@ -234,7 +238,12 @@ impl Member {
                         let groups = if want {
                             with_group(&member.groups, name).unwrap_or_default()
                         } else {
-                            member.groups.iter().filter(|g| *g != name).cloned().collect()
+                            member
+                                .groups
+                                .iter()
+                                .filter(|g| *g != name)
+                                .cloned()
+                                .collect()
                         };
                         assignments.push((member.name.clone(), groups));
                     }
@@ -248,7 +257,9 @@ impl Member {
             (exists, Ok(assignments))
         });
         if !exists {
-            return Err(Error::Refused(format!("cluster group \"{name}\" not found")));
+            return Err(Error::Refused(format!(
+                "cluster group \"{name}\" not found"
+            )));
         }
         let assignments = assignments.map_err(Error::Refused)?;
         if let Some(description) = description {
