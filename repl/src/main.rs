@@ -17,7 +17,9 @@ mod console;
 mod demo;
 mod failover;
 mod format;
+mod group;
 mod image;
+mod placement;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +46,9 @@ struct Cli {
     /// Where the client keeps its certificate and remotes.
     #[arg(long, global = true, env = "STARLING_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+    /// The project (instances, profiles).
+    #[arg(long, global = true, default_value = "default")]
+    project: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
     format: Format,
@@ -73,6 +78,10 @@ enum Command {
     /// Images: import, list, show, delete, aliases (as `lxc image`).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Where a new instance would go and why (`explain`), or with a scriptlet not installed
+    /// (`test`); creates nothing.
+    #[command(subcommand)]
+    Placement(placement::PlacementCommand),
     /// Remotes this client can reach.
     #[command(subcommand)]
     Remote(RemoteCommand),
@@ -246,6 +255,9 @@ enum ClusterCommand {
         /// Member name.
         name: String,
     },
+    /// Cluster groups (as `lxc cluster group`).
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 #[derive(Subcommand)]
@@ -473,6 +485,9 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Config(command) => config(cli, client, command).await,
         Command::Trust(command) => trust(cli, client, command).await,
         Command::Image(command) => image::run(cli.format, client, command).await,
+        Command::Placement(command) => {
+            placement::run(cli.format, client, &cli.project, command).await
+        }
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)
@@ -522,6 +537,7 @@ async fn trust(cli: &Cli, client: &Client, command: &TrustCommand) -> Result<()>
 
 async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result<()> {
     match command {
+        ClusterCommand::Group(command) => group::run(cli.format, client, command).await,
         ClusterCommand::Info => {
             let value = client.operation(Operation::ClusterInfo).await?;
             let format = if cli.format == Format::Table {
