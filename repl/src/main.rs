@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_images;
+mod bench_placement;
 mod console;
 mod demo;
 mod failover;
@@ -110,6 +111,9 @@ enum Command {
     /// Measures an image import and its copies to the other members, against the floor of an
     /// export over the same transport.
     BenchImages(bench_images::ImageBenchArgs),
+    /// Measures one placement decision (built-in rule, and a 50-line scriptlet) at 50 and
+    /// 1,000 members, in process.
+    BenchPlacement(bench_placement::PlacementBenchArgs),
     /// Internal: the container driver's shim (a container's monitor, and `exec` into it), run
     /// by the daemon re-executing this binary. Not for people.
     #[command(name = "__shim", hide = true, subcommand)]
@@ -462,6 +466,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::BenchFailover(args) => failover::run(args).await,
         Command::BenchImages(args) => bench_images::run(args).await,
+        Command::BenchPlacement(args) => bench_placement::run(args),
         Command::Remote(RemoteCommand::Add { address, token }) => {
             Client::add_remote(&config_dir(&cli), address, token).await?;
             println!("Remote {address} added: use `starling --remote {address} ...`");

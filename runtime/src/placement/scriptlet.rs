@@ -330,10 +330,13 @@ impl Scriptlet {
     pub fn run(
         &self,
         request: &PlacementRequest,
-        candidates: &[MemberView],
+        candidates: &[impl std::borrow::Borrow<MemberView>],
         host: &dyn ScriptletHost,
         limits: &Limits,
     ) -> Result<Outcome, ScriptletError> {
+        let candidates: Vec<&MemberView> =
+            candidates.iter().map(|member| member.borrow()).collect();
+        let candidates = candidates.as_slice();
         let guard = Rc::new(Guard::new(
             limits.time,
             limits.memory_bytes,
