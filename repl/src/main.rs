@@ -6,6 +6,8 @@
 //! # Layout
 //! - `main.rs`: arguments and dispatch.
 //! - `format.rs`: table, json, yaml and csv output.
+//! - `image.rs`, `profile.rs`, `project.rs`: `starling image|profile|project ...`, as lxc's.
+//! - `keys.rs`: `KEY=VALUE` arguments, with `-` for a value read from stdin.
 //! - `console.rs`: the REPL.
 //! - `demo.rs`: the first-time local cluster.
 //! - `bench.rs`: the write/read benchmark.
@@ -18,6 +20,9 @@ mod demo;
 mod failover;
 mod format;
 mod image;
+mod keys;
+mod profile;
+mod project;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,6 +52,9 @@ struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "table")]
     format: Format,
+    /// The project of instances and profiles.
+    #[arg(long, global = true, default_value = "default")]
+    project: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +81,12 @@ enum Command {
     /// Images: import, list, show, delete, aliases (as `lxc image`).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Profiles of the project of --project (as `lxc profile`).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Projects (as `lxc project`).
+    #[command(subcommand)]
+    Project(project::ProjectCommand),
     /// Remotes this client can reach.
     #[command(subcommand)]
     Remote(RemoteCommand),
@@ -273,7 +287,8 @@ enum ConfigCommand {
         /// The key.
         key: String,
     },
-    /// Sets a key: `set KEY=VALUE` or `set KEY VALUE`.
+    /// Sets a key: `set KEY=VALUE` or `set KEY VALUE`; a value of `-` is read from stdin
+    /// (`cat f.star | starling config set instances.placement.scriptlet=-`).
     Set {
         /// KEY=VALUE, or KEY.
         key: String,
@@ -473,6 +488,8 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Config(command) => config(cli, client, command).await,
         Command::Trust(command) => trust(cli, client, command).await,
         Command::Image(command) => image::run(cli.format, client, command).await,
+        Command::Profile(command) => profile::run(cli.format, &cli.project, client, command).await,
+        Command::Project(command) => project::run(cli.format, client, command).await,
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)
@@ -705,6 +722,9 @@ async fn config(cli: &Cli, client: &Client, command: &ConfigCommand) -> Result<(
                     bail!("give a value: `config set {key}=VALUE` or `config set {key} VALUE`")
                 }
             };
+            let value = keys::read_stdin_values(vec![(key.clone(), value)])?
+                .remove(&key)
+                .unwrap_or_default();
             client
                 .operation(Operation::ConfigSet { key, value })
                 .await?;
