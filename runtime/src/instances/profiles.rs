@@ -669,6 +669,42 @@ mod tests {
         );
     }
 
+    /// Goal: `used_by` names the instances of the profile's project only, with `?project=`
+    /// outside the default project, as LXD does.
+    #[test]
+    fn used_by_names_instances_as_lxd_does() {
+        let mut state = ClusterState::default();
+        for (project, name) in [("default", "c1"), ("dev", "c2"), ("dev", "c3")] {
+            let instance = starling_store::instances::Instance {
+                project: project.into(),
+                name: name.into(),
+                kind: "container".into(),
+                architecture: "x86_64".into(),
+                config: BTreeMap::new(),
+                devices: Devices::new(),
+                profiles: if name == "c3" {
+                    vec![]
+                } else {
+                    vec!["default".into()]
+                },
+                location: "m1".into(),
+                status: Default::default(),
+                status_message: String::new(),
+                created_at_ms: 0,
+                description: String::new(),
+                ephemeral: false,
+                image: String::new(),
+            };
+            state
+                .instances
+                .insert((project.into(), name.into()), instance);
+        }
+        let in_default = profile_json(&state, &profile());
+        assert_eq!(in_default["used_by"], json!(["/1.0/instances/c1"]));
+        let in_dev = profile_json(&state, &starling_store::instances::default_profile("dev"));
+        assert_eq!(in_dev["used_by"], json!(["/1.0/instances/c2?project=dev"]));
+    }
+
     #[test]
     fn checks_cover_keys_and_devices() {
         let pools = |pool: &str| pool == "default";
