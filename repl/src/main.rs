@@ -6,6 +6,8 @@
 //! # Layout
 //! - `main.rs`: arguments and dispatch.
 //! - `format.rs`: table, json, yaml and csv output.
+//! - `image.rs`, `profile.rs`, `project.rs`: `starling image|profile|project ...`, as lxc's.
+//! - `keys.rs`: `KEY=VALUE` arguments, with `-` for a value read from stdin.
 //! - `console.rs`: the REPL.
 //! - `demo.rs`: the first-time local cluster.
 //! - `bench.rs`: the write/read benchmark.
@@ -20,7 +22,10 @@ mod failover;
 mod format;
 mod group;
 mod image;
+mod keys;
 mod placement;
+mod profile;
+mod project;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,6 +88,12 @@ enum Command {
     /// (`test`); creates nothing.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Profiles of the project of --project (as `lxc profile`).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Projects (as `lxc project`).
+    #[command(subcommand)]
+    Project(project::ProjectCommand),
     /// Remotes this client can reach.
     #[command(subcommand)]
     Remote(RemoteCommand),
@@ -289,7 +300,8 @@ enum ConfigCommand {
         /// The key.
         key: String,
     },
-    /// Sets a key: `set KEY=VALUE` or `set KEY VALUE`.
+    /// Sets a key: `set KEY=VALUE` or `set KEY VALUE`; a value of `-` is read from stdin
+    /// (`cat f.star | starling config set instances.placement.scriptlet=-`).
     Set {
         /// KEY=VALUE, or KEY.
         key: String,
@@ -493,6 +505,8 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Placement(command) => {
             placement::run(cli.format, client, &cli.project, command).await
         }
+        Command::Profile(command) => profile::run(cli.format, &cli.project, client, command).await,
+        Command::Project(command) => project::run(cli.format, client, command).await,
         Command::Exec { code } => exec(client, code, "exec").await,
         Command::Run { file } => {
             let source = std::fs::read_to_string(file)
@@ -726,6 +740,9 @@ async fn config(cli: &Cli, client: &Client, command: &ConfigCommand) -> Result<(
                     bail!("give a value: `config set {key}=VALUE` or `config set {key} VALUE`")
                 }
             };
+            let value = keys::read_stdin_values(vec![(key.clone(), value)])?
+                .remove(&key)
+                .unwrap_or_default();
             client
                 .operation(Operation::ConfigSet { key, value })
                 .await?;

@@ -317,6 +317,8 @@ impl Member {
             Operation::Image(image) => self.image_here(image).await,
             Operation::Group(group) => self.group_here(group).await,
             Operation::Placement(placement) => self.placement_here(placement).await,
+            Operation::Profile(profile) => self.profile_here(profile).await,
+            Operation::Project(project) => self.project_here(project).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::cluster::groups::GroupOperation;
 use crate::images::ops::ImageOperation;
+use crate::instances::profiles::ProfileOperation;
+use crate::instances::projects::ProjectOperation;
 use crate::placement::ops::{PlacementInput, PlacementOperation};
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,10 @@ pub enum Operation {
     Group(crate::cluster::groups::GroupOperation),
     /// `placement.*`.
     Placement(crate::placement::ops::PlacementOperation),
+    /// `profiles.*`.
+    Profile(crate::instances::profiles::ProfileOperation),
+    /// `projects.*`.
+    Project(crate::instances::projects::ProjectOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -439,6 +445,82 @@ pub const BUILTINS: &[Builtin] = &[
         help: "groups.remove(member, group) -> takes a member out of a group (it keeps one)",
     },
     Builtin {
+        name: "profiles.list",
+        help: "profiles.list([{project=}]) -> profiles (name, description, config, devices, project, used_by)",
+    },
+    Builtin {
+        name: "profiles.get",
+        help: "profiles.get(name [, {project=}]) -> one profile",
+    },
+    Builtin {
+        name: "profiles.create",
+        help: "profiles.create(name [, {description=, config=, devices=, project=}]) -> creates a profile",
+    },
+    Builtin {
+        name: "profiles.delete",
+        help: "profiles.delete(name [, {project=}]) -> deletes a profile no instance uses",
+    },
+    Builtin {
+        name: "profiles.rename",
+        help: "profiles.rename(old, new [, {project=}]) -> renames a profile",
+    },
+    Builtin {
+        name: "profiles.set",
+        help: "profiles.set(name, key, value [, {project=}]) -> sets a config key",
+    },
+    Builtin {
+        name: "profiles.unset",
+        help: "profiles.unset(name, key [, {project=}]) -> unsets a config key",
+    },
+    Builtin {
+        name: "profiles.edit",
+        help: "profiles.edit(name, {description=, config=, devices=} [, {project=}]) -> replaces the fields given",
+    },
+    Builtin {
+        name: "profiles.device_add",
+        help: "profiles.device_add(name, device, {type=, ...} [, {project=}]) -> adds a device",
+    },
+    Builtin {
+        name: "profiles.device_set",
+        help: "profiles.device_set(name, device, key, value [, {project=}]) -> sets a device key",
+    },
+    Builtin {
+        name: "profiles.device_remove",
+        help: "profiles.device_remove(name, device [, {project=}]) -> removes a device",
+    },
+    Builtin {
+        name: "projects.list",
+        help: "projects.list() -> projects (name, description, config, used_by)",
+    },
+    Builtin {
+        name: "projects.get",
+        help: "projects.get(name) -> one project",
+    },
+    Builtin {
+        name: "projects.create",
+        help: "projects.create(name [, {description=, config=}]) -> creates a project with its default profile",
+    },
+    Builtin {
+        name: "projects.delete",
+        help: "projects.delete(name) -> deletes an empty project",
+    },
+    Builtin {
+        name: "projects.rename",
+        help: "projects.rename(old, new) -> renames a project without instances",
+    },
+    Builtin {
+        name: "projects.set",
+        help: "projects.set(name, key, value) -> sets a project config key",
+    },
+    Builtin {
+        name: "projects.unset",
+        help: "projects.unset(name, key) -> unsets a project config key",
+    },
+    Builtin {
+        name: "projects.edit",
+        help: "projects.edit(name, {description=, config=}) -> replaces the fields given",
+    },
+    Builtin {
         name: "config.get",
         help: "config.get(key) -> effective value of a global key",
     },
@@ -638,6 +720,12 @@ impl Operation {
                 name: arguments.string(0, "name")?,
             },
             "network.list" => Operation::NetworkList,
+            profile if profile.starts_with("profiles.") => {
+                Operation::Profile(ProfileOperation::from_call(&arguments)?)
+            }
+            project if project.starts_with("projects.") => {
+                Operation::Project(ProjectOperation::from_call(&arguments)?)
+            }
             _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
         };
         Ok(operation)
@@ -650,6 +738,12 @@ impl Operation {
         }
         if let Operation::Group(group) = self {
             return group.is_write();
+        }
+        if let Operation::Profile(profile) = self {
+            return profile.is_write();
+        }
+        if let Operation::Project(project) = self {
+            return project.is_write();
         }
         matches!(
             self,
@@ -679,13 +773,15 @@ impl Operation {
 }
 
 /// Positional arguments of a built-in call, with errors that name the built-in and argument.
-struct Arguments<'a> {
-    name: &'a str,
-    args: &'a [Value],
+pub(crate) struct Arguments<'a> {
+    /// The built-in's name, for errors.
+    pub(crate) name: &'a str,
+    /// The arguments, as JSON.
+    pub(crate) args: &'a [Value],
 }
 
 impl Arguments<'_> {
-    fn string(&self, position: usize, what: &str) -> Result<String, Error> {
+    pub(crate) fn string(&self, position: usize, what: &str) -> Result<String, Error> {
         match self.args.get(position) {
             Some(Value::String(text)) => Ok(text.clone()),
             Some(other) => Err(self.wrong(position, what, other)),
@@ -698,7 +794,7 @@ impl Arguments<'_> {
     }
 
     /// A string, number or boolean, as text (config values may be given as numbers in Lua).
-    fn scalar(&self, position: usize, what: &str) -> Result<String, Error> {
+    pub(crate) fn scalar(&self, position: usize, what: &str) -> Result<String, Error> {
         match self.args.get(position) {
             Some(Value::String(text)) => Ok(text.clone()),
             Some(Value::Number(number)) => Ok(number.to_string()),
@@ -713,7 +809,11 @@ impl Arguments<'_> {
     }
 
     /// An optional table of scalars (`config`), as strings.
-    fn string_map(&self, position: usize, what: &str) -> Result<BTreeMap<String, String>, Error> {
+    pub(crate) fn string_map(
+        &self,
+        position: usize,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
         match self.args.get(position) {
             None | Some(Value::Null) => Ok(BTreeMap::new()),
             Some(Value::Array(items)) if items.is_empty() => Ok(BTreeMap::new()),
@@ -857,7 +957,11 @@ impl Arguments<'_> {
     }
 
     /// An optional options table's table of scalars, e.g. `{properties={os="busybox"}}`.
-    fn option_map(&self, position: usize, field: &str) -> Result<BTreeMap<String, String>, Error> {
+    pub(crate) fn option_map(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
         match self.args.get(position) {
             Some(Value::Object(map)) => match map.get(field) {
                 None | Some(Value::Null) => Ok(BTreeMap::new()),
@@ -872,7 +976,11 @@ impl Arguments<'_> {
     }
 
     /// An optional options table's string field, e.g. `{replace="m2"}`.
-    fn option_string(&self, position: usize, field: &str) -> Result<Option<String>, Error> {
+    pub(crate) fn option_string(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<Option<String>, Error> {
         match self.args.get(position) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) if items.is_empty() => Ok(None),
@@ -949,12 +1057,12 @@ impl Arguments<'_> {
         })
     }
 
-    fn wrong_table(&self, position: usize, what: &str, value: &Value) -> Error {
+    pub(crate) fn wrong_table(&self, position: usize, what: &str, value: &Value) -> Error {
         let error = self.wrong(position, what, value).to_string();
         Error::Refused(error.replace("must be a string", "must be a table"))
     }
 
-    fn wrong(&self, position: usize, what: &str, value: &Value) -> Error {
+    pub(crate) fn wrong(&self, position: usize, what: &str, value: &Value) -> Error {
         let kind = match value {
             Value::Null => "nil",
             Value::Bool(_) => "boolean",
@@ -971,7 +1079,7 @@ impl Arguments<'_> {
 }
 
 /// A JSON scalar as text; `None` for tables and nil.
-fn scalar_text(value: &Value) -> Option<String> {
+pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
@@ -1018,10 +1126,17 @@ mod tests {
         let scalars = [json!("x"), json!("y"), json!("z")];
         let tables = [json!("x"), json!({}), json!({}), json!({})];
         let strings_then_tables = [json!("x"), json!("y"), json!({}), json!({})];
+        let four_scalars = [json!("w"), json!("x"), json!("y"), json!("z")];
         for builtin in BUILTINS {
-            let accepted = [&scalars[..], &tables[..], &strings_then_tables[..]]
-                .iter()
-                .any(|args| Operation::from_call(builtin.name, args).is_ok());
+            let accepted = [
+                &[][..],
+                &scalars[..],
+                &tables[..],
+                &strings_then_tables[..],
+                &four_scalars[..],
+            ]
+            .iter()
+            .any(|args| Operation::from_call(builtin.name, args).is_ok());
             assert!(accepted, "{} has no operation", builtin.name);
         }
         assert!(Operation::from_call("cluster.nothing", &scalars).is_err());

@@ -6,4 +6,8 @@
 //! Placement, records in the cluster database and the script built-ins live elsewhere; this
 //! domain only knows what happens on one member's machine.
 
+pub mod config_keys;
+pub mod devices;
 pub mod driver;
+pub mod profiles;
+pub mod projects;
