@@ -1,10 +1,13 @@
-//! Instances: system containers on this member.
+//! Instances, their profiles and projects.
 //!
 //! - [`driver`]: the container driver: unpack an image into the member's storage pool, start,
-//!   stop, exec, observe and delete containers, adopting those a previous daemon started.
+//!   stop, exec, observe and delete containers, adopting those a previous daemon started (it
+//!   only knows what happens on one member's machine).
+//! - [`profiles`] and [`projects`]: the `profiles.*` and `projects.*` operations, with the
+//!   pure checks of [`config_keys`] and [`devices`].
 //!
-//! Placement, records in the cluster database and the script built-ins live elsewhere; this
-//! domain only knows what happens on one member's machine.
+//! The records are in the cluster database (`starling_store::instances`); placement is the
+//! [`crate::placement`] domain.
 
 pub mod config_keys;
 pub mod devices;
