@@ -282,6 +282,11 @@ impl Member {
             Operation::ConfigSet { key, value } => {
                 starling_store::config::validate(key, value)
                     .map_err(|error| Error::Refused(error.to_string()))?;
+                if key == crate::placement::ops::SCRIPTLET_KEY && !value.trim().is_empty() {
+                    crate::placement::scriptlet::validate(value).map_err(|error| {
+                        Error::Refused(format!("invalid placement scriptlet: {error}"))
+                    })?;
+                }
                 let command = Command::ConfigSet {
                     key: key.clone(),
                     value: value.clone(),
@@ -325,6 +330,9 @@ impl Member {
             Operation::Image(image) => self.image_here(image).await,
             Operation::Group(group) => self.group_here(group).await,
             Operation::Instance(instance) => Box::pin(self.instance_here(instance)).await,
+            Operation::Placement(placement) => self.placement_here(placement).await,
+            Operation::Profile(profile) => self.profile_here(profile).await,
+            Operation::Project(project) => self.project_here(project).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

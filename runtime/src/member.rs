@@ -137,6 +137,7 @@ pub(crate) struct Inner {
     pub(crate) images: crate::images::ops::ImageState,
     /// This member's containers (see [`crate::instances::local`]).
     pub(crate) instances: crate::instances::local::InstanceState,
+    pub(crate) placement: crate::placement::ops::PlacementState,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -293,6 +294,7 @@ impl Member {
             role_lock: tokio::sync::Mutex::new(()),
             images: Default::default(),
             instances: Default::default(),
+            placement: Default::default(),
             _lock: lock,
         };
         let member = Member {

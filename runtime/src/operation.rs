@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::cluster::groups::GroupOperation;
 use crate::images::ops::ImageOperation;
+use crate::instances::profiles::ProfileOperation;
+use crate::instances::projects::ProjectOperation;
+use crate::placement::ops::{PlacementInput, PlacementOperation};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -166,6 +169,12 @@ pub enum Operation {
     Group(crate::cluster::groups::GroupOperation),
     /// `instances.*`.
     Instance(crate::instances::ops::InstanceOperation),
+    /// `placement.*`.
+    Placement(crate::placement::ops::PlacementOperation),
+    /// `profiles.*`.
+    Profile(crate::instances::profiles::ProfileOperation),
+    /// `projects.*`.
+    Project(crate::instances::projects::ProjectOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -394,6 +403,14 @@ pub const BUILTINS: &[Builtin] = &[
         help: "network.list() -> networks",
     },
     Builtin {
+        name: "placement.explain",
+        help: "placement.explain{image=, target=, config=, profiles=, project=} -> the member a new instance would go to, why, and the candidates (creates nothing)",
+    },
+    Builtin {
+        name: "placement.test",
+        help: "placement.test(source, {image=, ...}) -> as placement.explain, with a scriptlet that is not installed",
+    },
+    Builtin {
         name: "groups.list",
         help: "groups.list() -> cluster groups (name, description, members, used_by)",
     },
@@ -476,6 +493,82 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "instances.unset",
         help: "instances.unset(name, key [, {project=}]) -> unsets a config key",
+    },
+    Builtin {
+        name: "profiles.list",
+        help: "profiles.list([{project=}]) -> profiles (name, description, config, devices, project, used_by)",
+    },
+    Builtin {
+        name: "profiles.get",
+        help: "profiles.get(name [, {project=}]) -> one profile",
+    },
+    Builtin {
+        name: "profiles.create",
+        help: "profiles.create(name [, {description=, config=, devices=, project=}]) -> creates a profile",
+    },
+    Builtin {
+        name: "profiles.delete",
+        help: "profiles.delete(name [, {project=}]) -> deletes a profile no instance uses",
+    },
+    Builtin {
+        name: "profiles.rename",
+        help: "profiles.rename(old, new [, {project=}]) -> renames a profile",
+    },
+    Builtin {
+        name: "profiles.set",
+        help: "profiles.set(name, key, value [, {project=}]) -> sets a config key",
+    },
+    Builtin {
+        name: "profiles.unset",
+        help: "profiles.unset(name, key [, {project=}]) -> unsets a config key",
+    },
+    Builtin {
+        name: "profiles.edit",
+        help: "profiles.edit(name, {description=, config=, devices=} [, {project=}]) -> replaces the fields given",
+    },
+    Builtin {
+        name: "profiles.device_add",
+        help: "profiles.device_add(name, device, {type=, ...} [, {project=}]) -> adds a device",
+    },
+    Builtin {
+        name: "profiles.device_set",
+        help: "profiles.device_set(name, device, key, value [, {project=}]) -> sets a device key",
+    },
+    Builtin {
+        name: "profiles.device_remove",
+        help: "profiles.device_remove(name, device [, {project=}]) -> removes a device",
+    },
+    Builtin {
+        name: "projects.list",
+        help: "projects.list() -> projects (name, description, config, used_by)",
+    },
+    Builtin {
+        name: "projects.get",
+        help: "projects.get(name) -> one project",
+    },
+    Builtin {
+        name: "projects.create",
+        help: "projects.create(name [, {description=, config=}]) -> creates a project with its default profile",
+    },
+    Builtin {
+        name: "projects.delete",
+        help: "projects.delete(name) -> deletes an empty project",
+    },
+    Builtin {
+        name: "projects.rename",
+        help: "projects.rename(old, new) -> renames a project without instances",
+    },
+    Builtin {
+        name: "projects.set",
+        help: "projects.set(name, key, value) -> sets a project config key",
+    },
+    Builtin {
+        name: "projects.unset",
+        help: "projects.unset(name, key) -> unsets a project config key",
+    },
+    Builtin {
+        name: "projects.edit",
+        help: "projects.edit(name, {description=, config=}) -> replaces the fields given",
     },
     Builtin {
         name: "config.get",
@@ -615,6 +708,13 @@ impl Operation {
                 member: arguments.string(1, "member")?,
             }),
             "images.transfers" => Operation::Image(ImageOperation::Transfers),
+            "placement.explain" => Operation::Placement(PlacementOperation::Explain {
+                request: Box::new(arguments.placement_input(0)?),
+            }),
+            "placement.test" => Operation::Placement(PlacementOperation::Test {
+                source: arguments.string(0, "source")?,
+                request: Box::new(arguments.placement_input(1)?),
+            }),
             "groups.list" => Operation::Group(GroupOperation::List),
             "groups.get" => Operation::Group(GroupOperation::Get {
                 name: arguments.string(0, "name")?,
@@ -673,6 +773,12 @@ impl Operation {
             name if name.starts_with("instances.") => {
                 Operation::Instance(crate::instances::calls::from_call(name, args)?)
             }
+            profile if profile.starts_with("profiles.") => {
+                Operation::Profile(ProfileOperation::from_call(&arguments)?)
+            }
+            project if project.starts_with("projects.") => {
+                Operation::Project(ProjectOperation::from_call(&arguments)?)
+            }
             _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
         };
         Ok(operation)
@@ -697,6 +803,12 @@ impl Operation {
         }
         if let Operation::Instance(instance) = self {
             return instance.is_write();
+        }
+        if let Operation::Profile(profile) = self {
+            return profile.is_write();
+        }
+        if let Operation::Project(project) = self {
+            return project.is_write();
         }
         matches!(
             self,
@@ -726,13 +838,15 @@ impl Operation {
 }
 
 /// Positional arguments of a built-in call, with errors that name the built-in and argument.
-struct Arguments<'a> {
-    name: &'a str,
-    args: &'a [Value],
+pub(crate) struct Arguments<'a> {
+    /// The built-in's name, for errors.
+    pub(crate) name: &'a str,
+    /// The arguments, as JSON.
+    pub(crate) args: &'a [Value],
 }
 
 impl Arguments<'_> {
-    fn string(&self, position: usize, what: &str) -> Result<String, Error> {
+    pub(crate) fn string(&self, position: usize, what: &str) -> Result<String, Error> {
         match self.args.get(position) {
             Some(Value::String(text)) => Ok(text.clone()),
             Some(other) => Err(self.wrong(position, what, other)),
@@ -745,7 +859,7 @@ impl Arguments<'_> {
     }
 
     /// A string, number or boolean, as text (config values may be given as numbers in Lua).
-    fn scalar(&self, position: usize, what: &str) -> Result<String, Error> {
+    pub(crate) fn scalar(&self, position: usize, what: &str) -> Result<String, Error> {
         match self.args.get(position) {
             Some(Value::String(text)) => Ok(text.clone()),
             Some(Value::Number(number)) => Ok(number.to_string()),
@@ -760,7 +874,11 @@ impl Arguments<'_> {
     }
 
     /// An optional table of scalars (`config`), as strings.
-    fn string_map(&self, position: usize, what: &str) -> Result<BTreeMap<String, String>, Error> {
+    pub(crate) fn string_map(
+        &self,
+        position: usize,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
         match self.args.get(position) {
             None | Some(Value::Null) => Ok(BTreeMap::new()),
             Some(Value::Array(items)) if items.is_empty() => Ok(BTreeMap::new()),
@@ -846,6 +964,42 @@ impl Arguments<'_> {
         }
     }
 
+    /// The table of `placement.explain` / `placement.test`:
+    /// `{image=, name=, project=, target=, config=, profiles=}`.
+    fn placement_input(&self, position: usize) -> Result<PlacementInput, Error> {
+        let Some(Value::Object(map)) = self.args.get(position) else {
+            let given = self.args.get(position).unwrap_or(&Value::Null);
+            return Err(self.wrong_table(position, "request", given));
+        };
+        let known = ["image", "name", "project", "target", "config", "profiles"];
+        if let Some(unknown) = map.keys().find(|key| !known.contains(&key.as_str())) {
+            return Err(Error::Refused(format!(
+                "{}: unknown field \"{unknown}\" (known: {})",
+                self.name,
+                known.join(", ")
+            )));
+        }
+        let text = |field: &str| {
+            self.option_string(position, field)
+                .map(Option::unwrap_or_default)
+        };
+        let image = text("image")?;
+        if image.is_empty() {
+            return Err(Error::Refused(format!(
+                "{}: the request needs an image",
+                self.name
+            )));
+        }
+        Ok(PlacementInput {
+            image,
+            name: text("name")?,
+            project: text("project")?,
+            target: text("target")?,
+            config: self.option_map(position, "config")?,
+            profiles: self.option_list(position, "profiles")?,
+        })
+    }
+
     /// A list of strings, e.g. `{"g1", "g2"}`.
     fn string_list(&self, position: usize, what: &str) -> Result<Vec<String>, Error> {
         match self.args.get(position) {
@@ -868,7 +1022,11 @@ impl Arguments<'_> {
     }
 
     /// An optional options table's table of scalars, e.g. `{properties={os="busybox"}}`.
-    fn option_map(&self, position: usize, field: &str) -> Result<BTreeMap<String, String>, Error> {
+    pub(crate) fn option_map(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
         match self.args.get(position) {
             Some(Value::Object(map)) => match map.get(field) {
                 None | Some(Value::Null) => Ok(BTreeMap::new()),
@@ -883,7 +1041,11 @@ impl Arguments<'_> {
     }
 
     /// An optional options table's string field, e.g. `{replace="m2"}`.
-    fn option_string(&self, position: usize, field: &str) -> Result<Option<String>, Error> {
+    pub(crate) fn option_string(
+        &self,
+        position: usize,
+        field: &str,
+    ) -> Result<Option<String>, Error> {
         match self.args.get(position) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) if items.is_empty() => Ok(None),
@@ -960,12 +1122,12 @@ impl Arguments<'_> {
         })
     }
 
-    fn wrong_table(&self, position: usize, what: &str, value: &Value) -> Error {
+    pub(crate) fn wrong_table(&self, position: usize, what: &str, value: &Value) -> Error {
         let error = self.wrong(position, what, value).to_string();
         Error::Refused(error.replace("must be a string", "must be a table"))
     }
 
-    fn wrong(&self, position: usize, what: &str, value: &Value) -> Error {
+    pub(crate) fn wrong(&self, position: usize, what: &str, value: &Value) -> Error {
         let kind = match value {
             Value::Null => "nil",
             Value::Bool(_) => "boolean",
@@ -982,7 +1144,7 @@ impl Arguments<'_> {
 }
 
 /// A JSON scalar as text; `None` for tables and nil.
-fn scalar_text(value: &Value) -> Option<String> {
+pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
@@ -1029,10 +1191,23 @@ mod tests {
         let scalars = [json!("x"), json!("y"), json!("z")];
         let tables = [json!("x"), json!({}), json!({}), json!({})];
         let strings_then_tables = [json!("x"), json!("y"), json!({}), json!({})];
+        let four_scalars = [json!("w"), json!("x"), json!("y"), json!("z")];
+        let request = [json!({"image": "x"})];
+        let source_then_request = [json!("x"), json!({"image": "x"})];
+        let member_then_list = [json!("m1"), json!(["g1"])];
         for builtin in BUILTINS {
-            let accepted = [&scalars[..], &tables[..], &strings_then_tables[..], &[]]
-                .iter()
-                .any(|args| Operation::from_call(builtin.name, args).is_ok());
+            let accepted = [
+                &[][..],
+                &scalars[..],
+                &tables[..],
+                &strings_then_tables[..],
+                &four_scalars[..],
+                &request[..],
+                &source_then_request[..],
+                &member_then_list[..],
+            ]
+            .iter()
+            .any(|args| Operation::from_call(builtin.name, args).is_ok());
             assert!(accepted, "{} has no operation", builtin.name);
         }
         assert!(Operation::from_call("cluster.nothing", &scalars).is_err());

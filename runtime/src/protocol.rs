@@ -130,6 +130,9 @@ pub enum Request {
         /// What to do.
         operation: crate::instances::local::LocalOperation,
     },
+    /// The receiver's hardware resources (placement scriptlets); answered as `MemberState`
+    /// (JSON text); members only.
+    MemberResources,
     /// Sends `bytes` zero bytes as an image stream would: the raw stream rate, the floor
     /// `bench-images` compares copies with. At most [`STREAM_PROBE_BYTES_MAX`].
     StreamProbe {

@@ -308,6 +308,9 @@ impl Handler for Service {
                 let result = Box::pin(self.member.instance_local(&operation)).await;
                 Reply::Operation(result.map(|value| value.to_string()))
             }
+            (Request::MemberResources, Registered::Member) => Reply::MemberState(
+                crate::sysinfo::local_resources(self.member.inner.dir.root()).to_string(),
+            ),
             (Request::MemberState, Registered::Member) => {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }

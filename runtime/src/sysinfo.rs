@@ -59,6 +59,59 @@ pub(crate) fn local_state(name: &str) -> Value {
     })
 }
 
+/// The member's hardware as LXD's `resources` reports it (the fields placement scriptlets
+/// read): CPU, memory, and the storage under `data_dir`.
+pub(crate) fn local_resources(data_dir: &std::path::Path) -> Value {
+    let meminfo = read("/proc/meminfo").unwrap_or_default();
+    let memory = |key: &str| -> u64 {
+        meminfo
+            .lines()
+            .find(|line| line.starts_with(key))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    let total = memory("MemTotal:");
+    let available = memory("MemAvailable:");
+    let cpus = std::thread::available_parallelism()
+        .map(|cpus| cpus.get())
+        .unwrap_or(1);
+    let (disk_total, disk_free) = disk_space(data_dir);
+    json!({
+        "cpu": {
+            "architecture": std::env::consts::ARCH,
+            "sockets": [{"socket": 0, "cores": cpus}],
+            "total": cpus,
+        },
+        "memory": {
+            "used": total.saturating_sub(available),
+            "total": total,
+        },
+        "storage": {
+            "disks": [],
+            "total": disk_total,
+            "free": disk_free,
+        },
+        "gpu": {"cards": [], "total": 0},
+        "network": {"cards": [], "total": 0},
+        "system": {"type": "physical"},
+    })
+}
+
+/// Total and free bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> (u64, u64) {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return (0, 0);
+    };
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return (0, 0);
+    }
+    let block = stat.f_frsize as u64;
+    (stat.f_blocks as u64 * block, stat.f_bavail as u64 * block)
+}
+
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }

@@ -38,6 +38,14 @@ struct KeySpec {
 
 const KEYS: &[KeySpec] = &[
     KeySpec {
+        name: "instances.placement.scriptlet",
+        default: "",
+        // The member checks the source (syntax, names, `instance_placement`) before proposing:
+        // the store cannot run Starlark.
+        rule: "must be a Starlark placement scriptlet",
+        check: |_| true,
+    },
+    KeySpec {
         name: "cluster.max_voters",
         default: "3",
         rule: "must be an odd integer of at least 3",

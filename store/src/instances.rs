@@ -151,6 +151,13 @@ pub enum InstanceCommand {
         /// Its name.
         name: String,
     },
+    /// Renames a project without instances (not `default`); its profiles move with it.
+    ProjectRename {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+    },
     /// Creates a profile.
     ProfileCreate {
         /// The profile.
@@ -321,6 +328,10 @@ impl InstanceCommand {
             }
             InstanceCommand::ProjectDelete { name } => {
                 check_len("project name", name, NAME_BYTES_MAX)
+            }
+            InstanceCommand::ProjectRename { from, to } => {
+                check_len("project name", from, NAME_BYTES_MAX)?;
+                check_name("project", to)
             }
             InstanceCommand::ProfileCreate { profile }
             | InstanceCommand::ProfileUpdate { profile } => check_profile(profile),
@@ -545,6 +556,40 @@ impl ClusterState {
         }
     }
 
+    /// LXD's rule: neither the default project nor one with instances is renamed. Its
+    /// profiles (the default one at least) move to the new name.
+    fn rename_project(&mut self, from: &str, to: &str) -> Result<(), String> {
+        if from == DEFAULT_PROJECT {
+            return Err("the default project cannot be renamed".to_string());
+        }
+        self.project_exists(from)?;
+        if self.projects.contains_key(to) {
+            return Err(format!("project \"{to}\" already exists"));
+        }
+        if self.instances.keys().any(|(project, _)| project == from) {
+            return Err(format!(
+                "project \"{from}\" still has instances: only projects without instances can be renamed"
+            ));
+        }
+        if let Some(mut project) = self.projects.remove(from) {
+            project.name = to.to_string();
+            self.projects.insert(to.to_string(), project);
+        }
+        let moved: Vec<Key> = self
+            .profiles
+            .keys()
+            .filter(|(project, _)| project == from)
+            .cloned()
+            .collect();
+        for old_key in moved {
+            if let Some(mut profile) = self.profiles.remove(&old_key) {
+                profile.project = to.to_string();
+                self.profiles.insert(key(to, &profile.name), profile);
+            }
+        }
+        Ok(())
+    }
+
     fn instance_mut(&mut self, project: &str, name: &str) -> Result<&mut Instance, String> {
         self.instances
             .get_mut(&key(project, name))
@@ -620,6 +665,7 @@ impl ClusterState {
                 self.projects.remove(name);
                 Ok(())
             }
+            InstanceCommand::ProjectRename { from, to } => self.rename_project(from, to),
             InstanceCommand::ProfileCreate { profile } => {
                 self.project_exists(&profile.project)?;
                 let profile_key = key(&profile.project, &profile.name);
@@ -1202,5 +1248,62 @@ mod tests {
         )
         .unwrap();
         assert!(!state.profiles.contains_key(&key("dev", DEFAULT_PROFILE)));
+    }
+
+    /// Goal: a project is renamed with its profiles; never the default project, nor one that
+    /// has instances, nor onto an existing name.
+    #[test]
+    fn project_rename() {
+        let mut state = with_members(&[]);
+        with_image(&mut state);
+        let project = |name: &str| Project {
+            name: name.into(),
+            description: String::new(),
+            config: BTreeMap::new(),
+        };
+        for name in ["dev", "prod"] {
+            apply(
+                &mut state,
+                InstanceCommand::ProjectCreate {
+                    project: project(name),
+                },
+            )
+            .unwrap();
+        }
+        let mut extra = default_profile("dev");
+        extra.name = "extra".into();
+        apply(
+            &mut state,
+            InstanceCommand::ProfileCreate { profile: extra },
+        )
+        .unwrap();
+        let rename = |from: &str, to: &str| InstanceCommand::ProjectRename {
+            from: from.into(),
+            to: to.into(),
+        };
+        let error = apply(&mut state, rename(DEFAULT_PROJECT, "x")).unwrap_err();
+        assert!(error.contains("cannot be renamed"), "{error}");
+        let error = apply(&mut state, rename("dev", "prod")).unwrap_err();
+        assert!(error.contains("already exists"), "{error}");
+        let error = apply(&mut state, rename("nope", "x")).unwrap_err();
+        assert!(error.contains("not found"), "{error}");
+        let error = apply(&mut state, rename("dev", "a b")).unwrap_err();
+        assert!(error.contains("invalid project name"), "{error}");
+        let mut in_prod = instance("c1", &["default"]);
+        in_prod.project = "prod".into();
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate { instance: in_prod },
+        )
+        .unwrap();
+        let error = apply(&mut state, rename("prod", "x")).unwrap_err();
+        assert!(error.contains("still has instances"), "{error}");
+        apply(&mut state, rename("dev", "staging")).unwrap();
+        assert!(!state.projects.contains_key("dev"));
+        assert_eq!(state.projects["staging"].name, "staging");
+        for name in [DEFAULT_PROFILE, "extra"] {
+            assert!(!state.profiles.contains_key(&key("dev", name)));
+            assert_eq!(state.profiles[&key("staging", name)].project, "staging");
+        }
     }
 }

@@ -133,7 +133,7 @@ fn memory(text: &str, memory_total_bytes: u64) -> Result<u64, ConfigError> {
                 ))
             }
         },
-        None => crate::placement::scriptlet::byte_size(text).ok_or_else(|| {
+        None => super::config_keys::parse_byte_size(text).ok_or_else(|| {
             invalid(
                 "limits.memory",
                 text,

@@ -26,9 +26,10 @@ use super::config::{self, BASE_IMAGE_KEY, IMAGE_PROPERTIES, LAST_POWER_KEY};
 use super::driver::{ExecRequest, InstanceKey};
 use super::local::LocalOperation;
 use super::names;
+use super::{config_keys, devices};
 use crate::cluster::join::WRITE_TIMEOUT;
 use crate::member::Member;
-use crate::placement::{self, PlacementRequest, Reason, Target};
+use crate::placement::{PlacementRequest, Reason, Target};
 use crate::protocol::{Reply, Request};
 use crate::Error;
 
@@ -295,8 +296,10 @@ pub fn plan_create(
             ));
         }
     }
+    config_keys::check_config(&request.config, config_keys::check_instance_key)?;
     let (_, profile_devices) = state.expand(project, &profiles, &BTreeMap::new(), &Devices::new());
     let devices = config::device_overrides(&profile_devices, &request.devices)?;
+    devices::check_devices(&devices, &|pool: &str| state.pools.contains_key(pool))?;
     let mut own_config = request.config.clone();
     own_config.insert(BASE_IMAGE_KEY.to_string(), image.fingerprint.clone());
     for property in IMAGE_PROPERTIES {
@@ -491,13 +494,22 @@ impl Member {
         let new = self
             .local_state(|state| plan_create(state, request, now_ms(), random))
             .map_err(Error::Refused)?;
-        let location = self.place_new(&new.placement, &new.target).await?;
+        let location = self
+            .place_instance(&new.placement, &new.target, None)
+            .await?
+            .member;
         let mut instance = new.instance;
         instance.location = location.clone();
-        self.propose_instance(InstanceCommand::InstanceCreate {
-            instance: instance.clone(),
-        })
-        .await?;
+        // Counted on its member while the record is being written, so that launches at once
+        // spread as launches one after the other do.
+        self.placement_started(&location);
+        let recorded = self
+            .propose_instance(InstanceCommand::InstanceCreate {
+                instance: instance.clone(),
+            })
+            .await;
+        self.placement_done(&location);
+        recorded?;
         let prepared = async {
             self.ensure_image_on(&instance.image, &location).await?;
             let config = self.local_state(|state| state.expanded(&instance).0);
@@ -521,22 +533,6 @@ impl Member {
         prepared?;
         let instance = self.instance_record(&instance.project, &instance.name)?;
         Ok(self.local_state(|state| instance_json(state, &instance)))
-    }
-
-    /// Chooses the member for a new instance.
-    // TODO(lead): replace with `place_instance` once it is on main (it also runs the
-    // scriptlet and counts creations in flight).
-    async fn place_new(
-        &self,
-        request: &PlacementRequest,
-        target: &Target,
-    ) -> Result<String, Error> {
-        let members = self.local_state(member_views);
-        let seed = crate::token::random_u128()?;
-        let mut random = |count: usize| (seed % count.max(1) as u128) as usize;
-        placement::place(&members, request, target, None, None, &mut random)
-            .map(|placement| placement.member)
-            .map_err(|error| Error::Refused(error.to_string()))
     }
 
     /// Records a status for `instance` on behalf of its member (for failures before the member
@@ -598,6 +594,9 @@ impl Member {
         key: &str,
         value: Option<&str>,
     ) -> Result<Value, Error> {
+        if let Some(value) = value {
+            config_keys::check_instance_key(key, value).map_err(Error::Refused)?;
+        }
         let instance = self.instance_record(project, name)?;
         let mut changed = instance.clone();
         match value {
@@ -709,30 +708,4 @@ fn truncate(message: &str) -> String {
         end -= 1;
     }
     message[..end].to_string()
-}
-
-/// The members as placement sees them.
-fn member_views(state: &ClusterState) -> Vec<placement::MemberView> {
-    state
-        .members
-        .values()
-        .map(|record| {
-            let (status, message) = crate::cluster::health::status_of(record);
-            placement::MemberView {
-                name: record.name.clone(),
-                url: format!("quic://{}", record.address),
-                database: false,
-                status: status.to_string(),
-                message,
-                architecture: record.architecture.clone(),
-                roles: record.user_roles.clone(),
-                failure_domain: record.failure_domain.clone(),
-                description: record.description.clone(),
-                config: record.config.clone(),
-                groups: record.groups.clone(),
-                scheduler: placement::SchedulerMode::from_config(&record.config),
-                instance_count: state.instances_on(&record.name) as u64,
-            }
-        })
-        .collect()
 }

@@ -17,8 +17,12 @@
 //!   [`Exclusion`], [`PlacementError`]) and [`place`];
 //! - [`rules`]: the built-in rules, LXD's semantics;
 //! - [`scriptlet`]: Starlark placement scriptlets, compiled once and run under time and memory
-//!   bounds.
+//!   bounds;
+//! - [`ops`]: carried out on a member: views built from the cluster state, the installed
+//!   scriptlet compiled once per source, live member state and resources over QUIC, creations
+//!   in flight, `placement.explain` and `placement.test`.
 
+pub mod ops;
 pub mod rules;
 pub mod scriptlet;
 

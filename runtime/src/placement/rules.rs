@@ -19,12 +19,12 @@ use super::{Exclusion, ExclusionReason, MemberView, PlacementError, SchedulerMod
 /// member with the reason it was left out. `exclude_current` is the instance's member for a
 /// move. Fails for a named member that is missing or unusable, an unknown group, and when no
 /// candidate is left.
-pub fn candidates(
-    members: &[MemberView],
+pub fn candidates<'m>(
+    members: &'m [MemberView],
     architecture: &str,
     target: &Target,
     exclude_current: Option<&str>,
-) -> Result<(Vec<MemberView>, Vec<Exclusion>), PlacementError> {
+) -> Result<(Vec<&'m MemberView>, Vec<Exclusion>), PlacementError> {
     if let Target::Member(name) = target {
         return named_member(members, name, architecture, exclude_current);
     }
@@ -43,7 +43,7 @@ pub fn candidates(
                 member: member.name.clone(),
                 reason,
             }),
-            None => chosen.push(member.clone()),
+            None => chosen.push(member),
         }
     }
     if chosen.is_empty() {
@@ -55,15 +55,16 @@ pub fn candidates(
 /// The candidate with the fewest instances; among several, `random(n)` picks the index (taken
 /// modulo `n`). `None` only when there is no candidate.
 pub fn choose_least_loaded(
-    candidates: &[MemberView],
+    candidates: &[impl std::borrow::Borrow<MemberView>],
     random: &mut impl FnMut(usize) -> usize,
 ) -> Option<String> {
     let fewest = candidates
         .iter()
-        .map(|member| member.instance_count)
+        .map(|member| member.borrow().instance_count)
         .min()?;
     let tied: Vec<&MemberView> = candidates
         .iter()
+        .map(|member| member.borrow())
         .filter(|member| member.instance_count == fewest)
         .collect();
     let index = if tied.len() == 1 {
@@ -92,12 +93,12 @@ fn canonical_architecture(name: &str) -> &str {
 }
 
 /// `--target NAME`: that member alone, or why it cannot be used.
-fn named_member(
-    members: &[MemberView],
+fn named_member<'m>(
+    members: &'m [MemberView],
     name: &str,
     architecture: &str,
     exclude_current: Option<&str>,
-) -> Result<(Vec<MemberView>, Vec<Exclusion>), PlacementError> {
+) -> Result<(Vec<&'m MemberView>, Vec<Exclusion>), PlacementError> {
     let Some(member) = members.iter().find(|member| member.name == name) else {
         return Err(PlacementError::UnknownMember {
             name: name.to_string(),
@@ -115,7 +116,7 @@ fn named_member(
             member: name.to_string(),
             reason,
         }),
-        None => Ok((vec![member.clone()], Vec::new())),
+        None => Ok((vec![member], Vec::new())),
     }
 }
 
@@ -176,7 +177,7 @@ mod tests {
         }
     }
 
-    fn names(members: &[MemberView]) -> Vec<&str> {
+    fn names<'a>(members: &[&'a MemberView]) -> Vec<&'a str> {
         members.iter().map(|member| member.name.as_str()).collect()
     }
 
@@ -236,7 +237,8 @@ mod tests {
             choose_least_loaded(&members, &mut |_| 7).as_deref(),
             Some("m3")
         );
-        assert_eq!(choose_least_loaded(&[], &mut |_| 0), None);
+        let none: [MemberView; 0] = [];
+        assert_eq!(choose_least_loaded(&none, &mut |_| 0), None);
     }
 
     /// Goal: for a move, the current member is never a candidate, and naming it fails.

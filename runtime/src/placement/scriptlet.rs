@@ -330,10 +330,13 @@ impl Scriptlet {
     pub fn run(
         &self,
         request: &PlacementRequest,
-        candidates: &[MemberView],
+        candidates: &[impl std::borrow::Borrow<MemberView>],
         host: &dyn ScriptletHost,
         limits: &Limits,
     ) -> Result<Outcome, ScriptletError> {
+        let candidates: Vec<&MemberView> =
+            candidates.iter().map(|member| member.borrow()).collect();
+        let candidates = candidates.as_slice();
         let guard = Rc::new(Guard::new(
             limits.time,
             limits.memory_bytes,
@@ -546,7 +549,7 @@ fn cpu_count(value: &str) -> Option<u64> {
 
 /// LXD's byte sizes: a number with an optional unit, decimal (`kB`, `MB`, ... `EB`) or binary
 /// (`KiB`, `MiB`, ... `EiB`), `B` or none for bytes. Percentages and anything else: `None`.
-pub(crate) fn byte_size(value: &str) -> Option<u64> {
+fn byte_size(value: &str) -> Option<u64> {
     let value = value.trim();
     let split = value
         .find(|character: char| !(character.is_ascii_digit() || character == '.'))

@@ -56,6 +56,13 @@ impl Exceeded {
     }
 }
 
+/// Frames besides `def`s a call chain may hold before the stack is read for recursion.
+const RECURSION_SLACK: usize = 2;
+
+/// Statements between two readings of the clock (the heap is checked before every statement:
+/// one statement may double a string).
+const STATEMENTS_PER_CLOCK: u32 = 16;
+
 /// The bounds of one evaluation (the module at compile time, or one call), and the first one
 /// it went over.
 pub(crate) struct Guard {
@@ -101,6 +108,12 @@ impl Guard {
 
     /// Checks the range steps, the heap and the clock; fails once any bound is exceeded.
     pub(crate) fn check(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
+        self.check_heap(allocated_bytes)?;
+        self.check_clock()
+    }
+
+    /// The range steps and the heap (cheap: before every statement).
+    fn check_heap(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
         if let Some(exceeded) = self.exceeded() {
             return Err(starlark::Error::new_other(exceeded.into_error()));
         }
@@ -110,6 +123,11 @@ impl Guard {
         if allocated_bytes > self.memory_bytes {
             return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
         }
+        Ok(())
+    }
+
+    /// The clock.
+    fn check_clock(&self) -> Result<(), starlark::Error> {
         if self.started.elapsed() > self.time {
             return Err(self.trip(Exceeded::Time(self.time)));
         }
@@ -139,7 +157,11 @@ impl Guard {
         let depth = eval.call_stack_count();
         let deeper = depth > self.depth.get();
         self.depth.set(depth);
-        if !deeper {
+        // A chain of calls can hold every `def` once, with the module's frame and a built-in or
+        // two between them, without any `def` twice: reading the whole stack (which allocates)
+        // is only worth it beyond that depth. Recursion that goes on goes deeper and is caught
+        // there; one that stops within that depth has done no harm.
+        if !deeper || depth <= self.functions.len() + RECURSION_SLACK {
             return Ok(());
         }
         let stack = eval.call_stack();
@@ -179,12 +201,14 @@ pub(crate) fn install<'v, 'a, 'e: 'a>(eval: &mut Evaluator<'v, 'a, 'e>, guard: &
     }));
     eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(StatementCheck {
         guard: Rc::clone(guard),
+        statements: 0,
     })));
 }
 
 /// The check made before each statement.
 struct StatementCheck {
     guard: Rc<Guard>,
+    statements: u32,
 }
 
 impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
@@ -194,7 +218,11 @@ impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
         _continued: bool,
         eval: &mut Evaluator<'v, '_, 'e>,
     ) -> starlark::Result<()> {
-        self.guard.check(eval.heap().allocated_bytes())?;
+        self.guard.check_heap(eval.heap().allocated_bytes())?;
+        self.statements = self.statements.wrapping_add(1);
+        if self.statements % STATEMENTS_PER_CLOCK == 0 {
+            self.guard.check_clock()?;
+        }
         self.guard.check_recursion(eval)
     }
 }

@@ -29,7 +29,7 @@ pub(crate) struct Context<'a> {
 /// One call of `instance_placement`.
 pub(crate) struct Call<'a> {
     pub(crate) request: &'a PlacementRequest,
-    pub(crate) candidates: &'a [MemberView],
+    pub(crate) candidates: &'a [&'a MemberView],
     pub(crate) host: &'a dyn ScriptletHost,
     pub(crate) log: RefCell<Vec<LogLine>>,
     pub(crate) target: RefCell<Option<String>>,
@@ -226,6 +226,7 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
     ) -> starlark::Result<Value<'v>> {
         let call = call(eval, "get_cluster_members")?;
         let members = call.host.cluster_members(option(group));
+        let members: Vec<&MemberView> = members.iter().collect();
         Ok(members_value(eval.heap(), &members))
     }
 

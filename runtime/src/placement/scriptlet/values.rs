@@ -77,7 +77,7 @@ pub(crate) fn member_value<'v>(heap: Heap<'v>, member: &MemberView) -> Value<'v>
 }
 
 /// A list of members.
-pub(crate) fn members_value<'v>(heap: Heap<'v>, members: &[MemberView]) -> Value<'v> {
+pub(crate) fn members_value<'v>(heap: Heap<'v>, members: &[&MemberView]) -> Value<'v> {
     heap.alloc(AllocList(
         members.iter().map(|member| member_value(heap, member)),
     ))

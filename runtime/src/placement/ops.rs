@@ -1,0 +1,407 @@
+//! Placement carried out: the member views built from the cluster state, the installed
+//! scriptlet compiled once per source, the scriptlet's host (live member state and resources
+//! read over QUIC), creations in flight, and the `placement.explain` / `placement.test`
+//! operations.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use starling_store::instances::Instance;
+use starling_store::ClusterState;
+
+use super::scriptlet::{Limits, Scriptlet, ScriptletHost};
+use super::{
+    place, MemberView, Placement, PlacementRequest, Reason, SchedulerMode, ScriptletRun, Target,
+};
+use crate::member::Member;
+use crate::protocol::{Reply, Request};
+use crate::Error;
+
+/// The config key holding the placement scriptlet.
+pub const SCRIPTLET_KEY: &str = "instances.placement.scriptlet";
+
+/// A member's placement bookkeeping.
+#[derive(Default)]
+pub struct PlacementState {
+    /// The installed scriptlet, compiled, with the source it was compiled from.
+    compiled: Mutex<Option<(String, Arc<Scriptlet>)>>,
+    /// Placements made and not yet recorded, by member (they count as instances there).
+    pending: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A placement operation (`placement.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PlacementOperation {
+    /// `placement.explain{image=, target=, config=, profiles=, project=, name=}`: which member
+    /// would be chosen and why, creating nothing.
+    Explain {
+        /// The request.
+        request: Box<PlacementInput>,
+    },
+    /// `placement.test(source, {image=, ...})`: runs a scriptlet that is not installed.
+    Test {
+        /// The scriptlet's source.
+        source: String,
+        /// The request.
+        request: Box<PlacementInput>,
+    },
+}
+
+/// What a placement is asked for (the parts of an instance request placement looks at).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementInput {
+    /// Image fingerprint, prefix or alias.
+    pub image: String,
+    /// Instance name (may be empty).
+    pub name: String,
+    /// Project.
+    pub project: String,
+    /// `NAME`, `@group`, or empty.
+    pub target: String,
+    /// Instance config.
+    pub config: BTreeMap<String, String>,
+    /// Profiles (empty: `default`).
+    pub profiles: Vec<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The members as placement sees them; `pending` counts creations not yet recorded.
+pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Vec<MemberView> {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for instance in state.instances.values() {
+        *counts.entry(instance.location.as_str()).or_default() += 1;
+    }
+    state
+        .members
+        .values()
+        .map(|member| MemberView {
+            name: member.name.clone(),
+            url: format!("https://{}", member.address),
+            database: false,
+            status: member.status.as_str().to_string(),
+            message: String::new(),
+            architecture: member.architecture.clone(),
+            roles: member.user_roles.clone(),
+            failure_domain: member.failure_domain.clone(),
+            description: member.description.clone(),
+            config: member.config.clone(),
+            groups: member.groups.clone(),
+            scheduler: SchedulerMode::from_config(&member.config),
+            instance_count: counts.get(member.name.as_str()).copied().unwrap_or(0)
+                + pending.get(&member.name).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// An instance as the scriptlet built-ins `get_instances` show it.
+fn instance_value(state: &ClusterState, instance: &Instance) -> Value {
+    let (config, devices) = state.expanded(instance);
+    json!({
+        "name": instance.name,
+        "project": instance.project,
+        "type": instance.kind,
+        "architecture": instance.architecture,
+        "config": instance.config,
+        "devices": instance.devices,
+        "expanded_config": config,
+        "expanded_devices": devices,
+        "profiles": instance.profiles,
+        "location": instance.location,
+        "status": instance.status.as_str(),
+        "description": instance.description,
+        "ephemeral": instance.ephemeral,
+    })
+}
+
+/// The scriptlet's view of the cluster: a snapshot of the database, and live member state and
+/// resources asked of the members (from a blocking thread: the scriptlet runs on one).
+struct ClusterHost {
+    member: Member,
+    runtime: tokio::runtime::Handle,
+    state: ClusterState,
+    views: Vec<MemberView>,
+    pending: BTreeMap<String, u64>,
+}
+
+impl ScriptletHost for ClusterHost {
+    fn member_state(&self, name: &str) -> Result<Value, String> {
+        self.runtime
+            .block_on(self.member.member_state(name))
+            .map_err(|error| error.to_string())
+    }
+
+    fn member_resources(&self, name: &str) -> Result<Value, String> {
+        self.runtime
+            .block_on(self.member.member_resources(name))
+            .map_err(|error| error.to_string())
+    }
+
+    fn instances(&self, project: Option<&str>, location: Option<&str>) -> Vec<Value> {
+        self.state
+            .instances
+            .values()
+            .filter(|instance| project.is_none_or(|p| instance.project == p))
+            .filter(|instance| location.is_none_or(|l| instance.location == l))
+            .map(|instance| instance_value(&self.state, instance))
+            .collect()
+    }
+
+    fn instances_count(&self, project: Option<&str>, location: Option<&str>, pending: bool) -> u64 {
+        let recorded = self
+            .state
+            .instances
+            .values()
+            .filter(|instance| project.is_none_or(|p| instance.project == p))
+            .filter(|instance| location.is_none_or(|l| instance.location == l))
+            .count() as u64;
+        let in_flight = if pending {
+            self.pending
+                .iter()
+                .filter(|(member, _)| location.is_none_or(|l| *member == l))
+                .map(|(_, count)| *count)
+                .sum()
+        } else {
+            0
+        };
+        recorded + in_flight
+    }
+
+    fn cluster_members(&self, group: Option<&str>) -> Vec<MemberView> {
+        self.views
+            .iter()
+            .filter(|view| view.status == "Online")
+            .filter(|view| group.is_none_or(|g| view.groups.iter().any(|own| own == g)))
+            .cloned()
+            .collect()
+    }
+
+    fn project(&self, name: &str) -> Option<Value> {
+        self.state.projects.get(name).map(|project| {
+            json!({
+                "name": project.name,
+                "description": project.description,
+                "config": project.config,
+            })
+        })
+    }
+}
+
+/// A random index below `n`, for ties.
+fn random_below(n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    crate::token::random_u128().map_or(0, |value| (value % n as u128) as usize)
+}
+
+// `place_instance` and the pending counts are what instance creation calls.
+#[allow(dead_code)]
+impl Member {
+    /// The installed scriptlet, compiled (once per source), or `None` when none is set.
+    fn installed_scriptlet(&self) -> Result<Option<Arc<Scriptlet>>, Error> {
+        let source = self
+            .local_state(|state| state.config_value(SCRIPTLET_KEY))
+            .unwrap_or_default();
+        if source.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut compiled = lock(&self.inner.placement.compiled);
+        if let Some((cached, scriptlet)) = compiled.as_ref() {
+            if *cached == source {
+                return Ok(Some(scriptlet.clone()));
+            }
+        }
+        let scriptlet = Arc::new(Scriptlet::compile(&source).map_err(|error| {
+            Error::Refused(format!("Failed instance placement scriptlet: {error}"))
+        })?);
+        *compiled = Some((source, scriptlet.clone()));
+        Ok(Some(scriptlet))
+    }
+
+    /// Chooses the member for `request` (the installed scriptlet, or `scriptlet` when given,
+    /// decides when no member is named), off the async threads.
+    pub(crate) async fn place_with(
+        &self,
+        request: &PlacementRequest,
+        target: &Target,
+        exclude_current: Option<&str>,
+        scriptlet: Option<Arc<Scriptlet>>,
+    ) -> Result<Placement, Error> {
+        let pending = lock(&self.inner.placement.pending).clone();
+        let (state, views) =
+            self.local_state(|state| (state.clone(), member_views(state, &pending)));
+        let host = ClusterHost {
+            member: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            state,
+            views: views.clone(),
+            pending,
+        };
+        let request = request.clone();
+        let target = target.clone();
+        let exclude = exclude_current.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
+            let limits = Limits::default();
+            let run = scriptlet.as_deref().map(|scriptlet| ScriptletRun {
+                scriptlet,
+                host: &host,
+                limits: &limits,
+            });
+            place(
+                &views,
+                &request,
+                &target,
+                exclude.as_deref(),
+                run,
+                &mut random_below,
+            )
+        })
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))?
+        .map_err(|error| Error::Refused(error.to_string()))
+    }
+
+    /// Chooses the member for a new (or moving) instance: a named target, else the installed
+    /// scriptlet, else the built-in rule.
+    pub(crate) async fn place_instance(
+        &self,
+        request: &PlacementRequest,
+        target: &Target,
+        exclude_current: Option<&str>,
+    ) -> Result<Placement, Error> {
+        let scriptlet = self.installed_scriptlet()?;
+        self.place_with(request, target, exclude_current, scriptlet)
+            .await
+    }
+
+    /// A placement on `member` is under way: it counts as an instance there until
+    /// [`Member::placement_done`].
+    pub(crate) fn placement_started(&self, member: &str) {
+        *lock(&self.inner.placement.pending)
+            .entry(member.to_string())
+            .or_default() += 1;
+    }
+
+    /// The placement on `member` is recorded (or abandoned).
+    pub(crate) fn placement_done(&self, member: &str) {
+        let mut pending = lock(&self.inner.placement.pending);
+        if let Some(count) = pending.get_mut(member) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                pending.remove(member);
+            }
+        }
+    }
+
+    /// A member's hardware resources (LXD's `resources`), read from the member itself.
+    pub(crate) async fn member_resources(&self, name: &str) -> Result<Value, Error> {
+        let record = self.record(name)?;
+        crate::cluster::health::require_online(&record)?;
+        if record.id == self.id() {
+            return Ok(crate::sysinfo::local_resources(self.inner.dir.root()));
+        }
+        match self
+            .request(
+                &record.address,
+                &Request::MemberResources,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(Reply::MemberState(text)) => {
+                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
+            }
+            Ok(Reply::Refused(error)) => Err(error),
+            Ok(other) => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+            Err(error) => Err(Error::Refused(format!(
+                "member \"{name}\" did not answer: {error}"
+            ))),
+        }
+    }
+
+    /// The placement request an input describes (the image resolved, profiles expanded).
+    fn placement_request(&self, input: &PlacementInput) -> Result<PlacementRequest, Error> {
+        self.local_state(|state| {
+            let image = state.image(&input.image).map_err(Error::Refused)?;
+            let project = if input.project.is_empty() {
+                starling_store::instances::DEFAULT_PROJECT.to_string()
+            } else {
+                input.project.clone()
+            };
+            let profiles = if input.profiles.is_empty() {
+                vec![starling_store::instances::DEFAULT_PROFILE.to_string()]
+            } else {
+                input.profiles.clone()
+            };
+            let (config, devices) =
+                state.expand(&project, &profiles, &input.config, &BTreeMap::new());
+            Ok(PlacementRequest {
+                name: input.name.clone(),
+                project,
+                kind: "container".to_string(),
+                architecture: image.architecture.clone(),
+                source: image.fingerprint.clone(),
+                config,
+                devices,
+                profiles,
+                ephemeral: false,
+                description: String::new(),
+                reason: Reason::New,
+            })
+        })
+    }
+
+    /// Runs a placement operation (reads only: nothing is created).
+    pub(crate) async fn placement_here(
+        &self,
+        operation: &PlacementOperation,
+    ) -> Result<Value, Error> {
+        let (input, scriptlet, installed) = match operation {
+            PlacementOperation::Explain { request } => (request, self.installed_scriptlet()?, true),
+            PlacementOperation::Test { source, request } => {
+                let scriptlet = Scriptlet::compile(source).map_err(|error| {
+                    Error::Refused(format!("Failed instance placement scriptlet: {error}"))
+                })?;
+                (request, Some(Arc::new(scriptlet)), false)
+            }
+        };
+        let request = self.placement_request(input)?;
+        let target =
+            Target::parse(&input.target).map_err(|error| Error::Refused(error.to_string()))?;
+        let pending = lock(&self.inner.placement.pending).clone();
+        let views = self.local_state(|state| member_views(state, &pending));
+        let has_scriptlet = scriptlet.is_some();
+        let placement = self.place_with(&request, &target, None, scriptlet).await?;
+        let candidates: Vec<Value> = views
+            .iter()
+            .filter(|view| {
+                !placement
+                    .exclusions
+                    .iter()
+                    .any(|exclusion| exclusion.member == view.name)
+            })
+            .map(|view| json!({"name": view.name, "instances": view.instance_count}))
+            .collect();
+        Ok(json!({
+            "member": placement.member,
+            "chosen_by": placement.chosen_by,
+            "scriptlet": if has_scriptlet { if installed { "installed" } else { "tested" } } else { "none" },
+            "candidates": candidates,
+            "excluded": placement.exclusions.iter().map(|exclusion| json!({
+                "name": exclusion.member,
+                "reason": exclusion.reason.to_string(),
+            })).collect::<Vec<_>>(),
+            "log": placement.log.iter().map(|line| json!({
+                "level": format!("{:?}", line.level).to_lowercase(),
+                "text": line.text,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+}
