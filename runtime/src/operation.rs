@@ -1127,6 +1127,9 @@ mod tests {
         let tables = [json!("x"), json!({}), json!({}), json!({})];
         let strings_then_tables = [json!("x"), json!("y"), json!({}), json!({})];
         let four_scalars = [json!("w"), json!("x"), json!("y"), json!("z")];
+        let request = [json!({"image": "x"})];
+        let source_then_request = [json!("x"), json!({"image": "x"})];
+        let member_then_list = [json!("m1"), json!(["g1"])];
         for builtin in BUILTINS {
             let accepted = [
                 &[][..],
@@ -1134,6 +1137,9 @@ mod tests {
                 &tables[..],
                 &strings_then_tables[..],
                 &four_scalars[..],
+                &request[..],
+                &source_then_request[..],
+                &member_then_list[..],
             ]
             .iter()
             .any(|args| Operation::from_call(builtin.name, args).is_ok());
