@@ -23,11 +23,34 @@ pub struct Column {
     pub field: &'static str,
 }
 
+/// The YAML value of a JSON value, converted by hand: with serde_json's `arbitrary_precision`
+/// (which the Starlark interpreter switches on for the whole binary) a JSON number serializes
+/// as a private one-field map, which serde_yaml would print as such.
+fn yaml(value: &Value) -> serde_yaml::Value {
+    match value {
+        Value::Null => serde_yaml::Value::Null,
+        Value::Bool(flag) => serde_yaml::Value::Bool(*flag),
+        Value::Number(number) => match (number.as_u64(), number.as_i64(), number.as_f64()) {
+            (Some(unsigned), _, _) => serde_yaml::Value::Number(unsigned.into()),
+            (None, Some(signed), _) => serde_yaml::Value::Number(signed.into()),
+            (None, None, Some(float)) => serde_yaml::Value::Number(float.into()),
+            (None, None, None) => serde_yaml::Value::String(number.to_string()),
+        },
+        Value::String(text) => serde_yaml::Value::String(text.clone()),
+        Value::Array(items) => serde_yaml::Value::Sequence(items.iter().map(yaml).collect()),
+        Value::Object(map) => serde_yaml::Value::Mapping(
+            map.iter()
+                .map(|(key, item)| (serde_yaml::Value::String(key.clone()), yaml(item)))
+                .collect(),
+        ),
+    }
+}
+
 /// Renders `value` (a list of objects for tables) in `format`.
 pub fn render(value: &Value, format: Format, columns: &[Column]) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(value).unwrap_or_default(),
-        Format::Yaml => serde_yaml::to_string(value)
+        Format::Yaml => serde_yaml::to_string(&yaml(value))
             .unwrap_or_default()
             .trim_end()
             .to_string(),
@@ -137,6 +160,18 @@ fn table_row(row: &[String], widths: &[usize]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    /// Goal: numbers print as numbers in YAML whatever serde_json's features (the Starlark
+    /// interpreter turns on `arbitrary_precision`, under which they printed as a private map).
+    #[test]
+    fn yaml_numbers_are_numbers() {
+        let value = serde_json::json!({"count": 3, "ratio": 0.5, "list": [1, -2]});
+        let text = super::render(&value, super::Format::Yaml, &[]);
+        assert!(text.contains("count: 3"), "{text}");
+        assert!(text.contains("ratio: 0.5"), "{text}");
+        assert!(text.contains("- -2"), "{text}");
+        assert!(!text.contains("serde_json"), "{text}");
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -20,14 +20,7 @@ pub(crate) fn local_state(name: &str) -> Value {
         })
         .unwrap_or_default();
     let meminfo = read("/proc/meminfo").unwrap_or_default();
-    let memory = |key: &str| -> u64 {
-        meminfo
-            .lines()
-            .find(|line| line.starts_with(key))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
-    };
+    let memory = |key: &str| meminfo_bytes(&meminfo, key);
     let processes = std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -63,14 +56,7 @@ pub(crate) fn local_state(name: &str) -> Value {
 /// read): CPU, memory, and the storage under `data_dir`.
 pub(crate) fn local_resources(data_dir: &std::path::Path) -> Value {
     let meminfo = read("/proc/meminfo").unwrap_or_default();
-    let memory = |key: &str| -> u64 {
-        meminfo
-            .lines()
-            .find(|line| line.starts_with(key))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
-    };
+    let memory = |key: &str| meminfo_bytes(&meminfo, key);
     let total = memory("MemTotal:");
     let available = memory("MemAvailable:");
     let cpus = std::thread::available_parallelism()
@@ -110,6 +96,16 @@ fn disk_space(path: &std::path::Path) -> (u64, u64) {
     }
     let block = stat.f_frsize as u64;
     (stat.f_blocks as u64 * block, stat.f_bavail as u64 * block)
+}
+
+/// A `/proc/meminfo` line's figure (`MemTotal:`, ...) in bytes; 0 when absent.
+fn meminfo_bytes(meminfo: &str, key: &str) -> u64 {
+    meminfo
+        .lines()
+        .find(|line| line.starts_with(key))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 fn read(path: &str) -> Option<String> {

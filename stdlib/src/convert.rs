@@ -12,8 +12,7 @@
 //! expand a table that refers to itself, or the same table many times, without
 //! end.
 
-use mlua::serde::SerializeOptions;
-use mlua::{Lua, LuaSerdeExt, Table, Value};
+use mlua::{Lua, Table, Value};
 use serde_json::{Map, Value as Json};
 
 /// Deepest table nesting converted to JSON.
@@ -23,11 +22,35 @@ const MAX_DEPTH: usize = 128;
 const VALUE_COST_BYTES: usize = 16;
 
 /// Converts JSON to a Lua value.
+///
+/// Walked by hand rather than through serde: serde_json's `arbitrary_precision` (which the
+/// Starlark interpreter switches on for the whole binary) serializes a number as a private
+/// one-field map, which a generic serializer would turn into a table.
 pub(crate) fn json_to_lua(lua: &Lua, value: &Json) -> mlua::Result<Value> {
-    let options = SerializeOptions::new()
-        .serialize_none_to_null(false)
-        .serialize_unit_to_null(false);
-    lua.to_value_with(value, options)
+    Ok(match value {
+        Json::Null => Value::Nil,
+        Json::Bool(flag) => Value::Boolean(*flag),
+        Json::Number(number) => match (number.as_i64(), number.as_f64()) {
+            (Some(integer), _) => Value::Integer(integer),
+            (None, Some(float)) => Value::Number(float),
+            (None, None) => Value::Nil,
+        },
+        Json::String(text) => Value::String(lua.create_string(text)?),
+        Json::Array(items) => {
+            let table = lua.create_table_with_capacity(items.len(), 0)?;
+            for (index, item) in items.iter().enumerate() {
+                table.raw_set(index + 1, json_to_lua(lua, item)?)?;
+            }
+            Value::Table(table)
+        }
+        Json::Object(map) => {
+            let table = lua.create_table_with_capacity(0, map.len())?;
+            for (key, item) in map {
+                table.raw_set(key.as_str(), json_to_lua(lua, item)?)?;
+            }
+            Value::Table(table)
+        }
+    })
 }
 
 /// Converts a Lua value to JSON of at most about `budget_bytes`, or explains

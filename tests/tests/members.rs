@@ -55,6 +55,7 @@ async fn member_edits_and_roles() -> Result<()> {
     let script = r#"
         cluster.set("m2", "scheduler.instance", "manual")
         cluster.set("m2", "user.rack", 7)
+        groups.create("gpu")
         cluster.edit("m2", {description = "second", groups = {"default", "gpu"}})
         cluster.role_add("m2", "event-hub")
         local member = cluster.member("m2")
@@ -442,7 +443,15 @@ async fn member_config_questions_at_join() -> Result<()> {
     ];
     let m2 = join(&scratch.path().join("m2"), "m2", &token2, answers).await?;
     let pools = cluster.operation(0, Operation::StorageList).await?;
-    assert_eq!(pools[0]["member_config"]["m2"]["source"], "/dev/sdc");
+    let local = pools
+        .as_array()
+        .and_then(|pools| pools.iter().find(|pool| pool["name"] == "local"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        local["member_config"]["m2"]["source"], "/dev/sdc",
+        "{pools}"
+    );
     let networks = cluster.operation(0, Operation::NetworkList).await?;
     assert_eq!(networks[0]["member_config"]["m2"]["parent"], "eth1");
     assert_eq!(networks[0]["config"]["mtu"], "1500");

@@ -374,8 +374,13 @@ async fn join_answers_member_specific_questions() -> Result<()> {
     cluster.join_with(2, &["--preseed", &preseed.to_string_lossy()])?;
     let pools: serde_json::Value =
         serde_json::from_str(&cluster.cli_ok(0, &["exec", "return storage.list()"])?)?;
-    assert_eq!(pools[0]["member_config"]["m2"]["source"], "/srv/m2");
-    assert_eq!(pools[0]["member_config"]["m3"]["source"], "/srv/m3");
+    let local = pools
+        .as_array()
+        .and_then(|pools| pools.iter().find(|pool| pool["name"] == "local"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(local["member_config"]["m2"]["source"], "/srv/m2", "{pools}");
+    assert_eq!(local["member_config"]["m3"]["source"], "/srv/m3", "{pools}");
     Ok(())
 }
 

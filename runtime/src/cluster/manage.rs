@@ -374,17 +374,27 @@ impl Member {
 
     /// `cluster.member_state`: asks the member itself; refused at once if it is not online.
     pub(crate) async fn member_state(&self, name: &str) -> Result<Value, Error> {
+        self.ask_member(name, Request::MemberState, || {
+            crate::sysinfo::local_state(name)
+        })
+        .await
+    }
+
+    /// Asks member `name` for a JSON answer (`MemberState`, `MemberResources`), or answers
+    /// with `here` when it is this member; refused at once if it is not online.
+    pub(crate) async fn ask_member(
+        &self,
+        name: &str,
+        request: Request,
+        here: impl FnOnce() -> Value,
+    ) -> Result<Value, Error> {
         let record = self.record(name)?;
         require_online(&record)?;
         if record.id == self.id() {
-            return Ok(crate::sysinfo::local_state(name));
+            return Ok(here());
         }
         match self
-            .request(
-                &record.address,
-                &Request::MemberState,
-                Duration::from_secs(5),
-            )
+            .request(&record.address, &request, Duration::from_secs(5))
             .await
         {
             Ok(Reply::MemberState(text)) => {

@@ -16,7 +16,7 @@ use super::{
     place, MemberView, Placement, PlacementRequest, Reason, SchedulerMode, ScriptletRun, Target,
 };
 use crate::member::Member;
-use crate::protocol::{Reply, Request};
+use crate::protocol::Request;
 use crate::Error;
 
 /// The config key holding the placement scriptlet.
@@ -302,28 +302,11 @@ impl Member {
 
     /// A member's hardware resources (LXD's `resources`), read from the member itself.
     pub(crate) async fn member_resources(&self, name: &str) -> Result<Value, Error> {
-        let record = self.record(name)?;
-        crate::cluster::health::require_online(&record)?;
-        if record.id == self.id() {
-            return Ok(crate::sysinfo::local_resources(self.inner.dir.root()));
-        }
-        match self
-            .request(
-                &record.address,
-                &Request::MemberResources,
-                std::time::Duration::from_secs(5),
-            )
-            .await
-        {
-            Ok(Reply::MemberState(text)) => {
-                serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
-            }
-            Ok(Reply::Refused(error)) => Err(error),
-            Ok(other) => Err(Error::Internal(format!("unexpected reply: {other:?}"))),
-            Err(error) => Err(Error::Refused(format!(
-                "member \"{name}\" did not answer: {error}"
-            ))),
-        }
+        let dir = self.inner.dir.root().to_path_buf();
+        self.ask_member(name, Request::MemberResources, move || {
+            crate::sysinfo::local_resources(&dir)
+        })
+        .await
     }
 
     /// The placement request an input describes (the image resolved, profiles expanded).
