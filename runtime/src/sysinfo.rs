@@ -98,6 +98,11 @@ fn disk_space(path: &std::path::Path) -> (u64, u64) {
     (stat.f_blocks as u64 * block, stat.f_bavail as u64 * block)
 }
 
+/// The machine's memory in bytes (`MemTotal`); 0 when it cannot be read.
+pub(crate) fn memory_total_bytes() -> u64 {
+    meminfo_bytes(&read("/proc/meminfo").unwrap_or_default(), "MemTotal:")
+}
+
 /// A `/proc/meminfo` line's figure (`MemTotal:`, ...) in bytes; 0 when absent.
 fn meminfo_bytes(meminfo: &str, key: &str) -> u64 {
     meminfo

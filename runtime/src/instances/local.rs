@@ -150,17 +150,13 @@ pub(crate) fn driver_error(member: &str, error: DriverError) -> Error {
     }
 }
 
-/// The host's memory, for `limits.memory` percentages.
+/// The host's memory, for `limits.memory` percentages (a huge figure when unknown, so a
+/// percentage is then no limit rather than a tiny one).
 fn memory_total_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("MemTotal:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map_or(u64::MAX / 2, |kib| kib * 1024)
+    match crate::sysinfo::memory_total_bytes() {
+        0 => u64::MAX / 2,
+        bytes => bytes,
+    }
 }
 
 impl Member {
