@@ -289,6 +289,13 @@ async fn instances_across_the_cluster() -> Result<()> {
         (code, stdout.as_str(), stderr.as_str()),
         (3, "out\n", "err\n")
     );
+    let script = format!(
+        "local r = instances.exec('{on_m3}', {{'sh', '-c', 'echo hi; exit 3'}}) \
+         local s = instances.state('{on_m3}') \
+         return {{r.exit_code, r.stdout, s.status, s.processes > 0}}"
+    );
+    let answer: Value = serde_json::from_str(&cluster.cli_ok(0, &["exec", &script])?)?;
+    assert_eq!(answer, serde_json::json!([3, "hi\n", "Running", true]));
     println!(
         "launch to Running (CLI, median of {}): {:.1} ms; exec true (CLI, median of {}): {:.1} ms",
         launches.len(),
