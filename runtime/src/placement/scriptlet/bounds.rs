@@ -220,7 +220,7 @@ impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
     ) -> starlark::Result<()> {
         self.guard.check_heap(eval.heap().allocated_bytes())?;
         self.statements = self.statements.wrapping_add(1);
-        if self.statements % STATEMENTS_PER_CLOCK == 0 {
+        if self.statements.is_multiple_of(STATEMENTS_PER_CLOCK) {
             self.guard.check_clock()?;
         }
         self.guard.check_recursion(eval)
