@@ -39,6 +39,7 @@ use starling_runtime::{Client, Member, MemberConfig, Operation, RaftTimings, Sta
 use starling_store::member_config::Answer;
 
 use crate::format::{Column, Format};
+use starling_runtime::instances::ops::InstanceOperation;
 
 /// Starling: a clustering control plane driven by scripts.
 #[derive(Parser)]
@@ -302,26 +303,64 @@ enum RoleCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Prints a key's effective value.
+    /// Prints a key's effective value: `get KEY` (global) or `get INSTANCE KEY`.
     Get {
-        /// The key.
-        key: String,
+        /// KEY, or INSTANCE KEY.
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
     },
-    /// Sets a key: `set KEY=VALUE` or `set KEY VALUE`; a value of `-` is read from stdin
-    /// (`cat f.star | starling config set instances.placement.scriptlet=-`).
+    /// Sets a key. Global: `set KEY=VALUE` (one argument) or `set KEY VALUE`. An instance's:
+    /// `set INSTANCE KEY=VALUE [KEY=VALUE...]` (the first argument is an instance name: no `=`
+    /// and no `.`, which every global key has; every other argument has a `=`). A value of `-`
+    /// is read from stdin (`cat f.star | starling config set instances.placement.scriptlet=-`).
     Set {
-        /// KEY=VALUE, or KEY.
-        key: String,
-        /// VALUE when given separately.
-        value: Option<String>,
+        /// KEY=VALUE; KEY VALUE; or INSTANCE KEY=VALUE...
+        #[arg(num_args = 1.., required = true)]
+        args: Vec<String>,
     },
-    /// Unsets a key.
+    /// Unsets a key: `unset KEY` (global) or `unset INSTANCE KEY`.
     Unset {
-        /// The key.
-        key: String,
+        /// KEY, or INSTANCE KEY.
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
     },
-    /// Shows every key.
-    Show,
+    /// Shows every global key, or an instance's config: `show [INSTANCE]`.
+    Show {
+        /// The instance.
+        instance: Option<String>,
+    },
+}
+
+/// What `config set ARGS...` means (see [`ConfigCommand::Set`]).
+#[derive(Debug, PartialEq)]
+enum ConfigTarget {
+    /// A global key.
+    Global(String, String),
+    /// An instance's keys.
+    Instance(String, Vec<(String, String)>),
+}
+
+fn config_target(args: &[String]) -> Result<ConfigTarget> {
+    match args {
+        [one] => match one.split_once('=') {
+            Some((key, value)) => Ok(ConfigTarget::Global(key.to_string(), value.to_string())),
+            None => bail!("give a value: `config set {one}=VALUE` or `config set {one} VALUE`"),
+        },
+        // Every global key has a `.` (`cluster.*`, `user.*`, `instances.*`) and no instance
+        // name can (a host name): `config set user.eq a=b` stays global.
+        [first, rest @ ..]
+            if !first.contains(['=', '.']) && rest.iter().all(|arg| arg.contains('=')) =>
+        {
+            let pairs = rest
+                .iter()
+                .filter_map(|arg| arg.split_once('='))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
+            Ok(ConfigTarget::Instance(first.clone(), pairs))
+        }
+        [key, value] => Ok(ConfigTarget::Global(key.clone(), value.clone())),
+        _ => bail!("`config set` takes KEY=VALUE, KEY VALUE, or INSTANCE KEY=VALUE [KEY=VALUE...]"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -741,35 +780,85 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
     }
 }
 
+/// An instance's record (`instances.get`), in the `--project` project.
+async fn instance_record(cli: &Cli, client: &Client, name: &str) -> Result<Value> {
+    Ok(client
+        .operation(Operation::Instance(InstanceOperation::Get {
+            project: cli.project.clone(),
+            name: name.to_string(),
+        }))
+        .await?)
+}
+
 async fn config(cli: &Cli, client: &Client, command: &ConfigCommand) -> Result<()> {
     match command {
-        ConfigCommand::Get { key } => {
-            let value = client
-                .operation(Operation::ConfigGet { key: key.clone() })
-                .await?;
-            println!("{}", value.as_str().unwrap_or_default());
-        }
-        ConfigCommand::Set { key, value } => {
-            let (key, value) = match (key.split_once('='), value) {
-                (_, Some(value)) => (key.clone(), value.clone()),
-                (Some((key, value)), None) => (key.to_string(), value.to_string()),
-                (None, None) => {
-                    bail!("give a value: `config set {key}=VALUE` or `config set {key} VALUE`")
+        ConfigCommand::Get { args } => match args.as_slice() {
+            [key] => {
+                let value = client
+                    .operation(Operation::ConfigGet { key: key.clone() })
+                    .await?;
+                println!("{}", value.as_str().unwrap_or_default());
+            }
+            [instance, key] => {
+                let record = instance_record(cli, client, instance).await?;
+                println!("{}", record["config"][key].as_str().unwrap_or_default());
+            }
+            _ => bail!("`config get` takes KEY or INSTANCE KEY"),
+        },
+        ConfigCommand::Set { args } => match config_target(args)? {
+            ConfigTarget::Global(key, value) => {
+                let value = keys::read_stdin_values(vec![(key.clone(), value)])?
+                    .remove(&key)
+                    .unwrap_or_default();
+                client
+                    .operation(Operation::ConfigSet { key, value })
+                    .await?;
+            }
+            ConfigTarget::Instance(name, pairs) => {
+                let values = keys::read_stdin_values(pairs.clone())?;
+                for (key, _) in pairs {
+                    let value = values.get(&key).cloned().unwrap_or_default();
+                    client
+                        .operation(Operation::Instance(InstanceOperation::Set {
+                            project: cli.project.clone(),
+                            name: name.clone(),
+                            key,
+                            value: Some(value),
+                        }))
+                        .await?;
                 }
+            }
+        },
+        ConfigCommand::Unset { args } => match args.as_slice() {
+            [key] => {
+                client
+                    .operation(Operation::ConfigUnset { key: key.clone() })
+                    .await?;
+            }
+            [instance, key] => {
+                client
+                    .operation(Operation::Instance(InstanceOperation::Set {
+                        project: cli.project.clone(),
+                        name: instance.clone(),
+                        key: key.clone(),
+                        value: None,
+                    }))
+                    .await?;
+            }
+            _ => bail!("`config unset` takes KEY or INSTANCE KEY"),
+        },
+        ConfigCommand::Show {
+            instance: Some(instance),
+        } => {
+            let record = instance_record(cli, client, instance).await?;
+            let format = if cli.format == Format::Table {
+                Format::Yaml
+            } else {
+                cli.format
             };
-            let value = keys::read_stdin_values(vec![(key.clone(), value)])?
-                .remove(&key)
-                .unwrap_or_default();
-            client
-                .operation(Operation::ConfigSet { key, value })
-                .await?;
+            println!("{}", format::render(&record["config"], format, &[]));
         }
-        ConfigCommand::Unset { key } => {
-            client
-                .operation(Operation::ConfigUnset { key: key.clone() })
-                .await?;
-        }
-        ConfigCommand::Show => {
+        ConfigCommand::Show { instance: None } => {
             let value = client.operation(Operation::ConfigAll).await?;
             let format = if cli.format == Format::Table {
                 Format::Yaml
@@ -1065,4 +1154,45 @@ fn config_dir(cli: &Cli) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(".").to_path_buf());
     home.join(".config").join("starling")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{config_target, ConfigTarget};
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|arg| arg.to_string()).collect()
+    }
+
+    /// Goal: `config set` tells a global key from an instance's as documented: one argument
+    /// with `=` is global, `KEY VALUE` is global, `INSTANCE KEY=VALUE...` is an instance's,
+    /// and a global value holding `=` goes in one argument.
+    #[test]
+    fn config_set_global_or_instance() {
+        let global = |key: &str, value: &str| ConfigTarget::Global(key.into(), value.into());
+        assert_eq!(
+            config_target(&args(&["user.a=1"])).unwrap(),
+            global("user.a", "1")
+        );
+        assert_eq!(
+            config_target(&args(&["user.a", "1"])).unwrap(),
+            global("user.a", "1")
+        );
+        assert_eq!(
+            config_target(&args(&["user.a=x=y"])).unwrap(),
+            global("user.a", "x=y")
+        );
+        assert_eq!(
+            config_target(&args(&["c1", "limits.cpu=2", "user.b=-"])).unwrap(),
+            ConfigTarget::Instance(
+                "c1".into(),
+                vec![
+                    ("limits.cpu".into(), "2".into()),
+                    ("user.b".into(), "-".into())
+                ]
+            )
+        );
+        assert!(config_target(&args(&["user.a"])).is_err());
+        assert!(config_target(&args(&["a", "b", "c"])).is_err());
+    }
 }

@@ -257,6 +257,30 @@ async fn instances_across_the_cluster() -> Result<()> {
     launches.push(started.elapsed());
     assert_eq!(info(&cluster, 0, &targeted)?["location"], "m2");
 
+    tracing::info!("--- an instance's config through `config`, beside the global keys");
+    cluster.cli_ok(
+        0,
+        &["config", "set", &targeted, "user.tier=gold", "user.x=1"],
+    )?;
+    assert_eq!(
+        cluster
+            .cli_ok(1, &["config", "get", &targeted, "user.tier"])?
+            .trim(),
+        "gold"
+    );
+    assert!(cluster
+        .cli_ok(0, &["config", "show", &targeted])?
+        .contains("user.x"));
+    cluster.cli_ok(0, &["config", "unset", &targeted, "user.x"])?;
+    assert!(!cluster
+        .cli_ok(0, &["config", "show", &targeted])?
+        .contains("user.x"));
+    cluster.cli_ok(0, &["config", "set", "user.global", "yes"])?;
+    assert_eq!(
+        cluster.cli_ok(0, &["config", "get", "user.global"])?.trim(),
+        "yes"
+    );
+
     tracing::info!("--- isolation: hostname, PID 1, root (through m1, on m2)");
     let (code, hostname, _) = exec(&cluster, 0, &on_m2, &["hostname"])?;
     assert_eq!((code, hostname.trim()), (0, on_m2.as_str()));
