@@ -148,7 +148,7 @@ fn progress_bar(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
 }
 
 /// A size as lxc prints it (`12.34MiB`).
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

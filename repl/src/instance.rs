@@ -290,25 +290,9 @@ async fn info(format: Format, project: &str, client: &Client, name: &str) -> Res
         println!("    CPU usage (in seconds): {}", cpu_ns / 1_000_000_000);
         let memory = state["memory"]["usage"].as_u64().unwrap_or(0);
         println!("  Memory usage:");
-        println!("    Memory (current): {}", bytes_text(memory));
+        println!("    Memory (current): {}", crate::image::human_size(memory));
     }
     Ok(())
-}
-
-/// Bytes as lxc prints them (`12.34MiB`).
-fn bytes_text(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.2}{}", units[unit])
-    }
 }
 
 /// `exec NAME -- CMD...`: runs the command, its output streamed as it comes; answers its

@@ -386,22 +386,30 @@ impl Member {
         Ok(Value::Null)
     }
 
-    async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {
+    /// Starts `request` in instance `key` with its output piped, under the instance's lock
+    /// (released once the command runs: a long command does not hold up a stop).
+    pub(crate) async fn spawn_exec(
+        &self,
+        key: &InstanceKey,
+        request: ExecRequest,
+    ) -> Result<crate::instances::driver::ExecChild, Error> {
         let lock = self.inner.instances.lock(key);
-        let guard = lock.read().await;
+        let _guard = lock.read().await;
         let spawn_key = key.clone();
-        let child = self
-            .blocking(move |driver| {
-                driver.exec_spawn(
-                    &spawn_key,
-                    &request,
-                    std::process::Stdio::null(),
-                    std::process::Stdio::piped(),
-                    std::process::Stdio::piped(),
-                )
-            })
-            .await?;
-        drop(guard);
+        self.blocking(move |driver| {
+            driver.exec_spawn(
+                &spawn_key,
+                &request,
+                std::process::Stdio::null(),
+                std::process::Stdio::piped(),
+                std::process::Stdio::piped(),
+            )
+        })
+        .await
+    }
+
+    async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {
+        let child = self.spawn_exec(key, request).await?;
         let name = self.name();
         let output = tokio::task::spawn_blocking(move || child.wait_with_output())
             .await

@@ -119,21 +119,7 @@ impl Member {
         request: ExecRequest,
         responder: &mut Responder,
     ) -> Reply {
-        let lock = self.inner.instances.lock(key);
-        let guard = lock.read().await;
-        let spawn_key = key.clone();
-        let spawned = self
-            .blocking(move |driver| {
-                driver.exec_spawn(
-                    &spawn_key,
-                    &request,
-                    std::process::Stdio::null(),
-                    std::process::Stdio::piped(),
-                    std::process::Stdio::piped(),
-                )
-            })
-            .await;
-        drop(guard);
+        let spawned = self.spawn_exec(key, request).await;
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => return Reply::ExecExit(Err(error)),
