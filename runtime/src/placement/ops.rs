@@ -235,25 +235,32 @@ impl Member {
         scriptlet: Option<Arc<Scriptlet>>,
     ) -> Result<Placement, Error> {
         let pending = lock(&self.inner.placement.pending).clone();
-        let (state, views) =
-            self.local_state(|state| (state.clone(), member_views(state, &pending)));
-        let host = ClusterHost {
-            member: self.clone(),
-            runtime: tokio::runtime::Handle::current(),
-            state,
-            views: views.clone(),
-            pending,
-        };
+        // The scriptlet's host holds a copy of the whole state: made only when a scriptlet
+        // will run, not for every placement by the built-in rule.
+        let (views, host) = self.local_state(|state| {
+            let views = member_views(state, &pending);
+            let host = scriptlet.as_ref().map(|_| ClusterHost {
+                member: self.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                state: state.clone(),
+                views: views.clone(),
+                pending: pending.clone(),
+            });
+            (views, host)
+        });
         let request = request.clone();
         let target = target.clone();
         let exclude = exclude_current.map(str::to_string);
         tokio::task::spawn_blocking(move || {
             let limits = Limits::default();
-            let run = scriptlet.as_deref().map(|scriptlet| ScriptletRun {
-                scriptlet,
-                host: &host,
-                limits: &limits,
-            });
+            let run = scriptlet
+                .as_deref()
+                .zip(host.as_ref())
+                .map(|(scriptlet, host)| ScriptletRun {
+                    scriptlet,
+                    host,
+                    limits: &limits,
+                });
             place(
                 &views,
                 &request,
