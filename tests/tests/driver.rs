@@ -392,6 +392,48 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
         .ok_or_else(|| anyhow!("no record"))?
         .cgroup;
 
+    tracing::info!("--- cpu: a busy loop for 1 s against 20 ms per 100 ms");
+    let quota = std::fs::read_to_string(cgroup.dirs[&Controller::Cpu].join("cpu.cfs_quota_us"))?;
+    assert_eq!(quota.trim(), "20000");
+    let cpu_ns = || {
+        cgroup.cpu_ns().ok_or_else(|| {
+            anyhow!(
+                "no CPU usage in the container's cgroup {:?} (state {:?})",
+                cgroup.dirs,
+                fixture.driver.state(&key)
+            )
+        })
+    };
+    let before = cpu_ns()?;
+    let began = Instant::now();
+    let mut busy = fixture.driver.exec_spawn(
+        &key,
+        &ExecRequest::new(["sh", "-c", "while :; do :; done"]),
+        Stdio::null(),
+        Stdio::null(),
+        Stdio::null(),
+    )?;
+    // The measuring window, not a wait for a condition.
+    std::thread::sleep(Duration::from_secs(1));
+    busy.child.kill()?;
+    busy.child.wait()?;
+    let wall = began.elapsed();
+    let after = cpu_ns()?;
+    ensure!(
+        after >= before,
+        "CPU usage went back from {before} to {after} ns"
+    );
+    let used = Duration::from_nanos(after - before);
+    println!("cpu allowance 20%: used {used:?} in {wall:?}");
+    assert!(
+        used > Duration::from_millis(20),
+        "the loop did not run: {used:?}"
+    );
+    assert!(
+        used < wall.mul_f64(0.2) + Duration::from_millis(150),
+        "used {used:?} in {wall:?}"
+    );
+
     tracing::info!("--- memory: 100 MB in a shell variable against 32 MiB");
     let (code, _, stderr) = fixture.exec(
         &key,
@@ -413,34 +455,6 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
     assert!(
         matches!(fixture.driver.state(&key)?, State::Running { .. }),
         "init died too"
-    );
-
-    tracing::info!("--- cpu: a busy loop for 1 s against 20 ms per 100 ms");
-    let quota = std::fs::read_to_string(cgroup.dirs[&Controller::Cpu].join("cpu.cfs_quota_us"))?;
-    assert_eq!(quota.trim(), "20000");
-    let before = cgroup.cpu_ns().unwrap_or(0);
-    let began = Instant::now();
-    let mut busy = fixture.driver.exec_spawn(
-        &key,
-        &ExecRequest::new(["sh", "-c", "while :; do :; done"]),
-        Stdio::null(),
-        Stdio::null(),
-        Stdio::null(),
-    )?;
-    // The measuring window, not a wait for a condition.
-    std::thread::sleep(Duration::from_secs(1));
-    busy.child.kill()?;
-    busy.child.wait()?;
-    let wall = began.elapsed();
-    let used = Duration::from_nanos(cgroup.cpu_ns().unwrap_or(0) - before);
-    println!("cpu allowance 20%: used {used:?} in {wall:?}");
-    assert!(
-        used > Duration::from_millis(20),
-        "the loop did not run: {used:?}"
-    );
-    assert!(
-        used < wall.mul_f64(0.2) + Duration::from_millis(150),
-        "used {used:?} in {wall:?}"
     );
 
     tracing::info!("--- processes: 20 background sleeps against 12");

@@ -330,7 +330,12 @@ async fn carry_out(
     let raft = member.raft();
     let (joint, caught_up) = replication_view(member);
     if joint {
-        return Ok(());
+        // A change under way ends by itself; one left behind by a change of leader is
+        // finished here (the old half of a joint configuration may hold members that leave).
+        return member
+            .finish_left_joint()
+            .await
+            .map_err(|error| error.to_string());
     }
     let in_raft: BTreeSet<NodeId> = current.voters.union(&current.standbys).copied().collect();
     for id in plan

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use serde_json::{json, Value};
 use starling_store::{Command, Member as MemberRecord, MemberChanges, MemberStatus, NodeId};
@@ -19,6 +20,17 @@ use crate::Error;
 
 /// How long a membership change may take.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the latest Raft membership stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MembershipState {
+    /// Uniform and applied.
+    Settled,
+    /// Not applied yet: a change is under way.
+    Changing,
+    /// A joint configuration, applied, whose second step nobody proposed; its new half.
+    LeftJoint(BTreeSet<NodeId>),
+}
 
 impl Member {
     pub(crate) fn record(&self, name: &str) -> Result<MemberRecord, Error> {
@@ -333,6 +345,60 @@ impl Member {
                 Err(_) => return Err(self.unavailable().await),
             }
         }
+    }
+
+    /// Leader only, with the role lock held (no change of ours under way): waits until the
+    /// latest membership is uniform and applied, finishing a joint one left behind.
+    pub(crate) async fn settle_membership(&self) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+        let mut metrics = self.raft().metrics();
+        loop {
+            match self.membership_state() {
+                MembershipState::Settled => return Ok(()),
+                MembershipState::LeftJoint(_) if self.is_leader() => {
+                    self.finish_left_joint().await?;
+                    continue;
+                }
+                _ => {}
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Internal("the Raft node stopped".to_string())),
+                Err(_) => {
+                    return Err(Error::Refused(format!(
+                        "the membership change under way did not end within {} s",
+                        MEMBERSHIP_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Where the latest membership stands.
+    pub(crate) fn membership_state(&self) -> MembershipState {
+        let metrics = self.raft().metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = &metrics.membership_config;
+        let configs = membership.membership().get_joint_config();
+        let applied = membership.log_id() <= &metrics.last_applied;
+        match (applied, configs.last()) {
+            (false, _) => MembershipState::Changing,
+            (true, Some(new_half)) if configs.len() > 1 => {
+                MembershipState::LeftJoint(new_half.clone())
+            }
+            (true, _) => MembershipState::Settled,
+        }
+    }
+
+    /// Leader only, with the role lock held: a joint configuration that is committed but that
+    /// no change is finishing (its second step was cut off by a change of leader) is finished
+    /// towards its new half. Nothing to do for any other state.
+    pub(crate) async fn finish_left_joint(&self) -> Result<(), Error> {
+        if let MembershipState::LeftJoint(voters) = self.membership_state() {
+            tracing::info!(?voters, "finishing a joint membership left behind");
+            self.change_voters(voters).await?;
+        }
+        Ok(())
     }
 
     /// Leader only: hands leadership to the most caught-up voter (openraft's leadership

@@ -143,7 +143,15 @@ impl Member {
     }
 
     /// Asks Raft to hand leadership to `to` and waits until `to` leads.
+    ///
+    /// A transfer in the middle of a membership change cuts off its second step: the new leader
+    /// inherits a joint configuration whose old half may need this member's vote, which it is
+    /// about to take away (a member leaving). So the transfer waits for the change under way
+    /// (the role lock), finishes a joint configuration left behind, and starts no change of its
+    /// own until leadership moved. The caller must not hold the role lock.
     pub(crate) async fn transfer_to(&self, to: NodeId) -> Result<(), Error> {
+        let _roles = self.inner.role_lock.lock().await;
+        self.settle_membership().await?;
         let started = Instant::now();
         self.raft()
             .trigger()
