@@ -66,6 +66,14 @@ pub enum InstanceCommand {
         /// Instance name.
         name: String,
     },
+    /// Moves an instance to another member (a running one is stopped, moved and started).
+    Move {
+        /// Instance name.
+        name: String,
+        /// A member, or @GROUP (the cluster chooses in the group).
+        #[arg(long)]
+        target: String,
+    },
 }
 
 /// `launch` and `init`.
@@ -219,7 +227,75 @@ pub async fn run(
             Ok(())
         }
         InstanceCommand::Info { name } => info(format, &project, client, name).await,
+        InstanceCommand::Move { name, target } => {
+            let operation = InstanceOperation::Move {
+                project: project.clone(),
+                name: name.clone(),
+                target: target.clone(),
+            };
+            let value = with_move_progress(client, &project, name, async {
+                client.operation(Operation::Instance(operation)).await
+            })
+            .await?;
+            println!(
+                "Instance {name} moved from {} to {} ({} in {:.2} s)",
+                value["from"].as_str().unwrap_or("?"),
+                value["location"].as_str().unwrap_or("?"),
+                crate::image::human_size(value["bytes"].as_u64().unwrap_or(0)),
+                value["seconds"].as_f64().unwrap_or(0.0)
+            );
+            Ok(())
+        }
     }
+}
+
+/// Runs `work` (a move of `name`) while a progress bar, on a terminal, shows its stage and the
+/// bytes the target received (read from `instances.moves()` on the leader).
+pub(crate) async fn with_move_progress<T>(
+    client: &Client,
+    project: &str,
+    name: &str,
+    work: impl std::future::Future<Output = Result<T, starling_runtime::Error>>,
+) -> Result<T> {
+    use std::io::IsTerminal;
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(format!("moving {name}"));
+        bar
+    });
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if bar.is_some() => {
+                let Ok(moves) = client.operation(Operation::Instance(InstanceOperation::Moves)).await else {
+                    continue;
+                };
+                let current = moves.as_array().into_iter().flatten().find(|progress| {
+                    progress["name"] == name && progress["project"] == project
+                });
+                if let (Some(bar), Some(progress)) = (&bar, current) {
+                    bar.set_length(progress["total"].as_u64().unwrap_or(0));
+                    bar.set_position(progress["done"].as_u64().unwrap_or(0));
+                    bar.set_message(format!(
+                        "moving {name} to {}: {}",
+                        progress["to"].as_str().unwrap_or("?"),
+                        progress["stage"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(result?)
 }
 
 /// `lxc list`'s row for an instance: `STATE` in capitals, `TYPE` as `CONTAINER`.

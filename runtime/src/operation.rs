@@ -495,6 +495,14 @@ pub const BUILTINS: &[Builtin] = &[
         help: "instances.unset(name, key [, {project=}]) -> unsets a config key",
     },
     Builtin {
+        name: "instances.move",
+        help: "instances.move(name, {target=MEMBER|@GROUP [, project=]}) -> moves an instance (a running one is stopped, moved and started): {location, from, bytes, seconds}",
+    },
+    Builtin {
+        name: "instances.moves",
+        help: "instances.moves() -> the moves under way: project, name, from, to, stage, done, total",
+    },
+    Builtin {
         name: "profiles.list",
         help: "profiles.list([{project=}]) -> profiles (name, description, config, devices, project, used_by)",
     },

@@ -130,6 +130,25 @@ pub enum Request {
         /// What to do.
         operation: crate::instances::local::LocalOperation,
     },
+    /// Sends the packed root file system of a moving instance (a length frame, then the raw
+    /// bytes; see `instances::transfer`). Members only.
+    InstanceExport {
+        /// The instance.
+        key: crate::instances::driver::InstanceKey,
+    },
+    /// Asks the receiver to fetch a moving instance's root file system from `source` (an
+    /// address), verify and unpack it; answered with `Progress` frames, then `Ack`. Members
+    /// only.
+    InstanceReceive {
+        /// The instance.
+        key: crate::instances::driver::InstanceKey,
+        /// The address of the member it comes from.
+        source: String,
+        /// The SHA-256 of the packed tarball.
+        sha256: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// The receiver's hardware resources (placement scriptlets); answered as `MemberState`
     /// (JSON text); members only.
     MemberResources,

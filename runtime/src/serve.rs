@@ -304,6 +304,23 @@ impl Handler for Service {
                 request.cwd = cwd.into();
                 self.member.exec_stream(&key, request, &mut responder).await
             }
+            (Request::InstanceExport { key }, Registered::Member) => {
+                self.member.serve_export(&key, &mut responder).await;
+                return;
+            }
+            (
+                Request::InstanceReceive {
+                    key,
+                    source,
+                    sha256,
+                    size,
+                },
+                Registered::Member,
+            ) => {
+                self.member
+                    .serve_receive(&key, &source, &sha256, size, &mut responder)
+                    .await
+            }
             (Request::InstanceLocal { operation }, Registered::Member) => {
                 let result = Box::pin(self.member.instance_local(&operation)).await;
                 Reply::Operation(result.map(|value| value.to_string()))

@@ -135,6 +135,8 @@ pub enum Command {
         /// Its fingerprint.
         fingerprint: String,
     },
+    /// A change to the evacuation records.
+    Evacuation(crate::evacuation::EvacuationCommand),
 }
 
 /// A member's new health, as a heartbeat round saw it.
@@ -313,6 +315,7 @@ impl ClusterState {
             },
             Command::Image(command) => self.apply_image(command),
             Command::Instance(command) => self.apply_instance(command),
+            Command::Evacuation(command) => self.apply_evacuation(command),
             Command::NetworkCreate { network } => self.create_network(network),
             Command::NetworkDelete { name } => match self.networks.remove(name) {
                 Some(_) => Ok(()),

@@ -212,14 +212,20 @@ pub enum InstanceCommand {
         /// Why, for `Error`.
         message: String,
     },
-    /// Moves an instance's record to another member.
+    /// Moves an instance's record from member `from` (refused if it is elsewhere, so a move is
+    /// never applied twice) to `location`, `Stopped`, changing config keys in the same step
+    /// (`volatile.evacuate.origin`).
     InstanceMove {
         /// Its project.
         project: String,
         /// Its name.
         name: String,
+        /// Where it must be now.
+        from: String,
         /// The new member.
         location: String,
+        /// Config keys to set (`Some`) or remove (`None`).
+        config: BTreeMap<String, Option<String>>,
     },
     /// Renames an instance.
     InstanceRename {
@@ -407,11 +413,23 @@ impl InstanceCommand {
             InstanceCommand::InstanceMove {
                 project,
                 name,
+                from,
                 location,
+                config,
             } => {
                 check_len("project name", project, NAME_BYTES_MAX)?;
                 check_len("instance name", name, NAME_BYTES_MAX)?;
-                check_len("member name", location, NAME_BYTES_MAX)
+                check_len("member name", from, NAME_BYTES_MAX)?;
+                check_len("member name", location, NAME_BYTES_MAX)?;
+                check_items("config keys", config.len(), LIST_ITEMS_MAX)?;
+                config.iter().try_for_each(|(key, value)| {
+                    check_len("config key", key, crate::limits::CONFIG_KEY_BYTES_MAX)?;
+                    check_len(
+                        "config value",
+                        value.as_deref().unwrap_or_default(),
+                        crate::limits::CONFIG_VALUE_BYTES_MAX,
+                    )
+                })
             }
             InstanceCommand::InstanceRename { project, from, to } => {
                 check_len("project name", project, NAME_BYTES_MAX)?;
@@ -794,13 +812,29 @@ impl ClusterState {
             InstanceCommand::InstanceMove {
                 project,
                 name,
+                from,
                 location,
+                config,
             } => {
                 if !self.members.contains_key(location) {
                     return Err(format!("member \"{location}\" not found"));
                 }
                 let instance = self.instance_mut(project, name)?;
+                if instance.location != *from {
+                    return Err(format!(
+                        "instance \"{name}\" is on member \"{}\", not \"{from}\"",
+                        instance.location
+                    ));
+                }
                 instance.location = location.clone();
+                instance.status = InstanceStatus::Stopped;
+                instance.status_message.clear();
+                for (key, value) in config {
+                    match value {
+                        Some(value) => instance.config.insert(key.clone(), value.clone()),
+                        None => instance.config.remove(key),
+                    };
+                }
                 Ok(())
             }
             InstanceCommand::InstanceRename { project, from, to } => {

@@ -26,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod dir_lock;
 mod error;
+pub mod evacuation;
 pub mod images;
 pub mod instances;
 pub mod limits;

@@ -213,6 +213,7 @@ impl Command {
             }
             Command::Image(command) => command.check_fields(),
             Command::Instance(command) => command.check_fields(),
+            Command::Evacuation(command) => command.check_fields(),
         }
     }
 }

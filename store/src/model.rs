@@ -42,6 +42,8 @@ pub struct ClusterState {
     pub instances: BTreeMap<crate::instances::Key, crate::instances::Instance>,
     /// Cluster groups by name (each member lists its groups).
     pub groups: BTreeMap<String, crate::instances::ClusterGroup>,
+    /// Each member's latest evacuation or restore, by member name.
+    pub evacuations: BTreeMap<String, crate::evacuation::Evacuation>,
     /// The Raft node id the next joining member gets.
     pub next_node_id: NodeId,
     /// The cluster CA (certificate and key, PEM) that signs member and client certificates.

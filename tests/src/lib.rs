@@ -9,6 +9,7 @@
 //! No test waits on a sleep being long enough: every wait is a condition with a deadline.
 #![warn(missing_docs)]
 
+pub mod containers;
 pub mod netfault;
 pub mod processes;
 

@@ -176,8 +176,8 @@ fn busybox_image(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The cgroup directories a container may have on this host (v1 or v2).
-fn cgroup_dirs(key: &InstanceKey) -> Vec<PathBuf> {
-    let name = key.storage_name();
+fn cgroup_dirs(driver: &Driver, key: &InstanceKey) -> Vec<PathBuf> {
+    let name = driver.cgroup_name(key);
     ["memory", "cpu", "cpuacct", "pids", "cpuset", ""]
         .iter()
         .map(|controller| {
@@ -350,7 +350,7 @@ fn container_is_isolated_and_cleaned_up() -> Result<()> {
     let dir = fixture.driver.container_dir(&key);
     fixture.driver.delete(&key)?;
     assert!(!dir.exists());
-    for cgroup in cgroup_dirs(&key) {
+    for cgroup in cgroup_dirs(&fixture.driver, &key) {
         assert!(!cgroup.exists(), "{} is left", cgroup.display());
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -562,7 +562,7 @@ fn setup_failures_are_typed_and_leave_nothing() -> Result<()> {
     );
     assert!(error.to_string().contains("/sbin/nothing-here"), "{error}");
     assert_eq!(fixture.driver.state(&key)?, State::Stopped { exit: None });
-    for cgroup in cgroup_dirs(&key) {
+    for cgroup in cgroup_dirs(&fixture.driver, &key) {
         assert!(!cgroup.exists(), "{} is left", cgroup.display());
     }
     Ok(())

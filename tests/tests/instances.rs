@@ -6,166 +6,16 @@
 //! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
 //! `busybox-static`). As another user the test prints why and returns.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use serde_json::Value;
-use starling_runtime::instances::driver::Driver;
-use starling_tests::processes::{starling_binary, ProcessCluster};
+use starling_tests::containers::{
+    busybox_image, exec, index_of, info, instances, wait_status, LeftoverContainers,
+};
+use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
-
-/// Commands the test image links to busybox.
-const APPLETS: &[&str] = &[
-    "sh", "ps", "hostname", "cat", "sleep", "ls", "true", "false", "head", "tr", "echo", "kill",
-    "halt", "poweroff", "reboot",
-];
-
-/// LXD's unified tarball around a busybox root file system (init from `/etc/inittab`).
-fn busybox_image(dir: &Path) -> Result<PathBuf> {
-    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut add =
-        |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: &str| -> Result<()> {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(kind);
-            header.set_mode(mode);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(1_700_000_000);
-            header.set_size(data.len() as u64);
-            if kind.is_symlink() {
-                builder.append_link(&mut header, path, link)?;
-            } else {
-                builder.append_data(&mut header, path, data)?;
-            }
-            Ok(())
-        };
-    let metadata = format!(
-        "architecture: {}\ncreation_date: 1700000000\nproperties:\n  os: busybox\n  release: \"1\"\n  description: busybox\n",
-        std::env::consts::ARCH
-    );
-    add(
-        "metadata.yaml",
-        tar::EntryType::Regular,
-        0o644,
-        metadata.as_bytes(),
-        "",
-    )?;
-    for dir in [
-        "rootfs",
-        "rootfs/bin",
-        "rootfs/sbin",
-        "rootfs/etc",
-        "rootfs/root",
-    ] {
-        add(dir, tar::EntryType::Directory, 0o755, b"", "")?;
-    }
-    add("rootfs/tmp", tar::EntryType::Directory, 0o1777, b"", "")?;
-    add(
-        "rootfs/bin/busybox",
-        tar::EntryType::Regular,
-        0o755,
-        &busybox,
-        "",
-    )?;
-    for applet in APPLETS {
-        let path = format!("rootfs/bin/{applet}");
-        add(&path, tar::EntryType::Symlink, 0o777, b"", "busybox")?;
-    }
-    add(
-        "rootfs/sbin/init",
-        tar::EntryType::Symlink,
-        0o777,
-        b"",
-        "../bin/busybox",
-    )?;
-    let inittab = b"::sysinit:/bin/true\n::respawn:/bin/sleep 3600\n";
-    add(
-        "rootfs/etc/inittab",
-        tar::EntryType::Regular,
-        0o644,
-        inittab,
-        "",
-    )?;
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gzip.write_all(&builder.into_inner()?)?;
-    let path = dir.join("busybox.tar.gz");
-    std::fs::write(&path, gzip.finish()?)?;
-    Ok(path)
-}
-
-/// Stops and deletes, through the driver, every container left in the members' pools (a test
-/// that failed half-way must not leave containers running on the machine).
-struct LeftoverContainers {
-    pools: Vec<PathBuf>,
-}
-
-impl Drop for LeftoverContainers {
-    fn drop(&mut self) {
-        let Ok(shim) = starling_binary() else { return };
-        for pool in &self.pools {
-            let driver = Driver::new(pool.clone(), shim.clone());
-            for key in driver.list().unwrap_or_default() {
-                let _ = driver.stop(&key, Duration::ZERO, true);
-                let _ = driver.delete(&key);
-            }
-        }
-    }
-}
-
-/// The instance records, through member `via`.
-fn instances(cluster: &ProcessCluster, via: usize) -> Result<Vec<Value>> {
-    let out = cluster.cli_ok(via, &["list", "--format", "json"])?;
-    let value: Value = serde_json::from_str(&out).context("list --format json")?;
-    Ok(value.as_array().cloned().unwrap_or_default())
-}
-
-/// One instance's record with its live state (`info --format json`).
-fn info(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Value> {
-    let out = cluster.cli_ok(via, &["info", name, "--format", "json"])?;
-    serde_json::from_str(&out).context("info --format json")
-}
-
-/// Waits until instance `name` has `status` in its record.
-async fn wait_status(cluster: &ProcessCluster, name: &str, status: &str) -> Result<Value> {
-    let what = format!("{name} {status}");
-    wait_for(&what, Duration::from_secs(30), || async {
-        let record = info(cluster, 0, name).ok()?;
-        (record["status"] == status).then_some(record)
-    })
-    .await
-}
-
-/// `exec NAME -- argv...` through member `via`: exit code, stdout, stderr.
-fn exec(
-    cluster: &ProcessCluster,
-    via: usize,
-    name: &str,
-    argv: &[&str],
-) -> Result<(i32, String, String)> {
-    let mut args = vec!["exec", name, "--"];
-    args.extend_from_slice(argv);
-    let output = cluster.cli(via, &args)?;
-    let code = output
-        .status
-        .code()
-        .ok_or_else(|| anyhow!("exec {argv:?} was killed"))?;
-    Ok((
-        code,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
-}
-
-fn index_of(member: &Value) -> usize {
-    member
-        .as_str()
-        .and_then(|name| name.trim_start_matches('m').parse::<usize>().ok())
-        .unwrap_or(1)
-        - 1
-}
 
 /// The median of `samples`, in milliseconds.
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
@@ -398,11 +248,19 @@ async fn instances_across_the_cluster() -> Result<()> {
         .join("storage-pools/default/containers")
         .join(&storage_name)
         .exists());
+    let cgroup_name = starling_runtime::instances::driver::Driver::new(
+        cluster.dir(1).join("storage-pools/default"),
+        std::path::PathBuf::new(),
+    )
+    .cgroup_name(&starling_runtime::instances::driver::InstanceKey::new(
+        "default",
+        on_m2.as_str(),
+    ));
     for controller in ["memory", "cpu", "cpuacct", "pids", ""] {
         let dir = Path::new("/sys/fs/cgroup")
             .join(controller)
             .join("starling")
-            .join(&storage_name);
+            .join(&cgroup_name);
         assert!(!dir.exists(), "{} is left", dir.display());
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;

@@ -82,6 +82,15 @@ pub fn from_call(name: &str, args: &[Value]) -> Result<InstanceOperation, Error>
             key: call.string(1, "key")?,
             value: None,
         },
+        "instances.move" => {
+            let options = call.options(1)?;
+            InstanceOperation::Move {
+                project: call.project(1)?,
+                name: call.string(0, "name")?,
+                target: call.optional_text(&options, "target")?.unwrap_or_default(),
+            }
+        }
+        "instances.moves" => InstanceOperation::Moves,
         _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
     };
     Ok(operation)

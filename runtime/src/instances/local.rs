@@ -70,6 +70,11 @@ pub enum LocalOperation {
         /// Stop it first if it runs.
         force: bool,
     },
+    /// Pack the stopped container's root file system for a move; answers `{sha256, size}`.
+    Export {
+        /// The instance.
+        key: InstanceKey,
+    },
     /// The container's live state.
     State {
         /// The instance.
@@ -93,7 +98,9 @@ impl LocalOperation {
     pub(crate) fn timeout(&self) -> Duration {
         let base = Duration::from_secs(30);
         match self {
-            LocalOperation::Create { .. } | LocalOperation::Exec { .. } => Duration::from_secs(600),
+            LocalOperation::Create { .. }
+            | LocalOperation::Exec { .. }
+            | LocalOperation::Export { .. } => Duration::from_secs(600),
             LocalOperation::Stop { timeout_s, .. } | LocalOperation::Restart { timeout_s, .. } => {
                 base + Duration::from_secs(*timeout_s)
             }
@@ -114,6 +121,11 @@ pub struct InstanceState {
     locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::RwLock<()>>>>,
     /// Set once the member is shutting down: the watcher stops starting containers.
     pub(crate) shutting_down: AtomicBool,
+    /// Root file systems received for a move, and when (kept from the stale-copy sweep for a
+    /// while: the leader records the move right after).
+    pub(crate) arrived: Mutex<HashMap<InstanceKey, std::time::Instant>>,
+    /// On the leader: the moves under way, by (project, name).
+    pub(crate) moves: Mutex<BTreeMap<(String, String), super::moves::MoveProgress>>,
 }
 
 impl InstanceState {
@@ -231,6 +243,7 @@ impl Member {
                 self.start_local(key, config, None).await
             }
             LocalOperation::Delete { key, force } => self.delete_local(key, *force).await,
+            LocalOperation::Export { key } => self.export_local(key).await,
             LocalOperation::State { key } => {
                 let lock = self.inner.instances.lock(key);
                 let _guard = lock.read().await;
@@ -382,6 +395,7 @@ impl Member {
         let delete_key = key.clone();
         self.blocking(move |driver| driver.delete(&delete_key))
             .await?;
+        self.discard_export(key);
         self.inner.instances.forget(key);
         Ok(Value::Null)
     }

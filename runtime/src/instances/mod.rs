@@ -8,6 +8,9 @@
 //! - [`watch`]: each member keeps its instances' records true (init exited, adopted after a
 //!   daemon restart, started again after a clean shutdown).
 //! - [`stream`]: `exec` with its output streamed to the client as it comes.
+//! - [`transfer`]: a stopped container's root file system packed, sent and unpacked on
+//!   another member (a move).
+//! - [`moves`]: `instances.move`, on the leader.
 //! - [`config`]: the expanded config read as the container's limits and init (IO-free).
 //! - [`calls`]: `instances.*` script calls read into operations.
 //! - [`names`]: generated names.
@@ -26,9 +29,11 @@ pub mod config_keys;
 pub mod devices;
 pub mod driver;
 pub mod local;
+pub mod moves;
 pub mod names;
 pub mod ops;
 pub mod profiles;
 pub mod projects;
 pub mod stream;
+pub mod transfer;
 pub mod watch;

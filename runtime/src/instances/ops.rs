@@ -172,6 +172,17 @@ pub enum InstanceOperation {
         /// The value; `None` unsets.
         value: Option<String>,
     },
+    /// `instances.move(name, {target=})`.
+    Move {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// A member, or `@group`.
+        target: String,
+    },
+    /// `instances.moves()`: the moves under way.
+    Moves,
     /// Internal: an instance's member reports what it saw (members only).
     Report(StatusReport),
 }
@@ -185,6 +196,7 @@ impl InstanceOperation {
                 | InstanceOperation::Get { .. }
                 | InstanceOperation::State { .. }
                 | InstanceOperation::Exec { .. }
+                | InstanceOperation::Moves
         )
     }
 
@@ -200,6 +212,9 @@ impl InstanceOperation {
                 Some(Duration::from_secs(DEFAULT_STOP_TIMEOUT_S) + LOCAL_TIMEOUT)
             }
             InstanceOperation::Exec { .. } => Some(EXEC_BUDGET),
+            InstanceOperation::Move { .. } => {
+                Some(CREATE_BUDGET + Duration::from_secs(DEFAULT_STOP_TIMEOUT_S) + LOCAL_TIMEOUT)
+            }
             _ => None,
         }
     }
@@ -464,6 +479,12 @@ impl Member {
                 self.set_instance_key(project, name, key, value.as_deref())
                     .await
             }
+            InstanceOperation::Move {
+                project,
+                name,
+                target,
+            } => self.move_instance(project, name, target).await,
+            InstanceOperation::Moves => Ok(self.moves_under_way()),
             InstanceOperation::Report(report) => self.record_report(report).await,
         }
     }
@@ -646,7 +667,7 @@ impl Member {
 
     /// Runs `operation` on the instance's member: here, or asked over the network. An offline
     /// or unreachable member is named in the error.
-    async fn on_location(
+    pub(crate) async fn on_location(
         &self,
         instance: &Instance,
         operation: LocalOperation,

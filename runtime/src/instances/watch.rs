@@ -69,10 +69,33 @@ pub fn decide(recorded: InstanceStatus, last_power_running: bool, seen: Seen) ->
     }
 }
 
-/// Starts the member's watcher; it ends when the member shuts down.
+/// Every how many rounds the watcher looks for stale copies.
+const STALE_EVERY_ROUNDS: u64 = 20;
+/// How long a root file system received for a move is kept although the record does not name
+/// this member yet (the leader records the move right after the copy).
+pub const ARRIVAL_GRACE: Duration = Duration::from_secs(600);
+
+/// Whether a container here that this member's copy of the state does not place here is a
+/// stale copy to remove: only when the leader's answer (`located`, the instance's location, or
+/// `None` when there is no such instance) names another member, and no move to here is under
+/// way (`arrived_recently`).
+pub fn is_stale(me: &str, located: Option<&str>, arrived_recently: bool) -> bool {
+    !arrived_recently && located != Some(me)
+}
+
+/// Starts the member's watcher; it ends when the member shuts down. Packed and half-received
+/// root file systems of moves cut off by a restart are removed first.
 pub(crate) fn spawn(member: Member) {
     tokio::spawn(async move {
+        let pool = member.driver().pool_dir().to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in ["imports", "exports"] {
+                let _ = std::fs::remove_dir_all(pool.join(dir));
+            }
+        })
+        .await;
         let mut shutdown = member.inner.shutdown.subscribe();
+        let mut round = 0u64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
@@ -82,6 +105,10 @@ pub(crate) fn spawn(member: Member) {
                 return;
             }
             member.watch_once().await;
+            round += 1;
+            if round.is_multiple_of(STALE_EVERY_ROUNDS) {
+                member.remove_stale_copies().await;
+            }
         }
     });
 }
@@ -139,6 +166,75 @@ impl Member {
         }
     }
 
+    /// Removes the containers here whose instance lives on another member (a move whose source
+    /// could not delete its copy, an instance recreated elsewhere while this member was
+    /// offline) or no longer exists. The leader's records decide, never this member's copy,
+    /// which may lag.
+    async fn remove_stale_copies(&self) {
+        let Ok(keys) = self.blocking(|driver| driver.list()).await else {
+            return;
+        };
+        let mine: std::collections::BTreeSet<_> = self.my_instances().iter().map(key_of).collect();
+        let suspects: Vec<_> = keys.into_iter().filter(|key| !mine.contains(key)).collect();
+        if suspects.is_empty() {
+            return;
+        }
+        let me = self.name();
+        for key in suspects {
+            if self.arrived_recently(&key) {
+                continue;
+            }
+            let list = crate::Operation::Instance(super::ops::InstanceOperation::List {
+                project: key.project.clone(),
+            });
+            let Ok(listed) = Box::pin(self.execute(list, crate::Caller::local())).await else {
+                return;
+            };
+            let located = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|instance| {
+                    (instance["name"] == key.name.as_str()).then(|| {
+                        instance["location"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                });
+            // Checked again after the leader's answer: a move may have ended meanwhile.
+            if !is_stale(&me, located.as_deref(), self.arrived_recently(&key)) {
+                continue;
+            }
+            let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
+                continue;
+            };
+            tracing::info!(instance = %key, location = ?located, "removing a stale copy");
+            let remove_key = key.clone();
+            let removed = self
+                .blocking(move |driver| {
+                    let _ = driver.stop(&remove_key, Duration::ZERO, true);
+                    driver.delete(&remove_key)
+                })
+                .await;
+            if let Err(error) = removed {
+                tracing::warn!(instance = %key, %error, "could not remove a stale copy");
+            }
+        }
+    }
+
+    /// Whether a root file system for `key` arrived here for a move within [`ARRIVAL_GRACE`].
+    fn arrived_recently(&self, key: &super::driver::InstanceKey) -> bool {
+        let mut arrived = self
+            .inner
+            .instances
+            .arrived
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        arrived.retain(|_, at| at.elapsed() < ARRIVAL_GRACE);
+        arrived.contains_key(key)
+    }
+
     /// On a clean shutdown: stops this member's running containers (each asked to shut down,
     /// killed after [`SHUTDOWN_STOP_TIMEOUT`]) and records them as running at shutdown, so that
     /// the member starts them again when it is back.
@@ -170,6 +266,17 @@ mod tests {
 
     /// Goal: every combination of record and container gives the action the module's doc
     /// says.
+    /// Goal: only a copy the leader places elsewhere (or nowhere) is stale, and never one that
+    /// arrived for a move moments ago.
+    #[test]
+    fn stale_copies() {
+        assert!(is_stale("m1", Some("m2"), false));
+        assert!(is_stale("m1", None, false));
+        assert!(!is_stale("m1", Some("m1"), false));
+        assert!(!is_stale("m1", Some("m2"), true));
+        assert!(!is_stale("m1", None, true));
+    }
+
     #[test]
     fn decisions() {
         let stopped = Seen::Stopped { reboot: false };

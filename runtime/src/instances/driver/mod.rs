@@ -197,6 +197,26 @@ impl Driver {
         Driver { pool_dir, shim_exe }
     }
 
+    /// The container's cgroup under `starling/`: the key, after a tag of the pool's path, so
+    /// that members sharing a host (a local cluster, or an instance moving between two of
+    /// them) never share a cgroup, whose creation empties one left from an earlier run.
+    pub fn cgroup_name(&self, key: &InstanceKey) -> String {
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            self.pool_dir.as_os_str().as_encoded_bytes(),
+        );
+        format!(
+            "{}_{}",
+            hex::encode(&digest.as_ref()[..4]),
+            key.storage_name()
+        )
+    }
+
+    /// The storage pool's directory.
+    pub fn pool_dir(&self) -> &Path {
+        &self.pool_dir
+    }
+
     /// `<pool>/containers/<project>_<name>`.
     pub fn container_dir(&self, key: &InstanceKey) -> PathBuf {
         self.pool_dir.join("containers").join(key.storage_name())
@@ -262,7 +282,7 @@ impl Driver {
                     .to_string(),
             });
         }
-        let cgroup = Cgroup::create(&Hierarchy::detect()?, &key.storage_name(), &spec.limits)?;
+        let cgroup = Cgroup::create(&Hierarchy::detect()?, &self.cgroup_name(key), &spec.limits)?;
         let config = StartConfig {
             container_dir: dir.clone(),
             rootfs: dir.join("rootfs"),
@@ -502,7 +522,7 @@ impl Driver {
         }
         // A start that failed half-way may have left the cgroup without a record.
         if let Ok(hierarchy) = Hierarchy::detect() {
-            Cgroup::every_controller(&hierarchy, &key.storage_name()).remove()?;
+            Cgroup::every_controller(&hierarchy, &self.cgroup_name(key)).remove()?;
         }
         let dir = self.container_dir(key);
         unmount_under(&dir)?;

@@ -1,0 +1,305 @@
+//! A stopped container's root file system, moved between members.
+//!
+//! The source packs `rootfs/` as an image tarball (`metadata.yaml` and `rootfs/`, uncompressed)
+//! into `<pool>/exports/<project>_<name>.tar`, hashing it as it writes
+//! ([`LocalOperation::Export`](super::local::LocalOperation::Export)). The target fetches it
+//! ([`Request::InstanceExport`]: a length frame, then the raw bytes, as an image copy), verifies
+//! the SHA-256, unpacks it with the driver (which refuses entries that would land outside the
+//! root file system) and deletes the tarball ([`Request::InstanceReceive`], answered with
+//! `Progress` frames, then `Ack`). A failure on the target leaves nothing there; the source's
+//! container is untouched until the leader has recorded the new location.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ring::digest::{Context, SHA256};
+use serde_json::{json, Value};
+
+use super::driver::{InstanceKey, State};
+use crate::images::stream;
+use crate::member::Member;
+use crate::protocol::{Reply, Request};
+use crate::Error;
+
+/// How long the target waits for the next bytes from the source.
+const FETCH_SILENCE: Duration = Duration::from_secs(30);
+/// How often the target reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A writer that hashes what it writes.
+struct Hashing<W> {
+    inner: W,
+    hasher: Context,
+    written: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.written += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Packs `rootfs` into the tarball `path`; returns its SHA-256 (hex) and size. Blocking.
+fn pack(rootfs: &Path, path: &Path) -> std::io::Result<(String, u64)> {
+    let file = std::fs::File::create(path)?;
+    let writer = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Context::new(&SHA256),
+        written: 0,
+    };
+    let mut builder = tar::Builder::new(writer);
+    builder.follow_symlinks(false);
+    let metadata =
+        b"architecture: x86_64\ncreation_date: 0\nproperties:\n  description: a moving instance\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(metadata.len() as u64);
+    builder.append_data(&mut header, "metadata.yaml", &metadata[..])?;
+    builder.append_dir_all("rootfs", rootfs)?;
+    let mut writer = builder.into_inner()?;
+    writer.flush()?;
+    writer.inner.get_ref().sync_all()?;
+    let digest = writer.hasher.finish();
+    Ok((hex::encode(digest.as_ref()), writer.written))
+}
+
+impl Member {
+    /// `<pool>/exports/<project>_<name>.tar`.
+    fn export_path(&self, key: &InstanceKey) -> PathBuf {
+        self.driver()
+            .pool_dir()
+            .join("exports")
+            .join(format!("{}.tar", key.storage_name()))
+    }
+
+    /// Source: packs the stopped container's root file system; answers its hash and size.
+    pub(crate) async fn export_local(&self, key: &InstanceKey) -> Result<Value, Error> {
+        let lock = self.inner.instances.lock(key);
+        let _guard = lock.write().await;
+        if matches!(self.observe(key).await?, State::Running { .. }) {
+            return Err(Error::Refused(format!(
+                "The instance \"{}\" is running: it must be stopped to move",
+                key.name
+            )));
+        }
+        let rootfs = self.driver().container_dir(key).join("rootfs");
+        let path = self.export_path(key);
+        let started = std::time::Instant::now();
+        let packed = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let packed = pack(&rootfs, &path);
+            if packed.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            packed
+        })
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))?
+        .map_err(|error| {
+            Error::Local(format!(
+                "member {}: packing the root file system of {key}: {error}",
+                self.name()
+            ))
+        })?;
+        tracing::info!(instance = %key, size = packed.1, pack_ms = started.elapsed().as_millis() as u64, "root file system packed");
+        Ok(json!({"sha256": packed.0, "size": packed.1}))
+    }
+
+    /// Source: removes the packed tarball, if any.
+    pub(crate) fn discard_export(&self, key: &InstanceKey) {
+        let _ = std::fs::remove_file(self.export_path(key));
+    }
+
+    /// Source: sends the packed tarball (a length frame, then the raw bytes).
+    pub(crate) async fn serve_export(
+        &self,
+        key: &InstanceKey,
+        responder: &mut starling_transport::Responder,
+    ) {
+        if let Err(error) = key.validate() {
+            let reply = Reply::Refused(Error::Refused(error.to_string()));
+            let _ = responder.send(&reply).await;
+            return;
+        }
+        let what = format!("member {} export of {key}", self.name());
+        stream::send_file(responder, &self.export_path(key), 0, &what).await;
+    }
+
+    /// Target: runs [`Member::receive_local`], answering its progress every
+    /// [`PROGRESS_EVERY`], then how it ended.
+    pub(crate) async fn serve_receive(
+        &self,
+        key: &InstanceKey,
+        source: &str,
+        sha256: &str,
+        size: u64,
+        responder: &mut starling_transport::Responder,
+    ) -> Reply {
+        let progress = Arc::new(AtomicU64::new(0));
+        let receive = self.receive_local(key, source, sha256, size, progress.clone());
+        tokio::pin!(receive);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                result = &mut receive => {
+                    return match result {
+                        Ok(()) => Reply::Ack,
+                        Err(error) => Reply::Refused(error),
+                    };
+                }
+                _ = tick.tick() => {
+                    let done = progress.load(Ordering::Relaxed);
+                    if responder.send(&Reply::Progress { done }).await.is_err() {
+                        return Reply::Ack;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Target: fetches the tarball of `key` from `source` (an address), verifies it hashes to
+    /// `sha256`, and unpacks it as the container's root file system. Leaves nothing behind on
+    /// failure.
+    pub(crate) async fn receive_local(
+        &self,
+        key: &InstanceKey,
+        source: &str,
+        sha256: &str,
+        size: u64,
+        progress: Arc<AtomicU64>,
+    ) -> Result<(), Error> {
+        key.validate()
+            .map_err(|error| Error::Refused(error.to_string()))?;
+        let lock = self.inner.instances.lock(key);
+        let _guard = lock.write().await;
+        if self.driver().container_dir(key).exists() {
+            return Err(Error::Refused(format!(
+                "member {} already has a container {key}",
+                self.name()
+            )));
+        }
+        let free = self
+            .image_files()
+            .free_bytes()
+            .map_err(|error| Error::Local(error.to_string()))?;
+        // The tarball and the unpacked tree side by side.
+        if free < size.saturating_mul(2) {
+            return Err(Error::Refused(format!(
+                "member {} has {free} bytes free, not enough for a {size}-byte root file system",
+                self.name()
+            )));
+        }
+        let path = self
+            .driver()
+            .pool_dir()
+            .join("imports")
+            .join(format!("{}.tar", key.storage_name()));
+        let result = self
+            .fetch_export(key, source, sha256, size, &path, progress)
+            .await;
+        let result = match result {
+            Ok(()) => {
+                let unpack_key = key.clone();
+                let tarball = path.clone();
+                self.blocking(move |driver| driver.unpack(&unpack_key, &tarball))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let _ = std::fs::remove_file(&path);
+        if result.is_ok() {
+            self.inner
+                .instances
+                .arrived
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.clone(), std::time::Instant::now());
+        }
+        if result.is_err() {
+            let dir = self.driver().container_dir(key);
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        result
+    }
+
+    async fn fetch_export(
+        &self,
+        key: &InstanceKey,
+        source: &str,
+        sha256: &str,
+        size: u64,
+        path: &Path,
+        progress: Arc<AtomicU64>,
+    ) -> Result<(), Error> {
+        let (pieces, mut to_write) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::PIECES_AHEAD);
+        let file_path = path.to_path_buf();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            if let Some(dir) = file_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut writer = Hashing {
+                inner: std::fs::File::create(&file_path)?,
+                hasher: Context::new(&SHA256),
+                written: 0,
+            };
+            while let Some(piece) = to_write.blocking_recv() {
+                writer.write_all(&piece)?;
+                progress.store(writer.written, Ordering::Relaxed);
+            }
+            writer.inner.sync_all()?;
+            Ok((hex::encode(writer.hasher.finish().as_ref()), writer.written))
+        });
+        let received = async {
+            let request = Request::InstanceExport { key: key.clone() };
+            let answers = self.request_stream(source, &request).await?;
+            let mut body = stream::Body::open(answers, FETCH_SILENCE).await?;
+            if body.length() != size {
+                return Err(Error::Transport(format!(
+                    "{source} offers {} bytes of a {size}-byte root file system",
+                    body.length()
+                )));
+            }
+            loop {
+                let mut piece = Vec::new();
+                if !body.next_piece(&mut piece).await? {
+                    return Ok(());
+                }
+                if pieces.send(piece).await.is_err() {
+                    return Err(Error::Local("the root file system writer stopped".into()));
+                }
+            }
+        }
+        .await;
+        drop(pieces);
+        let written = writer
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))?
+            .map_err(|error| {
+                Error::Local(format!(
+                    "member {}: writing {}: {error}",
+                    self.name(),
+                    path.display()
+                ))
+            });
+        received?;
+        let (hash, _) = written?;
+        if hash != sha256 {
+            return Err(Error::Transport(format!(
+                "the root file system of {key} from {source} hashes to {hash}, expected {sha256}"
+            )));
+        }
+        Ok(())
+    }
+}

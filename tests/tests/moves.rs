@@ -1,0 +1,181 @@
+//! Instance moves on real member processes with real containers: a running instance is
+//! stopped, moved and started again with its files; a stopped one moves to a group; a move cut
+//! off by the death of its target leaves the instance whole, and running, on its source; bad
+//! moves are refused with what is wrong.
+//!
+//! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
+//! `busybox-static`). As another user the test prints why and returns.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use starling_tests::containers::{busybox_image, exec, info, wait_status, LeftoverContainers};
+use starling_tests::processes::ProcessCluster;
+use starling_tests::{init_tracing, wait_for};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
+    }
+    root
+}
+
+/// A 3-member cluster with the busybox image imported as `bb`.
+async fn cluster_with_image() -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
+    let cluster = ProcessCluster::start(3).await?;
+    let leftovers = LeftoverContainers {
+        pools: (0..3)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    Ok((cluster, leftovers, work))
+}
+
+fn container_exists(cluster: &ProcessCluster, member: usize, name: &str) -> bool {
+    cluster
+        .dir(member)
+        .join("storage-pools/default/containers")
+        .join(format!("default_{name}"))
+        .exists()
+}
+
+/// Goal: a running instance moves with its files and runs on the target, the source keeps no
+/// copy; a stopped instance moves to `@group` (placed among the group, never where it is) and
+/// stays stopped; moving to where it is, to an unknown member or an unknown instance is
+/// refused with what is wrong.
+/// Method: 3 member processes; a file written in the container before the move is read after
+/// it; the pools on disk are looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_move_whole() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_image().await?;
+    cluster.cli_ok(0, &["launch", "bb", "c1", "--target", "m1"])?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        0,
+        "c1",
+        &["sh", "-c", "echo moved-along > /root/mark"],
+    )?;
+    ensure!(code == 0, "writing the mark: {stderr}");
+
+    tracing::info!("--- a running instance to m2");
+    let started = Instant::now();
+    let out = cluster.cli_ok(0, &["move", "c1", "--target", "m2"])?;
+    println!("running move: {:?} ({})", started.elapsed(), out.trim());
+    assert!(out.contains("moved from m1 to m2"), "{out}");
+    let record = info(&cluster, 0, "c1")?;
+    assert_eq!(record["location"], "m2", "{record}");
+    assert_eq!(record["status"], "Running", "{record}");
+    let (code, stdout, stderr) = exec(&cluster, 1, "c1", &["cat", "/root/mark"])?;
+    assert_eq!((code, stdout.trim()), (0, "moved-along"), "{stderr}");
+    assert!(!container_exists(&cluster, 0, "c1"), "m1 kept a copy");
+    assert!(container_exists(&cluster, 1, "c1"));
+
+    tracing::info!("--- a stopped instance to @default, never where it is");
+    cluster.cli_ok(0, &["stop", "c1", "--force"])?;
+    wait_status(&cluster, "c1", "Stopped").await?;
+    let started = Instant::now();
+    cluster.cli_ok(0, &["move", "c1", "--target", "@default"])?;
+    println!("stopped move: {:?}", started.elapsed());
+    let record = info(&cluster, 0, "c1")?;
+    assert_ne!(record["location"], "m2", "{record}");
+    assert_eq!(record["status"], "Stopped", "{record}");
+    assert!(!container_exists(&cluster, 1, "c1"), "m2 kept a copy");
+
+    tracing::info!("--- the Lua built-in, and what is refused");
+    let to = if record["location"] == "m1" {
+        "m3"
+    } else {
+        "m1"
+    };
+    let lua = format!("return instances.move('c1', {{target='{to}'}}).location");
+    let out = cluster.cli_ok(2, &["exec", &lua])?;
+    assert!(out.contains(to), "{out}");
+    let here = info(&cluster, 0, "c1")?["location"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for (args, expected) in [
+        (vec!["move", "c1", "--target", here.as_str()], "already on"),
+        (vec!["move", "c1", "--target", "m9"], "m9"),
+        (vec!["move", "nope", "--target", "m1"], "not found"),
+        (vec!["move", "c1", "--target", "@"], "group"),
+    ] {
+        let error = cluster.cli_fails(0, &args)?;
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    assert_eq!(info(&cluster, 0, "c1")?["location"], here.as_str());
+    Ok(())
+}
+
+/// Goal: a move whose target dies part-way leaves the instance whole on its source, running
+/// again, the database saying so; the target, back, keeps no copy.
+/// Method: a container with 400 MB of files (so that packing and sending take a while); the
+/// move to m3 runs in the background; m3 is killed with SIGKILL once the move is under way;
+/// then m3 restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_off_by_its_target_leaves_the_instance_on_its_source() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) = cluster_with_image().await?;
+    cluster.cli_ok(0, &["launch", "bb", "big", "--target", "m1"])?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        0,
+        "big",
+        &[
+            "sh",
+            "-c",
+            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
+        ],
+    )?;
+    ensure!(code == 0, "filling the container: {stderr}");
+
+    let mover = cluster.spawn_cli(0, &["move", "big", "--target", "m3"])?;
+    wait_for(
+        "the move to be under way",
+        Duration::from_secs(30),
+        || async {
+            let out = cluster
+                .cli_ok(1, &["exec", "return instances.moves()"])
+                .ok()?;
+            (out.contains("packing") || out.contains("sending")).then_some(())
+        },
+    )
+    .await?;
+    cluster.kill(2)?;
+    let output = mover.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the move succeeded: {stderr}");
+    println!("the cut-off move said: {}", stderr.trim());
+
+    let record = wait_status(&cluster, "big", "Running").await?;
+    assert_eq!(record["location"], "m1", "{record}");
+    let (code, stdout, _) = exec(&cluster, 0, "big", &["cat", "/root/mark"])?;
+    assert_eq!((code, stdout.trim()), (0, "kept"));
+
+    cluster.restart(2)?;
+    wait_for("m3 to keep no copy", Duration::from_secs(30), || async {
+        let pool = cluster.dir(2).join("storage-pools/default");
+        let empty = |dir: &str| {
+            std::fs::read_dir(pool.join(dir)).map_or(true, |mut entries| entries.next().is_none())
+        };
+        (empty("containers") && empty("imports")).then_some(())
+    })
+    .await?;
+    assert_eq!(info(&cluster, 0, "big")?["location"], "m1");
+    Ok(())
+}
