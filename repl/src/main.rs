@@ -18,6 +18,7 @@ mod bench_images;
 mod bench_placement;
 mod console;
 mod demo;
+mod evacuate;
 mod failover;
 mod format;
 mod group;
@@ -272,6 +273,35 @@ enum ClusterCommand {
     TransferLeader {
         /// Member name.
         name: Option<String>,
+    },
+    /// Evacuates a member for maintenance: its instances move to other members (or stop), and
+    /// nothing new is placed on it until it is restored.
+    Evacuate {
+        /// Member name.
+        name: String,
+        /// auto, migrate, live-migrate or stop (default: each instance's cluster.evacuate).
+        #[arg(long)]
+        action: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restores an evacuated member: instances that came from it move back, those it stopped
+    /// start again.
+    Restore {
+        /// Member name.
+        name: String,
+        /// skip: only make the member usable again.
+        #[arg(long)]
+        action: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Shows a member's latest evacuation or restore.
+    Evacuation {
+        /// Member name.
+        name: String,
     },
     /// Shows a member's live state, read from the member itself.
     State {
@@ -757,6 +787,32 @@ async fn cluster(cli: &Cli, client: &Client, command: &ClusterCommand) -> Result
                 .await?;
             let leader = value["leader"].as_str().unwrap_or("?");
             println!("Leader: {leader}");
+            Ok(())
+        }
+        ClusterCommand::Evacuate {
+            name,
+            action,
+            force,
+        } => evacuate::run(client, name, action.clone(), *force, false).await,
+        ClusterCommand::Restore {
+            name,
+            action,
+            force,
+        } => evacuate::run(client, name, action.clone(), *force, true).await,
+        ClusterCommand::Evacuation { name } => {
+            let value = client
+                .operation(Operation::Evacuation(
+                    starling_runtime::evacuation::ops::EvacuationOperation::Show {
+                        member: name.clone(),
+                    },
+                ))
+                .await?;
+            let format = if cli.format == Format::Table {
+                Format::Yaml
+            } else {
+                cli.format
+            };
+            println!("{}", format::render(&value, format, &[]));
             Ok(())
         }
         ClusterCommand::State { name } => {

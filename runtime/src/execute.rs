@@ -329,6 +329,7 @@ impl Member {
             Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
             Operation::Image(image) => self.image_here(image).await,
             Operation::Group(group) => self.group_here(group).await,
+            Operation::Evacuation(evacuation) => Box::pin(self.evacuation_here(evacuation)).await,
             Operation::Instance(instance) => Box::pin(self.instance_here(instance)).await,
             Operation::Placement(placement) => self.placement_here(placement).await,
             Operation::Profile(profile) => self.profile_here(profile).await,

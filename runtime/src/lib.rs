@@ -29,6 +29,7 @@ pub mod client;
 pub mod cluster;
 pub mod datadir;
 mod error;
+pub mod evacuation;
 mod execute;
 pub mod images;
 pub mod instances;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::cluster::groups::GroupOperation;
+use crate::evacuation::ops::EvacuationOperation;
 use crate::images::ops::ImageOperation;
 use crate::instances::profiles::ProfileOperation;
 use crate::instances::projects::ProjectOperation;
@@ -167,6 +168,8 @@ pub enum Operation {
     Image(crate::images::ops::ImageOperation),
     /// `groups.*`.
     Group(crate::cluster::groups::GroupOperation),
+    /// `cluster.evacuate`, `cluster.restore`, `cluster.evacuation`.
+    Evacuation(crate::evacuation::ops::EvacuationOperation),
     /// `instances.*`.
     Instance(crate::instances::ops::InstanceOperation),
     /// `placement.*`.
@@ -495,6 +498,18 @@ pub const BUILTINS: &[Builtin] = &[
         help: "instances.unset(name, key [, {project=}]) -> unsets a config key",
     },
     Builtin {
+        name: "cluster.evacuate",
+        help: "cluster.evacuate(name [, {action=auto|migrate|live-migrate|stop}]) -> evacuates a member: its instances move (or stop); the summary: moved, stopped, failed",
+    },
+    Builtin {
+        name: "cluster.restore",
+        help: "cluster.restore(name [, {action=skip}]) -> restores an evacuated member: instances that came from it move back, those it stopped start",
+    },
+    Builtin {
+        name: "cluster.evacuation",
+        help: "cluster.evacuation(name) -> the member's latest evacuation or restore: done, total, moved, stopped, failed, pending",
+    },
+    Builtin {
         name: "instances.move",
         help: "instances.move(name, {target=MEMBER|@GROUP [, project=]}) -> moves an instance (a running one is stopped, moved and started): {location, from, bytes, seconds}",
     },
@@ -681,6 +696,17 @@ impl Operation {
             "cluster.transfer_leadership" => Operation::ClusterTransferLeadership {
                 name: arguments.optional_string(0, "name")?,
             },
+            "cluster.evacuate" => Operation::Evacuation(EvacuationOperation::Evacuate {
+                member: arguments.string(0, "name")?,
+                action: arguments.option_string(1, "action")?,
+            }),
+            "cluster.restore" => Operation::Evacuation(EvacuationOperation::Restore {
+                member: arguments.string(0, "name")?,
+                action: arguments.option_string(1, "action")?,
+            }),
+            "cluster.evacuation" => Operation::Evacuation(EvacuationOperation::Show {
+                member: arguments.string(0, "name")?,
+            }),
             "images.list" => Operation::Image(ImageOperation::List),
             "images.get" => Operation::Image(ImageOperation::Get {
                 reference: arguments.string(0, "fingerprint or alias")?,
@@ -797,6 +823,9 @@ impl Operation {
     pub fn time_budget(&self) -> Option<std::time::Duration> {
         match self {
             Operation::Instance(instance) => instance.time_budget(),
+            Operation::Evacuation(evacuation) if evacuation.is_write() => {
+                Some(std::time::Duration::from_secs(3600))
+            }
             _ => None,
         }
     }
@@ -811,6 +840,9 @@ impl Operation {
         }
         if let Operation::Instance(instance) = self {
             return instance.is_write();
+        }
+        if let Operation::Evacuation(evacuation) = self {
+            return evacuation.is_write();
         }
         if let Operation::Profile(profile) = self {
             return profile.is_write();

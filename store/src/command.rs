@@ -299,7 +299,10 @@ impl ClusterState {
             Command::MemberHealth { updates } => {
                 for update in updates {
                     if let Some(member) = self.members.get_mut(&update.name) {
-                        member.status = update.status;
+                        // Evacuated until restored, whatever its heartbeats say.
+                        if member.status != MemberStatus::Evacuated {
+                            member.status = update.status;
+                        }
                         member.last_heartbeat_ms = update.last_heartbeat_ms;
                     }
                 }

@@ -1133,6 +1133,46 @@ mod tests {
             .unwrap();
     }
 
+    /// Goal: a move applies only from the member the record names (so a repeated or stale
+    /// move changes nothing), sets the new location, `Stopped`, and its config changes at once.
+    #[test]
+    fn a_move_applies_once_from_its_source() {
+        let mut state = with_members(&["m2"]);
+        with_image(&mut state);
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: instance("c1", &["default"]),
+            },
+        )
+        .unwrap();
+        let moving = |from: &str, to: &str| InstanceCommand::InstanceMove {
+            project: DEFAULT_PROJECT.into(),
+            name: "c1".into(),
+            from: from.into(),
+            location: to.into(),
+            config: BTreeMap::from([
+                (
+                    "volatile.evacuate.origin".to_string(),
+                    Some("m1".to_string()),
+                ),
+                ("limits.cpu".to_string(), None),
+            ]),
+        };
+        apply(&mut state, moving("m1", "m2")).unwrap();
+        let moved = &state.instances[&key(DEFAULT_PROJECT, "c1")];
+        assert_eq!(
+            (moved.location.as_str(), moved.status),
+            ("m2", InstanceStatus::Stopped)
+        );
+        assert_eq!(moved.config.get("volatile.evacuate.origin").unwrap(), "m1");
+        assert!(!moved.config.contains_key("limits.cpu"));
+        let again = apply(&mut state, moving("m1", "m2")).unwrap_err();
+        assert!(again.contains("is on member \"m2\", not \"m1\""), "{again}");
+        let nowhere = apply(&mut state, moving("m2", "m9")).unwrap_err();
+        assert!(nowhere.contains("m9"), "{nowhere}");
+    }
+
     /// Goal: profiles expand in order under the instance's own keys; a profile in use cannot
     /// be deleted, the default one never; a renamed profile is renamed in its instances; an
     /// instance needs a valid host name, existing profiles, image and member.

@@ -125,11 +125,21 @@ pub fn info(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Value> {
     serde_json::from_str(&out).context("info --format json")
 }
 
-/// Waits until instance `name` has `status` in its record.
+/// Waits until instance `name` has `status` in its record, read through member 0.
 pub async fn wait_status(cluster: &ProcessCluster, name: &str, status: &str) -> Result<Value> {
+    wait_status_via(cluster, 0, name, status).await
+}
+
+/// Waits until instance `name` has `status` in its record, read through member `via`.
+pub async fn wait_status_via(
+    cluster: &ProcessCluster,
+    via: usize,
+    name: &str,
+    status: &str,
+) -> Result<Value> {
     let what = format!("{name} {status}");
     wait_for(&what, Duration::from_secs(30), || async {
-        let record = info(cluster, 0, name).ok()?;
+        let record = info(cluster, via, name).ok()?;
         (record["status"] == status).then_some(record)
     })
     .await

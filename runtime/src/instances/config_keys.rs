@@ -57,6 +57,7 @@ pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
         "limits.memory" => check_memory(key, value, true),
         "limits.cpu" => check_cpu(key, value),
         "limits.processes" => check_positive_integer(key, value),
+        "cluster.evacuate" => crate::evacuation::plan::check_evacuate_action(value),
         "boot.autostart.delay" | "boot.autostart.priority" | "boot.stop.priority" => {
             check_integer(key, value)
         }

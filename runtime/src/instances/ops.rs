@@ -679,7 +679,9 @@ impl Member {
         let record = self
             .local_state(|state| state.members.get(location).cloned())
             .ok_or_else(|| Error::Refused(format!("member \"{location}\" not found")))?;
-        if record.status != MemberStatus::Online {
+        // An evacuated member still runs what it holds (its instances are being moved or
+        // stopped); an offline one cannot be asked.
+        if record.status == MemberStatus::Offline {
             let (status, message) = crate::cluster::health::status_of(&record);
             return Err(Error::Refused(format!(
                 "instance \"{}\" is on member \"{location}\", which is {status} ({message})",

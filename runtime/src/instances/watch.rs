@@ -87,6 +87,7 @@ pub fn is_stale(me: &str, located: Option<&str>, arrived_recently: bool) -> bool
 /// root file systems of moves cut off by a restart are removed first.
 pub(crate) fn spawn(member: Member) {
     tokio::spawn(async move {
+        let mut shutdown = member.inner.shutdown.subscribe();
         let pool = member.driver().pool_dir().to_path_buf();
         let _ = tokio::task::spawn_blocking(move || {
             for dir in ["imports", "exports"] {
@@ -94,7 +95,11 @@ pub(crate) fn spawn(member: Member) {
             }
         })
         .await;
-        let mut shutdown = member.inner.shutdown.subscribe();
+        // Shut down meanwhile: the task must end, or it keeps the member (and its database)
+        // open.
+        if *shutdown.borrow_and_update() {
+            return;
+        }
         let mut round = 0u64;
         loop {
             tokio::select! {

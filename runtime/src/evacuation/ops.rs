@@ -1,0 +1,528 @@
+//! Carrying out evacuations and restores on the leader, step by step, each step recorded.
+//!
+//! `cluster.evacuate` plans ([`super::plan`]), records the plan (`EvacuationCommand::Begin`:
+//! the member becomes `Evacuated`, so placement skips it from then on), then runs the pending
+//! steps [`PARALLEL_STEPS`] at a time, recording each outcome, and ends the record. A leader
+//! that finds a record still running with no task of its own continues it (every heartbeat
+//! round, [`Member::resume_evacuations`]): a step whose instance already moved is recorded as
+//! moved, the others run again. A restore issued while an evacuation runs stops it from
+//! starting new steps, waits for the steps under way, ends it as cancelled and restores; the
+//! origin of every moved instance is in its record (`volatile.evacuate.origin`, written with
+//! the move), so none is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use starling_store::evacuation::{
+    Evacuation, EvacuationCommand, EvacuationKind, EvacuationStep, StepAction, StepOutcome,
+};
+use starling_store::instances::InstanceStatus;
+use starling_store::Command;
+
+use super::plan::{self, ORIGIN_KEY};
+use crate::cluster::join::WRITE_TIMEOUT;
+use crate::instances::local::LocalOperation;
+use crate::instances::moves::MoveOptions;
+use crate::instances::ops::{key_of, DEFAULT_STOP_TIMEOUT_S};
+use crate::member::Member;
+use crate::placement::{Reason, Target};
+use crate::Error;
+
+/// Steps run at once.
+pub const PARALLEL_STEPS: usize = 4;
+/// Placements tried for one instance before it is stopped instead (its destination died).
+const PLACEMENTS_MAX: usize = 3;
+/// How long a restore waits for the evacuation it takes over to finish its steps under way.
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(600);
+
+/// An evacuation operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EvacuationOperation {
+    /// `cluster.evacuate(name [, {action=}])`.
+    Evacuate {
+        /// The member.
+        member: String,
+        /// `auto`, `migrate`, `live-migrate` or `stop`; each instance's key when absent.
+        action: Option<String>,
+    },
+    /// `cluster.restore(name [, {action=}])`.
+    Restore {
+        /// The member.
+        member: String,
+        /// `skip`: only the status.
+        action: Option<String>,
+    },
+    /// `cluster.evacuation(name)`: the member's latest evacuation or restore.
+    Show {
+        /// The member.
+        member: String,
+    },
+}
+
+impl EvacuationOperation {
+    /// Whether it changes the cluster state.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, EvacuationOperation::Show { .. })
+    }
+}
+
+/// The leader's evacuation tasks: one per member at most.
+#[derive(Default)]
+pub struct Tasks {
+    running: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+/// A running evacuation or restore.
+#[derive(Default)]
+struct Task {
+    /// Start no new step.
+    cancel: AtomicBool,
+    /// Held while the task runs: a restore taking over waits on it.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Tasks {
+    fn get(&self, member: &str) -> Option<Arc<Task>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(member)
+            .cloned()
+    }
+
+    /// Registers a task for `member`, unless one runs.
+    fn claim(&self, member: &str) -> Option<Arc<Task>> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.contains_key(member) {
+            return None;
+        }
+        let task = Arc::new(Task::default());
+        running.insert(member.to_string(), task.clone());
+        Some(task)
+    }
+
+    fn release(&self, member: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(member);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// A record as `cluster.evacuation` shows it, with a summary.
+pub fn evacuation_json(evacuation: &Evacuation) -> Value {
+    let (done, total) = starling_store::evacuation::progress(evacuation);
+    let mut moved = Vec::new();
+    let mut stopped = Vec::new();
+    let mut started = Vec::new();
+    let mut failed = Vec::new();
+    let mut pending = Vec::new();
+    for step in &evacuation.steps {
+        match &step.outcome {
+            StepOutcome::Moved(to) => {
+                moved.push(json!({"name": step.name, "project": step.project, "to": to}))
+            }
+            StepOutcome::Stopped => stopped.push(json!(step.name)),
+            StepOutcome::Started => started.push(json!(step.name)),
+            StepOutcome::Failed(reason) => {
+                failed.push(json!({"name": step.name, "project": step.project, "reason": reason}))
+            }
+            StepOutcome::Pending => pending.push(json!(step.name)),
+        }
+    }
+    json!({
+        "member": evacuation.member,
+        "kind": evacuation.kind.as_str(),
+        "action": evacuation.action,
+        "running": evacuation.running(),
+        "cancelled": evacuation.cancelled,
+        "started_at": crate::token::format_time_ms(evacuation.started_at_ms),
+        "ended_at": evacuation.ended_at_ms.map(crate::token::format_time_ms),
+        "done": done,
+        "total": total,
+        "moved": moved,
+        "stopped": stopped,
+        "started": started,
+        "failed": failed,
+        "pending": pending,
+    })
+}
+
+impl Member {
+    /// Runs an evacuation operation on the leader.
+    pub(crate) async fn evacuation_here(
+        &self,
+        operation: &EvacuationOperation,
+    ) -> Result<Value, Error> {
+        match operation {
+            EvacuationOperation::Evacuate { member, action } => {
+                self.evacuate(member, action.as_deref()).await
+            }
+            EvacuationOperation::Restore { member, action } => {
+                self.restore(member, action.as_deref()).await
+            }
+            EvacuationOperation::Show { member } => self
+                .local_state(|state| state.evacuations.get(member).map(evacuation_json))
+                .ok_or_else(|| Error::Refused(format!("member \"{member}\" was never evacuated"))),
+        }
+    }
+
+    async fn propose_evacuation(&self, command: EvacuationCommand) -> Result<(), Error> {
+        self.propose(Command::Evacuation(command), WRITE_TIMEOUT)
+            .await
+    }
+
+    /// `cluster.evacuate`: plans, records, runs; answers the summary.
+    async fn evacuate(&self, member: &str, action: Option<&str>) -> Result<Value, Error> {
+        if let Some(running) = self.local_state(|state| {
+            state
+                .evacuations
+                .get(member)
+                .filter(|record| record.running())
+                .map(|record| record.kind)
+        }) {
+            return Err(Error::Refused(format!(
+                "member \"{member}\" has a {} under way",
+                running.as_str()
+            )));
+        }
+        let evacuation = self
+            .local_state(|state| plan::plan_evacuation(state, member, action, now_ms()))
+            .map_err(Error::Refused)?;
+        let Some(task) = self.inner.instances.evacuations.claim(member) else {
+            return Err(Error::Refused(format!(
+                "member \"{member}\" has an evacuation or restore under way"
+            )));
+        };
+        let begun = self
+            .propose_evacuation(EvacuationCommand::Begin { evacuation })
+            .await;
+        if let Err(error) = begun {
+            self.inner.instances.evacuations.release(member);
+            return Err(error);
+        }
+        tracing::info!(member, "evacuating");
+        self.run_task(member, task).await
+    }
+
+    /// `cluster.restore`: takes over a running evacuation, then plans, records, runs.
+    async fn restore(&self, member: &str, action: Option<&str>) -> Result<Value, Error> {
+        self.take_over(member).await?;
+        let restore = self
+            .local_state(|state| plan::plan_restore(state, member, action, now_ms()))
+            .map_err(Error::Refused)?;
+        let Some(task) = self.inner.instances.evacuations.claim(member) else {
+            return Err(Error::Refused(format!(
+                "member \"{member}\" has an evacuation or restore under way"
+            )));
+        };
+        let begun = self
+            .propose_evacuation(EvacuationCommand::Begin {
+                evacuation: restore,
+            })
+            .await;
+        if let Err(error) = begun {
+            self.inner.instances.evacuations.release(member);
+            return Err(error);
+        }
+        tracing::info!(member, "restoring");
+        self.run_task(member, task).await
+    }
+
+    /// Ends a running evacuation of `member`: its task starts no new step, the steps under
+    /// way finish, and the record ends as cancelled. A restore under way is waited for.
+    async fn take_over(&self, member: &str) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + TAKE_OVER_WAIT;
+        loop {
+            let running = self.local_state(|state| {
+                state
+                    .evacuations
+                    .get(member)
+                    .filter(|record| record.running())
+                    .map(|record| record.kind)
+            });
+            let Some(kind) = running else {
+                return Ok(());
+            };
+            if let Some(task) = self.inner.instances.evacuations.get(member) {
+                if kind == EvacuationKind::Evacuate {
+                    task.cancel.store(true, Ordering::SeqCst);
+                }
+                // Waits until the task, with its steps under way, has ended.
+                let waited = tokio::time::timeout_at(deadline, task.running.lock()).await;
+                if waited.is_err() {
+                    return Err(Error::Refused(format!(
+                        "the {} of member \"{member}\" did not end within {} s",
+                        kind.as_str(),
+                        TAKE_OVER_WAIT.as_secs()
+                    )));
+                }
+                // The task releases its claim right after; the record says whether it ended.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            // A record with no task here (a leader change): nothing runs its steps now.
+            if kind == EvacuationKind::Restore {
+                // Left half-done by a former leader: resumed by the next heartbeat round.
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::Refused(format!(
+                        "member \"{member}\" has a restore under way"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            self.propose_evacuation(EvacuationCommand::End {
+                member: member.to_string(),
+                ended_at_ms: now_ms(),
+                cancelled: true,
+            })
+            .await?;
+            tracing::info!(
+                member,
+                "an evacuation left by a former leader ended by a restore"
+            );
+            return Ok(());
+        }
+    }
+
+    /// Runs the pending steps of `member`'s record with `task` claimed, ends the record and
+    /// answers its summary.
+    async fn run_task(&self, member: &str, task: Arc<Task>) -> Result<Value, Error> {
+        let result = {
+            let _running = task.running.lock().await;
+            self.run_steps(member, &task).await
+        };
+        self.inner.instances.evacuations.release(member);
+        result?;
+        let record = self
+            .local_state(|state| state.evacuations.get(member).cloned())
+            .ok_or_else(|| Error::Internal(format!("the record of \"{member}\" is gone")))?;
+        Ok(evacuation_json(&record))
+    }
+
+    async fn run_steps(&self, member: &str, task: &Task) -> Result<(), Error> {
+        let Some(record) = self.local_state(|state| state.evacuations.get(member).cloned()) else {
+            return Ok(());
+        };
+        if !record.running() {
+            return Ok(());
+        }
+        let steps = plan::pending(&record);
+        let kind = record.kind;
+        let outcomes: Vec<Result<(), Error>> = futures::stream::iter(steps)
+            .map(|step| async move {
+                // A restore took over, or this member no longer leads (the next leader goes on).
+                if task.cancel.load(Ordering::SeqCst) || !self.is_leader() {
+                    return Ok(());
+                }
+                let outcome = self.run_step(member, &step).await;
+                tracing::info!(member, instance = %step.name, action = step.action.as_str(), ?outcome, "evacuation step");
+                self.propose_evacuation(EvacuationCommand::Step {
+                    member: member.to_string(),
+                    project: step.project.clone(),
+                    name: step.name.clone(),
+                    outcome,
+                })
+                .await
+            })
+            .buffer_unordered(PARALLEL_STEPS)
+            .collect()
+            .await;
+        // A step that could not be recorded (no quorum, leadership moved) stays pending: the
+        // record keeps running and the next leader continues it.
+        if let Some(error) = outcomes.into_iter().find_map(Result::err) {
+            return Err(error);
+        }
+        if !self.is_leader() {
+            return Err(Error::LeadershipChanged(format!(
+                "the evacuation of \"{member}\" goes on on the new leader"
+            )));
+        }
+        let cancelled = task.cancel.load(Ordering::SeqCst);
+        self.propose_evacuation(EvacuationCommand::End {
+            member: member.to_string(),
+            ended_at_ms: now_ms(),
+            cancelled,
+        })
+        .await?;
+        tracing::info!(
+            member,
+            kind = kind.as_str(),
+            cancelled,
+            "evacuation record ended"
+        );
+        Ok(())
+    }
+
+    /// Carries out one step; its outcome.
+    async fn run_step(&self, member: &str, step: &EvacuationStep) -> StepOutcome {
+        let result = match step.action {
+            StepAction::Migrate => self.migrate_away(member, step).await,
+            StepAction::Stop => self.stop_for_evacuation(step).await,
+            StepAction::MoveBack => self.move_back(member, step).await,
+            StepAction::Start => self.start_again(step).await,
+        };
+        result.unwrap_or_else(|error| StepOutcome::Failed(error.to_string()))
+    }
+
+    async fn migrate_away(
+        &self,
+        member: &str,
+        step: &EvacuationStep,
+    ) -> Result<StepOutcome, Error> {
+        let mut last_error = None;
+        for _ in 0..PLACEMENTS_MAX {
+            let instance = self.instance_record(&step.project, &step.name)?;
+            if instance.location != member {
+                // Moved already (by a former leader, before it recorded the step).
+                self.ensure_running(&instance, step.was_running).await?;
+                return Ok(StepOutcome::Moved(instance.location));
+            }
+            let options = MoveOptions {
+                reason: Reason::Evacuation,
+                config: BTreeMap::from([(ORIGIN_KEY.to_string(), Some(member.to_string()))]),
+                stop_timeout_s: self.stop_timeout_s(&instance),
+                start_after: step.was_running,
+            };
+            match self
+                .relocate(&step.project, &step.name, &Target::None, options)
+                .await
+            {
+                Ok(moved) => {
+                    return Ok(StepOutcome::Moved(
+                        moved["location"].as_str().unwrap_or_default().to_string(),
+                    ))
+                }
+                Err(error) => {
+                    tracing::warn!(instance = %step.name, %error, "an evacuation move failed; placing again");
+                    last_error = Some(error);
+                }
+            }
+        }
+        // No member could take it: `auto` (the default) stops it instead, as LXD does.
+        let instance = self.instance_record(&step.project, &step.name)?;
+        let (config, _) = self.local_state(|state| state.expanded(&instance));
+        let explicit_migrate =
+            config.get(plan::EVACUATE_KEY).map(String::as_str) == Some("migrate");
+        let reason = last_error.map_or_else(String::new, |error| error.to_string());
+        if explicit_migrate {
+            return Ok(StepOutcome::Failed(reason));
+        }
+        tracing::warn!(instance = %step.name, %reason, "stopping the instance instead of moving it");
+        self.stop_for_evacuation(step).await
+    }
+
+    async fn stop_for_evacuation(&self, step: &EvacuationStep) -> Result<StepOutcome, Error> {
+        let instance = self.instance_record(&step.project, &step.name)?;
+        if instance.status == InstanceStatus::Running {
+            let stop = LocalOperation::Stop {
+                key: key_of(&instance),
+                force: false,
+                timeout_s: self.stop_timeout_s(&instance),
+            };
+            if let Err(error) = self.on_location(&instance, stop).await {
+                if self.instance_record(&step.project, &step.name)?.status
+                    == InstanceStatus::Running
+                {
+                    return Err(error);
+                }
+            }
+        }
+        Ok(StepOutcome::Stopped)
+    }
+
+    async fn move_back(&self, member: &str, step: &EvacuationStep) -> Result<StepOutcome, Error> {
+        let instance = self.instance_record(&step.project, &step.name)?;
+        if instance.location == member {
+            return Ok(StepOutcome::Moved(member.to_string()));
+        }
+        let options = MoveOptions {
+            reason: Reason::Relocation,
+            config: BTreeMap::from([(ORIGIN_KEY.to_string(), None)]),
+            stop_timeout_s: self.stop_timeout_s(&instance),
+            start_after: false,
+        };
+        let moved = self
+            .relocate(
+                &step.project,
+                &step.name,
+                &Target::Member(member.to_string()),
+                options,
+            )
+            .await?;
+        Ok(StepOutcome::Moved(
+            moved["location"].as_str().unwrap_or_default().to_string(),
+        ))
+    }
+
+    async fn start_again(&self, step: &EvacuationStep) -> Result<StepOutcome, Error> {
+        let instance = self.instance_record(&step.project, &step.name)?;
+        self.ensure_running(&instance, true).await?;
+        Ok(StepOutcome::Started)
+    }
+
+    /// Starts `instance` on its member if `wanted` and it does not run.
+    async fn ensure_running(
+        &self,
+        instance: &starling_store::instances::Instance,
+        wanted: bool,
+    ) -> Result<(), Error> {
+        if !wanted || instance.status == InstanceStatus::Running {
+            return Ok(());
+        }
+        let config = self.local_state(|state| state.expanded(instance).0);
+        let start = LocalOperation::Start {
+            key: key_of(instance),
+            config,
+        };
+        self.on_location(instance, start).await.map(|_| ())
+    }
+
+    /// `boot.host_shutdown_timeout` of the instance (expanded), else the default.
+    fn stop_timeout_s(&self, instance: &starling_store::instances::Instance) -> u64 {
+        self.local_state(|state| state.expanded(instance).0)
+            .get("boot.host_shutdown_timeout")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(DEFAULT_STOP_TIMEOUT_S)
+    }
+
+    /// Leader, every heartbeat round: continues each running record that no task here runs
+    /// (left by a former leader, or by this one before a restart).
+    pub(crate) fn resume_evacuations(&self) {
+        let running: Vec<String> = self.local_state(|state| {
+            state
+                .evacuations
+                .values()
+                .filter(|record| record.running())
+                .map(|record| record.member.clone())
+                .collect()
+        });
+        for member in running {
+            let Some(task) = self.inner.instances.evacuations.claim(&member) else {
+                continue;
+            };
+            tracing::info!(member, "continuing an evacuation record left running");
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.run_task(&member, task).await {
+                    tracing::warn!(member, %error, "a continued evacuation stopped; the next leader round goes on");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Evacuation and restore on real member processes with real containers: each action, no
+//! placement onto an evacuated member, live migration refused before anything moves, restore
+//! bringing every instance back to its origin and restarting what was stopped, an evacuation
+//! continued by a new leader after `kill -9` of the old one, and a restore issued during an
+//! evacuation losing no origin.
+//!
+//! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
+//! `busybox-static`). As another user the test prints why and returns.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use starling_tests::containers::{
+    busybox_image, info, instances, wait_status, wait_status_via, LeftoverContainers,
+};
+use starling_tests::processes::ProcessCluster;
+use starling_tests::{init_tracing, wait_for};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
+    }
+    root
+}
+
+/// A cluster of `count` members with the busybox image imported as `bb` and copied to every
+/// member.
+async fn cluster_with_image(
+    count: usize,
+) -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
+    let cluster = ProcessCluster::start(count).await?;
+    let leftovers = LeftoverContainers {
+        pools: (0..count)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    Ok((cluster, leftovers, work))
+}
+
+/// Runs Lua through member `via` and reads its JSON answer.
+fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
+    let out = cluster.cli_ok(via, &["exec", code])?;
+    serde_json::from_str(out.trim()).with_context(|| format!("the answer to {code}: {out}"))
+}
+
+fn member_status(cluster: &ProcessCluster, via: usize, name: &str) -> Result<String> {
+    let members = cluster.members(via)?;
+    Ok(members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|member| member["server_name"] == name)
+        .and_then(|member| member["status"].as_str())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Goal: evacuating a member moves its running and stopped instances (each remembering its
+/// origin, the running one running again), stops the one whose `cluster.evacuate` says
+/// `stop`, and nothing new is placed there; live migration is refused before anything moves,
+/// naming the instances; restore moves each back, starts what was stopped, clears the origins
+/// and makes the member usable.
+/// Method: 3 member processes; instances on m1 set up through `--target`; everything through
+/// the command line and the Lua built-ins, the records read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuate_and_restore() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    cluster.cli_ok(0, &["launch", "bb", "mover", "--target", "m1"])?;
+    cluster.cli_ok(
+        0,
+        &[
+            "launch",
+            "bb",
+            "stopper",
+            "--target",
+            "m1",
+            "-c",
+            "cluster.evacuate=stop",
+        ],
+    )?;
+    cluster.cli_ok(0, &["init", "bb", "sleeper", "--target", "m1"])?;
+    cluster.cli_ok(0, &["launch", "bb", "elsewhere", "--target", "m2"])?;
+    let error = cluster.cli_fails(0, &["config", "set", "mover", "cluster.evacuate=fly"])?;
+    assert!(error.contains("fly"), "{error}");
+
+    tracing::info!("--- live migration is refused before anything moves");
+    let error = cluster.cli_fails(
+        0,
+        &[
+            "cluster",
+            "evacuate",
+            "m1",
+            "--action",
+            "live-migrate",
+            "--force",
+        ],
+    )?;
+    assert!(error.contains("mover") && error.contains("live"), "{error}");
+    assert_eq!(member_status(&cluster, 0, "m1")?, "Online");
+    assert_eq!(info(&cluster, 0, "mover")?["location"], "m1");
+
+    tracing::info!("--- evacuate m1");
+    let started = Instant::now();
+    let out = cluster.cli_ok(0, &["cluster", "evacuate", "m1", "--force"])?;
+    println!("evacuation of 3 instances: {:?}\n{out}", started.elapsed());
+    assert_eq!(member_status(&cluster, 0, "m1")?, "Evacuated");
+    let mover = info(&cluster, 0, "mover")?;
+    assert_ne!(mover["location"], "m1", "{mover}");
+    assert_eq!(mover["status"], "Running", "{mover}");
+    assert_eq!(mover["config"]["volatile.evacuate.origin"], "m1");
+    let sleeper = info(&cluster, 0, "sleeper")?;
+    assert_ne!(sleeper["location"], "m1", "{sleeper}");
+    assert_eq!(sleeper["status"], "Stopped");
+    assert_eq!(sleeper["config"]["volatile.evacuate.origin"], "m1");
+    let stopper = info(&cluster, 0, "stopper")?;
+    assert_eq!(
+        (&stopper["location"], &stopper["status"]),
+        (&Value::from("m1"), &Value::from("Stopped")),
+        "{stopper}"
+    );
+    assert_eq!(info(&cluster, 0, "elsewhere")?["location"], "m2");
+    let summary = lua(&cluster, 2, "return cluster.evacuation('m1')")?;
+    assert_eq!(summary["running"], false, "{summary}");
+    assert_eq!(summary["done"], 3, "{summary}");
+    assert_eq!(
+        summary["moved"].as_array().map(Vec::len),
+        Some(2),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["stopped"],
+        serde_json::json!(["stopper"]),
+        "{summary}"
+    );
+
+    tracing::info!("--- nothing new lands on an evacuated member");
+    for name in ["new1", "new2", "new3"] {
+        cluster.cli_ok(0, &["init", "bb", name])?;
+        assert_ne!(info(&cluster, 0, name)?["location"], "m1");
+    }
+    let error = cluster.cli_fails(0, &["init", "bb", "forced", "--target", "m1"])?;
+    assert!(error.contains("m1"), "{error}");
+    let error = cluster.cli_fails(0, &["cluster", "evacuate", "m1", "--force"])?;
+    assert!(error.contains("already evacuated"), "{error}");
+
+    tracing::info!("--- restore m1");
+    let started = Instant::now();
+    let summary = lua(&cluster, 1, "return cluster.restore('m1')")?;
+    println!("restore: {:?} {summary}", started.elapsed());
+    assert_eq!(member_status(&cluster, 0, "m1")?, "Online");
+    for (name, status) in [
+        ("mover", "Running"),
+        ("sleeper", "Stopped"),
+        ("stopper", "Running"),
+    ] {
+        let record = wait_status(&cluster, name, status).await?;
+        assert_eq!(record["location"], "m1", "{record}");
+        assert!(
+            record["config"]["volatile.evacuate.origin"].is_null(),
+            "{record}"
+        );
+    }
+    assert_eq!(info(&cluster, 0, "elsewhere")?["location"], "m2");
+    let error = cluster.cli_fails(0, &["cluster", "restore", "m1", "--force"])?;
+    assert!(error.contains("not evacuated"), "{error}");
+    Ok(())
+}
+
+/// Goal: an evacuation survives a `kill -9` of the leader running it: the new leader continues
+/// it until every instance has left, each running again, each with its origin.
+/// Method: 4 member processes; the leader takes no instance (`scheduler.instance=manual`);
+/// 6 running instances on another member (more than are moved at once), each with 60 MB of
+/// files so the evacuation takes a while; the leader is killed once the first instance has
+/// moved; the new leader's log must say it continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) = cluster_with_image(4).await?;
+    let leader = cluster.leader(0).await?;
+    let leader_name = format!("m{}", leader + 1);
+    let drained = (leader + 1) % 4;
+    let drained_name = format!("m{}", drained + 1);
+    let survivor = (leader + 2) % 4;
+    cluster.cli_ok(
+        survivor,
+        &["cluster", "set", &leader_name, "scheduler.instance=manual"],
+    )?;
+    let names: Vec<String> = (1..=6).map(|index| format!("busy{index}")).collect();
+    for name in &names {
+        cluster.cli_ok(survivor, &["launch", "bb", name, "--target", &drained_name])?;
+        let (code, _, stderr) = starling_tests::containers::exec(
+            &cluster,
+            survivor,
+            name,
+            &["sh", "-c", "head -c 60000000 /dev/zero > /root/fill"],
+        )?;
+        anyhow::ensure!(code == 0, "{stderr}");
+    }
+    let evacuation =
+        cluster.spawn_cli(survivor, &["cluster", "evacuate", &drained_name, "--force"])?;
+    wait_for(
+        "the first instance to move",
+        Duration::from_secs(60),
+        || async {
+            let record = lua(
+                &cluster,
+                survivor,
+                &format!("return cluster.evacuation('{drained_name}')"),
+            )
+            .ok()?;
+            (record["done"].as_u64()? >= 1).then_some(())
+        },
+    )
+    .await?;
+    tracing::info!(leader = %leader_name, "--- kill -9 of the leader mid-evacuation");
+    cluster.kill(leader)?;
+    let output = evacuation.wait_with_output()?;
+    println!(
+        "the evacuating CLI, its leader killed, said: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let record = wait_for(
+        "the evacuation to end",
+        Duration::from_secs(120),
+        || async {
+            let record = lua(
+                &cluster,
+                survivor,
+                &format!("return cluster.evacuation('{drained_name}')"),
+            )
+            .ok()?;
+            (record["running"] == false).then_some(record)
+        },
+    )
+    .await?;
+    assert_eq!(record["done"], 6, "{record}");
+    assert_eq!(
+        record["moved"].as_array().map(Vec::len),
+        Some(6),
+        "{record}"
+    );
+    let new_leader = cluster.leader(survivor).await?;
+    assert!(
+        cluster
+            .log(new_leader)
+            .contains("continuing an evacuation record left running"),
+        "the new leader did not continue the evacuation"
+    );
+    for name in &names {
+        let record = wait_status_via(&cluster, survivor, name, "Running").await?;
+        assert_ne!(record["location"], drained_name.as_str(), "{record}");
+        assert_ne!(record["location"], leader_name.as_str(), "{record}");
+        assert_eq!(
+            record["config"]["volatile.evacuate.origin"],
+            drained_name.as_str()
+        );
+    }
+    let on_drained = instances(&cluster, survivor)?
+        .into_iter()
+        .filter(|record| record["location"] == drained_name.as_str())
+        .count();
+    assert_eq!(on_drained, 0);
+    Ok(())
+}
+
+/// Goal: a restore issued while an evacuation runs waits for the steps under way, ends the
+/// evacuation and brings every instance back: no origin is lost.
+/// Method: 3 member processes; 4 running instances with 100 MB of files on m3; the restore is
+/// issued once the first instance has moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let names: Vec<String> = (1..=4).map(|index| format!("r{index}")).collect();
+    for name in &names {
+        cluster.cli_ok(0, &["launch", "bb", name, "--target", "m3"])?;
+        let (code, _, stderr) = starling_tests::containers::exec(
+            &cluster,
+            0,
+            name,
+            &["sh", "-c", "head -c 100000000 /dev/zero > /root/fill"],
+        )?;
+        anyhow::ensure!(code == 0, "{stderr}");
+    }
+    let evacuation = cluster.spawn_cli(0, &["cluster", "evacuate", "m3", "--force"])?;
+    wait_for(
+        "the first instance to move",
+        Duration::from_secs(60),
+        || async {
+            let record = lua(&cluster, 1, "return cluster.evacuation('m3')").ok()?;
+            (record["kind"] == "evacuate" && record["done"].as_u64()? >= 1).then_some(())
+        },
+    )
+    .await?;
+    tracing::info!("--- restore while the evacuation runs");
+    let out = cluster.cli_ok(1, &["cluster", "restore", "m3", "--force"])?;
+    println!("{out}");
+    let evacuated = evacuation.wait_with_output()?;
+    println!(
+        "the evacuation said: {} {}",
+        String::from_utf8_lossy(&evacuated.stdout).trim(),
+        String::from_utf8_lossy(&evacuated.stderr).trim()
+    );
+    assert_eq!(member_status(&cluster, 0, "m3")?, "Online");
+    for name in &names {
+        let record = wait_status(&cluster, name, "Running").await?;
+        assert_eq!(record["location"], "m3", "{record}");
+        assert!(
+            record["config"]["volatile.evacuate.origin"].is_null(),
+            "{record}"
+        );
+    }
+    let record = lua(&cluster, 0, "return cluster.evacuation('m3')")?;
+    assert_eq!(
+        (&record["kind"], &record["running"]),
+        (&Value::from("restore"), &Value::from(false))
+    );
+    Ok(())
+}
