@@ -46,6 +46,9 @@ pub enum StepAction {
     MoveBack,
     /// Start it again where it is (stopped by the evacuation).
     Start,
+    /// Create it again from its image on another member (self-healing: its member is offline
+    /// and its root file system out of reach).
+    Recreate,
 }
 
 impl StepAction {
@@ -56,6 +59,7 @@ impl StepAction {
             StepAction::Stop => "stop",
             StepAction::MoveBack => "move-back",
             StepAction::Start => "start",
+            StepAction::Recreate => "recreate",
         }
     }
 }

@@ -337,3 +337,122 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
     );
     Ok(())
 }
+
+/// Goal: a member offline past `cluster.healing_threshold` is evacuated by the leader itself:
+/// an instance with `cluster.healing.recreate=true` is recreated from its image on another
+/// member and runs; another is listed as failed with the reason and stays; when the member is
+/// back, its stale copy of the recreated instance is not started and is removed.
+/// Method: 3 member processes, offline after 10 s, healing after 1 s more; a follower holding
+/// both instances is killed with SIGKILL (its containers go on running, as on a machine cut
+/// off from the network), then restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_healing_recreates_what_it_may() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let leader = cluster.leader(0).await?;
+    let victim = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let victim_name = format!("m{}", victim + 1);
+    for (key, value) in [
+        ("cluster.offline_threshold", "10"),
+        ("cluster.heartbeat_interval_ms", "500"),
+        ("cluster.healing_threshold", "1"),
+    ] {
+        cluster.cli_ok(via, &["config", "set", &format!("{key}={value}")])?;
+    }
+    cluster.cli_ok(
+        via,
+        &[
+            "launch",
+            "bb",
+            "phoenix",
+            "--target",
+            &victim_name,
+            "-c",
+            "cluster.healing.recreate=true",
+        ],
+    )?;
+    cluster.cli_ok(via, &["launch", "bb", "anchored", "--target", &victim_name])?;
+    let error = cluster.cli_fails(
+        via,
+        &[
+            "config",
+            "set",
+            "anchored",
+            "cluster.healing.recreate=maybe",
+        ],
+    )?;
+    assert!(error.contains("maybe"), "{error}");
+
+    tracing::info!(victim = %victim_name, "--- the member holding both goes away");
+    let killed_at = Instant::now();
+    cluster.kill(victim)?;
+    let phoenix = wait_for(
+        "phoenix to be recreated",
+        Duration::from_secs(60),
+        || async {
+            let record = info(&cluster, via, "phoenix").ok()?;
+            (record["location"] != victim_name.as_str() && record["status"] == "Running")
+                .then_some(record)
+        },
+    )
+    .await?;
+    println!(
+        "recreated {:?} after the member died: {phoenix}",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        phoenix["config"]["volatile.evacuate.origin"],
+        victim_name.as_str()
+    );
+    let record = wait_for("the healing to end", Duration::from_secs(30), || async {
+        let record = lua(
+            &cluster,
+            via,
+            &format!("return cluster.evacuation('{victim_name}')"),
+        )
+        .ok()?;
+        (record["running"] == false).then_some(record)
+    })
+    .await?;
+    let failed = record["failed"].to_string();
+    assert!(
+        failed.contains("anchored") && failed.contains("offline"),
+        "{record}"
+    );
+    assert_eq!(record["action"], "heal", "{record}");
+    assert_eq!(
+        info(&cluster, via, "anchored")?["location"],
+        victim_name.as_str()
+    );
+    assert_eq!(member_status(&cluster, via, &victim_name)?, "Evacuated");
+
+    tracing::info!("--- the member is back: its stale copy goes");
+    cluster.restart(victim)?;
+    let stale = cluster
+        .dir(victim)
+        .join("storage-pools/default/containers/default_phoenix");
+    let removed = wait_for(
+        "the stale copy to be removed",
+        Duration::from_secs(60),
+        || async { (!stale.exists()).then_some(()) },
+    )
+    .await;
+    if removed.is_err() {
+        let log = cluster.log(victim);
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    removed?;
+    assert!(cluster
+        .dir(victim)
+        .join("storage-pools/default/containers/default_anchored")
+        .exists());
+    let phoenix_now = info(&cluster, via, "phoenix")?;
+    assert_eq!(phoenix_now["location"], phoenix["location"]);
+    assert_eq!(phoenix_now["status"], "Running");
+    Ok(())
+}

@@ -28,7 +28,8 @@ fn term_of(cluster: &ProcessCluster, index: usize) -> Result<u64> {
 /// heartbeats and QUIC keep their latency: no election happens and no member goes offline.
 /// Method: 3 member processes; run 4 runaway scripts at once on the leader (about 20 s)
 /// while reading the Raft term through a follower; the term must not change, every member must
-/// stay online, and each script must end with its limit's error.
+/// stay online, and each script must end with its limit's error (instructions, or wall clock
+/// on a loaded machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pathological_scripts_do_not_stall_the_leader() -> Result<()> {
     init_tracing();
@@ -60,7 +61,12 @@ async fn pathological_scripts_do_not_stall_the_leader() -> Result<()> {
             let output = child.wait_with_output()?;
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(!output.status.success(), "a runaway script succeeded");
-            assert!(stderr.contains("instruction budget"), "{stderr}");
+            // The instruction budget ends them; on a machine loaded by other work the
+            // wall-clock limit may come first. Either is the script's limit, not a stall.
+            assert!(
+                stderr.contains("instruction budget") || stderr.contains("wall-clock limit"),
+                "{stderr}"
+            );
         }
         assert_eq!(term_of(&cluster, follower)?, term, "an election happened");
     }

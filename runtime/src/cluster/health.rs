@@ -67,7 +67,7 @@ pub(crate) async fn run(member: Member) {
         record_health(&member, Duration::from_millis(interval_ms)).await;
         rebalance(&member).await;
         member.replicate_images().await;
-        member.resume_evacuations();
+        member.resume_evacuations().await;
     }
 }
 

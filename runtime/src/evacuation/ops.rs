@@ -376,6 +376,7 @@ impl Member {
             StepAction::Stop => self.stop_for_evacuation(step).await,
             StepAction::MoveBack => self.move_back(member, step).await,
             StepAction::Start => self.start_again(step).await,
+            StepAction::Recreate => self.recreate_elsewhere(member, step).await,
         };
         result.unwrap_or_else(|error| StepOutcome::Failed(error.to_string()))
     }
@@ -470,6 +471,63 @@ impl Member {
         ))
     }
 
+    /// Self-healing: the instance's member is offline, so it is created again from its image
+    /// on the member placement chooses; the record moves first (reports from the new member
+    /// are then accepted), then the new member unpacks (and starts) it. Asked again after a
+    /// change of leader, the create finds the root file system there and goes on.
+    async fn recreate_elsewhere(
+        &self,
+        member: &str,
+        step: &EvacuationStep,
+    ) -> Result<StepOutcome, Error> {
+        let mut instance = self.instance_record(&step.project, &step.name)?;
+        if instance.location == member {
+            let request = self.local_state(|state| {
+                crate::instances::moves::placement_request_of(state, &instance, Reason::Evacuation)
+            });
+            let to = self
+                .place_instance(&request, &Target::None, Some(member))
+                .await?
+                .member;
+            self.placement_started(&to);
+            let moved = async {
+                self.ensure_image_on(&instance.image, &to).await?;
+                let command = starling_store::instances::InstanceCommand::InstanceMove {
+                    project: step.project.clone(),
+                    name: step.name.clone(),
+                    from: member.to_string(),
+                    location: to.clone(),
+                    config: BTreeMap::from([(ORIGIN_KEY.to_string(), Some(member.to_string()))]),
+                };
+                self.propose(Command::Instance(command), WRITE_TIMEOUT)
+                    .await
+            }
+            .await;
+            self.placement_done(&to);
+            moved?;
+            instance = self.instance_record(&step.project, &step.name)?;
+            tracing::warn!(instance = %step.name, from = member, to = %to, "recreating the instance of an offline member from its image");
+        }
+        let config = self.local_state(|state| state.expanded(&instance).0);
+        let create = LocalOperation::Create {
+            key: key_of(&instance),
+            fingerprint: instance.image.clone(),
+            start: step.was_running.then_some(config),
+        };
+        match self.on_location(&instance, create).await {
+            Ok(_) => {}
+            // Started already (a create asked again).
+            Err(error)
+                if self.instance_record(&step.project, &step.name)?.status
+                    == InstanceStatus::Running =>
+            {
+                tracing::debug!(%error, "the recreated instance runs already");
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(StepOutcome::Moved(instance.location))
+    }
+
     async fn start_again(&self, step: &EvacuationStep) -> Result<StepOutcome, Error> {
         let instance = self.instance_record(&step.project, &step.name)?;
         self.ensure_running(&instance, true).await?;
@@ -501,9 +559,29 @@ impl Member {
             .unwrap_or(DEFAULT_STOP_TIMEOUT_S)
     }
 
-    /// Leader, every heartbeat round: continues each running record that no task here runs
+    /// Leader, every heartbeat round: starts self-healing for members offline past
+    /// `cluster.healing_threshold`, and continues each running record that no task here runs
     /// (left by a former leader, or by this one before a restart).
-    pub(crate) fn resume_evacuations(&self) {
+    pub(crate) async fn resume_evacuations(&self) {
+        for member in self.local_state(|state| plan::healing_due(state, now_ms())) {
+            let evacuation = self.local_state(|state| plan::plan_healing(state, &member, now_ms()));
+            tracing::warn!(
+                member,
+                instances = evacuation.steps.len(),
+                "member offline past cluster.healing_threshold: evacuating it"
+            );
+            let Some(task) = self.inner.instances.evacuations.claim(&member) else {
+                continue;
+            };
+            let begun = self
+                .propose_evacuation(EvacuationCommand::Begin { evacuation })
+                .await;
+            self.inner.instances.evacuations.release(&member);
+            drop(task);
+            if let Err(error) = begun {
+                tracing::warn!(member, %error, "could not start self-healing");
+            }
+        }
         let running: Vec<String> = self.local_state(|state| {
             state
                 .evacuations

@@ -12,6 +12,68 @@ pub const EVACUATE_KEY: &str = "cluster.evacuate";
 /// The instance key that remembers where an evacuated instance came from.
 pub const ORIGIN_KEY: &str = "volatile.evacuate.origin";
 
+/// The instance key that lets self-healing recreate an instance from its image on another
+/// member when its own member has been offline for `cluster.healing_threshold` (its files on
+/// that member are lost to it). Off by default.
+pub const RECREATE_KEY: &str = "cluster.healing.recreate";
+/// The action recorded for an evacuation started by self-healing.
+pub const HEALING_ACTION: &str = "heal";
+
+/// The members self-healing must evacuate now: `Offline` for longer than
+/// `cluster.healing_threshold` seconds (0: never), and neither being nor already evacuated.
+pub fn healing_due(state: &ClusterState, now_ms: u64) -> Vec<String> {
+    let threshold_s = state.config_i64("cluster.healing_threshold");
+    if threshold_s <= 0 {
+        return Vec::new();
+    }
+    state
+        .members
+        .values()
+        .filter(|member| member.status == MemberStatus::Offline)
+        .filter(|member| {
+            now_ms.saturating_sub(member.last_heartbeat_ms) >= threshold_s as u64 * 1000
+        })
+        .filter(|member| {
+            !state
+                .evacuations
+                .get(&member.name)
+                .is_some_and(Evacuation::running)
+        })
+        .map(|member| member.name.clone())
+        .collect()
+}
+
+/// Plans the self-healing of an offline `member`: an instance whose `cluster.healing.recreate`
+/// is true is recreated from its image elsewhere; any other is listed as failed, saying why.
+pub fn plan_healing(state: &ClusterState, member: &str, now_ms: u64) -> Evacuation {
+    let steps = instances_on(state, member)
+        .into_iter()
+        .map(|instance| {
+            let (config, _) = state.expanded(instance);
+            let recreate = config
+                .get(RECREATE_KEY)
+                .is_some_and(|value| matches!(value.as_str(), "true" | "1" | "yes" | "on"));
+            let mut planned = step(instance, StepAction::Recreate);
+            if !recreate {
+                planned.outcome = StepOutcome::Failed(format!(
+                    "its member \"{member}\" is offline and holds its root file system; set \
+                     {RECREATE_KEY}=true to let self-healing recreate it from its image"
+                ));
+            }
+            planned
+        })
+        .collect();
+    Evacuation {
+        member: member.to_string(),
+        kind: EvacuationKind::Evacuate,
+        action: HEALING_ACTION.to_string(),
+        started_at_ms: now_ms,
+        ended_at_ms: None,
+        cancelled: false,
+        steps,
+    }
+}
+
 /// The `--action` of an evacuation: `auto`, `migrate`, `live-migrate` or `stop`.
 pub fn check_evacuate_action(action: &str) -> Result<(), String> {
     match action {
@@ -298,6 +360,53 @@ mod tests {
         assert!(plan_evacuation(&state, "m9", None, 7)
             .unwrap_err()
             .contains("m9"));
+    }
+
+    /// Goal: self-healing is due only for a member offline past the threshold (and never when
+    /// the threshold is 0 or the member is evacuated already); it recreates only instances that
+    /// allow it, and lists the others as failed with the reason.
+    #[test]
+    fn healing_waits_for_the_threshold_and_asks_the_instance() {
+        use InstanceStatus::*;
+        let mut state = state_with(&[
+            ("phoenix", "m3", Running, &[(RECREATE_KEY, "true")]),
+            ("anchored", "m3", Running, &[]),
+        ]);
+        let offline_since = 1_000_000;
+        if let Some(record) = state.members.get_mut("m3") {
+            record.status = MemberStatus::Offline;
+            record.last_heartbeat_ms = offline_since;
+        }
+        assert!(
+            healing_due(&state, offline_since + 3_600_000).is_empty(),
+            "0 is off"
+        );
+        state
+            .config
+            .insert("cluster.healing_threshold".into(), "30".into());
+        assert!(healing_due(&state, offline_since + 29_000).is_empty());
+        assert_eq!(healing_due(&state, offline_since + 30_000), ["m3"]);
+        let plan = plan_healing(&state, "m3", 5);
+        let steps: Vec<_> = plan
+            .steps
+            .iter()
+            .map(|step| (step.name.as_str(), step.action, &step.outcome))
+            .collect();
+        assert_eq!(steps[0].0, "anchored");
+        assert!(
+            matches!(steps[0].2, StepOutcome::Failed(reason) if reason.contains("offline") && reason.contains(RECREATE_KEY)),
+            "{steps:?}"
+        );
+        assert_eq!(
+            steps[1],
+            ("phoenix", StepAction::Recreate, &StepOutcome::Pending)
+        );
+        state
+            .apply(&Command::Evacuation(EvacuationCommand::Begin {
+                evacuation: plan,
+            }))
+            .unwrap();
+        assert!(healing_due(&state, offline_since + 30_000).is_empty());
     }
 
     /// Goal: a restore moves back what came from the member and starts what the evacuation

@@ -61,6 +61,7 @@ pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
         "boot.autostart.delay" | "boot.autostart.priority" | "boot.stop.priority" => {
             check_integer(key, value)
         }
+        crate::evacuation::plan::RECREATE_KEY => check_boolean(key, value),
         _ if INSTANCE_BOOLEAN_KEYS.contains(&key) => check_boolean(key, value),
         _ => Ok(()),
     }

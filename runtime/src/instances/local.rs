@@ -282,7 +282,12 @@ impl Member {
         let image = self.image_files().path(fingerprint);
         let unpack_key = key.clone();
         let started = std::time::Instant::now();
-        let unpacked = if image.is_file() {
+        let unpacked = if self.driver().container_dir(key).join("rootfs").is_dir() {
+            // A create asked again (a leader that took over a recreate): the root file
+            // system is there already.
+            tracing::info!(instance = %key, "root file system present already");
+            Ok(())
+        } else if image.is_file() {
             self.blocking(move |driver| driver.unpack(&unpack_key, &image))
                 .await
         } else {

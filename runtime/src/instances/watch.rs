@@ -174,56 +174,57 @@ impl Member {
     /// Removes the containers here whose instance lives on another member (a move whose source
     /// could not delete its copy, an instance recreated elsewhere while this member was
     /// offline) or no longer exists. The leader's records decide, never this member's copy,
-    /// which may lag.
+    /// which may lag (a spare's, or a member's just back from being offline): every container
+    /// here is checked, one `instances.list` per project.
     async fn remove_stale_copies(&self) {
-        let Ok(keys) = self.blocking(|driver| driver.list()).await else {
-            return;
+        let keys = match self.blocking(|driver| driver.list()).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(%error, "could not list the containers to look for stale copies");
+                return;
+            }
         };
-        let mine: std::collections::BTreeSet<_> = self.my_instances().iter().map(key_of).collect();
-        let suspects: Vec<_> = keys.into_iter().filter(|key| !mine.contains(key)).collect();
-        if suspects.is_empty() {
-            return;
+        let mut by_project: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        for key in keys {
+            by_project.entry(key.project.clone()).or_default().push(key);
         }
         let me = self.name();
-        for key in suspects {
-            if self.arrived_recently(&key) {
-                continue;
-            }
-            let list = crate::Operation::Instance(super::ops::InstanceOperation::List {
-                project: key.project.clone(),
-            });
-            let Ok(listed) = Box::pin(self.execute(list, crate::Caller::local())).await else {
-                return;
+        for (project, keys) in by_project {
+            let list = crate::Operation::Instance(super::ops::InstanceOperation::List { project });
+            let listed = match Box::pin(self.execute(list, crate::Caller::local())).await {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::debug!(%error, "stale copies: the leader's records are out of reach");
+                    return;
+                }
             };
-            let located = listed
+            let locations: std::collections::BTreeMap<&str, &str> = listed
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find_map(|instance| {
-                    (instance["name"] == key.name.as_str()).then(|| {
-                        instance["location"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string()
-                    })
-                });
-            // Checked again after the leader's answer: a move may have ended meanwhile.
-            if !is_stale(&me, located.as_deref(), self.arrived_recently(&key)) {
-                continue;
-            }
-            let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
-                continue;
-            };
-            tracing::info!(instance = %key, location = ?located, "removing a stale copy");
-            let remove_key = key.clone();
-            let removed = self
-                .blocking(move |driver| {
-                    let _ = driver.stop(&remove_key, Duration::ZERO, true);
-                    driver.delete(&remove_key)
+                .filter_map(|instance| {
+                    Some((instance["name"].as_str()?, instance["location"].as_str()?))
                 })
-                .await;
-            if let Err(error) = removed {
-                tracing::warn!(instance = %key, %error, "could not remove a stale copy");
+                .collect();
+            for key in keys {
+                let located = locations.get(key.name.as_str()).copied();
+                if !is_stale(&me, located, self.arrived_recently(&key)) {
+                    continue;
+                }
+                let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
+                    continue;
+                };
+                tracing::info!(instance = %key, location = ?located, "removing a stale copy");
+                let remove_key = key.clone();
+                let removed = self
+                    .blocking(move |driver| {
+                        let _ = driver.stop(&remove_key, Duration::ZERO, true);
+                        driver.delete(&remove_key)
+                    })
+                    .await;
+                if let Err(error) = removed {
+                    tracing::warn!(instance = %key, %error, "could not remove a stale copy");
+                }
             }
         }
     }
