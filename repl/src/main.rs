@@ -14,6 +14,7 @@
 //! - `failover.rs`: the failover benchmark.
 
 mod bench;
+mod bench_evacuation;
 mod bench_images;
 mod bench_placement;
 mod console;
@@ -134,6 +135,9 @@ enum Command {
     /// Measures one placement decision (built-in rule, and a 50-line scriptlet) at 50 and
     /// 1,000 members, in process.
     BenchPlacement(bench_placement::PlacementBenchArgs),
+    /// Measures moves, evacuations and restores of real containers (needs root), beside
+    /// stopping and starting the same instances in place.
+    BenchEvacuation(bench_evacuation::EvacuationBenchArgs),
     /// Internal: the container driver's shim (a container's monitor, and `exec` into it), run
     /// by the daemon re-executing this binary. Not for people.
     #[command(name = "__shim", hide = true, subcommand)]
@@ -554,6 +558,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::BenchFailover(args) => failover::run(args).await,
         Command::BenchImages(args) => bench_images::run(args).await,
+        Command::BenchEvacuation(args) => bench_evacuation::run(args).await,
         Command::BenchPlacement(args) => bench_placement::run(args),
         Command::Remote(RemoteCommand::Add { address, token }) => {
             Client::add_remote(&config_dir(&cli), address, token).await?;
