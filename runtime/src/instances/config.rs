@@ -219,7 +219,7 @@ fn milliseconds(text: &str) -> Option<u64> {
 }
 
 /// `starling.init`: an absolute path, then arguments, separated by spaces.
-fn init_command(text: &str) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn init_command(text: &str) -> Result<Vec<String>, ConfigError> {
     let argv: Vec<String> = text.split_whitespace().map(str::to_string).collect();
     match argv.first() {
         Some(first) if first.starts_with('/') && !text.contains('\0') => Ok(argv),

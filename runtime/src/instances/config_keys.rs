@@ -18,6 +18,8 @@ pub const INSTANCE_NAMESPACES: &[&str] = &[
     "raw",
     "security",
     "snapshots",
+    // Starling's own keys (`starling.init`).
+    "starling",
     "ubuntu_pro",
     "user",
     "volatile",
@@ -58,6 +60,9 @@ pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
         "limits.cpu" => check_cpu(key, value),
         "limits.processes" => check_positive_integer(key, value),
         "cluster.evacuate" => crate::evacuation::plan::check_evacuate_action(value),
+        super::config::INIT_KEY => super::config::init_command(value)
+            .map(|_| ())
+            .map_err(|error| error.to_string()),
         "boot.autostart.delay" | "boot.autostart.priority" | "boot.stop.priority" => {
             check_integer(key, value)
         }
@@ -344,6 +349,14 @@ mod tests {
         ] {
             assert!(check_instance_key(good, "true").is_ok(), "{good}");
         }
+        // Starling's own key, which the README documents, with its format checked.
+        assert!(check_instance_key("starling.init", "/sbin/quick-init").is_ok());
+        assert!(check_profile_key("starling.init", "/bin/sleep 1000").is_ok());
+        assert!(check_instance_key("starling.init", "sbin/init")
+            .unwrap_err()
+            .contains("starling.init"));
+        assert!(check_instance_key("cluster.evacuate", "stop").is_ok());
+        assert!(check_instance_key("cluster.evacuate", "fly").is_err());
         for bad in [
             "",
             "user. x",
