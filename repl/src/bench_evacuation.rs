@@ -42,6 +42,8 @@ fn write_image(path: &Path) -> Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(kind);
         header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
         header.set_size(data.len() as u64);
         header.set_mtime(1_700_000_000);
         if kind.is_symlink() {
