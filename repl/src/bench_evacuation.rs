@@ -129,6 +129,7 @@ async fn create(client: &Client, name: &str, target: &str, quick: bool, start: b
         devices: Default::default(),
         description: String::new(),
         start,
+        ephemeral: false,
     };
     client
         .operation(Operation::Instance(InstanceOperation::Create(request)))

@@ -98,6 +98,9 @@ pub struct CreateArgs {
     /// No profile at all (not even `default`).
     #[arg(long)]
     no_profiles: bool,
+    /// Deleted when it stops.
+    #[arg(long, short = 'e')]
+    ephemeral: bool,
     /// Description.
     #[arg(long, default_value = "")]
     description: String,
@@ -298,7 +301,8 @@ pub(crate) async fn with_move_progress<T>(
     Ok(result?)
 }
 
-/// `lxc list`'s row for an instance: `STATE` in capitals, `TYPE` as `CONTAINER`.
+/// `lxc list`'s row for an instance: `STATE` in capitals, `TYPE` as `CONTAINER` (with
+/// ` (EPHEMERAL)` as lxc shows it).
 fn list_rows(value: &Value) -> Value {
     let rows = value.as_array().map(|items| {
         items
@@ -307,7 +311,10 @@ fn list_rows(value: &Value) -> Value {
                 let mut row = item.clone();
                 if let Some(object) = row.as_object_mut() {
                     let state = item["status"].as_str().unwrap_or_default().to_uppercase();
-                    let kind = item["type"].as_str().unwrap_or_default().to_uppercase();
+                    let mut kind = item["type"].as_str().unwrap_or_default().to_uppercase();
+                    if item["ephemeral"] == true {
+                        kind.push_str(" (EPHEMERAL)");
+                    }
                     object.insert("state".to_string(), Value::String(state));
                     object.insert("type_text".to_string(), Value::String(kind));
                 }
@@ -438,5 +445,6 @@ fn create_request(project: &str, args: &CreateArgs, start: bool) -> Result<Creat
         devices,
         description: args.description.clone(),
         start,
+        ephemeral: args.ephemeral,
     })
 }

@@ -177,6 +177,24 @@ async fn evacuate_and_restore() -> Result<()> {
     assert_eq!(info(&cluster, 0, "elsewhere")?["location"], "m2");
     let error = cluster.cli_fails(0, &["cluster", "restore", "m1", "--force"])?;
     assert!(error.contains("not evacuated"), "{error}");
+
+    tracing::info!(
+        "--- --action migrate overrides an instance's stop; --action skip only restores"
+    );
+    cluster.cli_ok(
+        0,
+        &[
+            "cluster", "evacuate", "m1", "--action", "migrate", "--force",
+        ],
+    )?;
+    let stopper = wait_status(&cluster, "stopper", "Running").await?;
+    assert_ne!(stopper["location"], "m1", "{stopper}");
+    cluster.cli_ok(
+        0,
+        &["cluster", "restore", "m1", "--action", "skip", "--force"],
+    )?;
+    assert_eq!(member_status(&cluster, 0, "m1")?, "Online");
+    assert_ne!(info(&cluster, 0, "stopper")?["location"], "m1");
     Ok(())
 }
 
@@ -424,9 +442,13 @@ async fn self_healing_recreates_what_it_may() -> Result<()> {
         "{record}"
     );
     assert_eq!(record["action"], "heal", "{record}");
-    assert_eq!(
-        info(&cluster, via, "anchored")?["location"],
-        victim_name.as_str()
+    let anchored = info(&cluster, via, "anchored")?;
+    assert_eq!(anchored["location"], victim_name.as_str());
+    assert_eq!(anchored["status"], "Error", "{anchored}");
+    let message = anchored["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("offline") && message.contains(&victim_name),
+        "{message}"
     );
     assert_eq!(member_status(&cluster, via, &victim_name)?, "Evacuated");
 

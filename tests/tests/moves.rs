@@ -179,3 +179,49 @@ async fn a_move_cut_off_by_its_target_leaves_the_instance_on_its_source() -> Res
     assert_eq!(info(&cluster, 0, "big")?["location"], "m1");
     Ok(())
 }
+
+/// Goal: an ephemeral instance (`launch --ephemeral`) is listed as such, survives a move
+/// (which stops it on the way), and is deleted, record and files, once it stops.
+/// Method: 3 member processes; launch on m1, move to m2, stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_instances_go_when_they_stop() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_image().await?;
+    cluster.cli_ok(
+        0,
+        &["launch", "bb", "brief", "--target", "m1", "--ephemeral"],
+    )?;
+    let listed = cluster.cli_ok(0, &["list"])?;
+    assert!(listed.contains("CONTAINER (EPHEMERAL)"), "{listed}");
+    assert_eq!(info(&cluster, 0, "brief")?["ephemeral"], true);
+    cluster.cli_ok(0, &["move", "brief", "--target", "m2"])?;
+    let record = wait_status(&cluster, "brief", "Running").await?;
+    assert_eq!(record["location"], "m2", "{record}");
+
+    cluster.cli_ok(0, &["stop", "brief", "--force"])?;
+    wait_for(
+        "the ephemeral instance to go",
+        Duration::from_secs(30),
+        || async {
+            let error = cluster.cli_fails(0, &["info", "brief"]).ok()?;
+            error.contains("not found").then_some(())
+        },
+    )
+    .await?;
+    wait_for("its files to go", Duration::from_secs(30), || async {
+        (!container_exists(&cluster, 1, "brief")).then_some(())
+    })
+    .await?;
+    let lua = cluster.cli_ok(
+        0,
+        &[
+            "exec",
+            "return instances.launch{image='bb', name='brief2', ephemeral=true}.ephemeral",
+        ],
+    )?;
+    assert_eq!(lua.trim(), "true");
+    Ok(())
+}

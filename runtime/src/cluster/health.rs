@@ -68,6 +68,7 @@ pub(crate) async fn run(member: Member) {
         rebalance(&member).await;
         member.replicate_images().await;
         member.resume_evacuations().await;
+        member.reap_ephemeral().await;
     }
 }
 

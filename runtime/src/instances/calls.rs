@@ -255,6 +255,7 @@ impl Call<'_> {
             "devices",
             "project",
             "description",
+            "ephemeral",
         ];
         if let Some(unknown) = options.keys().find(|key| !known.contains(&key.as_str())) {
             return Err(self.refused(format!(
@@ -286,6 +287,7 @@ impl Call<'_> {
                 .optional_text(&options, "description")?
                 .unwrap_or_default(),
             start,
+            ephemeral: self.flag(&options, "ephemeral")?,
         })
     }
 }

@@ -124,6 +124,8 @@ pub struct InstanceState {
     /// Root file systems received for a move, and when (kept from the stale-copy sweep for a
     /// while: the leader records the move right after).
     pub(crate) arrived: Mutex<HashMap<InstanceKey, std::time::Instant>>,
+    /// On the leader: ephemeral instances reported stopped, deleted by its next round.
+    pub(crate) ephemeral_stopped: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// On the leader: the evacuations and restores it runs.
     pub(crate) evacuations: crate::evacuation::ops::Tasks,
     /// On the leader: the moves under way, by (project, name).

@@ -66,6 +66,9 @@ pub struct CreateRequest {
     pub description: String,
     /// Whether to start it (launch) or not (create, LXD's `init`).
     pub start: bool,
+    /// Deleted when it stops (`--ephemeral`).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// What an instance's member saw of it (sent to the leader, which records it).
@@ -233,6 +236,38 @@ pub fn status_code(status: InstanceStatus) -> u32 {
 /// An instance as `instances.get` shows it (LXD's fields).
 pub fn instance_json(state: &ClusterState, instance: &Instance) -> Value {
     let (expanded_config, expanded_devices) = state.expanded(instance);
+    // What its member last reported is stale once the member is offline: shown as `Error`,
+    // saying why, as long as it is (the record keeps the last report).
+    let (status, status_message) = match state.members.get(&instance.location) {
+        Some(member) if member.status == MemberStatus::Offline => {
+            let (_, why) = crate::cluster::health::status_of(member);
+            (
+                InstanceStatus::Error,
+                format!(
+                    "its member \"{}\" is offline ({why}); last reported {}",
+                    instance.location,
+                    instance.status.as_str()
+                ),
+            )
+        }
+        // Evacuated by self-healing while offline, and not recreated: the step says why.
+        Some(member) if member.status == MemberStatus::Evacuated => state
+            .evacuations
+            .get(&instance.location)
+            .filter(|record| record.action == crate::evacuation::plan::HEALING_ACTION)
+            .and_then(|record| {
+                record.steps.iter().find_map(|step| match &step.outcome {
+                    starling_store::evacuation::StepOutcome::Failed(reason)
+                        if step.project == instance.project && step.name == instance.name =>
+                    {
+                        Some((InstanceStatus::Error, reason.clone()))
+                    }
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| (instance.status, instance.status_message.clone())),
+        _ => (instance.status, instance.status_message.clone()),
+    };
     json!({
         "name": instance.name,
         "project": instance.project,
@@ -244,9 +279,9 @@ pub fn instance_json(state: &ClusterState, instance: &Instance) -> Value {
         "expanded_devices": expanded_devices,
         "profiles": instance.profiles,
         "location": instance.location,
-        "status": instance.status.as_str(),
-        "status_code": status_code(instance.status),
-        "status_message": instance.status_message,
+        "status": status.as_str(),
+        "status_code": status_code(status),
+        "status_message": status_message,
         "created_at": crate::token::format_time_ms(instance.created_at_ms),
         "description": instance.description,
         "ephemeral": instance.ephemeral,
@@ -344,7 +379,7 @@ pub fn plan_create(
         status_message: String::new(),
         created_at_ms: now_ms,
         description: request.description.clone(),
-        ephemeral: false,
+        ephemeral: request.ephemeral,
         image: image.fingerprint.clone(),
     };
     let placement = PlacementRequest {
@@ -356,7 +391,7 @@ pub fn plan_create(
         config: expanded_config,
         devices: expanded_devices,
         profiles,
-        ephemeral: false,
+        ephemeral: request.ephemeral,
         description: request.description.clone(),
         reason: Reason::New,
     };
@@ -574,8 +609,63 @@ impl Member {
         .await
     }
 
-    /// Records what an instance's member reported.
+    /// Records what an instance's member reported. An ephemeral instance reported `Stopped`
+    /// (not by a move, which stops it on the way) is then deleted, as LXD does.
     async fn record_report(&self, report: &StatusReport) -> Result<Value, Error> {
+        let recorded = self.record_status_report(report).await;
+        if recorded.is_ok() && report.status == InstanceStatus::Stopped {
+            let moving = self
+                .inner
+                .instances
+                .moves
+                .lock()
+                .map(|moves| moves.contains_key(&(report.project.clone(), report.name.clone())))
+                .unwrap_or(false);
+            let ephemeral = self
+                .instance_record(&report.project, &report.name)
+                .is_ok_and(|instance| instance.ephemeral && instance.location == report.location);
+            if ephemeral && !moving {
+                // Deleted by the leader's next round: the reporting member is waiting for this
+                // answer, under the instance's lock that the delete needs.
+                if let Ok(mut stopped) = self.inner.instances.ephemeral_stopped.lock() {
+                    stopped.insert((report.project.clone(), report.name.clone()));
+                }
+            }
+        }
+        recorded
+    }
+
+    /// Leader, every heartbeat round: deletes the ephemeral instances reported stopped (and
+    /// still stopped, on the member that reported it).
+    pub(crate) async fn reap_ephemeral(&self) {
+        let stopped: Vec<(String, String)> = match self.inner.instances.ephemeral_stopped.lock() {
+            Ok(mut stopped) => std::mem::take(&mut *stopped).into_iter().collect(),
+            Err(_) => return,
+        };
+        for (project, name) in stopped {
+            let Ok(instance) = self.instance_record(&project, &name) else {
+                continue;
+            };
+            let moving = self
+                .inner
+                .instances
+                .moves
+                .lock()
+                .map(|moves| moves.contains_key(&(project.clone(), name.clone())))
+                .unwrap_or(true);
+            if !instance.ephemeral || instance.status != InstanceStatus::Stopped || moving {
+                continue;
+            }
+            match self.delete_instance(&project, &name, false).await {
+                Ok(_) => tracing::info!(instance = %name, "ephemeral instance stopped: deleted"),
+                Err(error) => {
+                    tracing::warn!(instance = %name, %error, "could not delete a stopped ephemeral instance")
+                }
+            }
+        }
+    }
+
+    async fn record_status_report(&self, report: &StatusReport) -> Result<Value, Error> {
         self.propose_instance(InstanceCommand::InstanceStatus {
             project: report.project.clone(),
             name: report.name.clone(),

@@ -88,18 +88,6 @@ pub fn is_stale(me: &str, located: Option<&str>, arrived_recently: bool) -> bool
 pub(crate) fn spawn(member: Member) {
     tokio::spawn(async move {
         let mut shutdown = member.inner.shutdown.subscribe();
-        let pool = member.driver().pool_dir().to_path_buf();
-        let _ = tokio::task::spawn_blocking(move || {
-            for dir in ["imports", "exports"] {
-                let _ = std::fs::remove_dir_all(pool.join(dir));
-            }
-        })
-        .await;
-        // Shut down meanwhile: the task must end, or it keeps the member (and its database)
-        // open.
-        if *shutdown.borrow_and_update() {
-            return;
-        }
         let mut round = 0u64;
         loop {
             tokio::select! {
@@ -108,6 +96,15 @@ pub(crate) fn spawn(member: Member) {
             }
             if member.inner.instances.is_shutting_down() {
                 return;
+            }
+            if round == 0 {
+                let pool = member.driver().pool_dir().to_path_buf();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for dir in ["imports", "exports"] {
+                        let _ = std::fs::remove_dir_all(pool.join(dir));
+                    }
+                })
+                .await;
             }
             member.watch_once().await;
             round += 1;
