@@ -484,6 +484,16 @@ impl Member {
         self.inner.state.read(read)
     }
 
+    /// Whether this member's copy of the state follows the leader's: it leads, or Raft
+    /// appends reach it (a voter or a stand-by). A spare's copy does not follow, whatever its
+    /// stale Raft view says.
+    pub(crate) fn state_follows(&self) -> bool {
+        self.is_leader()
+            || self
+                .last_append()
+                .is_some_and(|at| at.elapsed() < RAFT_VIEW_FRESH)
+    }
+
     /// Whether this member currently leads the cluster database.
     pub fn is_leader(&self) -> bool {
         let metrics = self.inner.raft.metrics();

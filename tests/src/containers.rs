@@ -14,11 +14,12 @@ use crate::wait_for;
 
 /// Commands the test image links to busybox.
 pub const APPLETS: &[&str] = &[
-    "sh", "ps", "hostname", "cat", "sleep", "ls", "true", "false", "head", "tr", "echo", "kill",
-    "halt", "poweroff", "reboot",
+    "sh", "ps", "hostname", "cat", "sleep", "ls", "true", "false", "seq", "head", "tr", "dd",
+    "timeout", "touch", "echo", "wc", "grep", "mount", "kill", "halt", "poweroff", "reboot",
 ];
 
-/// LXD's unified tarball around a busybox root file system (init from `/etc/inittab`).
+/// LXD's unified tarball around a busybox root file system (init from `/etc/inittab`, which
+/// says "going down" on the console at shutdown), gzip-compressed, written in `dir`.
 pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
     let mut builder = tar::Builder::new(Vec::new());
@@ -55,6 +56,7 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
         "rootfs/sbin",
         "rootfs/etc",
         "rootfs/root",
+        "rootfs/proc",
     ] {
         add(dir, tar::EntryType::Directory, 0o755, b"", "")?;
     }
@@ -77,7 +79,8 @@ pub fn busybox_image(dir: &Path) -> Result<PathBuf> {
         b"",
         "../bin/busybox",
     )?;
-    let inittab = b"::sysinit:/bin/true\n::respawn:/bin/sleep 3600\n";
+    let inittab =
+        b"::sysinit:/bin/true\n::respawn:/bin/sleep 3600\n::shutdown:/bin/echo going down\n";
     add(
         "rootfs/etc/inittab",
         tar::EntryType::Regular,

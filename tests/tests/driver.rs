@@ -15,14 +15,9 @@ use starling_runtime::instances::driver::{
     ContainerSpec, CpuLimit, Driver, DriverError, ExecRequest, InstanceKey, Limits, SetupStep,
     State,
 };
+use starling_tests::containers::busybox_image;
 use starling_tests::init_tracing;
 use starling_tests::processes::starling_binary;
-
-/// Commands the test image links to busybox.
-const APPLETS: &[&str] = &[
-    "sh", "ps", "hostname", "cat", "sleep", "ls", "true", "false", "seq", "head", "tr", "dd",
-    "timeout", "touch", "echo", "wc", "grep", "mount", "kill",
-];
 
 /// Keeps the pool directory and the image, and deletes the containers it started on drop.
 struct Fixture {
@@ -94,85 +89,6 @@ impl Fixture {
         ensure!(code == 0, "{argv:?} exited {code}: {stderr}");
         Ok(stdout)
     }
-}
-
-/// LXD's unified tarball around a busybox root file system, gzip-compressed.
-fn busybox_image(dir: &Path) -> Result<PathBuf> {
-    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut add =
-        |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: &str| -> Result<()> {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(kind);
-            header.set_mode(mode);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(1_700_000_000);
-            header.set_size(data.len() as u64);
-            if kind.is_symlink() {
-                builder.append_link(&mut header, path, link)?;
-            } else {
-                builder.append_data(&mut header, path, data)?;
-            }
-            Ok(())
-        };
-    let metadata = b"architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  os: busybox\n";
-    add(
-        "metadata.yaml",
-        tar::EntryType::Regular,
-        0o644,
-        metadata,
-        "",
-    )?;
-    for dir in [
-        "rootfs",
-        "rootfs/bin",
-        "rootfs/sbin",
-        "rootfs/etc",
-        "rootfs/root",
-        "rootfs/proc",
-    ] {
-        add(dir, tar::EntryType::Directory, 0o755, b"", "")?;
-    }
-    add("rootfs/tmp", tar::EntryType::Directory, 0o1777, b"", "")?;
-    add(
-        "rootfs/bin/busybox",
-        tar::EntryType::Regular,
-        0o755,
-        &busybox,
-        "",
-    )?;
-    for applet in APPLETS {
-        add(
-            &format!("rootfs/bin/{applet}"),
-            tar::EntryType::Symlink,
-            0o777,
-            b"",
-            "busybox",
-        )?;
-    }
-    add(
-        "rootfs/sbin/init",
-        tar::EntryType::Symlink,
-        0o777,
-        b"",
-        "../bin/busybox",
-    )?;
-    let inittab =
-        b"::sysinit:/bin/true\n::respawn:/bin/sleep 3600\n::shutdown:/bin/echo going down\n";
-    add(
-        "rootfs/etc/inittab",
-        tar::EntryType::Regular,
-        0o644,
-        inittab,
-        "",
-    )?;
-    let tarball = builder.into_inner()?;
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gzip.write_all(&tarball)?;
-    let path = dir.join("busybox.tar.gz");
-    std::fs::write(&path, gzip.finish()?)?;
-    Ok(path)
 }
 
 /// The cgroup directories a container may have on this host (v1 or v2).

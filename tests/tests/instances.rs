@@ -202,8 +202,10 @@ async fn instances_across_the_cluster() -> Result<()> {
     assert_eq!(info(&cluster, 0, &targeted)?["status"], "Stopped");
 
     tracing::info!("--- an init that halts on its own is recorded Stopped");
-    let (code, _, _) = exec(&cluster, 0, &limited, &["halt"])?;
-    assert_eq!(code, 0);
+    // `halt` returns at once, but init's shutdown kills every process, so the exec may end
+    // with the container rather than with halt's own code: what matters is the record.
+    let (code, _, stderr) = exec(&cluster, 0, &limited, &["halt"])?;
+    println!("halt exited {code}: {}", stderr.trim());
     wait_status(&cluster, &limited, "Stopped").await?;
 
     tracing::info!("--- kill -9 of m3's daemon: the container runs on, adopted");

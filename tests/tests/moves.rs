@@ -225,3 +225,59 @@ async fn ephemeral_instances_go_when_they_stop() -> Result<()> {
     assert_eq!(lua.trim(), "true");
     Ok(())
 }
+
+/// Goal: a spare member (outside Raft, so its own copy of the state does not follow) runs
+/// instances like any other: an instance launched onto it through another member can be
+/// entered through it at once, and when its init halts, the spare reports it `Stopped`.
+/// Method: 4 member processes with `cluster.max_standby=0` (3 voters and a spare); the
+/// instance is launched through a voter and entered through the spare; `halt` inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_runs_instances_like_any_other() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let cluster = ProcessCluster::start(4).await?;
+    let _leftovers = LeftoverContainers {
+        pools: (0..4)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    cluster.cli_ok(0, &["config", "set", "cluster.max_standby=0"])?;
+    let members = cluster.wait_roles(0, 3, 0).await?;
+    let spare = members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|member| member["database"] == false)
+        .and_then(|member| member["server_name"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("no spare: {members}"))?
+        .to_string();
+    let spare_index = spare.trim_start_matches('m').parse::<usize>()? - 1;
+    let voter = (spare_index + 1) % 4;
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        voter,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+
+    tracing::info!(spare = %spare, "--- launched onto the spare, entered through it");
+    cluster.cli_ok(voter, &["launch", "bb", "on-spare", "--target", &spare])?;
+    let (code, stdout, stderr) = exec(&cluster, spare_index, "on-spare", &["hostname"])?;
+    assert_eq!((code, stdout.trim()), (0, "on-spare"), "{stderr}");
+
+    tracing::info!("--- its init halts: the spare reports it");
+    let _ = exec(&cluster, voter, "on-spare", &["halt"])?;
+    let record = wait_for(
+        "the spare to report Stopped",
+        Duration::from_secs(30),
+        || async {
+            let record = info(&cluster, voter, "on-spare").ok()?;
+            (record["status"] == "Stopped").then_some(record)
+        },
+    )
+    .await?;
+    assert_eq!(record["location"], spare.as_str());
+    Ok(())
+}

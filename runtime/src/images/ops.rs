@@ -953,24 +953,7 @@ impl Member {
     ) -> Reply {
         let progress = Arc::new(AtomicU64::new(0));
         let pull = self.pull_image(fingerprint, size, sources, progress.clone());
-        tokio::pin!(pull);
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        loop {
-            tokio::select! {
-                result = &mut pull => {
-                    return match result {
-                        Ok(()) => Reply::Ack,
-                        Err(error) => Reply::Refused(error),
-                    };
-                }
-                _ = tick.tick() => {
-                    let done = progress.load(Ordering::Relaxed);
-                    if responder.send(&Reply::Progress { done }).await.is_err() {
-                        return Reply::Ack;
-                    }
-                }
-            }
-        }
+        stream::with_progress(responder, &progress, PROGRESS_EVERY, pull).await
     }
 
     /// Receiver: fetches `fingerprint` from `sources` in order, resuming from the offset

@@ -199,3 +199,31 @@ impl Body {
         }
     }
 }
+
+/// Answers a long transfer: `Progress { done }` every `every` (read from `progress`) while
+/// `work` runs, then `Ack` or its refusal. A client that went away ends the answer early.
+pub(crate) async fn with_progress(
+    responder: &mut Responder,
+    progress: &std::sync::atomic::AtomicU64,
+    every: Duration,
+    work: impl std::future::Future<Output = Result<(), Error>>,
+) -> Reply {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                return match result {
+                    Ok(()) => Reply::Ack,
+                    Err(error) => Reply::Refused(error),
+                };
+            }
+            _ = tick.tick() => {
+                let done = progress.load(std::sync::atomic::Ordering::Relaxed);
+                if responder.send(&Reply::Progress { done }).await.is_err() {
+                    return Reply::Ack;
+                }
+            }
+        }
+    }
+}

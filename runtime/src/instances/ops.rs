@@ -186,6 +186,12 @@ pub enum InstanceOperation {
     },
     /// `instances.moves()`: the moves under way.
     Moves,
+    /// Internal: the records of the instances located on `member` (a spare's watcher, whose
+    /// own copy of the state does not follow).
+    Located {
+        /// The member.
+        member: String,
+    },
     /// Internal: an instance's member reports what it saw (members only).
     Report(StatusReport),
 }
@@ -200,6 +206,7 @@ impl InstanceOperation {
                 | InstanceOperation::State { .. }
                 | InstanceOperation::Exec { .. }
                 | InstanceOperation::Moves
+                | InstanceOperation::Located { .. }
         )
     }
 
@@ -520,6 +527,17 @@ impl Member {
                 target,
             } => self.move_instance(project, name, target).await,
             InstanceOperation::Moves => Ok(self.moves_under_way()),
+            InstanceOperation::Located { member } => {
+                let located: Vec<Instance> = self.local_state(|state| {
+                    state
+                        .instances
+                        .values()
+                        .filter(|instance| instance.location == *member)
+                        .cloned()
+                        .collect()
+                });
+                serde_json::to_value(located).map_err(|error| Error::Internal(error.to_string()))
+            }
             InstanceOperation::Report(report) => self.record_report(report).await,
         }
     }

@@ -59,20 +59,28 @@ impl Member {
         if call.argv.is_empty() {
             return Err(Error::Refused("exec needs a command".to_string()));
         }
-        let instance = self.instance_record(&call.project, &call.name)?;
+        // Where the instance is, by the leader's records: this member's copy may not have
+        // the instance a client created a moment ago through it, or its latest move.
+        let get = crate::Operation::Instance(super::ops::InstanceOperation::Get {
+            project: call.project.clone(),
+            name: call.name.clone(),
+        });
+        let found = Box::pin(self.execute(get, crate::Caller::local())).await?;
+        let location = found["location"].as_str().unwrap_or_default().to_string();
         let key = InstanceKey::new(call.project.clone(), call.name.clone());
         let cwd = call.cwd.clone().unwrap_or_else(|| "/".to_string());
-        if instance.location == self.name() {
+        if location == self.name() {
             let mut request = ExecRequest::new(call.argv);
             request.env = call.env;
             request.cwd = cwd.into();
             return Ok(self.exec_stream(&key, request, responder).await);
         }
-        let location = &instance.location;
+        let location = &location;
         let record = self
             .local_state(|state| state.members.get(location).cloned())
             .ok_or_else(|| Error::Refused(format!("member \"{location}\" not found")))?;
-        if record.status != MemberStatus::Online {
+        // An evacuated member still runs what it holds.
+        if record.status == MemberStatus::Offline {
             return Err(Error::Refused(format!(
                 "instance \"{}\" is on member \"{location}\", which is {}",
                 call.name,

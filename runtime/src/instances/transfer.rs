@@ -149,24 +149,7 @@ impl Member {
     ) -> Reply {
         let progress = Arc::new(AtomicU64::new(0));
         let receive = self.receive_local(key, source, sha256, size, progress.clone());
-        tokio::pin!(receive);
-        let mut tick = tokio::time::interval(PROGRESS_EVERY);
-        loop {
-            tokio::select! {
-                result = &mut receive => {
-                    return match result {
-                        Ok(()) => Reply::Ack,
-                        Err(error) => Reply::Refused(error),
-                    };
-                }
-                _ = tick.tick() => {
-                    let done = progress.load(Ordering::Relaxed);
-                    if responder.send(&Reply::Progress { done }).await.is_err() {
-                        return Reply::Ack;
-                    }
-                }
-            }
-        }
+        stream::with_progress(responder, &progress, PROGRESS_EVERY, receive).await
     }
 
     /// Target: fetches the tarball of `key` from `source` (an address), verifies it hashes to

@@ -116,9 +116,25 @@ pub(crate) fn spawn(member: Member) {
 }
 
 impl Member {
-    /// The instances this member is the location of.
-    fn my_instances(&self) -> Vec<Instance> {
+    /// The instances this member is the location of, by its own copy of the state when that
+    /// follows the leader's (a voter or a stand-by), else (a spare) by the leader's records;
+    /// its own copy when the leader cannot be asked.
+    async fn my_instances(&self) -> Vec<Instance> {
         let me = self.name();
+        if !self.state_follows() {
+            let located = crate::Operation::Instance(super::ops::InstanceOperation::Located {
+                member: me.clone(),
+            });
+            match Box::pin(self.execute(located, crate::Caller::local())).await {
+                Ok(value) => match serde_json::from_value::<Vec<Instance>>(value) {
+                    Ok(instances) => return instances,
+                    Err(error) => {
+                        tracing::warn!(%error, "the leader's list of this member's instances is unreadable")
+                    }
+                },
+                Err(error) => tracing::debug!(%error, "the leader's records are out of reach"),
+            }
+        }
         self.local_state(|state| {
             state
                 .instances
@@ -131,7 +147,7 @@ impl Member {
 
     /// One round of the watcher.
     async fn watch_once(&self) {
-        for instance in self.my_instances() {
+        for instance in self.my_instances().await {
             let key = key_of(&instance);
             let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
                 continue;
@@ -246,18 +262,22 @@ impl Member {
             .instances
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let stops = self.my_instances().into_iter().map(|instance| async move {
-            let key = key_of(&instance);
-            let lock = self.inner.instances.lock(&key);
-            let _guard = lock.write().await;
-            if !matches!(self.observe(&key).await, Ok(State::Running { .. })) {
-                return;
-            }
-            let timeout_s = SHUTDOWN_STOP_TIMEOUT.as_secs();
-            if let Err(error) = self.stop_local(&key, false, timeout_s, Some(true)).await {
-                tracing::warn!(instance = %key, %error, "could not stop the instance cleanly");
-            }
-        });
+        let stops = self
+            .my_instances()
+            .await
+            .into_iter()
+            .map(|instance| async move {
+                let key = key_of(&instance);
+                let lock = self.inner.instances.lock(&key);
+                let _guard = lock.write().await;
+                if !matches!(self.observe(&key).await, Ok(State::Running { .. })) {
+                    return;
+                }
+                let timeout_s = SHUTDOWN_STOP_TIMEOUT.as_secs();
+                if let Err(error) = self.stop_local(&key, false, timeout_s, Some(true)).await {
+                    tracing::warn!(instance = %key, %error, "could not stop the instance cleanly");
+                }
+            });
         futures::future::join_all(stops).await;
     }
 }
