@@ -683,15 +683,10 @@ impl Member {
         }
     }
 
+    /// The config change a report carries goes first, then the status: whoever reads the new
+    /// status reads the config that goes with it (`volatile.last_state.power`). A report from a
+    /// member that is not the instance's location changes nothing.
     async fn record_status_report(&self, report: &StatusReport) -> Result<Value, Error> {
-        self.propose_instance(InstanceCommand::InstanceStatus {
-            project: report.project.clone(),
-            name: report.name.clone(),
-            location: report.location.clone(),
-            status: report.status,
-            message: truncate(&report.message),
-        })
-        .await?;
         if let Some(running) = report.last_power_running {
             let instance = self.instance_record(&report.project, &report.name)?;
             let mut config = instance.config.clone();
@@ -700,7 +695,7 @@ impl Member {
             } else {
                 config.remove(LAST_POWER_KEY);
             }
-            if config != instance.config {
+            if config != instance.config && instance.location == report.location {
                 self.propose_instance(InstanceCommand::InstanceUpdate {
                     project: report.project.clone(),
                     name: report.name.clone(),
@@ -712,6 +707,14 @@ impl Member {
                 .await?;
             }
         }
+        self.propose_instance(InstanceCommand::InstanceStatus {
+            project: report.project.clone(),
+            name: report.name.clone(),
+            location: report.location.clone(),
+            status: report.status,
+            message: truncate(&report.message),
+        })
+        .await?;
         Ok(Value::Null)
     }
 
