@@ -116,6 +116,30 @@ async fn instances_move_whole() -> Result<()> {
         assert!(error.contains(expected), "{args:?}: {error}");
     }
     assert_eq!(info(&cluster, 0, "c1")?["location"], here.as_str());
+
+    tracing::info!("--- a late discard of the copy the records place there is refused");
+    let holder = here.trim_start_matches('m').parse::<usize>()? - 1;
+    let dir = starling_runtime::datadir::DataDir::new(&cluster.dir(0));
+    let request = starling_runtime::protocol::Request::InstanceLocal {
+        operation: starling_runtime::instances::local::LocalOperation::Discard {
+            key: starling_runtime::instances::driver::InstanceKey::new("default", "c1"),
+        },
+    };
+    let reply = starling_tests::raw_request(
+        &cluster.address(holder)?,
+        dir.load_identity("member")?,
+        &dir.load_ca()?,
+        &request,
+    )
+    .await?;
+    assert!(
+        matches!(&reply, starling_runtime::protocol::Reply::Operation(Err(error)) if error.to_string().contains("its copy stays")),
+        "{reply:?}"
+    );
+    assert!(
+        container_exists(&cluster, holder, "c1"),
+        "the copy was deleted"
+    );
     Ok(())
 }
 

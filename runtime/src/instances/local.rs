@@ -70,6 +70,13 @@ pub enum LocalOperation {
         /// Stop it first if it runs.
         force: bool,
     },
+    /// Delete a copy of the container that the leader's records do not place here (the
+    /// source's copy after a move, the target's after a failed one); refused if they do, so a
+    /// former leader finishing a move late cannot delete a copy its successor recorded here.
+    Discard {
+        /// The instance.
+        key: InstanceKey,
+    },
     /// Pack the stopped container's root file system for a move; answers `{sha256, size}`.
     Export {
         /// The instance.
@@ -101,6 +108,9 @@ impl LocalOperation {
             LocalOperation::Create { .. }
             | LocalOperation::Exec { .. }
             | LocalOperation::Export { .. } => Duration::from_secs(600),
+            LocalOperation::Discard { .. } => {
+                base + Duration::from_secs(super::ops::DEFAULT_STOP_TIMEOUT_S)
+            }
             LocalOperation::Stop { timeout_s, .. } | LocalOperation::Restart { timeout_s, .. } => {
                 base + Duration::from_secs(*timeout_s)
             }
@@ -248,6 +258,16 @@ impl Member {
             }
             LocalOperation::Delete { key, force } => self.delete_local(key, *force).await,
             LocalOperation::Export { key } => self.export_local(key).await,
+            LocalOperation::Discard { key } => {
+                let located = self.located_by_leader(key).await?;
+                if located.as_deref() == Some(self.name().as_str()) {
+                    return Err(Error::Refused(format!(
+                        "the records place {key} on member {}: its copy stays",
+                        self.name()
+                    )));
+                }
+                self.delete_local(key, true).await
+            }
             LocalOperation::State { key } => {
                 let lock = self.inner.instances.lock(key);
                 let _guard = lock.read().await;
@@ -265,6 +285,29 @@ impl Member {
                 self.exec_local(key, request).await
             }
         }
+    }
+
+    /// Where the leader's records place instance `key` (`None`: no such instance).
+    pub(crate) async fn located_by_leader(
+        &self,
+        key: &InstanceKey,
+    ) -> Result<Option<String>, Error> {
+        let list = Operation::Instance(InstanceOperation::List {
+            project: key.project.clone(),
+        });
+        let listed = Box::pin(self.execute(list, Caller::local())).await?;
+        Ok(listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|instance| {
+                (instance["name"] == key.name.as_str()).then(|| {
+                    instance["location"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            }))
     }
 
     /// The driver's state of `key`.

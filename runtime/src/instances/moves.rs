@@ -259,10 +259,7 @@ impl Member {
             }
         };
         // The record is on the target now: the source's copy is stale.
-        let stale = LocalOperation::Delete {
-            key: key.clone(),
-            force: true,
-        };
+        let stale = LocalOperation::Discard { key: key.clone() };
         if let Err(error) = self.on_location(instance, stale).await {
             tracing::warn!(instance = %key, member = %from, %error, "the moved instance's old copy stays until its member removes it");
         }
@@ -372,10 +369,7 @@ impl Member {
         let key = key_of(instance);
         let mut at_target = instance.clone();
         at_target.location = to.to_string();
-        let remove = LocalOperation::Delete {
-            key: key.clone(),
-            force: true,
-        };
+        let remove = LocalOperation::Discard { key: key.clone() };
         if let Err(error) = self.on_location(&at_target, remove).await {
             tracing::warn!(instance = %key, member = to, %error, "a failed move's copy stays until its member removes it");
         }
