@@ -292,6 +292,52 @@ pub async fn run(args: &EvacuationBenchArgs) -> Result<()> {
         delete_all(&client, &["one".to_string()]).await?;
     }
 
+    // Committed placements: `init` (placed, recorded, root file system unpacked, not
+    // started), many at once.
+    {
+        use futures::StreamExt;
+        let count = args.instances.max(1) * 2;
+        let names: Vec<String> = (0..count).map(|index| format!("p{index}")).collect();
+        let started = Instant::now();
+        let created: Vec<Result<()>> = futures::stream::iter(names.iter().cloned())
+            .map(|name| {
+                let client = &client;
+                async move {
+                    let request = CreateRequest {
+                        project: "default".into(),
+                        name: Some(name),
+                        image: "bench".into(),
+                        target: None,
+                        profiles: None,
+                        config: Default::default(),
+                        devices: Default::default(),
+                        description: String::new(),
+                        start: false,
+                        ephemeral: false,
+                    };
+                    client
+                        .operation(Operation::Instance(InstanceOperation::Create(request)))
+                        .await
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from)
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        created.into_iter().collect::<Result<Vec<()>>>()?;
+        let seconds = started.elapsed().as_secs_f64();
+        rows.push((
+            format!(
+                "init {count} instances, 32 at a time: {:.0} placements/s",
+                count as f64 / seconds
+            ),
+            seconds,
+            "target 1,000 placements/s".into(),
+        ));
+        delete_all(&client, &names).await?;
+    }
+
     // Many running instances.
     let names: Vec<String> = (0..args.instances)
         .map(|index| format!("c{index}"))
