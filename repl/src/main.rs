@@ -1175,10 +1175,14 @@ async fn waitready(cli: &Cli, timeout: Duration) -> Result<()> {
     )
 }
 
-/// One `waitready` attempt: connect and ask for the cluster's info.
+/// One `waitready` attempt: connect, ask for the cluster's info, then whether the member has
+/// looked at its containers (adopted those a previous daemon started).
 async fn ready_once(cli: &Cli) -> Result<()> {
     let client = connect(cli).await?;
-    let result = client.operation(Operation::ClusterInfo).await;
+    let mut result = client.operation(Operation::ClusterInfo).await;
+    if result.is_ok() {
+        result = client.operation(Operation::MemberReady).await;
+    }
     client.close();
     result.map(|_| ()).map_err(Into::into)
 }

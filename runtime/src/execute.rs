@@ -90,6 +90,17 @@ impl Member {
                 ));
             }
         }
+        // Readiness is the member asked's own.
+        if let Operation::MemberReady = operation {
+            return if self.inner.instances.adopted() {
+                Ok(Value::Bool(true))
+            } else {
+                Err(Error::Refused(format!(
+                    "member {} is still looking at its containers",
+                    self.name()
+                )))
+            };
+        }
         // An import reads a file on the member asked: it runs there, whoever leads.
         if let Operation::Image(image) = operation {
             if image.is_local() && caller.hops == 0 {
@@ -226,6 +237,7 @@ impl Member {
         }
         match operation {
             Operation::ClusterInfo => Ok(view::cluster_info(self, origin)),
+            Operation::MemberReady => Ok(Value::Bool(self.inner.instances.adopted())),
             Operation::ClusterMembers => Ok(view::members(self)),
             Operation::ClusterMember { name } => view::member(self, name),
             Operation::ClusterAdd { name } => {

@@ -25,6 +25,9 @@ use crate::Error;
 pub enum Operation {
     /// `cluster.info()`: this member, the leader, the CA fingerprint.
     ClusterInfo,
+    /// `waitready`: answered by the member asked, never forwarded: ready once it has looked at
+    /// its containers (adopting those a previous daemon started, recording those that ended).
+    MemberReady,
     /// `cluster.members()`: every member with its roles and status.
     ClusterMembers,
     /// `cluster.member(name)`: one member.

@@ -223,6 +223,28 @@ async fn instances_across_the_cluster() -> Result<()> {
     assert_eq!(after["state"]["pid"], before, "init was restarted");
     assert_eq!(exec(&cluster, 0, &on_m3, &["true"])?.0, 0);
 
+    tracing::info!(
+        "--- init ends while m3's daemon is down: recorded by the time waitready returns"
+    );
+    let pid = after["state"]["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no pid: {after}"))?;
+    cluster.kill(2)?;
+    // SAFETY: kill has no memory preconditions; the PID is the container's init, on this host.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    wait_for("init to be gone", Duration::from_secs(10), || async {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    })
+    .await?;
+    cluster.restart(2)?;
+    cluster.wait_ready(2)?;
+    let ended = info(&cluster, 0, &on_m3)?;
+    assert_eq!(
+        ended["status"], "Stopped",
+        "waitready returned before adoption: {ended}"
+    );
+    cluster.cli_ok(0, &["start", &on_m3])?;
+
     tracing::info!("--- clean restart of m3: stopped at shutdown, started again when back");
     cluster.terminate(2, Duration::from_secs(30))?;
     let stopped = info(&cluster, 0, &on_m3)?;

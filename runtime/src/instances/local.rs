@@ -131,6 +131,8 @@ pub struct InstanceState {
     locks: Mutex<HashMap<InstanceKey, Arc<tokio::sync::RwLock<()>>>>,
     /// Set once the member is shutting down: the watcher stops starting containers.
     pub(crate) shutting_down: AtomicBool,
+    /// Set once the watcher's first round is done ([`InstanceState::adopted`]).
+    pub(crate) adopted: AtomicBool,
     /// Root file systems received for a move, and when (kept from the stale-copy sweep for a
     /// while: the leader records the move right after).
     pub(crate) arrived: Mutex<HashMap<InstanceKey, std::time::Instant>>,
@@ -158,6 +160,12 @@ impl InstanceState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
+    }
+
+    /// Whether the watcher's first round is done: every container here looked at, those a
+    /// previous daemon started adopted, those that ended meanwhile recorded.
+    pub(crate) fn adopted(&self) -> bool {
+        self.adopted.load(Ordering::SeqCst)
     }
 
     /// Whether the member is shutting down.

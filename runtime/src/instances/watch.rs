@@ -90,8 +90,14 @@ pub(crate) fn spawn(member: Member) {
         let mut shutdown = member.inner.shutdown.subscribe();
         let mut round = 0u64;
         loop {
+            // The first round at once: `waitready` waits for it.
+            let pause = if round == 0 {
+                Duration::ZERO
+            } else {
+                WATCH_INTERVAL
+            };
             tokio::select! {
-                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => return,
             }
             if member.inner.instances.is_shutting_down() {
@@ -107,6 +113,11 @@ pub(crate) fn spawn(member: Member) {
                 .await;
             }
             member.watch_once().await;
+            member
+                .inner
+                .instances
+                .adopted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             round += 1;
             if round.is_multiple_of(STALE_EVERY_ROUNDS) {
                 member.remove_stale_copies().await;
