@@ -177,3 +177,13 @@ pub fn index_of(member: &Value) -> usize {
         .unwrap_or(1)
         - 1
 }
+
+/// Whether this test runs as root (containers need it); says why the test is skipped when not.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
+    }
+    root
+}

@@ -12,19 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use starling_tests::containers::{
-    busybox_image, info, instances, wait_status, wait_status_via, LeftoverContainers,
+    busybox_image, info, instances, is_root, wait_status, wait_status_via, LeftoverContainers,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
-    }
-    root
-}
 
 /// A cluster of `count` members with the busybox image imported as `bb` and copied to every
 /// member.

@@ -1,7 +1,8 @@
 //! Instance moves on real member processes with real containers: a running instance is
 //! stopped, moved and started again with its files; a stopped one moves to a group; a move cut
 //! off by the death of its target leaves the instance whole, and running, on its source; bad
-//! moves are refused with what is wrong.
+//! moves are refused with what is wrong; an ephemeral instance survives a move and goes when it
+//! stops; a spare member runs instances like any other.
 //!
 //! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
 //! `busybox-static`). As another user the test prints why and returns.
@@ -9,18 +10,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use starling_tests::containers::{busybox_image, exec, info, wait_status, LeftoverContainers};
+use starling_tests::containers::{
+    busybox_image, exec, info, is_root, wait_status, LeftoverContainers,
+};
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: instances need root (namespaces, cgroups, mounts)");
-    }
-    root
-}
 
 /// A 3-member cluster with the busybox image imported as `bb`.
 async fn cluster_with_image() -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
