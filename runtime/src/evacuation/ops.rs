@@ -221,15 +221,15 @@ impl Member {
 
     /// `cluster.restore`: takes over a running evacuation, then plans, records, runs.
     async fn restore(&self, member: &str, action: Option<&str>) -> Result<Value, Error> {
-        self.take_over(member).await?;
-        let restore = self
-            .local_state(|state| plan::plan_restore(state, member, action, now_ms()))
-            .map_err(Error::Refused)?;
-        let Some(task) = self.inner.instances.evacuations.claim(member) else {
-            return Err(Error::Refused(format!(
-                "member \"{member}\" has an evacuation or restore under way"
-            )));
-        };
+        let task = self.take_over(member).await?;
+        let restore =
+            match self.local_state(|state| plan::plan_restore(state, member, action, now_ms())) {
+                Ok(restore) => restore,
+                Err(error) => {
+                    self.inner.instances.evacuations.release(member);
+                    return Err(Error::Refused(error));
+                }
+            };
         let begun = self
             .propose_evacuation(EvacuationCommand::Begin {
                 evacuation: restore,
@@ -243,61 +243,52 @@ impl Member {
         self.run_task(member, task).await
     }
 
-    /// Ends a running evacuation of `member`: its task starts no new step, the steps under
-    /// way finish, and the record ends as cancelled. A restore under way is waited for.
-    async fn take_over(&self, member: &str) -> Result<(), Error> {
+    /// Ends a running evacuation of `member` and answers the claim on it: a task running it
+    /// starts no new step and is waited for (with its steps under way) until it lets go of
+    /// its claim; a restore under way is waited for likewise; a record left running with no
+    /// task (a change of leader) is ended as cancelled.
+    async fn take_over(&self, member: &str) -> Result<Arc<Task>, Error> {
         let deadline = tokio::time::Instant::now() + TAKE_OVER_WAIT;
-        loop {
-            let running = self.local_state(|state| {
-                state
-                    .evacuations
-                    .get(member)
-                    .filter(|record| record.running())
-                    .map(|record| record.kind)
-            });
-            let Some(kind) = running else {
-                return Ok(());
-            };
-            if let Some(task) = self.inner.instances.evacuations.get(member) {
-                if kind == EvacuationKind::Evacuate {
-                    task.cancel.store(true, Ordering::SeqCst);
-                }
-                // Waits until the task, with its steps under way, has ended.
-                let waited = tokio::time::timeout_at(deadline, task.running.lock()).await;
-                if waited.is_err() {
-                    return Err(Error::Refused(format!(
-                        "the {} of member \"{member}\" did not end within {} s",
-                        kind.as_str(),
-                        TAKE_OVER_WAIT.as_secs()
-                    )));
-                }
-                // The task releases its claim right after; the record says whether it ended.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+        let task = loop {
+            if let Some(task) = self.inner.instances.evacuations.claim(member) {
+                break task;
             }
-            // A record with no task here (a leader change): nothing runs its steps now.
-            if kind == EvacuationKind::Restore {
-                // Left half-done by a former leader: resumed by the next heartbeat round.
-                if tokio::time::Instant::now() > deadline {
-                    return Err(Error::Refused(format!(
-                        "member \"{member}\" has a restore under way"
-                    )));
+            if let Some(running) = self.inner.instances.evacuations.get(member) {
+                let kind = self
+                    .local_state(|state| state.evacuations.get(member).map(|record| record.kind));
+                if kind == Some(EvacuationKind::Evacuate) {
+                    running.cancel.store(true, Ordering::SeqCst);
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-            self.propose_evacuation(EvacuationCommand::End {
-                member: member.to_string(),
-                ended_at_ms: now_ms(),
-                cancelled: true,
-            })
-            .await?;
-            tracing::info!(
-                member,
-                "an evacuation left by a former leader ended by a restore"
-            );
-            return Ok(());
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Refused(format!(
+                    "the evacuation or restore of member \"{member}\" did not end within {} s",
+                    TAKE_OVER_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let left_running = self.local_state(|state| {
+            state
+                .evacuations
+                .get(member)
+                .is_some_and(|record| record.running())
+        });
+        if left_running {
+            let ended = self
+                .propose_evacuation(EvacuationCommand::End {
+                    member: member.to_string(),
+                    ended_at_ms: now_ms(),
+                    cancelled: true,
+                })
+                .await;
+            if let Err(error) = ended {
+                self.inner.instances.evacuations.release(member);
+                return Err(error);
+            }
+            tracing::info!(member, "a running evacuation or restore ended by a restore");
         }
+        Ok(task)
     }
 
     /// Runs the pending steps of `member`'s record with `task` claimed, ends the record and
@@ -324,10 +315,19 @@ impl Member {
         }
         let steps = plan::pending(&record);
         let kind = record.kind;
+        let started_at_ms = record.started_at_ms;
+        // Still this record, still running: a restore may have ended or replaced it.
+        let current = move || {
+            self.local_state(|state| {
+                state.evacuations.get(member).is_some_and(|now| {
+                    now.running() && now.kind == kind && now.started_at_ms == started_at_ms
+                })
+            })
+        };
         let outcomes: Vec<Result<(), Error>> = futures::stream::iter(steps)
             .map(|step| async move {
                 // A restore took over, or this member no longer leads (the next leader goes on).
-                if task.cancel.load(Ordering::SeqCst) || !self.is_leader() {
+                if task.cancel.load(Ordering::SeqCst) || !self.is_leader() || !current() {
                     return Ok(());
                 }
                 let outcome = self.run_step(member, &step).await;
