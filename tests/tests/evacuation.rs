@@ -192,7 +192,7 @@ async fn evacuate_and_restore() -> Result<()> {
 /// Goal: an evacuation survives a `kill -9` of the leader running it: the new leader continues
 /// it until every instance has left, each running again, each with its origin.
 /// Method: 4 member processes; the leader takes no instance (`scheduler.instance=manual`);
-/// 6 running instances on another member (more than are moved at once), each with 60 MB of
+/// 6 running instances on another member (more than are moved at once), each with 30 MB of
 /// files so the evacuation takes a while; the leader is killed once the first instance has
 /// moved; the new leader's log must say it continued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +218,7 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
             &cluster,
             survivor,
             name,
-            &["sh", "-c", "head -c 60000000 /dev/zero > /root/fill"],
+            &["sh", "-c", "head -c 30000000 /dev/zero > /root/fill"],
         )?;
         anyhow::ensure!(code == 0, "{stderr}");
     }
@@ -291,7 +291,7 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
 
 /// Goal: a restore issued while an evacuation runs waits for the steps under way, ends the
 /// evacuation and brings every instance back: no origin is lost.
-/// Method: 3 member processes; 4 running instances with 100 MB of files on m3; the restore is
+/// Method: 3 member processes; 4 running instances with 40 MB of files on m3; the restore is
 /// issued once the first instance has moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
@@ -307,7 +307,7 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
             &cluster,
             0,
             name,
-            &["sh", "-c", "head -c 100000000 /dev/zero > /root/fill"],
+            &["sh", "-c", "head -c 40000000 /dev/zero > /root/fill"],
         )?;
         anyhow::ensure!(code == 0, "{stderr}");
     }

@@ -307,6 +307,9 @@ impl Member {
     }
 
     async fn run_steps(&self, member: &str, task: &Task) -> Result<(), Error> {
+        // A leader elected a moment ago may not have applied what its predecessor committed
+        // (a move's new location): read the records only once they are up to date.
+        self.linearize().await?;
         let Some(record) = self.local_state(|state| state.evacuations.get(member).cloned()) else {
             return Ok(());
         };
