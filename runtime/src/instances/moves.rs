@@ -385,6 +385,17 @@ impl Member {
         }
     }
 
+    /// Whether this leader is moving instance `name` (a poisoned table counts as moving: an
+    /// ephemeral instance is then kept rather than deleted).
+    pub(crate) fn is_moving(&self, project: &str, name: &str) -> bool {
+        self.inner
+            .instances
+            .moves
+            .lock()
+            .map(|moves| moves.contains_key(&(project.to_string(), name.to_string())))
+            .unwrap_or(true)
+    }
+
     /// `instances.moves()`: the moves under way on this leader.
     pub(crate) fn moves_under_way(&self) -> Value {
         let moves = match self.inner.instances.moves.lock() {

@@ -632,13 +632,7 @@ impl Member {
     async fn record_report(&self, report: &StatusReport) -> Result<Value, Error> {
         let recorded = self.record_status_report(report).await;
         if recorded.is_ok() && report.status == InstanceStatus::Stopped {
-            let moving = self
-                .inner
-                .instances
-                .moves
-                .lock()
-                .map(|moves| moves.contains_key(&(report.project.clone(), report.name.clone())))
-                .unwrap_or(false);
+            let moving = self.is_moving(&report.project, &report.name);
             let ephemeral = self
                 .instance_record(&report.project, &report.name)
                 .is_ok_and(|instance| instance.ephemeral && instance.location == report.location);
@@ -664,13 +658,7 @@ impl Member {
             let Ok(instance) = self.instance_record(&project, &name) else {
                 continue;
             };
-            let moving = self
-                .inner
-                .instances
-                .moves
-                .lock()
-                .map(|moves| moves.contains_key(&(project.clone(), name.clone())))
-                .unwrap_or(true);
+            let moving = self.is_moving(&project, &name);
             if !instance.ephemeral || instance.status != InstanceStatus::Stopped || moving {
                 continue;
             }
