@@ -112,8 +112,8 @@ pub(crate) struct Inner {
     pub(crate) ca_cert_pem: String,
     /// What heartbeats told this member (spares learn the leader only this way).
     pub(crate) heard: Mutex<Heard>,
-    /// Leader only: when each member last answered a heartbeat.
-    pub(crate) last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Leader only: when each member last answered a heartbeat, and since when it has not.
+    pub(crate) last_seen: Mutex<HashMap<NodeId, crate::cluster::health::Sighting>>,
     /// Leader only: the trust registry version each member last reported.
     pub(crate) trust_acked: Mutex<HashMap<NodeId, u64>>,
     /// When this member last became leader.

@@ -64,7 +64,7 @@ pub(crate) async fn run(member: Member) {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get_or_insert_with(Instant::now);
         heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
-        record_health(&member, Duration::from_millis(interval_ms)).await;
+        record_health(&member).await;
         rebalance(&member).await;
         member.replicate_images().await;
         member.resume_evacuations().await;
@@ -123,10 +123,11 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
                 }
             }
         });
-    // An answer proves the member was alive when the round started, no later.
+    // An answer proves the member was alive when the round started, no later; a missing answer
+    // proves it was not answering once the round's timeout had passed, no earlier.
     let sent = Instant::now();
     let answered: Vec<(NodeId, u64)> = join_all(beats).await.into_iter().flatten().collect();
-    let now = sent;
+    let deadline = Instant::now();
     let mut trust_acked = member
         .inner
         .trust_acked
@@ -137,14 +138,41 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
         .last_seen
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for (id, trust_version) in answered {
-        last_seen.insert(id, now);
-        trust_acked.insert(id, trust_version);
+    for (id, trust_version) in &answered {
+        last_seen.insert(*id, Sighting { answered: sent, silent_since: None });
+        trust_acked.insert(*id, *trust_version);
+    }
+    for record in &records {
+        if record.id == member.id() || answered.iter().any(|(id, _)| *id == record.id) {
+            continue;
+        }
+        if let Some(sighting) = last_seen.get_mut(&record.id) {
+            sighting.silent_since.get_or_insert(deadline);
+        }
     }
 }
 
+/// What the leader's heartbeats saw of one member since its election.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sighting {
+    /// The start of the last round the member answered.
+    pub(crate) answered: Instant,
+    /// The end of the first round since then that it did not answer.
+    pub(crate) silent_since: Option<Instant>,
+}
+
+/// Whether a member the leader has heard from since its election is online at `now`: it is
+/// offline once it has failed to answer for a whole threshold, counted from the end of the first
+/// round it missed. It cannot have stopped answering later than that, so it is never called
+/// offline early, however long the leader's rounds take.
+pub(crate) fn online_at(sighting: Sighting, now: Instant, threshold: Duration) -> bool {
+    sighting
+        .silent_since
+        .is_none_or(|silent| now.saturating_duration_since(silent) < threshold)
+}
+
 /// Records the members whose health changed since the last round.
-async fn record_health(member: &Member, interval: Duration) {
+async fn record_health(member: &Member) {
     let threshold = offline_threshold(member);
     let records: Vec<MemberRecord> =
         member.local_state(|state| state.members.values().cloned().collect());
@@ -165,12 +193,13 @@ async fn record_health(member: &Member, interval: Duration) {
         .iter()
         .filter(|record| record.status != MemberStatus::Evacuated)
         .filter_map(|record| {
-            let seen = if record.id == member.id() { Some(now) } else { last_seen.get(&record.id).copied() };
+            let seen = if record.id == member.id() {
+                Some(Sighting { answered: now, silent_since: None })
+            } else {
+                last_seen.get(&record.id).copied()
+            };
             let online = match seen {
-                // Heartbeats go out once an interval, so the member may have died up to one
-                // interval after the last one it answered: wait that much longer, never less
-                // than the threshold after its last sign of life.
-                Some(seen) => now.duration_since(seen) < threshold + interval,
+                Some(seen) => online_at(seen, now, threshold),
                 // Not heard yet: an online member keeps its status for one threshold after the
                 // election; an offline one stays offline until it answers.
                 None => record.status == MemberStatus::Online && leader_since.is_some_and(|since| since.elapsed() < threshold),
@@ -180,7 +209,7 @@ async fn record_health(member: &Member, interval: Duration) {
                 return None;
             }
             let last_heartbeat_ms = match seen {
-                Some(seen) => now_ms.saturating_sub(now.duration_since(seen).as_millis() as u64),
+                Some(seen) => now_ms.saturating_sub(now.duration_since(seen.answered).as_millis() as u64),
                 None => record.last_heartbeat_ms,
             };
             tracing::info!(member = %record.name, status = status.as_str(), "member status changed");
@@ -422,5 +451,32 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
         reachable,
         voters: voters.len(),
         needed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader whose rounds run late (here 3 s apart, with a 1 s interval) must not call a member
+    /// offline before a whole threshold has passed since it could have died: the member answered
+    /// the round at 0 s and died at 2.9 s, just before the next round. The rule before this one
+    /// (threshold + interval after the last answer) said offline at 11 s, 8.1 s after the death.
+    #[test]
+    fn a_member_is_never_offline_before_a_threshold_after_it_could_have_died() {
+        let start = Instant::now();
+        let threshold = Duration::from_secs(10);
+        let died = start + Duration::from_millis(2_900);
+        let missed_round_end = start + Duration::from_millis(3_000 + 1_000);
+        let sighting = Sighting { answered: start, silent_since: Some(missed_round_end) };
+        for tenth in 0..200 {
+            let now = start + Duration::from_millis(tenth * 100);
+            if !online_at(sighting, now, threshold) {
+                assert!(now >= died + threshold, "offline {:?} after the death", now - died);
+            }
+        }
+        assert!(!online_at(sighting, missed_round_end + threshold, threshold));
+        let answering = Sighting { answered: start, silent_since: None };
+        assert!(online_at(answering, start + Duration::from_secs(60), threshold));
     }
 }
