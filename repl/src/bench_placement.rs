@@ -114,6 +114,7 @@ fn members(count: usize) -> Vec<MemberView> {
             groups: vec!["default".into()],
             scheduler: SchedulerMode::All,
             instance_count: (index % 7) as u64,
+            move_failed: false,
         })
         .collect()
 }

@@ -101,8 +101,11 @@ async fn with_progress(
     verb: &str,
     work: impl std::future::Future<Output = Result<Value, starling_runtime::Error>>,
 ) -> Result<Value> {
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
+    let on_terminal = std::io::stdout().is_terminal();
+    // Drawn from the first record read, so it never shows an empty 0/0 bar.
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let new_bar = |total: u64| {
+        let bar = indicatif::ProgressBar::new(total);
         let style =
             indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -110,14 +113,18 @@ async fn with_progress(
         bar.set_style(style);
         bar.set_prefix(format!("{verb} {member}"));
         bar
-    });
+    };
     tokio::pin!(work);
     let result = loop {
         tokio::select! {
             result = &mut work => break result,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if bar.is_some() => {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if on_terminal => {
                 let show = Operation::Evacuation(EvacuationOperation::Show { member: member.to_string() });
                 let Ok(record) = client.operation(show).await else { continue };
+                // Until this operation's record begins, the member's last one (or none) shows.
+                if record["kind"] != verb || record["running"] != true {
+                    continue;
+                }
                 let moving = client
                     .operation(Operation::Instance(InstanceOperation::Moves))
                     .await
@@ -132,11 +139,11 @@ async fn with_progress(
                         progress["stage"].as_str().unwrap_or("")
                     ))
                     .collect();
-                if let Some(bar) = &bar {
-                    bar.set_length(record["total"].as_u64().unwrap_or(0));
-                    bar.set_position(record["done"].as_u64().unwrap_or(0));
-                    bar.set_message(current.join(", "));
-                }
+                let total = record["total"].as_u64().unwrap_or(0);
+                let bar = bar.get_or_insert_with(|| new_bar(total));
+                bar.set_length(total);
+                bar.set_position(record["done"].as_u64().unwrap_or(0));
+                bar.set_message(current.join(", "));
             }
         }
     };

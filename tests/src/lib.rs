@@ -12,6 +12,7 @@
 pub mod containers;
 pub mod netfault;
 pub mod processes;
+pub mod terminal;
 
 use openraft::async_runtime::WatchReceiver;
 use std::future::Future;

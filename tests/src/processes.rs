@@ -96,6 +96,16 @@ impl ProcessCluster {
             .with_context(|| format!("starting starling {args:?}"))
     }
 
+    /// Starts `starling --dir <member index> args...` on a pseudo-terminal, as an operator
+    /// at a terminal runs it.
+    pub fn cli_on_terminal(
+        &self,
+        index: usize,
+        args: &[&str],
+    ) -> Result<crate::terminal::Terminal> {
+        crate::terminal::Terminal::spawn(self.cli_command(index, args))
+    }
+
     /// Where the CLI run by [`ProcessCluster::cli`] keeps its client certificate and remotes.
     pub fn config_dir(&self) -> PathBuf {
         self.root.path().join("client")

@@ -350,6 +350,47 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
         "used {used:?} in {wall:?}"
     );
 
+    tracing::info!("--- processes: 20 background sleeps against 12");
+    let (_, _, stderr) = fixture.exec(
+        &key,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 20); do sleep 30 >/dev/null 2>&1 & done",
+        ],
+    )?;
+    let refused = cgroup
+        .event_count(Controller::Pids, "pids.events", "max")
+        .unwrap_or(0);
+    assert!(
+        refused >= 1,
+        "pids.events counted no refused fork; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("fork"),
+        "the shell saw no failed fork: {stderr}"
+    );
+    let State::Running { processes, pid, .. } = fixture.driver.state(&key)? else {
+        bail!("stopped")
+    };
+    assert!(processes <= 12, "{processes} processes");
+    // The sleeps hold every process slot: end them from the host, leaving init.
+    for sleeper in cgroup.pids().into_iter().filter(|other| *other != pid) {
+        // SAFETY: kill(2) with a pid and a signal number.
+        unsafe { libc::kill(sleeper as libc::pid_t, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cgroup.pids().len() > 1 {
+        ensure!(
+            Instant::now() < deadline,
+            "the sleeps did not end: {:?}",
+            cgroup.pids()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The OOM step last: on a CI machine init itself once died a moment after it (a second
+    // OOM kill while the first victim exited, most likely), failing the next step's exec.
     tracing::info!("--- memory: 100 MB in a shell variable against 32 MiB");
     let (code, _, stderr) = fixture.exec(
         &key,
@@ -372,31 +413,6 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
         matches!(fixture.driver.state(&key)?, State::Running { .. }),
         "init died too"
     );
-
-    tracing::info!("--- processes: 20 background sleeps against 12");
-    let (_, _, stderr) = fixture.exec(
-        &key,
-        &[
-            "sh",
-            "-c",
-            "for i in $(seq 20); do sleep 30 >/dev/null 2>&1 & done",
-        ],
-    )?;
-    let refused = cgroup
-        .event_count(Controller::Pids, "pids.events", "max")
-        .unwrap_or(0);
-    assert!(
-        refused >= 1,
-        "pids.events counted no refused fork; stderr: {stderr}"
-    );
-    assert!(
-        stderr.contains("fork"),
-        "the shell saw no failed fork: {stderr}"
-    );
-    let State::Running { processes, .. } = fixture.driver.state(&key)? else {
-        bail!("stopped")
-    };
-    assert!(processes <= 12, "{processes} processes");
 
     fixture.driver.stop(&key, Duration::ZERO, true)?;
     Ok(())

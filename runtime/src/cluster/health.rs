@@ -139,7 +139,13 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     for (id, trust_version) in &answered {
-        last_seen.insert(*id, Sighting { answered: sent, silent_since: None });
+        last_seen.insert(
+            *id,
+            Sighting {
+                answered: sent,
+                silent_since: None,
+            },
+        );
         trust_acked.insert(*id, *trust_version);
     }
     for record in &records {
@@ -468,15 +474,33 @@ mod tests {
         let threshold = Duration::from_secs(10);
         let died = start + Duration::from_millis(2_900);
         let missed_round_end = start + Duration::from_millis(3_000 + 1_000);
-        let sighting = Sighting { answered: start, silent_since: Some(missed_round_end) };
+        let sighting = Sighting {
+            answered: start,
+            silent_since: Some(missed_round_end),
+        };
         for tenth in 0..200 {
             let now = start + Duration::from_millis(tenth * 100);
             if !online_at(sighting, now, threshold) {
-                assert!(now >= died + threshold, "offline {:?} after the death", now - died);
+                assert!(
+                    now >= died + threshold,
+                    "offline {:?} after the death",
+                    now - died
+                );
             }
         }
-        assert!(!online_at(sighting, missed_round_end + threshold, threshold));
-        let answering = Sighting { answered: start, silent_since: None };
-        assert!(online_at(answering, start + Duration::from_secs(60), threshold));
+        assert!(!online_at(
+            sighting,
+            missed_round_end + threshold,
+            threshold
+        ));
+        let answering = Sighting {
+            answered: start,
+            silent_since: None,
+        };
+        assert!(online_at(
+            answering,
+            start + Duration::from_secs(60),
+            threshold
+        ));
     }
 }

@@ -10,7 +10,7 @@
 //! origin of every moved instance is in its record (`volatile.evacuate.origin`, written with
 //! the move), so none is lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use starling_store::Command;
 use super::plan::{self, ORIGIN_KEY};
 use crate::cluster::join::WRITE_TIMEOUT;
 use crate::instances::local::LocalOperation;
-use crate::instances::moves::MoveOptions;
+use crate::instances::moves::{MoveFailure, MoveOptions};
 use crate::instances::ops::{key_of, DEFAULT_STOP_TIMEOUT_S};
 use crate::member::Member;
 use crate::placement::{Reason, Target};
@@ -390,6 +390,9 @@ impl Member {
         step: &EvacuationStep,
     ) -> Result<StepOutcome, Error> {
         let mut last_error = None;
+        // A destination that died or cannot be reached fails the move (after the QUIC idle
+        // timeout at worst) long before it is recorded offline: the next try goes elsewhere.
+        let mut avoid = BTreeSet::new();
         for _ in 0..PLACEMENTS_MAX {
             let instance = self.instance_record(&step.project, &step.name)?;
             if instance.location != member {
@@ -402,6 +405,7 @@ impl Member {
                 config: BTreeMap::from([(ORIGIN_KEY.to_string(), Some(member.to_string()))]),
                 stop_timeout_s: self.stop_timeout_s(&instance),
                 start_after: step.was_running,
+                avoid: avoid.clone(),
             };
             match self
                 .relocate(&step.project, &step.name, &Target::None, options)
@@ -412,8 +416,9 @@ impl Member {
                         moved["location"].as_str().unwrap_or_default().to_string(),
                     ))
                 }
-                Err(error) => {
-                    tracing::warn!(instance = %step.name, %error, "an evacuation move failed; placing again");
+                Err(MoveFailure { to, error }) => {
+                    tracing::warn!(instance = %step.name, to = ?to, %error, "an evacuation move failed; placing again");
+                    avoid.extend(to);
                     last_error = Some(error);
                 }
             }
@@ -460,6 +465,7 @@ impl Member {
             config: BTreeMap::from([(ORIGIN_KEY.to_string(), None)]),
             stop_timeout_s: self.stop_timeout_s(&instance),
             start_after: false,
+            avoid: BTreeSet::new(),
         };
         let moved = self
             .relocate(
@@ -468,7 +474,8 @@ impl Member {
                 &Target::Member(member.to_string()),
                 options,
             )
-            .await?;
+            .await
+            .map_err(|failure| failure.error)?;
         Ok(StepOutcome::Moved(
             moved["location"].as_str().unwrap_or_default().to_string(),
         ))
@@ -489,7 +496,7 @@ impl Member {
                 crate::instances::moves::placement_request_of(state, &instance, Reason::Evacuation)
             });
             let to = self
-                .place_instance(&request, &Target::None, Some(member))
+                .place_instance(&request, &Target::None, Some(member), &BTreeSet::new())
                 .await?
                 .member;
             self.placement_started(&to);

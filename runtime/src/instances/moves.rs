@@ -17,7 +17,7 @@
 //! which that member removes ([`super::watch`]). So the instance never runs on two members and
 //! is never lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,22 @@ pub struct MoveOptions {
     pub stop_timeout_s: u64,
     /// Start it on the target whatever its status (an evacuation resumed after the stop).
     pub start_after: bool,
+    /// Members automatic placement leaves out (earlier tries to move there failed).
+    pub avoid: BTreeSet<String>,
+}
+
+/// A move that failed: why, and the member it was going to (none when it failed before one
+/// was chosen), so that the caller can place it again elsewhere.
+#[derive(Debug)]
+pub(crate) struct MoveFailure {
+    pub(crate) to: Option<String>,
+    pub(crate) error: Error,
+}
+
+impl From<Error> for MoveFailure {
+    fn from(error: Error) -> Self {
+        MoveFailure { to: None, error }
+    }
 }
 
 /// A move under way, as `instances.moves()` shows it.
@@ -108,7 +124,9 @@ impl Member {
             stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
             ..MoveOptions::default()
         };
-        self.relocate(project, name, &target, options).await
+        self.relocate(project, name, &target, options)
+            .await
+            .map_err(|failure| failure.error)
     }
 
     /// Moves instance `name` to the member `target` chooses (see the module's doc); answers
@@ -119,14 +137,14 @@ impl Member {
         name: &str,
         target: &Target,
         options: MoveOptions,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value, MoveFailure> {
         let key = (project.to_string(), name.to_string());
         {
             let mut moves = self.inner.instances.moves.lock().map_err(poisoned)?;
             if moves.contains_key(&key) {
-                return Err(Error::Refused(format!(
-                    "instance \"{name}\" is already being moved"
-                )));
+                return Err(
+                    Error::Refused(format!("instance \"{name}\" is already being moved")).into(),
+                );
             }
             moves.insert(
                 key.clone(),
@@ -162,25 +180,26 @@ impl Member {
         name: &str,
         target: &Target,
         options: &MoveOptions,
-    ) -> Result<Value, Error> {
+    ) -> Result<Value, MoveFailure> {
         let started = Instant::now();
         let instance = self.instance_record(project, name)?;
         if instance.status == InstanceStatus::Creating {
-            return Err(Error::Refused(format!(
-                "instance \"{name}\" is still being created"
-            )));
+            return Err(
+                Error::Refused(format!("instance \"{name}\" is still being created")).into(),
+            );
         }
         let from = instance.location.clone();
         let request =
             self.local_state(|state| placement_request_of(state, &instance, options.reason));
         let to = self
-            .place_instance(&request, target, Some(&from))
+            .place_instance(&request, target, Some(&from), &options.avoid)
             .await?
             .member;
         if to == from {
             return Err(Error::Refused(format!(
                 "instance \"{name}\" is already on member \"{from}\""
-            )));
+            ))
+            .into());
         }
         self.move_stage(project, name, |progress| {
             progress.from = from.clone();
@@ -189,7 +208,10 @@ impl Member {
         self.placement_started(&to);
         let result = self.relocate_to(&instance, &to, options, started).await;
         self.placement_done(&to);
-        result
+        result.map_err(|error| MoveFailure {
+            to: Some(to),
+            error,
+        })
     }
 
     async fn relocate_to(

@@ -11,7 +11,7 @@
 //! that member unpacks (and for a launch starts) the container and reports `Stopped`,
 //! `Running` or `Error`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -569,7 +569,7 @@ impl Member {
             .local_state(|state| plan_create(state, request, now_ms(), random))
             .map_err(Error::Refused)?;
         let location = self
-            .place_instance(&new.placement, &new.target, None)
+            .place_instance(&new.placement, &new.target, None, &BTreeSet::new())
             .await?
             .member;
         let mut instance = new.instance;

@@ -70,6 +70,10 @@ pub struct MemberView {
     pub scheduler: SchedulerMode,
     /// Instances on it, creations and moves in flight included.
     pub instance_count: u64,
+    /// Left out of automatic placement for this one request: a move to it has just failed
+    /// (it died or cannot be reached, and is not recorded offline yet).
+    #[serde(skip)]
+    pub move_failed: bool,
 }
 
 /// `scheduler.instance` on a member.
@@ -224,6 +228,8 @@ pub enum ExclusionReason {
     },
     /// The instance is already there (a move must go elsewhere).
     CurrentLocation,
+    /// A move of this instance to it has just failed.
+    MoveFailed,
 }
 
 impl ExclusionReason {
@@ -266,6 +272,9 @@ impl fmt::Display for ExclusionReason {
             ExclusionReason::NotInGroup { group } => write!(formatter, "not in group {group}"),
             ExclusionReason::CurrentLocation => {
                 formatter.write_str("the instance is already on it")
+            }
+            ExclusionReason::MoveFailed => {
+                formatter.write_str("a move of the instance to it has just failed")
             }
         }
     }

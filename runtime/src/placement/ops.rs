@@ -3,7 +3,7 @@
 //! read over QUIC), creations in flight, and the `placement.explain` / `placement.test`
 //! operations.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,7 @@ pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Ve
             scheduler: SchedulerMode::from_config(&member.config),
             instance_count: counts.get(member.name.as_str()).copied().unwrap_or(0)
                 + pending.get(&member.name).copied().unwrap_or(0),
+            move_failed: false,
         })
         .collect()
 }
@@ -234,11 +235,34 @@ impl Member {
         exclude_current: Option<&str>,
         scriptlet: Option<Arc<Scriptlet>>,
     ) -> Result<Placement, Error> {
+        self.place_avoiding(
+            request,
+            target,
+            exclude_current,
+            &BTreeSet::new(),
+            scriptlet,
+        )
+        .await
+    }
+
+    /// [`Member::place_with`], leaving out of automatic placement the members in `avoid`
+    /// (moves of this instance to them have just failed).
+    pub(crate) async fn place_avoiding(
+        &self,
+        request: &PlacementRequest,
+        target: &Target,
+        exclude_current: Option<&str>,
+        avoid: &BTreeSet<String>,
+        scriptlet: Option<Arc<Scriptlet>>,
+    ) -> Result<Placement, Error> {
         let pending = lock(&self.inner.placement.pending).clone();
         // The scriptlet's host holds a copy of the whole state: made only when a scriptlet
         // will run, not for every placement by the built-in rule.
         let (views, host) = self.local_state(|state| {
-            let views = member_views(state, &pending);
+            let mut views = member_views(state, &pending);
+            for view in &mut views {
+                view.move_failed = avoid.contains(&view.name);
+            }
             let host = scriptlet.as_ref().map(|_| ClusterHost {
                 member: self.clone(),
                 runtime: tokio::runtime::Handle::current(),
@@ -282,9 +306,10 @@ impl Member {
         request: &PlacementRequest,
         target: &Target,
         exclude_current: Option<&str>,
+        avoid: &BTreeSet<String>,
     ) -> Result<Placement, Error> {
         let scriptlet = self.installed_scriptlet()?;
-        self.place_with(request, target, exclude_current, scriptlet)
+        self.place_avoiding(request, target, exclude_current, avoid, scriptlet)
             .await
     }
 

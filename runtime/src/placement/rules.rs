@@ -137,6 +137,9 @@ fn automatic_exclusion(
     if exclude_current == Some(member.name.as_str()) {
         return Some(ExclusionReason::CurrentLocation);
     }
+    if member.move_failed {
+        return Some(ExclusionReason::MoveFailed);
+    }
     if let Some(reason) = ExclusionReason::for_status(&member.status) {
         return Some(reason);
     }
@@ -252,6 +255,25 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "Cluster member m1 cannot take the instance: the instance is already on it"
+        );
+    }
+
+    /// Goal: a member a move has just failed to is left out of automatic placement (with its
+    /// reason), even though it is still recorded online and holds the fewest instances.
+    #[test]
+    fn a_failed_destination_is_left_out() {
+        let mut dead = member("m2", "Online", 0);
+        dead.move_failed = true;
+        let members = [member("m1", "Online", 0), dead, member("m3", "Online", 4)];
+        let (chosen, exclusions) = candidates(&members, "", &Target::None, Some("m1")).unwrap();
+        assert_eq!(names(&chosen), ["m3"]);
+        let reasons: Vec<String> = exclusions.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "m1: the instance is already on it",
+                "m2: a move of the instance to it has just failed",
+            ]
         );
     }
 }
