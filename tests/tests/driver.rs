@@ -379,11 +379,18 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
         // SAFETY: kill(2) with a pid and a signal number.
         unsafe { libc::kill(sleeper as libc::pid_t, libc::SIGKILL) };
     }
+    // A killed process holds its slot until init reaps it: wait for the count, not the list.
+    let pids_current = cgroup.dirs[&Controller::Pids].join("pids.current");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cgroup.pids().len() > 1 {
+    loop {
+        let current = std::fs::read_to_string(&pids_current)?;
+        if current.trim() == "1" {
+            break;
+        }
         ensure!(
             Instant::now() < deadline,
-            "the sleeps did not end: {:?}",
+            "the sleeps did not end: pids.current {}, {:?}",
+            current.trim(),
             cgroup.pids()
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -25,6 +25,7 @@
 
 mod bounds;
 mod builtins;
+mod rewrite;
 mod values;
 
 use std::cell::RefCell;
@@ -53,6 +54,9 @@ pub const PARAMETERS: [&str; 2] = ["request", "candidate_members"];
 
 /// The name `x * y` is rewritten to, so that repetition is checked against the memory bound.
 const MULTIPLY: &str = "_starling_multiply";
+
+/// The name `x % y` is rewritten to, so that formatting is checked against the memory bound.
+const PERCENT: &str = "_starling_percent";
 
 /// The bounds of one evaluation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,15 +279,26 @@ impl Scriptlet {
             enable_load: false,
             ..Dialect::Standard
         };
-        let mut ast =
-            AstModule::parse("placement.star", source.to_string(), &dialect).map_err(|error| {
+        let parse = |source: String| {
+            AstModule::parse("placement.star", source, &dialect).map_err(|error| {
                 ScriptletError::Syntax {
                     line: error_line(&error).unwrap_or(1),
                     message: error.without_diagnostic().to_string(),
                 }
-            })?;
+            })
+        };
+        let ast = parse(source.to_string())?;
         let functions = check_statements(&ast)?;
-        ast.replace_binary_operators(&HashMap::from([("*".to_string(), MULTIPLY.to_string())]));
+        let guarded = rewrite::guard_source(&ast, source)?;
+        let mut ast = if guarded == source {
+            ast
+        } else {
+            parse(guarded)?
+        };
+        ast.replace_binary_operators(&HashMap::from([
+            ("*".to_string(), MULTIPLY.to_string()),
+            ("%".to_string(), PERCENT.to_string()),
+        ]));
         let limits = Limits::default();
         let guard = Rc::new(Guard::new(
             limits.time,

@@ -152,6 +152,25 @@ impl Guard {
         Ok(())
     }
 
+    /// Whether a result of `bytes` may be built: it must fit in what is left of the memory
+    /// bound.
+    pub(crate) fn output_fits(
+        &self,
+        bytes: Option<usize>,
+        allocated_bytes: usize,
+    ) -> Result<(), starlark::Error> {
+        let left = self.memory_bytes.saturating_sub(allocated_bytes);
+        match bytes {
+            Some(bytes) if bytes <= left => Ok(()),
+            _ => Err(self.trip(Exceeded::Memory(self.memory_bytes))),
+        }
+    }
+
+    /// What is left of the memory bound.
+    pub(crate) fn bytes_left(&self, allocated_bytes: usize) -> usize {
+        self.memory_bytes.saturating_sub(allocated_bytes)
+    }
+
     /// Fails when the innermost frame is a `def` already on the call stack.
     fn check_recursion(&self, eval: &Evaluator) -> Result<(), starlark::Error> {
         let depth = eval.call_stack_count();
@@ -190,6 +209,57 @@ fn repetition_item_bytes(sequence: Value) -> Option<usize> {
         }
         _ => None,
     }
+}
+
+/// The bytes of `value`'s text (`repr`, an upper bound for `str`), or `None` once it passes
+/// `limit`. Lists, tuples and dicts are walked, so a list holding one big list many times is
+/// measured at its real text size without building it; the walk stops at the limit.
+pub(crate) fn text_size(value: Value, limit: usize) -> Option<usize> {
+    /// What is left to measure at one level of nesting (depth first, so the walk holds one
+    /// level per nesting, never a copy of a long list).
+    enum Level<'v> {
+        Items(std::slice::Iter<'v, Value<'v>>),
+        Owned(std::vec::IntoIter<Value<'v>>),
+    }
+    let mut total = 0usize;
+    let mut levels = vec![Level::Owned(vec![value].into_iter())];
+    while let Some(level) = levels.last_mut() {
+        let next = match level {
+            Level::Items(items) => items.next().copied(),
+            Level::Owned(items) => items.next(),
+        };
+        let Some(value) = next else {
+            levels.pop();
+            continue;
+        };
+        let size = if let Some(text) = value.unpack_str() {
+            // Quotes, and an escape of up to 4 bytes for a byte that needs one.
+            let escaped = text
+                .bytes()
+                .filter(|byte| *byte < 0x20 || matches!(byte, b'"' | b'\\' | 0x7f))
+                .count();
+            text.len() + 2 + 3 * escaped
+        } else if let Some(list) = starlark::values::list::ListRef::from_value(value) {
+            levels.push(Level::Items(list.content().iter()));
+            2 + 2 * list.len()
+        } else if let Some(tuple) = starlark::values::tuple::TupleRef::from_value(value) {
+            levels.push(Level::Items(tuple.content().iter()));
+            3 + 2 * tuple.len()
+        } else if let Some(dict) = starlark::values::dict::DictRef::from_value(value) {
+            let items: Vec<Value> = dict.iter().flat_map(|(key, item)| [key, item]).collect();
+            let size = 2 + 2 * items.len();
+            levels.push(Level::Owned(items.into_iter()));
+            size
+        } else {
+            // Numbers, functions, the host's objects: small, or bounded by what the host gave.
+            value.to_repr().len()
+        };
+        total = total.saturating_add(size);
+        if total > limit {
+            return None;
+        }
+    }
+    Some(total)
 }
 
 /// Installs the checks on an evaluator; `guard` must outlive it.

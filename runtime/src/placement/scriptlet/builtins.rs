@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use starlark::collections::SmallMap;
 use starlark::environment::GlobalsBuilder;
 use starlark::eval::Evaluator;
 use starlark::starlark_module;
@@ -13,7 +14,7 @@ use starlark::values::tuple::UnpackTuple;
 use starlark::values::{ProvidesStaticType, Value};
 
 use super::super::{MemberView, PlacementRequest};
-use super::bounds::Guard;
+use super::bounds::{text_size, Guard};
 use super::values::{json_value, members_value, resources_value, GuardedRange, JsonObject};
 use super::{instance_resources, LogLevel, LogLine, ScriptletError, ScriptletHost};
 
@@ -73,7 +74,11 @@ fn log(
     builtin: &'static str,
 ) -> starlark::Result<NoneType> {
     let call = call(eval, builtin)?;
-    let words: Vec<String> = values.items.iter().map(|value| value.to_str()).collect();
+    let words: Vec<String> = values
+        .items
+        .iter()
+        .map(|value| shown(*value, MESSAGE_BYTES_MAX))
+        .collect();
     call.log.borrow_mut().push(LogLine {
         level,
         text: words.join(" "),
@@ -110,6 +115,79 @@ fn member_answer<'v>(
         Ok(answer) => Ok(json_value(heap, &answer)),
         Err(message) => Err(call.fail(ScriptletError::Host { builtin, message })),
     }
+}
+
+/// The most of each value a log line or a `fail()` message shows.
+const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// `value` as text for a message (`str()`), cut to about `limit` bytes; a value whose text
+/// is longer is not turned into text at all.
+fn shown(value: Value, limit: usize) -> String {
+    if let Some(text) = value.unpack_str() {
+        if text.len() <= limit {
+            return text.to_string();
+        }
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        return format!("{}... ({} bytes)", &text[..end], text.len());
+    }
+    match text_size(value, limit) {
+        Some(_) => value.to_str(),
+        None => format!("<{} longer than {limit} bytes as text>", value.get_type()),
+    }
+}
+
+/// The run's bounds.
+fn guard<'a>(eval: &Evaluator<'_, 'a, '_>) -> Result<&'a Guard, starlark::Error> {
+    Ok(&context(eval)?.guard)
+}
+
+/// Fails unless a result of `bytes` (`None`: past what is left) fits in the memory bound.
+fn fits(eval: &Evaluator, bytes: Option<usize>) -> starlark::Result<()> {
+    guard(eval)?.output_fits(bytes, eval.heap().allocated_bytes())
+}
+
+/// What is left of the memory bound.
+fn left(eval: &Evaluator) -> starlark::Result<usize> {
+    Ok(guard(eval)?.bytes_left(eval.heap().allocated_bytes()))
+}
+
+/// The size of `separator.join(items)` for a list or tuple of strings (`None` past `limit`);
+/// 0 for anything else, which `join` refuses or builds no larger than its input.
+fn joined_size(separator: usize, items: Value, limit: usize) -> Option<usize> {
+    let items = match starlark::values::list::ListRef::from_value(items) {
+        Some(list) => list.content(),
+        None => match starlark::values::tuple::TupleRef::from_value(items) {
+            Some(tuple) => tuple.content(),
+            None => return Some(0),
+        },
+    };
+    let mut total = separator.saturating_mul(items.len().saturating_sub(1));
+    for item in items {
+        total = total.saturating_add(item.unpack_str().map_or(0, str::len));
+        if total > limit {
+            return None;
+        }
+    }
+    Some(total)
+}
+
+/// Calls `this.name(*args, **kwargs)` as the source wrote it.
+fn call_method<'v>(
+    this: Value<'v>,
+    name: &str,
+    args: &[Value<'v>],
+    kwargs: &SmallMap<String, Value<'v>>,
+    eval: &mut Evaluator<'v, '_, '_>,
+) -> starlark::Result<Value<'v>> {
+    let method = this.get_attr_error(name, eval.heap())?;
+    let named: Vec<(&str, Value<'v>)> = kwargs
+        .iter()
+        .map(|(key, value)| (key.as_str(), *value))
+        .collect();
+    eval.eval_function(method, args, &named)
 }
 
 fn option(value: NoneOr<&str>) -> Option<&str> {
@@ -275,5 +353,134 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
                 .repetition_fits(sequence, count, heap.allocated_bytes())?;
         }
         a.mul(b, heap)
+    }
+
+    /// `X.join(...)`, rewritten so: refused before it is built when the result would not fit
+    /// in the memory bound.
+    fn _starling_join<'v>(
+        #[starlark(require = pos)] this: Value<'v>,
+        #[starlark(args)] args: UnpackTuple<Value<'v>>,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        if let (Some(separator), [items]) = (this.unpack_str(), args.items.as_slice()) {
+            let size = joined_size(separator.len(), *items, left(eval)?);
+            fits(eval, size)?;
+        }
+        call_method(this, "join", &args.items, &kwargs, eval)
+    }
+
+    /// `X.replace(...)`, rewritten so (`s.replace("", s)` is quadratic).
+    fn _starling_replace<'v>(
+        #[starlark(require = pos)] this: Value<'v>,
+        #[starlark(args)] args: UnpackTuple<Value<'v>>,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        if let (Some(text), [old, new, rest @ ..]) = (this.unpack_str(), args.items.as_slice()) {
+            if let (Some(old), Some(new)) = (old.unpack_str(), new.unpack_str()) {
+                let found = if old.is_empty() {
+                    text.chars().count() + 1
+                } else {
+                    text.matches(old).count()
+                };
+                let count = rest
+                    .first()
+                    .and_then(|count| count.unpack_i32())
+                    .filter(|count| *count >= 0)
+                    .map_or(found, |count| found.min(count as usize));
+                let size = count
+                    .checked_mul(new.len())
+                    .and_then(|added| added.checked_add(text.len()));
+                fits(eval, size)?;
+            }
+        }
+        call_method(this, "replace", &args.items, &kwargs, eval)
+    }
+
+    /// `X.format(...)`, rewritten so: each `{}` may repeat the longest argument.
+    fn _starling_format<'v>(
+        #[starlark(require = pos)] this: Value<'v>,
+        #[starlark(args)] args: UnpackTuple<Value<'v>>,
+        #[starlark(kwargs)] kwargs: SmallMap<String, Value<'v>>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        if let Some(template) = this.unpack_str() {
+            let fields = template.matches('{').count();
+            if fields > 0 {
+                let limit = left(eval)?;
+                let longest = args
+                    .items
+                    .iter()
+                    .chain(kwargs.values())
+                    .try_fold(0, |longest, value| {
+                        text_size(*value, limit).map(|size| longest.max(size))
+                    });
+                let size = longest
+                    .and_then(|longest| longest.checked_mul(fields))
+                    .and_then(|size| size.checked_add(template.len()));
+                fits(eval, size)?;
+            }
+        }
+        call_method(this, "format", &args.items, &kwargs, eval)
+    }
+
+    /// `a % b`, rewritten so: each `%` of a format string may repeat `b`'s text.
+    fn _starling_percent<'v>(
+        #[starlark(require = pos)] a: Value<'v>,
+        #[starlark(require = pos)] b: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        if let Some(template) = a.unpack_str() {
+            let fields = template.matches('%').count();
+            if fields > 0 {
+                let size = text_size(b, left(eval)?)
+                    .and_then(|size| size.checked_mul(fields))
+                    .and_then(|size| size.checked_add(template.len()));
+                fits(eval, size)?;
+            }
+        }
+        a.percent(b, eval.heap())
+    }
+
+    /// `str(x)`, rewritten so: `x`'s text is measured before it is built.
+    fn _starling_str<'v>(
+        #[starlark(require = pos)] x: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        if x.unpack_str().is_some() {
+            return Ok(x);
+        }
+        fits(eval, text_size(x, left(eval)?))?;
+        Ok(eval.heap().alloc(x.to_str()))
+    }
+
+    /// `repr(x)`, rewritten so.
+    fn _starling_repr<'v>(
+        #[starlark(require = pos)] x: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        fits(eval, text_size(x, left(eval)?))?;
+        Ok(eval.heap().alloc(x.to_repr()))
+    }
+
+    /// `fail(...)`, rewritten so: each value shows at most 64 KiB of text.
+    fn _starling_fail<'v>(
+        #[starlark(args)] args: UnpackTuple<Value<'v>>,
+    ) -> starlark::Result<NoneType> {
+        let mut message = String::new();
+        for value in args.items {
+            message.push(' ');
+            match value.unpack_str() {
+                Some(_) => message.push_str(&shown(value, MESSAGE_BYTES_MAX)),
+                None if text_size(value, MESSAGE_BYTES_MAX).is_some() => {
+                    message.push_str(&value.to_repr())
+                }
+                None => message.push_str(&shown(value, MESSAGE_BYTES_MAX)),
+            }
+        }
+        Err(starlark::Error::new_kind(starlark::ErrorKind::Fail(
+            anyhow::Error::msg(message),
+        )))
     }
 }

@@ -512,3 +512,80 @@ fn compiled_once_run_many() {
     assert!(per_run < Duration::from_millis(250), "{per_run:?} per run");
     eprintln!("50-line scriptlet, 50 candidates: {per_run:?} per run (debug build)");
 }
+
+/// Goal: the calls that can build far more text than they are given in one step (`join` with
+/// a long separator, `replace("", s)`, `str`/`repr`/`format`/`%` of a list holding one big
+/// list many times) are refused before they build it; `fail` and the log show a bounded part
+/// of such a value; the same calls work as Starlark's own on ordinary values, and errors keep
+/// their lines.
+#[test]
+fn amplifying_calls_are_bounded_before_they_build() {
+    let generous = Limits {
+        time: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let memory = |source: &str| run_with(source, &generous).unwrap_err();
+    let limit = ScriptletError::MemoryLimit {
+        limit_bytes: Limits::default().memory_bytes,
+    };
+    // Each would build about a terabyte: without the checks the process dies (an allocation
+    // fails) or the machine runs out of memory, not merely goes over the bound.
+    let shared = "a = [\"x\" * 1000] * 1000\nc = [a] * 1000\nb = [c] * 1000\n";
+    assert_eq!(
+        memory(&body(
+            "sep = \"x\" * 1000000\nx = sep.join([\"\"] * 1000000)"
+        )),
+        limit
+    );
+    assert_eq!(
+        memory(&body("s = \"x\" * 1000000\nx = s.replace(\"\", s)")),
+        limit
+    );
+    assert_eq!(memory(&body(&format!("{shared}x = str(b)"))), limit);
+    assert_eq!(memory(&body(&format!("{shared}x = repr(b)"))), limit);
+    assert_eq!(
+        memory(&body(&format!("{shared}x = \"{{}}\".format(b)"))),
+        limit
+    );
+    assert_eq!(memory(&body(&format!("{shared}x = \"%s\" % (b,)"))), limit);
+    assert_eq!(
+        memory(&body(&format!("{shared}x = \",\".join([str(b)])"))),
+        limit
+    );
+    let failed = memory(&body(&format!("{shared}fail(\"big:\", b)")));
+    let ScriptletError::Fail { message, .. } = &failed else {
+        panic!("{failed:?}")
+    };
+    assert!(message.len() < 1000, "{}", message.len());
+    assert!(
+        message.contains("big: <list longer than 65536 bytes as text>"),
+        "{message}"
+    );
+    let logged = run_with(&body(&format!("{shared}log_info(b)")), &generous).unwrap();
+    assert!(
+        logged.log[0].text.contains("longer than"),
+        "{:?}",
+        logged.log
+    );
+
+    assert!(matches!(
+        Scriptlet::compile(&body("j = \",\".join\nj([])")),
+        Err(ScriptletError::Unsupported { line: 2, .. })
+    ));
+    let ordinary = body(
+        "ok = \",\".join([\"a\", \"b\"]) == \"a,b\" and \"aXbX\".replace(\"X\", \"-\") == \"a-b-\"\n\
+         ok = ok and \"aaa\".replace(\"a\", \"b\", 2) == \"bba\" and \"{} {x}\".format(1, x=2) == \"1 2\"\n\
+         ok = ok and \"%d-%s\" % (1, \"a\") == \"1-a\" and 10 % 3 == 1 and str(1) == \"1\"\n\
+         ok = ok and repr(\"a\") == '\"a\"' and str(\"a\") == \"a\" and str([1, \"a\"]) == '[1, \"a\"]'\n\
+         if ok:\n    set_target(\"m2\")",
+    );
+    assert_eq!(target(&ordinary).as_deref(), Some("m2"));
+    let error = run(&body(
+        "x = \",\".join(\n  [\"a\",\n   \"b\"])\ny = 1 + \"a\"",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(error, ScriptletError::Runtime { line: Some(5), .. }),
+        "{error:?}"
+    );
+}

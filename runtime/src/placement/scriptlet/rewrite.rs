@@ -1,0 +1,313 @@
+//! The compile-time rewriting that puts a size check in front of every call that can build
+//! far more than it is given in one step (see the `bounds` module):
+//! - the methods `X.join(...)`, `X.replace(...)` and `X.format(...)` become
+//!   `_starling_join(X, ...)` and so on, which check the result's size when `X` is a string
+//!   and otherwise call the method as it was;
+//! - calls of `str(...)`, `repr(...)` and `fail(...)` become `_starling_str(...)` and so on,
+//!   which measure the value's text first (a list that holds one big list many times is small
+//!   on the heap and huge as text);
+//! - `%` is replaced like `*` (`replace_binary_operators`).
+//!
+//! Such a method taken without calling it (`f = s.join`) is refused at compile time: it could
+//! not be checked. The rewriting is textual, on the spans of the parsed source, and keeps every
+//! newline, so errors keep the lines of the source as written.
+
+use starlark::syntax::ast::{AstExpr, ExprP};
+use starlark::syntax::AstModule;
+
+use super::ScriptletError;
+
+/// The methods checked, and the built-in each call is rewritten to.
+pub(crate) const METHODS: [(&str, &str); 3] = [
+    ("join", "_starling_join"),
+    ("replace", "_starling_replace"),
+    ("format", "_starling_format"),
+];
+
+/// The global functions checked, and the built-in each call is rewritten to.
+pub(crate) const FUNCTIONS: [(&str, &str); 3] = [
+    ("str", "_starling_str"),
+    ("repr", "_starling_repr"),
+    ("fail", "_starling_fail"),
+];
+
+/// One rewrite, as byte offsets in the source.
+#[derive(Debug)]
+enum Edit {
+    /// `OBJ.name(ARGS)` → `wrapper(OBJ, ARGS)`: the call spans `begin..end`, `OBJ` spans
+    /// `begin..object_end`, the arguments `open + 1..end - 1`.
+    Method {
+        begin: usize,
+        object_end: usize,
+        open: usize,
+        end: usize,
+        wrapper: &'static str,
+    },
+    /// `name` at `begin..end` → `wrapper`.
+    Rename {
+        begin: usize,
+        end: usize,
+        wrapper: &'static str,
+    },
+}
+
+impl Edit {
+    fn begin(&self) -> usize {
+        match self {
+            Edit::Method { begin, .. } | Edit::Rename { begin, .. } => *begin,
+        }
+    }
+
+    fn end(&self) -> usize {
+        match self {
+            Edit::Method { end, .. } | Edit::Rename { end, .. } => *end,
+        }
+    }
+}
+
+/// The source with the checked calls rewritten; the source itself when there are none.
+pub(crate) fn guard_source(ast: &AstModule, source: &str) -> Result<String, ScriptletError> {
+    let mut edits = Vec::new();
+    let mut problem = None;
+    ast.statement().visit_expr(|expr| {
+        collect(ast, source, expr, false, &mut edits, &mut problem);
+    });
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    if edits.is_empty() {
+        return Ok(source.to_string());
+    }
+    // Outer edits before the edits nested in them.
+    edits.sort_by_key(|edit| (edit.begin(), std::cmp::Reverse(edit.end())));
+    let mut out = String::with_capacity(source.len() + 32 * edits.len());
+    let mut next = 0;
+    emit(source, 0, source.len(), &edits, &mut next, &mut out);
+    Ok(out)
+}
+
+fn collect(
+    ast: &AstModule,
+    source: &str,
+    expr: &AstExpr,
+    callee: bool,
+    edits: &mut Vec<Edit>,
+    problem: &mut Option<ScriptletError>,
+) {
+    match &expr.node {
+        ExprP::Call(function, arguments) => {
+            match &function.node {
+                ExprP::Dot(object, name) => {
+                    if let Some((_, wrapper)) =
+                        METHODS.iter().find(|(method, _)| *method == name.node)
+                    {
+                        let end = expr.span.end().get() as usize;
+                        let name_end = name.span.end().get() as usize;
+                        let object_end = object_text_end(
+                            source,
+                            object.span.end().get() as usize,
+                            name.span.begin().get() as usize,
+                        );
+                        let begin = object_text_begin(
+                            source,
+                            expr.span.begin().get() as usize,
+                            object.span.end().get() as usize,
+                            object_end,
+                        );
+                        match (begin, open_paren(source, name_end, end)) {
+                            (Some(begin), Some(open)) => edits.push(Edit::Method {
+                                begin,
+                                object_end,
+                                open,
+                                end,
+                                wrapper,
+                            }),
+                            _ => note(ast, expr, problem, "this call cannot be checked"),
+                        }
+                    }
+                    collect(ast, source, object, false, edits, problem);
+                }
+                _ => collect(ast, source, function, true, edits, problem),
+            }
+            for argument in &arguments.args {
+                collect(ast, source, argument.expr(), false, edits, problem);
+            }
+        }
+        ExprP::Dot(object, name) => {
+            if !callee && METHODS.iter().any(|(method, _)| *method == name.node) {
+                note(
+                    ast,
+                    expr,
+                    problem,
+                    &format!(
+                        "`.{}` must be called where it is named in scriptlets (write `x.{}(...)`)",
+                        name.node, name.node
+                    ),
+                );
+            }
+            collect(ast, source, object, false, edits, problem);
+        }
+        ExprP::Identifier(identifier) if callee => {
+            if let Some((_, wrapper)) = FUNCTIONS
+                .iter()
+                .find(|(function, _)| *function == identifier.node.ident)
+            {
+                edits.push(Edit::Rename {
+                    begin: expr.span.begin().get() as usize,
+                    end: expr.span.end().get() as usize,
+                    wrapper,
+                });
+            }
+        }
+        node => node.visit_expr(|child| collect(ast, source, child, false, edits, problem)),
+    }
+}
+
+fn note(ast: &AstModule, expr: &AstExpr, problem: &mut Option<ScriptletError>, message: &str) {
+    if problem.is_none() {
+        *problem = Some(ScriptletError::Unsupported {
+            line: ast.file_span(expr.span).resolve_span().begin.line + 1,
+            message: message.to_string(),
+        });
+    }
+}
+
+/// Where the object's text ends: at the `.` before the method's name (the brackets closing
+/// a parenthesized object and spaces before the dot stay with the object).
+fn object_text_end(source: &str, object_end: usize, name_begin: usize) -> usize {
+    source
+        .get(object_end..name_begin)
+        .and_then(|text| text.rfind('.'))
+        .map_or(object_end, |dot| object_end + dot)
+}
+
+/// Where the object's text begins: the call's span starts inside the brackets around a
+/// parenthesized object (`(a + b).join(x)`), so take in one `(` for each `)` between the
+/// object and the dot. `None` when they are not found (a comment in between).
+fn object_text_begin(
+    source: &str,
+    begin: usize,
+    object_end: usize,
+    object_text_end: usize,
+) -> Option<usize> {
+    let closing = source
+        .get(object_end..object_text_end)?
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").matches(')').count())
+        .sum::<usize>();
+    let mut position = begin;
+    for _ in 0..closing {
+        let before = source.get(..position)?.trim_end();
+        if !before.ends_with('(') {
+            return None;
+        }
+        position = before.len() - 1;
+    }
+    Some(position)
+}
+
+/// The `(` that opens the arguments: the first character after the name that is not a space,
+/// a line break or a comment.
+fn open_paren(source: &str, from: usize, end: usize) -> Option<usize> {
+    let text = source.get(from..end)?;
+    let mut in_comment = false;
+    for (offset, character) in text.char_indices() {
+        match character {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '#' => in_comment = true,
+            '(' => return Some(from + offset),
+            character if character.is_whitespace() || character == '\\' => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Copies `source[from..to]` to `out`, rewriting the edits that start in it (`edits[*next..]`,
+/// sorted), nested ones included.
+fn emit(source: &str, from: usize, to: usize, edits: &[Edit], next: &mut usize, out: &mut String) {
+    let mut position = from;
+    while let Some(edit) = edits.get(*next) {
+        if edit.begin() >= to {
+            break;
+        }
+        *next += 1;
+        out.push_str(&source[position..edit.begin()]);
+        match *edit {
+            Edit::Rename { end, wrapper, .. } => {
+                out.push_str(wrapper);
+                position = end;
+            }
+            Edit::Method {
+                begin,
+                object_end,
+                open,
+                end,
+                wrapper,
+            } => {
+                out.push_str(wrapper);
+                out.push('(');
+                emit(source, begin, object_end, edits, next, out);
+                // `.name (` goes; its line breaks stay (inside the call's brackets).
+                out.extend(source[object_end..open].chars().filter(|c| *c == '\n'));
+                let arguments = &source[open + 1..end - 1];
+                if !arguments.trim().is_empty() {
+                    out.push_str(", ");
+                }
+                emit(source, open + 1, end - 1, edits, next, out);
+                out.push(')');
+                position = end;
+            }
+        }
+    }
+    out.push_str(&source[position..to]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starlark::syntax::Dialect;
+
+    fn rewrite(source: &str) -> Result<String, ScriptletError> {
+        let ast = AstModule::parse("t.star", source.to_string(), &Dialect::Standard).unwrap();
+        guard_source(&ast, source)
+    }
+
+    /// Goal: each checked call is rewritten, nested ones too, and every line break is kept.
+    #[test]
+    fn calls_are_rewritten_and_lines_kept() {
+        assert_eq!(
+            rewrite("x = ','.join([str(a) for a in l])\n").unwrap(),
+            "x = _starling_join(',', [_starling_str(a) for a in l])\n"
+        );
+        assert_eq!(
+            rewrite("y = (a + b).replace('x', s.join(t))\n").unwrap(),
+            "y = _starling_replace((a + b), 'x', _starling_join(s, t))\n"
+        );
+        assert_eq!(
+            rewrite("z = f(\n  s\n  .format(\n    1,\n  ),\n)\nfail(repr(z))\n").unwrap(),
+            "z = f(\n  _starling_format(s\n  , \n    1,\n  ),\n)\n_starling_fail(_starling_repr(z))\n"
+        );
+        assert_eq!(
+            rewrite("w = ''.join()\n").unwrap(),
+            "w = _starling_join('')\n"
+        );
+        assert_eq!(
+            rewrite("v = ( ( a ) ).join(b)\n").unwrap(),
+            "v = _starling_join(( ( a ) ), b)\n"
+        );
+        let untouched = "def f(x):\n    return x.upper() + str\n";
+        assert_eq!(rewrite(untouched).unwrap(), untouched);
+    }
+
+    /// Goal: a checked method taken without being called is refused with its line.
+    #[test]
+    fn a_method_not_called_is_refused() {
+        let error = rewrite("a = 1\nj = ','.join\n").unwrap_err();
+        assert!(
+            matches!(error, ScriptletError::Unsupported { line: 2, .. }),
+            "{error:?}"
+        );
+    }
+}
