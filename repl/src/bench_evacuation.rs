@@ -34,7 +34,7 @@ const QUICK_INIT: &[u8] =
     b"#!/bin/sh\ntrap 'exit 0' PWR TERM\nwhile :; do sleep 3600 & wait $!; done\n";
 
 /// A busybox image: `/sbin/quick-init` (above) and busybox's own init (`/sbin/init`).
-fn write_image(path: &Path) -> Result<()> {
+pub(crate) fn write_image(path: &Path) -> Result<()> {
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
     let file = std::fs::File::create(path)?;
     let mut builder = tar::Builder::new(std::io::BufWriter::new(file));

@@ -12,10 +12,12 @@
 //! - `demo.rs`: the first-time local cluster.
 //! - `bench.rs`: the write/read benchmark.
 //! - `failover.rs`: the failover benchmark.
+//! - `bench_instances.rs`: launch and exec latency with real containers.
 
 mod bench;
 mod bench_evacuation;
 mod bench_images;
+mod bench_instances;
 mod bench_placement;
 mod console;
 mod demo;
@@ -138,6 +140,9 @@ enum Command {
     /// Measures moves, evacuations and restores of real containers (needs root), beside
     /// stopping and starting the same instances in place.
     BenchEvacuation(bench_evacuation::EvacuationBenchArgs),
+    /// Measures `launch` to Running and `exec NAME -- true` with real containers (needs root),
+    /// beside the same command line running Lua and `true` on the host.
+    BenchInstances(bench_instances::InstanceBenchArgs),
     /// Internal: the container driver's shim (a container's monitor, and `exec` into it), run
     /// by the daemon re-executing this binary. Not for people.
     #[command(name = "__shim", hide = true, subcommand)]
@@ -559,6 +564,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::BenchFailover(args) => failover::run(args).await,
         Command::BenchImages(args) => bench_images::run(args).await,
         Command::BenchEvacuation(args) => bench_evacuation::run(args).await,
+        Command::BenchInstances(args) => bench_instances::run(args).await,
         Command::BenchPlacement(args) => bench_placement::run(args),
         Command::Remote(RemoteCommand::Add { address, token }) => {
             Client::add_remote(&config_dir(&cli), address, token).await?;

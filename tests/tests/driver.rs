@@ -370,28 +370,33 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
         stderr.contains("fork"),
         "the shell saw no failed fork: {stderr}"
     );
-    let State::Running { processes, pid, .. } = fixture.driver.state(&key)? else {
+    let State::Running { processes, .. } = fixture.driver.state(&key)? else {
         bail!("stopped")
     };
     assert!(processes <= 12, "{processes} processes");
-    // The sleeps hold every process slot: end them from the host, leaving init.
-    for sleeper in cgroup.pids().into_iter().filter(|other| *other != pid) {
+    // The sleeps hold every process slot: end them from the host (init and what its inittab
+    // respawns stay).
+    let is_sleep = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| line == b"sleep\x0030\x00")
+    };
+    for sleeper in cgroup.pids().into_iter().filter(is_sleep) {
         // SAFETY: kill(2) with a pid and a signal number.
         unsafe { libc::kill(sleeper as libc::pid_t, libc::SIGKILL) };
     }
-    // A killed process holds its slot until init reaps it: wait for the count, not the list.
+    // A killed process holds its slot until init reaps it: wait until the count matches the
+    // processes listed, with no sleep among them.
     let pids_current = cgroup.dirs[&Controller::Pids].join("pids.current");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let current = std::fs::read_to_string(&pids_current)?;
-        if current.trim() == "1" {
+        let listed = cgroup.pids();
+        if current.trim() == listed.len().to_string() && !listed.iter().any(is_sleep) {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "the sleeps did not end: pids.current {}, {:?}",
+            "the sleeps did not end: pids.current {}, {listed:?}",
             current.trim(),
-            cgroup.pids()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
