@@ -154,6 +154,10 @@ fn time(decisions: usize, mut decide: impl FnMut() -> Result<String>) -> Result<
 /// Runs the benchmark and prints its figures.
 pub fn run(args: &PlacementBenchArgs) -> Result<()> {
     let scriptlet = Scriptlet::compile(SCRIPTLET).map_err(|error| anyhow!("{error}"))?;
+    // The floor of any scriptlet: a call with the request and the candidates, doing nothing.
+    let empty =
+        Scriptlet::compile("def instance_placement(request, candidate_members):\n    pass\n")
+            .map_err(|error| anyhow!("{error}"))?;
     let limits = Limits::default();
     let request = request();
     let decisions = args.decisions.max(10);
@@ -173,6 +177,27 @@ pub fn run(args: &PlacementBenchArgs) -> Result<()> {
         println!(
             "{:<40} {p50:>10.1} {p99:>10.1}",
             format!("built-in rule, {count} members")
+        );
+        let (p50, p99) = time(decisions, || {
+            let run = ScriptletRun {
+                scriptlet: &empty,
+                host: &NoCluster,
+                limits: &limits,
+            };
+            place(
+                &views,
+                &request,
+                &Target::None,
+                None,
+                Some(run),
+                &mut random,
+            )
+            .map(|placement| placement.member)
+            .map_err(|error| anyhow!("{error}"))
+        })?;
+        println!(
+            "{:<40} {p50:>10.1} {p99:>10.1}",
+            format!("empty scriptlet, {count} members")
         );
         let (p50, p99) = time(decisions, || {
             let run = ScriptletRun {

@@ -262,6 +262,8 @@ pub struct Scriptlet {
     function: OwnedFrozenValue,
     /// Names of its `def`s, for the recursion check.
     functions: Arc<BTreeSet<String>>,
+    /// The candidates' values, kept between calls.
+    members: values::FrozenMembers,
 }
 
 /// Checks a scriptlet as `config set instances.placement.scriptlet` does: compiles it (with
@@ -338,6 +340,7 @@ impl Scriptlet {
         Ok(Scriptlet {
             function,
             functions,
+            members: values::FrozenMembers::default(),
         })
     }
 
@@ -380,7 +383,7 @@ impl Scriptlet {
             let function = heap.access_owned_frozen_value(&self.function);
             let arguments = [
                 (PARAMETERS[0], values::request_value(heap, request)),
-                (PARAMETERS[1], values::members_value(heap, candidates)),
+                (PARAMETERS[1], self.members.list(heap, candidates)),
             ];
             eval.eval_function(function, &[], &arguments)
                 .map(|value| (!value.is_none()).then(|| value.to_repr()))

@@ -72,6 +72,8 @@ pub(crate) struct Guard {
     /// Names of the scriptlet's `def`s: one of them twice on the call stack is recursion.
     functions: Arc<BTreeSet<String>>,
     exceeded: RefCell<Option<Exceeded>>,
+    /// Whether `exceeded` is set (read before every statement without borrowing it).
+    tripped: Cell<bool>,
     depth: Cell<usize>,
 }
 
@@ -87,6 +89,7 @@ impl Guard {
             memory_bytes,
             functions,
             exceeded: RefCell::new(None),
+            tripped: Cell::new(false),
             depth: Cell::new(0),
         }
     }
@@ -102,6 +105,7 @@ impl Guard {
         let mut slot = self.exceeded.borrow_mut();
         if slot.is_none() {
             *slot = Some(exceeded.clone());
+            self.tripped.set(true);
         }
         starlark::Error::new_other(exceeded.into_error())
     }
@@ -114,8 +118,10 @@ impl Guard {
 
     /// The range steps and the heap (cheap: before every statement).
     fn check_heap(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
-        if let Some(exceeded) = self.exceeded() {
-            return Err(starlark::Error::new_other(exceeded.into_error()));
+        if self.tripped.get() {
+            if let Some(exceeded) = self.exceeded() {
+                return Err(starlark::Error::new_other(exceeded.into_error()));
+            }
         }
         if range_steps_reset() {
             return Err(self.trip(Exceeded::Range));

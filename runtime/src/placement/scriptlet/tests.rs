@@ -589,3 +589,44 @@ fn amplifying_calls_are_bounded_before_they_build() {
         "{error:?}"
     );
 }
+
+/// Goal: the candidates' values kept between calls follow the members: a changed field, a
+/// member gone and a member added show in the next call; the list and its members cannot be
+/// changed by the scriptlet (a clear error, not a changed cache).
+#[test]
+fn kept_candidates_follow_the_members() {
+    let source = body(
+        "for m in candidate_members:\n    if m.config.get(\"user.tier\", \"\") == \"fast\":\n        set_target(m.server_name)",
+    );
+    let scriptlet = Scriptlet::compile(&source).unwrap();
+    let mut members = vec![member("m1"), member("m2"), member("m3")];
+    members[0].config.insert("user.tier".into(), "fast".into());
+    let run = |members: &[MemberView]| {
+        let host = TestHost::new(members);
+        scriptlet
+            .run(&request("c1"), members, &host, &Limits::default())
+            .unwrap()
+            .target
+    };
+    assert_eq!(run(&members).as_deref(), Some("m1"));
+    assert_eq!(run(&members).as_deref(), Some("m1"));
+    members[0].config.insert("user.tier".into(), "slow".into());
+    members[2].config.insert("user.tier".into(), "fast".into());
+    assert_eq!(run(&members).as_deref(), Some("m3"));
+    members.remove(2);
+    assert_eq!(run(&members).as_deref(), None);
+    let mut added = member("m4");
+    added.config.insert("user.tier".into(), "fast".into());
+    members.push(added);
+    assert_eq!(run(&members).as_deref(), Some("m4"));
+
+    let changing = Scriptlet::compile(&body("candidate_members[0].groups.append(\"x\")")).unwrap();
+    let host = TestHost::new(&members);
+    for _ in 0..2 {
+        let error = changing
+            .run(&request("c1"), &members, &host, &Limits::default())
+            .unwrap_err();
+        assert!(error.to_string().contains("mmutable"), "{error}");
+    }
+    assert_eq!(run(&members).as_deref(), Some("m4"));
+}

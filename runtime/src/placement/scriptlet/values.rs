@@ -14,7 +14,8 @@ use starlark::values::none::NoneType;
 use starlark::values::starlark_value;
 use starlark::values::structs::AllocStruct;
 use starlark::values::{
-    Heap, NoSerialize, ProvidesStaticType, StarlarkPagablePanic, StarlarkValue, Value, ValueLike,
+    Heap, NoSerialize, OwnedFrozenValue, ProvidesStaticType, StarlarkPagablePanic, StarlarkValue,
+    Value, ValueLike,
 };
 
 use super::super::{MemberView, PlacementRequest};
@@ -43,6 +44,13 @@ pub(crate) fn json_value<'v>(heap: Heap<'v>, json: &serde_json::Value) -> Value<
     }
 }
 
+/// A struct field's name: a string made once, not allocated on each call's heap.
+macro_rules! field {
+    ($name:literal) => {
+        starlark::const_frozen_string!($name)
+    };
+}
+
 fn text<'v>(heap: Heap<'v>, value: &str) -> Value<'v> {
     heap.alloc(value)
 }
@@ -62,17 +70,17 @@ fn text_map<'v>(heap: Heap<'v>, map: &std::collections::BTreeMap<String, String>
 /// `architecture`, `roles`, `failure_domain`, `description`, `config`, `groups`.
 pub(crate) fn member_value<'v>(heap: Heap<'v>, member: &MemberView) -> Value<'v> {
     heap.alloc(AllocStruct([
-        ("server_name", text(heap, &member.name)),
-        ("url", text(heap, &member.url)),
-        ("database", Value::new_bool(member.database)),
-        ("status", text(heap, &member.status)),
-        ("message", text(heap, &member.message)),
-        ("architecture", text(heap, &member.architecture)),
-        ("roles", texts(heap, &member.roles)),
-        ("failure_domain", text(heap, &member.failure_domain)),
-        ("description", text(heap, &member.description)),
-        ("config", text_map(heap, &member.config)),
-        ("groups", texts(heap, &member.groups)),
+        (field!("server_name"), text(heap, &member.name)),
+        (field!("url"), text(heap, &member.url)),
+        (field!("database"), Value::new_bool(member.database)),
+        (field!("status"), text(heap, &member.status)),
+        (field!("message"), text(heap, &member.message)),
+        (field!("architecture"), text(heap, &member.architecture)),
+        (field!("roles"), texts(heap, &member.roles)),
+        (field!("failure_domain"), text(heap, &member.failure_domain)),
+        (field!("description"), text(heap, &member.description)),
+        (field!("config"), text_map(heap, &member.config)),
+        (field!("groups"), texts(heap, &member.groups)),
     ]))
 }
 
@@ -81,6 +89,88 @@ pub(crate) fn members_value<'v>(heap: Heap<'v>, members: &[&MemberView]) -> Valu
     heap.alloc(AllocList(
         members.iter().map(|member| member_value(heap, member)),
     ))
+}
+
+/// Candidate lists kept (a move leaves out the instance's own member, so the lists differ by
+/// source member).
+const FROZEN_LISTS_MAX: usize = 8;
+
+/// The candidates' list, frozen once and kept between calls while it holds the same members
+/// showing the same fields (their instance counts are not shown): a call then allocates
+/// nothing for it, instead of a struct, its field names, strings, lists and a dict per member.
+/// Frozen, it cannot be changed by the scriptlet (`candidate_members.append(x)` and
+/// `member.groups.append(x)` fail), which LXD's scriptlets have no reason to do.
+#[derive(Default)]
+pub(crate) struct FrozenMembers {
+    lists: std::sync::Mutex<Vec<(Vec<MemberView>, OwnedFrozenValue)>>,
+}
+
+impl Clone for FrozenMembers {
+    /// A copy starts with an empty cache.
+    fn clone(&self) -> Self {
+        FrozenMembers::default()
+    }
+}
+
+impl fmt::Debug for FrozenMembers {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("FrozenMembers")
+    }
+}
+
+impl FrozenMembers {
+    /// A list of `members`, as [`members_value`] makes it.
+    pub(crate) fn list<'v>(&self, heap: Heap<'v>, members: &[&MemberView]) -> Value<'v> {
+        let mut lists = self
+            .lists
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let same = |(seen, _): &&(Vec<MemberView>, OwnedFrozenValue)| {
+            seen.len() == members.len()
+                && seen
+                    .iter()
+                    .zip(members)
+                    .all(|(seen, member)| shows_the_same(seen, member))
+        };
+        if let Some((_, frozen)) = lists.iter().find(same) {
+            return heap.access_owned_frozen_value(frozen);
+        }
+        let Some(frozen) = freeze_members(members) else {
+            return members_value(heap, members);
+        };
+        if lists.len() >= FROZEN_LISTS_MAX {
+            lists.remove(0);
+        }
+        let kept = members.iter().map(|member| (*member).clone()).collect();
+        lists.push((kept, frozen.clone()));
+        heap.access_owned_frozen_value(&frozen)
+    }
+}
+
+/// Whether `member_value` of the two is the same.
+fn shows_the_same(a: &MemberView, b: &MemberView) -> bool {
+    a.name == b.name
+        && a.url == b.url
+        && a.database == b.database
+        && a.status == b.status
+        && a.message == b.message
+        && a.architecture == b.architecture
+        && a.roles == b.roles
+        && a.failure_domain == b.failure_domain
+        && a.description == b.description
+        && a.config == b.config
+        && a.groups == b.groups
+}
+
+/// `members_value` on a heap of its own, frozen.
+fn freeze_members(members: &[&MemberView]) -> Option<OwnedFrozenValue> {
+    starlark::environment::Module::with_temp_heap(|module| {
+        module.set("members", members_value(module.heap(), members));
+        module.freeze()
+    })
+    .ok()?
+    .get("members")
+    .ok()
 }
 
 /// The request, flattened as LXD passes it: `name`, `project`, `type`, `architecture`,
@@ -93,26 +183,29 @@ pub(crate) fn request_value<'v>(heap: Heap<'v>, request: &PlacementRequest) -> V
             .map(|(name, keys)| (name.as_str(), text_map(heap, keys))),
     ));
     heap.alloc(AllocStruct([
-        ("name", text(heap, &request.name)),
-        ("project", text(heap, &request.project)),
-        ("type", text(heap, &request.kind)),
-        ("architecture", text(heap, &request.architecture)),
-        ("source", text(heap, &request.source)),
-        ("config", text_map(heap, &request.config)),
-        ("devices", devices),
-        ("profiles", texts(heap, &request.profiles)),
-        ("ephemeral", Value::new_bool(request.ephemeral)),
-        ("description", text(heap, &request.description)),
-        ("reason", heap.alloc(request.reason.to_string())),
+        (field!("name"), text(heap, &request.name)),
+        (field!("project"), text(heap, &request.project)),
+        (field!("type"), text(heap, &request.kind)),
+        (field!("architecture"), text(heap, &request.architecture)),
+        (field!("source"), text(heap, &request.source)),
+        (field!("config"), text_map(heap, &request.config)),
+        (field!("devices"), devices),
+        (field!("profiles"), texts(heap, &request.profiles)),
+        (field!("ephemeral"), Value::new_bool(request.ephemeral)),
+        (field!("description"), text(heap, &request.description)),
+        (field!("reason"), heap.alloc(request.reason.to_string())),
     ]))
 }
 
 /// `get_instance_resources()`: `cpu_cores`, `memory_size`, `root_disk_size`.
 pub(crate) fn resources_value<'v>(heap: Heap<'v>, resources: &InstanceResources) -> Value<'v> {
     heap.alloc(AllocStruct([
-        ("cpu_cores", heap.alloc(resources.cpu_cores)),
-        ("memory_size", heap.alloc(resources.memory_size)),
-        ("root_disk_size", heap.alloc(resources.root_disk_size)),
+        (field!("cpu_cores"), heap.alloc(resources.cpu_cores)),
+        (field!("memory_size"), heap.alloc(resources.memory_size)),
+        (
+            field!("root_disk_size"),
+            heap.alloc(resources.root_disk_size),
+        ),
     ]))
 }
 
