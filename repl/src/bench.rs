@@ -51,6 +51,21 @@ pub(crate) struct Processes {
     pub(crate) keep: bool,
 }
 
+impl Processes {
+    /// None yet, under a new empty directory `starling-<name>-<pid>` in the temporary
+    /// directory (kept on drop with `keep`).
+    pub(crate) fn in_temp_dir(name: &str, keep: bool) -> Result<Processes> {
+        let dir = std::env::temp_dir().join(format!("starling-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Processes {
+            children: Vec::new(),
+            dir,
+            keep,
+        })
+    }
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -168,7 +183,7 @@ fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
     })
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut sorted: Vec<f64> = values.collect();
     sorted.sort_by(|a, b| a.total_cmp(b));
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
@@ -176,14 +191,8 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// Starts a cluster of `exe` processes, measures it and prints the figures.
 async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
-    let dir = std::env::temp_dir().join(format!("starling-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut processes = Processes {
-        children: Vec::new(),
-        dir: dir.clone(),
-        keep: args.keep,
-    };
+    let mut processes = Processes::in_temp_dir("bench", args.keep)?;
+    let dir = processes.dir.clone();
     let joins = start_cluster(&mut processes, &dir, args.members, exe).await?;
     let leader = leader_dir(&dir, args.members).await?;
     let joins: Vec<String> = joins

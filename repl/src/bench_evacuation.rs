@@ -34,7 +34,7 @@ const QUICK_INIT: &[u8] =
     b"#!/bin/sh\ntrap 'exit 0' PWR TERM\nwhile :; do sleep 3600 & wait $!; done\n";
 
 /// A busybox image: `/sbin/quick-init` (above) and busybox's own init (`/sbin/init`).
-pub(crate) fn write_image(path: &Path) -> Result<()> {
+fn write_image(path: &Path) -> Result<()> {
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (install busybox-static)")?;
     let file = std::fs::File::create(path)?;
     let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
@@ -204,21 +204,15 @@ async fn delete_all(client: &Client, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and prints its figures.
-pub async fn run(args: &EvacuationBenchArgs) -> Result<()> {
+/// A benchmark's cluster of real containers: 3 member processes (needs root), a client of m1,
+/// and the busybox image above imported as `bench` on every member; answers its size too.
+pub(crate) async fn container_cluster(bench: &str, keep: bool) -> Result<(Processes, Client, u64)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("bench-evacuation runs real containers: it needs root");
+        bail!("{bench} runs real containers: it needs root");
     }
-    let dir =
-        std::env::temp_dir().join(format!("starling-bench-evacuation-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut processes = Processes {
-        children: Vec::new(),
-        dir: dir.clone(),
-        keep: args.keep,
-    };
+    let mut processes = Processes::in_temp_dir(bench, keep)?;
+    let dir = processes.dir.clone();
     let exe = std::env::current_exe()?;
     start_cluster(&mut processes, &dir, 3, &exe).await?;
     let client = Client::local(&dir.join("m1")).await?;
@@ -234,6 +228,12 @@ pub async fn run(args: &EvacuationBenchArgs) -> Result<()> {
         .upload_image(&image, &["bench".to_string()], false, |_, _| {})
         .await?;
     let size = answer["size"].as_u64().unwrap_or(0);
+    Ok((processes, client, size))
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: &EvacuationBenchArgs) -> Result<()> {
+    let (_processes, client, size) = container_cluster("bench-evacuation", args.keep).await?;
     println!("Starling evacuation: 3 member processes on loopback, a {size}-byte busybox image");
     let mut rows: Vec<(String, f64, String)> = Vec::new();
 

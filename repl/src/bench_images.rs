@@ -187,14 +187,8 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     if args.members < 3 {
         bail!("--members must be at least 3");
     }
-    let dir = std::env::temp_dir().join(format!("starling-bench-images-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut processes = Processes {
-        children: Vec::new(),
-        dir: dir.clone(),
-        keep: args.keep,
-    };
+    let mut processes = Processes::in_temp_dir("bench-images", args.keep)?;
+    let dir = processes.dir.clone();
     let exe = std::env::current_exe()?;
     start_cluster(&mut processes, &dir, args.members, &exe).await?;
     let pids: Vec<u32> = processes.children.iter().map(|child| child.id()).collect();

@@ -14,7 +14,7 @@ use starling_runtime::instances::ops::{CreateRequest, InstanceOperation};
 use starling_runtime::instances::stream::ExecCall;
 use starling_runtime::{Client, Operation};
 
-use crate::bench::{start_cluster, Processes};
+use crate::bench::median;
 
 /// Arguments of `starling bench-instances`.
 #[derive(clap::Args)]
@@ -25,11 +25,6 @@ pub struct InstanceBenchArgs {
     /// Keep the data directories and member logs.
     #[arg(long)]
     keep: bool,
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs the `starling` binary `exe` with `args` against the member at `dir`; the seconds it
@@ -69,33 +64,11 @@ fn launch_request(name: &str) -> CreateRequest {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: &InstanceBenchArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("bench-instances runs real containers: it needs root");
-    }
     let rounds = args.rounds.max(1);
-    let dir = std::env::temp_dir().join(format!("starling-bench-instances-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut processes = Processes {
-        children: Vec::new(),
-        dir: dir.clone(),
-        keep: args.keep,
-    };
+    let (processes, client, _) =
+        crate::bench_evacuation::container_cluster("bench-instances", args.keep).await?;
+    let dir = processes.dir.clone();
     let exe = std::env::current_exe()?;
-    start_cluster(&mut processes, &dir, 3, &exe).await?;
-    let client = Client::local(&dir.join("m1")).await?;
-    client
-        .operation(Operation::ConfigSet {
-            key: "cluster.images_minimal_replica".into(),
-            value: "-1".into(),
-        })
-        .await?;
-    let image = dir.join("bench.tar");
-    crate::bench_evacuation::write_image(&image)?;
-    client
-        .upload_image(&image, &["bench".to_string()], false, |_, _| {})
-        .await?;
     println!(
         "Starling instances: 3 member processes on loopback, instances on m2, median of {rounds}"
     );
@@ -122,7 +95,7 @@ pub async fn run(args: &InstanceBenchArgs) -> Result<()> {
     }
     rows.push((
         "launch a small local image to Running (client connected)".into(),
-        median(launches),
+        median(launches.into_iter()),
         "LXD here: init 0.36-0.48 s + start 0.42 s; target 0.1 s".into(),
     ));
 
@@ -175,7 +148,11 @@ pub async fn run(args: &InstanceBenchArgs) -> Result<()> {
         } else {
             ""
         };
-        rows.push((what.to_string(), median(samples), reference.into()));
+        rows.push((
+            what.to_string(),
+            median(samples.into_iter()),
+            reference.into(),
+        ));
     }
 
     println!("{:<62} {:>9}  reference", "operation", "ms");

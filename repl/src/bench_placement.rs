@@ -178,48 +178,29 @@ pub fn run(args: &PlacementBenchArgs) -> Result<()> {
             "{:<40} {p50:>10.1} {p99:>10.1}",
             format!("built-in rule, {count} members")
         );
-        let (p50, p99) = time(decisions, || {
-            let run = ScriptletRun {
-                scriptlet: &empty,
-                host: &NoCluster,
-                limits: &limits,
-            };
-            place(
-                &views,
-                &request,
-                &Target::None,
-                None,
-                Some(run),
-                &mut random,
-            )
-            .map(|placement| placement.member)
-            .map_err(|error| anyhow!("{error}"))
-        })?;
-        println!(
-            "{:<40} {p50:>10.1} {p99:>10.1}",
-            format!("empty scriptlet, {count} members")
-        );
-        let (p50, p99) = time(decisions, || {
-            let run = ScriptletRun {
-                scriptlet: &scriptlet,
-                host: &NoCluster,
-                limits: &limits,
-            };
-            place(
-                &views,
-                &request,
-                &Target::None,
-                None,
-                Some(run),
-                &mut random,
-            )
-            .map(|placement| placement.member)
-            .map_err(|error| anyhow!("{error}"))
-        })?;
-        println!(
-            "{:<40} {p50:>10.1} {p99:>10.1}",
-            format!("scriptlet, {count} members")
-        );
+        for (label, scriptlet) in [("empty scriptlet", &empty), ("scriptlet", &scriptlet)] {
+            let (p50, p99) = time(decisions, || {
+                let run = ScriptletRun {
+                    scriptlet,
+                    host: &NoCluster,
+                    limits: &limits,
+                };
+                place(
+                    &views,
+                    &request,
+                    &Target::None,
+                    None,
+                    Some(run),
+                    &mut random,
+                )
+                .map(|placement| placement.member)
+                .map_err(|error| anyhow!("{error}"))
+            })?;
+            println!(
+                "{:<40} {p50:>10.1} {p99:>10.1}",
+                format!("{label}, {count} members")
+            );
+        }
     }
     println!("targets: scriptlet p50 ≤ 50 µs at 50 members, ≤ 1,000 µs at 1,000");
     Ok(())

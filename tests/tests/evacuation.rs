@@ -39,6 +39,24 @@ async fn cluster_with_image(
     Ok((cluster, leftovers, work))
 }
 
+/// Launches `name` from `bb` on member `target` through member `via` and writes `megabytes`
+/// MB of zeros and a mark (`/root/mark`: `kept`) into it, so that moving it takes a while.
+fn launch_filled(
+    cluster: &ProcessCluster,
+    via: usize,
+    name: &str,
+    target: &str,
+    megabytes: u32,
+) -> Result<()> {
+    cluster.cli_ok(via, &["launch", "bb", name, "--target", target])?;
+    let fill =
+        format!("head -c {megabytes}000000 /dev/zero > /root/fill && echo kept > /root/mark");
+    let (code, _, stderr) =
+        starling_tests::containers::exec(cluster, via, name, &["sh", "-c", &fill])?;
+    anyhow::ensure!(code == 0, "filling {name}: {stderr}");
+    Ok(())
+}
+
 /// Runs Lua through member `via` and reads its JSON answer.
 fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
     let out = cluster.cli_ok(via, &["exec", code])?;
@@ -214,14 +232,7 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
     )?;
     let names: Vec<String> = (1..=6).map(|index| format!("busy{index}")).collect();
     for name in &names {
-        cluster.cli_ok(survivor, &["launch", "bb", name, "--target", &drained_name])?;
-        let (code, _, stderr) = starling_tests::containers::exec(
-            &cluster,
-            survivor,
-            name,
-            &["sh", "-c", "head -c 30000000 /dev/zero > /root/fill"],
-        )?;
-        anyhow::ensure!(code == 0, "{stderr}");
+        launch_filled(&cluster, survivor, name, &drained_name, 30)?;
     }
     let evacuation =
         cluster.spawn_cli(survivor, &["cluster", "evacuate", &drained_name, "--force"])?;
@@ -303,14 +314,7 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
     let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
     let names: Vec<String> = (1..=4).map(|index| format!("r{index}")).collect();
     for name in &names {
-        cluster.cli_ok(0, &["launch", "bb", name, "--target", "m3"])?;
-        let (code, _, stderr) = starling_tests::containers::exec(
-            &cluster,
-            0,
-            name,
-            &["sh", "-c", "head -c 40000000 /dev/zero > /root/fill"],
-        )?;
-        anyhow::ensure!(code == 0, "{stderr}");
+        launch_filled(&cluster, 0, name, "m3", 40)?;
     }
     let evacuation = cluster.spawn_cli(0, &["cluster", "evacuate", "m3", "--force"])?;
     wait_for(
@@ -494,18 +498,7 @@ async fn a_move_whose_destination_dies_is_placed_again() -> Result<()> {
         leader,
         &["cluster", "set", &leader_name, "scheduler.instance=manual"],
     )?;
-    cluster.cli_ok(leader, &["launch", "bb", "far", "--target", &drained_name])?;
-    let (code, _, stderr) = starling_tests::containers::exec(
-        &cluster,
-        leader,
-        "far",
-        &[
-            "sh",
-            "-c",
-            "head -c 30000000 /dev/zero > /root/fill && echo kept > /root/mark",
-        ],
-    )?;
-    anyhow::ensure!(code == 0, "{stderr}");
+    launch_filled(&cluster, leader, "far", &drained_name, 30)?;
     let evacuation =
         cluster.spawn_cli(leader, &["cluster", "evacuate", &drained_name, "--force"])?;
     let doomed_name = wait_for(
