@@ -324,3 +324,36 @@ async fn instances_across_the_cluster() -> Result<()> {
     }
     Ok(())
 }
+
+/// Goal: a command runs in a running instance through the instance's own member without
+/// asking the leader: with the two other members killed (no quorum, no leader), `exec`
+/// through that member still runs it; through a member without it, the leader is asked.
+/// Method: 3 member processes, an instance launched on m3 through m1 (exec through m1 is
+/// relayed); then `kill -9` of m1 and m2 and exec through m3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_through_the_instances_member_needs_no_leader() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let mut cluster = ProcessCluster::start(3).await?;
+    let _leftovers = LeftoverContainers {
+        pools: (0..3)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    cluster.cli_ok(0, &["launch", "bb", "alone", "--target", "m3"])?;
+    let (code, stdout, stderr) = exec(&cluster, 0, "alone", &["hostname"])?;
+    assert_eq!((code, stdout.trim()), (0, "alone"), "{stderr}");
+    cluster.kill(0)?;
+    cluster.kill(1)?;
+    let (code, stdout, stderr) = exec(&cluster, 2, "alone", &["echo", "still here"])?;
+    assert_eq!((code, stdout.trim()), (0, "still here"), "{stderr}");
+    Ok(())
+}

@@ -482,6 +482,14 @@ impl Member {
         .await
     }
 
+    /// Whether container `key` runs on this member (any failure to tell says no).
+    pub(crate) async fn runs_here(&self, key: &InstanceKey) -> bool {
+        let key = key.clone();
+        self.blocking(move |driver| driver.state(&key))
+            .await
+            .is_ok_and(|state| matches!(state, crate::instances::driver::State::Running { .. }))
+    }
+
     async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {
         let child = self.spawn_exec(key, request).await?;
         let name = self.name();

@@ -1,7 +1,9 @@
 //! `starling exec NAME -- CMD...`: a command's output streamed as it comes.
 //!
-//! The client sends `Request::InstanceExec` to any member; that member finds the instance's
-//! location in its replica and relays `Request::InstanceExecLocal` to it (or runs it itself).
+//! The client sends `Request::InstanceExec` to any member. A member running the instance's
+//! container runs the command itself (an instance never runs on two members, so no one needs
+//! to be asked); any other asks the leader where the instance is and relays
+//! `Request::InstanceExecLocal` to that member.
 //! The instance's member answers `ExecOutput` frames while the command runs, then `ExecExit`.
 //! Unlike the other operations this does not go through the leader: nothing is written, and
 //! a command's output should not take a detour.
@@ -59,6 +61,17 @@ impl Member {
         if call.argv.is_empty() {
             return Err(Error::Refused("exec needs a command".to_string()));
         }
+        let key = InstanceKey::new(call.project.clone(), call.name.clone());
+        let cwd = call.cwd.clone().unwrap_or_else(|| "/".to_string());
+        // An instance never runs on two members: a container running here is the instance, so
+        // the command runs here without asking the leader where it is (a round trip saved, and
+        // no leader needed).
+        if self.runs_here(&key).await {
+            let mut request = ExecRequest::new(call.argv);
+            request.env = call.env;
+            request.cwd = cwd.into();
+            return Ok(self.exec_stream(&key, request, responder).await);
+        }
         // Where the instance is, by the leader's records: this member's copy may not have
         // the instance a client created a moment ago through it, or its latest move.
         let get = crate::Operation::Instance(super::ops::InstanceOperation::Get {
@@ -67,8 +80,6 @@ impl Member {
         });
         let found = Box::pin(self.execute(get, crate::Caller::local())).await?;
         let location = found["location"].as_str().unwrap_or_default().to_string();
-        let key = InstanceKey::new(call.project.clone(), call.name.clone());
-        let cwd = call.cwd.clone().unwrap_or_else(|| "/".to_string());
         if location == self.name() {
             let mut request = ExecRequest::new(call.argv);
             request.env = call.env;
