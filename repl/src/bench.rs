@@ -66,11 +66,40 @@ impl Processes {
     }
 }
 
+/// Kills every process whose root or command line is under `dir`: the containers of a
+/// benchmark's members and their monitors, which outlive the members by design (adoption).
+fn kill_containers_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let needle = dir.as_os_str().as_encoded_bytes();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let root_under =
+            std::fs::read_link(entry.path().join("root")).is_ok_and(|root| root.starts_with(dir));
+        let named = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|line| line.windows(needle.len().max(1)).any(|part| part == needle));
+        if root_under || named {
+            // SAFETY: kill(2) with a pid and a signal number.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !self.keep {
+            kill_containers_under(&self.dir);
         }
         if self.keep {
             eprintln!(
