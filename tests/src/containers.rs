@@ -187,3 +187,28 @@ pub fn is_root() -> bool {
     }
     root
 }
+
+/// A cluster of `count` member processes with the busybox image imported as `bb` through m1;
+/// with `everywhere`, copied to every member (`cluster.images_minimal_replica=-1`, set
+/// first). The guard removing leftover containers and the image's directory come with it.
+pub async fn cluster_with_busybox(
+    count: usize,
+    everywhere: bool,
+) -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
+    let cluster = ProcessCluster::start(count).await?;
+    let leftovers = LeftoverContainers {
+        pools: (0..count)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    if everywhere {
+        cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;
+    }
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    Ok((cluster, leftovers, work))
+}

@@ -13,31 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use starling_tests::containers::{
-    busybox_image, info, instances, is_root, wait_status, wait_status_via, LeftoverContainers,
+    cluster_with_busybox, info, instances, is_root, wait_status, wait_status_via,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
-
-/// A cluster of `count` members with the busybox image imported as `bb` and copied to every
-/// member.
-async fn cluster_with_image(
-    count: usize,
-) -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
-    let cluster = ProcessCluster::start(count).await?;
-    let leftovers = LeftoverContainers {
-        pools: (0..count)
-            .map(|index| cluster.dir(index).join("storage-pools/default"))
-            .collect(),
-    };
-    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;
-    let work = tempfile::tempdir()?;
-    let image = busybox_image(work.path())?;
-    cluster.cli_ok(
-        0,
-        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
-    )?;
-    Ok((cluster, leftovers, work))
-}
 
 /// Launches `name` from `bb` on member `target` through member `via` and writes `megabytes`
 /// MB of zeros and a mark (`/root/mark`: `kept`) into it, so that moving it takes a while.
@@ -88,7 +67,7 @@ async fn evacuate_and_restore() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
     cluster.cli_ok(0, &["launch", "bb", "mover", "--target", "m1"])?;
     cluster.cli_ok(
         0,
@@ -220,7 +199,7 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_image(4).await?;
+    let (mut cluster, _leftovers, _work) = cluster_with_busybox(4, true).await?;
     let leader = cluster.leader(0).await?;
     let leader_name = format!("m{}", leader + 1);
     let drained = (leader + 1) % 4;
@@ -311,7 +290,7 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
     let names: Vec<String> = (1..=4).map(|index| format!("r{index}")).collect();
     for name in &names {
         launch_filled(&cluster, 0, name, "m3", 40)?;
@@ -365,7 +344,7 @@ async fn self_healing_recreates_what_it_may() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
     let leader = cluster.leader(0).await?;
     let victim = (leader + 1) % 3;
     let via = (leader + 2) % 3;
@@ -489,7 +468,7 @@ async fn a_move_whose_destination_dies_is_placed_again() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_image(4).await?;
+    let (mut cluster, _leftovers, _work) = cluster_with_busybox(4, true).await?;
     let leader = cluster.leader(0).await?;
     let leader_name = format!("m{}", leader + 1);
     let drained = (leader + 1) % 4;
@@ -566,7 +545,7 @@ async fn evacuation_moves_are_bounded() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
     let leader = cluster.leader(0).await?;
     let drained_name = if leader == 2 { "m2" } else { "m3" };
     let names: Vec<String> = (1..=8).map(|index| format!("b{index}")).collect();
@@ -625,7 +604,7 @@ async fn the_command_line_asks_and_shows_progress_on_a_terminal() -> Result<()> 
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image(3).await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
     for name in ["t1", "t2"] {
         cluster.cli_ok(0, &["launch", "bb", name, "--target", "m3"])?;
     }

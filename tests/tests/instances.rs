@@ -336,18 +336,8 @@ async fn exec_through_the_instances_member_needs_no_leader() -> Result<()> {
     if !starling_tests::containers::is_root() {
         return Ok(());
     }
-    let mut cluster = ProcessCluster::start(3).await?;
-    let _leftovers = LeftoverContainers {
-        pools: (0..3)
-            .map(|index| cluster.dir(index).join("storage-pools/default"))
-            .collect(),
-    };
-    let work = tempfile::tempdir()?;
-    let image = busybox_image(work.path())?;
-    cluster.cli_ok(
-        0,
-        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
-    )?;
+    let (mut cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox(3, false).await?;
     cluster.cli_ok(0, &["launch", "bb", "alone", "--target", "m3"])?;
     let (code, stdout, stderr) = exec(&cluster, 0, "alone", &["hostname"])?;
     assert_eq!((code, stdout.trim()), (0, "alone"), "{stderr}");

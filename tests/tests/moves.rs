@@ -11,27 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use starling_tests::containers::{
-    busybox_image, exec, info, is_root, wait_status, LeftoverContainers,
+    busybox_image, cluster_with_busybox, exec, info, is_root, wait_status, LeftoverContainers,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
-
-/// A 3-member cluster with the busybox image imported as `bb`.
-async fn cluster_with_image() -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
-    let cluster = ProcessCluster::start(3).await?;
-    let leftovers = LeftoverContainers {
-        pools: (0..3)
-            .map(|index| cluster.dir(index).join("storage-pools/default"))
-            .collect(),
-    };
-    let work = tempfile::tempdir()?;
-    let image = busybox_image(work.path())?;
-    cluster.cli_ok(
-        0,
-        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
-    )?;
-    Ok((cluster, leftovers, work))
-}
 
 fn container_exists(cluster: &ProcessCluster, member: usize, name: &str) -> bool {
     cluster
@@ -53,7 +36,7 @@ async fn instances_move_whole() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image().await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
     cluster.cli_ok(0, &["launch", "bb", "c1", "--target", "m1"])?;
     let (code, _, stderr) = exec(
         &cluster,
@@ -148,7 +131,7 @@ async fn a_move_cut_off_by_its_target_leaves_the_instance_on_its_source() -> Res
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_image().await?;
+    let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
     cluster.cli_ok(0, &["launch", "bb", "big", "--target", "m1"])?;
     let (code, _, stderr) = exec(
         &cluster,
@@ -207,7 +190,7 @@ async fn ephemeral_instances_go_when_they_stop() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (cluster, _leftovers, _work) = cluster_with_image().await?;
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
     cluster.cli_ok(
         0,
         &["launch", "bb", "brief", "--target", "m1", "--ephemeral"],

@@ -453,18 +453,30 @@ mod tests {
             .unwrap();
         half.shutdown().await;
         drop(half);
-        // The stopped member's LMDB environment may take a moment to close in this process.
+        // The stopped member's LMDB environment and UDP port may take a moment to be released
+        // in this process. It once took more than 10 s in CI (cause not found): the time and
+        // the last error are printed, and the wait is 30 s.
+        let stopped = std::time::Instant::now();
         let mut restarted = None;
-        for _ in 0..100 {
+        let mut last_error = None;
+        for _ in 0..300 {
             match Member::start(config(StartMode::Restart)).await {
                 Ok(member) => {
                     restarted = Some(member);
                     break;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(error) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
             }
         }
-        let member = restarted.expect("the member restarts");
+        println!(
+            "restart after {:?} (last refusal: {last_error:?})",
+            stopped.elapsed()
+        );
+        let member =
+            restarted.unwrap_or_else(|| panic!("the member did not restart: {last_error:?}"));
         let members = member
             .execute(crate::Operation::ClusterMembers, crate::Caller::local())
             .await

@@ -22,6 +22,22 @@ fn run(source: &str) -> Result<Outcome, ScriptletError> {
     run_with(source, &Limits::default())
 }
 
+/// The default memory bound with a generous time bound: the memory bound must be what stops
+/// a run, even in a debug build on a loaded machine.
+fn generous_time() -> Limits {
+    Limits {
+        time: Duration::from_secs(60),
+        ..Limits::default()
+    }
+}
+
+/// The error of a run over the default memory bound.
+fn memory_limit() -> ScriptletError {
+    ScriptletError::MemoryLimit {
+        limit_bytes: Limits::default().memory_bytes,
+    }
+}
+
 /// Wraps statements into `instance_placement`'s body.
 fn body(lines: &str) -> String {
     let indented: Vec<String> = lines.lines().map(|line| format!("    {line}")).collect();
@@ -224,14 +240,9 @@ fn time_bound() {
 fn memory_bound() {
     // A generous time bound: the memory bound must be what stops these, even in a debug build
     // on a loaded machine.
-    let generous = Limits {
-        time: Duration::from_secs(60),
-        ..Limits::default()
-    };
+    let generous = generous_time();
     let memory = |source: &str| run_with(source, &generous).unwrap_err();
-    let limit = ScriptletError::MemoryLimit {
-        limit_bytes: Limits::default().memory_bytes,
-    };
+    let limit = memory_limit();
     assert_eq!(memory(&body("x = [0] * 100000000")), limit);
     assert_eq!(memory(&body("x = 100000000 * [0, 1]")), limit);
     assert_eq!(memory(&body("x = \"ab\" * 2000000000")), limit);
@@ -520,14 +531,9 @@ fn compiled_once_run_many() {
 /// their lines.
 #[test]
 fn amplifying_calls_are_bounded_before_they_build() {
-    let generous = Limits {
-        time: Duration::from_secs(60),
-        ..Limits::default()
-    };
+    let generous = generous_time();
     let memory = |source: &str| run_with(source, &generous).unwrap_err();
-    let limit = ScriptletError::MemoryLimit {
-        limit_bytes: Limits::default().memory_bytes,
-    };
+    let limit = memory_limit();
     // Each would build about a terabyte: without the checks the process dies (an allocation
     // fails) or the machine runs out of memory, not merely goes over the bound.
     let shared = "a = [\"x\" * 1000] * 1000\nc = [a] * 1000\nb = [c] * 1000\n";
