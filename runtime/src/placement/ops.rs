@@ -227,26 +227,8 @@ impl Member {
     }
 
     /// Chooses the member for `request` (the installed scriptlet, or `scriptlet` when given,
-    /// decides when no member is named), off the async threads.
-    pub(crate) async fn place_with(
-        &self,
-        request: &PlacementRequest,
-        target: &Target,
-        exclude_current: Option<&str>,
-        scriptlet: Option<Arc<Scriptlet>>,
-    ) -> Result<Placement, Error> {
-        self.place_avoiding(
-            request,
-            target,
-            exclude_current,
-            &BTreeSet::new(),
-            scriptlet,
-        )
-        .await
-    }
-
-    /// [`Member::place_with`], leaving out of automatic placement the members in `avoid`
-    /// (moves of this instance to them have just failed).
+    /// decides when no member is named), off the async threads, leaving out of automatic
+    /// placement the members in `avoid` (moves of this instance to them have just failed).
     pub(crate) async fn place_avoiding(
         &self,
         request: &PlacementRequest,
@@ -393,7 +375,9 @@ impl Member {
         let pending = lock(&self.inner.placement.pending).clone();
         let views = self.local_state(|state| member_views(state, &pending));
         let has_scriptlet = scriptlet.is_some();
-        let placement = self.place_with(&request, &target, None, scriptlet).await?;
+        let placement = self
+            .place_avoiding(&request, &target, None, &BTreeSet::new(), scriptlet)
+            .await?;
         let candidates: Vec<Value> = views
             .iter()
             .filter(|view| {
