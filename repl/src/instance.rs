@@ -261,36 +261,40 @@ pub(crate) async fn with_move_progress<T>(
     work: impl std::future::Future<Output = Result<T, starling_runtime::Error>>,
 ) -> Result<T> {
     use std::io::IsTerminal;
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_message(format!("moving {name}"));
-        bar
-    });
+    let terminal = std::io::stdout().is_terminal();
+    // The bar appears with the first word of the move's progress, never as an empty frame.
+    let mut bar: Option<indicatif::ProgressBar> = None;
     tokio::pin!(work);
     let result = loop {
         tokio::select! {
             result = &mut work => break result,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if bar.is_some() => {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if terminal => {
                 let Ok(moves) = client.operation(Operation::Instance(InstanceOperation::Moves)).await else {
                     continue;
                 };
                 let current = moves.as_array().into_iter().flatten().find(|progress| {
                     progress["name"] == name && progress["project"] == project
                 });
-                if let (Some(bar), Some(progress)) = (&bar, current) {
-                    bar.set_length(progress["total"].as_u64().unwrap_or(0));
-                    bar.set_position(progress["done"].as_u64().unwrap_or(0));
+                if let Some(progress) = current {
+                    let total = progress["total"].as_u64().unwrap_or(0);
+                    let bar = bar.get_or_insert_with(|| {
+                        let bar = indicatif::ProgressBar::no_length();
+                        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                            bar.set_style(style);
+                        }
+                        bar
+                    });
                     bar.set_message(format!(
                         "moving {name} to {}: {}",
                         progress["to"].as_str().unwrap_or("?"),
                         progress["stage"].as_str().unwrap_or("")
                     ));
+                    // Until the size is known (stopping, packing) the stage is all there is.
+                    if total > 0 && bar.length() != Some(total) {
+                        bar.set_style(bytes_style());
+                        bar.set_length(total);
+                    }
+                    bar.set_position(progress["done"].as_u64().unwrap_or(0));
                 }
             }
         }
@@ -299,6 +303,15 @@ pub(crate) async fn with_move_progress<T>(
         bar.finish_and_clear();
     }
     Ok(result?)
+}
+
+/// A move's bar once its size is known: the stage, then the bytes the target received.
+fn bytes_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ")
 }
 
 /// `lxc list`'s row for an instance: `STATE` in capitals, `TYPE` as `CONTAINER` (with

@@ -50,6 +50,17 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// Whether the same request may well succeed if tried again a little later: the peer
+    /// could not be reached or answered nothing, or had no room for it now.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Transport(_) | Error::NotSent(_) | Error::OutcomeUnknown(_) | Error::Busy(_)
+        )
+    }
+}
+
 impl From<starling_transport::Error> for Error {
     fn from(error: starling_transport::Error) -> Self {
         if error.may_have_been_delivered() {

@@ -195,14 +195,24 @@ pub async fn cluster_with_busybox(
     count: usize,
     everywhere: bool,
 ) -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
+    cluster_with_busybox_on(count, if everywhere { Some("-1") } else { None }).await
+}
+
+/// [`cluster_with_busybox`] with `cluster.images_minimal_replica` set to `minimum` (when
+/// given) before the import.
+pub async fn cluster_with_busybox_on(
+    count: usize,
+    minimum: Option<&str>,
+) -> Result<(ProcessCluster, LeftoverContainers, tempfile::TempDir)> {
     let cluster = ProcessCluster::start(count).await?;
     let leftovers = LeftoverContainers {
         pools: (0..count)
             .map(|index| cluster.dir(index).join("storage-pools/default"))
             .collect(),
     };
-    if everywhere {
-        cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=-1"])?;
+    if let Some(minimum) = minimum {
+        let setting = format!("cluster.images_minimal_replica={minimum}");
+        cluster.cli_ok(0, &["config", "set", &setting])?;
     }
     let work = tempfile::tempdir()?;
     let image = busybox_image(work.path())?;

@@ -43,8 +43,27 @@ impl Drop for ProcessCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The test harness shows what a test printed only when it fails: then the members'
+        // last warnings say what went wrong inside them (their logs go with the directory).
+        for index in 0..self.children.len() {
+            let log = self.log(index);
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+                .collect();
+            let shown = &warnings[warnings.len().saturating_sub(LOG_WARNINGS_SHOWN)..];
+            if !shown.is_empty() {
+                println!("--- m{}: last warnings of {}", index + 1, warnings.len());
+                for line in shown {
+                    println!("{line}");
+                }
+            }
+        }
     }
 }
+
+/// How many of a member's last warnings a dropped [`ProcessCluster`] prints.
+const LOG_WARNINGS_SHOWN: usize = 12;
 
 impl ProcessCluster {
     /// An empty cluster (no member yet).
@@ -287,6 +306,20 @@ impl ProcessCluster {
         if let Some(mut child) = self.children[index].take() {
             child.kill()?;
             child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to member `index`.
+    pub fn signal(&self, index: usize, signal: &str) -> Result<()> {
+        let child = self.children[index]
+            .as_ref()
+            .ok_or_else(|| anyhow!("member {index} is not running"))?;
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
         }
         Ok(())
     }

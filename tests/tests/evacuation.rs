@@ -3,7 +3,8 @@
 //! bringing every instance back to its origin and restarting what was stopped, an evacuation
 //! continued by a new leader after `kill -9` of the old one, a restore issued during an
 //! evacuation losing no origin, a move whose destination dies placed again, moves bounded at
-//! 4 at a time, and the command line's question and progress bar on a terminal.
+//! 4 at a time, the command line's question and progress bar on a terminal, and the reason a
+//! placement scriptlet is given.
 //!
 //! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
 //! `busybox-static`). As another user the test prints why and returns.
@@ -657,5 +658,71 @@ async fn the_command_line_asks_and_shows_progress_on_a_terminal() -> Result<()> 
         let record = wait_status(&cluster, name, "Running").await?;
         assert_eq!(record["location"], "m3", "{record}");
     }
+    Ok(())
+}
+
+/// A scriptlet that fails unless it is asked to place for `reason`, and otherwise picks the
+/// last candidate by name.
+fn scriptlet_for(reason: &str) -> String {
+    format!(
+        "instances.placement.scriptlet=def instance_placement(request, candidate_members):\n    if request.reason != \"{reason}\":\n        fail(\"placed for \" + request.reason)\n    set_target(sorted([m.server_name for m in candidate_members])[-1])\n"
+    )
+}
+
+/// Goal: the installed scriptlet is asked with reason `evacuation` for an evacuation's moves
+/// and `relocation` for a move to `@group`, and its choice is followed; `starling move` on a
+/// terminal shows a progress bar with the target, the stage and the bytes.
+/// Method: 3 member processes; c1 (80 MB of files) on m3, c2 on m2, so that the built-in rule
+/// would pick m1; a scriptlet that fails for any other reason picks the last candidate by name
+/// (m2 when m3 is evacuated; m3, once restored with `--action skip`, for a move from m2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scriptlets_see_why_they_place_and_a_move_shows_progress() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
+    launch_filled(&cluster, 0, "c1", "m3", 80)?;
+    cluster.cli_ok(0, &["launch", "bb", "c2", "--target", "m2"])?;
+
+    tracing::info!("--- evacuation");
+    cluster.cli_ok(0, &["config", "set", &scriptlet_for("evacuation")])?;
+    let out = cluster.cli_ok(0, &["cluster", "evacuate", "m3", "--force"])?;
+    println!("{out}");
+    let record = wait_status(&cluster, "c1", "Running").await?;
+    assert_eq!(record["location"], "m2", "{out} {record}");
+
+    tracing::info!("--- relocation, on a terminal");
+    cluster.cli_ok(
+        0,
+        &["cluster", "restore", "m3", "--action", "skip", "--force"],
+    )?;
+    assert_eq!(member_status(&cluster, 0, "m3")?, "Online");
+    cluster.cli_ok(0, &["config", "set", &scriptlet_for("relocation")])?;
+    let terminal = cluster.cli_on_terminal(0, &["move", "c1", "--target", "@default"])?;
+    let (status, transcript) = terminal.wait(Duration::from_secs(120))?;
+    println!("the terminal showed: {transcript:?}");
+    assert!(status.success(), "{transcript}");
+    assert!(
+        transcript.contains("moving c1 to m3: "),
+        "no progress bar: {transcript:?}"
+    );
+    assert!(transcript.contains("MiB/"), "no bytes: {transcript:?}");
+    assert!(
+        !transcript.contains("0/0")
+            && !transcript.contains("0 B/0 B")
+            && !transcript.contains('░')
+            && !transcript.contains("\r\u{1b}[2K ["),
+        "a frame without a size or a message: {transcript:?}"
+    );
+    assert!(
+        transcript.contains("Instance c1 moved from m2 to m3"),
+        "{transcript:?}"
+    );
+    let record = wait_status(&cluster, "c1", "Running").await?;
+    assert_eq!(record["location"], "m3", "{record}");
+    let (code, stdout, _) =
+        starling_tests::containers::exec(&cluster, 0, "c1", &["cat", "/root/mark"])?;
+    assert_eq!((code, stdout.trim()), (0, "kept"));
     Ok(())
 }

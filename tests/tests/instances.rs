@@ -347,3 +347,43 @@ async fn exec_through_the_instances_member_needs_no_leader() -> Result<()> {
     assert_eq!((code, stdout.trim()), (0, "still here"), "{stderr}");
     Ok(())
 }
+
+/// Goal: a launch onto a member that cannot be reached for a moment (a loaded machine, a
+/// member that just joined) waits for it: the image copy is tried again rather than failing
+/// at the first unanswered connection.
+/// Method: 3 member processes, the image on m1 only (`cluster.images_minimal_replica=1`); m3
+/// is stopped with SIGSTOP for 8 s (well under the offline threshold of 20 s): after 6 s (its
+/// connections have timed out: new ones cannot be made) `launch --target m3` starts; 2 s
+/// later m3 is continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_waits_for_a_member_unreachable_for_a_moment() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox_on(3, Some("1")).await?;
+    let images: Value =
+        serde_json::from_str(&cluster.cli_ok(0, &["image", "list", "--format", "json"])?)?;
+    assert_eq!(
+        images[0]["locations"],
+        serde_json::json!(["m1"]),
+        "{images}"
+    );
+    cluster.signal(2, "STOP")?;
+    std::thread::sleep(Duration::from_millis(
+        starling_transport::IDLE_TIMEOUT_MS + 1_000,
+    ));
+    let launch = cluster.spawn_cli(0, &["launch", "bb", "late", "--target", "m3"]);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.signal(2, "CONT")?;
+    let output = launch?.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "the launch failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record = wait_status(&cluster, "late", "Running").await?;
+    assert_eq!(record["location"], "m3", "{record}");
+    Ok(())
+}

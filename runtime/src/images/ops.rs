@@ -37,6 +37,10 @@ const FETCH_SILENCE: Duration = Duration::from_secs(30);
 /// How long the leader waits for word of a copy (the receiver reports every
 /// [`PROGRESS_EVERY`], and fails over itself after [`FETCH_SILENCE`] without bytes).
 const PULL_SILENCE: Duration = Duration::from_secs(90);
+/// How long [`Member::ensure_image_on`] tries again a copy that failed for a reason that may
+/// pass (the member could not be reached), and how long it waits between tries.
+const ENSURE_RETRY_FOR: Duration = Duration::from_secs(30);
+const ENSURE_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How often a receiver reports the progress of a copy.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long `images.replicate` waits for the copies it started.
@@ -169,6 +173,9 @@ pub struct ImageState {
     copies: Mutex<BTreeMap<(String, String), Transfer>>,
     /// Images this member is receiving.
     receiving: Mutex<BTreeSet<String>>,
+    /// Why the last copy of (fingerprint, receiver) this member started failed, until one
+    /// succeeds: a caller that followed a copy started by the replication can say why.
+    failures: Mutex<BTreeMap<(String, String), Error>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -744,22 +751,51 @@ impl Member {
             return Ok(());
         }
         let key = (fingerprint.to_string(), member.to_string());
-        if !lock(&self.inner.images.copies).contains_key(&key) {
-            let copy = self.copy_to(fingerprint, member)?;
-            self.run_copy(copy).await?;
-        }
-        // A copy the replication had started is followed, not repeated.
         let deadline = Instant::now() + REPLICATE_WAIT;
-        while lock(&self.inner.images.copies).contains_key(&key) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // A copy the replication started is followed, not repeated. When it fails (or a copy
+        // of our own does) because the member could not be reached for a moment (one that
+        // just joined, a loaded machine), copies of our own are tried for a while.
+        let retry_until = Instant::now() + ENSURE_RETRY_FOR;
+        let mut followed = false;
+        let mut last: Option<Error> = None;
+        loop {
+            if held(self) {
+                return Ok(());
+            }
+            if lock(&self.inner.images.copies).contains_key(&key) {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                followed = true;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            if std::mem::take(&mut followed) {
+                last = lock(&self.inner.images.failures).get(&key).cloned();
+            }
+            match &last {
+                // Never tried, or the copy followed ended without a word: try.
+                None => {}
+                Some(error) if error.is_transient() && Instant::now() < retry_until => {
+                    tokio::time::sleep(ENSURE_RETRY_PAUSE).await;
+                }
+                Some(_) => break,
+            }
+            // An error from `copy_to` (the copy finished between the checks, the member went
+            // offline) is a reason like any other: the loop looks again.
+            let outcome = match self.copy_to(fingerprint, member) {
+                Ok(copy) => self.run_copy(copy).await,
+                Err(error) => Err(error),
+            };
+            last = outcome.err();
         }
         if held(self) {
-            Ok(())
-        } else {
-            Err(Error::Refused(format!(
-                "image {fingerprint} could not be copied to member \"{member}\""
-            )))
+            return Ok(());
         }
+        let reason = last.map_or_else(|| "it took too long".to_string(), |error| error.to_string());
+        Err(Error::Refused(format!(
+            "image {fingerprint} could not be copied to member \"{member}\": {reason}"
+        )))
     }
 
     /// A copy of `fingerprint` to `member`, from the online holders.
@@ -869,8 +905,14 @@ impl Member {
             Err(error) => Err(error),
         };
         lock(&self.inner.images.copies).remove(&key);
-        if result.is_ok() {
-            tracing::info!(fingerprint = %copy.fingerprint, to = %copy.to, "image copied");
+        match &result {
+            Ok(()) => {
+                lock(&self.inner.images.failures).remove(&key);
+                tracing::info!(fingerprint = %copy.fingerprint, to = %copy.to, "image copied");
+            }
+            Err(error) => {
+                lock(&self.inner.images.failures).insert(key, error.clone());
+            }
         }
         result
     }
