@@ -118,6 +118,10 @@ enum Command {
     Run {
         /// The file.
         file: PathBuf,
+        /// Arguments after `--`: the script's `arg[1]`, `arg[2]`... (`arg[0]` is the file's
+        /// name).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Opens the interactive Lua REPL on the member.
     Repl,
@@ -605,13 +609,17 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         }
         Command::Profile(command) => profile::run(cli.format, &cli.project, client, command).await,
         Command::Project(command) => project::run(cli.format, client, command).await,
-        Command::Run { file } => {
+        Command::Run { file, args } => {
             let source = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let chunk_name = file
                 .file_name()
                 .map_or("script".into(), |name| name.to_string_lossy().into_owned());
-            exec(client, &source, &chunk_name).await
+            let value = client
+                .exec_with_args(&source, &chunk_name, args, |line| println!("{line}"))
+                .await?;
+            println!("{}", serde_json::to_string(&value)?);
+            Ok(())
         }
         _ => Err(anyhow!("this command does not talk to a member")),
     }

@@ -218,11 +218,23 @@ impl Client {
         &self,
         source: &str,
         chunk_name: &str,
+        on_print: impl FnMut(&str),
+    ) -> Result<Value, Error> {
+        self.exec_with_args(source, chunk_name, &[], on_print).await
+    }
+
+    /// [`Client::exec`] with `args` for the script's global `arg` (`arg[1]`...).
+    pub async fn exec_with_args(
+        &self,
+        source: &str,
+        chunk_name: &str,
+        args: &[String],
         mut on_print: impl FnMut(&str),
     ) -> Result<Value, Error> {
         let request = Request::Exec {
             source: source.to_string(),
             chunk_name: chunk_name.to_string(),
+            args: args.to_vec(),
         };
         let mut stream = self.connection.request_stream(&request).await?;
         loop {

@@ -119,7 +119,7 @@ impl Member {
                     .requests
                     .outcome(crate::once::command_id(request_id, 0))
             }) {
-                return crate::once::replay(self, operation, outcome);
+                return crate::once::replay(self, operation, request_id, outcome);
             }
             return crate::once::scope(request_id, self.execute_here(operation, origin)).await;
         }
@@ -346,6 +346,7 @@ impl Member {
             Operation::Placement(placement) => self.placement_here(placement).await,
             Operation::Profile(profile) => self.profile_here(profile).await,
             Operation::Project(project) => self.project_here(project).await,
+            Operation::Kv(kv) => self.kv_here(kv).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

@@ -25,6 +25,7 @@
 //! Start at [`Member::start`] for the daemon and [`Client`] for everything that talks to one.
 #![warn(missing_docs)]
 
+pub mod automation;
 pub mod client;
 pub mod cluster;
 pub mod datadir;

@@ -40,6 +40,14 @@ pub(crate) fn command_id(request_id: u128, index: u64) -> u128 {
     request_id.wrapping_add(u128::from(index))
 }
 
+/// The id the next command proposed by the request being run will be tagged with, if a
+/// request is being run.
+pub(crate) fn next_command_id() -> Option<u128> {
+    REQUEST
+        .try_with(|scope| command_id(scope.request_id, scope.commands.get()))
+        .ok()
+}
+
 /// Tags `command` with the next command id of the request being run, if any.
 pub(crate) fn tag(command: Command) -> Command {
     let id = REQUEST.try_with(|scope| {
@@ -61,6 +69,7 @@ pub(crate) fn tag(command: Command) -> Command {
 pub(crate) fn replay(
     member: &Member,
     operation: &Operation,
+    request_id: u128,
     outcome: Result<(), String>,
 ) -> Result<Value, Error> {
     outcome.map_err(Error::Refused)?;
@@ -79,6 +88,11 @@ pub(crate) fn replay(
              remove it and join again with a new token",
             request.name
         ))),
+        // A kv write proposes one command: its answer is kept under that command's id.
+        Operation::Kv(
+            crate::automation::kv::KvOperation::Cas { .. }
+            | crate::automation::kv::KvOperation::Incr { .. },
+        ) => member.kv_result(command_id(request_id, 0)),
         _ => Ok(Value::Null),
     }
 }

@@ -181,6 +181,8 @@ pub enum Operation {
     Profile(crate::instances::profiles::ProfileOperation),
     /// `projects.*`.
     Project(crate::instances::projects::ProjectOperation),
+    /// `kv.*`.
+    Kv(crate::automation::kv::KvOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -343,6 +345,30 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "cluster.transfer_leadership",
         help: "cluster.transfer_leadership([name]) -> moves leadership to a voter",
+    },
+    Builtin {
+        name: "kv.get",
+        help: "kv.get(key) -> the value shared under key (linearizable), or nil",
+    },
+    Builtin {
+        name: "kv.set",
+        help: "kv.set(key, value) -> stores a value (nil deletes); keys 256 bytes, values 64 KiB",
+    },
+    Builtin {
+        name: "kv.delete",
+        help: "kv.delete(key) -> removes a key",
+    },
+    Builtin {
+        name: "kv.cas",
+        help: "kv.cas(key, expected, new) -> true if key held expected (nil: absent) and now holds new",
+    },
+    Builtin {
+        name: "kv.incr",
+        help: "kv.incr(key [, delta]) -> adds delta (1) to the integer at key (absent: 0), the new value",
+    },
+    Builtin {
+        name: "kv.list",
+        help: "kv.list([prefix [, {limit=}]]) -> {{key=, value=}, ...} in key order (1,000 unless limit)",
     },
     Builtin {
         name: "images.list",
@@ -816,6 +842,9 @@ impl Operation {
             project if project.starts_with("projects.") => {
                 Operation::Project(ProjectOperation::from_call(&arguments)?)
             }
+            kv if kv.starts_with("kv.") => {
+                Operation::Kv(crate::automation::kv::KvOperation::from_call(&arguments)?)
+            }
             _ => return Err(Error::Refused(format!("unknown built-in {name}"))),
         };
         Ok(operation)
@@ -852,6 +881,9 @@ impl Operation {
         }
         if let Operation::Project(project) = self {
             return project.is_write();
+        }
+        if let Operation::Kv(kv) = self {
+            return kv.is_write();
         }
         matches!(
             self,

@@ -32,6 +32,8 @@ pub enum Request {
         source: String,
         /// Name shown in error messages (the file name, or `exec`).
         chunk_name: String,
+        /// The script's `arg[1]`... (`starling run FILE -- a b`).
+        args: Vec<String>,
     },
     /// A joiner asks to join with a token (allowed from untrusted certificates).
     Join(JoinRequest),

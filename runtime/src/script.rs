@@ -75,18 +75,32 @@ impl Host for MemberHost {
     }
 }
 
+/// A script a client asks a member to run.
+pub(crate) struct ScriptRequest {
+    /// Lua source.
+    pub(crate) source: String,
+    /// Name shown in error messages.
+    pub(crate) chunk_name: String,
+    /// `arg[1]`...
+    pub(crate) args: Vec<String>,
+}
+
 /// Runs a script, streaming its `print` lines to the client, and returns the final reply.
 pub(crate) async fn exec(
     member: &Member,
     caller: Caller,
-    source: String,
-    chunk_name: String,
+    request: ScriptRequest,
     responder: &mut Responder,
 ) -> Reply {
-    if source.len() > starling_store::limits::SCRIPT_SOURCE_BYTES_MAX {
+    let ScriptRequest {
+        source,
+        chunk_name,
+        args,
+    } = request;
+    let bytes = source.len() + args.iter().map(String::len).sum::<usize>();
+    if bytes > starling_store::limits::SCRIPT_SOURCE_BYTES_MAX {
         return Reply::ScriptDone(Err(Error::Refused(format!(
-            "the script is {} bytes long, over the limit of {} bytes",
-            source.len(),
+            "the script and its arguments are {bytes} bytes long, over the limit of {} bytes",
             starling_store::limits::SCRIPT_SOURCE_BYTES_MAX
         ))));
     }
@@ -113,7 +127,11 @@ pub(crate) async fn exec(
     };
     let (print, mut printed) = tokio::sync::mpsc::channel(PRINT_LINES_BUFFERED);
     let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone(), caller));
-    let script = Script { source, chunk_name };
+    let script = Script {
+        source,
+        chunk_name,
+        args,
+    };
     let (done, outcome) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
     let spawned = std::thread::Builder::new()

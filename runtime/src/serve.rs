@@ -180,14 +180,24 @@ impl Handler for Service {
                 let result = self.member.execute(operation, caller).await;
                 Reply::Operation(result.map(|value| value.to_string()))
             }
-            (Request::Exec { source, chunk_name }, _) => {
+            (
+                Request::Exec {
+                    source,
+                    chunk_name,
+                    args,
+                },
+                _,
+            ) => {
                 let caller = Caller::client(&peer.fingerprint);
                 // Boxed: a script's future is large, and every request's future would carry it.
                 Box::pin(crate::script::exec(
                     &self.member,
                     caller,
-                    source,
-                    chunk_name,
+                    crate::script::ScriptRequest {
+                        source,
+                        chunk_name,
+                        args,
+                    },
                     &mut responder,
                 ))
                 .await

@@ -30,7 +30,8 @@
 //! where the script could yield, so inside a metamethod, a `table.sort`
 //! comparator or a `gsub` replacement function a full channel is an error),
 //! `sleep(seconds)`,
-//! `json.encode(value)`, `json.decode(text)`, `help([name])`, and the builtins.
+//! `json.encode(value)`, `json.decode(text)`, `help([name])`, `time.now()`, `log.info/warn/error(...)`
+//! (to the member's log, target `script`, each line cut at 4 KiB), and the builtins.
 //! `io`, `os`, `debug` and `package` do not exist.
 //!
 //! The string library's pattern functions (`string.find`, `string.match`,
@@ -134,6 +135,9 @@ pub struct Script {
     pub source: String,
     /// Name used in error messages, e.g. `script.lua` gives `script.lua:3: ...`.
     pub chunk_name: String,
+    /// What the script finds in the global `arg`: `arg[0]` is `chunk_name`, `arg[1]`... these
+    /// (`starling run FILE -- a b`), as the `lua` command does.
+    pub args: Vec<String>,
 }
 
 /// Why a script did not produce a value.
@@ -202,6 +206,7 @@ pub async fn run(
     print: tokio::sync::mpsc::Sender<String>,
 ) -> Result<serde_json::Value, Error> {
     let mut session = Session::new(host, builtins, limits, print)?;
+    session.set_args(&script.chunk_name, &script.args)?;
     session.run_chunk(&script.source, &script.chunk_name).await
 }
 

@@ -65,7 +65,26 @@ const STANDARD_HELP: &[Builtin] = &[
         name: "help",
         help: "help([name]) -> prints the description of every function, or of `name`",
     },
+    Builtin {
+        name: "time.now",
+        help: "time.now() -> seconds since 1970-01-01 UTC, with a fraction (milliseconds and finer)",
+    },
+    Builtin {
+        name: "log.info",
+        help: "log.info(...) -> writes its arguments, tab-separated, to the member's log (first 4 KiB)",
+    },
+    Builtin {
+        name: "log.warn",
+        help: "log.warn(...) -> a warning in the member's log",
+    },
+    Builtin {
+        name: "log.error",
+        help: "log.error(...) -> an error in the member's log",
+    },
 ];
+
+/// The longest line `log.*` writes to the member's log; the rest is cut.
+pub(crate) const LOG_LINE_BYTES_MAX: usize = 4 * 1024;
 
 /// Replaces the base functions a script could use to escape the guard:
 /// - `pcall`, `xpcall`, `coroutine.resume`/`close`/`wrap` re-raise a latched limit
@@ -137,11 +156,15 @@ pub(crate) fn new_lua(
     let installer = Installer::new(&lua);
     let mut help: Vec<Builtin> = STANDARD_HELP.to_vec();
     help.extend_from_slice(builtins);
-    installer.install("print", print_fn(&lua, tostring, guard))?;
+    installer.install("print", print_fn(&lua, tostring.clone(), guard))?;
     installer.install("sleep", sleep_fn(&lua, guard))?;
     installer.install("json.encode", json_encode_fn(&lua, guard))?;
     installer.install("json.decode", json_decode_fn(&lua))?;
     installer.install("help", help_fn(&lua, help, guard))?;
+    installer.install("time.now", time_now_fn(&lua))?;
+    for level in [LogLevel::Info, LogLevel::Warn, LogLevel::Error] {
+        installer.install(level.name(), log_fn(&lua, tostring.clone(), level))?;
+    }
     for builtin in builtins {
         installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
     }
@@ -239,6 +262,53 @@ fn printed_line(tostring: &Function, args: MultiValue) -> mlua::Result<String> {
         parts.push(String::from_utf8_lossy(&text.as_bytes()).into_owned());
     }
     Ok(parts.join("\t"))
+}
+
+fn time_now_fn(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, _: MultiValue| {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        reply(lua, Ok(Value::Number(since.as_secs_f64())))
+    })
+}
+
+/// The level of a `log.*` line.
+#[derive(Clone, Copy)]
+enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    fn name(self) -> &'static str {
+        match self {
+            LogLevel::Info => "log.info",
+            LogLevel::Warn => "log.warn",
+            LogLevel::Error => "log.error",
+        }
+    }
+}
+
+fn log_fn(lua: &Lua, tostring: Function, level: LogLevel) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: MultiValue| {
+        let mut line = printed_line(&tostring, args)?;
+        if line.len() > LOG_LINE_BYTES_MAX {
+            let mut end = LOG_LINE_BYTES_MAX;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str(" [cut]");
+        }
+        match level {
+            LogLevel::Info => tracing::info!(target: "script", "{line}"),
+            LogLevel::Warn => tracing::warn!(target: "script", "{line}"),
+            LogLevel::Error => tracing::error!(target: "script", "{line}"),
+        }
+        reply(lua, Ok(Value::Nil))
+    })
 }
 
 fn sleep_fn(lua: &Lua, guard: &Arc<Guard>) -> mlua::Result<Function> {

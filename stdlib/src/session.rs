@@ -67,6 +67,17 @@ impl Session {
     }
 
     /// Compiles and runs a whole script named `chunk_name`.
+    /// Sets the global `arg`: `arg[0] = chunk_name`, then `args` from 1.
+    pub(crate) fn set_args(&self, chunk_name: &str, args: &[String]) -> Result<(), Error> {
+        let setup = |error: mlua::Error| Error::Setup(error.to_string());
+        let table = self.lua.create_table().map_err(setup)?;
+        table.raw_set(0, chunk_name).map_err(setup)?;
+        for (index, arg) in args.iter().enumerate() {
+            table.raw_set(index + 1, arg.as_str()).map_err(setup)?;
+        }
+        self.lua.globals().raw_set("arg", table).map_err(setup)
+    }
+
     pub(crate) async fn run_chunk(
         &mut self,
         source: &str,

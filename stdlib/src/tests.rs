@@ -115,6 +115,7 @@ async fn run_named(
     let script = Script {
         source: source.to_string(),
         chunk_name: chunk_name.to_string(),
+        args: Vec::new(),
     };
     (run(host, BUILTINS, script, limits, tx).await, rx)
 }
@@ -489,6 +490,7 @@ fn futures_are_send() {
     let script = Script {
         source: String::new(),
         chunk_name: "s".to_string(),
+        args: Vec::new(),
     };
     assert_send(&run(
         host(),
@@ -500,4 +502,26 @@ fn futures_are_send() {
     if let Ok(mut session) = Session::new(host(), BUILTINS, Limits::default(), tx) {
         assert_send(&session.eval("1"));
     }
+}
+
+/// Goal: `time.now()` is the wall clock in seconds with a fraction, and `log.*` accepts any
+/// arguments (its lines reach the member's log: see the process test in `tests/tests/kv.rs`).
+/// Method: compare with the clock read around the script; log a table and a long line.
+#[tokio::test]
+async fn time_now_reads_the_clock_and_log_takes_anything() {
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let result = run_script(
+        "log.info('a', 1, {}, nil) log.warn(string.rep('x', 10000)) log.error() return time.now()",
+    )
+    .await
+    .unwrap();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let now = result.as_f64().unwrap();
+    assert!(before <= now && now <= after, "{before} {now} {after}");
 }

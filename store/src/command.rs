@@ -137,6 +137,8 @@ pub enum Command {
     },
     /// A change to the evacuation records.
     Evacuation(crate::evacuation::EvacuationCommand),
+    /// A change to the key-value space scripts share.
+    Kv(crate::kv::KvCommand),
 }
 
 /// A member's new health, as a heartbeat round saw it.
@@ -319,6 +321,7 @@ impl ClusterState {
             Command::Image(command) => self.apply_image(command),
             Command::Instance(command) => self.apply_instance(command),
             Command::Evacuation(command) => self.apply_evacuation(command),
+            Command::Kv(command) => self.apply_kv(command),
             Command::NetworkCreate { network } => self.create_network(network),
             Command::NetworkDelete { name } => match self.networks.remove(name) {
                 Some(_) => Ok(()),

@@ -29,6 +29,7 @@ mod error;
 pub mod evacuation;
 pub mod images;
 pub mod instances;
+pub mod kv;
 pub mod limits;
 pub mod log_store;
 pub mod member_config;

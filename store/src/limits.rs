@@ -19,6 +19,7 @@
 //! | member_config answers in a join | 256, each value 4 KiB |
 //! | token secret | 128 bytes |
 //! | script source (for stored scripts) | 256 KiB |
+//! | kv key / value (see [`crate::kv`]) | 256 bytes / 64 KiB |
 //! | one command, encoded | 512 KiB |
 //! | one log entry (a batch), encoded | 1 MiB |
 
@@ -214,6 +215,7 @@ impl Command {
             Command::Image(command) => command.check_fields(),
             Command::Instance(command) => command.check_fields(),
             Command::Evacuation(command) => command.check_fields(),
+            Command::Kv(command) => command.check_fields(),
         }
     }
 }

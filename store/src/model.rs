@@ -56,6 +56,8 @@ pub struct ClusterState {
     /// The CA's private key in PEM: every database member can sign joiners, as in LXD, where
     /// every member holds the cluster certificate and key.
     pub ca_key_pem: String,
+    /// The key-value space scripts share (`kv.*`).
+    pub kv: crate::kv::KvSpace,
 }
 
 /// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).

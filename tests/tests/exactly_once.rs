@@ -18,7 +18,8 @@ fn set(key: &str, value: &str) -> Operation {
 /// the write is not applied twice — whatever member the retry goes through.
 /// Method: send a write with a chosen request id, then the same id again (with another value,
 /// through another member): the first value stays and the log does not grow; a refused write
-/// sent again is refused the same way; `cluster.add` repeated answers with the same token.
+/// sent again is refused the same way; `cluster.add` repeated answers with the same token;
+/// `kv.incr` and `kv.cas` repeated answer with their first answers and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_applies_once() -> Result<()> {
     init_tracing();
@@ -66,6 +67,32 @@ async fn a_retried_request_applies_once() -> Result<()> {
     assert_eq!(token["token"], repeated["token"]);
     let tokens = first.operation(Operation::ClusterTokens).await?;
     assert_eq!(tokens.as_array().map(Vec::len), Some(1), "{tokens}");
+
+    tracing::info!("--- kv.incr and kv.cas repeated answer with their first answers");
+    use starling_runtime::automation::kv::KvOperation;
+    let incr = || {
+        Operation::Kv(KvOperation::Incr {
+            key: "n".into(),
+            delta: 5,
+        })
+    };
+    assert_eq!(first.operation_with_id(incr(), 10).await?, 5);
+    assert_eq!(first.operation_with_id(incr(), 11).await?, 10);
+    assert_eq!(second.operation_with_id(incr(), 10).await?, 5);
+    let cas = || {
+        Operation::Kv(KvOperation::Cas {
+            key: "n".into(),
+            expected: Some("10".into()),
+            new: Some("0".into()),
+        })
+    };
+    assert_eq!(first.operation_with_id(cas(), 12).await?, true);
+    assert_eq!(second.operation_with_id(cas(), 12).await?, true);
+    assert_eq!(first.operation_with_id(cas(), 13).await?, false);
+    let value = first
+        .operation(Operation::Kv(KvOperation::Get { key: "n".into() }))
+        .await?;
+    assert_eq!(value, 0);
     Ok(())
 }
 

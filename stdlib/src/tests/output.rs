@@ -14,6 +14,7 @@ fn script(source: &str) -> Script {
     Script {
         source: source.to_string(),
         chunk_name: "script.lua".to_string(),
+        args: Vec::new(),
     }
 }
 
