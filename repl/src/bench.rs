@@ -2,7 +2,8 @@
 //!
 //! Starts `--members` `starling daemon` processes on loopback with durable storage, then for
 //! 1, 16 and 64 concurrent writers sends `config.set user.bench.N` to the leader for a fixed
-//! time and prints writes/s, p50 and p99. Then a linearizable read figure. With `--baseline
+//! time and prints writes/s, p50 and p99. Then `kv.incr` of one shared key from 64 clients
+//! (its counter checked against the increments acknowledged), and a linearizable read figure. With `--baseline
 //! OLD_BINARY`, rounds alternate between the old binary's cluster and this one's (the same
 //! machine, the same run) and the medians of both are printed with the change in percent.
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use starling_runtime::automation::kv::KvOperation;
 use starling_runtime::{Client, Operation};
 
 /// Arguments of `starling bench`.
@@ -242,8 +244,13 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
     );
     let mut writes = Vec::new();
     for &writers in &args.writers {
-        let (count, latencies) =
-            write_load(&leader, writers, Duration::from_secs(args.seconds)).await?;
+        let (count, latencies) = write_load(
+            &leader,
+            writers,
+            Duration::from_secs(args.seconds),
+            config_set,
+        )
+        .await?;
         let rate = count as f64 / args.seconds as f64;
         let p50 = percentile(&latencies, 0.50);
         println!(
@@ -252,6 +259,22 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
         );
         writes.push((rate, p50));
     }
+    // The same load as kv.incr on one shared counter: every increment conflicts with every
+    // other, and the counter must end at the number acknowledged.
+    let (count, latencies) =
+        write_load(&leader, KV_CLIENTS, Duration::from_secs(args.seconds), incr).await?;
+    let counted = Client::local(&leader)
+        .await?
+        .operation(Operation::Kv(KvOperation::Get {
+            key: KV_COUNTER.into(),
+        }))
+        .await?;
+    println!(
+        "kv.incr of one key, {KV_CLIENTS} clients: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms; counter {counted} for {count} acknowledged (target 10,000/s)",
+        count as f64 / args.seconds as f64,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
     let reads = read_load(&leader, Duration::from_secs(args.seconds.min(3))).await?;
     let read_p50_ms = percentile(&reads, 0.50);
     println!(
@@ -360,11 +383,32 @@ async fn leader_dir(dir: &Path, members: usize) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("leader {leader} unknown"))
 }
 
+/// Concurrent clients of the `kv.incr` figure, and the key they increment.
+const KV_CLIENTS: usize = 64;
+const KV_COUNTER: &str = "bench/hits";
+
+/// Writer `writer`'s `sequence`th write of the write figures.
+fn config_set(writer: usize, sequence: u64) -> Operation {
+    Operation::ConfigSet {
+        key: format!("user.bench.{writer}"),
+        value: sequence.to_string(),
+    }
+}
+
+/// An increment of the `kv.incr` figure's counter.
+fn incr(_writer: usize, _sequence: u64) -> Operation {
+    Operation::Kv(KvOperation::Incr {
+        key: KV_COUNTER.into(),
+        delta: 1,
+    })
+}
+
 /// `writers` concurrent writers for `duration`; returns the write count and latencies in ms.
 async fn write_load(
     leader: &Path,
     writers: usize,
     duration: Duration,
+    make: fn(usize, u64) -> Operation,
 ) -> Result<(usize, Vec<f64>)> {
     let connections = writers.div_ceil(16).max(1);
     let mut clients = Vec::new();
@@ -380,10 +424,7 @@ async fn write_load(
                 let mut sequence = 0u64;
                 while Instant::now() < deadline {
                     sequence += 1;
-                    let operation = Operation::ConfigSet {
-                        key: format!("user.bench.{writer}"),
-                        value: sequence.to_string(),
-                    };
+                    let operation = make(writer, sequence);
                     let started = Instant::now();
                     client.operation(operation).await?;
                     latencies.push(started.elapsed().as_secs_f64() * 1000.0);

@@ -139,9 +139,11 @@ impl KvOperation {
                         {
                             number.as_u64().unwrap_or_default() as usize
                         }
-                        Some(other) => return Err(Error::Refused(format!(
+                        Some(other) => {
+                            return Err(Error::Refused(format!(
                             "kv.list: limit must be an integer from 1 to {LIST_MAX}, not {other}"
-                        ))),
+                        )))
+                        }
                     },
                     Some(other) => return Err(arguments.wrong_table(1, "options", other)),
                 };
