@@ -31,6 +31,7 @@ mod keys;
 mod placement;
 mod profile;
 mod project;
+mod stored;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,6 +95,9 @@ enum Command {
     /// (`test`); creates nothing.
     #[command(subcommand)]
     Placement(placement::PlacementCommand),
+    /// Scripts stored in the cluster database, run when asked or on a schedule.
+    #[command(subcommand)]
+    Script(stored::ScriptCommand),
     /// Profiles of the project of --project (as `lxc profile`).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
@@ -607,6 +611,7 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Placement(command) => {
             placement::run(cli.format, client, &cli.project, command).await
         }
+        Command::Script(command) => stored::run(cli.format, client, command).await,
         Command::Profile(command) => profile::run(cli.format, &cli.project, client, command).await,
         Command::Project(command) => project::run(cli.format, client, command).await,
         Command::Run { file, args } => {

@@ -90,6 +90,19 @@ impl Member {
                 ));
             }
         }
+        // A stored script's run is started on, and its end vouched for by, members only; a
+        // run is carried out by the member asked.
+        if let Operation::Script(script) = operation {
+            if script.is_internal() && caller.client.is_some() {
+                return Err(Error::NotAuthorized(
+                    "running a stored script's run is for members only: use scripts.run"
+                        .to_string(),
+                ));
+            }
+            if let crate::automation::scripts::ScriptOperation::Execute { .. } = script {
+                return self.scripts_here(script).await;
+            }
+        }
         // Readiness is the member asked's own.
         if let Operation::MemberReady = operation {
             return if self.inner.instances.adopted() {
@@ -347,6 +360,7 @@ impl Member {
             Operation::Profile(profile) => self.profile_here(profile).await,
             Operation::Project(project) => self.project_here(project).await,
             Operation::Kv(kv) => self.kv_here(kv).await,
+            Operation::Script(script) => Box::pin(self.scripts_here(script)).await,
             Operation::ClusterPromote { name, replace } => {
                 self.promote(name, replace.as_deref()).await
             }

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     /// This member's containers (see [`crate::instances::local`]).
     pub(crate) instances: crate::instances::local::InstanceState,
     pub(crate) placement: crate::placement::ops::PlacementState,
+    /// Stored-script runs under way here (see [`crate::automation::scripts`]).
+    pub(crate) automation: crate::automation::scripts::AutomationState,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -295,6 +297,7 @@ impl Member {
             images: Default::default(),
             instances: Default::default(),
             placement: Default::default(),
+            automation: Default::default(),
             _lock: lock,
         };
         let member = Member {
@@ -352,6 +355,7 @@ impl Member {
         let health = self.clone();
         tokio::spawn(async move { crate::cluster::health::run(health).await });
         crate::instances::watch::spawn(self.clone());
+        tokio::spawn(crate::automation::scripts::run_scheduler(self.clone()));
         let storage = self.inner.storage.clone();
         let name = self.inner.name.clone();
         tokio::spawn(async move {

@@ -183,6 +183,8 @@ pub enum Operation {
     Project(crate::instances::projects::ProjectOperation),
     /// `kv.*`.
     Kv(crate::automation::kv::KvOperation),
+    /// `scripts.*`.
+    Script(crate::automation::scripts::ScriptOperation),
     /// `storage.create(name, driver [, config [, member_config]])`.
     StorageCreate {
         /// Pool name.
@@ -369,6 +371,34 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "kv.list",
         help: "kv.list([prefix [, {limit=}]]) -> {{key=, value=}, ...} in key order (1,000 unless limit)",
+    },
+    Builtin {
+        name: "scripts.create",
+        help: "scripts.create(name, source, {schedule=, member=, description=, timeout=, missed=}) -> stores a script (schedule: cron in UTC, @hourly..., @every 10s)",
+    },
+    Builtin {
+        name: "scripts.update",
+        help: "scripts.update(name, {source=, schedule=, member=, description=, timeout=, missed=}) -> changes what is given",
+    },
+    Builtin {
+        name: "scripts.delete",
+        help: "scripts.delete(name) -> deletes a stored script (its runs stay listed)",
+    },
+    Builtin {
+        name: "scripts.list",
+        help: "scripts.list() -> stored scripts",
+    },
+    Builtin {
+        name: "scripts.get",
+        help: "scripts.get(name) -> one stored script",
+    },
+    Builtin {
+        name: "scripts.run",
+        help: "scripts.run(name [, {args...}]) -> runs it now, waits, and answers the run's record",
+    },
+    Builtin {
+        name: "scripts.runs",
+        help: "scripts.runs(name [, {limit=}]) -> its newest runs (20 unless limit), newest last",
     },
     Builtin {
         name: "images.list",
@@ -842,6 +872,9 @@ impl Operation {
             project if project.starts_with("projects.") => {
                 Operation::Project(ProjectOperation::from_call(&arguments)?)
             }
+            script if script.starts_with("scripts.") => Operation::Script(
+                crate::automation::scripts::ScriptOperation::from_call(&arguments)?,
+            ),
             kv if kv.starts_with("kv.") => {
                 Operation::Kv(crate::automation::kv::KvOperation::from_call(&arguments)?)
             }
@@ -884,6 +917,9 @@ impl Operation {
         }
         if let Operation::Kv(kv) = self {
             return kv.is_write();
+        }
+        if let Operation::Script(script) = self {
+            return script.is_write();
         }
         matches!(
             self,

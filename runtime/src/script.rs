@@ -125,34 +125,16 @@ pub(crate) async fn exec(
             "the script slots are closed".to_string(),
         )));
     };
-    let (print, mut printed) = tokio::sync::mpsc::channel(PRINT_LINES_BUFFERED);
-    let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone(), caller));
     let script = Script {
         source,
         chunk_name,
         args,
     };
-    let (done, outcome) = tokio::sync::oneshot::channel();
-    let runtime = tokio::runtime::Handle::current();
-    let spawned = std::thread::Builder::new()
-        .name("starling-script".to_string())
-        .spawn(move || {
-            lower_this_thread_priority();
-            let result = runtime.block_on(starling_stdlib::run(
-                host,
-                BUILTINS,
-                script,
-                Limits::default(),
-                print,
-            ));
-            drop(permit);
-            let _ = done.send(result);
-        });
-    if let Err(error) = spawned {
-        return Reply::ScriptDone(Err(Error::Internal(format!(
-            "cannot start a script thread: {error}"
-        ))));
-    }
+    let (mut printed, outcome) =
+        match start_thread(member, caller, script, Limits::default(), permit) {
+            Ok(started) => started,
+            Err(error) => return Reply::ScriptDone(Err(error)),
+        };
     loop {
         let line = tokio::select! {
             line = printed.recv() => line,
@@ -171,6 +153,72 @@ pub(crate) async fn exec(
         Err(_) => Reply::ScriptDone(Err(Error::Internal(
             "the script thread ended without an answer".to_string(),
         ))),
+    }
+}
+
+/// What a script thread answers when it ends.
+type Outcome = tokio::sync::oneshot::Receiver<Result<Value, starling_stdlib::Error>>;
+
+/// Starts `script` on a thread of its own (holding `permit`, a running slot): its printed
+/// lines come through the first receiver, its result through the second.
+fn start_thread(
+    member: &Member,
+    caller: Caller,
+    script: Script,
+    limits: Limits,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(tokio::sync::mpsc::Receiver<String>, Outcome), Error> {
+    let (print, printed) = tokio::sync::mpsc::channel(PRINT_LINES_BUFFERED);
+    let host: Arc<dyn Host> = Arc::new(MemberHost::new(member.clone(), caller));
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("starling-script".to_string())
+        .spawn(move || {
+            lower_this_thread_priority();
+            let result =
+                runtime.block_on(starling_stdlib::run(host, BUILTINS, script, limits, print));
+            drop(permit);
+            let _ = done.send(result);
+        })
+        .map_err(|error| Error::Internal(format!("cannot start a script thread: {error}")))?;
+    Ok((printed, outcome))
+}
+
+/// Runs a stored script's run on this member, as the member itself: waits for a running
+/// slot, runs `script` with `limits`, and answers its result and the first `kept_bytes` it
+/// printed (the rest is read and dropped, so the script never waits on its output).
+pub(crate) async fn run_captured(
+    member: &Member,
+    script: Script,
+    limits: Limits,
+    kept_bytes: usize,
+) -> (Result<Value, starling_stdlib::Error>, String) {
+    let failed = |message: String| {
+        (
+            Err(starling_stdlib::Error::Runtime { message }),
+            String::new(),
+        )
+    };
+    let Ok(permit) = member.inner.scripts.running.clone().acquire_owned().await else {
+        return failed("the script slots are closed".to_string());
+    };
+    let (mut printed, outcome) = match start_thread(member, Caller::local(), script, limits, permit)
+    {
+        Ok(started) => started,
+        Err(error) => return failed(error.to_string()),
+    };
+    let mut output = String::new();
+    while let Some(line) = printed.recv().await {
+        if output.len() < kept_bytes {
+            output.push_str(&line);
+            output.push('\n');
+        }
+    }
+    let output = starling_store::scripts::kept(&output);
+    match outcome.await {
+        Ok(result) => (result, output),
+        Err(_) => failed("the script thread ended without an answer".to_string()),
     }
 }
 

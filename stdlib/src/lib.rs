@@ -210,6 +210,12 @@ pub async fn run(
     session.run_chunk(&script.source, &script.chunk_name).await
 }
 
+/// Checks that `source` compiles (a stored script is checked when stored); the error is
+/// Lua's message, with `chunk_name` and the line.
+pub fn check_syntax(source: &str, chunk_name: &str) -> Result<(), String> {
+    session::check_syntax(source, chunk_name)
+}
+
 /// True when `source` is an unfinished Lua statement or expression (an open
 /// `function`, `{`, long string, trailing operator, ...) so a REPL should read
 /// more lines. Input that compiles either as a chunk or as `return <input>` (such

@@ -143,6 +143,18 @@ fn strip_traceback(message: &str) -> String {
 }
 
 /// See [`crate::is_incomplete`].
+/// Whether `source` compiles as a chunk named `chunk_name`; the error is Lua's message.
+pub(crate) fn check_syntax(source: &str, chunk_name: &str) -> Result<(), String> {
+    let lua =
+        Lua::new_with(StdLib::NONE, LuaOptions::default()).map_err(|error| error.to_string())?;
+    compile(&lua, source, chunk_name)
+        .map(|_| ())
+        .map_err(|error| match error {
+            mlua::Error::SyntaxError { message, .. } => message,
+            other => other.to_string(),
+        })
+}
+
 pub(crate) fn is_incomplete(source: &str) -> bool {
     let Ok(lua) = Lua::new_with(StdLib::NONE, LuaOptions::default()) else {
         return false;

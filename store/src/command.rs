@@ -139,6 +139,8 @@ pub enum Command {
     Evacuation(crate::evacuation::EvacuationCommand),
     /// A change to the key-value space scripts share.
     Kv(crate::kv::KvCommand),
+    /// A change to stored scripts or their runs.
+    Script(crate::scripts::ScriptCommand),
 }
 
 /// A member's new health, as a heartbeat round saw it.
@@ -322,6 +324,7 @@ impl ClusterState {
             Command::Instance(command) => self.apply_instance(command),
             Command::Evacuation(command) => self.apply_evacuation(command),
             Command::Kv(command) => self.apply_kv(command),
+            Command::Script(command) => self.apply_script(command),
             Command::NetworkCreate { network } => self.create_network(network),
             Command::NetworkDelete { name } => match self.networks.remove(name) {
                 Some(_) => Ok(()),

@@ -37,6 +37,7 @@ pub mod model;
 pub mod no_network;
 pub mod recover;
 pub mod requests;
+pub mod scripts;
 pub mod state_machine;
 
 use std::io::Cursor;

@@ -216,6 +216,7 @@ impl Command {
             Command::Instance(command) => command.check_fields(),
             Command::Evacuation(command) => command.check_fields(),
             Command::Kv(command) => command.check_fields(),
+            Command::Script(command) => command.check_fields(),
         }
     }
 }

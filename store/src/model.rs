@@ -58,6 +58,8 @@ pub struct ClusterState {
     pub ca_key_pem: String,
     /// The key-value space scripts share (`kv.*`).
     pub kv: crate::kv::KvSpace,
+    /// Stored scripts and their runs.
+    pub scripts: crate::scripts::ScriptsState,
 }
 
 /// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).

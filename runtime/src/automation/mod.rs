@@ -1,5 +1,7 @@
-//! Automation: what scripts keep and share between runs. Today the key-value space
-//! (`kv.*`, [`kv`]); stored, scheduled and triggered scripts and the event stream belong here
-//! too as they come.
+//! Automation: the key-value space scripts share ([`kv`]), stored and scheduled scripts
+//! ([`scripts`], with the pure [`schedule`] planner). Event-triggered scripts and the event
+//! stream belong here too as they come.
 
 pub mod kv;
+pub mod schedule;
+pub mod scripts;
