@@ -318,7 +318,6 @@ impl Member {
         let member = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut shutdown = member.inner.shutdown.subscribe();
             loop {
                 // The stored vote may name the leader from before the restart, so only a
                 // leader's append received since start counts as contact.
@@ -334,7 +333,7 @@ impl Member {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = shutdown.changed() => return,
+                    _ = member.stopping() => return,
                 }
             }
         });
@@ -647,6 +646,14 @@ impl Member {
     /// The error for "no quorum", with a fresh count of reachable voters.
     pub(crate) async fn unavailable(&self) -> Error {
         crate::cluster::health::quorum_error(self).await
+    }
+
+    /// Resolves once the member is shutting down, at once if it already is. (A receiver's
+    /// `changed()` would wait forever when the shutdown came before the task subscribed, and
+    /// the task would keep the member, its database and its UDP port alive.)
+    pub(crate) async fn stopping(&self) {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let _ = shutdown.wait_for(|stopped| *stopped).await;
     }
 
     /// Stops the member: Raft, the endpoint and the background tasks.

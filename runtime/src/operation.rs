@@ -1306,6 +1306,7 @@ mod tests {
         let request = [json!({"image": "x"})];
         let source_then_request = [json!("x"), json!({"image": "x"})];
         let member_then_list = [json!("m1"), json!(["g1"])];
+        let key_then_number = [json!("k"), json!(1)];
         for builtin in BUILTINS {
             let accepted = [
                 &[][..],
@@ -1316,6 +1317,7 @@ mod tests {
                 &request[..],
                 &source_then_request[..],
                 &member_then_list[..],
+                &key_then_number[..],
             ]
             .iter()
             .any(|args| Operation::from_call(builtin.name, args).is_ok());

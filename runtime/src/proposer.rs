@@ -43,7 +43,6 @@ const ENTRIES_IN_FLIGHT_MAX: usize = 2;
 /// Proposes queued commands until the queue closes.
 pub(crate) async fn run(member: Member, mut queue: mpsc::UnboundedReceiver<Proposal>) {
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
-    let mut shutdown = member.inner.shutdown.subscribe();
     let mut carried: Option<Proposal> = None;
     loop {
         // The member owns the queue's sender, so the queue never closes while this task holds
@@ -55,7 +54,7 @@ pub(crate) async fn run(member: Member, mut queue: mpsc::UnboundedReceiver<Propo
                     Some(proposal) => proposal,
                     None => return,
                 },
-                _ = shutdown.changed() => return,
+                _ = member.stopping() => return,
             },
         };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {

@@ -1,6 +1,7 @@
 //! Stored scripts on real member processes: kept in the cluster database, run when asked (on
 //! the leader or a chosen member) and on a schedule, each tick exactly once, through a
-//! `kill -9` of the leader; every bad input refused with what is wrong.
+//! `kill -9` of the leader and a real network partition of it (iptables); every bad input
+//! refused with what is wrong.
 
 use std::time::Duration;
 
@@ -213,5 +214,90 @@ async fn each_tick_runs_once_through_a_leader_kill() -> Result<()> {
     let mut unique = results.clone();
     unique.dedup();
     assert_eq!(unique, results, "two runs saw the same count: {results:?}");
+    Ok(())
+}
+
+/// Goal: a leader cut off from the others by the network runs nothing: it cannot commit a
+/// claim, so the ticks are claimed and run by the new leader, each once; after healing the
+/// old leader follows and has run nothing meanwhile.
+/// Method: 3 in-process members on loopback addresses of their own; an `@every 1s` script
+/// incrementing a kv counter; iptables DROP rules between the leader's address and the
+/// others' for 4 s; the record is read after healing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_runs_nothing() -> Result<()> {
+    use starling_tests::netfault::{member_ip, Firewall};
+    init_tracing();
+    let ips: Vec<String> = (0..3).map(|member| member_ip(7, member)).collect();
+    let firewall = Firewall::new()?;
+    let cluster = starling_tests::TestCluster::start_with_ips(3, ips.clone()).await?;
+    let leader = cluster.leader().await?;
+    let old_name = cluster.member(leader).name();
+    let follower = (leader + 1) % 3;
+    let client = cluster.client(follower).await?;
+    client
+        .exec(
+            "scripts.create('tick', \"return kv.incr('ticks')\", {schedule='@every 1s'})",
+            "setup",
+            |_| {},
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tracing::info!(leader, "--- cut the leader off");
+    for other in (0..3).filter(|index| *index != leader) {
+        firewall.cut(&ips[leader], &ips[other])?;
+    }
+    let cut_at = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    firewall.heal()?;
+    let healed_at = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let record = client
+        .exec("return scripts.runs('tick', {limit=100})", "read", |_| {})
+        .await?;
+    let record = record.as_array().cloned().unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&record)?);
+    let millis = |time: std::time::SystemTime| -> i64 {
+        time.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64)
+    };
+    let started = |run: &Value| -> Result<i64> {
+        let text = run["started_at"].as_str().context("no started_at")?;
+        Ok(chrono::DateTime::parse_from_rfc3339(text)?.timestamp_millis())
+    };
+    // A claim committed just before the cut may start just after it.
+    let (cut, healed) = (millis(cut_at) + 200, millis(healed_at));
+    for run in &record {
+        let at = started(run)?;
+        if run["member"] == old_name.as_str() {
+            assert!(
+                !(cut..healed).contains(&at),
+                "the cut-off leader ran a tick: {run}"
+            );
+        }
+    }
+    let during = record
+        .iter()
+        .filter(|run| started(run).is_ok_and(|at| (cut..healed).contains(&at)))
+        .count();
+    assert!(
+        during >= 2,
+        "the new leader ran no tick during the cut: {record:?}"
+    );
+    let ticks: Vec<i64> = record.iter().map(tick_ms).collect::<Result<_>>()?;
+    assert!(ticks.windows(2).all(|pair| pair[0] < pair[1]), "{ticks:?}");
+    let ok = record.iter().filter(|run| run["status"] == "ok").count() as i64;
+    let counted = client
+        .exec("return kv.get('ticks')", "read", |_| {})
+        .await?
+        .as_i64()
+        .unwrap_or(-1);
+    let running = record
+        .iter()
+        .filter(|run| run["status"] == "running")
+        .count() as i64;
+    assert!(
+        ok <= counted && counted <= ok + running,
+        "counter {counted}, {ok} ok: {record:?}"
+    );
     Ok(())
 }

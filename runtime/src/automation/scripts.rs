@@ -281,10 +281,12 @@ fn options(arguments: &Arguments, position: usize) -> Result<ScriptOptions, Erro
         {
             number.as_u64().map(|seconds| seconds as u32)
         }
-        Some(other) => return Err(Error::Refused(format!(
+        Some(other) => {
+            return Err(Error::Refused(format!(
             "{}: timeout must be a whole number of seconds from 1 to {TIMEOUT_MAX_S}, not {other}",
             arguments.name
-        ))),
+        )))
+        }
     };
     Ok(ScriptOptions {
         source: text("source")?,
@@ -846,11 +848,10 @@ impl Member {
 
 /// Every member runs this; it acts while the member leads.
 pub(crate) async fn run_scheduler(member: Member) {
-    let mut stop = member.inner.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SCHEDULER_PERIOD) => {}
-            _ = stop.changed() => return,
+            _ = member.stopping() => return,
         }
         if member.is_leader() {
             member.schedule_round().await;

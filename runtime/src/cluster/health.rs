@@ -27,14 +27,13 @@ pub(crate) const PROMOTION_LAG_MAX: u64 = 100;
 
 /// Runs heartbeat rounds while the member leads, until shutdown.
 pub(crate) async fn run(member: Member) {
-    let mut shutdown = member.inner.shutdown.subscribe();
     loop {
         let interval_ms = member
             .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
             .max(100) as u64;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
-            _ = shutdown.changed() => return,
+            _ = member.stopping() => return,
         }
         member.remove_deleted_images();
         if !member.is_leader() {

@@ -454,8 +454,10 @@ mod tests {
         half.shutdown().await;
         drop(half);
         // The stopped member's LMDB environment and UDP port may take a moment to be released
-        // in this process. It once took more than 10 s in CI (cause not found): the time and
-        // the last error are printed, and the wait is 30 s.
+        // in this process. It once took more than 30 s in CI: a background task that started
+        // after the shutdown was sent waited for a change that had already happened, holding
+        // the member (and its port) for ever (`Member::stopping` now). The time and the last
+        // error are printed.
         let stopped = std::time::Instant::now();
         let mut restarted = None;
         let mut last_error = None;

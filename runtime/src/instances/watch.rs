@@ -87,7 +87,6 @@ pub fn is_stale(me: &str, located: Option<&str>, arrived_recently: bool) -> bool
 /// root file systems of moves cut off by a restart are removed first.
 pub(crate) fn spawn(member: Member) {
     tokio::spawn(async move {
-        let mut shutdown = member.inner.shutdown.subscribe();
         let mut round = 0u64;
         loop {
             // The first round at once: `waitready` waits for it.
@@ -98,7 +97,7 @@ pub(crate) fn spawn(member: Member) {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => return,
+                _ = member.stopping() => return,
             }
             if member.inner.instances.is_shutting_down() {
                 return;
