@@ -3,7 +3,8 @@
 //! Starts `--members` `starling daemon` processes on loopback with durable storage, then for
 //! 1, 16 and 64 concurrent writers sends `config.set user.bench.N` to the leader for a fixed
 //! time and prints writes/s, p50 and p99. Then `kv.incr` of one shared key from 64 clients
-//! (its counter checked against the increments acknowledged), and a linearizable read figure. With `--baseline
+//! (its counter checked against the increments acknowledged), a linearizable read figure, and
+//! the jitter of a scheduled script (its start, as it reads the clock, minus its tick). With `--baseline
 //! OLD_BINARY`, rounds alternate between the old binary's cluster and this one's (the same
 //! machine, the same run) and the medians of both are printed with the change in percent.
 
@@ -276,6 +277,14 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
         percentile(&latencies, 0.99)
     );
     let reads = read_load(&leader, Duration::from_secs(args.seconds.min(3))).await?;
+    let jitter = schedule_jitter(&leader, Duration::from_secs(args.seconds.max(2))).await?;
+    println!(
+        "scheduled script (@every 100ms, idle cluster, {} ticks): start - tick p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 50 ms)",
+        jitter.len(),
+        percentile(&jitter, 0.50),
+        percentile(&jitter, 0.99),
+        jitter.iter().copied().fold(f64::NAN, f64::max)
+    );
     let read_p50_ms = percentile(&reads, 0.50);
     println!(
         "linearizable read (1 reader): p50 {read_p50_ms:.3} ms, p99 {:.3} ms",
@@ -458,6 +467,49 @@ async fn read_load(leader: &Path, duration: Duration) -> Result<Vec<f64>> {
     }
     client.close();
     Ok(latencies)
+}
+
+/// Stores an `@every 100ms` script that answers the time it started, lets it run for
+/// `duration`, deletes it, and answers each run's start minus its tick, in milliseconds.
+async fn schedule_jitter(leader: &Path, duration: Duration) -> Result<Vec<f64>> {
+    use starling_runtime::automation::scripts::{ScriptOperation, ScriptOptions};
+    let client = Client::local(leader).await?;
+    let script = |operation| Operation::Script(operation);
+    client
+        .operation(script(ScriptOperation::Create {
+            name: "bench-jitter".into(),
+            options: ScriptOptions {
+                source: Some("return time.now()".into()),
+                schedule: Some("@every 100ms".into()),
+                ..ScriptOptions::default()
+            },
+        }))
+        .await?;
+    tokio::time::sleep(duration).await;
+    client
+        .operation(script(ScriptOperation::Delete {
+            name: "bench-jitter".into(),
+        }))
+        .await?;
+    let runs = client
+        .operation(script(ScriptOperation::Runs {
+            name: "bench-jitter".into(),
+            limit: 1_000,
+        }))
+        .await?;
+    client.close();
+    let mut jitter = Vec::new();
+    for run in runs.as_array().into_iter().flatten() {
+        let (Some(tick), Some(started)) = (run["tick"].as_str(), run["result"].as_f64()) else {
+            continue;
+        };
+        let tick = chrono::DateTime::parse_from_rfc3339(tick)?.timestamp_millis() as f64;
+        jitter.push(started * 1000.0 - tick);
+    }
+    if jitter.is_empty() {
+        bail!("the scheduled script did not run: {runs}");
+    }
+    Ok(jitter)
 }
 
 fn percentile(latencies: &[f64], fraction: f64) -> f64 {
