@@ -2,6 +2,8 @@
 //!
 //! With a terminal it uses reedline (history, multi-line input for unfinished statements,
 //! completion of built-in names); without one (pipes, scripts, tests) it reads plain lines.
+//! Lists of records print as tables (`:format json|yaml|table` switches); Ctrl-C while a
+//! chunk runs stops the chunk, not the REPL.
 
 use std::borrow::Cow;
 use std::io::{BufRead, IsTerminal};
@@ -17,6 +19,8 @@ use reedline::{
 use serde_json::Value;
 use starling_runtime::{Client, Operation, BUILTINS};
 use starling_stdlib::{Host, Limits, Session};
+
+use crate::format::{self, Format};
 
 /// Name of the menu that Tab opens.
 const COMPLETION_MENU: &str = "completion_menu";
@@ -56,6 +60,17 @@ pub async fn run(client: Client, history: PathBuf) -> Result<()> {
     };
     let mut session = Session::new(host, BUILTINS, limits, print)?;
     let mut lines = Lines::new(history)?;
+    // At the prompt the line editor reads Ctrl-C as a key; while a chunk runs, the terminal
+    // turns it into SIGINT, which stops the chunk, not the REPL.
+    if matches!(lines, Lines::Editor(_)) {
+        let interrupter = session.interrupter();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                interrupter.interrupt();
+            }
+        });
+    }
+    let mut format = Format::Table;
     while let Some(input) = lines.next().await? {
         let input = input.trim();
         if input.is_empty() {
@@ -63,6 +78,15 @@ pub async fn run(client: Client, history: PathBuf) -> Result<()> {
         }
         if input == "exit" || input == "quit" {
             break;
+        }
+        if let Some(name) = input.strip_prefix(":format") {
+            match name.trim() {
+                "table" => format = Format::Table,
+                "json" => format = Format::Json,
+                "yaml" => format = Format::Yaml,
+                other => eprintln!("error: :format takes table, json or yaml, not \"{other}\""),
+            }
+            continue;
         }
         // Print lines as the chunk prints them: the channel is bounded, so the chunk waits for us.
         let result = {
@@ -81,7 +105,7 @@ pub async fn run(client: Client, history: PathBuf) -> Result<()> {
         }
         match result {
             Ok(Value::Null) => {}
-            Ok(value) => println!("{}", serde_json::to_string_pretty(&value)?),
+            Ok(value) => println!("{}", format::render_auto(&value, format)),
             Err(error) => eprintln!("error: {error}"),
         }
     }

@@ -19,9 +19,10 @@ pub async fn run(dir: &Path, members: usize, config_dir: &Path) -> Result<()> {
         create(dir, members).await?
     };
     println!(
-        "Starling demo: {} members under {}. Try `cluster.members()`; `exit` leaves.",
+        "Starling demo: {} members under {} (their log: {}). Try `cluster.members()`; `exit` leaves.",
         running.len(),
-        dir.display()
+        dir.display(),
+        dir.join("demo.log").display()
     );
     let client = Client::local(&dir.join("m1")).await?;
     let result = crate::console::run(client, config_dir.join("history")).await;

@@ -63,6 +63,50 @@ pub fn render(value: &Value, format: Format, columns: &[Column]) -> String {
     }
 }
 
+/// Renders a value whose shape is not known in advance (the REPL's results): in `Table`, a
+/// list of records becomes a table whose columns are their fields in order of first
+/// appearance (those that name a record first; nested values as compact JSON); anything else
+/// prints as JSON.
+pub fn render_auto(value: &Value, format: Format) -> String {
+    let records = match value {
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => items,
+        _ if format == Format::Table => {
+            return serde_json::to_string_pretty(value).unwrap_or_default()
+        }
+        _ => return render(value, format, &[]),
+    };
+    if format != Format::Table {
+        return render(value, format, &[]);
+    }
+    let mut fields: Vec<&str> = Vec::new();
+    for record in records {
+        for key in record.as_object().into_iter().flat_map(|map| map.keys()) {
+            if !fields.contains(&key.as_str()) {
+                fields.push(key);
+            }
+        }
+    }
+    // What names a record comes first (`id`, `name`, `server_name`, `key`), the rest in order.
+    fields.sort_by_key(|field| !matches!(*field, "id" | "name" | "server_name" | "key"));
+    let headers: Vec<String> = fields.iter().map(|field| field.to_uppercase()).collect();
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|record| {
+            fields
+                .iter()
+                .map(|field| match record.get(*field) {
+                    Some(Value::Array(items)) if items.iter().all(|item| !item.is_object()) => {
+                        cell(record.get(*field))
+                    }
+                    Some(nested @ (Value::Object(_) | Value::Array(_))) => nested.to_string(),
+                    other => cell(other),
+                })
+                .collect()
+        })
+        .collect();
+    table_with(&headers, &rows)
+}
+
 fn rows(value: &Value, columns: &[Column]) -> Vec<Vec<String>> {
     let items: Vec<&Value> = match value {
         Value::Array(items) => items.iter().collect(),
@@ -108,7 +152,15 @@ fn csv_line(row: &[String]) -> String {
 }
 
 fn table(rows: &[Vec<String>], columns: &[Column]) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|column| column.header.len()).collect();
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|column| column.header.to_string())
+        .collect();
+    table_with(&headers, rows)
+}
+
+fn table_with(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(String::len).collect();
     for row in rows {
         for (index, field) in row.iter().enumerate() {
             let widest = field.lines().map(str::len).max().unwrap_or(0);
@@ -124,11 +176,7 @@ fn table(rows: &[Vec<String>], columns: &[Column]) -> String {
             .join("+")
     );
     let mut out = vec![rule.clone()];
-    let headers: Vec<String> = columns
-        .iter()
-        .map(|column| column.header.to_string())
-        .collect();
-    out.extend(table_row(&headers, &widths));
+    out.extend(table_row(headers, &widths));
     out.push(rule.clone());
     for row in rows {
         out.extend(table_row(row, &widths));
@@ -185,6 +233,18 @@ mod tests {
             field: "roles",
         },
     ];
+
+    #[test]
+    fn records_of_any_shape_make_a_table() {
+        let value =
+            json!([{"name": "a", "n": 1}, {"name": "b", "tags": ["x", "y"], "deep": {"k": 1}}]);
+        let table = render_auto(&value, Format::Table);
+        assert!(table.contains("| NAME | N | DEEP    | TAGS |"), "{table}");
+        assert!(table.contains("| b    |   | {\"k\":1} | x    |"), "{table}");
+        assert_eq!(render_auto(&json!(2), Format::Table), "2");
+        assert!(render_auto(&value, Format::Json).contains("\"name\": \"a\""));
+        assert!(render_auto(&json!([]), Format::Table).contains("[]"));
+    }
 
     #[test]
     fn table_and_csv() {

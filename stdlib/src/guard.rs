@@ -44,6 +44,8 @@ pub(crate) enum Fatal {
     Output,
     /// The receiver of printed lines was dropped: the caller cancelled the script.
     Disconnected,
+    /// The session was interrupted (Ctrl-C in the REPL).
+    Interrupted,
 }
 
 /// Mutable part of the guard, reset at the start of each chunk.
@@ -63,6 +65,10 @@ pub(crate) struct Guard {
     meter: Mutex<Meter>,
     /// Where printed lines go. Its receiver being dropped cancels the script.
     print: Sender<String>,
+    /// Set by [`Guard::interrupt`] until the next chunk begins.
+    interrupted: std::sync::atomic::AtomicBool,
+    /// Wakes waits when the chunk is interrupted.
+    interruption: tokio::sync::Notify,
 }
 
 impl Guard {
@@ -79,6 +85,8 @@ impl Guard {
             limits,
             meter: Mutex::new(meter),
             print,
+            interrupted: std::sync::atomic::AtomicBool::new(false),
+            interruption: tokio::sync::Notify::new(),
         }
     }
 
@@ -108,6 +116,30 @@ impl Guard {
         meter.deadline = deadline_after(self.limits.wall_clock);
         meter.printed_bytes = 0;
         meter.fatal = None;
+        self.interrupted
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the chunk running now at its next check (a later chunk runs normally).
+    pub(crate) fn interrupt(&self) {
+        self.interrupted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.interruption.notify_waiters();
+    }
+
+    fn is_interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the chunk is interrupted.
+    async fn interrupted(&self) {
+        loop {
+            let notified = self.interruption.notified();
+            if self.is_interrupted() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// True when the receiver of printed lines is gone: the script is cancelled.
@@ -148,6 +180,8 @@ impl Guard {
                 meter.fatal = Some(Fatal::Instructions);
             } else if self.is_cancelled() {
                 meter.fatal = Some(Fatal::Disconnected);
+            } else if self.is_interrupted() {
+                meter.fatal = Some(Fatal::Interrupted);
             } else if Instant::now() >= meter.deadline {
                 meter.fatal = Some(Fatal::Timeout);
             }
@@ -163,6 +197,7 @@ impl Guard {
             biased;
             output = work => Ok(output),
             () = self.print.closed() => Err(self.trip(Fatal::Disconnected)),
+            () = self.interrupted() => Err(self.trip(Fatal::Interrupted)),
             () = tokio::time::sleep_until(deadline.into()) => Err(self.trip(Fatal::Timeout)),
         }
     }
@@ -207,6 +242,7 @@ impl Guard {
                 bytes: self.limits.print_bytes,
             },
             Fatal::Disconnected => Error::Disconnected,
+            Fatal::Interrupted => Error::Interrupted,
         }
     }
 

@@ -69,7 +69,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use session::Session;
+pub use session::{Interrupter, Session};
 
 /// Everything a script can ask of the cluster: one named operation with JSON arguments.
 pub trait Host: Send + Sync + 'static {
@@ -183,6 +183,9 @@ pub enum Error {
     /// the script was stopped.
     #[error("script stopped because its client disconnected")]
     Disconnected,
+    /// The session was interrupted ([`Interrupter::interrupt`], Ctrl-C in the REPL).
+    #[error("interrupted")]
+    Interrupted,
     /// The script's result cannot be represented as JSON.
     #[error("cannot convert the script's result to JSON: {0}")]
     Conversion(String),

@@ -27,6 +27,20 @@ pub struct Session {
     guard: Arc<Guard>,
 }
 
+/// Stops the chunk running in a [`Session`] at its next check: it ends with
+/// [`Error::Interrupted`], which the script cannot catch; the session stays usable.
+#[derive(Clone, Debug)]
+pub struct Interrupter {
+    guard: Arc<Guard>,
+}
+
+impl Interrupter {
+    /// Interrupts the chunk running now (nothing when none runs).
+    pub fn interrupt(&self) {
+        self.guard.interrupt();
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
@@ -51,6 +65,13 @@ impl Session {
         let guard = Arc::new(Guard::new(limits, print));
         let lua = sandbox::new_lua(&host, builtins, &guard)?;
         Ok(Session { lua, guard })
+    }
+
+    /// A handle that stops the chunk running in this session (from another task or thread).
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            guard: Arc::clone(&self.guard),
+        }
     }
 
     /// Evaluates one REPL input. An expression such as `1+1` or

@@ -525,3 +525,30 @@ async fn time_now_reads_the_clock_and_log_takes_anything() {
     let now = result.as_f64().unwrap();
     assert!(before <= now && now <= after, "{before} {now} {after}");
 }
+
+/// Goal: an interrupted chunk stops at once with `Interrupted`, `pcall` cannot catch it, and
+/// the session runs the next chunk normally (the REPL's Ctrl-C).
+/// Method: interrupt an endless loop (inside `pcall`) and a `sleep` from another task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_chunk_stops_and_the_session_goes_on() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let mut session = crate::Session::new(host(), BUILTINS, Limits::default(), tx).unwrap();
+    for chunk in [
+        "pcall(function() while true do end end) return 'caught'",
+        "sleep(30) return 'slept'",
+    ] {
+        let interrupter = session.interrupter();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            interrupter.interrupt();
+        });
+        let result = session.eval(chunk).await;
+        assert_eq!(result, Err(Error::Interrupted), "{chunk}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{chunk}"
+        );
+        assert_eq!(session.eval("1 + 1").await, Ok(json!(2)));
+    }
+}

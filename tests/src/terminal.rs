@@ -75,6 +75,20 @@ impl Terminal {
             .stdin(slave.try_clone()?)
             .stdout(slave.try_clone()?)
             .stderr(slave);
+        // The terminal is the command's controlling terminal, in a session of its own, as a
+        // shell would make it: Ctrl-C typed (`\x03`) then reaches it as SIGINT.
+        // SAFETY: between fork and exec only async-signal-safe calls (setsid, ioctl) are made.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command
             .spawn()
             .context("starting the command on a terminal")?;
