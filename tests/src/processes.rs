@@ -142,6 +142,12 @@ impl ProcessCluster {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Runs Lua through member `index` (`starling exec`) and reads its JSON answer.
+    pub fn lua(&self, index: usize, code: &str) -> Result<serde_json::Value> {
+        let out = self.cli_ok(index, &["exec", code])?;
+        serde_json::from_str(out.trim()).with_context(|| format!("the answer to {code}: {out}"))
+    }
+
     /// Runs a CLI command that must fail, and not by a panic; returns its stderr.
     pub fn cli_fails(&self, index: usize, args: &[&str]) -> Result<String> {
         let output = self.cli(index, args)?;

@@ -37,12 +37,6 @@ fn launch_filled(
     Ok(())
 }
 
-/// Runs Lua through member `via` and reads its JSON answer.
-fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
-    let out = cluster.cli_ok(via, &["exec", code])?;
-    serde_json::from_str(out.trim()).with_context(|| format!("the answer to {code}: {out}"))
-}
-
 fn member_status(cluster: &ProcessCluster, via: usize, name: &str) -> Result<String> {
     let members = cluster.members(via)?;
     Ok(members
@@ -123,7 +117,7 @@ async fn evacuate_and_restore() -> Result<()> {
         "{stopper}"
     );
     assert_eq!(info(&cluster, 0, "elsewhere")?["location"], "m2");
-    let summary = lua(&cluster, 2, "return cluster.evacuation('m1')")?;
+    let summary = cluster.lua(2, "return cluster.evacuation('m1')")?;
     assert_eq!(summary["running"], false, "{summary}");
     assert_eq!(summary["done"], 3, "{summary}");
     assert_eq!(
@@ -149,7 +143,7 @@ async fn evacuate_and_restore() -> Result<()> {
 
     tracing::info!("--- restore m1");
     let started = Instant::now();
-    let summary = lua(&cluster, 1, "return cluster.restore('m1')")?;
+    let summary = cluster.lua(1, "return cluster.restore('m1')")?;
     println!("restore: {:?} {summary}", started.elapsed());
     assert_eq!(member_status(&cluster, 0, "m1")?, "Online");
     for (name, status) in [
@@ -220,12 +214,12 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
         "the first instance to move",
         Duration::from_secs(60),
         || async {
-            let record = lua(
-                &cluster,
-                survivor,
-                &format!("return cluster.evacuation('{drained_name}')"),
-            )
-            .ok()?;
+            let record = cluster
+                .lua(
+                    survivor,
+                    &format!("return cluster.evacuation('{drained_name}')"),
+                )
+                .ok()?;
             (record["done"].as_u64()? >= 1).then_some(())
         },
     )
@@ -241,12 +235,12 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
         "the evacuation to end",
         Duration::from_secs(120),
         || async {
-            let record = lua(
-                &cluster,
-                survivor,
-                &format!("return cluster.evacuation('{drained_name}')"),
-            )
-            .ok()?;
+            let record = cluster
+                .lua(
+                    survivor,
+                    &format!("return cluster.evacuation('{drained_name}')"),
+                )
+                .ok()?;
             (record["running"] == false).then_some(record)
         },
     )
@@ -301,7 +295,7 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
         "the first instance to move",
         Duration::from_secs(60),
         || async {
-            let record = lua(&cluster, 1, "return cluster.evacuation('m3')").ok()?;
+            let record = cluster.lua(1, "return cluster.evacuation('m3')").ok()?;
             (record["kind"] == "evacuate" && record["done"].as_u64()? >= 1).then_some(())
         },
     )
@@ -324,7 +318,7 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
             "{record}"
         );
     }
-    let record = lua(&cluster, 0, "return cluster.evacuation('m3')")?;
+    let record = cluster.lua(0, "return cluster.evacuation('m3')")?;
     assert_eq!(
         (&record["kind"], &record["running"]),
         (&Value::from("restore"), &Value::from(false))
@@ -403,12 +397,9 @@ async fn self_healing_recreates_what_it_may() -> Result<()> {
         victim_name.as_str()
     );
     let record = wait_for("the healing to end", Duration::from_secs(30), || async {
-        let record = lua(
-            &cluster,
-            via,
-            &format!("return cluster.evacuation('{victim_name}')"),
-        )
-        .ok()?;
+        let record = cluster
+            .lua(via, &format!("return cluster.evacuation('{victim_name}')"))
+            .ok()?;
         (record["running"] == false).then_some(record)
     })
     .await?;
@@ -485,7 +476,7 @@ async fn a_move_whose_destination_dies_is_placed_again() -> Result<()> {
         "the leader to choose a destination",
         Duration::from_secs(60),
         || async {
-            let moves = lua(&cluster, leader, "return instances.moves()").ok()?;
+            let moves = cluster.lua(leader, "return instances.moves()").ok()?;
             let to = moves.as_array()?.first()?["to"].as_str()?.to_string();
             (!to.is_empty()).then_some(to)
         },
@@ -501,8 +492,7 @@ async fn a_move_whose_destination_dies_is_placed_again() -> Result<()> {
     assert!(output.status.success(), "the evacuation failed: {said}");
     println!("the evacuation said: {}", said.trim());
 
-    let record = lua(
-        &cluster,
+    let record = cluster.lua(
         leader,
         &format!("return cluster.evacuation('{drained_name}')"),
     )?;

@@ -6,16 +6,10 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 use starling_tests::init_tracing;
 use starling_tests::processes::ProcessCluster;
-
-/// Runs Lua through member `via` and reads its JSON answer.
-fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
-    let out = cluster.cli_ok(via, &["exec", code])?;
-    serde_json::from_str(out.trim()).with_context(|| format!("the answer to {code}: {out}"))
-}
 
 /// Goal: kv values round-trip, are seen from every member at once, and `cas`, `delete`,
 /// `list` and `incr` do what they say; bad input is refused naming what is wrong.
@@ -24,70 +18,53 @@ fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
 async fn values_are_shared_and_compared() -> Result<()> {
     init_tracing();
     let cluster = ProcessCluster::start(3).await?;
-    lua(
-        &cluster,
+    cluster.lua(
         0,
         "kv.set('app/config', {replicas=3, zones={'a','b'}, on=true, name='web'}) return true",
     )?;
     for via in [1, 2] {
-        let value = lua(&cluster, via, "return kv.get('app/config')")?;
+        let value = cluster.lua(via, "return kv.get('app/config')")?;
         assert_eq!(
             value,
             json!({"replicas": 3, "zones": ["a", "b"], "on": true, "name": "web"})
         );
     }
-    assert_eq!(lua(&cluster, 1, "return kv.get('nothing') == nil")?, true);
+    assert_eq!(cluster.lua(1, "return kv.get('nothing') == nil")?, true);
 
     // Compare-and-set: absent → 1 once; the comparison is of values, not of text.
     assert_eq!(
-        lua(
-            &cluster,
-            1,
-            "return {kv.cas('lock', nil, 1), kv.cas('lock', nil, 2)}"
-        )?,
+        cluster.lua(1, "return {kv.cas('lock', nil, 1), kv.cas('lock', nil, 2)}")?,
         json!([true, false])
     );
     assert_eq!(
-        lua(
-            &cluster,
-            2,
+        cluster.lua(2,
             "return {kv.cas('app/config', {name='web', on=true, zones={'a','b'}, replicas=3}, 'v2'), kv.get('app/config')}"
         )?,
         json!([true, "v2"])
     );
     assert_eq!(
-        lua(
-            &cluster,
-            0,
-            "return {kv.cas('lock', 1, nil), kv.get('lock') == nil}"
-        )?,
+        cluster.lua(0, "return {kv.cas('lock', 1, nil), kv.get('lock') == nil}")?,
         json!([true, true])
     );
 
     // Increments, list and delete.
     assert_eq!(
-        lua(
-            &cluster,
+        cluster.lua(
             0,
             "return {kv.incr('n'), kv.incr('n', 41), kv.incr('n', -2)}"
         )?,
         json!([1, 42, 40])
     );
-    lua(
-        &cluster,
+    cluster.lua(
         1,
         "for i = 1, 5 do kv.set('list/' .. i, i * i) end return true",
     )?;
     assert_eq!(
-        lua(&cluster, 2, "return kv.list('list/', {limit=2})")?,
+        cluster.lua(2, "return kv.list('list/', {limit=2})")?,
         json!([{"key": "list/1", "value": 1}, {"key": "list/2", "value": 4}])
     );
-    lua(
-        &cluster,
-        2,
-        "kv.delete('list/1') kv.set('list/2', nil) return true",
-    )?;
-    assert_eq!(lua(&cluster, 0, "return #kv.list('list/')")?, json!(3));
+    cluster.lua(2, "kv.delete('list/1') kv.set('list/2', nil) return true")?;
+    assert_eq!(cluster.lua(0, "return #kv.list('list/')")?, json!(3));
 
     // Bad input.
     for (code, expected) in [
@@ -115,11 +92,10 @@ async fn values_are_shared_and_compared() -> Result<()> {
         let error = cluster.cli_fails(0, &["exec", code])?;
         assert!(error.contains(expected), "{code}: {error}");
     }
-    assert_eq!(lua(&cluster, 1, "return kv.get('n')")?, 40);
+    assert_eq!(cluster.lua(1, "return kv.get('n')")?, 40);
 
     // The helpers scripts need beside kv: the clock and the member's log.
-    let now = lua(
-        &cluster,
+    let now = cluster.lua(
         2,
         "log.warn('from a script', kv.get('n')) return time.now()",
     )?;
@@ -176,6 +152,6 @@ async fn concurrent_increments_each_apply_once() -> Result<()> {
         answers.extend(seen);
     }
     assert_eq!(answers, (1..=100).collect::<BTreeSet<i64>>());
-    assert_eq!(lua(&cluster, 2, "return kv.get('hits')")?, 100);
+    assert_eq!(cluster.lua(2, "return kv.get('hits')")?, 100);
     Ok(())
 }

@@ -10,12 +10,6 @@ use serde_json::{json, Value};
 use starling_tests::init_tracing;
 use starling_tests::processes::ProcessCluster;
 
-/// Runs Lua through member `via` and reads its JSON answer.
-fn lua(cluster: &ProcessCluster, via: usize, code: &str) -> Result<Value> {
-    let out = cluster.cli_ok(via, &["exec", code])?;
-    serde_json::from_str(out.trim()).with_context(|| format!("the answer to {code}: {out}"))
-}
-
 /// The runs of `name`, through member `via` (as `script runs NAME --format json`).
 fn runs(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Vec<Value>> {
     let out = cluster.cli_ok(
@@ -37,12 +31,10 @@ fn runs(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Vec<Value>> 
 async fn stored_scripts_run_when_asked_and_on_schedule() -> Result<()> {
     init_tracing();
     let cluster = ProcessCluster::start(3).await?;
-    lua(
-        &cluster,
-        0,
+    cluster.lua(0,
         r#"scripts.create('hello', "print('hi from ' .. cluster.info().server_name) return {arg[1], kv.incr('hello')}", {description='says hi'}) return true"#,
     )?;
-    let run = lua(&cluster, 1, "return scripts.run('hello', {'x'})")?;
+    let run = cluster.lua(1, "return scripts.run('hello', {'x'})")?;
     assert_eq!(run["status"], "ok", "{run}");
     assert_eq!(run["result"], json!(["x", 1]), "{run}");
     let leader = format!("m{}", cluster.leader(0).await? + 1);
@@ -51,24 +43,22 @@ async fn stored_scripts_run_when_asked_and_on_schedule() -> Result<()> {
 
     tracing::info!("--- pinned to a member");
     let pinned = if leader == "m2" { "m3" } else { "m2" };
-    lua(
-        &cluster,
+    cluster.lua(
         2,
         &format!("scripts.update('hello', {{member='{pinned}'}}) return true"),
     )?;
-    let run = lua(&cluster, 0, "return scripts.run('hello')")?;
+    let run = cluster.lua(0, "return scripts.run('hello')")?;
     assert_eq!(
         (&run["status"], &run["member"]),
         (&json!("ok"), &json!(pinned)),
         "{run}"
     );
     assert_eq!(run["output"], format!("hi from {pinned}\n"), "{run}");
-    lua(
-        &cluster,
+    cluster.lua(
         2,
         "scripts.update('hello', {member='@nowhere'}) return true",
     )?;
-    let run = lua(&cluster, 0, "return scripts.run('hello')")?;
+    let run = cluster.lua(0, "return scripts.run('hello')")?;
     assert_eq!(run["status"], "skipped", "{run}");
     assert!(
         run["error"]
@@ -158,8 +148,7 @@ fn tick_ms(run: &Value) -> Result<i64> {
 async fn each_tick_runs_once_through_a_leader_kill() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
-    lua(
-        &cluster,
+    cluster.lua(
         0,
         "scripts.create('tick', \"return kv.incr('ticks')\", {schedule='@every 1s'}) return true",
     )?;
@@ -198,7 +187,8 @@ async fn each_tick_runs_once_through_a_leader_kill() -> Result<()> {
     let ok = record.iter().filter(|run| run["status"] == "ok").count() as i64;
     let lost = record.iter().filter(|run| run["status"] == "lost").count() as i64;
     assert_eq!(ok + lost, record.len() as i64, "{record:?}");
-    let counted = lua(&cluster, via, "return kv.get('ticks')")?
+    let counted = cluster
+        .lua(via, "return kv.get('ticks')")?
         .as_i64()
         .unwrap_or(-1);
     // Every run that ended ok incremented once; a lost one may have.
