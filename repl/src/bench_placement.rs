@@ -115,6 +115,8 @@ fn members(count: usize) -> Vec<MemberView> {
             scheduler: SchedulerMode::All,
             instance_count: (index % 7) as u64,
             move_failed: false,
+            // As the cluster's views are made: at one revision of the member records.
+            revision: Some(1),
         })
         .collect()
 }

@@ -192,6 +192,47 @@ impl CommandResponse {
 }
 
 impl Command {
+    /// Whether applying the command may change a member record. Only the kinds known to leave
+    /// every member record alone say no; any other, and any new one, says yes.
+    pub fn may_change_members(&self) -> bool {
+        use crate::instances::InstanceCommand as I;
+        match self {
+            Command::Once { command, .. } => command.may_change_members(),
+            Command::Batch(commands) => commands.iter().any(Command::may_change_members),
+            Command::Kv(_)
+            | Command::Script(_)
+            | Command::Image(_)
+            | Command::ConfigSet { .. }
+            | Command::ConfigUnset { .. }
+            | Command::TokenIssue { .. }
+            | Command::TokenRevoke { .. }
+            | Command::PoolCreate { .. }
+            | Command::PoolDelete { .. }
+            | Command::NetworkCreate { .. }
+            | Command::NetworkDelete { .. }
+            | Command::TrustRemove { .. }
+            | Command::ClientTrust { .. } => false,
+            Command::Instance(instance) => !matches!(
+                instance,
+                I::ProjectCreate { .. }
+                    | I::ProjectUpdate { .. }
+                    | I::ProjectDelete { .. }
+                    | I::ProjectRename { .. }
+                    | I::ProfileCreate { .. }
+                    | I::ProfileUpdate { .. }
+                    | I::ProfileRename { .. }
+                    | I::ProfileDelete { .. }
+                    | I::InstanceCreate { .. }
+                    | I::InstanceUpdate { .. }
+                    | I::InstanceStatus { .. }
+                    | I::InstanceMove { .. }
+                    | I::InstanceRename { .. }
+                    | I::InstanceDelete { .. }
+            ),
+            _ => true,
+        }
+    }
+
     /// Whether applying the command changes which certificates the cluster trusts.
     pub fn changes_trust(&self) -> bool {
         if let Command::Once { command, .. } = self {
@@ -246,6 +287,9 @@ impl ClusterState {
     fn apply_one(&mut self, command: &Command) -> Result<(), String> {
         command.check_limits()?;
         self.apply_checked(command)?;
+        if command.may_change_members() {
+            self.members_revision += 1;
+        }
         if command.changes_trust() {
             self.trust_version += 1;
         }
@@ -720,6 +764,63 @@ pub(crate) mod tests {
         };
         state.apply(&bootstrap).unwrap();
         state
+    }
+
+    /// Goal: a command that changes a member record moves `members_revision`; the kinds that
+    /// never do leave it (the scriptlet's cache of candidates trusts it).
+    #[test]
+    fn the_members_revision_moves_with_every_change_of_a_member() {
+        use crate::instances::{ClusterGroup, InstanceCommand};
+        let mut state = bootstrapped();
+        let commands = [
+            Command::MemberHealth {
+                updates: vec![HealthUpdate {
+                    name: "m1".into(),
+                    status: MemberStatus::Offline,
+                    last_heartbeat_ms: 5,
+                }],
+            },
+            Command::MemberUpdate {
+                name: "m1".into(),
+                changes: MemberChanges {
+                    description: Some("rack 4".into()),
+                    ..MemberChanges::default()
+                },
+            },
+            Command::Instance(InstanceCommand::GroupCreate {
+                group: ClusterGroup {
+                    name: "fast".into(),
+                    description: String::new(),
+                },
+                members: vec!["m1".into()],
+            }),
+            Command::Once {
+                request_id: 9,
+                command: Box::new(Command::Instance(InstanceCommand::GroupRename {
+                    from: "fast".into(),
+                    to: "quick".into(),
+                })),
+            },
+            Command::ConfigSet {
+                key: "user.x".into(),
+                value: "1".into(),
+            },
+            Command::Kv(crate::kv::KvCommand::Set {
+                key: "k".into(),
+                value: "1".into(),
+            }),
+        ];
+        for command in commands {
+            let (members, revision) = (state.members.clone(), state.members_revision);
+            state.apply(&command).unwrap();
+            if state.members != members {
+                assert!(state.members_revision > revision, "{command:?}");
+            }
+            if !command.may_change_members() {
+                assert_eq!(state.members_revision, revision, "{command:?}");
+            }
+        }
+        assert_eq!(state.members["m1"].groups, ["default", "quick"]);
     }
 
     #[test]

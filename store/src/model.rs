@@ -60,6 +60,10 @@ pub struct ClusterState {
     pub kv: crate::kv::KvSpace,
     /// Stored scripts and their runs.
     pub scripts: crate::scripts::ScriptsState,
+    /// Counts applied commands that may have changed a member record (see
+    /// [`crate::Command::may_change_members`]): equal revisions, equal member records, so a
+    /// cache of something made from them knows at once whether it still holds.
+    pub members_revision: u64,
 }
 
 /// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).

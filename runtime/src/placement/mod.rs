@@ -74,6 +74,10 @@ pub struct MemberView {
     /// (it died or cannot be reached, and is not recorded offline yet).
     #[serde(skip)]
     pub move_failed: bool,
+    /// The cluster state's `members_revision` this view was made at (`None`: made by hand):
+    /// views of the same revision show the same member records.
+    #[serde(skip)]
+    pub revision: Option<u64>,
 }
 
 /// `scheduler.instance` on a member.

@@ -97,6 +97,7 @@ pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Ve
             instance_count: counts.get(member.name.as_str()).copied().unwrap_or(0)
                 + pending.get(&member.name).copied().unwrap_or(0),
             move_failed: false,
+            revision: Some(state.members_revision),
         })
         .collect()
 }

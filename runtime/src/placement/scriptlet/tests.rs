@@ -597,7 +597,8 @@ fn amplifying_calls_are_bounded_before_they_build() {
 }
 
 /// Goal: the candidates' values kept between calls follow the members: a changed field, a
-/// member gone and a member added show in the next call; the list and its members cannot be
+/// member gone and a member added show in the next call, and so does a new revision of the
+/// member records; the list and its members cannot be
 /// changed by the scriptlet (a clear error, not a changed cache).
 #[test]
 fn kept_candidates_follow_the_members() {
@@ -635,4 +636,21 @@ fn kept_candidates_follow_the_members() {
         assert!(error.to_string().contains("mmutable"), "{error}");
     }
     assert_eq!(run(&members).as_deref(), Some("m4"));
+
+    // Views made from the cluster state carry its revision of the member records: a new
+    // revision is a new list, whatever changed.
+    for member in &mut members {
+        member.revision = Some(7);
+    }
+    assert_eq!(run(&members).as_deref(), Some("m4"));
+    members[2].config.insert("user.tier".into(), "slow".into());
+    members[0].config.insert("user.tier".into(), "fast".into());
+    for member in &mut members {
+        member.revision = Some(8);
+    }
+    assert_eq!(run(&members).as_deref(), Some("m1"));
+    // A view made by hand beside the others is compared field by field.
+    members[1].revision = None;
+    members[0].config.insert("user.tier".into(), "slow".into());
+    assert_eq!(run(&members).as_deref(), None);
 }

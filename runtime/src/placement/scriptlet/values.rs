@@ -96,13 +96,23 @@ pub(crate) fn members_value<'v>(heap: Heap<'v>, members: &[&MemberView]) -> Valu
 const FROZEN_LISTS_MAX: usize = 8;
 
 /// The candidates' list, frozen once and kept between calls while it holds the same members
-/// showing the same fields (their instance counts are not shown): a call then allocates
+/// showing the same fields (their instance counts are not shown; views made from the cluster
+/// state at the same `members_revision` show the same fields): a call then allocates
 /// nothing for it, instead of a struct, its field names, strings, lists and a dict per member.
 /// Frozen, it cannot be changed by the scriptlet (`candidate_members.append(x)` and
 /// `member.groups.append(x)` fail), which LXD's scriptlets have no reason to do.
 #[derive(Default)]
 pub(crate) struct FrozenMembers {
-    lists: std::sync::Mutex<Vec<(Vec<MemberView>, OwnedFrozenValue)>>,
+    lists: std::sync::Mutex<Vec<CachedList>>,
+}
+
+/// The revision all of `members` were made at, if they were made at one.
+fn common_revision(members: &[&MemberView]) -> Option<u64> {
+    let first = members.first()?.revision?;
+    members
+        .iter()
+        .all(|member| member.revision == Some(first))
+        .then_some(first)
 }
 
 impl Clone for FrozenMembers {
@@ -125,15 +135,29 @@ impl FrozenMembers {
             .lists
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let same = |(seen, _): &&(Vec<MemberView>, OwnedFrozenValue)| {
-            seen.len() == members.len()
-                && seen
-                    .iter()
-                    .zip(members)
-                    .all(|(seen, member)| shows_the_same(seen, member))
+        // Views made at one revision of the member records show the same fields when their
+        // names match; others are compared field by field.
+        let revision = common_revision(members);
+        let same = |cached: &&CachedList| {
+            cached.members.len() == members.len()
+                && match revision {
+                    Some(revision) => {
+                        cached.revision == Some(revision)
+                            && cached
+                                .members
+                                .iter()
+                                .zip(members)
+                                .all(|(seen, member)| seen.name == member.name)
+                    }
+                    None => cached
+                        .members
+                        .iter()
+                        .zip(members)
+                        .all(|(seen, member)| shows_the_same(seen, member)),
+                }
         };
-        if let Some((_, frozen)) = lists.iter().find(same) {
-            return heap.access_owned_frozen_value(frozen);
+        if let Some(cached) = lists.iter().find(same) {
+            return heap.access_owned_frozen_value(&cached.frozen);
         }
         let Some(frozen) = freeze_members(members) else {
             return members_value(heap, members);
@@ -141,10 +165,21 @@ impl FrozenMembers {
         if lists.len() >= FROZEN_LISTS_MAX {
             lists.remove(0);
         }
-        let kept = members.iter().map(|member| (*member).clone()).collect();
-        lists.push((kept, frozen.clone()));
+        lists.push(CachedList {
+            revision,
+            members: members.iter().map(|member| (*member).clone()).collect(),
+            frozen: frozen.clone(),
+        });
         heap.access_owned_frozen_value(&frozen)
     }
+}
+
+/// A frozen list of candidates and what it was made from.
+struct CachedList {
+    /// The revision of the member records its views were made at, if one.
+    revision: Option<u64>,
+    members: Vec<MemberView>,
+    frozen: OwnedFrozenValue,
 }
 
 /// Whether `member_value` of the two is the same.
