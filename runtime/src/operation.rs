@@ -891,6 +891,13 @@ impl Operation {
             Operation::Evacuation(evacuation) if evacuation.is_write() => {
                 Some(std::time::Duration::from_secs(3600))
             }
+            // `scripts.run` answers when the run ends: up to its timeout, and the wait for a
+            // run whose end never comes.
+            Operation::Script(crate::automation::scripts::ScriptOperation::Run { .. }) => Some(
+                std::time::Duration::from_secs(u64::from(
+                    crate::automation::scripts::TIMEOUT_MAX_S,
+                )) + crate::automation::scripts::LOST_AFTER,
+            ),
             _ => None,
         }
     }

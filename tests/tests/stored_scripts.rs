@@ -26,7 +26,7 @@ fn runs(cluster: &ProcessCluster, via: usize, name: &str) -> Result<Vec<Value>> 
 /// one pinned where nothing can run it is recorded skipped with the reason; bad input is
 /// refused naming what is wrong.
 /// Method: 3 member processes; Lua and the command line; an `@every 1s` script watched for
-/// 3.5 s.
+/// 3.5 s; a 21 s run asked for through a follower (longer than a forward's usual timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_scripts_run_when_asked_and_on_schedule() -> Result<()> {
     init_tracing();
@@ -95,6 +95,19 @@ async fn stored_scripts_run_when_asked_and_on_schedule() -> Result<()> {
     }
     let list = cluster.cli_ok(0, &["script", "list"])?;
     assert!(list.contains("tick") && list.contains("hello"), "{list}");
+
+    tracing::info!("--- a run longer than a forwarded request's usual timeout (20 s)");
+    let follower = (cluster.leader(0).await? + 1) % 3;
+    cluster.lua(
+        follower,
+        "scripts.create('slow', \"sleep(21) return 'done'\", {timeout=60}) return true",
+    )?;
+    let run = cluster.lua(follower, "return scripts.run('slow')")?;
+    assert_eq!(
+        (&run["status"], &run["result"]),
+        (&json!("ok"), &json!("done")),
+        "{run}"
+    );
 
     tracing::info!("--- bad input");
     for (code, expected) in [
