@@ -88,6 +88,10 @@ pub(crate) fn replay(
              remove it and join again with a new token",
             request.name
         ))),
+        // `scripts.run` claims its run first: the claim's id is that command's id.
+        Operation::Script(crate::automation::scripts::ScriptOperation::Run { .. }) => {
+            member.run_by_claim(command_id(request_id, 0))
+        }
         // A kv write proposes one command: its answer is kept under that command's id.
         Operation::Kv(
             crate::automation::kv::KvOperation::Cas { .. }

@@ -19,7 +19,8 @@ fn set(key: &str, value: &str) -> Operation {
 /// Method: send a write with a chosen request id, then the same id again (with another value,
 /// through another member): the first value stays and the log does not grow; a refused write
 /// sent again is refused the same way; `cluster.add` repeated answers with the same token;
-/// `kv.incr` and `kv.cas` repeated answer with their first answers and change nothing.
+/// `kv.incr` and `kv.cas` repeated answer with their first answers and change nothing;
+/// `scripts.run` repeated answers with the run it started, which ran once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_request_applies_once() -> Result<()> {
     init_tracing();
@@ -93,6 +94,35 @@ async fn a_retried_request_applies_once() -> Result<()> {
         .operation(Operation::Kv(KvOperation::Get { key: "n".into() }))
         .await?;
     assert_eq!(value, 0);
+
+    tracing::info!("--- scripts.run repeated answers with its run, run once");
+    use starling_runtime::automation::scripts::{ScriptOperation, ScriptOptions};
+    first
+        .operation(Operation::Script(ScriptOperation::Create {
+            name: "once".into(),
+            options: ScriptOptions {
+                source: Some("return kv.incr('runs')".into()),
+                ..ScriptOptions::default()
+            },
+        }))
+        .await?;
+    let run = || {
+        Operation::Script(ScriptOperation::Run {
+            name: "once".into(),
+            args: Vec::new(),
+        })
+    };
+    let ran = first.operation_with_id(run(), 14).await?;
+    let again = second.operation_with_id(run(), 14).await?;
+    assert_eq!(
+        (&ran["id"], &ran["result"]),
+        (&again["id"], &again["result"]),
+        "{ran} {again}"
+    );
+    let runs = first
+        .operation(Operation::Kv(KvOperation::Get { key: "runs".into() }))
+        .await?;
+    assert_eq!(runs, 1);
     Ok(())
 }
 

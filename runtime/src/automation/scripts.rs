@@ -573,6 +573,17 @@ impl Member {
         }
     }
 
+    /// The record of the run claimed with `claim`, as `scripts.run` answers it.
+    pub(crate) fn run_by_claim(&self, claim: u128) -> Result<Value, Error> {
+        self.local_state(|state| {
+            state
+                .scripts
+                .run_by_claim(claim)
+                .map(run_json)
+                .ok_or_else(|| Error::Refused("the run of this request is no longer kept".into()))
+        })
+    }
+
     async fn propose_script(&self, command: ScriptCommand) -> Result<(), Error> {
         self.propose(Command::Script(command), WRITE_TIMEOUT).await
     }
@@ -608,7 +619,12 @@ impl Member {
         skipped: Option<String>,
         args: Vec<String>,
     ) -> Result<u64, Error> {
-        let claim = crate::token::random_u128()?;
+        // Within a request (`scripts.run`) the claim is the request's first command, and its id
+        // names the claim, so a repeat of the request finds the run (`once::replay`).
+        let claim = match crate::once::next_command_id() {
+            Some(id) => id,
+            None => crate::token::random_u128()?,
+        };
         self.propose_script(ScriptCommand::Claim {
             claim,
             script: script.name.clone(),
