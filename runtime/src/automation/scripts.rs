@@ -30,6 +30,7 @@ use crate::cluster::join::WRITE_TIMEOUT;
 use crate::member::Member;
 use crate::operation::Arguments;
 use crate::protocol::{Caller, Reply, Request};
+use crate::token::now_ms;
 use crate::Error;
 
 /// How often the scheduler looks at the schedules.
@@ -351,12 +352,6 @@ fn run_json(run: &ScriptRun) -> Value {
         }
     }
     record
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Applies `options` to `script` (a new one when `None`), checking each value.
@@ -754,32 +749,29 @@ impl Member {
     /// Leader: one look at the schedules, and now and then at runs that will never end.
     async fn schedule_round(&self) {
         let now = now_ms();
-        let scripts: Vec<(StoredScript, Option<u64>)> = self.local_state(|state| {
+        // Decided on the state in place: only the scripts that are due are copied (a source
+        // may be 256 KiB, and this runs every 20 ms).
+        let due_now: Vec<(StoredScript, Due)> = self.local_state(|state| {
             state
                 .scripts
                 .scripts
                 .values()
-                .filter(|script| script.schedule.is_some())
-                .map(|script| {
-                    (
-                        script.clone(),
+                .filter_map(|script| {
+                    let schedule = Schedule::parse(script.schedule.as_deref()?).ok()?;
+                    let decision = due(
+                        &schedule,
+                        script.created_at_ms,
                         state.scripts.last_tick.get(&script.name).copied(),
-                    )
+                        now,
+                        script.missed,
+                        MISSED_AFTER_MS,
+                    );
+                    matches!(decision, Due::Run { .. } | Due::Skip { .. })
+                        .then(|| (script.clone(), decision))
                 })
                 .collect()
         });
-        for (script, last) in scripts {
-            let Some(Ok(schedule)) = script.schedule.as_deref().map(Schedule::parse) else {
-                continue;
-            };
-            let decision = due(
-                &schedule,
-                script.created_at_ms,
-                last,
-                now,
-                script.missed,
-                MISSED_AFTER_MS,
-            );
+        for (script, decision) in due_now {
             let outcome = match decision {
                 Due::Run { tick } => self.start_run(&script, Some(tick), Vec::new()).await,
                 Due::Skip { tick } => {
