@@ -285,6 +285,17 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
         percentile(&jitter, 0.99),
         jitter.iter().copied().fold(f64::NAN, f64::max)
     );
+    if args.members >= 2 {
+        let (relayed, local) = event_latency(&dir, args.members, &leader).await?;
+        println!(
+            "event latency, log.info on another member -> monitor ({} events): p50 {:.3} ms, p99 {:.3} ms (target p50 5 ms); on the monitor's own member (baseline): p50 {:.3} ms, p99 {:.3} ms",
+            relayed.len(),
+            percentile(&relayed, 0.50),
+            percentile(&relayed, 0.99),
+            percentile(&local, 0.50),
+            percentile(&local, 0.99)
+        );
+    }
     let read_p50_ms = percentile(&reads, 0.50);
     println!(
         "linearizable read (1 reader): p50 {read_p50_ms:.3} ms, p99 {:.3} ms",
@@ -510,6 +521,86 @@ async fn schedule_jitter(leader: &Path, duration: Duration) -> Result<Vec<f64>> 
         bail!("the scheduled script did not run: {runs}");
     }
     Ok(jitter)
+}
+
+/// Events timed from the moment they happen (`log.info` on a member) to a monitor's client:
+/// on another member than the monitor's (relayed), and on the monitor's own (the baseline).
+async fn event_latency(dir: &Path, members: usize, leader: &Path) -> Result<(Vec<f64>, Vec<f64>)> {
+    const EVENTS: usize = 200;
+    let followers: Vec<PathBuf> = (1..=members)
+        .map(|index| dir.join(format!("m{index}")))
+        .filter(|path| path != leader)
+        .collect();
+    let watched = followers
+        .first()
+        .ok_or_else(|| anyhow!("no member besides the leader"))?;
+    let other = followers.get(1).map_or(leader, |path| path.as_path());
+    let watcher = Client::local(watched).await?;
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, f64)>();
+    let monitor = tokio::spawn(async move {
+        let types = ["logging".to_string()];
+        let _ = watcher
+            .monitor(&types, |event| {
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as u64);
+                let message = event.metadata_json()["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let latency_ms = now_ns.saturating_sub(event.timestamp_ns) as f64 / 1e6;
+                sender.send((message, latency_ms)).is_ok()
+            })
+            .await;
+    });
+    let mut figures = Vec::new();
+    for source in [other, watched.as_path()] {
+        let client = Client::local(source).await?;
+        // Until the monitor shows one: from then on the relays are up.
+        loop {
+            client
+                .exec("log.info('bench-probe')", "bench", |_| {})
+                .await?;
+            let seen = tokio::time::timeout(Duration::from_millis(200), async {
+                while let Some((message, _)) = received.recv().await {
+                    if message == "bench-probe" {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if seen == Ok(true) {
+                break;
+            }
+        }
+        let mut latencies = Vec::new();
+        for number in 0..EVENTS {
+            let tag = format!("bench-event {number}");
+            client
+                .exec(&format!("log.info('{tag}')"), "bench", |_| {})
+                .await?;
+            let latency = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some((message, latency)) = received.recv().await {
+                    if message == tag {
+                        return Some(latency);
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow!("event {number} never reached the monitor"))?;
+            latencies.push(latency);
+        }
+        client.close();
+        figures.push(latencies);
+    }
+    monitor.abort();
+    let local = figures.pop().unwrap_or_default();
+    let relayed = figures.pop().unwrap_or_default();
+    Ok((relayed, local))
 }
 
 fn percentile(latencies: &[f64], fraction: f64) -> f64 {

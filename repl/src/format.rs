@@ -13,6 +13,8 @@ pub enum Format {
     Yaml,
     /// Comma-separated values, no header (as `lxc` prints it).
     Csv,
+    /// One line per event, for people (`monitor`'s default); elsewhere the same as `table`.
+    Pretty,
 }
 
 /// A column of a table: its header and the field it shows.
@@ -59,7 +61,7 @@ pub fn render(value: &Value, format: Format, columns: &[Column]) -> String {
             .map(|row| csv_line(row))
             .collect::<Vec<_>>()
             .join("\n"),
-        Format::Table => table(&rows(value, columns), columns),
+        Format::Table | Format::Pretty => table(&rows(value, columns), columns),
     }
 }
 

@@ -28,6 +28,7 @@ mod group;
 mod image;
 mod instance;
 mod keys;
+mod monitor;
 mod placement;
 mod profile;
 mod project;
@@ -126,6 +127,13 @@ enum Command {
         /// name).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Shows the cluster's events as they happen, from every member (as `lxc monitor`):
+    /// `--format pretty` (the default: a line each), `json` (an object per line) or `yaml`.
+    Monitor {
+        /// Only events of this type: lifecycle, logging, operation (may be repeated).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
     },
     /// Opens the interactive Lua REPL on the member.
     Repl,
@@ -514,7 +522,14 @@ const TRUST_COLUMNS: &[Column] = &[
 ];
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `pretty` is the monitor's; any other command shows it as a table.
+    match cli.command {
+        Command::Monitor { .. } if cli.format == Format::Table => cli.format = Format::Pretty,
+        Command::Monitor { .. } => {}
+        _ if cli.format == Format::Pretty => cli.format = Format::Table,
+        _ => {}
+    }
     // The shim forks: it must run before anything starts a thread (no logging, no runtime).
     if let Command::Shim(command) = &cli.command {
         return shim(command);
@@ -627,6 +642,7 @@ async fn client_command(cli: &Cli, client: &Client) -> Result<()> {
         Command::Trust(command) => trust(cli, client, command).await,
         Command::Image(command) => image::run(cli.format, client, command).await,
         Command::Exec { code, .. } => exec(client, code, "exec").await,
+        Command::Monitor { types } => monitor::run(cli.format, client, types).await,
         Command::Instance(command) => {
             instance::run(cli.format, &cli.project, client, command).await
         }

@@ -13,7 +13,7 @@ use crate::format::{self, Column, Format};
 /// `starling script` subcommands.
 #[derive(clap::Subcommand)]
 pub enum ScriptCommand {
-    /// Stores a script: `script add NAME FILE [--schedule SPEC] [--member M|@GROUP]`.
+    /// Stores a script: `script add NAME FILE [--schedule SPEC] [--on EVENT]... [--member M|@GROUP]`.
     Add {
         /// Its name.
         name: String,
@@ -68,6 +68,11 @@ pub struct OptionArgs {
     /// ("" removes it).
     #[arg(long)]
     schedule: Option<String>,
+    /// A lifecycle event that runs it (an action such as cluster-member-offline, or a prefix
+    /// ending in '*'); may be repeated; the event is the run's arg[1], as JSON. `--on ""`
+    /// removes them all.
+    #[arg(long = "on", value_name = "EVENT")]
+    on: Vec<String>,
     /// Where it runs: a member or @group ("" for the leader, the default).
     #[arg(long)]
     member: Option<String>,
@@ -87,6 +92,13 @@ impl OptionArgs {
         ScriptOptions {
             source,
             schedule: self.schedule.clone(),
+            on: (!self.on.is_empty()).then(|| {
+                self.on
+                    .iter()
+                    .filter(|event| !event.is_empty())
+                    .cloned()
+                    .collect()
+            }),
             member: self.member.clone(),
             description: self.description.clone(),
             timeout_s: self.timeout,
@@ -103,6 +115,10 @@ const SCRIPT_COLUMNS: &[Column] = &[
     Column {
         header: "SCHEDULE",
         field: "schedule",
+    },
+    Column {
+        header: "ON",
+        field: "on",
     },
     Column {
         header: "MEMBER",

@@ -257,6 +257,38 @@ impl Client {
         }
     }
 
+    /// Watches the member's events of `types` (all when empty), from the whole cluster, until
+    /// `on_event` answers false or the member goes away (an error: a member always says it is
+    /// there, every few seconds).
+    pub async fn monitor(
+        &self,
+        types: &[String],
+        mut on_event: impl FnMut(&crate::events::Event) -> bool,
+    ) -> Result<(), Error> {
+        let request = Request::Monitor {
+            types: types.to_vec(),
+        };
+        let mut stream = self.connection.request_stream(&request).await?;
+        let silence = crate::events::monitor::KEEPALIVE * 3;
+        loop {
+            match stream.next::<Reply>(silence).await? {
+                Some(Reply::Event(event)) => {
+                    if !on_event(&event) {
+                        return Ok(());
+                    }
+                }
+                Some(Reply::Ack) => {}
+                Some(Reply::Refused(error)) => return Err(error),
+                Some(other) => return Err(Error::Internal(format!("unexpected reply: {other:?}"))),
+                None => {
+                    return Err(Error::Transport(
+                        "the member closed the event stream".to_string(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// Runs a command in an instance (`exec NAME -- CMD...`); `on_output(stderr, bytes)` sees
     /// its output as it comes. Answers its exit code.
     pub async fn exec_instance(

@@ -16,6 +16,8 @@
 //!   placement scriptlets, IO-free.
 //! - [`instances`]: system containers on this member ([`instances::driver`]: namespaces,
 //!   cgroups, the monitor process that outlives the daemon).
+//! - [`events`]: the event stream (lifecycle, logging, operation): each member's bus, the
+//!   relay between members (event hubs), `starling monitor`.
 //! - [`trust`]: the trust registry (which fingerprints are members and clients) and the limit
 //!   on failed claims per address.
 //! - [`once`](crate::once): exactly-once writes (request ids).
@@ -31,6 +33,7 @@ pub mod cluster;
 pub mod datadir;
 mod error;
 pub mod evacuation;
+pub mod events;
 mod execute;
 pub mod images;
 pub mod instances;

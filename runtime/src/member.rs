@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) placement: crate::placement::ops::PlacementState,
     /// Stored-script runs under way here (see [`crate::automation::scripts`]).
     pub(crate) automation: crate::automation::scripts::AutomationState,
+    /// This member's events (see [`crate::events`]).
+    pub(crate) events: crate::events::bus::EventBus,
     /// Whether the database can still write; once it cannot, the member is out of service.
     pub(crate) storage: starling_store::StorageHealth,
     /// Becomes true once the member has stopped (after shutdown or removal).
@@ -298,6 +300,7 @@ impl Member {
             instances: Default::default(),
             placement: Default::default(),
             automation: Default::default(),
+            events: Default::default(),
             _lock: lock,
         };
         let member = Member {
@@ -355,6 +358,8 @@ impl Member {
         tokio::spawn(async move { crate::cluster::health::run(health).await });
         crate::instances::watch::spawn(self.clone());
         tokio::spawn(crate::automation::scripts::run_scheduler(self.clone()));
+        tokio::spawn(crate::events::relay::run(self.clone()));
+        tokio::spawn(crate::events::lifecycle_to_bus(self.clone()));
         let storage = self.inner.storage.clone();
         let name = self.inner.name.clone();
         tokio::spawn(async move {

@@ -160,6 +160,21 @@ pub enum Request {
         /// How many bytes.
         bytes: u64,
     },
+    /// The receiver's events as they happen (`starling monitor`): `Ack` when the stream is
+    /// open, then an `Event` per event of `types` (all when empty) and an `Ack` now and then
+    /// while there are none.
+    Monitor {
+        /// `lifecycle`, `logging`, `operation`.
+        types: Vec<String>,
+    },
+    /// A member's relay subscription to the receiver's events (members only); answered as
+    /// `Monitor` is.
+    Events {
+        /// The subscribing member (its own events are never sent back to it).
+        subscriber: String,
+        /// What it takes.
+        want: crate::events::monitor::Want,
+    },
     /// Asks the receiver to take a `StreamProbe` of `bytes` from member `from` and answer
     /// how long it took (`Probe`).
     StreamProbeFrom {
@@ -290,6 +305,8 @@ pub enum Reply {
     Ack,
     /// The member's live state as JSON text.
     MemberState(String),
+    /// One event (`Monitor`, `Events`).
+    Event(crate::events::Event),
     /// The request itself was refused (unauthorized, malformed).
     Refused(Error),
 }

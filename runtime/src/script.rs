@@ -73,6 +73,16 @@ impl Host for MemberHost {
                 .map_err(|error| error.to_string())
         })
     }
+
+    fn log(&self, level: &str, line: &str) {
+        let name = self.member.name();
+        let context = serde_json::json!({ "source": "script", "client": self.caller.client });
+        let event = crate::events::Event::logging(&name, level, line, context);
+        self.member
+            .inner
+            .events
+            .publish(event, crate::events::Source::Local, &name);
+    }
 }
 
 /// A script a client asks a member to run.

@@ -267,11 +267,21 @@ impl Handler for Service {
                 };
                 Box::pin(self.member.relay_exec(request, &mut responder)).await
             }
+            (Request::Monitor { types }, _) => {
+                self.member
+                    .serve_monitor(&types, &peer.fingerprint, &mut responder)
+                    .await
+            }
             (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
             (Request::Raft(request), Registered::Member) => Box::pin(self.raft(request)).await,
             (Request::Ping, Registered::Member) => Reply::Pong,
+            (Request::Events { subscriber, want }, Registered::Member) => {
+                self.member
+                    .serve_relay(&subscriber, &want, &peer.fingerprint, &mut responder)
+                    .await
+            }
             (Request::Heartbeat(heartbeat), Registered::Member) => {
                 crate::cluster::health::on_heartbeat(&self.member, heartbeat)
             }

@@ -80,6 +80,12 @@ pub trait Host: Send + Sync + 'static {
         name: &str,
         args: Vec<serde_json::Value>,
     ) -> BoxFuture<'static, Result<serde_json::Value, String>>;
+
+    /// A `log.info/warn/error` line (`level`: `info`, `warn`, `error`), after it went to the
+    /// member's log: a host may show it elsewhere too (the cluster's `logging` events).
+    fn log(&self, level: &str, line: &str) {
+        let _ = (level, line);
+    }
 }
 
 /// One operation exposed to scripts, e.g. `("cluster.members", "cluster.members() -> list of members")`.

@@ -163,7 +163,7 @@ pub(crate) fn new_lua(
     installer.install("help", help_fn(&lua, help, guard))?;
     installer.install("time.now", time_now_fn(&lua))?;
     for level in [LogLevel::Info, LogLevel::Warn, LogLevel::Error] {
-        installer.install(level.name(), log_fn(&lua, tostring.clone(), level))?;
+        installer.install(level.name(), log_fn(&lua, host, tostring.clone(), level))?;
     }
     for builtin in builtins {
         installer.install(builtin.name, builtin_fn(&lua, host, guard, builtin.name))?;
@@ -282,6 +282,14 @@ enum LogLevel {
 }
 
 impl LogLevel {
+    fn word(self) -> &'static str {
+        match self {
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             LogLevel::Info => "log.info",
@@ -291,7 +299,13 @@ impl LogLevel {
     }
 }
 
-fn log_fn(lua: &Lua, tostring: Function, level: LogLevel) -> mlua::Result<Function> {
+fn log_fn(
+    lua: &Lua,
+    host: &Arc<dyn Host>,
+    tostring: Function,
+    level: LogLevel,
+) -> mlua::Result<Function> {
+    let host = Arc::clone(host);
     lua.create_function(move |lua, args: MultiValue| {
         let mut line = printed_line(&tostring, args)?;
         if line.len() > LOG_LINE_BYTES_MAX {
@@ -307,6 +321,7 @@ fn log_fn(lua: &Lua, tostring: Function, level: LogLevel) -> mlua::Result<Functi
             LogLevel::Warn => tracing::warn!(target: "script", "{line}"),
             LogLevel::Error => tracing::error!(target: "script", "{line}"),
         }
+        host.log(level.word(), &line);
         reply(lua, Ok(Value::Nil))
     })
 }

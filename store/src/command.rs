@@ -286,7 +286,10 @@ impl ClusterState {
 
     fn apply_one(&mut self, command: &Command) -> Result<(), String> {
         command.check_limits()?;
+        // Read off the state before the change (transitions), kept only if it applies.
+        let events = crate::lifecycle::of(self, command);
         self.apply_checked(command)?;
+        self.record_lifecycle(events);
         if command.may_change_members() {
             self.members_revision += 1;
         }

@@ -6,6 +6,7 @@
 //! - [`command`]: [`Command`], the only way state changes; applied deterministically.
 //! - [`config`]: global configuration keys, their defaults and validation rules.
 //! - [`images`]: image records (fingerprint, properties, aliases, locations); bytes stay off Raft.
+//! - [`lifecycle`]: the lifecycle events applied commands produce (`instance-started`, ...).
 //! - [`limits`]: the size limit of every field that enters the Raft log.
 //! - [`log_store`]: the Raft log, vote and committed index in LMDB, group-committed by a writer
 //!   thread so that `fsync` never blocks the async runtime.
@@ -30,6 +31,7 @@ pub mod evacuation;
 pub mod images;
 pub mod instances;
 pub mod kv;
+pub mod lifecycle;
 pub mod limits;
 pub mod log_store;
 pub mod member_config;

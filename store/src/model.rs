@@ -64,6 +64,12 @@ pub struct ClusterState {
     /// [`crate::Command::may_change_members`]): equal revisions, equal member records, so a
     /// cache of something made from them knows at once whether it still holds.
     pub members_revision: u64,
+    /// The id the next lifecycle event gets.
+    pub next_event_id: u64,
+    /// Lifecycle events applied and not yet handed to the member's event stream (not
+    /// replicated, not stored: see [`crate::lifecycle::Outbox`]).
+    #[serde(skip)]
+    pub lifecycle: crate::lifecycle::Outbox,
 }
 
 /// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).

@@ -24,8 +24,10 @@ pub const RUNS_KEPT: usize = 1_000;
 pub const OUTPUT_KEPT_BYTES: usize = 4 * 1024;
 /// Stored scripts at most.
 pub const SCRIPTS_MAX: usize = 1_024;
-/// Longest schedule or `member` text.
+/// Longest schedule, `member` or `on` text.
 pub const SPEC_BYTES_MAX: usize = 128;
+/// Events a script's `on` names at most.
+pub const ON_MAX: usize = 32;
 
 /// What happens to ticks missed while there was no leader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +72,9 @@ pub struct StoredScript {
     /// When it runs by itself: a 5-field cron expression in UTC, `@hourly`..., or
     /// `@every <duration>`; `None`: only when asked.
     pub schedule: Option<String>,
+    /// Lifecycle events that start it (actions, or prefixes ending in `*`; see
+    /// [`crate::lifecycle`]): each matching event runs it once.
+    pub on: Vec<String>,
     /// Where it runs: a member, `@group`, or `None` for the leader.
     pub member: Option<String>,
     /// Wall-clock bound of one run, in seconds.
@@ -140,7 +145,23 @@ pub struct ScriptRun {
     pub output: String,
     /// The claim's id (random), by which its proposer finds it.
     pub claim: u128,
+    /// Its failure makes no `script-run-failed` event (it was triggered by one: a script that
+    /// fails on every failure would otherwise trigger itself for ever).
+    pub quiet: bool,
 }
+
+/// A run waiting to be claimed: a lifecycle event matched the script's `on`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// The script.
+    pub script: String,
+    /// The event.
+    pub event: crate::lifecycle::Lifecycle,
+}
+
+/// Triggered runs waiting for the leader at most; past that an event's run is recorded
+/// `skipped`.
+pub const TRIGGERS_WAITING_MAX: usize = 1_000;
 
 /// Stored scripts, their runs, and the last tick claimed for each.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -154,6 +175,11 @@ pub struct ScriptsState {
     /// The last tick claimed for each scheduled script (survives updates of the script, so a
     /// changed schedule never re-runs a tick).
     pub last_tick: BTreeMap<String, u64>,
+    /// Triggered runs waiting to be claimed, oldest first.
+    pub triggers: VecDeque<Trigger>,
+    /// The latest time a script command carried (a run skipped by the state machine itself
+    /// has no command time of its own).
+    pub clock_ms: u64,
 }
 
 impl ScriptsState {
@@ -169,6 +195,38 @@ impl ScriptsState {
 
     fn run_mut(&mut self, id: u64) -> Option<&mut ScriptRun> {
         self.runs.iter_mut().rev().find(|run| run.id == id)
+    }
+
+    /// Records that `event` triggers `script`: a run waits for the leader's claim, or, when
+    /// [`TRIGGERS_WAITING_MAX`] wait already, a `skipped` run says why it did not run.
+    pub(crate) fn trigger(&mut self, script: &str, event: &crate::lifecycle::Lifecycle) {
+        if self.triggers.len() < TRIGGERS_WAITING_MAX {
+            self.triggers.push_back(Trigger {
+                script: script.to_string(),
+                event: event.clone(),
+            });
+            return;
+        }
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        self.runs.push_back(ScriptRun {
+            id,
+            script: script.to_string(),
+            tick_ms: None,
+            event: Some(format!("{} #{}", event.action, event.id)),
+            member: String::new(),
+            started_at_ms: self.clock_ms,
+            ended_at_ms: Some(self.clock_ms),
+            status: RunStatus::Skipped,
+            result: None,
+            error: Some(format!(
+                "{TRIGGERS_WAITING_MAX} triggered runs were waiting for the leader already"
+            )),
+            output: String::new(),
+            claim: 0,
+            quiet: false,
+        });
+        self.prune();
     }
 
     /// Drops the oldest finished runs past [`RUNS_KEPT`].
@@ -203,7 +261,8 @@ pub enum ScriptCommand {
         /// Its name.
         name: String,
     },
-    /// Claims a run: refused for a tick at or before the script's last claimed tick.
+    /// Claims a run: refused for a tick at or before the script's last claimed tick, and for
+    /// an event whose run is not waiting (claimed already).
     Claim {
         /// The claim's id (random): the proposer finds its run by it.
         claim: u128,
@@ -211,6 +270,8 @@ pub enum ScriptCommand {
         script: String,
         /// The scheduled time, for a scheduled run.
         tick_ms: Option<u64>,
+        /// The id of the lifecycle event, for a triggered run.
+        trigger: Option<u64>,
         /// The triggering event, for a triggered run.
         event: Option<String>,
         /// The member that runs it.
@@ -260,6 +321,12 @@ impl ScriptCommand {
                 check_len("script source", &script.source, SCRIPT_SOURCE_BYTES_MAX)?;
                 for spec in [&script.schedule, &script.member].into_iter().flatten() {
                     check_len("script schedule or member", spec, SPEC_BYTES_MAX)?;
+                }
+                if script.on.len() > ON_MAX {
+                    return Err(format!("a script has at most {ON_MAX} on= events"));
+                }
+                for pattern in &script.on {
+                    check_len("script event", pattern, SPEC_BYTES_MAX)?;
                 }
                 Ok(())
             }
@@ -334,6 +401,9 @@ impl ClusterState {
         match command {
             ScriptCommand::Put { script, create } => {
                 check_script_name(&script.name)?;
+                for pattern in &script.on {
+                    crate::lifecycle::check_pattern(pattern)?;
+                }
                 match (scripts.scripts.get(&script.name), create) {
                     (Some(_), true) => {
                         return Err(format!("script \"{}\" already exists", script.name))
@@ -350,17 +420,22 @@ impl ClusterState {
                 if let Some(old) = scripts.scripts.get(&script.name) {
                     script.created_at_ms = old.created_at_ms;
                 }
+                scripts.clock_ms = scripts.clock_ms.max(script.updated_at_ms);
                 scripts.scripts.insert(script.name.clone(), script);
                 Ok(())
             }
             ScriptCommand::Delete { name } => match scripts.scripts.remove(name) {
-                Some(_) => Ok(()),
+                Some(_) => {
+                    scripts.triggers.retain(|trigger| &trigger.script != name);
+                    Ok(())
+                }
                 None => Err(format!("script \"{name}\" not found")),
             },
             ScriptCommand::Claim {
                 claim,
                 script,
                 tick_ms,
+                trigger,
                 event,
                 member,
                 now_ms,
@@ -369,6 +444,24 @@ impl ClusterState {
                 if !scripts.scripts.contains_key(script) {
                     return Err(format!("script \"{script}\" not found"));
                 }
+                let mut quiet = false;
+                if let Some(event_id) = trigger {
+                    let waiting = scripts
+                        .triggers
+                        .iter()
+                        .position(|waiting| {
+                            &waiting.script == script && waiting.event.id == *event_id
+                        })
+                        .ok_or_else(|| {
+                            format!(
+                                "the run of script \"{script}\" for event {event_id} is not waiting (claimed already)"
+                            )
+                        })?;
+                    if let Some(waiting) = scripts.triggers.remove(waiting) {
+                        quiet = waiting.event.action == "script-run-failed";
+                    }
+                }
+                scripts.clock_ms = scripts.clock_ms.max(*now_ms);
                 if let Some(tick) = tick_ms {
                     if let Some(last) = scripts.last_tick.get(script) {
                         if *last >= *tick {
@@ -398,6 +491,7 @@ impl ClusterState {
                     error: skipped.clone(),
                     output: String::new(),
                     claim: *claim,
+                    quiet,
                 });
                 scripts.prune();
                 Ok(())
@@ -431,6 +525,7 @@ impl ClusterState {
                 record.error = error.clone();
                 record.output = output.clone();
                 record.ended_at_ms = Some(*now_ms);
+                scripts.clock_ms = scripts.clock_ms.max(*now_ms);
                 Ok(())
             }
             ScriptCommand::Lost {
@@ -438,6 +533,7 @@ impl ClusterState {
                 reason,
                 now_ms,
             } => {
+                scripts.clock_ms = scripts.clock_ms.max(*now_ms);
                 for id in runs {
                     if let Some(record) = scripts.run_mut(*id) {
                         if record.status == RunStatus::Running {
@@ -466,6 +562,7 @@ mod tests {
                     description: String::new(),
                     source: "return 1".into(),
                     schedule: Some("@every 1s".into()),
+                    on: Vec::new(),
                     member: None,
                     timeout_s: 10,
                     missed: Missed::RunOnce,
@@ -483,11 +580,123 @@ mod tests {
             claim,
             script: "tick".into(),
             tick_ms: tick,
+            trigger: None,
             event: None,
             member: "m1".into(),
             now_ms: 10,
             skipped: None,
         })
+    }
+
+    fn claim_event(state: &mut ClusterState, claim: u128, event: u64) -> Result<(), String> {
+        state.apply(&crate::Command::Script(ScriptCommand::Claim {
+            claim,
+            script: "on-offline".into(),
+            tick_ms: None,
+            trigger: Some(event),
+            event: Some("cluster-member-offline".into()),
+            member: "m1".into(),
+            now_ms: 20,
+            skipped: None,
+        }))
+    }
+
+    /// Goal: an event matching a script's `on` leaves exactly one run waiting, whatever
+    /// repeats: the claim takes it, a second claim is refused, and a status that does not
+    /// change (offline again) is no event.
+    #[test]
+    fn an_event_triggers_one_run_claimed_once() {
+        use crate::model::MemberStatus;
+        use crate::{Command, HealthUpdate};
+        let mut state = ClusterState::default();
+        for (id, name) in [(1, "m1"), (2, "m2")] {
+            state
+                .members
+                .insert(name.into(), crate::command::tests::member(name, id));
+        }
+        let script = StoredScript {
+            name: "on-offline".into(),
+            description: String::new(),
+            source: "return event".into(),
+            schedule: None,
+            on: vec!["cluster-member-offline".into()],
+            member: None,
+            timeout_s: 10,
+            missed: Missed::RunOnce,
+            created_at_ms: 5,
+            updated_at_ms: 5,
+        };
+        state
+            .apply(&Command::Script(ScriptCommand::Put {
+                script,
+                create: true,
+            }))
+            .unwrap();
+        let offline = Command::MemberHealth {
+            updates: vec![HealthUpdate {
+                name: "m2".into(),
+                status: MemberStatus::Offline,
+                last_heartbeat_ms: 1,
+            }],
+        };
+        state.apply(&offline).unwrap();
+        state.apply(&offline).unwrap();
+        let events = state.lifecycle.take();
+        let actions: Vec<&str> = events.iter().map(|event| event.action.as_str()).collect();
+        assert_eq!(actions, ["script-created", "cluster-member-offline"]);
+        let offline_event = &events[1];
+        assert_eq!(offline_event.location, "m2");
+        assert_eq!(state.scripts.triggers.len(), 1, "one run waits");
+        assert_eq!(state.scripts.triggers[0].event, *offline_event);
+
+        claim_event(&mut state, 7, offline_event.id).unwrap();
+        let error = claim_event(&mut state, 8, offline_event.id).unwrap_err();
+        assert!(error.contains("not waiting"), "{error}");
+        assert!(state.scripts.triggers.is_empty());
+        let runs: Vec<u128> = state.scripts.runs.iter().map(|run| run.claim).collect();
+        assert_eq!(runs, [7]);
+    }
+
+    /// Goal: a run triggered by `script-run-failed` makes no such event when it fails (else
+    /// a failing handler of failures would trigger itself for ever); any other run does.
+    #[test]
+    fn a_failure_handler_that_fails_triggers_nothing() {
+        let mut state = state_with_script();
+        claim(&mut state, 1, None).unwrap();
+        let end = |run: u64| {
+            crate::Command::Script(ScriptCommand::End {
+                run,
+                status: RunStatus::Error,
+                result: None,
+                error: Some("boom".into()),
+                output: String::new(),
+                now_ms: 30,
+            })
+        };
+        state.apply(&end(0)).unwrap();
+        let failed = state.lifecycle.take();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].action, "script-run-failed");
+        assert_eq!(
+            failed[0].context.get("error").map(String::as_str),
+            Some("boom")
+        );
+
+        state.scripts.trigger("tick", &failed[0]);
+        state
+            .apply(&crate::Command::Script(ScriptCommand::Claim {
+                claim: 2,
+                script: "tick".into(),
+                tick_ms: None,
+                trigger: Some(failed[0].id),
+                event: None,
+                member: "m1".into(),
+                now_ms: 31,
+                skipped: None,
+            }))
+            .unwrap();
+        state.apply(&end(1)).unwrap();
+        assert!(state.lifecycle.take().is_empty());
     }
 
     #[test]

@@ -21,7 +21,9 @@ use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+use crate::lifecycle::Lifecycle;
 
 use crate::{
     ClusterState, CommandResponse, EntryPayload, Error, LogId, Snapshot, SnapshotData,
@@ -29,6 +31,8 @@ use crate::{
 };
 
 const KEY_SNAPSHOT: &str = "current";
+/// Lifecycle events buffered for a slow receiver before it misses some.
+const LIFECYCLE_BUFFERED: usize = 4_096;
 
 type StorageResult<T> = Result<T, std::io::Error>;
 
@@ -45,6 +49,9 @@ struct Shared {
     snapshots_built: AtomicU64,
     /// Index of the last applied entry, for waiters.
     applied_index: watch::Sender<u64>,
+    /// The lifecycle events of applied entries, as they apply (a receiver that falls behind
+    /// is told how many it missed).
+    lifecycle: broadcast::Sender<Lifecycle>,
     /// Set for good by the first write that fails (here or in the log).
     health: StorageHealth,
 }
@@ -100,7 +107,9 @@ impl StateMachine {
             })?
             .unwrap_commit();
         let (applied_index, _) = watch::channel(0);
+        let (lifecycle, _) = broadcast::channel(LIFECYCLE_BUFFERED);
         let shared = Shared {
+            lifecycle,
             env,
             snapshots,
             data: RwLock::default(),
@@ -130,6 +139,11 @@ impl StateMachine {
     /// A receiver of the last applied index, for waiting until an entry is applied here.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.applied_index.subscribe()
+    }
+
+    /// A receiver of the lifecycle events of the entries applied from now on.
+    pub fn lifecycle(&self) -> broadcast::Receiver<Lifecycle> {
+        self.shared.lifecycle.subscribe()
     }
 
     /// Whether the store still writes snapshots, and why not once it does not.
@@ -310,18 +324,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let response = {
+            let (response, events) = {
                 let mut applied = self.data_mut();
                 applied.last_applied = Some(entry.log_id);
-                match entry.payload {
+                let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::ok(),
                     EntryPayload::Normal(command) => applied.state.apply_entry(&command),
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         CommandResponse::ok()
                     }
-                }
+                };
+                (response, applied.state.lifecycle.take())
             };
+            for lifecycle in events {
+                // No receiver is no error: nobody is watching.
+                let _ = self.shared.lifecycle.send(lifecycle);
+            }
             // Seen applied before the writer hears back, so its next local read finds it.
             self.shared.applied_index.send_replace(entry.log_id.index);
             if let Some(responder) = responder {

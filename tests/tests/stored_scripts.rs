@@ -119,7 +119,11 @@ async fn stored_scripts_run_when_asked_and_on_schedule() -> Result<()> {
         ("scripts.create('hello', 'return 1')", "already exists"),
         (
             "scripts.create('bad', 'return 1', {on={'x'}})",
-            "not available yet",
+            "unknown event \"x\"",
+        ),
+        (
+            "scripts.create('bad', 'return 1', {on=42})",
+            "on must be an event name or a list of them",
         ),
         (
             "scripts.create('bad', 'return 1', {timeout=0})",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use starling_store::scripts::{
-    kept, Missed, RunStatus, ScriptCommand, ScriptRun, StoredScript, OUTPUT_KEPT_BYTES,
+    kept, Missed, RunStatus, ScriptCommand, ScriptRun, StoredScript, Trigger, OUTPUT_KEPT_BYTES,
 };
 use starling_store::{ClusterState, Command, MemberStatus};
 
@@ -70,6 +70,8 @@ pub struct ScriptOptions {
     pub source: Option<String>,
     /// The schedule (`Some("")`: none).
     pub schedule: Option<String>,
+    /// The lifecycle events that run it (`Some([])`: none).
+    pub on: Option<Vec<String>>,
     /// The member or `@group` (`Some("")`: the leader).
     pub member: Option<String>,
     /// The description.
@@ -79,6 +81,24 @@ pub struct ScriptOptions {
     /// `run_once` or `skip`.
     pub missed: Option<String>,
 }
+
+/// Why a run starts.
+enum Cause {
+    /// Someone asked (`scripts.run`).
+    Asked,
+    /// Its schedule's tick (the scheduled time).
+    Tick(u64),
+    /// A lifecycle event (its id, and the event as JSON).
+    Event {
+        /// The event's id.
+        id: u64,
+        /// The event, as JSON text.
+        text: String,
+    },
+}
+
+/// Triggered runs a scheduler round claims at most.
+const TRIGGERS_PER_ROUND: usize = 64;
 
 /// A stored-script operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,12 +277,29 @@ fn options(arguments: &Arguments, position: usize) -> Result<ScriptOptions, Erro
             known.join(", ")
         )));
     }
-    if map.get("on").is_some_and(|on| !on.is_null()) {
-        return Err(Error::Refused(format!(
-            "{}: on= (scripts triggered by events) is not available yet",
-            arguments.name
-        )));
-    }
+    let on = match map.get("on") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(event)) => Some(vec![event.clone()]),
+        Some(Value::Array(events)) => Some(
+            events
+                .iter()
+                .map(|event| match event {
+                    Value::String(event) => Ok(event.clone()),
+                    other => Err(Error::Refused(format!(
+                        "{}: on must be an event name or a list of them, not a list holding {other}",
+                        arguments.name
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(Value::Object(map)) if map.is_empty() => Some(Vec::new()),
+        Some(other) => {
+            return Err(Error::Refused(format!(
+                "{}: on must be an event name or a list of them, not {other}",
+                arguments.name
+            )))
+        }
+    };
     let text = |field: &str| -> Result<Option<String>, Error> {
         match map.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -292,6 +329,7 @@ fn options(arguments: &Arguments, position: usize) -> Result<ScriptOptions, Erro
     Ok(ScriptOptions {
         source: text("source")?,
         schedule: text("schedule")?,
+        on,
         member: text("member")?,
         description: text("description")?,
         timeout_s,
@@ -315,6 +353,7 @@ fn script_json(script: &StoredScript) -> Value {
         "description": script.description,
         "source": script.source,
         "schedule": script.schedule,
+        "on": script.on,
         "member": script.member,
         "timeout": script.timeout_s,
         "missed": script.missed.as_str(),
@@ -334,7 +373,12 @@ fn run_json(run: &ScriptRun) -> Value {
     });
     let fields = [
         ("tick", run.tick_ms.map(rfc3339)),
-        ("event", run.event.clone().map(Value::String)),
+        (
+            "event",
+            run.event
+                .as_deref()
+                .map(|text| serde_json::from_str(text).unwrap_or(Value::String(text.to_string()))),
+        ),
         ("ended_at", run.ended_at_ms.map(rfc3339)),
         (
             "result",
@@ -367,6 +411,7 @@ fn edited(
         description: String::new(),
         source: String::new(),
         schedule: None,
+        on: Vec::new(),
         member: None,
         timeout_s: TIMEOUT_DEFAULT_S,
         missed: Missed::RunOnce,
@@ -385,6 +430,19 @@ fn edited(
             Schedule::parse(schedule).map_err(refused)?;
             Some(schedule.trim().to_string())
         };
+    }
+    if let Some(on) = &options.on {
+        if on.len() > starling_store::scripts::ON_MAX {
+            return Err(refused(format!(
+                "script \"{name}\": at most {} events in on=",
+                starling_store::scripts::ON_MAX
+            )));
+        }
+        for pattern in on {
+            starling_store::lifecycle::check_pattern(pattern)
+                .map_err(|error| refused(format!("script \"{name}\": {error}")))?;
+        }
+        script.on = on.clone();
     }
     if let Some(member) = &options.member {
         script.member = (!member.trim().is_empty()).then(|| member.trim().to_string());
@@ -502,7 +560,7 @@ impl Member {
                 let script = self
                     .local_state(|state| state.scripts.scripts.get(name).cloned())
                     .ok_or_else(|| Error::Refused(format!("script \"{name}\" not found")))?;
-                let run = self.start_run(&script, None, args.clone()).await?;
+                let run = self.start_run(&script, Cause::Asked, args.clone()).await?;
                 // Wait for the end, however it comes (the run's member records it).
                 let bound = Duration::from_secs(u64::from(script.timeout_s)) + LOST_AFTER;
                 let deadline = Instant::now() + bound;
@@ -583,13 +641,13 @@ impl Member {
         self.propose(Command::Script(command), WRITE_TIMEOUT).await
     }
 
-    /// Leader: claims a run of `script` (for `tick`, if scheduled) and starts it where it
-    /// belongs; answers the run's id. A run whose member is not available is recorded
-    /// `skipped` with the reason.
+    /// Leader: claims a run of `script` (for `cause`) and starts it where it belongs;
+    /// answers the run's id. A run whose member is not available is recorded `skipped` with
+    /// the reason.
     async fn start_run(
         &self,
         script: &StoredScript,
-        tick: Option<u64>,
+        cause: Cause,
         args: Vec<String>,
     ) -> Result<u64, Error> {
         let leader = self.name();
@@ -601,7 +659,7 @@ impl Member {
                 Some(reason),
             ),
         };
-        self.claim(script, tick, member.clone(), skipped.clone(), args)
+        self.claim(script, cause, member.clone(), skipped.clone(), args)
             .await
     }
 
@@ -609,7 +667,7 @@ impl Member {
     async fn claim(
         &self,
         script: &StoredScript,
-        tick: Option<u64>,
+        cause: Cause,
         member: String,
         skipped: Option<String>,
         args: Vec<String>,
@@ -620,11 +678,17 @@ impl Member {
             Some(id) => id,
             None => crate::token::random_u128()?,
         };
+        let (tick_ms, trigger, event) = match cause {
+            Cause::Asked => (None, None, None),
+            Cause::Tick(tick) => (Some(tick), None, None),
+            Cause::Event { id, text } => (None, Some(id), Some(text)),
+        };
         self.propose_script(ScriptCommand::Claim {
             claim,
             script: script.name.clone(),
-            tick_ms: tick,
-            event: None,
+            tick_ms,
+            trigger,
+            event,
             member: member.clone(),
             now_ms: now_ms(),
             skipped: skipped.clone(),
@@ -708,8 +772,17 @@ impl Member {
             chunk_name: script.clone(),
             args,
         };
+        let operation = crate::events::Tracked::start(
+            self,
+            &format!("Running script {script}"),
+            json!({ "scripts": [format!("/1.0/scripts/{script}")], "runs": [run.to_string()] }),
+        );
         let (result, output) =
             crate::script::run_captured(self, program, limits, OUTPUT_KEPT_BYTES).await;
+        operation.end(match &result {
+            Ok(_) => Ok(json!({ "run": run })),
+            Err(error) => Err(error.to_string()),
+        });
         let (status, result, error) = match result {
             Ok(value) => (RunStatus::Ok, Some(value.to_string()), None),
             Err(starling_stdlib::Error::Timeout { .. }) => (
@@ -773,12 +846,18 @@ impl Member {
         });
         for (script, decision) in due_now {
             let outcome = match decision {
-                Due::Run { tick } => self.start_run(&script, Some(tick), Vec::new()).await,
+                Due::Run { tick } => self.start_run(&script, Cause::Tick(tick), Vec::new()).await,
                 Due::Skip { tick } => {
                     let member = script.member.clone().unwrap_or_else(|| self.name());
                     let reason = "missed while the cluster had no leader (missed = skip)";
-                    self.claim(&script, Some(tick), member, Some(reason.into()), Vec::new())
-                        .await
+                    self.claim(
+                        &script,
+                        Cause::Tick(tick),
+                        member,
+                        Some(reason.into()),
+                        Vec::new(),
+                    )
+                    .await
                 }
                 Due::Wait { .. } | Due::Never => continue,
             };
@@ -786,6 +865,7 @@ impl Member {
                 tracing::debug!(script = %script.name, %error, "a scheduled run was not started");
             }
         }
+        self.start_triggered_runs().await;
         let check_now = {
             let mut last = lock(&self.inner.automation.lost_check);
             let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
@@ -796,6 +876,36 @@ impl Member {
         };
         if check_now {
             self.record_lost_runs(now).await;
+        }
+    }
+
+    /// Leader: claims and starts the runs lifecycle events triggered (oldest first, a bounded
+    /// number a round). The event is the run's `arg[1]`, as JSON.
+    async fn start_triggered_runs(&self) {
+        let leader = self.name();
+        let waiting: Vec<(StoredScript, Trigger)> = self.local_state(|state| {
+            state
+                .scripts
+                .triggers
+                .iter()
+                .take(TRIGGERS_PER_ROUND)
+                .filter_map(|trigger| {
+                    let script = state.scripts.scripts.get(&trigger.script)?;
+                    Some((script.clone(), trigger.clone()))
+                })
+                .collect()
+        });
+        for (script, trigger) in waiting {
+            let event = crate::events::Event::lifecycle(&trigger.event, &leader)
+                .to_json()
+                .to_string();
+            let cause = Cause::Event {
+                id: trigger.event.id,
+                text: event.clone(),
+            };
+            if let Err(error) = self.start_run(&script, cause, vec![event]).await {
+                tracing::debug!(script = %script.name, %error, "a triggered run was not started");
+            }
         }
     }
 

@@ -319,6 +319,18 @@ impl Member {
         let steps = plan::pending(&record);
         let kind = record.kind;
         let started_at_ms = record.started_at_ms;
+        let description = match kind {
+            starling_store::evacuation::EvacuationKind::Evacuate => "Evacuating cluster member",
+            starling_store::evacuation::EvacuationKind::Restore => "Restoring cluster member",
+        };
+        let operation = crate::events::Tracked::start(
+            self,
+            description,
+            serde_json::json!({ "cluster": [format!("/1.0/cluster/members/{member}")] }),
+        );
+        let total = steps.len();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let (tracked, done) = (&operation, &done);
         // Still this record, still running: a restore may have ended or replaced it.
         let current = move || {
             self.local_state(|state| {
@@ -335,6 +347,13 @@ impl Member {
                 }
                 let outcome = self.run_step(member, &step).await;
                 tracing::info!(member, instance = %step.name, action = step.action.as_str(), ?outcome, "evacuation step");
+                let finished = done.fetch_add(1, Ordering::SeqCst) + 1;
+                tracked.progress(serde_json::json!({
+                    "done": finished,
+                    "total": total,
+                    "instance": step.name,
+                    "action": step.action.as_str(),
+                }));
                 self.propose_evacuation(EvacuationCommand::Step {
                     member: member.to_string(),
                     project: step.project.clone(),
@@ -346,6 +365,29 @@ impl Member {
             .buffer_unordered(PARALLEL_STEPS)
             .collect()
             .await;
+        let ended = self.end_steps(member, task, outcomes).await;
+        operation.end(match &ended {
+            Ok(()) => Ok(serde_json::json!({ "done": total, "total": total })),
+            Err(error) => Err(error.to_string()),
+        });
+        ended?;
+        tracing::info!(
+            member,
+            kind = kind.as_str(),
+            cancelled = task.cancel.load(Ordering::SeqCst),
+            "evacuation record ended"
+        );
+        Ok(())
+    }
+
+    /// Records the end of `member`'s record once its steps ran (unless a step could not be
+    /// recorded, or this member stopped leading: the next leader goes on).
+    async fn end_steps(
+        &self,
+        member: &str,
+        task: &Task,
+        outcomes: Vec<Result<(), Error>>,
+    ) -> Result<(), Error> {
         // A step that could not be recorded (no quorum, leadership moved) stays pending: the
         // record keeps running and the next leader continues it.
         if let Some(error) = outcomes.into_iter().find_map(Result::err) {
@@ -362,14 +404,7 @@ impl Member {
             ended_at_ms: now_ms(),
             cancelled,
         })
-        .await?;
-        tracing::info!(
-            member,
-            kind = kind.as_str(),
-            cancelled,
-            "evacuation record ended"
-        );
-        Ok(())
+        .await
     }
 
     /// Carries out one step; its outcome.
