@@ -229,6 +229,37 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
             logged(event, "from the remote")
         })
         .await?;
+
+    tracing::info!("--- the remote client runs a file and opens the REPL");
+    let file = client_config.path().join("sum.lua");
+    std::fs::write(&file, "return tonumber(arg[1]) + tonumber(arg[2])")?;
+    let ran = remote(client_config.path())
+        .args(["--remote", &address, "run"])
+        .arg(&file)
+        .args(["--", "40", "2"])
+        .output()?;
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "42");
+    let mut command = remote(client_config.path());
+    command.args(["--remote", &address, "repl"]);
+    let mut terminal = starling_tests::terminal::Terminal::spawn(command)?;
+    terminal.wait_for_text("starling", WAIT)?;
+    terminal.type_text("cluster.info().server_name .. ' answers'\r")?;
+    terminal.wait_for_text(&format!("{} answers", name(third)), WAIT)?;
+    terminal.type_text("config.set('user.from_the_repl', 'yes')\r")?;
+    remote_monitor
+        .wait("the REPL's write", |event| {
+            lifecycle(event, "config-updated")
+                && event["metadata"]["context"]["key"] == "user.from_the_repl"
+        })
+        .await?;
+    terminal.type_text("exit\r")?;
+    let (status, transcript) = terminal.wait(WAIT)?;
+    assert!(status.success(), "{transcript:?}");
     Ok(())
 }
 
