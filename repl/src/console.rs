@@ -28,6 +28,25 @@ const COMPLETION_MENU: &str = "completion_menu";
 /// Script built-ins that send each call to the member as an operation.
 struct RemoteHost {
     client: Arc<Client>,
+    /// `log.*` lines, in order, for the member (see [`forward_logs`]).
+    logs: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+}
+
+/// Writes the REPL's `log.*` lines on the member, in order: the chunk runs here, but its log
+/// lines belong in the member's log and logging events, as a script's run there do.
+async fn forward_logs(
+    client: Arc<Client>,
+    mut logs: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    while let Some((level, line)) = logs.recv().await {
+        let args = [level, line];
+        let written = client
+            .exec_with_args("log[arg[1]](arg[2])", "repl", &args, |_| {})
+            .await;
+        if let Err(error) = written {
+            tracing::debug!(%error, "a log line of the REPL did not reach the member");
+        }
+    }
 }
 
 impl Host for RemoteHost {
@@ -46,14 +65,19 @@ impl Host for RemoteHost {
                 .map_err(|error| error.to_string())
         })
     }
+
+    fn log(&self, level: &str, line: &str) {
+        let _ = self.logs.send((level.to_string(), line.to_string()));
+    }
 }
 
 /// Runs the REPL until end of input or `exit`.
 pub async fn run(client: Client, history: PathBuf) -> Result<()> {
     let (print, mut printed) = tokio::sync::mpsc::channel(64);
-    let host: Arc<dyn Host> = Arc::new(RemoteHost {
-        client: Arc::new(client),
-    });
+    let client = Arc::new(client);
+    let (logs, to_forward) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(forward_logs(client.clone(), to_forward));
+    let host: Arc<dyn Host> = Arc::new(RemoteHost { client, logs });
     let limits = Limits {
         wall_clock: std::time::Duration::from_secs(3600),
         ..Limits::default()

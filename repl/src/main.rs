@@ -569,8 +569,16 @@ fn init_logging(cli: &Cli) {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},openraft=warn")));
+    // The REPL's `log.*` lines go to the member (its log and its logging events), not into
+    // the prompt.
+    let quiet = if matches!(cli.command, Command::Repl) {
+        ",script=off"
+    } else {
+        ""
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STARLING_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},openraft=warn{quiet}"))
+    });
     // The demo's members run in this process under the REPL: their logs go to a file in the
     // demo directory, never into the prompt.
     if matches!(cli.command, Command::Demo { .. }) {

@@ -131,6 +131,19 @@ fn with(mut lifecycle: Lifecycle, key: &str, value: impl ToString) -> Lifecycle 
     lifecycle
 }
 
+/// `script-run-failed` for `record`, which ended as `status` because of `error`.
+fn run_failed(record: &crate::scripts::ScriptRun, status: RunStatus, error: &str) -> Lifecycle {
+    let failed = event(
+        "script-run-failed",
+        format!("/1.0/scripts/{}", record.script),
+        "",
+        &record.member,
+    );
+    let failed = with(failed, "run", record.id);
+    let failed = with(failed, "status", status.as_str());
+    with(failed, "error", cut(error))
+}
+
 /// An error's first KiB: the event is a triggered run's argument, kept in its record.
 fn cut(text: &str) -> String {
     let mut end = text.len().min(1024);
@@ -490,19 +503,8 @@ fn of_script(state: &ClusterState, command: &ScriptCommand) -> Vec<Lifecycle> {
             state
                 .scripts
                 .run(*run)
-                .filter(|record| record.status == RunStatus::Running)
-                .filter(|record| !record.quiet)
-                .map(|record| {
-                    let failed = event(
-                        "script-run-failed",
-                        script_path(&record.script),
-                        "",
-                        &record.member,
-                    );
-                    let failed = with(failed, "run", record.id);
-                    let failed = with(failed, "status", status.as_str());
-                    with(failed, "error", cut(error.as_deref().unwrap_or_default()))
-                })
+                .filter(|record| record.status == RunStatus::Running && !record.quiet)
+                .map(|record| run_failed(record, *status, error.as_deref().unwrap_or_default()))
                 .into_iter()
                 .collect()
         }
@@ -510,17 +512,7 @@ fn of_script(state: &ClusterState, command: &ScriptCommand) -> Vec<Lifecycle> {
             .iter()
             .filter_map(|id| state.scripts.run(*id))
             .filter(|record| record.status == RunStatus::Running && !record.quiet)
-            .map(|record| {
-                let failed = event(
-                    "script-run-failed",
-                    script_path(&record.script),
-                    "",
-                    &record.member,
-                );
-                let failed = with(failed, "run", record.id);
-                let failed = with(failed, "status", RunStatus::Lost.as_str());
-                with(failed, "error", cut(reason))
-            })
+            .map(|record| run_failed(record, RunStatus::Lost, reason))
             .collect(),
     }
 }

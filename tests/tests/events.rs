@@ -257,6 +257,13 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
                 && event["metadata"]["context"]["key"] == "user.from_the_repl"
         })
         .await?;
+    terminal.type_text("log.warn('typed at the remote REPL')\r")?;
+    let event = remote_monitor
+        .wait("the REPL's log line", |event| {
+            logged(event, "typed at the remote REPL")
+        })
+        .await?;
+    assert_eq!(event["location"], name(third).as_str());
     terminal.type_text("exit\r")?;
     let (status, transcript) = terminal.wait(WAIT)?;
     assert!(status.success(), "{transcript:?}");
