@@ -46,6 +46,7 @@ mod proposer;
 pub mod protocol;
 pub mod script;
 mod serve;
+mod sync;
 mod sysinfo;
 pub mod token;
 pub mod trust;

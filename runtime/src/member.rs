@@ -540,6 +540,12 @@ impl Member {
         }
     }
 
+    /// The current leader's name, as this member knows it.
+    pub(crate) fn leader_name(&self) -> Option<String> {
+        let (id, _) = self.leader()?;
+        self.local_state(|state| state.member_by_id(id).map(|record| record.name.clone()))
+    }
+
     /// When the last Raft append arrived, if one did since start.
     fn last_append(&self) -> Option<Instant> {
         *self

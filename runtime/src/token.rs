@@ -67,43 +67,32 @@ pub fn random_u128() -> Result<u128, Error> {
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-27T16:10:09Z`).
 pub fn format_time_ms(time_ms: u64) -> String {
-    let seconds = time_ms / 1000;
-    let days = (seconds / 86_400) as i64;
-    let second_of_day = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        second_of_day / 3600,
-        (second_of_day / 60) % 60,
-        second_of_day % 60
+    rfc3339(
+        time_ms.saturating_mul(1_000_000),
+        chrono::SecondsFormat::Secs,
     )
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// Formats nanoseconds since the Unix epoch as RFC 3339 UTC, with the fraction `digits` asks
+/// for (`Millis`: run records; `Nanos`: events, as LXD prints them).
+pub fn rfc3339(time_ns: u64, digits: chrono::SecondsFormat) -> String {
+    let seconds = (time_ns / 1_000_000_000) as i64;
+    let nanos = (time_ns % 1_000_000_000) as u32;
+    chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, nanos)
+        .map(|time| time.to_rfc3339_opts(digits, true))
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or_default()
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -165,11 +165,8 @@ fn instance_path(name: &str) -> String {
 pub fn of(state: &ClusterState, command: &Command) -> Vec<Lifecycle> {
     match command {
         Command::Once { command, .. } => of(state, command),
-        Command::Batch(commands) => commands
-            .iter()
-            .flat_map(|command| of(state, command))
-            .collect(),
-        Command::Bootstrap { .. } | Command::Kv(_) => Vec::new(),
+        // A batch's commands apply, and make their events, one at a time.
+        Command::Batch(_) | Command::Bootstrap { .. } | Command::Kv(_) => Vec::new(),
         Command::ConfigSet { key, .. } | Command::ConfigUnset { key } => {
             vec![with(
                 event("config-updated", "/1.0".into(), "", ""),

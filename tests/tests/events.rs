@@ -88,6 +88,17 @@ fn lifecycle(event: &Value, action: &str) -> bool {
     event["type"] == "lifecycle" && event["metadata"]["action"] == action
 }
 
+/// Runs `command`, which must succeed; its standard output, trimmed.
+fn succeeded(command: &mut Command) -> Result<String> {
+    let output = command.output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 fn monitor_on(cluster: &ProcessCluster, index: usize) -> Command {
     let mut command = Command::new(cluster.binary());
     command
@@ -191,34 +202,20 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
         command.arg("--config-dir").arg(config);
         command
     };
-    let added = remote(client_config.path())
-        .args(["remote", "add", &address, &token])
-        .output()?;
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
+    succeeded(remote(client_config.path()).args(["remote", "add", &address, &token]))?;
     let mut command = remote(client_config.path());
     command.args(["--remote", &address]);
     let remote_monitor = Monitor::start(command)?;
     remote_monitor
         .wait_live(&cluster, watcher, "probe for the remote monitor")
         .await?;
-    let ran = remote(client_config.path())
-        .args([
-            "--remote",
-            &address,
-            "exec",
-            "log.info('from the remote') return 6 * 7",
-        ])
-        .output()?;
-    assert!(
-        ran.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "42");
+    let answer = succeeded(remote(client_config.path()).args([
+        "--remote",
+        &address,
+        "exec",
+        "log.info('from the remote') return 6 * 7",
+    ]))?;
+    assert_eq!(answer, "42");
     remote_monitor
         .wait("the remote's log line", |event| {
             logged(event, "from the remote")
@@ -233,17 +230,13 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
     tracing::info!("--- the remote client runs a file and opens the REPL");
     let file = client_config.path().join("sum.lua");
     std::fs::write(&file, "return tonumber(arg[1]) + tonumber(arg[2])")?;
-    let ran = remote(client_config.path())
-        .args(["--remote", &address, "run"])
-        .arg(&file)
-        .args(["--", "40", "2"])
-        .output()?;
-    assert!(
-        ran.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "42");
+    let answer = succeeded(
+        remote(client_config.path())
+            .args(["--remote", &address, "run"])
+            .arg(&file)
+            .args(["--", "40", "2"]),
+    )?;
+    assert_eq!(answer, "42");
     let mut command = remote(client_config.path());
     command.args(["--remote", &address, "repl"]);
     let mut terminal = starling_tests::terminal::Terminal::spawn(command)?;

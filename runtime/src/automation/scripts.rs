@@ -57,11 +57,7 @@ pub struct AutomationState {
     lost_check: Mutex<Option<Instant>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// The properties of a stored script a call may give (absent: unchanged, or the default).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -339,12 +335,10 @@ fn options(arguments: &Arguments, position: usize) -> Result<ScriptOptions, Erro
 
 /// `ms` as RFC 3339 (UTC, milliseconds).
 fn rfc3339(ms: u64) -> Value {
-    i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
-        .map_or(Value::Null, |time| {
-            Value::String(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        })
+    Value::String(crate::token::rfc3339(
+        ms.saturating_mul(1_000_000),
+        chrono::SecondsFormat::Millis,
+    ))
 }
 
 fn script_json(script: &StoredScript) -> Value {

@@ -117,11 +117,7 @@ impl Tasks {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+use crate::token::now_ms;
 
 /// A record as `cluster.evacuation` shows it, with a summary.
 pub fn evacuation_json(evacuation: &Evacuation) -> Value {

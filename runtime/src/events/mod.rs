@@ -70,20 +70,11 @@ pub struct Event {
     pub metadata: String,
 }
 
-/// Nanoseconds since the Unix epoch, now.
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64)
-}
+use crate::token::now_ns;
 
 /// `ns` as RFC 3339 with nanoseconds, as LXD prints event times.
 pub fn rfc3339_ns(ns: u64) -> String {
-    let seconds = (ns / 1_000_000_000) as i64;
-    let nanos = (ns % 1_000_000_000) as u32;
-    chrono::DateTime::<chrono::Utc>::from_timestamp(seconds, nanos)
-        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-        .unwrap_or_default()
+    crate::token::rfc3339(ns, chrono::SecondsFormat::Nanos)
 }
 
 impl Event {
@@ -280,18 +271,7 @@ pub(crate) async fn lifecycle_to_bus(member: crate::member::Member) {
         let me = member.name();
         match received {
             Ok(lifecycle) => {
-                let fallback = member
-                    .leader()
-                    .and_then(|(_, address)| {
-                        member.local_state(|state| {
-                            state
-                                .members
-                                .values()
-                                .find(|record| record.address == address)
-                                .map(|record| record.name.clone())
-                        })
-                    })
-                    .unwrap_or_else(|| me.clone());
+                let fallback = member.leader_name().unwrap_or_else(|| me.clone());
                 let event = Event::lifecycle(&lifecycle, &fallback);
                 member.inner.events.publish(event, Source::Derived, &me);
             }

@@ -107,9 +107,11 @@ pub(crate) async fn run(member: Member) {
     loop {
         let members = peers(&member);
         let me = member.name();
-        let leader = member
-            .leader()
-            .and_then(|(_, address)| members.iter().find(|peer| peer.address == address).cloned());
+        let leader_name = member.leader_name();
+        let leader = members
+            .iter()
+            .find(|peer| Some(&peer.name) == leader_name.as_ref())
+            .cloned();
         let planned = plan(&me, &members, member.state_follows(), leader.as_ref());
         running.retain(|subscription, task| {
             let keep = planned.contains(subscription) && !task.is_finished();
@@ -137,10 +139,7 @@ pub(crate) async fn run(member: Member) {
 
 /// Reads one subscription onto the bus, from its candidates in turn, until aborted.
 async fn subscribe(member: Member, subscription: Subscription) {
-    let mut next = 0;
-    loop {
-        let (name, address) = &subscription.from[next % subscription.from.len()];
-        next += 1;
+    for (name, address) in subscription.from.iter().cycle() {
         if let Err(error) = relay_from(&member, name, address, &subscription.want).await {
             tracing::debug!(from = %name, %error, "an event subscription ended");
         }

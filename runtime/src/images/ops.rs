@@ -178,21 +178,13 @@ pub struct ImageState {
     failures: Mutex<BTreeMap<(String, String), Error>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 fn refused(error: impl std::fmt::Display) -> Error {
     Error::Refused(error.to_string())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+use crate::token::now_ms;
 
 /// The JSON of an image record, in LXD's field names.
 fn image_json(image: &Image) -> Value {

@@ -409,11 +409,7 @@ pub fn plan_create(
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
+use crate::token::now_ms;
 
 impl Member {
     /// Runs an instance operation on the leader.

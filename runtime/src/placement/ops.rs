@@ -66,11 +66,7 @@ pub struct PlacementInput {
     pub profiles: Vec<String>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::lock;
 
 /// The members as placement sees them; `pending` counts creations not yet recorded.
 pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Vec<MemberView> {
