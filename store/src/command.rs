@@ -741,7 +741,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn token(name: &str, expires_at_ms: u64) -> JoinToken {
+    pub(crate) fn token(name: &str, expires_at_ms: u64) -> JoinToken {
         JoinToken {
             name: name.to_string(),
             kind: TokenKind::Join,

@@ -320,10 +320,10 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn image(fingerprint: &str, alias: &str) -> Image {
+    pub(crate) fn image(fingerprint: &str, alias: &str) -> Image {
         Image {
             fingerprint: fingerprint.to_string(),
             size: 10,

@@ -962,7 +962,7 @@ pub fn default_profile(project: &str) -> Profile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::command::tests::{bootstrapped, member};
     use crate::Command;
@@ -1096,7 +1096,7 @@ mod tests {
         assert!(!state.groups.contains_key("fast"));
     }
 
-    fn instance(name: &str, profiles: &[&str]) -> Instance {
+    pub(crate) fn instance(name: &str, profiles: &[&str]) -> Instance {
         Instance {
             project: DEFAULT_PROJECT.into(),
             name: name.into(),

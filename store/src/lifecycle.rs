@@ -572,6 +572,101 @@ impl PartialEq for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::tests::{member, token};
+    use crate::images::tests::image;
+    use crate::instances::tests::instance;
+
+    fn actions(events: &[Lifecycle]) -> Vec<(&str, &str)> {
+        events
+            .iter()
+            .map(|event| (event.action.as_str(), event.location.as_str()))
+            .collect()
+    }
+
+    /// Goal: each kind of change yields LXD's action, on the member it happened on, and only
+    /// a real transition counts (an instance reported running again, a copy already held).
+    #[test]
+    fn changes_yield_lxd_actions_where_they_happened() {
+        let mut state = ClusterState::default();
+        for (id, name) in [(1, "m1"), (2, "m2")] {
+            state.members.insert(name.into(), member(name, id));
+        }
+        let joined = of(
+            &state,
+            &Command::MemberAdd {
+                member: member("m3", 3),
+                answers: vec![],
+                secret: String::new(),
+                now_ms: 0,
+            },
+        );
+        assert_eq!(actions(&joined), [("cluster-member-added", "m3")]);
+        let renamed = of(
+            &state,
+            &Command::MemberRename {
+                from: "m2".into(),
+                to: "m9".into(),
+            },
+        );
+        assert_eq!(actions(&renamed), [("cluster-member-renamed", "m9")]);
+        assert_eq!(
+            renamed[0].context.get("old_name").map(String::as_str),
+            Some("m2")
+        );
+        let token = of(
+            &state,
+            &Command::TokenIssue {
+                token: token("m4", 1),
+            },
+        );
+        assert_eq!(actions(&token), [("cluster-token-created", "")]);
+
+        let created = Command::Instance(InstanceCommand::InstanceCreate {
+            instance: instance("c1", &[]),
+        });
+        assert_eq!(actions(&of(&state, &created)), [("instance-created", "m1")]);
+        state
+            .instances
+            .insert(("default".into(), "c1".into()), instance("c1", &[]));
+        let report = |status| {
+            Command::Instance(InstanceCommand::InstanceStatus {
+                project: "default".into(),
+                name: "c1".into(),
+                location: "m1".into(),
+                status,
+                message: String::new(),
+            })
+        };
+        let started = of(&state, &report(InstanceStatus::Running));
+        assert_eq!(actions(&started), [("instance-started", "m1")]);
+        assert_eq!(started[0].source, "/1.0/instances/c1");
+        for record in state.instances.values_mut() {
+            record.status = InstanceStatus::Running;
+        }
+        assert!(of(&state, &report(InstanceStatus::Running)).is_empty());
+        let stopped = of(&state, &report(InstanceStatus::Stopped));
+        assert_eq!(actions(&stopped), [("instance-stopped", "m1")]);
+
+        let fingerprint = "b".repeat(64);
+        let added = Command::Image(ImageCommand::Add {
+            image: image(&fingerprint, "busybox"),
+        });
+        assert_eq!(actions(&of(&state, &added)), [("image-created", "m1")]);
+        state
+            .images
+            .insert(fingerprint.clone(), image(&fingerprint, "busybox"));
+        let copied = |to: &str| {
+            Command::Image(ImageCommand::LocationAdd {
+                fingerprint: fingerprint.clone(),
+                member: to.into(),
+            })
+        };
+        assert_eq!(
+            actions(&of(&state, &copied("m2"))),
+            [("image-replicated", "m2")]
+        );
+        assert!(of(&state, &copied("m1")).is_empty(), "m1 held it already");
+    }
 
     #[test]
     fn patterns_name_known_actions_or_prefixes() {

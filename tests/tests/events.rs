@@ -15,46 +15,56 @@ use starling_tests::processes::ProcessCluster;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A running `starling monitor --format json`, its events gathered as they come.
+/// A running `starling monitor`, its lines gathered as they come.
 struct Monitor {
     child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Monitor {
-    fn start(mut command: Command) -> Result<Monitor> {
+    /// `monitor --format json`.
+    fn start(command: Command) -> Result<Monitor> {
+        Monitor::start_with(command, &["--format", "json"])
+    }
+
+    fn start_with(mut command: Command, args: &[&str]) -> Result<Monitor> {
         let mut child = command
-            .args(["monitor", "--format", "json"])
+            .arg("monitor")
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null())
             .spawn()
             .context("starting starling monitor")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let gathered = Arc::clone(&events);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let gathered = Arc::clone(&lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let event: Value = serde_json::from_str(&line).unwrap_or_else(|error| {
-                    panic!("not one JSON object per line: {line}: {error}")
-                });
                 gathered
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(event);
+                    .push(line);
             }
         });
-        Ok(Monitor { child, events })
+        Ok(Monitor { child, lines })
     }
 
-    fn seen(&self, matches: &dyn Fn(&Value) -> bool) -> Option<Value> {
-        self.events
+    fn lines(&self) -> Vec<String> {
+        self.lines
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .find(|event| matches(event))
-            .cloned()
+            .clone()
+    }
+
+    /// The first event (of a JSON monitor) that `matches`.
+    fn seen(&self, matches: &dyn Fn(&Value) -> bool) -> Option<Value> {
+        self.lines().iter().find_map(|line| {
+            let event: Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not one JSON object per line: {line}: {error}"));
+            matches(&event).then_some(event)
+        })
     }
 
     async fn wait(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Result<Value> {
@@ -129,6 +139,9 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
     let name = |index: usize| format!("m{}", index + 1);
 
     let monitor = Monitor::start(monitor_on(&cluster, watcher))?;
+    // Lifecycle events only, a line each (the default format).
+    let lifecycle_only =
+        Monitor::start_with(monitor_on(&cluster, watcher), &["--type", "lifecycle"])?;
     monitor
         .wait_live(&cluster, third, "probe without hubs")
         .await?;
@@ -155,6 +168,35 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
         })
         .await?;
     assert_eq!(event["metadata"]["source"], "/1.0");
+    starling_tests::wait_for("the pretty line", WAIT, || async {
+        lifecycle_only
+            .lines()
+            .iter()
+            .any(|line| line.contains(" lifecycle config-updated /1.0 key=user.watched"))
+            .then_some(())
+    })
+    .await?;
+
+    tracing::info!("--- operation events of a stored script's run");
+    let status = cluster.lua(
+        third,
+        "scripts.create('op', 'return 1') return scripts.run('op').status",
+    )?;
+    assert_eq!(status, "ok");
+    let operation = |event: &Value, status: &str| {
+        event["type"] == "operation"
+            && event["metadata"]["description"] == "Running script op"
+            && event["metadata"]["status"] == status
+    };
+    let started = monitor
+        .wait("the run's operation", |event| operation(event, "Running"))
+        .await?;
+    let ended = monitor
+        .wait("the run's end", |event| operation(event, "Success"))
+        .await?;
+    assert_eq!(started["metadata"]["id"], ended["metadata"]["id"]);
+    // Stored scripts run on the leader.
+    assert_eq!(ended["location"], name(leader).as_str());
 
     tracing::info!("--- with an event hub");
     cluster.lua(
@@ -260,6 +302,11 @@ async fn monitor_shows_events_from_other_members_with_and_without_hubs() -> Resu
     terminal.type_text("exit\r")?;
     let (status, transcript) = terminal.wait(WAIT)?;
     assert!(status.success(), "{transcript:?}");
+    let lines = lifecycle_only.lines();
+    assert!(
+        lines.iter().all(|line| line.contains(" lifecycle ")),
+        "--type lifecycle showed other events: {lines:?}"
+    );
     Ok(())
 }
 
@@ -283,11 +330,26 @@ async fn a_script_on_a_member_going_offline_runs_exactly_once() -> Result<()> {
     let source = "local event = json.decode(arg[1]) \
                   kv.incr('offline:' .. event.location) \
                   return {action = event.metadata.action, location = event.location}";
+    // Stored with the command line on another event, then moved to this one from Lua.
+    let file = cluster.dir(0).join("on-offline.lua");
+    std::fs::write(&file, source)?;
+    let path = file.to_string_lossy().to_string();
+    cluster.cli_ok(
+        0,
+        &[
+            "script",
+            "add",
+            "on-offline",
+            &path,
+            "--on",
+            "cluster-member-online",
+        ],
+    )?;
+    let shown = cluster.lua(0, "return scripts.get('on-offline')")?;
+    assert_eq!(shown["on"], serde_json::json!(["cluster-member-online"]));
     cluster.lua(
         0,
-        &format!(
-            "scripts.create('on-offline', \"{source}\", {{on = 'cluster-member-offline'}}) return true"
-        ),
+        "scripts.update('on-offline', {on = 'cluster-member-offline'}) return true",
     )?;
     let shown = cluster.lua(0, "return scripts.get('on-offline')")?;
     assert_eq!(shown["on"], serde_json::json!(["cluster-member-offline"]));
