@@ -25,6 +25,9 @@ async fn the_repl_on_a_terminal() -> Result<()> {
     terminal.type_text(":format json\r")?;
     terminal.type_text("cluster.members()\r")?;
     terminal.wait_for_text("\"server_name\": \"m1\"", WAIT)?;
+    terminal.type_text(":format yaml\r")?;
+    terminal.type_text("cluster.info()\r")?;
+    terminal.wait_for_text("server_name: m1", WAIT)?;
     terminal.type_text("help('kv.incr')\r")?;
     terminal.wait_for_text("adds delta (1) to the integer at key", WAIT)?;
 
@@ -47,5 +50,49 @@ async fn the_repl_on_a_terminal() -> Result<()> {
     terminal.type_text("exit\r")?;
     let (status, transcript) = terminal.wait(WAIT)?;
     assert!(status.success(), "{transcript:?}");
+    // Kept in the client's config directory for the next session.
+    let history = std::fs::read_to_string(cluster.config_dir().join("history"))?;
+    assert!(history.contains("help('kv.incr')"), "{history:?}");
+    Ok(())
+}
+
+/// Goal: `starling demo` runs its members in the REPL's process, and their logs go to a file
+/// in the demo directory, never into the prompt, also when a member's peer goes away (openraft
+/// warns then).
+/// Method: `starling demo --dir D --members 3` on a pseudo-terminal; a member is removed from
+/// the REPL (the others' Raft warns about it); the transcript holds no log line and
+/// `D/demo.log` holds the members' warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_member_logs_out_of_the_prompt() -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let config = tempfile::tempdir()?;
+    let mut command = std::process::Command::new(starling_tests::processes::starling_binary()?);
+    command
+        .arg("--config-dir")
+        .arg(config.path())
+        .arg("--dir")
+        .arg(dir.path().join("demo"))
+        .args(["demo", "--members", "3"]);
+    let mut terminal = starling_tests::terminal::Terminal::spawn(command)?;
+    terminal.wait_for_text("Starling demo: 3 members", WAIT)?;
+    // The prompt (the banner says "Starling").
+    terminal.wait_for_text("starling", WAIT)?;
+    terminal.type_text("#cluster.members() .. ' in all'\r")?;
+    terminal.wait_for_text("3 in all", WAIT)?;
+    terminal.type_text("cluster.remove('m3', {force = true}) return 'removed'\r")?;
+    terminal.wait_for_text("removed", WAIT)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    terminal.type_text("exit\r")?;
+    let (_, transcript) = terminal.wait(WAIT)?;
+    for level in [" INFO ", " WARN ", " ERROR "] {
+        assert!(
+            !transcript.contains(level),
+            "a log line in the prompt: {transcript:?}"
+        );
+    }
+    let log = std::fs::read_to_string(dir.path().join("demo").join("demo.log"))?;
+    // m3's own warning as it went: in the file, not in the prompt.
+    assert!(log.contains("this member was removed from the cluster"), "{log}");
     Ok(())
 }
