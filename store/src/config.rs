@@ -49,31 +49,31 @@ const KEYS: &[KeySpec] = &[
         name: "cluster.max_voters",
         default: "3",
         rule: "must be an odd integer of at least 3",
-        check: |value| parse_int(value).is_some_and(|n| n >= 3 && n % 2 == 1),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 3 && n % 2 == 1),
     },
     KeySpec {
         name: "cluster.max_standby",
         default: "2",
         rule: "must be an integer from 0 to 5",
-        check: |value| parse_int(value).is_some_and(|n| (0..=5).contains(&n)),
+        check: |value| parse_integer(value).is_some_and(|n| (0..=5).contains(&n)),
     },
     KeySpec {
         name: "cluster.offline_threshold",
         default: "20",
         rule: "must be an integer number of seconds, at least 10",
-        check: |value| parse_int(value).is_some_and(|n| n >= 10),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 10),
     },
     KeySpec {
         name: "cluster.heartbeat_interval_ms",
         default: "500",
         rule: "must be an integer number of milliseconds from 100 to 10000",
-        check: |value| parse_int(value).is_some_and(|n| (100..=10_000).contains(&n)),
+        check: |value| parse_integer(value).is_some_and(|n| (100..=10_000).contains(&n)),
     },
     KeySpec {
         name: "cluster.images_minimal_replica",
         default: "3",
         rule: "must be an integer of at least 1, or -1 for all members",
-        check: |value| parse_int(value).is_some_and(|n| n >= 1 || n == -1),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 1 || n == -1),
     },
     KeySpec {
         name: "cluster.join_token_expiry",
@@ -85,11 +85,12 @@ const KEYS: &[KeySpec] = &[
         name: "cluster.healing_threshold",
         default: "0",
         rule: "must be an integer number of seconds, 0 to disable",
-        check: |value| parse_int(value).is_some_and(|n| n >= 0),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 0),
     },
 ];
 
-fn parse_int(value: &str) -> Option<i64> {
+/// An integer value as the rules check it and the members read it: blanks around it allowed.
+pub fn parse_integer(value: &str) -> Option<i64> {
     value.trim().parse().ok()
 }
 
@@ -221,5 +222,18 @@ mod tests {
         assert_eq!(parse_expiry("18446744073709551615S"), None);
         assert!(validate("cluster.join_token_expiry", "99999999999999999y").is_err());
         assert_eq!(parse_expiry(""), None);
+    }
+
+    /// Goal: a value the rule accepts with blanks around it reads as its number (it read as
+    /// 0 before: " 3" voters meant none; found by `valid_integers_are_stored_and_read_back`).
+    #[test]
+    fn a_padded_integer_reads_as_its_number() {
+        let mut state = crate::model::ClusterState::default();
+        let set = crate::command::Command::ConfigSet {
+            key: "cluster.max_voters".into(),
+            value: " 3".into(),
+        };
+        state.apply(&set).unwrap();
+        assert_eq!(state.config_i64("cluster.max_voters"), 3);
     }
 }
