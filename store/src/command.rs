@@ -2,7 +2,9 @@
 //!
 //! A command is checked when it is proposed and checked again when it is applied; applying is
 //! deterministic (time comes inside the command, never from the clock), so every member ends in
-//! the same state. A command that fails its checks changes nothing and answers with the reason.
+//! the same state. A command that fails its checks changes nothing and answers with the reason,
+//! with one exception: a refused join or trust claim whose token has expired removes that token
+//! (nothing else removes expired tokens).
 
 use serde::{Deserialize, Serialize};
 

@@ -49,31 +49,31 @@ const KEYS: &[KeySpec] = &[
         name: "cluster.max_voters",
         default: "3",
         rule: "must be an odd integer of at least 3",
-        check: |value| parse_int(value).is_some_and(|n| n >= 3 && n % 2 == 1),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 3 && n % 2 == 1),
     },
     KeySpec {
         name: "cluster.max_standby",
         default: "2",
         rule: "must be an integer from 0 to 5",
-        check: |value| parse_int(value).is_some_and(|n| (0..=5).contains(&n)),
+        check: |value| parse_integer(value).is_some_and(|n| (0..=5).contains(&n)),
     },
     KeySpec {
         name: "cluster.offline_threshold",
         default: "20",
         rule: "must be an integer number of seconds, at least 10",
-        check: |value| parse_int(value).is_some_and(|n| n >= 10),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 10),
     },
     KeySpec {
         name: "cluster.heartbeat_interval_ms",
         default: "500",
         rule: "must be an integer number of milliseconds from 100 to 10000",
-        check: |value| parse_int(value).is_some_and(|n| (100..=10_000).contains(&n)),
+        check: |value| parse_integer(value).is_some_and(|n| (100..=10_000).contains(&n)),
     },
     KeySpec {
         name: "cluster.images_minimal_replica",
         default: "3",
         rule: "must be an integer of at least 1, or -1 for all members",
-        check: |value| parse_int(value).is_some_and(|n| n >= 1 || n == -1),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 1 || n == -1),
     },
     KeySpec {
         name: "cluster.join_token_expiry",
@@ -85,11 +85,12 @@ const KEYS: &[KeySpec] = &[
         name: "cluster.healing_threshold",
         default: "0",
         rule: "must be an integer number of seconds, 0 to disable",
-        check: |value| parse_int(value).is_some_and(|n| n >= 0),
+        check: |value| parse_integer(value).is_some_and(|n| n >= 0),
     },
 ];
 
-fn parse_int(value: &str) -> Option<i64> {
+/// An integer value as the rules check it and the members read it: blanks around it allowed.
+pub fn parse_integer(value: &str) -> Option<i64> {
     value.trim().parse().ok()
 }
 
@@ -221,5 +222,133 @@ mod tests {
         assert_eq!(parse_expiry("18446744073709551615S"), None);
         assert!(validate("cluster.join_token_expiry", "99999999999999999y").is_err());
         assert_eq!(parse_expiry(""), None);
+    }
+
+    /// Goal: a value the rule accepts with blanks around it reads as its number (it read as
+    /// 0 before: " 3" voters meant none; found by `valid_integers_are_stored_and_read_back`).
+    #[test]
+    fn a_padded_integer_reads_as_its_number() {
+        let mut state = crate::model::ClusterState::default();
+        let set = crate::command::Command::ConfigSet {
+            key: "cluster.max_voters".into(),
+            value: " 3".into(),
+        };
+        state.apply(&set).unwrap();
+        assert_eq!(state.config_i64("cluster.max_voters"), 3);
+    }
+
+    /// Property tests: every value a key's rule allows is stored and read back as meant;
+    /// anything else is refused with the key named, and nothing panics.
+    mod properties {
+        use super::*;
+        use crate::command::Command;
+        use crate::model::ClusterState;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// The units of an expiry and their length in seconds.
+        const UNITS: [(char, u64); 7] = [
+            ('S', 1),
+            ('M', 60),
+            ('H', 3_600),
+            ('d', 86_400),
+            ('w', 7 * 86_400),
+            ('m', 30 * 86_400),
+            ('y', 365 * 86_400),
+        ];
+
+        /// A valid setting: the key, its text, and the integer it means (for integer keys).
+        fn valid_integer_setting() -> impl Strategy<Value = (&'static str, i64)> {
+            prop_oneof![
+                (1..50i64).prop_map(|half| ("cluster.max_voters", 2 * half + 1)),
+                (0..=5i64).prop_map(|n| ("cluster.max_standby", n)),
+                (10..1_000_000i64).prop_map(|n| ("cluster.offline_threshold", n)),
+                (100..=10_000i64).prop_map(|n| ("cluster.heartbeat_interval_ms", n)),
+                prop_oneof![Just(-1i64), 1..1_000i64]
+                    .prop_map(|n| ("cluster.images_minimal_replica", n)),
+                (0..1_000_000i64).prop_map(|n| ("cluster.healing_threshold", n)),
+            ]
+        }
+
+        /// Blanks around a value: the rules read the value trimmed.
+        fn padding() -> impl Strategy<Value = &'static str> {
+            select(&["", "", " ", "\t", "  \n"][..])
+        }
+
+        proptest! {
+            /// Goal: a value the rule allows is stored, and the members read the number it
+            /// means (blanks around it included: the rule reads it trimmed). Method: set it
+            /// on a state through `ConfigSet`, read it back with `config_i64`.
+            #[test]
+            fn valid_integers_are_stored_and_read_back(
+                (key, number) in valid_integer_setting(),
+                left in padding(),
+                right in padding(),
+            ) {
+                let text = format!("{left}{number}{right}");
+                prop_assert_eq!(validate(key, &text), Ok(()));
+                let mut state = ClusterState::default();
+                let set = Command::ConfigSet { key: key.to_string(), value: text.clone() };
+                prop_assert_eq!(state.apply(&set), Ok(()));
+                prop_assert_eq!(state.config_value(key), Some(text));
+                prop_assert_eq!(state.config_i64(key), number);
+            }
+
+            /// Goal: an expiry within 100 years is accepted and means its count of units;
+            /// zero and longer ones are refused. Method: any count, any unit.
+            #[test]
+            fn expiries_mean_their_count_of_units(
+                count in prop_oneof![0..200u64, any::<u64>()],
+                (unit, unit_s) in select(&UNITS[..]),
+                left in padding(),
+                right in padding(),
+            ) {
+                let text = format!("{left}{count}{unit}{right}");
+                let seconds = count.checked_mul(unit_s).filter(|s| *s > 0 && *s <= EXPIRY_S_MAX);
+                prop_assert_eq!(parse_expiry(&text), seconds.map(Duration::from_secs));
+                prop_assert_eq!(validate("cluster.join_token_expiry", &text).is_ok(), seconds.is_some());
+            }
+
+            /// Goal: a `user.*` key takes any value and gives it back as it was.
+            #[test]
+            fn user_keys_take_any_value(name in "[a-z0-9._-]{1,16}", value in ".{0,64}") {
+                let key = format!("user.{name}");
+                let mut state = ClusterState::default();
+                let set = Command::ConfigSet { key: key.clone(), value: value.clone() };
+                prop_assert_eq!(state.apply(&set), Ok(()));
+                prop_assert_eq!(state.config_value(&key), Some(value));
+            }
+
+            /// Goal: whatever a client sends, the check answers without panicking, a refusal
+            /// names the key, and the proposer's check and the apply agree. Method: known,
+            /// `user.*` and random keys with numbers, expiries and random text.
+            #[test]
+            fn any_setting_is_answered_and_a_refusal_names_the_key(
+                key in prop_oneof![
+                    select(known_keys().collect::<Vec<_>>()).prop_map(str::to_string),
+                    "user\\.[a-z]{0,3}",
+                    ".{0,12}",
+                ],
+                value in prop_oneof![
+                    "-?[0-9]{1,20}",
+                    "[0-9]{1,4}[SMHdwmyx]",
+                    "[ -~]{0,12}",
+                    ".{0,8}",
+                ],
+            ) {
+                let checked = validate(&key, &value);
+                if let Err(error) = &checked {
+                    prop_assert!(error.to_string().contains(&key), "{}", error);
+                }
+                let mut state = ClusterState::default();
+                let applied = state.apply(&Command::ConfigSet { key: key.clone(), value });
+                prop_assert_eq!(applied.is_ok(), checked.is_ok(), "{:?}", applied);
+                let unset = validate_key(&key);
+                if let Err(error) = &unset {
+                    prop_assert!(error.to_string().contains(&key), "{}", error);
+                }
+                prop_assert_eq!(unset.is_ok(), key.starts_with("user.") || default_value(&key).is_some());
+            }
+        }
     }
 }

@@ -292,8 +292,9 @@ impl ClusterState {
 
     /// The effective value of an integer global config key.
     pub fn config_i64(&self, key: &str) -> i64 {
+        // Parsed as the rule checked it: a value the rule accepted never reads as 0.
         self.config_value(key)
-            .and_then(|value| value.parse().ok())
+            .and_then(|value| crate::config::parse_integer(&value))
             .unwrap_or_default()
     }
 }

@@ -444,32 +444,35 @@ impl ClusterState {
                 if !scripts.scripts.contains_key(script) {
                     return Err(format!("script \"{script}\" not found"));
                 }
-                let mut quiet = false;
-                if let Some(event_id) = trigger {
-                    let waiting = scripts
-                        .triggers
-                        .iter()
-                        .position(|waiting| {
-                            &waiting.script == script && waiting.event.id == *event_id
-                        })
-                        .ok_or_else(|| {
-                            format!(
-                                "the run of script \"{script}\" for event {event_id} is not waiting (claimed already)"
-                            )
-                        })?;
-                    if let Some(waiting) = scripts.triggers.remove(waiting) {
-                        quiet = waiting.event.action == "script-run-failed";
+                // Every check before any change: a refused claim changes nothing.
+                let waiting = match trigger {
+                    Some(event_id) => Some(
+                        scripts
+                            .triggers
+                            .iter()
+                            .position(|waiting| {
+                                &waiting.script == script && waiting.event.id == *event_id
+                            })
+                            .ok_or_else(|| {
+                                format!(
+                                    "the run of script \"{script}\" for event {event_id} is not waiting (claimed already)"
+                                )
+                            })?,
+                    ),
+                    None => None,
+                };
+                if let (Some(tick), Some(last)) = (tick_ms, scripts.last_tick.get(script)) {
+                    if *last >= *tick {
+                        return Err(format!(
+                            "the tick {tick} of script \"{script}\" was claimed already (last claimed: {last})"
+                        ));
                     }
                 }
+                let quiet = waiting
+                    .and_then(|waiting| scripts.triggers.remove(waiting))
+                    .is_some_and(|waiting| waiting.event.action == "script-run-failed");
                 scripts.clock_ms = scripts.clock_ms.max(*now_ms);
                 if let Some(tick) = tick_ms {
-                    if let Some(last) = scripts.last_tick.get(script) {
-                        if *last >= *tick {
-                            return Err(format!(
-                                "the tick {tick} of script \"{script}\" was claimed already (last claimed: {last})"
-                            ));
-                        }
-                    }
                     scripts.last_tick.insert(script.clone(), *tick);
                 }
                 let id = scripts.next_run_id;
@@ -763,5 +766,27 @@ mod tests {
         assert_eq!(state.scripts.runs.len(), RUNS_KEPT);
         assert_eq!(state.scripts.runs[0].id, 0, "the running one was dropped");
         assert_eq!(state.scripts.runs[0].status, RunStatus::Running);
+    }
+
+    /// Goal: a claim refused because its tick was claimed already changes nothing (it moved
+    /// the scripts' clock before; found by the `apply_properties` property tests).
+    #[test]
+    fn a_refused_claim_changes_nothing() {
+        let mut state = state_with_script();
+        claim(&mut state, 0, Some(5)).unwrap();
+        let before = state.clone();
+        let late = ScriptCommand::Claim {
+            claim: 1,
+            script: "tick".into(),
+            tick_ms: Some(5),
+            trigger: None,
+            event: None,
+            member: "m1".into(),
+            now_ms: 100,
+            skipped: None,
+        };
+        let error = state.apply_script(&late).unwrap_err();
+        assert!(error.contains("claimed already"), "{error}");
+        assert_eq!(state, before);
     }
 }

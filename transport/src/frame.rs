@@ -235,7 +235,7 @@ mod tests {
     use crate::testutil::raw_pair;
     use serde::Deserialize;
 
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
     enum Msg {
         Ping(u32),
         Text(String),
@@ -338,5 +338,277 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Property tests: what any payload or stream of bytes does to the decoder.
+    mod properties {
+        use super::*;
+        use crate::testutil::{raw_connection, RawConnection};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use proptest::test_runner::{TestCaseError, TestRunner};
+
+        /// A message with the shapes requests have: integers, strings, lists, options and a
+        /// nested enum.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        enum Rich {
+            Ping(u32),
+            Text(String),
+            Record {
+                name: String,
+                items: Vec<u64>,
+                note: Option<String>,
+                bytes: Vec<u8>,
+                inner: Option<Msg>,
+                flag: bool,
+            },
+        }
+
+        fn rich() -> impl Strategy<Value = Rich> {
+            let inner = prop_oneof![
+                any::<u32>().prop_map(Msg::Ping),
+                ".{0,8}".prop_map(Msg::Text)
+            ];
+            prop_oneof![
+                any::<u32>().prop_map(Rich::Ping),
+                ".{0,40}".prop_map(Rich::Text),
+                (
+                    ".{0,16}",
+                    vec(any::<u64>(), 0..6),
+                    prop::option::of(".{0,8}"),
+                    vec(any::<u8>(), 0..48),
+                    prop::option::of(inner),
+                    any::<bool>(),
+                )
+                    .prop_map(|(name, items, note, bytes, inner, flag)| {
+                        Rich::Record {
+                            name,
+                            items,
+                            note,
+                            bytes,
+                            inner,
+                            flag,
+                        }
+                    }),
+            ]
+        }
+
+        /// A byte edit of an encoded payload.
+        #[derive(Clone, Debug)]
+        enum Edit {
+            Set(Index, u8),
+            Insert(Index, u8),
+            Remove(Index),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Set(at, byte)),
+                (any::<Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Insert(at, byte)),
+                any::<Index>().prop_map(Edit::Remove),
+            ]
+        }
+
+        fn apply_edit(payload: &mut Vec<u8>, edit: &Edit) {
+            match edit {
+                Edit::Set(at, byte) if !payload.is_empty() => {
+                    let at = at.index(payload.len());
+                    payload[at] = *byte;
+                }
+                Edit::Insert(at, byte) => {
+                    let at = at.index(payload.len() + 1);
+                    payload.insert(at, *byte);
+                }
+                Edit::Remove(at) if !payload.is_empty() => {
+                    let at = at.index(payload.len());
+                    payload.remove(at);
+                }
+                _ => {}
+            }
+        }
+
+        fn payload_of(value: &Rich) -> Vec<u8> {
+            encode_frame(value).expect("a small value encodes")[HEADER_LEN..].to_vec()
+        }
+
+        /// Decodes `payload`: either it is refused as a malformed frame, or it is the one
+        /// encoding of what it decodes to (re-encoding gives the same bytes back).
+        fn check_decode(payload: &[u8]) -> Result<(), TestCaseError> {
+            match decode_payload::<Rich>(payload) {
+                Ok(value) => prop_assert_eq!(payload_of(&value), payload),
+                Err(error) => {
+                    prop_assert!(matches!(error, Error::MalformedFrame(_)), "{:?}", error)
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Goal: what is sent is what is read. Method: encode any value; the prefix is
+            /// the payload's length and the payload decodes to the value.
+            #[test]
+            fn a_frame_round_trips(value in rich()) {
+                let frame = encode_frame(&value).expect("encodes");
+                let mut prefix = [0u8; HEADER_LEN];
+                prefix.copy_from_slice(&frame[..HEADER_LEN]);
+                prop_assert_eq!(u32::from_be_bytes(prefix) as usize, frame.len() - HEADER_LEN);
+                prop_assert_eq!(decode_payload::<Rich>(&frame[HEADER_LEN..]).expect("decodes"), value);
+            }
+
+            /// Goal: any bytes a peer sends decode or are refused, never panic, and never
+            /// decode to something else than they encode. Method: random payloads.
+            #[test]
+            fn arbitrary_payloads_decode_canonically_or_are_refused(
+                payload in vec(any::<u8>(), 0..256),
+            ) {
+                check_decode(&payload)?;
+            }
+
+            /// Goal: as above, on payloads close to valid ones (where a decoder's length
+            /// and tag checks are reached). Method: a few byte edits of an encoded value.
+            #[test]
+            fn edited_payloads_decode_canonically_or_are_refused(
+                value in rich(),
+                edits in vec(edit(), 1..4),
+            ) {
+                let mut payload = payload_of(&value);
+                for edit in &edits {
+                    apply_edit(&mut payload, edit);
+                }
+                check_decode(&payload)?;
+            }
+
+            /// Goal: a payload cut short or followed by anything is refused (bincode reads
+            /// a fixed structure; trailing bytes are an error). Method: cut at every
+            /// position the case picks, and append 1 to 8 bytes.
+            #[test]
+            fn a_cut_or_padded_payload_is_refused(
+                value in rich(),
+                cut in any::<Index>(),
+                extra in vec(any::<u8>(), 1..8),
+            ) {
+                let payload = payload_of(&value);
+                let cut_payload = &payload[..cut.index(payload.len())];
+                let cut_result = decode_payload::<Rich>(cut_payload);
+                prop_assert!(matches!(cut_result, Err(Error::MalformedFrame(_))), "{:?}", cut_result);
+                let padded = [payload.as_slice(), &extra].concat();
+                let padded_result = decode_payload::<Rich>(&padded);
+                prop_assert!(matches!(padded_result, Err(Error::MalformedFrame(_))), "{:?}", padded_result);
+            }
+        }
+
+        /// A current-thread runtime and one connection, shared by the cases of a test.
+        fn rig() -> (tokio::runtime::Runtime, RawConnection) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let connection = runtime.block_on(raw_connection());
+            (runtime, connection)
+        }
+
+        /// Opens a stream, writes `bytes` (and finishes it if `finish`), and accepts it.
+        async fn stream_with(
+            connection: &RawConnection,
+            bytes: &[u8],
+            finish: bool,
+        ) -> (quinn::SendStream, quinn::RecvStream) {
+            let (mut send, _recv) = connection.client.open_bi().await.expect("open");
+            send.write_all(bytes).await.expect("write");
+            if finish {
+                send.finish().expect("finish");
+            }
+            let (_server_send, recv) = connection.server.accept_bi().await.expect("accept");
+            (send, recv)
+        }
+
+        /// Goal: the reader returns each whole frame of a stream, then says how the stream
+        /// ended: cleanly between frames, or cut in a frame (with how much of it arrived).
+        /// Method: 0 to 4 encoded values, the stream cut at any byte (or not), read over
+        /// QUIC until the end or an error. 48 cases, one connection.
+        #[test]
+        fn a_stream_of_frames_reads_back_until_it_is_cut() {
+            let (runtime, connection) = rig();
+            let mut runner = TestRunner::new(ProptestConfig::with_cases(48));
+            let strategy = (vec(rich(), 0..4), prop::option::of(any::<Index>()));
+            let result = runner.run(&strategy, |(values, cut)| {
+                let frames: Vec<Vec<u8>> = values
+                    .iter()
+                    .map(|value| encode_frame(value).expect("encodes"))
+                    .collect();
+                let all = frames.concat();
+                let cut_at = cut.map_or(all.len(), |cut| cut.index(all.len() + 1));
+                runtime.block_on(async {
+                    let (_send, mut recv) = stream_with(&connection, &all[..cut_at], true).await;
+                    let mut offset = 0;
+                    for (value, frame) in values.iter().zip(&frames) {
+                        let read = read_frame::<Rich>(&mut recv).await;
+                        if offset + frame.len() <= cut_at {
+                            prop_assert_eq!(read.expect("a whole frame"), Some(value.clone()));
+                            offset += frame.len();
+                            continue;
+                        }
+                        let received = cut_at - offset;
+                        let (expected, received) = if received < HEADER_LEN {
+                            (HEADER_LEN, received)
+                        } else {
+                            (frame.len() - HEADER_LEN, received - HEADER_LEN)
+                        };
+                        if received == 0 && expected == HEADER_LEN {
+                            // Cut between frames: a clean end.
+                            prop_assert!(matches!(read, Ok(None)), "{:?}", read);
+                        } else {
+                            prop_assert!(
+                                matches!(read, Err(Error::TruncatedFrame { expected: e, received: r })
+                                    if e == expected && r == received),
+                                "{:?}, expected {} received {}", read, expected, received
+                            );
+                        }
+                        return Ok(());
+                    }
+                    let end = read_frame::<Rich>(&mut recv).await;
+                    prop_assert!(matches!(end, Ok(None)), "{:?}", end);
+                    Ok(())
+                })
+            });
+            if let Err(error) = result {
+                panic!("{error}");
+            }
+        }
+
+        /// Goal: a peer announcing a frame longer than the limit is refused at once, before
+        /// any of its payload is read (the payload is never sent and the stream stays open,
+        /// so waiting for it would time out). Method: a limit and a longer announced length,
+        /// over QUIC. 48 cases, one connection.
+        #[test]
+        fn a_length_over_the_limit_is_refused_before_the_payload() {
+            let (runtime, connection) = rig();
+            let mut runner = TestRunner::new(ProptestConfig::with_cases(48));
+            let strategy = (0..=FRAME_LEN_MAX, any::<u32>()).prop_map(|(len_max, len)| {
+                let len = (len as usize).max(len_max + 1);
+                (len_max, u32::try_from(len).unwrap_or(u32::MAX))
+            });
+            let result = runner.run(&strategy, |(len_max, len)| {
+                runtime.block_on(async {
+                    let (_send, mut recv) =
+                        stream_with(&connection, &len.to_be_bytes(), false).await;
+                    let read = read_frame_limited::<Rich>(
+                        &mut recv,
+                        Duration::from_secs(5),
+                        len_max,
+                    )
+                    .await;
+                    prop_assert!(
+                        matches!(read, Err(Error::FrameTooLarge { len: l, max }) if l == len as usize && max == len_max),
+                        "{:?}", read
+                    );
+                    Ok(())
+                })
+            });
+            if let Err(error) = result {
+                panic!("{error}");
+            }
+        }
     }
 }

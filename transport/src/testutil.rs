@@ -78,3 +78,32 @@ pub(crate) async fn raw_pair(bytes: &[u8], finish: bool) -> RawPair {
         _endpoints: (server, client),
     }
 }
+
+/// Both ends of one connection between two fresh endpoints, for tests that open many streams.
+pub(crate) struct RawConnection {
+    pub(crate) client: quinn::Connection,
+    pub(crate) server: quinn::Connection,
+    _connection: crate::Connection,
+    _endpoints: (Endpoint, Endpoint),
+}
+
+/// Connects two fresh endpoints.
+pub(crate) async fn raw_connection() -> RawConnection {
+    let ca = ClusterCa::generate().expect("ca");
+    let server = member(&ca, "server", true);
+    let client = member(&ca, "client", false);
+    let addr = server.local_addr().expect("addr");
+    let accept = async {
+        let incoming = server.quic.accept().await.expect("incoming");
+        incoming.await.expect("handshake")
+    };
+    let trust = trust(&ca);
+    let (connection, server_conn) = tokio::join!(client.connect(addr, &trust), accept);
+    let connection = connection.expect("connect");
+    RawConnection {
+        client: connection.quic.clone(),
+        server: server_conn,
+        _connection: connection,
+        _endpoints: (server, client),
+    }
+}

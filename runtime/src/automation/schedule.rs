@@ -236,4 +236,144 @@ mod tests {
             Due::Run { tick: 2_000 }
         );
     }
+
+    /// Property tests: any schedule text is parsed or refused, and a parsed schedule fires
+    /// when its fields say.
+    mod properties {
+        use super::*;
+        use chrono::{Datelike, Timelike};
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// 2000-01-01 to 2100-01-01, in ms.
+        const YEAR_2000_MS: u64 = 946_684_800_000;
+        const YEAR_2100_MS: u64 = 4_102_444_800_000;
+
+        /// Cron-like text: five or so fields of the pieces cron knows, and some it does not.
+        fn cron_ish() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                select(
+                    &[
+                        "*", "*/5", "1-5", "1,3", "0", "59", "60", "L", "5L", "W", "15W", "1#2",
+                        "?", "MON", "JAN-MAR", "SUN-SAT", "-", "/", ",", "x", "*/0", "7"
+                    ][..]
+                )
+                .prop_map(str::to_string),
+                (0..100u32).prop_map(|number| number.to_string()),
+            ];
+            let field = vec(piece, 1..3).prop_map(|pieces| pieces.concat());
+            prop_oneof![
+                vec(field, 4..7).prop_map(|fields| fields.join(" ")),
+                select(
+                    &[
+                        "@hourly",
+                        "@daily",
+                        "@weekly",
+                        "@monthly",
+                        "@yearly",
+                        "@annually",
+                        "@reboot",
+                        "@every",
+                        "@every 0s",
+                        "@every 99ms",
+                        "@every 1x"
+                    ][..]
+                )
+                .prop_map(str::to_string),
+                "@every [0-9]{1,22} ?(ms|s|m|h|d|y)?",
+                ".{0,30}",
+            ]
+        }
+
+        /// The time at `ms` since the epoch.
+        fn at(ms: u64) -> DateTime<Utc> {
+            DateTime::<Utc>::from_timestamp_millis(ms as i64).expect("a time in range")
+        }
+
+        proptest! {
+            /// Goal: any schedule text is parsed or refused with a message that quotes it,
+            /// never panics; a parsed one gives a next tick after any time (or none), soon.
+            #[test]
+            fn any_text_is_a_schedule_or_refused(
+                spec in cron_ish(),
+                now_ms in YEAR_2000_MS..YEAR_2100_MS,
+            ) {
+                match Schedule::parse(&spec) {
+                    Ok(schedule) => {
+                        if let Some(next) = schedule.next_after(now_ms) {
+                            prop_assert!(next > now_ms, "{} after {}: {}", spec, now_ms, next);
+                        }
+                    }
+                    Err(error) => prop_assert!(error.contains(spec.trim()), "{}", error),
+                }
+            }
+
+            /// Goal: a cron expression fires at the first minute after now that matches its
+            /// fields. Method: fixed or `*` minute, hour, day of month (1 to 28) and month;
+            /// the tick matches them, and no minute between now and it does (checked minute
+            /// by minute when only the minute and hour are fixed: at most a day).
+            #[test]
+            fn a_cron_expression_fires_at_its_fields(
+                minute in prop::option::of(0..60u32),
+                hour in prop::option::of(0..24u32),
+                day in prop::option::of(1..29u32),
+                month in prop::option::of(1..13u32),
+                now_ms in YEAR_2000_MS..YEAR_2100_MS,
+            ) {
+                let field = |value: Option<u32>| value.map_or("*".to_string(), |v| v.to_string());
+                let spec = format!("{} {} {} {} *", field(minute), field(hour), field(day), field(month));
+                let schedule = Schedule::parse(&spec).expect("a valid expression");
+                let next = schedule.next_after(now_ms).expect("a next tick");
+                prop_assert!(next > now_ms);
+                prop_assert!(next - now_ms <= 366 * 86_400_000, "{}: {} after {}", spec, next, now_ms);
+                let tick = at(next);
+                let matches = |time: DateTime<Utc>| {
+                    time.second() == 0
+                        && time.timestamp_subsec_millis() == 0
+                        && minute.is_none_or(|m| time.minute() == m)
+                        && hour.is_none_or(|h| time.hour() == h)
+                        && day.is_none_or(|d| time.day() == d)
+                        && month.is_none_or(|m| time.month() == m)
+                };
+                prop_assert!(matches(tick), "{}: {}", spec, tick);
+                if day.is_none() && month.is_none() {
+                    let mut minute_ms = (now_ms / 60_000 + 1) * 60_000;
+                    while minute_ms < next {
+                        prop_assert!(!matches(at(minute_ms)), "{}: {} matches before {}", spec, at(minute_ms), tick);
+                        minute_ms += 60_000;
+                    }
+                }
+            }
+
+            /// Goal: `@every` ticks on the multiples of its interval, and the scheduler runs
+            /// the latest tick that is due, once. Method: any interval, creation time and
+            /// last claim; `due` at any later time.
+            #[test]
+            fn every_runs_the_latest_due_multiple(
+                interval_ms in EVERY_MIN_MS..100_000,
+                created_ms in 0..10_000_000u64,
+                claimed in prop::option::of(0..1_000u64),
+                elapsed_ms in 0..10_000_000u64,
+            ) {
+                let spec = format!("@every {interval_ms}ms");
+                let schedule = Schedule::parse(&spec).expect("a valid interval");
+                let last = claimed.map(|ticks| (created_ms / interval_ms + ticks) * interval_ms);
+                let from = last.unwrap_or(created_ms);
+                let now_ms = from + elapsed_ms;
+                let next = (from / interval_ms + 1) * interval_ms;
+                prop_assert_eq!(schedule.next_after(from), Some(next));
+                let latest = now_ms / interval_ms * interval_ms;
+                let expected = if next > now_ms {
+                    Due::Wait { at: next }
+                } else if (latest - next) / interval_ms > TICKS_SCANNED_MAX as u64 {
+                    // Past the scan limit the scheduler takes the last tick it reached.
+                    Due::Run { tick: next + TICKS_SCANNED_MAX as u64 * interval_ms }
+                } else {
+                    Due::Run { tick: latest }
+                };
+                prop_assert_eq!(due(&schedule, created_ms, last, now_ms, Missed::RunOnce, u64::MAX), expected);
+            }
+        }
+    }
 }

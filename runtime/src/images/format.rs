@@ -225,4 +225,172 @@ mod tests {
         let error = read_metadata(&no_arch).unwrap_err().to_string();
         assert!(error.contains("no architecture"), "{error}");
     }
+
+    /// Property tests: what any `metadata.yaml`, or any file given as an image, does to the
+    /// reader.
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+        use proptest::sample::{select, Index};
+
+        /// A property value as `metadata.yaml` may hold it.
+        #[derive(Clone, Debug, serde::Serialize)]
+        #[serde(untagged)]
+        enum Property {
+            Text(String),
+            Integer(i64),
+            Flag(bool),
+        }
+
+        impl Property {
+            /// The text the reader keeps for it.
+            fn kept(&self) -> String {
+                match self {
+                    Property::Text(text) => text.clone(),
+                    Property::Integer(number) => number.to_string(),
+                    Property::Flag(flag) => flag.to_string(),
+                }
+            }
+        }
+
+        /// The fields of a `metadata.yaml`, as LXD writes them.
+        #[derive(Clone, Debug, serde::Serialize)]
+        struct Written {
+            architecture: String,
+            creation_date: i64,
+            properties: BTreeMap<String, Property>,
+        }
+
+        fn written() -> impl Strategy<Value = Written> {
+            let architecture =
+                prop_oneof![
+                    select(
+                        &[
+                            "amd64", "x86_64", "arm64", "armhf", "i386", "ppc64el", "s390x",
+                            "riscv64"
+                        ][..]
+                    )
+                    .prop_map(str::to_string),
+                    "[a-z0-9_]{1,12}",
+                ];
+            let property = prop_oneof![
+                ".{0,24}".prop_map(Property::Text),
+                any::<i64>().prop_map(Property::Integer),
+                any::<bool>().prop_map(Property::Flag),
+            ];
+            (
+                architecture,
+                any::<i64>(),
+                btree_map("[a-z_.]{1,12}", property, 0..6),
+            )
+                .prop_map(|(architecture, creation_date, properties)| Written {
+                    architecture,
+                    creation_date,
+                    properties,
+                })
+        }
+
+        /// Pieces of YAML, so that random text reaches the parser's mappings, lists,
+        /// anchors, tags and quotes rather than failing on its first character.
+        fn yaml_ish() -> impl Strategy<Value = String> {
+            let piece = select(
+                &[
+                    "architecture: ",
+                    "creation_date: ",
+                    "properties:",
+                    "\n",
+                    "  ",
+                    "- ",
+                    "{",
+                    "}",
+                    "[",
+                    "]",
+                    ": ",
+                    ", ",
+                    "&a ",
+                    "*a",
+                    "!!binary ",
+                    "!!str ",
+                    "'",
+                    "\"",
+                    "1700000000",
+                    "-1",
+                    "9223372036854775808",
+                    "1.5e3",
+                    "amd64",
+                    "true",
+                    "~",
+                    "null",
+                    "? ",
+                    "|\n",
+                    ">\n",
+                    "---\n",
+                    "#",
+                    "\t",
+                    "é",
+                ][..],
+            );
+            vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+        }
+
+        fn check_parsed(result: Result<ImageMetadata, FormatError>) -> Result<(), TestCaseError> {
+            match result {
+                Ok(metadata) => prop_assert!(!metadata.architecture.is_empty()),
+                Err(error) => prop_assert!(
+                    !matches!(error, FormatError::Io(_)),
+                    "reading memory cannot fail: {}",
+                    error
+                ),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// Goal: a `metadata.yaml` as LXD writes it is read as written: the kernel's name
+            /// of the architecture, the creation date, every property as text. Method:
+            /// generate the fields, write them as YAML, parse; and again from a tarball.
+            #[test]
+            fn a_written_metadata_yaml_reads_back(written in written()) {
+                let text = serde_yaml::to_string(&written).expect("yaml");
+                let expected = ImageMetadata {
+                    architecture: normalize_architecture(&written.architecture),
+                    created_at: written.creation_date,
+                    properties: written
+                        .properties
+                        .iter()
+                        .map(|(key, value)| (key.clone(), value.kept()))
+                        .collect(),
+                };
+                prop_assert_eq!(&parse_metadata(&text).expect("parses"), &expected);
+                let image = tarball(&[("rootfs/bin/sh", b"x"), ("./metadata.yaml", text.as_bytes())]);
+                prop_assert_eq!(metadata_from_tar(image.as_slice()).expect("reads"), expected);
+            }
+
+            /// Goal: any YAML-like text is read or refused, never panics or hangs (anchors
+            /// and aliases included). Method: random sequences of YAML pieces.
+            #[test]
+            fn yaml_like_text_is_read_or_refused(text in yaml_ish()) {
+                check_parsed(parse_metadata(&text))?;
+            }
+
+            /// Goal: any bytes given as an image are refused with a reason, never panic.
+            /// Method: random bytes, and a valid image tarball with a few bytes changed.
+            #[test]
+            fn any_file_is_read_or_refused(
+                bytes in vec(any::<u8>(), 0..1536),
+                edits in vec((any::<Index>(), any::<u8>()), 0..6),
+                written in written(),
+            ) {
+                check_parsed(metadata_from_tar(bytes.as_slice()))?;
+                let text = serde_yaml::to_string(&written).expect("yaml");
+                let mut image = tarball(&[("metadata.yaml", text.as_bytes()), ("rootfs/x", b"x")]);
+                for (at, byte) in edits {
+                    let at = at.index(image.len());
+                    image[at] = byte;
+                }
+                check_parsed(metadata_from_tar(image.as_slice()))?;
+            }
+        }
+    }
 }

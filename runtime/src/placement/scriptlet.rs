@@ -598,4 +598,6 @@ fn byte_size(value: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -108,12 +108,8 @@ fn collect(
                             object.span.end().get() as usize,
                             name.span.begin().get() as usize,
                         );
-                        let begin = object_text_begin(
-                            source,
-                            expr.span.begin().get() as usize,
-                            object.span.end().get() as usize,
-                            object_end,
-                        );
+                        let begin =
+                            object_text_begin(source, expr.span.begin().get() as usize, object_end);
                         match (begin, open_paren(source, name_end, end)) {
                             (Some(begin), Some(open)) => edits.push(Edit::Method {
                                 begin,
@@ -181,20 +177,12 @@ fn object_text_end(source: &str, object_end: usize, name_begin: usize) -> usize 
         .map_or(object_end, |dot| object_end + dot)
 }
 
-/// Where the object's text begins: the call's span starts inside the brackets around a
-/// parenthesized object (`(a + b).join(x)`), so take in one `(` for each `)` between the
-/// object and the dot. `None` when they are not found (a comment in between).
-fn object_text_begin(
-    source: &str,
-    begin: usize,
-    object_end: usize,
-    object_text_end: usize,
-) -> Option<usize> {
-    let closing = source
-        .get(object_end..object_text_end)?
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or("").matches(')').count())
-        .sum::<usize>();
+/// Where the object's text begins. The call's span starts at the object's first token,
+/// inside the brackets that open before it (`(a + b).join(x)`, `((s).join(x)).join(y)`), so
+/// take in one `(` for each `)` of the object's text that closes a bracket opened before it.
+/// `None` when they are not found (a comment in between).
+fn object_text_begin(source: &str, begin: usize, object_text_end: usize) -> Option<usize> {
+    let closing = unmatched_closing(source.get(begin..object_text_end)?);
     let mut position = begin;
     for _ in 0..closing {
         let before = source.get(..position)?.trim_end();
@@ -204,6 +192,57 @@ fn object_text_begin(
         position = before.len() - 1;
     }
     Some(position)
+}
+
+/// How many `)` of `text` close a bracket opened before it; brackets in strings and comments
+/// do not count.
+fn unmatched_closing(text: &str) -> usize {
+    // Quotes, `#`, brackets and line breaks are ASCII, never part of a longer UTF-8 character.
+    let bytes = text.as_bytes();
+    let (mut open, mut unmatched, mut index) = (0usize, 0usize, 0usize);
+    while let Some(&byte) = bytes.get(index) {
+        match byte {
+            b'#' => {
+                while bytes.get(index).is_some_and(|byte| *byte != b'\n') {
+                    index += 1;
+                }
+            }
+            b'\'' | b'"' => {
+                index = string_end(bytes, index, byte);
+                continue;
+            }
+            b'(' => open += 1,
+            b')' if open > 0 => open -= 1,
+            b')' => unmatched += 1,
+            _ => {}
+        }
+        index += 1;
+    }
+    unmatched
+}
+
+/// The index just past the string literal whose opening `quote` is at `start` (one quote or
+/// three); the end of `bytes` when it does not close there.
+fn string_end(bytes: &[u8], start: usize, quote: u8) -> usize {
+    let triple = [quote; 3];
+    let delimiter = if bytes.get(start..start + 3) == Some(&triple[..]) {
+        3
+    } else {
+        1
+    };
+    let mut index = start + delimiter;
+    while let Some(&byte) = bytes.get(index) {
+        if byte == b'\\' {
+            index += 2;
+        } else if byte == quote
+            && (delimiter == 1 || bytes.get(index..index + 3) == Some(&triple[..]))
+        {
+            return index + delimiter;
+        } else {
+            index += 1;
+        }
+    }
+    bytes.len()
 }
 
 /// The `(` that opens the arguments: the first character after the name that is not a space,
@@ -308,6 +347,26 @@ mod tests {
         assert!(
             matches!(error, ScriptletError::Unsupported { line: 2, .. }),
             "{error:?}"
+        );
+    }
+
+    /// Goal: a checked call on a checked call in brackets is rewritten whole (the outer call's
+    /// text began inside the inner one's brackets, and the rewriting panicked slicing the
+    /// source; found by `a_valid_scriptlet_stays_valid_once_guarded`); brackets in strings
+    /// and comments do not count.
+    #[test]
+    fn nested_calls_in_brackets_are_rewritten_whole() {
+        assert_eq!(
+            rewrite("x = (((a)).replace(1, 1)).replace(1, 1)\n").unwrap(),
+            "x = _starling_replace((_starling_replace(((a)), 1, 1)), 1, 1)\n"
+        );
+        assert_eq!(
+            rewrite("y = ((a) + b).join(c)\n").unwrap(),
+            "y = _starling_join(((a) + b), c)\n"
+        );
+        assert_eq!(
+            rewrite("z = (\"(\" + ')' + \"\"\")\"\"\" # )\n ).join(c)\n").unwrap(),
+            "z = _starling_join((\"(\" + ')' + \"\"\")\"\"\" # )\n ), c)\n"
         );
     }
 }
