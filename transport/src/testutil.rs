@@ -52,30 +52,25 @@ pub(crate) struct RawPair {
 /// Connects two fresh endpoints, opens a stream, writes `bytes` on it
 /// (finishing it if `finish`), and accepts it on the server side.
 pub(crate) async fn raw_pair(bytes: &[u8], finish: bool) -> RawPair {
-    let ca = ClusterCa::generate().expect("ca");
-    let server = member(&ca, "server", true);
-    let client = member(&ca, "client", false);
-    let addr = server.local_addr().expect("addr");
-    let accept = async {
-        let incoming = server.quic.accept().await.expect("incoming");
-        incoming.await.expect("handshake")
-    };
-    let trust = trust(&ca);
-    let (connection, server_conn) = tokio::join!(client.connect(addr, &trust), accept);
-    let connection = connection.expect("connect");
-    let (mut client_send, client_recv) = connection.quic.open_bi().await.expect("open");
+    let RawConnection {
+        client,
+        server,
+        _connection,
+        _endpoints,
+    } = raw_connection().await;
+    let (mut client_send, client_recv) = client.open_bi().await.expect("open");
     client_send.write_all(bytes).await.expect("write");
     if finish {
         client_send.finish().expect("finish");
     }
-    let (server_send, server_recv) = server_conn.accept_bi().await.expect("accept");
+    let (server_send, server_recv) = server.accept_bi().await.expect("accept");
     RawPair {
         client_send,
         client_recv,
         server_send,
         server_recv,
-        _connections: (connection, server_conn),
-        _endpoints: (server, client),
+        _connections: (_connection, server),
+        _endpoints,
     }
 }
 
