@@ -1,0 +1,248 @@
+//! [`Network`]: a network namespace per member, each joined to a bridge in the harness's
+//! namespace by a veth pair, and iptables DROP rules inside the namespaces for partitions.
+//!
+//! Names carry the harness's process id (`sc<pid>br`, `sc<pid>h3`, `starling-chaos-<pid>-m3`),
+//! so runs side by side do not clash; the subnet (`10.x.y.0/24`) is derived from the process
+//! id and skipped when an interface already uses it. The bridge has `.1` (the harness's
+//! clients reach the members through it), member `i` has `.(10 + i)`. Everything is removed
+//! when the [`Network`] is dropped, on error and panic too (the binary turns Ctrl-C into an
+//! orderly return).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netfault::Firewall;
+use crate::processes::MemberPlacement;
+
+/// The most members (namespaces) one run may make.
+pub const MEMBERS_MAX: usize = 32;
+
+/// The bridge, the namespaces and their firewalls of one run.
+pub struct Network {
+    /// Prefix of interface names: `sc<pid>`.
+    prefix: String,
+    /// The first three octets of the subnet, `10.x.y`.
+    subnet: String,
+    /// The bridge in the harness's namespace.
+    bridge: String,
+    /// Whether a `FORWARD` rule accepting the bridge's traffic was added (removed on drop).
+    forward_rule: bool,
+    /// Member namespaces by member index, made on first use.
+    namespaces: Mutex<BTreeMap<usize, Namespace>>,
+}
+
+/// One member's namespace.
+struct Namespace {
+    /// Its name for `ip netns`.
+    name: String,
+    /// The member's IP address in it.
+    ip: String,
+    /// The DROP rules that reach this member; `None` once dropped.
+    firewall: Option<Firewall>,
+}
+
+impl Network {
+    /// Makes the bridge. Needs root, `ip` and `iptables`.
+    pub fn create() -> Result<Network> {
+        let pid = std::process::id();
+        let prefix = format!("sc{pid}");
+        let subnet = free_subnet(pid)?;
+        let bridge = format!("{prefix}br");
+        let mut network = Network {
+            prefix,
+            subnet,
+            bridge,
+            forward_rule: false,
+            namespaces: Mutex::new(BTreeMap::new()),
+        };
+        ip(&["link", "add", &network.bridge, "type", "bridge"]).context(
+            "starling-chaos makes network namespaces and a bridge: run it as root, with iproute2",
+        )?;
+        let address = format!("{}/24", network.harness_ip());
+        ip(&["addr", "add", &address, "dev", &network.bridge])?;
+        ip(&["link", "set", &network.bridge, "up"])?;
+        // With br_netfilter loaded, bridged packets cross the host's FORWARD chain, whose
+        // policy may be DROP (Docker sets it so).
+        run(Command::new("iptables").args([
+            "-w", "5", "-I", "FORWARD", "-i", &network.bridge, "-o", &network.bridge, "-j",
+            "ACCEPT",
+        ]))?;
+        network.forward_rule = true;
+        Ok(network)
+    }
+
+    /// The harness's address on the bridge.
+    pub fn harness_ip(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// The name of member `index`'s namespace.
+    pub fn namespace_name(&self, index: usize) -> String {
+        format!("starling-chaos-{}-m{}", std::process::id(), index + 1)
+    }
+
+    /// Makes member `index`'s namespace unless it exists; answers its IP address.
+    fn ensure(&self, index: usize) -> Result<String> {
+        let mut namespaces = crate::chaos::lock(&self.namespaces);
+        if let Some(namespace) = namespaces.get(&index) {
+            return Ok(namespace.ip.clone());
+        }
+        if index >= MEMBERS_MAX {
+            bail!("member index {index} is past the {MEMBERS_MAX} namespaces a run may make");
+        }
+        let name = self.namespace_name(index);
+        let member_ip = format!("{}.{}", self.subnet, 10 + index);
+        let host_side = format!("{}h{index}", self.prefix);
+        let inside = format!("{}n{index}", self.prefix);
+        ip(&["netns", "add", &name])?;
+        // Recorded at once, so that a failure below still removes it.
+        namespaces.insert(
+            index,
+            Namespace {
+                name: name.clone(),
+                ip: member_ip.clone(),
+                firewall: None,
+            },
+        );
+        ip(&["link", "add", &host_side, "type", "veth", "peer", "name", &inside])?;
+        ip(&["link", "set", &inside, "netns", &name])?;
+        ip(&["link", "set", &host_side, "master", &self.bridge])?;
+        ip(&["link", "set", &host_side, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{member_ip}/24"), "dev", &inside])?;
+        ip(&["-n", &name, "link", "set", &inside, "up"])?;
+        let firewall = Firewall::in_namespace(&name)?;
+        if let Some(namespace) = namespaces.get_mut(&index) {
+            namespace.firewall = Some(firewall);
+        }
+        tracing::debug!(%name, ip = %member_ip, "member namespace ready");
+        Ok(member_ip)
+    }
+
+    /// The IP address of member `index`, once its namespace exists.
+    pub fn member_ip(&self, index: usize) -> Option<String> {
+        crate::chaos::lock(&self.namespaces)
+            .get(&index)
+            .map(|namespace| namespace.ip.clone())
+    }
+
+    /// Drops every packet member `from` sends to member `to` (one way).
+    pub fn drop_one_way(&self, from: usize, to: usize) -> Result<()> {
+        let namespaces = crate::chaos::lock(&self.namespaces);
+        let source = namespaces
+            .get(&from)
+            .ok_or_else(|| anyhow!("member {from} has no namespace"))?;
+        let target = namespaces
+            .get(&to)
+            .and_then(|namespace| namespace.firewall.as_ref())
+            .ok_or_else(|| anyhow!("member {to} has no namespace"))?;
+        target.drop_from(&source.ip)
+    }
+
+    /// Drops every packet between members `a` and `b`.
+    pub fn cut(&self, a: usize, b: usize) -> Result<()> {
+        self.drop_one_way(a, b)?;
+        self.drop_one_way(b, a)
+    }
+
+    /// Removes every DROP rule: the network is whole again.
+    pub fn heal(&self) -> Result<()> {
+        let namespaces = crate::chaos::lock(&self.namespaces);
+        for namespace in namespaces.values() {
+            if let Some(firewall) = &namespace.firewall {
+                firewall
+                    .heal()
+                    .with_context(|| format!("healing the network of {}", namespace.name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MemberPlacement for Network {
+    fn ip(&self, index: usize) -> Result<String> {
+        self.ensure(index)
+    }
+
+    fn command(&self, index: usize, program: &Path) -> Result<Command> {
+        self.ensure(index)?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace_name(index)])
+            .arg(program);
+        Ok(command)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let namespaces = std::mem::take(&mut *crate::chaos::lock(&self.namespaces));
+        for (index, mut namespace) in namespaces {
+            // The chain goes with the namespace; dropping the firewall first keeps its own
+            // clean-up from failing noisily.
+            drop(namespace.firewall.take());
+            if let Err(error) = ip(&["netns", "del", &namespace.name]) {
+                tracing::warn!(%error, "removing a member namespace");
+            }
+            // Deleting the namespace deletes the veth pair; this only matters if it failed.
+            let _ = ip_quiet(&["link", "del", &format!("{}h{index}", self.prefix)]);
+        }
+        if self.forward_rule {
+            let _ = run(Command::new("iptables").args([
+                "-w", "5", "-D", "FORWARD", "-i", &self.bridge, "-o", &self.bridge, "-j",
+                "ACCEPT",
+            ]));
+        }
+        if let Err(error) = ip(&["link", "del", &self.bridge]) {
+            tracing::warn!(%error, "removing the bridge");
+        }
+    }
+}
+
+/// A `10.x.y` no interface of this machine uses, derived from `pid`.
+fn free_subnet(pid: u32) -> Result<String> {
+    let output = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .context("running ip -4 addr show (is iproute2 installed?)")?;
+    let used = String::from_utf8_lossy(&output.stdout).into_owned();
+    // 10.128.0.0 to 10.254.255.0: 127 × 256 subnets.
+    let slots = 127 * 256;
+    for attempt in 0..slots {
+        let slot = (pid as usize + attempt * 7919) % slots;
+        let subnet = format!("10.{}.{}", 128 + slot / 256, slot % 256);
+        if !used.contains(&format!(" {subnet}.")) {
+            return Ok(subnet);
+        }
+    }
+    bail!("no free 10.x.y.0/24 subnet for the members")
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn ip_quiet(args: &[&str]) -> Result<()> {
+    let output = Command::new("ip").args(args).output()?;
+    if !output.status.success() {
+        bail!("ip {args:?} failed");
+    }
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
