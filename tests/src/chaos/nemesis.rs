@@ -466,7 +466,8 @@ impl Nemesis {
                 name: member.clone(),
                 force: false,
             };
-            answer = self.operation(operation, Duration::from_secs(10)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            answer = self.operation(operation, left).await;
             if answer.is_ok() {
                 break;
             }
@@ -747,13 +748,19 @@ impl Nemesis {
         )
     }
 
-    /// Runs `operation` through running members (a few, in random order) until one answers.
+    /// Runs `operation` through running members (a few, in random order) until one answers,
+    /// all within `timeout`.
     async fn operation(&mut self, operation: Operation, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
         let mut running = self.running();
         self.rng.shuffle(&mut running);
         let mut last = anyhow!("no member runs");
         for index in running.into_iter().take(3) {
-            match self.operation_via(index, operation.clone(), timeout).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.operation_via(index, operation.clone(), left).await {
                 Ok(value) => return Ok(value),
                 Err(error) => last = error,
             }
@@ -769,11 +776,14 @@ impl Nemesis {
         timeout: Duration,
     ) -> Result<Value> {
         let dir = self.cluster.dir(index);
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, Client::local(&dir))
+        let connect = CONNECT_TIMEOUT.min(timeout);
+        let started = Instant::now();
+        let client = tokio::time::timeout(connect, Client::local(&dir))
             .await
-            .map_err(|_| anyhow!("{}: no connection within {CONNECT_TIMEOUT:?}", name(index)))?
+            .map_err(|_| anyhow!("{}: no connection within {connect:?}", name(index)))?
             .with_context(|| format!("connecting to {}", name(index)))?;
-        let answer = tokio::time::timeout(timeout, client.operation(operation)).await;
+        let left = timeout.saturating_sub(started.elapsed());
+        let answer = tokio::time::timeout(left, client.operation(operation)).await;
         client.close();
         match answer {
             Err(_) => Err(anyhow!("{}: no answer within {timeout:?}", name(index))),
