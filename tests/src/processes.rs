@@ -295,7 +295,9 @@ impl ProcessCluster {
     pub fn spawn_join(&mut self, index: usize, token: &str) -> Result<()> {
         let name = format!("m{}", index + 1);
         let listen = self.listen_address(index)?;
-        let args = ["daemon", "--name", &name, "--listen", &listen, "--join", token];
+        let args = [
+            "daemon", "--name", &name, "--listen", &listen, "--join", token,
+        ];
         let child = self.spawn(index, &args)?;
         if self.children.len() <= index {
             self.children.resize_with(index + 1, || None);

@@ -43,7 +43,10 @@ async fn a_short_chaos_run_finds_no_violation() -> Result<()> {
         // A run that checked nothing proves nothing.
         assert!(report.ok > 100, "too few operations succeeded:\n{summary}");
         assert!(report.fault_count() >= 3, "too few faults:\n{summary}");
-        assert!(report.registers.entries > 0 && report.set.acknowledged > 0, "{summary}");
+        assert!(
+            report.registers.entries > 0 && report.set.acknowledged > 0,
+            "{summary}"
+        );
         assert!(report.faults.final_recovery.is_some(), "{summary}");
     }
     Ok(())

@@ -29,10 +29,7 @@ pub struct RegisterFigures {
 
 /// Checks every register in `operations` for linearizability, visiting at most `states_max`
 /// states per register.
-pub fn registers(
-    operations: &[Operation],
-    states_max: usize,
-) -> (Vec<Violation>, RegisterFigures) {
+pub fn registers(operations: &[Operation], states_max: usize) -> (Vec<Violation>, RegisterFigures) {
     let mut by_key: std::collections::BTreeMap<String, Vec<Entry>> = Default::default();
     for operation in operations {
         if let Some((key, entry)) = register_entry(operation) {
@@ -321,8 +318,15 @@ mod tests {
         ];
         assert_eq!(counter(&good, 3), []);
         assert_eq!(counter(&good, 2).len(), 1, "3 answered, above the final 2");
-        assert_eq!(counter(&good, 1).len(), 2, "3 above the final 1, which is below 2 acks");
-        let twice = [incr(0, ok(Answer::Counter(1))), incr(1, ok(Answer::Counter(1)))];
+        assert_eq!(
+            counter(&good, 1).len(),
+            2,
+            "3 above the final 1, which is below 2 acks"
+        );
+        let twice = [
+            incr(0, ok(Answer::Counter(1))),
+            incr(1, ok(Answer::Counter(1))),
+        ];
         assert_eq!(counter(&twice, 2).len(), 1);
         let applied_twice = [incr(0, ok(Answer::Counter(1)))];
         assert_eq!(counter(&applied_twice, 2).len(), 1);
@@ -334,18 +338,53 @@ mod tests {
     fn register_history_is_read_right() {
         let key = || "r".to_string();
         let history = [
-            operation(0, Call::Write { key: key(), value: 1 }, ok(Answer::Done)),
-            operation(1, Call::Write { key: key(), value: 2 }, fail()),
+            operation(
+                0,
+                Call::Write {
+                    key: key(),
+                    value: 1,
+                },
+                ok(Answer::Done),
+            ),
+            operation(
+                1,
+                Call::Write {
+                    key: key(),
+                    value: 2,
+                },
+                fail(),
+            ),
             operation(2, Call::Read { key: key() }, None),
-            operation(3, Call::Write { key: key(), value: 3 }, None),
+            operation(
+                3,
+                Call::Write {
+                    key: key(),
+                    value: 3,
+                },
+                None,
+            ),
             operation(4, Call::Read { key: key() }, ok(Answer::Value(Some(3)))),
         ];
         let (violations, figures) = registers(&history, 1_000);
         assert_eq!(violations, []);
         assert_eq!(figures.entries, 3);
         let lost = [
-            operation(0, Call::Write { key: key(), value: 1 }, ok(Answer::Done)),
-            operation(1, Call::Write { key: key(), value: 2 }, fail()),
+            operation(
+                0,
+                Call::Write {
+                    key: key(),
+                    value: 1,
+                },
+                ok(Answer::Done),
+            ),
+            operation(
+                1,
+                Call::Write {
+                    key: key(),
+                    value: 2,
+                },
+                fail(),
+            ),
             operation(2, Call::Read { key: key() }, ok(Answer::Value(Some(2)))),
         ];
         let (violations, _) = registers(&lost, 1_000);

@@ -194,8 +194,8 @@ impl History {
             }
         }
         events.sort_by_key(|(at, _)| *at);
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut out = std::io::BufWriter::new(file);
         for (_, event) in events {
             serde_json::to_writer(&mut out, &event)?;

@@ -139,8 +139,11 @@ impl<'a> Search<'a> {
                 continue;
             };
             frame.next += 1;
-            let Some(value) = step(self.value, self.entries[index].call, self.entries[index].ok_ns)
-            else {
+            let Some(value) = step(
+                self.value,
+                self.entries[index].call,
+                self.entries[index].ok_ns,
+            ) else {
                 continue;
             };
             let before = self.value;
@@ -369,7 +372,10 @@ mod tests {
         ];
         assert_eq!(stuck_on(check(&swapped_stale, STATES)), 2);
         // A cas that did not swap although the value was what it expected.
-        let refused_wrongly = [ok(0, write(1), 0, 10), ok(1, cas(Some(1), 3, Some(false)), 20, 30)];
+        let refused_wrongly = [
+            ok(0, write(1), 0, 10),
+            ok(1, cas(Some(1), 3, Some(false)), 20, 30),
+        ];
         assert_eq!(stuck_on(check(&refused_wrongly, STATES)), 1);
     }
 
@@ -456,7 +462,12 @@ mod tests {
         for index in 0..2_000u64 {
             let at = index * 10;
             long.push(ok(index as usize * 2, write(index as i64), at, at + 15));
-            long.push(ok(index as usize * 2 + 1, read(Some(index as i64)), at + 16, at + 18));
+            long.push(ok(
+                index as usize * 2 + 1,
+                read(Some(index as i64)),
+                at + 16,
+                at + 18,
+            ));
         }
         assert_eq!(check(&long, STATES), Verdict::Linearizable);
     }

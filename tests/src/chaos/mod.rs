@@ -131,7 +131,10 @@ impl Report {
             lines.push(format!("history and member logs in {}", output.display()));
         }
         for violation in &self.violations {
-            lines.push(format!("violation ({}): {}", violation.check, violation.what));
+            lines.push(format!(
+                "violation ({}): {}",
+                violation.check, violation.what
+            ));
         }
         let kinds: Vec<String> = self
             .faults
@@ -302,12 +305,10 @@ async fn read_everything(dir: &Path, buckets: u64) -> Result<(Vec<u64>, i64)> {
                 prefix: workload::set_prefix(bucket),
                 limit: starling_runtime::automation::kv::LIST_MAX,
             };
-            let answer = tokio::time::timeout(
-                OPERATION_TIMEOUT,
-                client.operation(Operation::Kv(list)),
-            )
-            .await
-            .map_err(|_| anyhow!("kv.list timed out"))??;
+            let answer =
+                tokio::time::timeout(OPERATION_TIMEOUT, client.operation(Operation::Kv(list)))
+                    .await
+                    .map_err(|_| anyhow!("kv.list timed out"))??;
             for entry in answer.as_array().into_iter().flatten() {
                 let element = entry["value"]
                     .as_u64()
@@ -347,7 +348,9 @@ fn write_output(dir: &Path, history: &History, nemesis: &Nemesis, report: &Repor
 /// Locks `mutex`, going on with the data of a holder that panicked (the data here is a log
 /// or a list, valid after any panic).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Parses a duration such as `90s`, `30m`, `2h` or `45` (seconds).
@@ -385,8 +388,10 @@ mod tests {
 
     #[test]
     fn the_last_summary_line_counts_violations() {
-        let mut report = Report::default();
-        report.operations = 12;
+        let mut report = Report {
+            operations: 12,
+            ..Report::default()
+        };
         report.faults.by_kind.insert("kill", 2);
         report.faults.by_kind.insert("partition", 1);
         report.violations.push(Violation {

@@ -117,10 +117,9 @@ impl Nemesis {
         start: Instant,
     ) -> Result<Nemesis> {
         let placement: Arc<dyn MemberPlacement> = network.clone();
-        let cluster = blocking(|| {
-            ProcessCluster::with_placement(binary, placement)?.started(members)
-        })
-        .context("starting the members")?;
+        let cluster =
+            blocking(|| ProcessCluster::with_placement(binary, placement)?.started(members))
+                .context("starting the members")?;
         let mut nemesis = Nemesis {
             cluster,
             network,
@@ -136,7 +135,9 @@ impl Nemesis {
             probes: 0,
         };
         for index in 0..members {
-            nemesis.targets.add(&name(index), nemesis.cluster.dir(index));
+            nemesis
+                .targets
+                .add(&name(index), nemesis.cluster.dir(index));
         }
         for (key, value) in [
             ("cluster.offline_threshold", OFFLINE_THRESHOLD_S.to_string()),
@@ -202,7 +203,10 @@ impl Nemesis {
 
     /// Picks a fault from the seed and applies it.
     async fn inject(&mut self) -> Result<()> {
-        let network_faulted = self.active.iter().any(|a| matches!(a.undo, Undo::HealNetwork));
+        let network_faulted = self
+            .active
+            .iter()
+            .any(|a| matches!(a.undo, Undo::HealNetwork));
         let roll = self.rng.below(100);
         match roll {
             0..=24 => self.kill().await,
@@ -250,8 +254,16 @@ impl Nemesis {
         blocking(|| self.cluster.kill(index))?;
         self.lives[index] = Life::Killed;
         self.count("kill");
-        self.note(format!("kill -9 {} for {:.1}s", name(index), hold.as_secs_f64()));
-        self.hold(Undo::Restart(index), hold, format!("restart {}", name(index)));
+        self.note(format!(
+            "kill -9 {} for {:.1}s",
+            name(index),
+            hold.as_secs_f64()
+        ));
+        self.hold(
+            Undo::Restart(index),
+            hold,
+            format!("restart {}", name(index)),
+        );
         Ok(())
     }
 
@@ -264,8 +276,16 @@ impl Nemesis {
         blocking(|| self.cluster.signal(index, "STOP"))?;
         self.lives[index] = Life::Paused;
         self.count("pause");
-        self.note(format!("SIGSTOP {} for {:.1}s", name(index), hold.as_secs_f64()));
-        self.hold(Undo::Resume(index), hold, format!("SIGCONT {}", name(index)));
+        self.note(format!(
+            "SIGSTOP {} for {:.1}s",
+            name(index),
+            hold.as_secs_f64()
+        ));
+        self.hold(
+            Undo::Resume(index),
+            hold,
+            format!("SIGCONT {}", name(index)),
+        );
         Ok(())
     }
 
@@ -361,7 +381,11 @@ impl Nemesis {
             name(index),
             hold.as_secs_f64()
         ));
-        self.hold(Undo::Restart(index), hold, format!("restart {}", name(index)));
+        self.hold(
+            Undo::Restart(index),
+            hold,
+            format!("restart {}", name(index)),
+        );
         Ok(())
     }
 
@@ -375,7 +399,12 @@ impl Nemesis {
         };
         let member = name(slot);
         let token = match self
-            .operation(Operation::ClusterAdd { name: member.clone() }, Duration::from_secs(5))
+            .operation(
+                Operation::ClusterAdd {
+                    name: member.clone(),
+                },
+                Duration::from_secs(5),
+            )
             .await
         {
             Ok(answer) => answer["token"].as_str().map(str::to_string),
@@ -409,7 +438,9 @@ impl Nemesis {
             self.lives[slot] = Life::Gone;
             self.note(format!("{member} did not join (its daemon exited)"));
         } else {
-            self.note(format!("{member} has not answered within 20s; it keeps trying"));
+            self.note(format!(
+                "{member} has not answered within 20s; it keeps trying"
+            ));
             self.targets.add(&member, dir);
         }
         Ok(())
@@ -477,11 +508,15 @@ impl Nemesis {
         match (still_member, answer) {
             (Some(false), answer) => {
                 if let Err(error) = answer {
-                    self.note(format!("remove {member}: removed, although the answer was: {error:#}"));
+                    self.note(format!(
+                        "remove {member}: removed, although the answer was: {error:#}"
+                    ));
                 }
                 let exited = blocking(|| self.cluster.reap(index, Duration::from_secs(5)))?;
                 if !exited {
-                    self.note(format!("{member} was removed but still runs (not told?): killed"));
+                    self.note(format!(
+                        "{member} was removed but still runs (not told?): killed"
+                    ));
                     blocking(|| self.cluster.kill(index))?;
                 }
                 let dir = self.cluster.dir(index);
@@ -497,7 +532,9 @@ impl Nemesis {
                 self.targets.add(&member, self.cluster.dir(index));
             }
             (_, Ok(_)) => {
-                self.note(format!("remove {member}: answered, but membership not confirmed yet"));
+                self.note(format!(
+                    "remove {member}: answered, but membership not confirmed yet"
+                ));
             }
         }
         Ok(())
@@ -515,8 +552,10 @@ impl Nemesis {
     /// Undoes the faults whose time has come; measures recovery when none is left.
     async fn heal_due(&mut self) -> Result<()> {
         let now = Instant::now();
-        let (due, kept): (Vec<Active>, Vec<Active>) =
-            self.active.drain(..).partition(|active| active.heal_at <= now);
+        let (due, kept): (Vec<Active>, Vec<Active>) = self
+            .active
+            .drain(..)
+            .partition(|active| active.heal_at <= now);
         self.active = kept;
         if due.is_empty() {
             return Ok(());
@@ -528,7 +567,10 @@ impl Nemesis {
             let healed_at = Instant::now();
             match self.recovery(healed_at, RECOVERY_BOUND).await {
                 Some(took) => {
-                    self.note(format!("recovered: a write succeeded {} ms after the heal", took.as_millis()));
+                    self.note(format!(
+                        "recovered: a write succeeded {} ms after the heal",
+                        took.as_millis()
+                    ));
                     self.figures.recoveries.push(took);
                 }
                 None => self.no_recovery("a heal"),
@@ -581,7 +623,10 @@ impl Nemesis {
         let healed_at = Instant::now();
         match self.recovery(healed_at, RECOVERY_BOUND).await {
             Some(took) => {
-                self.note(format!("final recovery: a write succeeded {} ms after the heal", took.as_millis()));
+                self.note(format!(
+                    "final recovery: a write succeeded {} ms after the heal",
+                    took.as_millis()
+                ));
                 self.figures.final_recovery = Some(took);
                 self.figures.recoveries.push(took);
             }
@@ -601,7 +646,10 @@ impl Nemesis {
                 self.figures.settled_in = Some(took);
             }
             Err(what) => {
-                let what = format!("roles did not settle within {}s: {what}", SETTLE_BOUND.as_secs());
+                let what = format!(
+                    "roles did not settle within {}s: {what}",
+                    SETTLE_BOUND.as_secs()
+                );
                 self.note(format!("VIOLATION: {what}"));
                 self.violations.push(Violation {
                     check: "roles",
@@ -811,12 +859,19 @@ fn name(index: usize) -> String {
 }
 
 fn names(indexes: &[usize]) -> String {
-    indexes.iter().map(|&index| name(index)).collect::<Vec<_>>().join(",")
+    indexes
+        .iter()
+        .map(|&index| name(index))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The index of member `name` (`m3` → 2).
 fn index_of(name: &str) -> Option<usize> {
-    name.strip_prefix('m')?.parse::<usize>().ok()?.checked_sub(1)
+    name.strip_prefix('m')?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
 }
 
 /// Runs blocking process work (spawn, kill, iptables) on this worker thread without stalling

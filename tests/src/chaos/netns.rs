@@ -30,7 +30,7 @@ pub struct Network {
     /// The bridge in the harness's namespace.
     bridge: String,
     /// Whether a `FORWARD` rule accepting the bridge's traffic was added (removed on drop).
-    forward_rule: bool,
+    forward_accepted: bool,
     /// Member namespaces by member index, made on first use.
     namespaces: Mutex<BTreeMap<usize, Namespace>>,
 }
@@ -56,7 +56,7 @@ impl Network {
             prefix,
             subnet,
             bridge,
-            forward_rule: false,
+            forward_accepted: false,
             namespaces: Mutex::new(BTreeMap::new()),
         };
         ip(&["link", "add", &network.bridge, "type", "bridge"]).context(
@@ -67,11 +67,8 @@ impl Network {
         ip(&["link", "set", &network.bridge, "up"])?;
         // With br_netfilter loaded, bridged packets cross the host's FORWARD chain, whose
         // policy may be DROP (Docker sets it so).
-        run(Command::new("iptables").args([
-            "-w", "5", "-I", "FORWARD", "-i", &network.bridge, "-o", &network.bridge, "-j",
-            "ACCEPT",
-        ]))?;
-        network.forward_rule = true;
+        forward_rule(&network.bridge, "-I")?;
+        network.forward_accepted = true;
         Ok(network)
     }
 
@@ -108,12 +105,22 @@ impl Network {
                 firewall: None,
             },
         );
-        ip(&["link", "add", &host_side, "type", "veth", "peer", "name", &inside])?;
+        ip(&[
+            "link", "add", &host_side, "type", "veth", "peer", "name", &inside,
+        ])?;
         ip(&["link", "set", &inside, "netns", &name])?;
         ip(&["link", "set", &host_side, "master", &self.bridge])?;
         ip(&["link", "set", &host_side, "up"])?;
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        ip(&["-n", &name, "addr", "add", &format!("{member_ip}/24"), "dev", &inside])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{member_ip}/24"),
+            "dev",
+            &inside,
+        ])?;
         ip(&["-n", &name, "link", "set", &inside, "up"])?;
         let firewall = Firewall::in_namespace(&name)?;
         if let Some(namespace) = namespaces.get_mut(&index) {
@@ -191,11 +198,8 @@ impl Drop for Network {
             // Deleting the namespace deletes the veth pair; this only matters if it failed.
             let _ = ip_quiet(&["link", "del", &format!("{}h{index}", self.prefix)]);
         }
-        if self.forward_rule {
-            let _ = run(Command::new("iptables").args([
-                "-w", "5", "-D", "FORWARD", "-i", &self.bridge, "-o", &self.bridge, "-j",
-                "ACCEPT",
-            ]));
+        if self.forward_accepted {
+            let _ = forward_rule(&self.bridge, "-D");
         }
         if let Err(error) = ip(&["link", "del", &self.bridge]) {
             tracing::warn!(%error, "removing the bridge");
@@ -220,6 +224,15 @@ fn free_subnet(pid: u32) -> Result<String> {
         }
     }
     bail!("no free 10.x.y.0/24 subnet for the members")
+}
+
+/// Inserts (`-I`) or deletes (`-D`) the rule accepting the bridge's own traffic in the
+/// harness's `FORWARD` chain.
+fn forward_rule(bridge: &str, action: &str) -> Result<()> {
+    let rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"];
+    run(Command::new("iptables")
+        .args(["-w", "5", action])
+        .args(rule))
 }
 
 fn ip(args: &[&str]) -> Result<()> {

@@ -68,15 +68,20 @@ mod tests {
     /// A seed names one sequence: the schedule of a run can be replayed from it.
     #[test]
     fn the_same_seed_gives_the_same_numbers() {
-        let first: Vec<u64> = (0..5).map({
-            let mut rng = Rng::new(42);
-            move |_| rng.next_u64()
-        }).collect();
+        let first: Vec<u64> = (0..5)
+            .map({
+                let mut rng = Rng::new(42);
+                move |_| rng.next_u64()
+            })
+            .collect();
         let mut rng = Rng::new(42);
         let second: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
         assert_eq!(first, second);
         assert_ne!(Rng::new(43).next_u64(), first[0]);
-        assert_ne!(Rng::derived(42, 1).next_u64(), Rng::derived(42, 2).next_u64());
+        assert_ne!(
+            Rng::derived(42, 1).next_u64(),
+            Rng::derived(42, 2).next_u64()
+        );
     }
 
     #[test]

@@ -146,10 +146,7 @@ impl Worker {
         let key = register_key(register);
         let choice = self.rng.below(10);
         let (call, operation) = if choice < 4 {
-            (
-                Call::Read { key: key.clone() },
-                KvOperation::Get { key },
-            )
+            (Call::Read { key: key.clone() }, KvOperation::Get { key })
         } else if choice < 7 {
             let value = self.shared.next_value.fetch_add(1, Ordering::Relaxed);
             (
@@ -220,7 +217,10 @@ impl Worker {
                 error: "no member to send to".to_string(),
             };
         };
-        let id = self.shared.history.invoke(self.process, &name, call.clone());
+        let id = self
+            .shared
+            .history
+            .invoke(self.process, &name, call.clone());
         let outcome = match self.connections.client(&dir).await {
             Err(error) => Outcome::Fail {
                 error: format!("cannot connect to {name}: {error}"),
@@ -231,10 +231,7 @@ impl Worker {
                     Err(_) => {
                         self.connections.discard(&dir);
                         Outcome::Info {
-                            error: format!(
-                                "no answer within {:?}",
-                                self.shared.operation_timeout
-                            ),
+                            error: format!("no answer within {:?}", self.shared.operation_timeout),
                         }
                     }
                     Ok(Ok(value)) => answer(&call, value),
@@ -279,7 +276,9 @@ pub fn classify(error: Error) -> Outcome {
 fn answer(call: &Call, value: Value) -> Outcome {
     let answer = match (call, &value) {
         (Call::Read { .. }, Value::Null) => Some(Answer::Value(None)),
-        (Call::Read { .. }, Value::Number(number)) => number.as_i64().map(|n| Answer::Value(Some(n))),
+        (Call::Read { .. }, Value::Number(number)) => {
+            number.as_i64().map(|n| Answer::Value(Some(n)))
+        }
         (Call::Write { .. } | Call::Add { .. }, Value::Null) => Some(Answer::Done),
         (Call::Cas { .. }, Value::Bool(swapped)) => Some(Answer::Swapped(*swapped)),
         (Call::Incr, Value::Number(number)) => number.as_i64().map(Answer::Counter),
@@ -362,8 +361,14 @@ mod tests {
                 answer: Answer::Value(Some(3))
             }
         );
-        assert!(matches!(answer(&read, serde_json::json!("x")), Outcome::Info { .. }));
-        assert!(matches!(answer(&Call::Incr, Value::Null), Outcome::Info { .. }));
+        assert!(matches!(
+            answer(&read, serde_json::json!("x")),
+            Outcome::Info { .. }
+        ));
+        assert!(matches!(
+            answer(&Call::Incr, Value::Null),
+            Outcome::Info { .. }
+        ));
     }
 
     #[test]
