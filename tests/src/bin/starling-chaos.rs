@@ -121,18 +121,19 @@ fn random_seed() -> u64 {
     chaos::rng::Rng::new(nanos ^ u64::from(std::process::id())).next_u64() % 1_000_000
 }
 
-/// Resolves on Ctrl-C or SIGTERM, naming it.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal), naming it.
 async fn interrupted() -> &'static str {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return "interrupted";
-            }
-        };
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut hang_up)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "interrupted",
         _ = terminate.recv() => "terminated",
+        _ = hang_up.recv() => "hung up",
     }
 }

@@ -43,7 +43,16 @@ pub fn registers(operations: &[Operation], states_max: usize) -> (Vec<Violation>
     };
     for (key, entries) in by_key {
         figures.entries += entries.len();
-        match linearizable::check(&entries, states_max) {
+        let started = std::time::Instant::now();
+        let verdict = linearizable::check(&entries, states_max);
+        tracing::info!(
+            %key,
+            operations = entries.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            linearizable = matches!(verdict, Verdict::Linearizable),
+            "register checked"
+        );
+        match verdict {
             Verdict::Linearizable => {}
             Verdict::Unknown { states } => {
                 tracing::warn!(%key, states, "the linearizability search gave up");

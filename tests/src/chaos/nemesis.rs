@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use starling_runtime::automation::kv::KvOperation;
 use starling_runtime::{Client, Operation};
@@ -62,6 +62,19 @@ enum Undo {
     Restart(usize),
     Resume(usize),
     HealNetwork,
+}
+
+/// How a join went.
+#[derive(Debug, PartialEq)]
+enum Joined {
+    /// No member gave a token.
+    NoToken(String),
+    /// The member answers as ready.
+    Ready,
+    /// Its daemon exited (the join was refused).
+    Exited,
+    /// It runs but has not answered yet.
+    Slow,
 }
 
 /// A fault in place.
@@ -117,13 +130,12 @@ impl Nemesis {
         start: Instant,
     ) -> Result<Nemesis> {
         let placement: Arc<dyn MemberPlacement> = network.clone();
-        let cluster =
-            blocking(|| ProcessCluster::with_placement(binary, placement)?.started(members))
-                .context("starting the members")?;
+        let cluster = blocking(|| ProcessCluster::with_placement(binary, placement)?.started(1))
+            .context("bootstrapping m1")?;
         let mut nemesis = Nemesis {
             cluster,
             network,
-            lives: vec![Life::Running; members],
+            lives: vec![Life::Running],
             members,
             rng: Rng::derived(seed, 0),
             active: Vec::new(),
@@ -134,10 +146,12 @@ impl Nemesis {
             violations: Vec::new(),
             probes: 0,
         };
-        for index in 0..members {
-            nemesis
-                .targets
-                .add(&name(index), nemesis.cluster.dir(index));
+        nemesis.targets.add(&name(0), nemesis.cluster.dir(0));
+        for slot in 1..members {
+            let joined = nemesis.join_slot(slot, Duration::from_secs(30)).await?;
+            if joined != Joined::Ready {
+                bail!("{} did not join the new cluster: {joined:?}", name(slot));
+            }
         }
         for (key, value) in [
             ("cluster.offline_threshold", OFFLINE_THRESHOLD_S.to_string()),
@@ -398,24 +412,43 @@ impl Nemesis {
             None => return Ok(()),
         };
         let member = name(slot);
-        let token = match self
-            .operation(
-                Operation::ClusterAdd {
-                    name: member.clone(),
-                },
-                Duration::from_secs(5),
-            )
-            .await
-        {
-            Ok(answer) => answer["token"].as_str().map(str::to_string),
-            Err(error) => {
-                self.note(format!("join {member}: no token ({error:#}); skipped"));
+        self.note(format!("join {member}"));
+        match self.join_slot(slot, Duration::from_secs(5)).await? {
+            Joined::NoToken(error) => {
+                self.note(format!("join {member}: no token ({error}); skipped"));
                 return Ok(());
             }
-        };
-        let Some(token) = token else {
-            self.note(format!("join {member}: the answer had no token; skipped"));
-            return Ok(());
+            Joined::Ready => self.note(format!("{member} joined")),
+            Joined::Exited => self.note(format!("{member} did not join (its daemon exited)")),
+            Joined::Slow => self.note(format!(
+                "{member} has not answered within 20s; it keeps trying"
+            )),
+        }
+        self.count("join");
+        Ok(())
+    }
+
+    /// Joins member `slot` with a fresh data directory and a token asked for (again and
+    /// again) for up to `token_bound`.
+    async fn join_slot(&mut self, slot: usize, token_bound: Duration) -> Result<Joined> {
+        let member = name(slot);
+        let deadline = Instant::now() + token_bound;
+        let token = loop {
+            let add = Operation::ClusterAdd {
+                name: member.clone(),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let error = match self.operation(add, left.min(Duration::from_secs(5))).await {
+                Ok(answer) => match answer["token"].as_str() {
+                    Some(token) => break token.to_string(),
+                    None => anyhow!("the answer had no token: {answer}"),
+                },
+                Err(error) => error,
+            };
+            if Instant::now() + Duration::from_millis(500) >= deadline {
+                return Ok(Joined::NoToken(format!("{error:#}")));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let dir = self.cluster.dir(slot);
         if dir.exists() {
@@ -428,22 +461,16 @@ impl Nemesis {
         } else {
             self.lives[slot] = Life::Running;
         }
-        self.count("join");
-        self.note(format!("join {member}"));
-        let ready = self.wait_ready(slot, Duration::from_secs(20)).await;
-        if ready {
+        if self.wait_ready(slot, Duration::from_secs(20)).await {
             self.targets.add(&member, dir);
-            self.note(format!("{member} joined"));
+            Ok(Joined::Ready)
         } else if !blocking(|| self.cluster.is_running(slot)) {
             self.lives[slot] = Life::Gone;
-            self.note(format!("{member} did not join (its daemon exited)"));
+            Ok(Joined::Exited)
         } else {
-            self.note(format!(
-                "{member} has not answered within 20s; it keeps trying"
-            ));
             self.targets.add(&member, dir);
+            Ok(Joined::Slow)
         }
-        Ok(())
     }
 
     /// Whether member `index` answers as ready within `bound`.

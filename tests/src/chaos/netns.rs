@@ -46,8 +46,10 @@ struct Namespace {
 }
 
 impl Network {
-    /// Makes the bridge. Needs root, `ip` and `iptables`.
+    /// Makes the bridge (after sweeping what dead runs left). Needs root, `ip` and
+    /// `iptables`.
     pub fn create() -> Result<Network> {
+        sweep_leftovers();
         let pid = std::process::id();
         let prefix = format!("sc{pid}");
         let subnet = free_subnet(pid)?;
@@ -62,6 +64,15 @@ impl Network {
         ip(&["link", "add", &network.bridge, "type", "bridge"]).context(
             "starling-chaos makes network namespaces and a bridge: run it as root, with iproute2",
         )?;
+        // A fixed address: a bridge otherwise takes the lowest of its ports' addresses, and
+        // changes it when a member's veth joins, which leaves the members' ARP caches stale.
+        let mac = format!(
+            "02:5c:{:02x}:{:02x}:{:02x}:01",
+            (pid >> 16) & 0xff,
+            (pid >> 8) & 0xff,
+            pid & 0xff
+        );
+        ip(&["link", "set", &network.bridge, "address", &mac])?;
         let address = format!("{}/24", network.harness_ip());
         ip(&["addr", "add", &address, "dev", &network.bridge])?;
         ip(&["link", "set", &network.bridge, "up"])?;
@@ -204,6 +215,44 @@ impl Drop for Network {
         if let Err(error) = ip(&["link", "del", &self.bridge]) {
             tracing::warn!(%error, "removing the bridge");
         }
+    }
+}
+
+/// Removes the namespaces, bridges and FORWARD rules of runs whose process no longer exists
+/// (a harness killed with `SIGKILL` cannot clean up after itself), with the member processes
+/// still inside them. A run whose process id exists is left alone, whatever it is.
+fn sweep_leftovers() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let mut dead_runs = std::collections::BTreeSet::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("starling-chaos-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::warn!(namespace = name, "removing a namespace a dead run left");
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for member in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", member]).output();
+            }
+        }
+        let _ = ip_quiet(&["netns", "del", name]);
+        dead_runs.insert(pid);
+    }
+    for pid in dead_runs {
+        let bridge = format!("sc{pid}br");
+        let _ = forward_rule(&bridge, "-D");
+        let _ = ip_quiet(&["link", "del", &bridge]);
     }
 }
 
