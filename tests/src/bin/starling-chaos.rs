@@ -27,6 +27,10 @@ struct Arguments {
     /// Write the history and the members' logs to DIR even when the run passes.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Check again the history a run kept in DIR (`--keep`, or a failed run's directory),
+    /// without running anything.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["time", "seed", "members", "keep"])]
+    check: Option<PathBuf>,
     /// The `starling` binary to run (default: the one beside this program, then `STARLING_BIN`).
     #[arg(long, value_name = "PATH")]
     starling: Option<PathBuf>,
@@ -40,6 +44,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let arguments = Arguments::parse();
+    if let Some(dir) = &arguments.check {
+        return check_kept(dir);
+    }
     let seed = arguments.seed.unwrap_or_else(random_seed);
     println!("seed {seed}");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -83,6 +90,29 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("starling-chaos: {error:#}");
             println!("the run did not complete: 1 violations");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `--check DIR`: the checkers again over a kept history.
+fn check_kept(dir: &std::path::Path) -> ExitCode {
+    match chaos::check_kept(dir) {
+        Ok(report) => {
+            let lines = report.summary();
+            // Fault and recovery figures are not in a kept history.
+            for line in lines.iter().filter(|line| !line.starts_with("recovery")) {
+                println!("{line}");
+            }
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(error) => {
+            eprintln!("starling-chaos: {error:#}");
+            println!("the history could not be checked: 1 violations");
             ExitCode::from(2)
         }
     }

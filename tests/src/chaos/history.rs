@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// What a client asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum Call {
     /// `kv.get(key)` on a register.
@@ -203,5 +204,128 @@ impl History {
         }
         out.flush()
             .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Reads a history written by [`History::write_json_lines`] back (to check it again).
+pub fn read_json_lines(path: &Path) -> Result<Vec<Operation>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut operations: Vec<Option<Operation>> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let event: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), number + 1))?;
+        read_event(&event, &mut operations)
+            .with_context(|| format!("{}:{}: {line}", path.display(), number + 1))?;
+    }
+    Ok(operations.into_iter().flatten().collect())
+}
+
+fn read_event(event: &Value, operations: &mut Vec<Option<Operation>>) -> Result<()> {
+    let id = event["id"].as_u64().ok_or_else(|| anyhow!("no id"))? as usize;
+    let time_ns = event["time_ns"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no time_ns"))?;
+    if operations.len() <= id {
+        operations.resize_with(id + 1, || None);
+    }
+    if event["type"] == "invoke" {
+        operations[id] = Some(Operation {
+            id,
+            process: event["process"].as_u64().unwrap_or_default() as usize,
+            call: serde_json::from_value(event["call"].clone())?,
+            member: event["member"].as_str().unwrap_or_default().to_string(),
+            invoke_ns: time_ns,
+            completion: None,
+        });
+        return Ok(());
+    }
+    let operation = operations[id]
+        .as_mut()
+        .ok_or_else(|| anyhow!("a completion before its invocation"))?;
+    let outcome = &event["outcome"];
+    let error = || outcome["error"].as_str().unwrap_or_default().to_string();
+    let outcome = match outcome["type"].as_str() {
+        Some("ok") => Outcome::Ok {
+            answer: answer_of(&operation.call, &outcome["answer"])?,
+        },
+        Some("fail") => Outcome::Fail { error: error() },
+        Some("info") => Outcome::Info { error: error() },
+        other => return Err(anyhow!("unknown outcome {other:?}")),
+    };
+    operation.completion = Some((time_ns, outcome));
+    Ok(())
+}
+
+/// The answer `value` to `call`, as recorded.
+fn answer_of(call: &Call, value: &Value) -> Result<Answer> {
+    let answer = match (call, value) {
+        (Call::Read { .. }, Value::Null) => Answer::Value(None),
+        (Call::Read { .. }, Value::Number(number)) => Answer::Value(number.as_i64()),
+        (Call::Write { .. } | Call::Add { .. }, Value::Null) => Answer::Done,
+        (Call::Cas { .. }, Value::Bool(swapped)) => Answer::Swapped(*swapped),
+        (Call::Incr, Value::Number(number)) => {
+            Answer::Counter(number.as_i64().ok_or_else(|| anyhow!("bad counter"))?)
+        }
+        _ => return Err(anyhow!("answer {value} does not fit {call:?}")),
+    };
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history written and read back is the same history (so a kept run can be checked
+    /// again).
+    #[test]
+    fn history_round_trips_through_json_lines() -> Result<()> {
+        let history = History::new(Instant::now());
+        let calls = [
+            (Call::Read { key: "r".into() }, Some(Answer::Value(None))),
+            (
+                Call::Write {
+                    key: "r".into(),
+                    value: 4,
+                },
+                Some(Answer::Done),
+            ),
+            (
+                Call::Cas {
+                    key: "r".into(),
+                    expected: Some(4),
+                    new: 5,
+                },
+                Some(Answer::Swapped(true)),
+            ),
+            (Call::Add { element: 9 }, None),
+            (Call::Incr, Some(Answer::Counter(3))),
+            (Call::Read { key: "r".into() }, Some(Answer::Value(Some(5)))),
+        ];
+        for (call, answer) in calls {
+            let id = history.invoke(1, "m2", call);
+            match answer {
+                Some(answer) => history.complete(id, Outcome::Ok { answer }),
+                None => history.complete(
+                    id,
+                    Outcome::Info {
+                        error: "timed out".into(),
+                    },
+                ),
+            }
+        }
+        history.invoke(2, "m3", Call::Incr);
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("history.jsonl");
+        history.write_json_lines(&path)?;
+        let read = read_json_lines(&path)?;
+        let written = history.operations();
+        assert_eq!(read.len(), written.len());
+        for (read, written) in read.iter().zip(&written) {
+            assert_eq!(read.call, written.call);
+            assert_eq!(read.completion, written.completion);
+            assert_eq!(read.invoke_ns, written.invoke_ns);
+        }
+        Ok(())
     }
 }

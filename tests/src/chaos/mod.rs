@@ -228,37 +228,9 @@ pub async fn run(options: Options) -> Result<Report> {
         .await
         .context("the final reads after the heal")?;
     tracing::info!("--- checking the history");
-    let operations = history.operations();
-    let mut report = Report {
-        seed: options.seed,
-        operations: operations.len(),
-        counter: Some(counter),
-        ..Report::default()
-    };
-    for operation in &operations {
-        match operation.outcome() {
-            Outcome::Ok { .. } => report.ok += 1,
-            Outcome::Fail { .. } => report.failed += 1,
-            Outcome::Info { .. } => report.unknown += 1,
-        }
-    }
-    let (mut violations, registers) = checks::registers(&operations, SEARCH_STATES_MAX);
-    for key in &registers.unknown {
-        violations.push(Violation {
-            check: "linearizable",
-            what: format!(
-                "register {key}: the search gave up after {SEARCH_STATES_MAX} states (unchecked)"
-            ),
-        });
-    }
-    let (set_violations, set) = checks::set(&operations, &elements);
-    violations.extend(set_violations);
-    violations.extend(checks::counter(&operations, counter));
-    violations.extend(nemesis.violations.iter().cloned());
-    report.registers = registers;
-    report.set = set;
+    let mut report = check(options.seed, &history.operations(), &elements, counter);
+    report.violations.extend(nemesis.violations.iter().cloned());
     report.faults = nemesis.figures.clone();
-    report.violations = violations;
     let output = match (&options.keep, report.violations.is_empty()) {
         (Some(dir), _) => Some(dir.clone()),
         (None, false) => Some(std::env::temp_dir().join(format!(
@@ -269,11 +241,65 @@ pub async fn run(options: Options) -> Result<Report> {
         (None, true) => None,
     };
     if let Some(dir) = &output {
-        write_output(dir, &history, &nemesis, &report)
+        write_output(dir, &history, &nemesis, &report, &elements)
             .with_context(|| format!("writing the run's output to {}", dir.display()))?;
         report.output = Some(dir.clone());
     }
     Ok(report)
+}
+
+/// Checks a history and the final reads: every register, the set, the counter.
+pub fn check(
+    seed: u64,
+    operations: &[history::Operation],
+    elements: &[u64],
+    counter: i64,
+) -> Report {
+    let mut report = Report {
+        seed,
+        operations: operations.len(),
+        counter: Some(counter),
+        ..Report::default()
+    };
+    for operation in operations {
+        match operation.outcome() {
+            Outcome::Ok { .. } => report.ok += 1,
+            Outcome::Fail { .. } => report.failed += 1,
+            Outcome::Info { .. } => report.unknown += 1,
+        }
+    }
+    let (mut violations, registers) = checks::registers(operations, SEARCH_STATES_MAX);
+    for key in &registers.unknown {
+        violations.push(Violation {
+            check: "linearizable",
+            what: format!(
+                "register {key}: the search gave up after {SEARCH_STATES_MAX} placements (unchecked)"
+            ),
+        });
+    }
+    let (set_violations, set) = checks::set(operations, elements);
+    violations.extend(set_violations);
+    violations.extend(checks::counter(operations, counter));
+    report.registers = registers;
+    report.set = set;
+    report.violations = violations;
+    report
+}
+
+/// Checks again the history a run kept in `dir` (`history.jsonl` and `final.json`), for
+/// instance after a change to the checkers. Fault figures are not part of it.
+pub fn check_kept(dir: &Path) -> Result<Report> {
+    let operations = history::read_json_lines(&dir.join("history.jsonl"))?;
+    let path = dir.join("final.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let kept: Value = serde_json::from_str(&text)?;
+    let elements: Vec<u64> = serde_json::from_value(kept["elements"].clone())?;
+    let counter = kept["counter"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("{} has no counter", path.display()))?;
+    let seed = kept["seed"].as_u64().unwrap_or_default();
+    Ok(check(seed, &operations, &elements, counter))
 }
 
 /// Reads the set's elements and the counter through running members, retrying for up to 30 s.
@@ -335,9 +361,21 @@ async fn read_everything(dir: &Path, buckets: u64) -> Result<(Vec<u64>, i64)> {
     result
 }
 
-fn write_output(dir: &Path, history: &History, nemesis: &Nemesis, report: &Report) -> Result<()> {
+fn write_output(
+    dir: &Path,
+    history: &History,
+    nemesis: &Nemesis,
+    report: &Report,
+    elements: &[u64],
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     history.write_json_lines(&dir.join("history.jsonl"))?;
+    let kept = serde_json::json!({
+        "seed": report.seed,
+        "elements": elements,
+        "counter": report.counter,
+    });
+    std::fs::write(dir.join("final.json"), kept.to_string())?;
     std::fs::write(dir.join("faults.log"), nemesis.log.join("\n") + "\n")?;
     let mut summary = report.summary();
     summary.insert(0, format!("seed {}", report.seed));
