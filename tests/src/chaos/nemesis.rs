@@ -37,7 +37,7 @@ pub const STANDBYS_MAX: usize = 2;
 /// The bound on recovery: after the last fault heals, a write must succeed within this.
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// The bound on roles settling after the final heal.
-pub const SETTLE_BOUND: Duration = Duration::from_secs(90);
+pub const SETTLE_BOUND: Duration = Duration::from_secs(60);
 /// At most this many faults at a time.
 const ACTIVE_MAX: usize = 2;
 /// The offline threshold the run sets (the smallest allowed), in seconds.
