@@ -12,7 +12,9 @@
 //!   is promoted, then restarted.
 //!
 //! The schedule (which fault, when, for how long, which member by position) is drawn from
-//! the seed; which member *leads* at that moment is the cluster's doing.
+//! the seed, so a seed replays it as long as the cluster answers the same way (a join or a
+//! removal that fails changes the members the next choices pick from); which member *leads*
+//! at a moment is the cluster's doing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,7 +106,11 @@ pub struct Nemesis {
     lives: Vec<Life>,
     /// The member count asked for.
     members: usize,
+    /// The schedule's choices: which fault, when, for how long, on whom.
     rng: Rng,
+    /// Choices that depend on how the cluster answers (which member to ask, how many
+    /// retries), kept off the schedule's stream so that they do not shift it.
+    plumbing: Rng,
     active: Vec<Active>,
     start: Instant,
     targets: Arc<Targets>,
@@ -138,6 +144,7 @@ impl Nemesis {
             lives: vec![Life::Running],
             members,
             rng: Rng::derived(seed, 0),
+            plumbing: Rng::derived(seed, 1),
             active: Vec::new(),
             start,
             targets,
@@ -828,7 +835,7 @@ impl Nemesis {
     async fn operation(&mut self, operation: Operation, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let mut running = self.running();
-        self.rng.shuffle(&mut running);
+        self.plumbing.shuffle(&mut running);
         let mut last = anyhow!("no member runs");
         for index in running.into_iter().take(3) {
             let left = deadline.saturating_duration_since(Instant::now());
