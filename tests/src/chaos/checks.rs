@@ -44,10 +44,11 @@ pub fn registers(operations: &[Operation], states_max: usize) -> (Vec<Violation>
     for (key, entries) in by_key {
         figures.entries += entries.len();
         let started = std::time::Instant::now();
-        let verdict = linearizable::check(&entries, states_max);
+        let (verdict, placements) = linearizable::check_measured(&entries, states_max);
         tracing::info!(
             %key,
             operations = entries.len(),
+            placements,
             took_ms = started.elapsed().as_millis() as u64,
             linearizable = matches!(verdict, Verdict::Linearizable),
             "register checked"
