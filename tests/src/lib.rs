@@ -5,10 +5,13 @@
 //!   restart members, and waits with deadlines.
 //! - [`processes`]: real `starling` processes, for the tests that must kill with `SIGKILL`.
 //! - [`netfault`]: real dropped packets between per-member loopback addresses (`iptables`).
+//! - [`chaos`]: the `starling-chaos` fault harness (network namespaces, nemeses, a
+//!   linearizability checker).
 //!
 //! No test waits on a sleep being long enough: every wait is a condition with a deadline.
 #![warn(missing_docs)]
 
+pub mod chaos;
 pub mod containers;
 pub mod netfault;
 pub mod processes;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -35,7 +35,22 @@ pub struct ProcessCluster {
     binary: PathBuf,
     /// Child process of member `i` (`m{i+1}`), `None` while it is down.
     children: Vec<Option<Child>>,
+    /// Where members run; `None`: in this network namespace, on loopback.
+    placement: Option<Arc<dyn MemberPlacement>>,
 }
+
+/// Where member processes run when not on loopback beside the harness: the chaos harness
+/// puts each in a network namespace of its own (`chaos::netns`).
+pub trait MemberPlacement: Send + Sync {
+    /// The IP address member `index` listens on (made ready for it if need be).
+    fn ip(&self, index: usize) -> Result<String>;
+    /// The command that runs `program` as member `index` (`ip netns exec NS program`).
+    fn command(&self, index: usize, program: &Path) -> Result<Command>;
+}
+
+/// The port every member listens on when it has an IP address of its own (each namespace is
+/// empty, so any port is free there).
+pub const PLACED_MEMBER_PORT: u16 = 7443;
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
@@ -45,6 +60,10 @@ impl Drop for ProcessCluster {
         }
         // The test harness shows what a test printed only when it fails: then the members'
         // last warnings say what went wrong inside them (their logs go with the directory).
+        // The chaos harness (a placed cluster) copies whole logs instead.
+        if self.placement.is_some() {
+            return;
+        }
         for index in 0..self.children.len() {
             let log = self.log(index);
             let warnings: Vec<&str> = log
@@ -72,7 +91,35 @@ impl ProcessCluster {
             root: tempfile::tempdir()?,
             binary: starling_binary()?,
             children: Vec::new(),
+            placement: None,
         })
+    }
+
+    /// An empty cluster of `binary`'s members, which run where `placement` puts them. Its
+    /// drop prints nothing (the chaos harness keeps the logs whole instead).
+    pub fn with_placement(
+        binary: PathBuf,
+        placement: Arc<dyn MemberPlacement>,
+    ) -> Result<ProcessCluster> {
+        Ok(ProcessCluster {
+            root: tempfile::tempdir()?,
+            binary,
+            children: Vec::new(),
+            placement: Some(placement),
+        })
+    }
+
+    /// The directory holding the members' data directories (`m1`, ...) and logs (`m1.log`).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The address a new member `index` listens on.
+    fn listen_address(&self, index: usize) -> Result<String> {
+        match &self.placement {
+            Some(placement) => Ok(format!("{}:{PLACED_MEMBER_PORT}", placement.ip(index)?)),
+            None => Ok(free_address()),
+        }
     }
 
     /// The `starling` binary the cluster runs.
@@ -200,7 +247,11 @@ impl ProcessCluster {
             .create(true)
             .append(true)
             .open(dir.with_extension("log"))?;
-        Command::new(&self.binary)
+        let mut command = match &self.placement {
+            Some(placement) => placement.command(index, &self.binary)?,
+            None => Command::new(&self.binary),
+        };
+        command
             .arg("--dir")
             .arg(&dir)
             .args(args)
@@ -221,18 +272,65 @@ impl ProcessCluster {
 
     /// Bootstraps `m1` and joins members up to `count`.
     pub async fn start(count: usize) -> Result<ProcessCluster> {
-        let mut cluster = ProcessCluster::new()?;
-        let listen = free_address();
-        let child = cluster.spawn(
+        ProcessCluster::new()?.started(count)
+    }
+
+    /// Bootstraps `m1` and joins members up to `count` in this (empty) cluster.
+    pub fn started(mut self, count: usize) -> Result<ProcessCluster> {
+        let listen = self.listen_address(0)?;
+        let child = self.spawn(
             0,
             &["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"],
         )?;
-        cluster.children.push(Some(child));
-        cluster.wait_ready(0)?;
+        self.children.push(Some(child));
+        self.wait_ready(0)?;
         for index in 1..count {
-            cluster.join(index)?;
+            self.join(index)?;
         }
-        Ok(cluster)
+        Ok(self)
+    }
+
+    /// Starts member `index` as a background daemon joining with `token`, without waiting for
+    /// it to answer (the caller waits, with its own deadline).
+    pub fn spawn_join(&mut self, index: usize, token: &str) -> Result<()> {
+        let name = format!("m{}", index + 1);
+        let listen = self.listen_address(index)?;
+        let args = [
+            "daemon", "--name", &name, "--listen", &listen, "--join", token,
+        ];
+        let child = self.spawn(index, &args)?;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, || None);
+        }
+        self.children[index] = Some(child);
+        Ok(())
+    }
+
+    /// Whether member `index` has a process this cluster started and has not seen exit.
+    pub fn is_running(&mut self, index: usize) -> bool {
+        let Some(Some(child)) = self.children.get_mut(index) else {
+            return false;
+        };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(_)) | Err(_) => {
+                self.children[index] = None;
+                false
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for member `index` to exit by itself (a removed member does);
+    /// answers whether it did.
+    pub fn reap(&mut self, index: usize, timeout: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running(index) {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(!self.is_running(index))
     }
 
     /// Joins member `index` with a fresh token from `m1` (or the first running member).
@@ -263,7 +361,7 @@ impl ProcessCluster {
             "--name",
             &name,
             "--listen",
-            &free_address(),
+            &self.listen_address(index)?,
             "--join",
             &token,
         ]
@@ -309,7 +407,7 @@ impl ProcessCluster {
 
     /// `SIGKILL`s member `index`.
     pub fn kill(&mut self, index: usize) -> Result<()> {
-        if let Some(mut child) = self.children[index].take() {
+        if let Some(mut child) = self.children.get_mut(index).and_then(Option::take) {
             child.kill()?;
             child.wait()?;
         }
@@ -318,8 +416,10 @@ impl ProcessCluster {
 
     /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to member `index`.
     pub fn signal(&self, index: usize, signal: &str) -> Result<()> {
-        let child = self.children[index]
-            .as_ref()
+        let child = self
+            .children
+            .get(index)
+            .and_then(Option::as_ref)
             .ok_or_else(|| anyhow!("member {index} is not running"))?;
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
@@ -361,6 +461,9 @@ impl ProcessCluster {
     /// Restarts member `index` from its data directory.
     pub fn restart(&mut self, index: usize) -> Result<()> {
         let child = self.spawn(index, &["daemon"])?;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, || None);
+        }
         self.children[index] = Some(child);
         Ok(())
     }
