@@ -93,6 +93,9 @@ async fn the_demo_keeps_member_logs_out_of_the_prompt() -> Result<()> {
     }
     let log = std::fs::read_to_string(dir.path().join("demo").join("demo.log"))?;
     // m3's own warning as it went: in the file, not in the prompt.
-    assert!(log.contains("this member was removed from the cluster"), "{log}");
+    assert!(
+        log.contains("this member was removed from the cluster"),
+        "{log}"
+    );
     Ok(())
 }

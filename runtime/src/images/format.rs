@@ -263,8 +263,7 @@ mod tests {
         }
 
         fn written() -> impl Strategy<Value = Written> {
-            let architecture =
-                prop_oneof![
+            let architecture = prop_oneof![
                     select(
                         &[
                             "amd64", "x86_64", "arm64", "armhf", "i386", "ppc64el", "s390x",

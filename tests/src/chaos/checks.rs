@@ -290,6 +290,12 @@ mod tests {
         })
     }
 
+    /// A write of `value` to register `r`.
+    fn write(id: usize, value: i64, outcome: Option<Outcome>) -> Operation {
+        let key = "r".to_string();
+        operation(id, Call::Write { key, value }, outcome)
+    }
+
     fn add(id: usize, element: u64, outcome: Option<Outcome>) -> Operation {
         operation(id, Call::Add { element }, outcome)
     }
@@ -348,53 +354,18 @@ mod tests {
     fn register_history_is_read_right() {
         let key = || "r".to_string();
         let history = [
-            operation(
-                0,
-                Call::Write {
-                    key: key(),
-                    value: 1,
-                },
-                ok(Answer::Done),
-            ),
-            operation(
-                1,
-                Call::Write {
-                    key: key(),
-                    value: 2,
-                },
-                fail(),
-            ),
+            write(0, 1, ok(Answer::Done)),
+            write(1, 2, fail()),
             operation(2, Call::Read { key: key() }, None),
-            operation(
-                3,
-                Call::Write {
-                    key: key(),
-                    value: 3,
-                },
-                None,
-            ),
+            write(3, 3, None),
             operation(4, Call::Read { key: key() }, ok(Answer::Value(Some(3)))),
         ];
         let (violations, figures) = registers(&history, 1_000);
         assert_eq!(violations, []);
         assert_eq!(figures.entries, 3);
         let lost = [
-            operation(
-                0,
-                Call::Write {
-                    key: key(),
-                    value: 1,
-                },
-                ok(Answer::Done),
-            ),
-            operation(
-                1,
-                Call::Write {
-                    key: key(),
-                    value: 2,
-                },
-                fail(),
-            ),
+            write(0, 1, ok(Answer::Done)),
+            write(1, 2, fail()),
             operation(2, Call::Read { key: key() }, ok(Answer::Value(Some(2)))),
         ];
         let (violations, _) = registers(&lost, 1_000);

@@ -272,14 +272,22 @@ impl Nemesis {
         let Some(index) = self.victim().await else {
             return Ok(());
         };
+        let what = format!("kill -9 {} for {:.1}s", name(index), hold.as_secs_f64());
+        self.kill_for(index, hold, "kill", what)
+    }
+
+    /// `kill -9` of member `index`, restarted after `hold`; counted as `kind`, noted as `what`.
+    fn kill_for(
+        &mut self,
+        index: usize,
+        hold: Duration,
+        kind: &'static str,
+        what: String,
+    ) -> Result<()> {
         blocking(|| self.cluster.kill(index))?;
         self.lives[index] = Life::Killed;
-        self.count("kill");
-        self.note(format!(
-            "kill -9 {} for {:.1}s",
-            name(index),
-            hold.as_secs_f64()
-        ));
+        self.count(kind);
+        self.note(what);
         self.hold(
             Undo::Restart(index),
             hold,
@@ -394,20 +402,12 @@ impl Nemesis {
         let Some(&index) = self.rng.pick(&candidates) else {
             return Ok(());
         };
-        blocking(|| self.cluster.kill(index))?;
-        self.lives[index] = Life::Killed;
-        self.count("promotion");
-        self.note(format!(
+        let what = format!(
             "kill -9 voter {} for {:.1}s, past the offline threshold: a stand-by should take its vote",
             name(index),
             hold.as_secs_f64()
-        ));
-        self.hold(
-            Undo::Restart(index),
-            hold,
-            format!("restart {}", name(index)),
         );
-        Ok(())
+        self.kill_for(index, hold, "promotion", what)
     }
 
     /// Joins a member: a removed member's slot with a fresh directory, or a new slot (at most

@@ -82,7 +82,20 @@ pub(crate) fn guard_source(ast: &AstModule, source: &str) -> Result<String, Scri
     edits.sort_by_key(|edit| (edit.begin(), std::cmp::Reverse(edit.end())));
     let mut out = String::with_capacity(source.len() + 32 * edits.len());
     let mut next = 0;
-    emit(source, 0, source.len(), &edits, &mut next, &mut out);
+    // Spans that do not nest as the edits expect are refused, never sliced blindly: the
+    // source is whatever a user set.
+    if emit(source, 0, source.len(), &edits, &mut next, &mut out).is_none() {
+        let begin = edits.get(next.saturating_sub(1)).map_or(0, Edit::begin);
+        let line = source
+            .get(..begin)
+            .map_or(1, |before| before.matches('\n').count() + 1);
+        return Err(ScriptletError::Unsupported {
+            line,
+            message: "this expression could not be guarded by the scriptlet's size checks; \
+                      write it more simply (for example with a variable)"
+                .to_string(),
+        });
+    }
     Ok(out)
 }
 
@@ -264,15 +277,22 @@ fn open_paren(source: &str, from: usize, end: usize) -> Option<usize> {
 }
 
 /// Copies `source[from..to]` to `out`, rewriting the edits that start in it (`edits[*next..]`,
-/// sorted), nested ones included.
-fn emit(source: &str, from: usize, to: usize, edits: &[Edit], next: &mut usize, out: &mut String) {
+/// sorted), nested ones included; `None` when the edits' spans do not fit in one another.
+fn emit(
+    source: &str,
+    from: usize,
+    to: usize,
+    edits: &[Edit],
+    next: &mut usize,
+    out: &mut String,
+) -> Option<()> {
     let mut position = from;
     while let Some(edit) = edits.get(*next) {
         if edit.begin() >= to {
             break;
         }
         *next += 1;
-        out.push_str(&source[position..edit.begin()]);
+        out.push_str(source.get(position..edit.begin())?);
         match *edit {
             Edit::Rename { end, wrapper, .. } => {
                 out.push_str(wrapper);
@@ -287,20 +307,22 @@ fn emit(source: &str, from: usize, to: usize, edits: &[Edit], next: &mut usize, 
             } => {
                 out.push_str(wrapper);
                 out.push('(');
-                emit(source, begin, object_end, edits, next, out);
+                emit(source, begin, object_end, edits, next, out)?;
                 // `.name (` goes; its line breaks stay (inside the call's brackets).
-                out.extend(source[object_end..open].chars().filter(|c| *c == '\n'));
-                let arguments = &source[open + 1..end - 1];
+                out.extend(source.get(object_end..open)?.chars().filter(|c| *c == '\n'));
+                let arguments_end = end.checked_sub(1)?;
+                let arguments = source.get(open.checked_add(1)?..arguments_end)?;
                 if !arguments.trim().is_empty() {
                     out.push_str(", ");
                 }
-                emit(source, open + 1, end - 1, edits, next, out);
+                emit(source, open + 1, arguments_end, edits, next, out)?;
                 out.push(')');
                 position = end;
             }
         }
     }
-    out.push_str(&source[position..to]);
+    out.push_str(source.get(position..to)?);
+    Some(())
 }
 
 #[cfg(test)]
