@@ -509,7 +509,11 @@ impl ClusterState {
         Ok(())
     }
 
-    fn remove_member(&mut self, name: &str) -> Result<(), String> {
+    /// Whether member `name` may leave the cluster: it exists, it is not the last member,
+    /// and no instance is located on it. `MemberRemove` applies only what this allows; the
+    /// leader asks it before it takes the member out of Raft, so that a removal refused here
+    /// changes nothing.
+    pub fn check_member_removal(&self, name: &str) -> Result<(), String> {
         if !self.members.contains_key(name) {
             return Err(format!("member \"{name}\" not found"));
         }
@@ -530,6 +534,11 @@ impl ClusterState {
                 instances.join(", ")
             ));
         }
+        Ok(())
+    }
+
+    fn remove_member(&mut self, name: &str) -> Result<(), String> {
+        self.check_member_removal(name)?;
         let member = self
             .members
             .remove(name)

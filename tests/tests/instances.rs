@@ -100,6 +100,32 @@ async fn instances_across_the_cluster() -> Result<()> {
     };
     let (on_m2, on_m3) = (on("m2"), on("m3"));
 
+    tracing::info!("--- removing a member that holds an instance is refused and writes nothing");
+    let log_index = || -> Result<u64> {
+        cluster.lua(0, "return cluster.info()")?["last_log_index"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("cluster.info() has no last_log_index"))
+    };
+    let voters = || -> Result<usize> {
+        let members = cluster.lua(0, "return cluster.members()")?;
+        Ok(starling_tests::with_role(&members, "database").len())
+    };
+    // Once the roles settle (m2 and m3 join as stand-bys and are promoted), the log is quiet.
+    wait_for("three voters", Duration::from_secs(30), || async {
+        (voters().ok()? == 3).then_some(())
+    })
+    .await?;
+    let before = log_index()?;
+    let error = cluster.cli_fails(0, &["cluster", "remove", "m3"])?;
+    assert!(
+        error.contains("still has instances") && error.contains(&on_m3),
+        "{error}"
+    );
+    // Before the check came first, the leader took m3 out of the voters, then the removal
+    // itself was refused: two membership entries and a refused one.
+    assert_eq!(log_index()?, before, "a refused removal wrote to the log");
+    assert_eq!(voters()?, 3);
+
     tracing::info!("--- --target m2");
     let targeted = name("t");
     let started = Instant::now();

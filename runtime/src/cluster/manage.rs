@@ -174,11 +174,9 @@ impl Member {
     /// `cluster.remove`: leave Raft, drop the record, revoke the certificates, reset the member.
     pub(crate) async fn remove_member(&self, name: &str, force: bool) -> Result<Value, Error> {
         let record = self.record(name)?;
-        if self.local_state(|state| state.members.len()) == 1 {
-            return Err(Error::Refused(format!(
-                "\"{name}\" is the last member of the cluster and cannot be removed"
-            )));
-        }
+        // Refused before anything changes: the member stays in Raft and nothing is written.
+        self.local_state(|state| state.check_member_removal(name))
+            .map_err(Error::Refused)?;
         if !force {
             require_online(&record)
                 .map_err(|error| Error::Refused(format!("{error}; remove it with force")))?;
