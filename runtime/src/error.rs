@@ -45,6 +45,10 @@ pub enum Error {
     /// A script failed.
     #[error("{0}")]
     Script(String),
+    /// The request took effect in part, then failed: the message says what stays. (A
+    /// `Refused` request changed nothing; this one changed something.)
+    #[error("{0}")]
+    Incomplete(String),
     /// A bug or an unexpected internal state.
     #[error("internal error: {0}")]
     Internal(String),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Result};
 use serde_json::Value;
+use starling_runtime::instances::ops::{CreateRequest, InstanceOperation};
+use starling_runtime::{Client, Error, Operation};
 use starling_tests::containers::{
     busybox_image, exec, index_of, info, instances, wait_status, LeftoverContainers,
 };
@@ -342,6 +344,38 @@ async fn instances_across_the_cluster() -> Result<()> {
         4,
         "a refused launch left a record"
     );
+
+    tracing::info!("--- a launch that fails after its record is written does not say Refused");
+    let broken = name("broken");
+    let request = CreateRequest {
+        project: "default".into(),
+        name: Some(broken.clone()),
+        image: "bb".into(),
+        target: Some("m2".into()),
+        profiles: None,
+        config: [("starling.init".to_string(), "/bin/nothing-here".to_string())].into(),
+        devices: Default::default(),
+        description: String::new(),
+        start: true,
+        ephemeral: false,
+    };
+    let client = Client::local(&cluster.dir(0)).await?;
+    let answer = client
+        .operation(Operation::Instance(InstanceOperation::Create(request)))
+        .await;
+    client.close();
+    // `Refused` says that nothing changed, and a client (the chaos harness among them) may
+    // rely on it; here the instance's record was written.
+    match answer {
+        Err(Error::Incomplete(message)) => {
+            assert!(
+                message.contains(&broken) && message.contains("nothing-here"),
+                "{message}"
+            )
+        }
+        other => panic!("a launch whose start failed answered {other:?}"),
+    }
+    assert_eq!(info(&cluster, 0, &broken)?["status"], "Error");
 
     tracing::info!("--- clean up");
     for record in instances(&cluster, 0)? {

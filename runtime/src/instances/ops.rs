@@ -591,7 +591,7 @@ impl Member {
             self.on_location(&instance, operation).await
         }
         .await;
-        if let Err(error) = &prepared {
+        if let Err(error) = prepared {
             // The member reports its own failures; these are the ones before it acted.
             let recorded = self.instance_record(&instance.project, &instance.name);
             if recorded.is_ok_and(|record| record.status == InstanceStatus::Creating) {
@@ -599,8 +599,18 @@ impl Member {
                     .record_status(&instance, InstanceStatus::Error, &error.to_string())
                     .await;
             }
+            // A transient error is retried by the client as the same request (the record is
+            // not written twice); any other leaves the record, so it cannot be `Refused`,
+            // which says that nothing changed.
+            if error.is_transient() {
+                return Err(error);
+            }
+            return Err(Error::Incomplete(format!(
+                "instance \"{}\" was recorded on {location}, but creating it there failed: {error}; \
+                 its record stays until it is deleted (see `starling info {}`)",
+                instance.name, instance.name
+            )));
         }
-        prepared?;
         let instance = self.instance_record(&instance.project, &instance.name)?;
         Ok(self.local_state(|state| instance_json(state, &instance)))
     }

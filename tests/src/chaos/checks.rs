@@ -92,9 +92,17 @@ fn register_entry(operation: &Operation) -> Option<(String, Entry)> {
         Outcome::Info { .. } => None,
     };
     let (key, call) = match (&operation.call, answer) {
-        (Call::Read { key }, Some(Answer::Value(value))) => (key, RegisterCall::Read(value)),
-        (Call::Read { .. }, _) => return None,
-        (Call::Write { key, value }, _) => (key, RegisterCall::Write(*value)),
+        (Call::Read { key }, Some(Answer::Value(value))) => {
+            (key.clone(), RegisterCall::Read(value))
+        }
+        (Call::MemberRead { member, key }, Some(Answer::Value(value))) => {
+            (member_register(member, key), RegisterCall::Read(value))
+        }
+        (Call::Read { .. } | Call::MemberRead { .. }, _) => return None,
+        (Call::Write { key, value }, _) => (key.clone(), RegisterCall::Write(*value)),
+        (Call::MemberWrite { member, key, value }, _) => {
+            (member_register(member, key), RegisterCall::Write(*value))
+        }
         (Call::Cas { key, expected, new }, answer) => {
             let swapped = match answer {
                 Some(Answer::Swapped(swapped)) => Some(swapped),
@@ -105,7 +113,7 @@ fn register_entry(operation: &Operation) -> Option<(String, Entry)> {
                 new: *new,
                 swapped,
             };
-            (key, call)
+            (key.clone(), call)
         }
         _ => return None,
     };
@@ -115,7 +123,12 @@ fn register_entry(operation: &Operation) -> Option<(String, Entry)> {
         invoke_ns: operation.invoke_ns,
         ok_ns,
     };
-    Some((key.clone(), entry))
+    Some((key, entry))
+}
+
+/// The register a member config key is, named apart from the `kv` keys.
+pub fn member_register(member: &str, key: &str) -> String {
+    format!("member {member} {key}")
 }
 
 /// The set's figures, for the summary.

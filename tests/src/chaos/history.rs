@@ -46,6 +46,62 @@ pub enum Call {
     },
     /// `kv.incr` of the counter.
     Incr,
+    /// `cluster.get(member, key)` of a member config key.
+    MemberRead {
+        /// The member.
+        member: String,
+        /// The key (`user.*`).
+        key: String,
+    },
+    /// `cluster.set(member, key, value)` with a value no other write uses.
+    MemberWrite {
+        /// The member.
+        member: String,
+        /// The key (`user.*`).
+        key: String,
+        /// The value written.
+        value: i64,
+    },
+    /// `instances.launch{image=, name=}` of an instance (its name used once in a run).
+    Launch {
+        /// The instance.
+        name: String,
+        /// Whether self-healing may recreate it elsewhere (`cluster.healing.recreate`).
+        recreate: bool,
+    },
+    /// `instances.start(name)`.
+    Start {
+        /// The instance.
+        name: String,
+    },
+    /// `instances.stop(name, {force=true})`.
+    Stop {
+        /// The instance.
+        name: String,
+    },
+    /// `instances.delete(name, {force=true})`.
+    Delete {
+        /// The instance.
+        name: String,
+    },
+    /// `cluster.restore(member)` of a member self-healing evacuated.
+    Restore {
+        /// The member.
+        member: String,
+    },
+}
+
+impl Call {
+    /// The instance this call is about, if it is an instance call.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Call::Launch { name, .. }
+            | Call::Start { name }
+            | Call::Stop { name }
+            | Call::Delete { name } => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// What a completed operation answered.
@@ -260,9 +316,21 @@ fn read_event(event: &Value, operations: &mut Vec<Option<Operation>>) -> Result<
 /// The answer `value` to `call`, as recorded.
 fn answer_of(call: &Call, value: &Value) -> Result<Answer> {
     let answer = match (call, value) {
-        (Call::Read { .. }, Value::Null) => Answer::Value(None),
-        (Call::Read { .. }, Value::Number(number)) => Answer::Value(number.as_i64()),
-        (Call::Write { .. } | Call::Add { .. }, Value::Null) => Answer::Done,
+        (Call::Read { .. } | Call::MemberRead { .. }, Value::Null) => Answer::Value(None),
+        (Call::Read { .. } | Call::MemberRead { .. }, Value::Number(number)) => {
+            Answer::Value(number.as_i64())
+        }
+        (
+            Call::Write { .. }
+            | Call::Add { .. }
+            | Call::MemberWrite { .. }
+            | Call::Launch { .. }
+            | Call::Start { .. }
+            | Call::Stop { .. }
+            | Call::Delete { .. }
+            | Call::Restore { .. },
+            Value::Null,
+        ) => Answer::Done,
         (Call::Cas { .. }, Value::Bool(swapped)) => Answer::Swapped(*swapped),
         (Call::Incr, Value::Number(number)) => {
             Answer::Counter(number.as_i64().ok_or_else(|| anyhow!("bad counter"))?)
@@ -300,6 +368,30 @@ mod tests {
             ),
             (Call::Add { element: 9 }, None),
             (Call::Incr, Some(Answer::Counter(3))),
+            (
+                Call::MemberRead {
+                    member: "m1".into(),
+                    key: "user.chaos.0".into(),
+                },
+                Some(Answer::Value(Some(7))),
+            ),
+            (
+                Call::MemberWrite {
+                    member: "m1".into(),
+                    key: "user.chaos.0".into(),
+                    value: 8,
+                },
+                Some(Answer::Done),
+            ),
+            (
+                Call::Launch {
+                    name: "c1".into(),
+                    recreate: true,
+                },
+                Some(Answer::Done),
+            ),
+            (Call::Stop { name: "c1".into() }, None),
+            (Call::Delete { name: "c1".into() }, Some(Answer::Done)),
             (Call::Read { key: "r".into() }, Some(Answer::Value(Some(5)))),
         ];
         for (call, answer) in calls {

@@ -7,16 +7,19 @@
 //! - [`netns`]: the namespaces, the bridge and the DROP rules.
 //! - [`nemesis`]: the faults (kill, pause, partitions, membership changes) and the member
 //!   processes they hit; recovery and role checks.
-//! - [`workload`]: the clients (registers, set, counter) on the client library.
+//! - [`workload`]: the clients (registers, set, counter, member config, instances) on the
+//!   client library.
 //! - [`history`]: what the clients did, with monotonic timestamps.
 //! - [`linearizable`]: the linearizability checker (a bounded WGL search).
 //! - [`checks`]: the register, set and counter checks over a history.
+//! - [`instances`]: the instance check (records, containers on disk and the history agree).
 //! - [`rng`]: the seeded generator every choice is drawn from.
 //!
 //! Start at [`run`].
 
 pub mod checks;
 pub mod history;
+pub mod instances;
 pub mod linearizable;
 pub mod nemesis;
 pub mod netns;
@@ -44,6 +47,9 @@ pub const REGISTERS: u64 = 4;
 pub const REGISTER_CLIENTS: usize = 4;
 /// Clients on the set and the counter.
 pub const SET_CLIENTS: usize = 2;
+/// How long the instance check waits for records and containers to agree after the heal
+/// (self-healing, stale copies removed by the members' watchers, statuses reported).
+pub const INSTANCES_SETTLE: Duration = Duration::from_secs(90);
 /// How long one operation may take before its outcome counts as unknown.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most states the linearizability search visits per register.
@@ -86,6 +92,8 @@ pub struct Report {
     pub set: checks::SetFigures,
     /// The counter's final value.
     pub counter: Option<i64>,
+    /// The instance check's figures (`None`: instances were not part of the run).
+    pub instances: Option<instances::Figures>,
     /// Every violation found.
     pub violations: Vec<Violation>,
     /// Where the history and the logs were written, if they were.
@@ -126,6 +134,12 @@ impl Report {
             self.set.read,
             self.counter.map_or("not read".to_string(), |value| value.to_string())
         ));
+        if let Some(figures) = &self.instances {
+            lines.push(format!(
+                "instances: {} launches and {} deletes acknowledged, {} unknown; {} records and {} containers running at the end",
+                figures.launched, figures.deleted, figures.unknown, figures.records, figures.running
+            ));
+        }
         lines.push(self.recovery_line());
         if let Some(output) = &self.output {
             lines.push(format!("history and member logs in {}", output.display()));
@@ -192,6 +206,12 @@ pub async fn run(options: Options) -> Result<Report> {
         start,
     )
     .await?;
+    let with_instances = instances_possible();
+    if with_instances {
+        prepare_instances(&mut nemesis)
+            .await
+            .context("preparing the instance workload")?;
+    }
     let history = Arc::new(History::new(start));
     let shared = Arc::new(Shared {
         history: history.clone(),
@@ -200,24 +220,27 @@ pub async fn run(options: Options) -> Result<Report> {
         next_element: AtomicU64::new(0),
         registers: REGISTERS,
         operation_timeout: OPERATION_TIMEOUT,
+        next_instance: AtomicU64::new(0),
+        instance_prefix: format!("chaos{}", std::process::id() % 100_000),
     });
     tracing::info!("--- workload and faults");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut roles = vec![Role::Register; REGISTER_CLIENTS];
+    roles.extend([Role::Set; SET_CLIENTS]);
+    roles.push(Role::MemberConfig);
+    if with_instances {
+        roles.push(Role::Instances);
+    }
     let mut workers = Vec::new();
-    for process in 0..REGISTER_CLIENTS + SET_CLIENTS {
-        let role = if process < REGISTER_CLIENTS {
-            Role::Register
-        } else {
-            Role::Set
-        };
+    for (process, role) in roles.into_iter().enumerate() {
+        let bound = role.timeout(&shared) + workload::CONNECT_TIMEOUT + Duration::from_secs(2);
         let worker = Worker::new(process, role, options.seed, shared.clone());
-        workers.push(tokio::spawn(worker.run(stopped.clone())));
+        workers.push((bound, tokio::spawn(worker.run(stopped.clone()))));
     }
     let faults = nemesis.run(Instant::now() + options.time).await;
     // Clients see the healed cluster until here; each stops within one operation's timeout.
     let _ = stop.send(true);
-    for worker in workers {
-        let bound = OPERATION_TIMEOUT + workload::CONNECT_TIMEOUT + Duration::from_secs(2);
+    for (bound, worker) in workers {
         if tokio::time::timeout(bound, worker).await.is_err() {
             tracing::warn!("a client did not stop in time");
         }
@@ -227,8 +250,15 @@ pub async fn run(options: Options) -> Result<Report> {
     let (elements, counter) = final_reads(&nemesis, shared.next_element.load(Ordering::Relaxed))
         .await
         .context("the final reads after the heal")?;
+    let operations = history.operations();
+    let seen = if with_instances {
+        tracing::info!("--- the instances: records against containers");
+        Some(final_instances(&mut nemesis, &operations).await)
+    } else {
+        None
+    };
     tracing::info!("--- checking the history");
-    let mut report = check(options.seed, &history.operations(), &elements, counter);
+    let mut report = check(options.seed, &operations, &elements, counter, seen.as_ref());
     report.violations.extend(nemesis.violations.iter().cloned());
     report.faults = nemesis.figures.clone();
     let output = match (&options.keep, report.violations.is_empty()) {
@@ -241,19 +271,21 @@ pub async fn run(options: Options) -> Result<Report> {
         (None, true) => None,
     };
     if let Some(dir) = &output {
-        write_output(dir, &history, &nemesis, &report, &elements)
+        write_output(dir, &history, &nemesis, &report, &elements, seen.as_ref())
             .with_context(|| format!("writing the run's output to {}", dir.display()))?;
         report.output = Some(dir.clone());
     }
     Ok(report)
 }
 
-/// Checks a history and the final reads: every register, the set, the counter.
+/// Checks a history and the final reads: every register, the set, the counter, and the
+/// instances when `seen` holds what was seen of them.
 pub fn check(
     seed: u64,
     operations: &[history::Operation],
     elements: &[u64],
     counter: i64,
+    seen: Option<&instances::Seen>,
 ) -> Report {
     let mut report = Report {
         seed,
@@ -280,6 +312,11 @@ pub fn check(
     let (set_violations, set) = checks::set(operations, elements);
     violations.extend(set_violations);
     violations.extend(checks::counter(operations, counter));
+    if let Some(seen) = seen {
+        let (instance_violations, figures) = instances::check(operations, seen);
+        violations.extend(instance_violations);
+        report.instances = Some(figures);
+    }
     report.registers = registers;
     report.set = set;
     report.violations = violations;
@@ -299,7 +336,106 @@ pub fn check_kept(dir: &Path) -> Result<Report> {
         .as_i64()
         .ok_or_else(|| anyhow!("{} has no counter", path.display()))?;
     let seed = kept["seed"].as_u64().unwrap_or_default();
-    Ok(check(seed, &operations, &elements, counter))
+    let seen: Option<instances::Seen> = match kept.get("instances") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            Some(serde_json::from_value(value.clone()).context("final.json: instances")?)
+        }
+    };
+    Ok(check(seed, &operations, &elements, counter, seen.as_ref()))
+}
+
+/// Whether this run can have instances: containers need root and `/bin/busybox`.
+fn instances_possible() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let busybox = std::path::Path::new("/bin/busybox").is_file();
+    if !(root && busybox) {
+        tracing::warn!(
+            root,
+            busybox,
+            "no instance workload: containers need root and /bin/busybox"
+        );
+    }
+    root && busybox
+}
+
+/// Copies images to every member, lets self-healing recreate instances one second after a
+/// member is marked offline, and imports the busybox image as [`workload::IMAGE_ALIAS`].
+async fn prepare_instances(nemesis: &mut Nemesis) -> Result<()> {
+    for (key, value) in [
+        ("cluster.images_minimal_replica", "-1"),
+        ("cluster.healing_threshold", "1"),
+    ] {
+        let operation = Operation::ConfigSet {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        nemesis
+            .ask(operation, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("setting {key}"))?;
+    }
+    let dir = nemesis.root().join("image");
+    std::fs::create_dir_all(&dir)?;
+    let image = crate::containers::busybox_image(&dir)?;
+    let import = starling_runtime::images::ops::ImageOperation::Import {
+        path: image.to_string_lossy().into_owned(),
+        aliases: vec![workload::IMAGE_ALIAS.to_string()],
+        public: false,
+        properties: Default::default(),
+    };
+    nemesis
+        .ask(Operation::Image(import), Duration::from_secs(30))
+        .await
+        .context("importing the busybox image")?;
+    Ok(())
+}
+
+/// Reads the instance records and the containers on every member until they agree with the
+/// history, for up to [`INSTANCES_SETTLE`]; answers the last thing seen.
+async fn final_instances(
+    nemesis: &mut Nemesis,
+    operations: &[history::Operation],
+) -> instances::Seen {
+    let deadline = Instant::now() + INSTANCES_SETTLE;
+    let mut seen = instances::Seen::default();
+    loop {
+        let list = starling_runtime::instances::ops::InstanceOperation::List {
+            project: workload::PROJECT.to_string(),
+        };
+        match nemesis
+            .ask(Operation::Instance(list), OPERATION_TIMEOUT)
+            .await
+            .map_err(|error| format!("{error:#}"))
+            .and_then(|list| instances::records_of(&list))
+        {
+            Ok(records) => {
+                let members = nemesis.present_names();
+                let root = nemesis.root();
+                let binary = nemesis.binary().to_path_buf();
+                let containers = tokio::task::spawn_blocking(move || {
+                    instances::containers(&root, &members, &binary)
+                })
+                .await
+                .unwrap_or_default();
+                seen = instances::Seen {
+                    records,
+                    containers,
+                };
+                let (violations, _) = instances::check(operations, &seen);
+                if violations.is_empty() {
+                    return seen;
+                }
+                tracing::info!(first = %violations[0].what, count = violations.len(), "instances do not agree yet");
+            }
+            Err(error) => tracing::warn!(%error, "instances.list after the heal"),
+        }
+        if Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Reads the set's elements and the counter through running members, retrying for up to 30 s.
@@ -367,6 +503,7 @@ fn write_output(
     nemesis: &Nemesis,
     report: &Report,
     elements: &[u64],
+    seen: Option<&instances::Seen>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     history.write_json_lines(&dir.join("history.jsonl"))?;
@@ -374,6 +511,7 @@ fn write_output(
         "seed": report.seed,
         "elements": elements,
         "counter": report.counter,
+        "instances": seen,
     });
     std::fs::write(dir.join("final.json"), kept.to_string())?;
     std::fs::write(dir.join("faults.log"), nemesis.log.join("\n") + "\n")?;

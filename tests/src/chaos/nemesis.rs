@@ -7,7 +7,9 @@
 //! - `partition`: DROP rules inside the namespaces: the leader isolated, a majority and a
 //!   minority, a bridge (A–B–C, A and C cut off from each other), or one-way loss;
 //! - `join`: a member joins (a removed member's slot is reused, with a fresh directory);
-//! - `remove`: a member is removed (`cluster.remove`), never below three;
+//! - `remove`: a member is removed (`cluster.remove`), never below three, and never m1, whose
+//!   config the member-config workload reads and writes (a removed member's config goes
+//!   with it, which a register check would take for a lost write);
 //! - `promotion`: a voter killed for longer than the offline threshold, so that a stand-by
 //!   is promoted, then restarted.
 //!
@@ -122,6 +124,16 @@ pub struct Nemesis {
     pub violations: Vec<Violation>,
     /// Probe writes made (their values).
     probes: u64,
+    /// The `starling` binary (the containers' shim).
+    binary: PathBuf,
+}
+
+impl Drop for Nemesis {
+    /// Containers' monitors outlive the member processes: stop and delete them before the
+    /// members' directories go.
+    fn drop(&mut self) {
+        super::instances::remove_all(self.cluster.root(), &self.binary);
+    }
 }
 
 impl Nemesis {
@@ -136,6 +148,7 @@ impl Nemesis {
         start: Instant,
     ) -> Result<Nemesis> {
         let placement: Arc<dyn MemberPlacement> = network.clone();
+        let shim = binary.clone();
         let cluster = blocking(|| ProcessCluster::with_placement(binary, placement)?.started(1))
             .context("bootstrapping m1")?;
         let mut nemesis = Nemesis {
@@ -152,6 +165,7 @@ impl Nemesis {
             figures: FaultFigures::default(),
             violations: Vec::new(),
             probes: 0,
+            binary: shim,
         };
         nemesis.targets.add(&name(0), nemesis.cluster.dir(0));
         for slot in 1..members {
@@ -188,6 +202,21 @@ impl Nemesis {
     /// Members that ever ran (their slots).
     pub fn slots(&self) -> usize {
         self.lives.len()
+    }
+
+    /// The names of the members (not removed).
+    pub fn present_names(&self) -> Vec<String> {
+        self.present().into_iter().map(name).collect()
+    }
+
+    /// The `starling` binary the members run.
+    pub fn binary(&self) -> &std::path::Path {
+        &self.binary
+    }
+
+    /// Runs `operation` through a running member, trying up to three, within `timeout`.
+    pub async fn ask(&mut self, operation: Operation, timeout: Duration) -> Result<Value> {
+        self.operation(operation, timeout).await
     }
 
     /// Injects and heals faults until `deadline`, then heals everything and checks that the
@@ -515,6 +544,7 @@ impl Nemesis {
         let candidates: Vec<usize> = running
             .iter()
             .copied()
+            .filter(|&index| index != 0)
             .filter(|&index| Some(index) != leader || self.rng.chance(1, 4))
             .collect();
         let Some(&index) = self.rng.pick(&candidates) else {

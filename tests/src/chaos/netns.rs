@@ -188,9 +188,12 @@ impl MemberPlacement for Network {
 
     fn command(&self, index: usize, program: &Path) -> Result<Command> {
         self.ensure(index)?;
-        let mut command = Command::new("ip");
+        // `nsenter --net`, not `ip netns exec`: that also gives the process a mount namespace
+        // with a fresh /sys and no cgroup file systems, where containers cannot start.
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &self.namespace_name(index)])
+            .arg(format!("--net=/run/netns/{}", self.namespace_name(index)))
+            .arg("--")
             .arg(program);
         Ok(command)
     }

@@ -6,7 +6,12 @@
 //!   expecting the value the client last saw, on a few keys (`chaos/r/N`);
 //! - set clients: adds of unique elements (`kv.set` of a key of their own, under
 //!   `chaos/set/`, read back with `kv.list` at the end) and increments of a counter
-//!   (`kv.incr`, whose answers must all differ).
+//!   (`kv.incr`, whose answers must all differ);
+//! - a member-config client: reads and writes of `user.chaos.N` keys of member m1 (which the
+//!   nemesis never removes), through `cluster.get` / `cluster.set`, checked as registers;
+//! - an instance client: launches (half of them recreated by self-healing), stops, starts and
+//!   deletes busybox containers, each name used once, and restores members self-healing
+//!   evacuated, as an operator would; what runs where is checked at the end.
 //!
 //! Every operation is bounded by a timeout, after which its outcome is unknown (`info`).
 
@@ -18,6 +23,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use starling_runtime::automation::kv::KvOperation;
+use starling_runtime::evacuation::ops::EvacuationOperation;
+use starling_runtime::instances::ops::{CreateRequest, InstanceOperation};
 use starling_runtime::{Client, Error, Operation};
 use tokio::sync::watch;
 
@@ -32,10 +39,28 @@ pub const SET_BUCKET: u64 = 1_000;
 pub const SET_ADDS_MAX: u64 = 50_000;
 /// How long a client waits to connect to a member.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The member whose config the member-config client reads and writes (never removed).
+pub const CONFIG_MEMBER: &str = "m1";
+/// Member config registers (`user.chaos.0..`).
+pub const CONFIG_REGISTERS: u64 = 2;
+/// The image alias instances are launched from.
+pub const IMAGE_ALIAS: &str = "chaos";
+/// The project of the instances.
+pub const PROJECT: &str = "default";
+/// The most instances the instance client keeps at a time.
+pub const INSTANCES_MAX: usize = 4;
+/// How long an instance operation may take before its outcome counts as unknown (a launch
+/// may copy the image first).
+pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The key of register `index`.
 pub fn register_key(index: u64) -> String {
     format!("chaos/r/{index}")
+}
+
+/// The key of member config register `index`.
+pub fn config_key(index: u64) -> String {
+    format!("user.chaos.{index}")
 }
 
 /// The key of set element `element`.
@@ -89,6 +114,11 @@ pub struct Shared {
     pub registers: u64,
     /// How long an operation may take before its outcome counts as unknown.
     pub operation_timeout: Duration,
+    /// The next instance number.
+    pub next_instance: AtomicU64,
+    /// Instance names start with this (unique to the run: a container's cgroup is named
+    /// after it host-wide).
+    pub instance_prefix: String,
 }
 
 /// What a client does.
@@ -98,6 +128,27 @@ pub enum Role {
     Register,
     /// Adds to the set and increments the counter.
     Set,
+    /// Reads and writes member config keys.
+    MemberConfig,
+    /// Launches, stops, starts and deletes instances.
+    Instances,
+}
+
+impl Role {
+    /// The longest an operation of this role may take before its outcome is unknown.
+    pub fn timeout(self, shared: &Shared) -> Duration {
+        match self {
+            Role::Instances => INSTANCE_TIMEOUT,
+            _ => shared.operation_timeout,
+        }
+    }
+}
+
+/// An instance the instance client made, as it last knew it.
+struct Owned {
+    name: String,
+    /// Running, as far as the client knows (`None`: the last operation's outcome is unknown).
+    running: Option<bool>,
 }
 
 /// One client: its connections, its random stream and what it last saw of each register.
@@ -108,6 +159,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     connections: Connections,
     last_seen: HashMap<u64, Option<i64>>,
+    owned: Vec<Owned>,
 }
 
 impl Worker {
@@ -120,6 +172,7 @@ impl Worker {
             shared,
             connections: Connections::default(),
             last_seen: HashMap::new(),
+            owned: Vec::new(),
         }
     }
 
@@ -129,6 +182,8 @@ impl Worker {
             match self.role {
                 Role::Register => self.register_operation().await,
                 Role::Set => self.set_operation().await,
+                Role::MemberConfig => self.member_config_operation().await,
+                Role::Instances => self.instance_operation().await,
             }
             // A little room between operations, so that the clients do not starve the members
             // of the two cores they share.
@@ -175,7 +230,7 @@ impl Worker {
                 },
             )
         };
-        let outcome = self.perform(call.clone(), operation).await;
+        let outcome = self.perform(call.clone(), Operation::Kv(operation)).await;
         if let Outcome::Ok { answer } = &outcome {
             let seen = match (&call, answer) {
                 (_, Answer::Value(value)) => Some(*value),
@@ -195,7 +250,7 @@ impl Worker {
                 key: COUNTER_KEY.to_string(),
                 delta: 1,
             };
-            self.perform(Call::Incr, operation).await;
+            self.perform(Call::Incr, Operation::Kv(operation)).await;
             return;
         }
         let element = self.shared.next_element.fetch_add(1, Ordering::Relaxed);
@@ -206,11 +261,163 @@ impl Worker {
             key: set_key(element),
             value: Some(element.to_string()),
         };
-        self.perform(Call::Add { element }, operation).await;
+        self.perform(Call::Add { element }, Operation::Kv(operation))
+            .await;
+    }
+
+    async fn member_config_operation(&mut self) {
+        let key = config_key(self.rng.below(CONFIG_REGISTERS));
+        let member = CONFIG_MEMBER.to_string();
+        if self.rng.chance(1, 2) {
+            let operation = Operation::ClusterGet {
+                name: member.clone(),
+                key: key.clone(),
+            };
+            self.perform(Call::MemberRead { member, key }, operation)
+                .await;
+        } else {
+            let value = self.shared.next_value.fetch_add(1, Ordering::Relaxed);
+            let operation = Operation::ClusterSet {
+                name: member.clone(),
+                key: key.clone(),
+                value: value.to_string(),
+            };
+            self.perform(Call::MemberWrite { member, key, value }, operation)
+                .await;
+        }
+    }
+
+    async fn instance_operation(&mut self) {
+        if self.rng.chance(1, 12) {
+            self.restore_evacuated().await;
+            return;
+        }
+        if self.owned.len() < INSTANCES_MAX && (self.owned.is_empty() || self.rng.chance(1, 3)) {
+            let number = self.shared.next_instance.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{}-{number}", self.shared.instance_prefix);
+            let recreate = self.rng.chance(1, 2);
+            let mut config = std::collections::BTreeMap::new();
+            if recreate {
+                config.insert(
+                    starling_runtime::evacuation::plan::RECREATE_KEY.to_string(),
+                    "true".to_string(),
+                );
+            }
+            let request = CreateRequest {
+                project: PROJECT.to_string(),
+                name: Some(name.clone()),
+                image: IMAGE_ALIAS.to_string(),
+                target: None,
+                profiles: None,
+                config,
+                devices: Default::default(),
+                description: String::new(),
+                start: true,
+                ephemeral: false,
+            };
+            let operation = Operation::Instance(InstanceOperation::Create(request));
+            let call = Call::Launch {
+                name: name.clone(),
+                recreate,
+            };
+            let outcome = self.perform(call, operation).await;
+            match outcome {
+                Outcome::Ok { .. } => self.owned.push(Owned {
+                    name,
+                    running: Some(true),
+                }),
+                Outcome::Info { .. } => self.owned.push(Owned {
+                    name,
+                    running: None,
+                }),
+                Outcome::Fail { .. } => {}
+            }
+            return;
+        }
+        let Some(index) =
+            (!self.owned.is_empty()).then(|| self.rng.below(self.owned.len() as u64) as usize)
+        else {
+            return;
+        };
+        let name = self.owned[index].name.clone();
+        let project = PROJECT.to_string();
+        if self.rng.chance(1, 4) {
+            let operation = Operation::Instance(InstanceOperation::Delete {
+                project,
+                name: name.clone(),
+                force: true,
+            });
+            match self.perform(Call::Delete { name }, operation).await {
+                Outcome::Ok { .. } => {
+                    self.owned.remove(index);
+                }
+                Outcome::Info { .. } => self.owned[index].running = None,
+                Outcome::Fail { .. } => {}
+            }
+            return;
+        }
+        let start = match self.owned[index].running {
+            Some(running) => !running,
+            None => self.rng.chance(1, 2),
+        };
+        let (call, operation) = if start {
+            (
+                Call::Start { name: name.clone() },
+                InstanceOperation::Start { project, name },
+            )
+        } else {
+            (
+                Call::Stop { name: name.clone() },
+                InstanceOperation::Stop {
+                    project,
+                    name,
+                    force: true,
+                    timeout_s: 0,
+                },
+            )
+        };
+        self.owned[index].running = match self.perform(call, Operation::Instance(operation)).await {
+            Outcome::Ok { .. } => Some(start),
+            _ => None,
+        };
+    }
+
+    /// Restores the members self-healing evacuated, as an operator's automation would.
+    async fn restore_evacuated(&mut self) {
+        let Some((_, dir)) = self.shared.targets.pick(&mut self.rng) else {
+            return;
+        };
+        let members = match self.connections.client(&dir).await {
+            Ok(client) => {
+                let request = client.operation(Operation::ClusterMembers);
+                match tokio::time::timeout(self.shared.operation_timeout, request).await {
+                    Ok(Ok(members)) => members,
+                    _ => {
+                        self.connections.discard(&dir);
+                        return;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let evacuated: Vec<String> = members
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|member| member["status"] == "Evacuated")
+            .filter_map(|member| member["server_name"].as_str().map(str::to_string))
+            .collect();
+        for member in evacuated {
+            let operation = Operation::Evacuation(EvacuationOperation::Restore {
+                member: member.clone(),
+                action: None,
+            });
+            self.perform(Call::Restore { member }, operation).await;
+        }
     }
 
     /// Sends `operation` to a member picked at random, recording it as `call`.
-    async fn perform(&mut self, call: Call, operation: KvOperation) -> Outcome {
+    async fn perform(&mut self, call: Call, operation: Operation) -> Outcome {
         let Some((name, dir)) = self.shared.targets.pick(&mut self.rng) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Outcome::Fail {
@@ -226,12 +433,13 @@ impl Worker {
                 error: format!("cannot connect to {name}: {error}"),
             },
             Ok(client) => {
-                let request = client.operation(Operation::Kv(operation));
-                match tokio::time::timeout(self.shared.operation_timeout, request).await {
+                let timeout = self.role.timeout(&self.shared);
+                let request = client.operation(operation);
+                match tokio::time::timeout(timeout, request).await {
                     Err(_) => {
                         self.connections.discard(&dir);
                         Outcome::Info {
-                            error: format!("no answer within {:?}", self.shared.operation_timeout),
+                            error: format!("no answer within {timeout:?}"),
                         }
                     }
                     Ok(Ok(value)) => answer(&call, value),
@@ -279,7 +487,24 @@ fn answer(call: &Call, value: Value) -> Outcome {
         (Call::Read { .. }, Value::Number(number)) => {
             number.as_i64().map(|n| Answer::Value(Some(n)))
         }
+        // A member config key reads as a string, empty when unset.
+        (Call::MemberRead { .. }, Value::String(text)) if text.is_empty() => {
+            Some(Answer::Value(None))
+        }
+        (Call::MemberRead { .. }, Value::String(text)) => {
+            text.parse().ok().map(|n| Answer::Value(Some(n)))
+        }
         (Call::Write { .. } | Call::Add { .. }, Value::Null) => Some(Answer::Done),
+        // Their answers (a record, a report) say nothing the checks use: done is done.
+        (
+            Call::MemberWrite { .. }
+            | Call::Launch { .. }
+            | Call::Start { .. }
+            | Call::Stop { .. }
+            | Call::Delete { .. }
+            | Call::Restore { .. },
+            _,
+        ) => Some(Answer::Done),
         (Call::Cas { .. }, Value::Bool(swapped)) => Some(Answer::Swapped(*swapped)),
         (Call::Incr, Value::Number(number)) => number.as_i64().map(Answer::Counter),
         _ => None,
