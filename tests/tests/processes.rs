@@ -92,22 +92,29 @@ async fn acknowledged_write_survives_kill_of_all_members() -> Result<()> {
     Ok(())
 }
 
-/// Goal: with 2 of 3 voters gone, a request fails within seconds with the quorum message.
-/// Method: kill two members, then time a write and a read through the survivor.
+/// Goal: with 2 of 3 voters gone, a request fails within seconds with the quorum message: a
+/// write, a read, and a membership change (`cluster remove`, which used to wait out a 10 s
+/// membership timeout on the leader).
+/// Method: kill the two members that do not lead, then time each through the survivor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_fast_with_a_clear_message() -> Result<()> {
     init_tracing();
     let mut cluster = ProcessCluster::start(3).await?;
     cluster.wait_roles(0, 3, 0).await?;
+    let leader = cluster.leader(0).await?;
+    let others: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
     tracing::info!("--- kill 2 of 3 voters");
-    cluster.kill(1)?;
-    cluster.kill(2)?;
+    for index in &others {
+        cluster.kill(*index)?;
+    }
+    let removed = format!("m{}", others[0] + 1);
     for args in [
         &["config", "set", "user.x=1"][..],
         &["config", "get", "user.x"][..],
+        &["cluster", "remove", &removed][..],
     ] {
         let started = Instant::now();
-        let output = cluster.cli(0, args)?;
+        let output = cluster.cli(leader, args)?;
         let elapsed = started.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(

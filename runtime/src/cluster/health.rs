@@ -417,9 +417,52 @@ async fn carry_out(
 /// How long a voter has to answer the ping that counts reachable voters.
 const QUORUM_PING_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// The "no quorum" error with a fresh count: voters that answer a ping within
-/// [`QUORUM_PING_TIMEOUT`].
+/// Voters reachable now: those that answer a ping within [`QUORUM_PING_TIMEOUT`], this
+/// member included when it votes.
+pub(crate) struct Reachable {
+    /// Voters that answered (or this member).
+    pub reachable: usize,
+    /// Voters in the membership this member knows.
+    pub voters: usize,
+}
+
+impl Reachable {
+    /// Voters a commit needs.
+    pub fn needed(&self) -> usize {
+        self.voters / 2 + 1
+    }
+
+    /// Whether a majority answered.
+    pub fn quorum(&self) -> bool {
+        self.voters > 0 && self.reachable >= self.needed()
+    }
+
+    /// The "no quorum" error of this count.
+    pub fn no_quorum(&self) -> Error {
+        Error::NoQuorum {
+            reachable: self.reachable,
+            voters: self.voters,
+            needed: self.needed(),
+        }
+    }
+}
+
+/// The "no quorum" error with a fresh count ([`reachable_voters`]).
 pub(crate) async fn quorum_error(member: &Member) -> Error {
+    let count = reachable_voters(member).await;
+    if count.quorum() {
+        // A majority answers: an election is under way, and a retry will find its winner.
+        return Error::LeadershipChanged(format!(
+            "no leader answered in time although {} of {} voters are reachable; \
+             a leader election is probably under way, retry",
+            count.reachable, count.voters
+        ));
+    }
+    count.no_quorum()
+}
+
+/// Counts the voters that answer a ping within [`QUORUM_PING_TIMEOUT`].
+pub(crate) async fn reachable_voters(member: &Member) -> Reachable {
     let (voters, addresses): (Vec<NodeId>, Vec<(NodeId, String)>) = {
         let metrics = member.raft().metrics();
         let metrics = metrics.borrow_watched();
@@ -442,20 +485,9 @@ pub(crate) async fn quorum_error(member: &Member) -> Error {
                 matches!(reply, Ok(Ok(Reply::Pong))).then_some(())
             });
     let answered = join_all(pings).await.into_iter().flatten().count();
-    let reachable = answered + usize::from(voters.contains(&member.id()));
-    let needed = voters.len() / 2 + 1;
-    if reachable >= needed && !voters.is_empty() {
-        // A majority answers: an election is under way, and a retry will find its winner.
-        return Error::LeadershipChanged(format!(
-            "no leader answered in time although {reachable} of {} voters are reachable; \
-             a leader election is probably under way, retry",
-            voters.len()
-        ));
-    }
-    Error::NoQuorum {
-        reachable,
+    Reachable {
+        reachable: answered + usize::from(voters.contains(&member.id())),
         voters: voters.len(),
-        needed,
     }
 }
 

@@ -20,6 +20,9 @@ use crate::Error;
 
 /// How long a membership change may take.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one membership change may take to commit once proposed (the cluster had a
+/// majority a moment before; a healthy one commits in milliseconds).
+const MEMBERSHIP_COMMIT: Duration = Duration::from_secs(3);
 
 /// Where the latest Raft membership stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,8 +229,9 @@ impl Member {
             tokio::spawn(notify);
             return Ok(Value::Null);
         }
+        // The removal took effect: not `Refused`, which would say that nothing changed.
         notify.await.map_err(|error| {
-            Error::Refused(format!(
+            Error::Incomplete(format!(
                 "member \"{name}\" was removed from the cluster but did not reset itself ({error}): \
                  stop it and delete its data directory"
             ))
@@ -314,12 +318,18 @@ impl Member {
         change: impl Fn(&RaftRoles) -> (ChangeMembers<NodeId, openraft::BasicNode>, bool),
     ) -> Result<(), Error> {
         use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+        // Without a majority the change could only wait out its timeout: fail fast instead,
+        // as a write does.
+        let count = crate::cluster::health::reachable_voters(self).await;
+        if !count.quorum() {
+            return Err(count.no_quorum());
+        }
         let deadline = std::time::Instant::now() + MEMBERSHIP_TIMEOUT;
         loop {
             let (members, retain) = change(&RaftRoles::of(self));
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
             let attempt = self.raft().change_membership(members, retain);
-            match tokio::time::timeout(remaining, attempt).await {
+            match tokio::time::timeout(remaining.min(MEMBERSHIP_COMMIT), attempt).await {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     ChangeMembershipError::InProgress(_),
@@ -340,7 +350,15 @@ impl Member {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok(Err(error)) => return Err(Error::Refused(format!("{what}: {error}"))),
-                Err(_) => return Err(self.unavailable().await),
+                // Proposed, not committed in time (the quorum went while it waited).
+                Err(_) => {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "{what}: the change was proposed and did not commit within {} s ({}); \
+                         it may still commit",
+                        MEMBERSHIP_COMMIT.as_secs(),
+                        self.unavailable().await
+                    )))
+                }
             }
         }
     }

@@ -149,7 +149,14 @@ struct Owned {
     name: String,
     /// Running, as far as the client knows (`None`: the last operation's outcome is unknown).
     running: Option<bool>,
+    /// Operations on it refused in a row.
+    refusals: u32,
 }
+
+/// After this many refusals in a row the client forgets an instance (a launch whose outcome
+/// was unknown and did not take effect, a delete that did): it goes on with others, and the
+/// final check still covers it.
+const REFUSALS_MAX: u32 = 2;
 
 /// One client: its connections, its random stream and what it last saw of each register.
 pub struct Worker {
@@ -325,10 +332,12 @@ impl Worker {
                 Outcome::Ok { .. } => self.owned.push(Owned {
                     name,
                     running: Some(true),
+                    refusals: 0,
                 }),
                 Outcome::Info { .. } => self.owned.push(Owned {
                     name,
                     running: None,
+                    refusals: 0,
                 }),
                 Outcome::Fail { .. } => {}
             }
@@ -352,7 +361,7 @@ impl Worker {
                     self.owned.remove(index);
                 }
                 Outcome::Info { .. } => self.owned[index].running = None,
-                Outcome::Fail { .. } => {}
+                Outcome::Fail { .. } => self.refused(index),
             }
             return;
         }
@@ -376,10 +385,26 @@ impl Worker {
                 },
             )
         };
-        self.owned[index].running = match self.perform(call, Operation::Instance(operation)).await {
-            Outcome::Ok { .. } => Some(start),
-            _ => None,
-        };
+        match self.perform(call, Operation::Instance(operation)).await {
+            Outcome::Ok { .. } => {
+                self.owned[index].running = Some(start);
+                self.owned[index].refusals = 0;
+            }
+            Outcome::Info { .. } => self.owned[index].running = None,
+            Outcome::Fail { .. } => {
+                self.owned[index].running = None;
+                self.refused(index);
+            }
+        }
+    }
+
+    /// Counts a refusal of an operation on owned instance `index`, forgetting it after
+    /// [`REFUSALS_MAX`] in a row.
+    fn refused(&mut self, index: usize) {
+        self.owned[index].refusals += 1;
+        if self.owned[index].refusals >= REFUSALS_MAX {
+            self.owned.remove(index);
+        }
     }
 
     /// Restores the members self-healing evacuated, as an operator's automation would.
