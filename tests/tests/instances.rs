@@ -447,3 +447,39 @@ async fn a_launch_waits_for_a_member_unreachable_for_a_moment() -> Result<()> {
     assert_eq!(record["location"], "m3", "{record}");
     Ok(())
 }
+
+/// Goal: `exec` through a member whose copy of the state does not know the instance's member
+/// (a spare: outside Raft, its copy is the one it had when it left the replicas) asks the
+/// leader where that member is, instead of failing with "member not found".
+/// Method: 3 voters and no stand-bys (`cluster.max_standby=0`); m4 joins and is a spare, then
+/// m5 joins (m4's copy never hears of it); an instance is launched on m5; `exec` through m4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_through_a_spare_that_never_heard_of_the_instances_member() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox_on(3, Some("1")).await?;
+    cluster.cli_ok(0, &["config", "set", "cluster.max_standby=0"])?;
+    cluster.join(3)?;
+    wait_for("m4 to be a spare", Duration::from_secs(30), || async {
+        let members = cluster.members(0).ok()?;
+        let spare = members
+            .as_array()?
+            .iter()
+            .any(|member| member["server_name"] == "m4" && member["database"] == false);
+        spare.then_some(())
+    })
+    .await?;
+    cluster.join(4)?;
+    let _more_leftovers = LeftoverContainers {
+        pools: (3..5)
+            .map(|index| cluster.dir(index).join("storage-pools/default"))
+            .collect(),
+    };
+    cluster.cli_ok(0, &["launch", "bb", "far", "--target", "m5"])?;
+    let (code, stdout, stderr) = exec(&cluster, 3, "far", &["hostname"])?;
+    assert_eq!((code, stdout.trim()), (0, "far"), "{stderr}");
+    Ok(())
+}

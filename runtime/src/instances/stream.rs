@@ -87,24 +87,39 @@ impl Member {
             return Ok(self.exec_stream(&key, request, responder).await);
         }
         let location = &location;
-        let record = self
-            .local_state(|state| state.members.get(location).cloned())
-            .ok_or_else(|| Error::Refused(format!("member \"{location}\" not found")))?;
-        // An evacuated member still runs what it holds.
-        if record.status == MemberStatus::Offline {
-            return Err(Error::Refused(format!(
-                "instance \"{}\" is on member \"{location}\", which is {}",
-                call.name,
-                record.status.as_str()
-            )));
-        }
+        let known = self.local_state(|state| state.members.get(location).cloned());
+        let address = match known {
+            // An evacuated member still runs what it holds.
+            Some(record) if record.status == MemberStatus::Offline => {
+                return Err(Error::Refused(format!(
+                    "instance \"{}\" is on member \"{location}\", which is {}",
+                    call.name,
+                    record.status.as_str()
+                )));
+            }
+            Some(record) => record.address,
+            // This member's copy does not know the member yet (it joined, or this member
+            // did, a moment ago): the leader's records say where it is.
+            None => {
+                let member = crate::Operation::ClusterMember {
+                    name: location.clone(),
+                };
+                let found = Box::pin(self.execute(member, crate::Caller::local())).await?;
+                found["address"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("the record of member {location} has no address"))
+                    })?
+            }
+        };
         let request = Request::InstanceExecLocal {
             key,
             argv: call.argv,
             env: call.env,
             cwd,
         };
-        let mut answers = self.request_stream(&record.address, &request).await?;
+        let mut answers = self.request_stream(&address, &request).await?;
         loop {
             match answers.next::<Reply>(SILENCE_MAX).await? {
                 Some(output @ Reply::ExecOutput { .. }) => {

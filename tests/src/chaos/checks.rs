@@ -282,16 +282,7 @@ fn first_few(elements: &[u64]) -> String {
 mod tests {
     use super::*;
 
-    fn operation(id: usize, call: Call, outcome: Option<Outcome>) -> Operation {
-        Operation {
-            id,
-            process: 0,
-            call,
-            member: "m1".to_string(),
-            invoke_ns: id as u64 * 100,
-            completion: outcome.map(|outcome| (id as u64 * 100 + 50, outcome)),
-        }
-    }
+    use crate::chaos::history::test_operation as operation;
 
     fn ok(answer: Answer) -> Option<Outcome> {
         Some(Outcome::Ok { answer })

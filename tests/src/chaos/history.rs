@@ -263,6 +263,20 @@ impl History {
     }
 }
 
+/// Operation `id` made by process 0 on m1, invoked at `id`×100 ns and completed 50 ns later
+/// with `outcome` (`None`: still open), for the checkers' tests.
+#[cfg(test)]
+pub(crate) fn test_operation(id: usize, call: Call, outcome: Option<Outcome>) -> Operation {
+    Operation {
+        id,
+        process: 0,
+        call,
+        member: "m1".to_string(),
+        invoke_ns: id as u64 * 100,
+        completion: outcome.map(|outcome| (id as u64 * 100 + 50, outcome)),
+    }
+}
+
 /// Reads a history written by [`History::write_json_lines`] back (to check it again).
 pub fn read_json_lines(path: &Path) -> Result<Vec<Operation>> {
     let text =

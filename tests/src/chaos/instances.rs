@@ -253,16 +253,7 @@ mod tests {
     use super::*;
     use crate::chaos::history::Answer;
 
-    fn operation(id: usize, call: Call, outcome: Option<Outcome>) -> Operation {
-        Operation {
-            id,
-            process: 0,
-            call,
-            member: "m1".into(),
-            invoke_ns: id as u64 * 10,
-            completion: outcome.map(|outcome| (id as u64 * 10 + 5, outcome)),
-        }
-    }
+    use crate::chaos::history::test_operation as operation;
 
     fn ok() -> Option<Outcome> {
         Some(Outcome::Ok {
