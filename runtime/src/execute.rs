@@ -132,7 +132,7 @@ impl Member {
                     .requests
                     .outcome(crate::once::command_id(request_id, 0))
             }) {
-                return crate::once::replay(self, operation, request_id, outcome);
+                return crate::once::replay(self, operation, request_id, outcome).await;
             }
             return crate::once::scope(request_id, self.execute_here(operation, origin)).await;
         }

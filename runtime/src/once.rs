@@ -66,7 +66,7 @@ pub(crate) fn tag(command: Command) -> Command {
 
 /// The answer to a write whose first command was already applied: its first outcome, with the
 /// value rebuilt from the state where the operation returns one.
-pub(crate) fn replay(
+pub(crate) async fn replay(
     member: &Member,
     operation: &Operation,
     request_id: u128,
@@ -91,6 +91,11 @@ pub(crate) fn replay(
         // `scripts.run` claims its run first: the claim's id is that command's id.
         Operation::Script(crate::automation::scripts::ScriptOperation::Run { .. }) => {
             member.run_by_claim(command_id(request_id, 0))
+        }
+        // A create's first command writes the record; the rest of it (the root file system on
+        // the member) may not have happened: finish it.
+        Operation::Instance(crate::instances::ops::InstanceOperation::Create(request)) => {
+            Box::pin(member.resume_create(request, command_id(request_id, 0))).await
         }
         // A kv write proposes one command: its answer is kept under that command's id.
         Operation::Kv(

@@ -377,6 +377,47 @@ async fn instances_across_the_cluster() -> Result<()> {
     }
     assert_eq!(info(&cluster, 0, &broken)?["status"], "Error");
 
+    tracing::info!(
+        "--- a launch cut off after its record, sent again as the same request, is finished"
+    );
+    // m3 is dead but not yet offline: the record is written on it, its root file system
+    // cannot be. Sent again with the same request id once m3 is back, the launch must create
+    // and start it (before, the repeat was answered from the first command's outcome, `ok`,
+    // and the record stayed without a container).
+    cluster.kill(2)?;
+    let resumed = name("resumed");
+    let request = CreateRequest {
+        project: "default".into(),
+        name: Some(resumed.clone()),
+        image: "bb".into(),
+        target: Some("m3".into()),
+        profiles: None,
+        config: Default::default(),
+        devices: Default::default(),
+        description: String::new(),
+        start: true,
+        ephemeral: false,
+    };
+    let request_id = (0x5eed_u128 << 64) | u128::from(suffix);
+    let launch = Operation::Instance(InstanceOperation::Create(request));
+    let client = Client::local(&cluster.dir(0)).await?;
+    let first = client.operation_with_id(launch.clone(), request_id).await;
+    assert!(
+        first.is_err(),
+        "a launch on a dead member answered {first:?}"
+    );
+    cluster.restart(2)?;
+    cluster.wait_ready(2)?;
+    let again = client.operation_with_id(launch, request_id).await;
+    client.close();
+    assert!(again.is_ok(), "the repeated launch answered {again:?}");
+    let record = wait_status(&cluster, &resumed, "Running").await?;
+    assert_eq!(record["location"], "m3", "{record}");
+    let uuid = record["config"]["volatile.uuid"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(uuid.len(), 36, "{record}");
+
     tracing::info!("--- clean up");
     for record in instances(&cluster, 0)? {
         let name = record["name"].as_str().unwrap_or_default();

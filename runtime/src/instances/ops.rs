@@ -359,6 +359,7 @@ pub fn plan_create(
     devices::check_devices(&devices, &|pool: &str| state.pools.contains_key(pool))?;
     let mut own_config = request.config.clone();
     own_config.insert(BASE_IMAGE_KEY.to_string(), image.fingerprint.clone());
+    own_config.insert(UUID_KEY.to_string(), uuid_of(random));
     for property in IMAGE_PROPERTIES {
         let value = match *property {
             "architecture" => Some(&image.architecture),
@@ -560,7 +561,12 @@ impl Member {
 
     /// `instances.launch` and `instances.create`.
     async fn create_instance(&self, request: &CreateRequest) -> Result<Value, Error> {
-        let random = crate::token::random_u128()?;
+        // Within a request, the id of its first command: a retry of the request finds the
+        // record by it (`volatile.uuid`, see `resume_create`).
+        let random = match crate::once::next_command_id() {
+            Some(id) => id,
+            None => crate::token::random_u128()?,
+        };
         let new = self
             .local_state(|state| plan_create(state, request, now_ms(), random))
             .map_err(Error::Refused)?;
@@ -580,13 +586,63 @@ impl Member {
             .await;
         self.placement_done(&location);
         recorded?;
+        // The record now in the state decides: the one just written, or the one an earlier
+        // attempt of this request wrote (the store applied the command once and answered its
+        // first outcome), with the location that attempt chose.
+        self.resume_create(request, random).await
+    }
+
+    /// A create whose record an earlier attempt of the same request wrote (the answer of that
+    /// attempt was lost, or it failed part-way, as when its leader was cut off right after the
+    /// record): finishes it, or answers the record when it was finished. `first_command` is
+    /// the id of the request's first command, from which the record's `volatile.uuid` was made.
+    pub(crate) async fn resume_create(
+        &self,
+        request: &CreateRequest,
+        first_command: u128,
+    ) -> Result<Value, Error> {
+        let uuid = uuid_of(first_command);
+        let project = request.project.as_str();
+        let found = self.local_state(|state| {
+            state
+                .instances
+                .values()
+                .find(|instance| {
+                    instance.project == project
+                        && instance.config.get(UUID_KEY) == Some(&uuid)
+                        && request
+                            .name
+                            .as_ref()
+                            .is_none_or(|name| *name == instance.name)
+                })
+                .cloned()
+        });
+        let Some(instance) = found else {
+            return Err(Error::Refused(format!(
+                "the instance an earlier attempt of this request created ({}) was deleted since",
+                request.name.as_deref().unwrap_or("unnamed")
+            )));
+        };
+        match instance.status {
+            InstanceStatus::Creating | InstanceStatus::Error => {
+                tracing::info!(instance = %instance.name, location = %instance.location, "finishing a create an earlier attempt of the request began");
+                self.finish_create(instance, request.start).await
+            }
+            _ => Ok(self.local_state(|state| instance_json(state, &instance))),
+        }
+    }
+
+    /// After the record: the image on the instance's member, then its root file system
+    /// unpacked there (and started when `start`).
+    async fn finish_create(&self, instance: Instance, start: bool) -> Result<Value, Error> {
+        let location = instance.location.clone();
         let prepared = async {
             self.ensure_image_on(&instance.image, &location).await?;
             let config = self.local_state(|state| state.expanded(&instance).0);
             let operation = LocalOperation::Create {
                 key: key_of(&instance),
                 fingerprint: instance.image.clone(),
-                start: request.start.then_some(config),
+                start: start.then_some(config),
             };
             self.on_location(&instance, operation).await
         }
@@ -818,6 +874,24 @@ impl Member {
             Err(error) => Err(error),
         }
     }
+}
+
+/// LXD's `volatile.uuid`: the instance's identity, made from the id of the request that
+/// created it (so a retry of that request finds it).
+pub const UUID_KEY: &str = "volatile.uuid";
+
+/// A version-4-shaped UUID made of `bits`.
+pub fn uuid_of(bits: u128) -> String {
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// The driver's key of an instance.

@@ -1,9 +1,12 @@
 //! The instance check: after the heal, what the cluster's records say and what really runs
 //! on each member agree with each other and with the history. An instance is never lost (an
-//! acknowledged launch that no delete was sent for has a record), never comes back (an
-//! acknowledged delete leaves no record), never runs on two members, never runs where its
-//! record does not place it, and its record says `Running` exactly when its container runs
-//! on its member. The check is pure ([`check`]); [`observe`] reads the members' pools.
+//! acknowledged launch that no delete was sent for has a record, and its container on its
+//! member), never comes back (an acknowledged delete leaves no record), never runs on two
+//! members, never runs where its record does not place it, and its record says `Running`
+//! exactly when its container runs on its member. A record that says `Running` or `Stopped`
+//! has its container; one in `Error` (or `Creating`) may lack it only when the history says
+//! something went wrong (a launch or a delete whose outcome was unknown or failed). The check
+//! is pure ([`check`]); [`containers`] reads the members' pools.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -152,6 +155,11 @@ pub fn check(operations: &[Operation], seen: &Seen) -> (Vec<Violation>, Figures)
         }
     }
     for (name, record) in &seen.records {
+        let history = told.get(name.as_str());
+        // Acknowledged and never (maybe) deleted: its files must be there, whatever the status.
+        let must_exist = history.is_some_and(|history| {
+            history.launch_ok && !history.delete_ok && !history.delete_maybe
+        });
         let runs_there = seen
             .containers
             .get(&record.location)
@@ -172,10 +180,16 @@ pub fn check(operations: &[Operation], seen: &Seen) -> (Vec<Violation>, Figures)
                 record.location
             )),
             (_, Some(false)) => {}
-            (status, None) => flag(format!(
-                "instance {name}: recorded {status} on {}, which has no container of it",
+            ("Stopped", None) => flag(format!(
+                "instance {name}: recorded Stopped on {}, which has no container of it",
                 record.location
             )),
+            (status, None) if must_exist => flag(format!(
+                "instance {name}: launched (acknowledged), never deleted, recorded {status} on {}, \
+                 which has no container of it",
+                record.location
+            )),
+            (_, None) => {}
         }
     }
     (violations, figures)
@@ -414,6 +428,48 @@ mod tests {
         assert!(violations
             .iter()
             .any(|v| v.contains("instance c: recorded Running on m2, which has no")));
+    }
+
+    /// The case seed 7 found in 30 minutes: an acknowledged launch whose record says
+    /// `Creating` on a member without its container. A record in `Error` without a container
+    /// after a launch or a delete whose outcome was unknown is what those errors said.
+    #[test]
+    fn an_acknowledged_launch_without_files_is_found() {
+        let mut seen = Seen::default();
+        seen.records.insert(
+            "a".into(),
+            Record {
+                location: "m2".into(),
+                status: "Creating".into(),
+            },
+        );
+        let violations = checks_of(&[launch(0, "a", ok())], &seen);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("recorded Creating on m2"),
+            "{violations:?}"
+        );
+        seen.records.insert(
+            "b".into(),
+            Record {
+                location: "m2".into(),
+                status: "Error".into(),
+            },
+        );
+        seen.records.insert(
+            "c".into(),
+            Record {
+                location: "m3".into(),
+                status: "Error".into(),
+            },
+        );
+        let operations = [
+            launch(0, "a", ok()),
+            launch(1, "b", info()),
+            launch(2, "c", ok()),
+            delete(3, "c", info()),
+        ];
+        assert_eq!(checks_of(&operations, &seen).len(), 1);
     }
 
     #[test]
