@@ -19,6 +19,22 @@ use starling_tests::containers::{
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
 
+/// The launch of image `bb` as `name` on member `target`.
+fn launch_of(name: &str, target: &str) -> CreateRequest {
+    CreateRequest {
+        project: "default".into(),
+        name: Some(name.to_string()),
+        image: "bb".into(),
+        target: Some(target.to_string()),
+        profiles: None,
+        config: Default::default(),
+        devices: Default::default(),
+        description: String::new(),
+        start: true,
+        ephemeral: false,
+    }
+}
+
 /// The median of `samples`, in milliseconds.
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
@@ -347,18 +363,10 @@ async fn instances_across_the_cluster() -> Result<()> {
 
     tracing::info!("--- a launch that fails after its record is written does not say Refused");
     let broken = name("broken");
-    let request = CreateRequest {
-        project: "default".into(),
-        name: Some(broken.clone()),
-        image: "bb".into(),
-        target: Some("m2".into()),
-        profiles: None,
-        config: [("starling.init".to_string(), "/bin/nothing-here".to_string())].into(),
-        devices: Default::default(),
-        description: String::new(),
-        start: true,
-        ephemeral: false,
-    };
+    let mut request = launch_of(&broken, "m2");
+    request
+        .config
+        .insert("starling.init".to_string(), "/bin/nothing-here".to_string());
     let client = Client::local(&cluster.dir(0)).await?;
     let answer = client
         .operation(Operation::Instance(InstanceOperation::Create(request)))
@@ -386,18 +394,7 @@ async fn instances_across_the_cluster() -> Result<()> {
     // and the record stayed without a container).
     cluster.kill(2)?;
     let resumed = name("resumed");
-    let request = CreateRequest {
-        project: "default".into(),
-        name: Some(resumed.clone()),
-        image: "bb".into(),
-        target: Some("m3".into()),
-        profiles: None,
-        config: Default::default(),
-        devices: Default::default(),
-        description: String::new(),
-        start: true,
-        ephemeral: false,
-    };
+    let request = launch_of(&resumed, "m3");
     let request_id = (0x5eed_u128 << 64) | u128::from(suffix);
     let launch = Operation::Instance(InstanceOperation::Create(request));
     let client = Client::local(&cluster.dir(0)).await?;
