@@ -14,8 +14,11 @@
 //! Until step 4 the record says the source, which still has its container; after it, the
 //! target, which has its copy. A failure before step 4 removes the target's copy and starts
 //! the instance again on the source if it ran; one after it leaves a stale copy on the source,
-//! which that member removes ([`super::watch`]). So the instance never runs on two members and
-//! is never lost.
+//! which that member removes ([`super::watch`]). So one move never runs the instance on two
+//! members or loses it. Two moves of the same instance at once are kept apart only on one
+//! leader (`InstanceState::moves`): a former leader still moving an instance that its
+//! successor moves too can discard the target's copy before the other records the move there,
+//! and the instance is then lost (found by `starling-chaos`, seed 7; not fixed yet).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
