@@ -1,7 +1,8 @@
 //! A stopped container's root file system, moved between members.
 //!
 //! The source packs `rootfs/` as an image tarball (`metadata.yaml` and `rootfs/`, uncompressed)
-//! into `<pool>/exports/<project>_<name>.tar`, hashing it as it writes
+//! into `<pool>/exports/<project>_<name>.tar` (written under a name of its own, then renamed
+//! over it, so that a send under way keeps its whole file), hashing it as it writes
 //! ([`LocalOperation::Export`](super::local::LocalOperation::Export)). The target fetches it
 //! ([`Request::InstanceExport`]: a length frame, then the raw bytes, as an image copy), verifies
 //! the SHA-256, unpacks it with the driver (which refuses entries that would land outside the
@@ -50,7 +51,29 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Packs `rootfs` into the tarball `path`; returns its SHA-256 (hex) and size. Blocking.
+///
+/// The tarball is written beside `path` under a name of its own, then renamed over it: a send
+/// of an earlier pack that has `path` open goes on reading that whole file. (Two moves of one
+/// instance at once, by a former leader and its successor, pack it twice; writing in place
+/// cut the first send short.)
 fn pack(rootfs: &Path, path: &Path) -> std::io::Result<(String, u64)> {
+    static PACKS: AtomicU64 = AtomicU64::new(0);
+    let partial = path.with_extension(format!(
+        "tar.{}-{}.partial",
+        std::process::id(),
+        PACKS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let packed = pack_into(rootfs, &partial).and_then(|packed| {
+        std::fs::rename(&partial, path)?;
+        Ok(packed)
+    });
+    if packed.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    packed
+}
+
+fn pack_into(rootfs: &Path, path: &Path) -> std::io::Result<(String, u64)> {
     let file = std::fs::File::create(path)?;
     let writer = Hashing {
         inner: std::io::BufWriter::with_capacity(1 << 20, file),
@@ -99,11 +122,7 @@ impl Member {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let packed = pack(&rootfs, &path);
-            if packed.is_err() {
-                let _ = std::fs::remove_file(&path);
-            }
-            packed
+            pack(&rootfs, &path)
         })
         .await
         .map_err(|error| Error::Internal(error.to_string()))?
@@ -283,6 +302,45 @@ impl Member {
                 "the root file system of {key} from {source} hashes to {hash}, expected {sha256}"
             )));
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Goal: a second pack of an instance (a second move of it at once) leaves a send of the
+    /// first, which has the tarball open, reading the whole first tarball.
+    /// Method: pack, open the tarball and read a little, change the root file system and pack
+    /// again, then read the rest through the open file: the bytes must be the first tarball.
+    #[test]
+    fn a_second_pack_leaves_a_send_of_the_first_whole() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc"))?;
+        std::fs::write(rootfs.join("etc/hostname"), b"first\n")?;
+        std::fs::write(rootfs.join("big"), vec![7u8; 3 << 20])?;
+        let path = dir.path().join("exports.tar");
+        let (first_sha, first_size) = pack(&rootfs, &path)?;
+        let mut sending = std::fs::File::open(&path)?;
+        let mut bytes = vec![0u8; 4096];
+        sending.read_exact(&mut bytes)?;
+        std::fs::write(rootfs.join("etc/added"), vec![1u8; 1 << 20])?;
+        let (second_sha, second_size) = pack(&rootfs, &path)?;
+        assert_ne!(second_sha, first_sha);
+        sending.read_to_end(&mut bytes)?;
+        assert_eq!(bytes.len() as u64, first_size);
+        let mut hasher = Context::new(&SHA256);
+        hasher.update(&bytes);
+        assert_eq!(hex::encode(hasher.finish().as_ref()), first_sha);
+        assert_eq!(std::fs::metadata(&path)?.len(), second_size);
+        let left: Vec<_> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(left.is_empty(), "a partial tarball was left behind");
         Ok(())
     }
 }
