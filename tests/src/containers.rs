@@ -105,11 +105,19 @@ pub struct LeftoverContainers {
 impl Drop for LeftoverContainers {
     fn drop(&mut self) {
         let Ok(shim) = starling_binary() else { return };
-        for pool in &self.pools {
-            let driver = Driver::new(pool.clone(), shim.clone());
-            for key in driver.list().unwrap_or_default() {
-                let _ = driver.stop(&key, Duration::ZERO, true);
-                let _ = driver.delete(&key);
+        remove_containers(&self.pools, &shim);
+    }
+}
+
+/// Stops and deletes every container in `pools` through the driver (`shim`: the `starling`
+/// binary); a container that cannot be deleted is logged and left.
+pub fn remove_containers(pools: &[PathBuf], shim: &Path) {
+    for pool in pools {
+        let driver = Driver::new(pool.clone(), shim.to_path_buf());
+        for key in driver.list().unwrap_or_default() {
+            let _ = driver.stop(&key, Duration::ZERO, true);
+            if let Err(error) = driver.delete(&key) {
+                tracing::warn!(instance = %key, %error, "could not delete a container");
             }
         }
     }

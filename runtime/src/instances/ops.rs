@@ -604,18 +604,21 @@ impl Member {
         let uuid = uuid_of(first_command);
         let project = request.project.as_str();
         let found = self.local_state(|state| {
-            state
-                .instances
-                .values()
-                .find(|instance| {
-                    instance.project == project
-                        && instance.config.get(UUID_KEY) == Some(&uuid)
-                        && request
-                            .name
-                            .as_ref()
-                            .is_none_or(|name| *name == instance.name)
-                })
-                .cloned()
+            let ours = |instance: &&Instance| instance.config.get(UUID_KEY) == Some(&uuid);
+            match &request.name {
+                // Every create comes here: a named one is looked up, not searched for.
+                Some(name) => state
+                    .instances
+                    .get(&(project.to_string(), name.clone()))
+                    .filter(ours)
+                    .cloned(),
+                None => state
+                    .instances
+                    .values()
+                    .filter(|instance| instance.project == project)
+                    .find(ours)
+                    .cloned(),
+            }
         });
         let Some(instance) = found else {
             return Err(Error::Refused(format!(

@@ -128,17 +128,11 @@ pub fn check(operations: &[Operation], seen: &Seen) -> (Vec<Violation>, Figures)
                 figures.running += 1;
                 running_on.entry(name).or_default().push(member);
             }
-            let placed_here = seen
-                .records
-                .get(name)
-                .is_some_and(|record| &record.location == member);
-            if !placed_here {
-                let record = seen
-                    .records
-                    .get(name)
-                    .map_or("no record".to_string(), |record| {
-                        format!("placed on {}", record.location)
-                    });
+            let record = seen.records.get(name);
+            if record.is_none_or(|record| &record.location != member) {
+                let record = record.map_or("no record".to_string(), |record| {
+                    format!("placed on {}", record.location)
+                });
                 let how = if *running { "runs" } else { "has files" };
                 flag(format!(
                     "instance {name}: {how} on {member}, but its record says {record}"
@@ -247,19 +241,12 @@ pub fn remove_all(root: &Path, shim: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    for entry in entries.flatten() {
-        let pool = entry.path().join("storage-pools/default");
-        if !pool.is_dir() {
-            continue;
-        }
-        let driver = Driver::new(pool, shim.to_path_buf());
-        for key in driver.list().unwrap_or_default() {
-            let _ = driver.stop(&key, std::time::Duration::ZERO, true);
-            if let Err(error) = driver.delete(&key) {
-                tracing::warn!(instance = %key, %error, "could not delete a container");
-            }
-        }
-    }
+    let pools: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| pool(root, &entry.file_name().to_string_lossy()))
+        .filter(|pool| pool.is_dir())
+        .collect();
+    crate::containers::remove_containers(&pools, shim);
 }
 
 #[cfg(test)]
@@ -293,13 +280,20 @@ mod tests {
         operation(id, Call::Delete { name: name.into() }, outcome)
     }
 
+    fn recorded(seen: &mut Seen, name: &str, member: &str, status: &str) {
+        let record = Record {
+            location: member.into(),
+            status: status.into(),
+        };
+        seen.records.insert(name.into(), record);
+    }
+
     fn running_on(seen: &mut Seen, name: &str, member: &str, running: bool) {
-        seen.records.insert(
-            name.into(),
-            Record {
-                location: member.into(),
-                status: if running { "Running" } else { "Stopped" }.into(),
-            },
+        recorded(
+            seen,
+            name,
+            member,
+            if running { "Running" } else { "Stopped" },
         );
         seen.containers
             .entry(member.into())
@@ -436,33 +430,15 @@ mod tests {
     #[test]
     fn an_acknowledged_launch_without_files_is_found() {
         let mut seen = Seen::default();
-        seen.records.insert(
-            "a".into(),
-            Record {
-                location: "m2".into(),
-                status: "Creating".into(),
-            },
-        );
+        recorded(&mut seen, "a", "m2", "Creating");
         let violations = checks_of(&[launch(0, "a", ok())], &seen);
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(
             violations[0].contains("recorded Creating on m2"),
             "{violations:?}"
         );
-        seen.records.insert(
-            "b".into(),
-            Record {
-                location: "m2".into(),
-                status: "Error".into(),
-            },
-        );
-        seen.records.insert(
-            "c".into(),
-            Record {
-                location: "m3".into(),
-                status: "Error".into(),
-            },
-        );
+        recorded(&mut seen, "b", "m2", "Error");
+        recorded(&mut seen, "c", "m3", "Error");
         let operations = [
             launch(0, "a", ok()),
             launch(1, "b", info()),

@@ -124,15 +124,13 @@ pub struct Nemesis {
     pub violations: Vec<Violation>,
     /// Probe writes made (their values).
     probes: u64,
-    /// The `starling` binary (the containers' shim).
-    binary: PathBuf,
 }
 
 impl Drop for Nemesis {
     /// Containers' monitors outlive the member processes: stop and delete them before the
     /// members' directories go.
     fn drop(&mut self) {
-        super::instances::remove_all(self.cluster.root(), &self.binary);
+        super::instances::remove_all(self.cluster.root(), self.cluster.binary());
     }
 }
 
@@ -148,7 +146,6 @@ impl Nemesis {
         start: Instant,
     ) -> Result<Nemesis> {
         let placement: Arc<dyn MemberPlacement> = network.clone();
-        let shim = binary.clone();
         let cluster = blocking(|| ProcessCluster::with_placement(binary, placement)?.started(1))
             .context("bootstrapping m1")?;
         let mut nemesis = Nemesis {
@@ -165,7 +162,6 @@ impl Nemesis {
             figures: FaultFigures::default(),
             violations: Vec::new(),
             probes: 0,
-            binary: shim,
         };
         nemesis.targets.add(&name(0), nemesis.cluster.dir(0));
         for slot in 1..members {
@@ -211,7 +207,7 @@ impl Nemesis {
 
     /// The `starling` binary the members run.
     pub fn binary(&self) -> &std::path::Path {
-        &self.binary
+        self.cluster.binary()
     }
 
     /// Runs `operation` through a running member, trying up to three, within `timeout`.

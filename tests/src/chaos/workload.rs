@@ -328,18 +328,14 @@ impl Worker {
                 recreate,
             };
             let outcome = self.perform(call, operation).await;
-            match outcome {
-                Outcome::Ok { .. } => self.owned.push(Owned {
+            if !matches!(outcome, Outcome::Fail { .. }) {
+                // Running if the launch was acknowledged; unknown if its outcome is.
+                let running = matches!(outcome, Outcome::Ok { .. }).then_some(true);
+                self.owned.push(Owned {
                     name,
-                    running: Some(true),
+                    running,
                     refusals: 0,
-                }),
-                Outcome::Info { .. } => self.owned.push(Owned {
-                    name,
-                    running: None,
-                    refusals: 0,
-                }),
-                Outcome::Fail { .. } => {}
+                });
             }
             return;
         }
