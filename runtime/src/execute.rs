@@ -81,8 +81,12 @@ impl Member {
                 ));
             }
         }
-        // A status report vouches for a container on a member: members only.
-        if let Operation::Instance(crate::instances::ops::InstanceOperation::Report(_)) = operation
+        // A status report vouches for a container on a member, and a move's settling is
+        // asked by the member holding its copy: members only.
+        if let Operation::Instance(
+            crate::instances::ops::InstanceOperation::Report(_)
+            | crate::instances::ops::InstanceOperation::SettleMove { .. },
+        ) = operation
         {
             if caller.client.is_some() {
                 return Err(Error::NotAuthorized(

@@ -141,16 +141,7 @@ pub enum Request {
     /// Asks the receiver to fetch a moving instance's root file system from `source` (an
     /// address), verify and unpack it; answered with `Progress` frames, then `Ack`. Members
     /// only.
-    InstanceReceive {
-        /// The instance.
-        key: crate::instances::driver::InstanceKey,
-        /// The address of the member it comes from.
-        source: String,
-        /// The SHA-256 of the packed tarball.
-        sha256: String,
-        /// Its size in bytes.
-        size: u64,
-    },
+    InstanceReceive(crate::instances::transfer::Receive),
     /// The receiver's hardware resources (placement scriptlets); answered as `MemberState`
     /// (JSON text); members only.
     MemberResources,

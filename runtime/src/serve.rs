@@ -328,18 +328,8 @@ impl Handler for Service {
                 self.member.serve_export(&key, &mut responder).await;
                 return;
             }
-            (
-                Request::InstanceReceive {
-                    key,
-                    source,
-                    sha256,
-                    size,
-                },
-                Registered::Member,
-            ) => {
-                self.member
-                    .serve_receive(&key, &source, &sha256, size, &mut responder)
-                    .await
+            (Request::InstanceReceive(receive), Registered::Member) => {
+                self.member.serve_receive(&receive, &mut responder).await
             }
             (Request::InstanceLocal { operation }, Registered::Member) => {
                 let result = Box::pin(self.member.instance_local(&operation)).await;

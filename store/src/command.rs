@@ -228,6 +228,9 @@ impl Command {
                     | I::InstanceUpdate { .. }
                     | I::InstanceStatus { .. }
                     | I::InstanceMove { .. }
+                    | I::InstanceMoveClaim { .. }
+                    | I::InstanceMoveClaimed { .. }
+                    | I::InstanceMoveRelease { .. }
                     | I::InstanceRename { .. }
                     | I::InstanceDelete { .. }
             ),

@@ -22,6 +22,11 @@ pub const DEFAULT_POOL: &str = "default";
 pub const DEFAULT_GROUP: &str = "default";
 /// Most devices one instance or profile may have.
 pub const DEVICES_MAX: usize = 64;
+/// The config key holding the id of the move that has claimed an instance
+/// ([`InstanceCommand::InstanceMoveClaim`]); kept by the cluster, never by an update.
+pub const MOVE_CLAIM_KEY: &str = "volatile.move.id";
+/// Most bytes of a move id.
+pub const MOVE_ID_BYTES_MAX: usize = 64;
 
 /// Devices by name, each a map of keys (`type`, `path`, `pool`, `size`, ...).
 pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
@@ -274,6 +279,54 @@ pub enum InstanceCommand {
         /// Its groups (at least one).
         groups: Vec<String>,
     },
+    /// Claims instance `name`, on member `from` (refused if it is elsewhere), for move `id`
+    /// ([`MOVE_CLAIM_KEY`]). A later claim replaces an earlier one, whose move can then no
+    /// longer be recorded: of two moves of one instance at once (a former leader's and its
+    /// successor's), at most the one holding the claim lands.
+    InstanceMoveClaim {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// Where it must be now.
+        from: String,
+        /// The move's id.
+        id: String,
+    },
+    /// Records claimed move `id`: as [`InstanceCommand::InstanceMove`], and refused unless
+    /// `id` still holds the claim, which ends.
+    InstanceMoveClaimed {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// The move's id.
+        id: String,
+        /// Where it must be now.
+        from: String,
+        /// The new member.
+        location: String,
+        /// Config keys to set (`Some`) or remove (`None`).
+        config: BTreeMap<String, Option<String>>,
+    },
+    /// Ends move `id`'s claim without moving the instance; refused if `id` no longer holds
+    /// it. Once applied, move `id` can never be recorded.
+    InstanceMoveRelease {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// The move's id.
+        id: String,
+    },
+}
+
+/// Checks a move id: not empty, at most [`MOVE_ID_BYTES_MAX`] bytes.
+fn check_move_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("a move id cannot be empty".to_string());
+    }
+    check_len("move id", id, MOVE_ID_BYTES_MAX)
 }
 
 /// Checks a name for a project, profile or group: LXD's object-name rules.
@@ -471,6 +524,40 @@ impl InstanceCommand {
                 groups
                     .iter()
                     .try_for_each(|group| check_len("group name", group, NAME_BYTES_MAX))
+            }
+            InstanceCommand::InstanceMoveClaim {
+                project,
+                name,
+                from,
+                id,
+            } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                check_len("member name", from, NAME_BYTES_MAX)?;
+                check_move_id(id)
+            }
+            InstanceCommand::InstanceMoveClaimed {
+                project,
+                name,
+                id,
+                from,
+                location,
+                config,
+            } => {
+                check_move_id(id)?;
+                InstanceCommand::InstanceMove {
+                    project: project.clone(),
+                    name: name.clone(),
+                    from: from.clone(),
+                    location: location.clone(),
+                    config: config.clone(),
+                }
+                .check_fields()
+            }
+            InstanceCommand::InstanceMoveRelease { project, name, id } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                check_move_id(id)
             }
         }
     }
@@ -778,7 +865,14 @@ impl ClusterState {
                 }
                 let instance = self.instance_mut(project, name)?;
                 if let Some(config) = &changes.config {
+                    // The claim of a move is the cluster's: an update read before it (or
+                    // naming one) neither ends nor forges it.
+                    let claim = instance.config.get(MOVE_CLAIM_KEY).cloned();
                     instance.config = config.clone();
+                    match claim {
+                        Some(claim) => instance.config.insert(MOVE_CLAIM_KEY.to_string(), claim),
+                        None => instance.config.remove(MOVE_CLAIM_KEY),
+                    };
                 }
                 if let Some(devices) = &changes.devices {
                     instance.devices = devices.clone();
@@ -835,6 +929,8 @@ impl ClusterState {
                         None => instance.config.remove(key),
                     };
                 }
+                // Whatever move had claimed it can no longer be recorded.
+                instance.config.remove(MOVE_CLAIM_KEY);
                 Ok(())
             }
             InstanceCommand::InstanceRename { project, from, to } => {
@@ -934,6 +1030,65 @@ impl ClusterState {
                 record.groups = unique;
                 Ok(())
             }
+            InstanceCommand::InstanceMoveClaim {
+                project,
+                name,
+                from,
+                id,
+            } => {
+                let instance = self.instance_mut(project, name)?;
+                if instance.location != *from {
+                    return Err(format!(
+                        "instance \"{name}\" is on member \"{}\", not \"{from}\"",
+                        instance.location
+                    ));
+                }
+                instance
+                    .config
+                    .insert(MOVE_CLAIM_KEY.to_string(), id.clone());
+                Ok(())
+            }
+            InstanceCommand::InstanceMoveClaimed {
+                project,
+                name,
+                id,
+                from,
+                location,
+                config,
+            } => {
+                self.check_move_claim(project, name, id)?;
+                self.apply_instance(&InstanceCommand::InstanceMove {
+                    project: project.clone(),
+                    name: name.clone(),
+                    from: from.clone(),
+                    location: location.clone(),
+                    config: config.clone(),
+                })
+            }
+            InstanceCommand::InstanceMoveRelease { project, name, id } => {
+                self.check_move_claim(project, name, id)?;
+                self.instance_mut(project, name)?
+                    .config
+                    .remove(MOVE_CLAIM_KEY);
+                Ok(())
+            }
+        }
+    }
+
+    /// Refuses unless move `id` holds the claim of instance `name`.
+    fn check_move_claim(&self, project: &str, name: &str, id: &str) -> Result<(), String> {
+        let instance = self
+            .instances
+            .get(&key(project, name))
+            .ok_or_else(|| format!("instance \"{name}\" not found in project \"{project}\""))?;
+        match instance.config.get(MOVE_CLAIM_KEY) {
+            Some(claim) if claim == id => Ok(()),
+            Some(claim) => Err(format!(
+                "move {id} of instance \"{name}\" was overtaken by move {claim}"
+            )),
+            None => Err(format!(
+                "move {id} of instance \"{name}\" no longer holds its claim"
+            )),
         }
     }
 
@@ -1171,6 +1326,103 @@ pub(crate) mod tests {
         assert!(again.contains("is on member \"m2\", not \"m1\""), "{again}");
         let nowhere = apply(&mut state, moving("m2", "m9")).unwrap_err();
         assert!(nowhere.contains("m9"), "{nowhere}");
+    }
+
+    /// Goal: of two moves of one instance at once, only the one holding the claim can be
+    /// recorded; a released or overtaken claim never lands; an update neither ends nor forges a
+    /// claim; an unclaimed move (a recreate) ends any claim. Every refusal changes nothing.
+    /// Method: claims, records and releases applied in the orders two leaders could commit.
+    #[test]
+    fn a_move_lands_only_while_it_holds_the_claim() {
+        let mut state = with_members(&["m2", "m3"]);
+        with_image(&mut state);
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate {
+                instance: instance("c1", &["default"]),
+            },
+        )
+        .unwrap();
+        let c1 = key(DEFAULT_PROJECT, "c1");
+        let claim = |from: &str, id: &str| InstanceCommand::InstanceMoveClaim {
+            project: DEFAULT_PROJECT.into(),
+            name: "c1".into(),
+            from: from.into(),
+            id: id.into(),
+        };
+        let record = |id: &str, from: &str, to: &str| InstanceCommand::InstanceMoveClaimed {
+            project: DEFAULT_PROJECT.into(),
+            name: "c1".into(),
+            id: id.into(),
+            from: from.into(),
+            location: to.into(),
+            config: BTreeMap::new(),
+        };
+        let release = |id: &str| InstanceCommand::InstanceMoveRelease {
+            project: DEFAULT_PROJECT.into(),
+            name: "c1".into(),
+            id: id.into(),
+        };
+        // A former leader's move x is overtaken by its successor's y.
+        apply(&mut state, claim("m1", "x")).unwrap();
+        apply(&mut state, claim("m1", "y")).unwrap();
+        let before = state.clone();
+        let late = apply(&mut state, record("x", "m1", "m2")).unwrap_err();
+        assert!(late.contains("overtaken by move y"), "{late}");
+        assert!(apply(&mut state, release("x")).is_err());
+        assert_eq!(
+            state, before,
+            "a refused record or release changed the state"
+        );
+        apply(&mut state, record("y", "m1", "m3")).unwrap();
+        assert_eq!(state.instances[&c1].location, "m3");
+        assert!(!state.instances[&c1].config.contains_key(MOVE_CLAIM_KEY));
+        let again = apply(&mut state, record("y", "m1", "m3")).unwrap_err();
+        assert!(again.contains("no longer holds its claim"), "{again}");
+        assert!(
+            apply(&mut state, claim("m1", "z")).is_err(),
+            "claimed from where it is not"
+        );
+        // A released claim can never be recorded.
+        apply(&mut state, claim("m3", "r")).unwrap();
+        apply(&mut state, release("r")).unwrap();
+        assert!(apply(&mut state, record("r", "m3", "m2")).is_err());
+        assert_eq!(state.instances[&c1].location, "m3");
+        // An update keeps the claim, whatever its config says of it.
+        apply(&mut state, claim("m3", "u")).unwrap();
+        for config in [
+            BTreeMap::new(),
+            BTreeMap::from([(MOVE_CLAIM_KEY.to_string(), "forged".to_string())]),
+        ] {
+            apply(
+                &mut state,
+                InstanceCommand::InstanceUpdate {
+                    project: DEFAULT_PROJECT.into(),
+                    name: "c1".into(),
+                    changes: InstanceChanges {
+                        config: Some(config),
+                        ..InstanceChanges::default()
+                    },
+                },
+            )
+            .unwrap();
+            assert_eq!(state.instances[&c1].config[MOVE_CLAIM_KEY], "u");
+        }
+        // A recreate elsewhere (an unclaimed move) ends the claim.
+        apply(
+            &mut state,
+            InstanceCommand::InstanceMove {
+                project: DEFAULT_PROJECT.into(),
+                name: "c1".into(),
+                from: "m3".into(),
+                location: "m2".into(),
+                config: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        assert!(apply(&mut state, record("u", "m2", "m1")).is_err());
+        let empty = claim("m2", "").check_fields().unwrap_err();
+        assert!(empty.contains("move id"), "{empty}");
     }
 
     /// Goal: profiles expand in order under the instance's own keys; a profile in use cannot

@@ -406,6 +406,13 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             from,
             location,
             ..
+        }
+        | I::InstanceMoveClaimed {
+            project,
+            name,
+            from,
+            location,
+            ..
         } => vec![with(
             event("instance-migrated", instance_path(name), project, location),
             "old_location",
@@ -453,6 +460,8 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             "",
             member,
         )],
+        // A claim is the cluster's bookkeeping of a move; the move itself is the event.
+        I::InstanceMoveClaim { .. } | I::InstanceMoveRelease { .. } => Vec::new(),
     }
 }
 

@@ -409,6 +409,24 @@ pub async fn raw_request(
     ca_cert_pem: &str,
     request: &starling_runtime::protocol::Request,
 ) -> std::result::Result<starling_runtime::protocol::Reply, starling_transport::Error> {
+    raw_request_within(
+        address,
+        identity,
+        ca_cert_pem,
+        request,
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// [`raw_request`], waiting up to `timeout` for the answer.
+pub async fn raw_request_within(
+    address: &str,
+    identity: starling_transport::Identity,
+    ca_cert_pem: &str,
+    request: &starling_runtime::protocol::Request,
+    timeout: Duration,
+) -> std::result::Result<starling_runtime::protocol::Reply, starling_transport::Error> {
     let endpoint = starling_transport::Endpoint::new(starling_transport::EndpointConfig {
         identity,
         bind: "127.0.0.1:0".parse().expect("a valid bind address"),
@@ -420,7 +438,7 @@ pub async fn raw_request(
     let socket = address.parse().expect("a member address is IP:PORT");
     let connection = endpoint.connect(socket, &trust).await?;
     let reply = connection
-        .request::<_, starling_runtime::protocol::Reply>(request, Duration::from_secs(10))
+        .request::<_, starling_runtime::protocol::Reply>(request, timeout)
         .await;
     endpoint.close();
     reply

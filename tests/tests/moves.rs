@@ -1,8 +1,9 @@
 //! Instance moves on real member processes with real containers: a running instance is
 //! stopped, moved and started again with its files; a stopped one moves to a group; a move cut
 //! off by the death of its target leaves the instance whole, and running, on its source; bad
-//! moves are refused with what is wrong; an ephemeral instance survives a move and goes when it
-//! stops; a spare member runs instances like any other.
+//! moves are refused with what is wrong; a rival move's clean-up never removes the copy a move
+//! records; a move that loses its quorum part-way keeps the instance; an ephemeral instance survives a move and goes when it stops; a spare
+//! member runs instances like any other.
 //!
 //! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
 //! `busybox-static`). As another user the test prints why and returns.
@@ -96,10 +97,24 @@ async fn instances_move_whole() -> Result<()> {
 
     tracing::info!("--- a late discard of the copy the records place there is refused");
     let holder = here.trim_start_matches('m').parse::<usize>()? - 1;
+    // Even one naming the copy's own stamp (the last move's id, whose claim ended with it).
+    let stamp = std::fs::read_to_string(
+        cluster
+            .dir(holder)
+            .join("storage-pools/default/containers/default_c1/move-id"),
+    )
+    .ok();
+    assert!(stamp.is_some(), "the moved copy has no stamp");
+    let record = info(&cluster, 0, "c1")?;
+    assert!(
+        record["config"].get("volatile.move.id").is_none(),
+        "a landed move kept its claim: {record}"
+    );
     let dir = starling_runtime::datadir::DataDir::new(&cluster.dir(0));
     let request = starling_runtime::protocol::Request::InstanceLocal {
         operation: starling_runtime::instances::local::LocalOperation::Discard {
             key: starling_runtime::instances::driver::InstanceKey::new("default", "c1"),
+            stamp,
         },
     };
     let reply = starling_tests::raw_request(
@@ -178,6 +193,193 @@ async fn a_move_cut_off_by_its_target_leaves_the_instance_on_its_source() -> Res
     })
     .await?;
     assert_eq!(info(&cluster, 0, "big")?["location"], "m1");
+    Ok(())
+}
+
+/// Goal: the clean-up of a rival move of the same instance (a former leader's, whose move
+/// failed) never removes the copy a move under way brought, which that move then records:
+/// the instance stays whole. (`starling-chaos` seeds 7 and 3 found it lost this way: the
+/// rival's clean-up came between the copy and the record, when the records still placed the
+/// instance on its source.)
+/// Method: 3 member processes; an instance with 400 MB of files moves from m1 to m3; while
+/// m3 is receiving it, the test, with a member's certificate, asks m3 to discard its copy
+/// as a failed rival move would (with that move's own id), so the request waits for the
+/// receive and is handled just before the move is recorded. (Sent as every clean-up was
+/// before moves had ids, without one, the copy went and the move was then recorded there: the
+/// test failed with "recorded on m3, which has no copy of it".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rival_moves_clean_up_never_removes_the_copy_a_move_records() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
+    cluster.cli_ok(0, &["launch", "bb", "big", "--target", "m1"])?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        0,
+        "big",
+        &[
+            "sh",
+            "-c",
+            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
+        ],
+    )?;
+    ensure!(code == 0, "filling the container: {stderr}");
+    cluster.cli_ok(0, &["stop", "big", "--force"])?;
+
+    let mover = cluster.spawn_cli(0, &["move", "big", "--target", "m3"])?;
+    wait_for(
+        "the copy to be under way",
+        Duration::from_secs(30),
+        || async {
+            let out = cluster
+                .cli_ok(0, &["exec", "return instances.moves()"])
+                .ok()?;
+            out.contains("sending").then_some(())
+        },
+    )
+    .await?;
+    let dir = starling_runtime::datadir::DataDir::new(&cluster.dir(1));
+    let request = starling_runtime::protocol::Request::InstanceLocal {
+        operation: starling_runtime::instances::local::LocalOperation::Discard {
+            key: starling_runtime::instances::driver::InstanceKey::new("default", "big"),
+            stamp: Some("a-rival-move".to_string()),
+        },
+    };
+    let reply = starling_tests::raw_request_within(
+        &cluster.address(2)?,
+        dir.load_identity("member")?,
+        &dir.load_ca()?,
+        &request,
+        Duration::from_secs(300),
+    )
+    .await?;
+    println!("the rival's clean-up was answered {reply:?}");
+    let output = mover.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the move failed: {stderr}");
+    let record = info(&cluster, 0, "big")?;
+    assert_eq!(record["location"], "m3", "{record}");
+    assert!(
+        container_exists(&cluster, 2, "big"),
+        "the instance is recorded on m3, which has no copy of it: lost"
+    );
+    cluster.cli_ok(0, &["start", "big"])?;
+    let (code, stdout, _) = exec(&cluster, 0, "big", &["cat", "/root/mark"])?;
+    assert_eq!((code, stdout.trim()), (0, "kept"));
+    Ok(())
+}
+
+/// Goal: a move that loses its quorum part-way (so whether its record landed is not known
+/// to it) never loses the instance: it says the outcome is unknown and keeps both copies;
+/// once the voters are back, the member the record names has the container with its files,
+/// and the other copy goes (the copy the move stamped is settled with the leader: the move's
+/// claim ends, then the copy is removed).
+/// Method: 5 member processes (3 voters, 2 stand-bys); an instance with 400 MB of files on a
+/// stand-by moves to the other stand-by; the two voters that do not lead are paused with
+/// SIGSTOP once the move is packing or sending; once the move has given up, one voter
+/// resumes (only the former leader, whose log is at least as long, can then win an
+/// election), then the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_loses_its_quorum_keeps_the_instance() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_busybox(5, false).await?;
+    let members = cluster.wait_roles(0, 3, 2).await?;
+    let leader = cluster.leader(0).await?;
+    let leader_name = format!("m{}", leader + 1);
+    let index = |name: &str| name.trim_start_matches('m').parse::<usize>().map(|n| n - 1);
+    let followers = starling_tests::with_role(&members, "database")
+        .into_iter()
+        .filter(|name| *name != leader_name)
+        .map(|name| index(&name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let standbys = starling_tests::with_role(&members, "database-standby");
+    ensure!(
+        followers.len() == 2 && standbys.len() == 2,
+        "roles: {members}"
+    );
+    let (source, target) = (standbys[0].clone(), standbys[1].clone());
+    let (source_index, target_index) = (index(&source)?, index(&target)?);
+
+    cluster.cli_ok(leader, &["launch", "bb", "big", "--target", &source])?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        leader,
+        "big",
+        &[
+            "sh",
+            "-c",
+            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
+        ],
+    )?;
+    ensure!(code == 0, "filling the container: {stderr}");
+    cluster.cli_ok(leader, &["stop", "big", "--force"])?;
+
+    let mover = cluster.spawn_cli(leader, &["move", "big", "--target", &target])?;
+    wait_for(
+        "the move to be under way",
+        Duration::from_secs(30),
+        || async {
+            let out = cluster
+                .cli_ok(leader, &["exec", "return instances.moves()"])
+                .ok()?;
+            (out.contains("packing") || out.contains("sending")).then_some(())
+        },
+    )
+    .await?;
+    for follower in &followers {
+        cluster.signal(*follower, "STOP")?;
+    }
+    let output = mover.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("the move said: {}", stderr.trim());
+    assert!(
+        !output.status.success(),
+        "the move succeeded with two voters paused"
+    );
+    cluster.signal(followers[0], "CONT")?;
+    wait_for("a write to commit", Duration::from_secs(60), || async {
+        cluster
+            .cli_ok(leader, &["config", "set", "user.after-move=1"])
+            .ok()
+    })
+    .await?;
+    cluster.signal(followers[1], "CONT")?;
+
+    let record = info(&cluster, leader, "big")?;
+    let location = record["location"].as_str().unwrap_or_default().to_string();
+    println!("the record says {location}");
+    ensure!(
+        location == source || location == target,
+        "the instance is on {location}: {record}"
+    );
+    let at = index(&location)?;
+    let mark = cluster
+        .dir(at)
+        .join("storage-pools/default/containers/default_big/rootfs/root/mark");
+    let kept = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert_eq!(
+        kept.trim(),
+        "kept",
+        "the instance's member {location} has lost its files ({})",
+        mark.display()
+    );
+    let other = if at == source_index {
+        target_index
+    } else {
+        source_index
+    };
+    wait_for("the other copy to go", Duration::from_secs(60), || async {
+        (!container_exists(&cluster, other, "big")).then_some(())
+    })
+    .await?;
+    cluster.cli_ok(leader, &["start", "big"])?;
+    let (code, stdout, _) = exec(&cluster, leader, "big", &["cat", "/root/mark"])?;
+    assert_eq!((code, stdout.trim()), (0, "kept"));
     Ok(())
 }
 

@@ -76,6 +76,10 @@ pub enum LocalOperation {
     Discard {
         /// The instance.
         key: InstanceKey,
+        /// Only the copy with this stamp goes: a failed move's clean-up names its own id, a
+        /// moved instance's source the stamp its copy had when packed (`None`: none). Another
+        /// move's copy here (a rival's, or one that brought the instance back) stays.
+        stamp: Option<String>,
     },
     /// Pack the stopped container's root file system for a move; answers `{sha256, size}`.
     Export {
@@ -266,7 +270,17 @@ impl Member {
             }
             LocalOperation::Delete { key, force } => self.delete_local(key, *force).await,
             LocalOperation::Export { key } => self.export_local(key).await,
-            LocalOperation::Discard { key } => {
+            LocalOperation::Discard { key, stamp } => {
+                let lock = self.inner.instances.lock(key);
+                let _guard = lock.write().await;
+                let stamp_key = key.clone();
+                let here = self
+                    .blocking(move |driver| Ok(driver.move_stamp(&stamp_key)))
+                    .await?;
+                if here != *stamp {
+                    tracing::info!(instance = %key, asked = ?stamp, here = ?here, "the copy here is another move's: it stays");
+                    return Ok(json!({"removed": false}));
+                }
                 let located = self.located_by_leader(key).await?;
                 if located.as_deref() == Some(self.name().as_str()) {
                     return Err(Error::Refused(format!(
@@ -274,7 +288,7 @@ impl Member {
                         self.name()
                     )));
                 }
-                self.delete_local(key, true).await
+                self.delete_locked(key, true).await
             }
             LocalOperation::State { key } => {
                 let lock = self.inner.instances.lock(key);
@@ -337,9 +351,12 @@ impl Member {
         let started = std::time::Instant::now();
         let unpacked = if self.driver().container_dir(key).join("rootfs").is_dir() {
             // A create asked again (a leader that took over a recreate): the root file
-            // system is there already.
+            // system is there already. A given-up move's copy becomes the instance's own, so
+            // that settling that move no longer removes it.
             tracing::info!(instance = %key, "root file system present already");
-            Ok(())
+            let own_key = key.clone();
+            self.blocking(move |driver| driver.clear_move_stamp(&own_key))
+                .await
         } else if image.is_file() {
             self.blocking(move |driver| driver.unpack(&unpack_key, &image))
                 .await
@@ -432,6 +449,11 @@ impl Member {
     async fn delete_local(&self, key: &InstanceKey, force: bool) -> Result<Value, Error> {
         let lock = self.inner.instances.lock(key);
         let _guard = lock.write().await;
+        self.delete_locked(key, force).await
+    }
+
+    /// Deletes the container; the caller holds its lock.
+    async fn delete_locked(&self, key: &InstanceKey, force: bool) -> Result<Value, Error> {
         let state = match self.observe(key).await {
             Ok(state) => state,
             // Never unpacked, or deleted already: nothing left here.

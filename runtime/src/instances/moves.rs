@@ -3,22 +3,31 @@
 //! The steps, each one safe to stop after:
 //! 1. placement: a named member, or `@group` with reason `relocation` (an evacuation places
 //!    with reason `evacuation`); never the member it is on;
-//! 2. a running instance is stopped on its member;
-//! 3. the source packs the root file system ([`super::transfer`]) and the target fetches,
-//!    verifies and unpacks it;
-//! 4. one Raft command moves the record (`InstanceMove`, refused unless the record is still on
-//!    the source, so it never applies twice), with any config change (an evacuation's
+//! 2. the move claims the instance under a fresh id (`InstanceMoveClaim`, refused unless the
+//!    record is on the source; a later claim replaces it);
+//! 3. a running instance is stopped on its member;
+//! 4. the source packs the root file system ([`super::transfer`]) and the target fetches,
+//!    verifies and unpacks it, stamping the copy with the move's id; a target that has a
+//!    container of that instance already refuses;
+//! 5. one Raft command moves the record (`InstanceMoveClaimed`, refused unless the record is
+//!    still on the source and the move still holds the claim, so it never applies twice and
+//!    never after another move's claim), with any config change (an evacuation's
 //!    `volatile.evacuate.origin`);
-//! 5. the source deletes its copy; a running instance starts on the target.
+//! 6. the source deletes its copy; a running instance starts on the target.
 //!
-//! Until step 4 the record says the source, which still has its container; after it, the
-//! target, which has its copy. A failure before step 4 removes the target's copy and starts
-//! the instance again on the source if it ran; one after it leaves a stale copy on the source,
-//! which that member removes ([`super::watch`]). So one move never runs the instance on two
-//! members or loses it. Two moves of the same instance at once are kept apart only on one
-//! leader (`InstanceState::moves`): a former leader still moving an instance that its
-//! successor moves too can discard the target's copy before the other records the move there,
-//! and the instance is then lost (found by `starling-chaos`, seed 7; not fixed yet).
+//! Until step 5 the record says the source, which still has its container; after it, the
+//! target, which has its copy. A failure before step 5 removes the target's copy (only a copy
+//! stamped with this move's id) and starts the instance again on the source if it ran; one
+//! after it leaves a stale copy on the source, which that member removes ([`super::watch`]).
+//! When the record's outcome is unknown (the write timed out, or leadership moved), the move
+//! ends its claim (`InstanceMoveRelease`): once that is applied the move can never land, and
+//! the record says whether it did. If that fails too the move leaves both copies for the
+//! cluster's records to decide ([`decide_outcome`]).
+//!
+//! So two moves of one instance at once (a former leader's and its successor's, which
+//! `InstanceState::moves` on one leader cannot see) never lose it: at most the one holding the
+//! claim lands, and neither removes a copy the other brought (found by `starling-chaos`,
+//! seed 7, where a move's clean-up removed the copy its rival then recorded).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -29,6 +38,7 @@ use starling_store::instances::{Instance, InstanceCommand, InstanceStatus};
 
 use super::local::LocalOperation;
 use super::ops::{key_of, DEFAULT_STOP_TIMEOUT_S};
+use super::transfer::Receive;
 use crate::member::Member;
 use crate::placement::{PlacementRequest, Reason, Target};
 use crate::protocol::{Reply, Request};
@@ -69,6 +79,8 @@ impl From<Error> for MoveFailure {
 /// A move under way, as `instances.moves()` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoveProgress {
+    /// The move's id (empty until it claims the instance).
+    pub id: String,
     /// The project.
     pub project: String,
     /// The instance.
@@ -83,6 +95,41 @@ pub struct MoveProgress {
     pub done: u64,
     /// Bytes to send.
     pub total: u64,
+}
+
+/// Whether a move's record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landed {
+    /// The record is on the target.
+    Yes,
+    /// The record is not on the target and this move can never put it there.
+    No,
+    /// Not known: the move's claim could not be ended.
+    Unknown,
+}
+
+/// What became of a move's record, from how its write ended (`recorded`: `Ok`, refused when
+/// applied, or another error), how the release of its claim ended after a write that was not
+/// refused (`released`, same spelling; `None` when not tried), and whether the record, read
+/// after the release applied, is on the target. IO-free.
+pub fn decide_outcome(
+    recorded: Result<(), &Error>,
+    released: Option<Result<(), &Error>>,
+    record_on_target: bool,
+) -> Landed {
+    match (recorded, released) {
+        (Ok(()), _) => Landed::Yes,
+        // Applied as refused: the entry is spent.
+        (Err(Error::Refused(_)), _) => Landed::No,
+        (Err(_), None) => Landed::Unknown,
+        // The claim ended before this move's record could apply: it never will.
+        (Err(_), Some(Ok(()))) => Landed::No,
+        // The claim had ended: by this move's record (then on the target), or by a later
+        // claim or a recreate, after which this record can never apply.
+        (Err(_), Some(Err(Error::Refused(_)))) if record_on_target => Landed::Yes,
+        (Err(_), Some(Err(Error::Refused(_)))) => Landed::No,
+        (Err(_), Some(Err(_))) => Landed::Unknown,
+    }
 }
 
 /// The placement request of an existing instance (its expanded config and devices).
@@ -152,6 +199,7 @@ impl Member {
             moves.insert(
                 key.clone(),
                 MoveProgress {
+                    id: String::new(),
                     project: project.to_string(),
                     name: name.to_string(),
                     from: String::new(),
@@ -226,6 +274,19 @@ impl Member {
     ) -> Result<Value, Error> {
         let (project, name, from) = (&instance.project, &instance.name, &instance.location);
         let key = key_of(instance);
+        let id = format!("{:032x}", crate::token::random_u128()?);
+        let claim = InstanceCommand::InstanceMoveClaim {
+            project: project.clone(),
+            name: name.clone(),
+            from: from.clone(),
+            id: id.clone(),
+        };
+        self.move_stage(project, name, |progress| progress.id = id.clone());
+        self.propose(
+            starling_store::Command::Instance(claim),
+            crate::cluster::join::WRITE_TIMEOUT,
+        )
+        .await?;
         let was_running = instance.status == InstanceStatus::Running;
         if was_running {
             self.move_stage(project, name, |progress| progress.stage = "stopping".into());
@@ -242,49 +303,82 @@ impl Member {
                 {
                     tracing::debug!(%error, "the instance had stopped already");
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    let _ = self.release_claim(instance, &id).await;
+                    return Err(error);
+                }
             }
         }
         let start_after = was_running || options.start_after;
-        let copied = self.copy_rootfs(instance, to).await;
-        let moved = match copied {
-            Ok(bytes) => {
-                self.move_stage(project, name, |progress| {
-                    progress.stage = "recording".into()
-                });
-                let command = InstanceCommand::InstanceMove {
-                    project: project.clone(),
-                    name: name.clone(),
-                    from: from.clone(),
-                    location: to.to_string(),
-                    config: options.config.clone(),
-                };
-                let recorded = self
-                    .propose(
-                        starling_store::Command::Instance(command),
-                        crate::cluster::join::WRITE_TIMEOUT,
-                    )
-                    .await;
-                match recorded {
-                    Ok(()) => Ok(bytes),
-                    // The outcome of a write that timed out is unknown: the record says.
-                    Err(error) => match self.instance_record(project, name) {
-                        Ok(record) if record.location == to => Ok(bytes),
-                        _ => Err(error),
-                    },
-                }
-            }
-            Err(error) => Err(error),
-        };
-        let bytes = match moved {
-            Ok(bytes) => bytes,
+        let (bytes, source_stamp) = match self.copy_rootfs(instance, to, &id).await {
+            Ok(copied) => copied,
             Err(error) => {
-                self.undo_copy(instance, to, start_after).await;
+                let _ = self.release_claim(instance, &id).await;
+                self.undo_copy(instance, to, &id, start_after).await;
                 return Err(error);
             }
         };
+        self.move_stage(project, name, |progress| {
+            progress.stage = "recording".into()
+        });
+        let command = InstanceCommand::InstanceMoveClaimed {
+            project: project.clone(),
+            name: name.clone(),
+            id: id.clone(),
+            from: from.clone(),
+            location: to.to_string(),
+            config: options.config.clone(),
+        };
+        let recorded = self
+            .propose(
+                starling_store::Command::Instance(command),
+                crate::cluster::join::WRITE_TIMEOUT,
+            )
+            .await;
+        let landed = match &recorded {
+            Ok(()) | Err(Error::Refused(_)) => {
+                decide_outcome(recorded.as_ref().copied(), None, false)
+            }
+            Err(_) => {
+                let released = self.release_claim(instance, &id).await;
+                let on_target = self
+                    .instance_record(project, name)
+                    .is_ok_and(|record| record.location == to);
+                decide_outcome(
+                    recorded.as_ref().copied(),
+                    Some(released.as_ref().copied()),
+                    on_target,
+                )
+            }
+        };
+        match (landed, recorded) {
+            (Landed::Yes, _) => {}
+            (Landed::No, Err(error)) => {
+                self.undo_copy(instance, to, &id, start_after).await;
+                return Err(error);
+            }
+            (Landed::No, Ok(())) => {
+                return Err(Error::Internal(
+                    "a recorded move counted as not landed".into(),
+                ))
+            }
+            (Landed::Unknown, recorded) => {
+                let why = recorded
+                    .err()
+                    .map(|error| error.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(instance = %key, member = to, move_id = %id, %why, "whether the move landed is unknown: both copies stay for the records to decide");
+                return Err(Error::OutcomeUnknown(format!(
+                    "the move of instance \"{name}\" to member \"{to}\" may or may not have \
+                     been recorded ({why}); instances.get shows where it is"
+                )));
+            }
+        }
         // The record is on the target now: the source's copy is stale.
-        let stale = LocalOperation::Discard { key: key.clone() };
+        let stale = LocalOperation::Discard {
+            key: key.clone(),
+            stamp: source_stamp,
+        };
         if let Err(error) = self.on_location(instance, stale).await {
             tracing::warn!(instance = %key, member = %from, %error, "the moved instance's old copy stays until its member removes it");
         }
@@ -304,8 +398,33 @@ impl Member {
         }))
     }
 
-    /// Steps 3: the source packs, the target fetches and unpacks. Answers the bytes sent.
-    async fn copy_rootfs(&self, instance: &Instance, to: &str) -> Result<u64, Error> {
+    /// Ends the claim of move `id` (see the module's doc); answers how the write ended.
+    async fn release_claim(&self, instance: &Instance, id: &str) -> Result<(), Error> {
+        let release = InstanceCommand::InstanceMoveRelease {
+            project: instance.project.clone(),
+            name: instance.name.clone(),
+            id: id.to_string(),
+        };
+        let released = self
+            .propose(
+                starling_store::Command::Instance(release),
+                crate::cluster::join::WRITE_TIMEOUT,
+            )
+            .await;
+        if let Err(error) = &released {
+            tracing::debug!(instance = %instance.name, move_id = id, %error, "the move's claim was not released");
+        }
+        released
+    }
+
+    /// Step 4: the source packs, the target fetches and unpacks. Answers the bytes sent and the
+    /// source copy's stamp.
+    async fn copy_rootfs(
+        &self,
+        instance: &Instance,
+        to: &str,
+        id: &str,
+    ) -> Result<(u64, Option<String>), Error> {
         let (project, name) = (&instance.project, &instance.name);
         let key = key_of(instance);
         self.move_stage(project, name, |progress| progress.stage = "packing".into());
@@ -314,6 +433,7 @@ impl Member {
             .await?;
         let sha256 = packed["sha256"].as_str().unwrap_or_default().to_string();
         let size = packed["size"].as_u64().unwrap_or_default();
+        let stamp = packed["stamp"].as_str().map(str::to_string);
         self.move_stage(project, name, |progress| {
             progress.stage = "sending".into();
             progress.total = size;
@@ -333,30 +453,22 @@ impl Member {
                 instance.location
             )));
         };
-        let request = Request::InstanceReceive {
+        let receive = Receive {
             key,
             source,
             sha256,
             size,
+            move_id: id.to_string(),
         };
         let received = if to == self.name() {
             let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let Request::InstanceReceive {
-                key,
-                source,
-                sha256,
-                size,
-            } = request
-            else {
-                unreachable!("built above")
-            };
-            self.receive_local(&key, &source, &sha256, size, progress)
-                .await
+            self.receive_local(&receive, progress).await
         } else {
+            let request = Request::InstanceReceive(receive);
             let answers = self.request_stream(&target, &request).await?;
             self.follow_receive(answers, project, name).await
         };
-        received.map(|()| size)
+        received.map(|()| (size, stamp))
     }
 
     /// Reads a receive's progress until the target says it is done.
@@ -388,17 +500,23 @@ impl Member {
         }
     }
 
-    /// After a failure before the record moved: the target's copy goes, the source's packed
-    /// tarball goes, and the instance starts again on the source if it ran.
-    async fn undo_copy(&self, instance: &Instance, to: &str, start_again: bool) {
+    /// After a move that can no longer land: the target's copy goes if this move brought it,
+    /// and the instance starts again on the source if it ran there and is still recorded there.
+    async fn undo_copy(&self, instance: &Instance, to: &str, id: &str, start_again: bool) {
         let key = key_of(instance);
         let mut at_target = instance.clone();
         at_target.location = to.to_string();
-        let remove = LocalOperation::Discard { key: key.clone() };
+        let remove = LocalOperation::Discard {
+            key: key.clone(),
+            stamp: Some(id.to_string()),
+        };
         if let Err(error) = self.on_location(&at_target, remove).await {
             tracing::warn!(instance = %key, member = to, %error, "a failed move's copy stays until its member removes it");
         }
-        if start_again {
+        let still_there = self
+            .instance_record(&instance.project, &instance.name)
+            .is_ok_and(|record| record.location == instance.location);
+        if start_again && still_there {
             let config = self.local_state(|state| state.expanded(instance).0);
             let start = LocalOperation::Start {
                 key: key.clone(),
@@ -408,6 +526,60 @@ impl Member {
                 tracing::warn!(instance = %key, %error, "could not start the instance again after a failed move");
             }
         }
+    }
+
+    /// On the leader, asked by a member holding a copy of instance `name` stamped with move
+    /// `id` while the records place the instance elsewhere: unless that move is under way
+    /// here, its claim ends (if it still holds it). Answers `{removable}`: whether the record
+    /// is then elsewhere than `member` (or gone), so that the move can never land there and
+    /// the copy can go. A move that a former leader still runs is given up this way (its
+    /// record is refused, and its clean-up removes only its own copy).
+    pub(crate) async fn settle_move(
+        &self,
+        project: &str,
+        name: &str,
+        id: &str,
+        member: &str,
+    ) -> Result<Value, Error> {
+        if id.is_empty() || id.len() > starling_store::instances::MOVE_ID_BYTES_MAX {
+            return Err(Error::Refused(format!("invalid move id {id:?}")));
+        }
+        let under_way = self
+            .inner
+            .instances
+            .moves
+            .lock()
+            .map(|moves| moves.values().any(|progress| progress.id == id))
+            .unwrap_or(true);
+        if under_way {
+            return Ok(json!({"removable": false}));
+        }
+        let release = InstanceCommand::InstanceMoveRelease {
+            project: project.to_string(),
+            name: name.to_string(),
+            id: id.to_string(),
+        };
+        match self
+            .propose(
+                starling_store::Command::Instance(release),
+                crate::cluster::join::WRITE_TIMEOUT,
+            )
+            .await
+        {
+            // Applied (either way): the state read below includes everything before it.
+            Ok(()) | Err(Error::Refused(_)) => {}
+            Err(error) => return Err(error),
+        }
+        let removable = self.local_state(|state| {
+            state
+                .instances
+                .get(&(project.to_string(), name.to_string()))
+                .is_none_or(|record| record.location != member)
+        });
+        if removable {
+            tracing::info!(instance = %name, move_id = id, member, "a given-up move's copy can go");
+        }
+        Ok(json!({ "removable": removable }))
     }
 
     /// Whether this leader is moving instance `name` (a poisoned table counts as moving: an
@@ -433,4 +605,42 @@ impl Member {
 
 fn poisoned<T>(_: T) -> Error {
     Error::Internal("the moves table lock is poisoned".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a move's copy on the target is removed only once the move can never land, and
+    /// kept whenever that is not known.
+    /// Method: every way the record's write and the claim's release can end.
+    #[test]
+    fn a_move_lands_or_not_as_its_writes_say() {
+        let refused = Error::Refused("overtaken".into());
+        let unknown = Error::OutcomeUnknown("timed out".into());
+        let deposed = Error::LeadershipChanged("no longer leads".into());
+        assert_eq!(decide_outcome(Ok(()), None, false), Landed::Yes);
+        assert_eq!(decide_outcome(Err(&refused), None, false), Landed::No);
+        for recorded in [&unknown, &deposed] {
+            assert_eq!(decide_outcome(Err(recorded), None, true), Landed::Unknown);
+            assert_eq!(
+                decide_outcome(Err(recorded), Some(Ok(())), true),
+                Landed::No
+            );
+            assert_eq!(
+                decide_outcome(Err(recorded), Some(Err(&refused)), true),
+                Landed::Yes
+            );
+            assert_eq!(
+                decide_outcome(Err(recorded), Some(Err(&refused)), false),
+                Landed::No
+            );
+            for released in [&unknown, &deposed] {
+                assert_eq!(
+                    decide_outcome(Err(recorded), Some(Err(released)), false),
+                    Landed::Unknown
+                );
+            }
+        }
+    }
 }

@@ -186,6 +186,18 @@ pub enum InstanceOperation {
     },
     /// `instances.moves()`: the moves under way.
     Moves,
+    /// Internal (members only): a copy of instance `name` that move `id` brought to `member`
+    /// is there while the records place the instance elsewhere; see [`Member::settle_move`].
+    SettleMove {
+        /// The project.
+        project: String,
+        /// The instance.
+        name: String,
+        /// The move's id (the copy's stamp).
+        id: String,
+        /// The member holding the copy.
+        member: String,
+    },
     /// Internal: the records of the instances located on `member` (a spare's watcher, whose
     /// own copy of the state does not follow).
     Located {
@@ -524,6 +536,12 @@ impl Member {
                 target,
             } => self.move_instance(project, name, target).await,
             InstanceOperation::Moves => Ok(self.moves_under_way()),
+            InstanceOperation::SettleMove {
+                project,
+                name,
+                id,
+                member,
+            } => self.settle_move(project, name, id, member).await,
             InstanceOperation::Located { member } => {
                 let located: Vec<Instance> = self.local_state(|state| {
                     state

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::driver::{InstanceKey, State};
@@ -29,6 +30,21 @@ use crate::Error;
 const FETCH_SILENCE: Duration = Duration::from_secs(30);
 /// How often the target reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What a target is asked to receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receive {
+    /// The instance.
+    pub key: InstanceKey,
+    /// The address of the member it comes from.
+    pub source: String,
+    /// The SHA-256 of the packed tarball.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The move's id, stamped on the copy (see `moves`).
+    pub move_id: String,
+}
 
 /// A writer that hashes what it writes.
 struct Hashing<W> {
@@ -133,7 +149,8 @@ impl Member {
             ))
         })?;
         tracing::info!(instance = %key, size = packed.1, pack_ms = started.elapsed().as_millis() as u64, "root file system packed");
-        Ok(json!({"sha256": packed.0, "size": packed.1}))
+        let stamp = self.driver().move_stamp(key);
+        Ok(json!({"sha256": packed.0, "size": packed.1, "stamp": stamp}))
     }
 
     /// Source: removes the packed tarball, if any.
@@ -160,28 +177,31 @@ impl Member {
     /// [`PROGRESS_EVERY`], then how it ended.
     pub(crate) async fn serve_receive(
         &self,
-        key: &InstanceKey,
-        source: &str,
-        sha256: &str,
-        size: u64,
+        receive: &Receive,
         responder: &mut starling_transport::Responder,
     ) -> Reply {
         let progress = Arc::new(AtomicU64::new(0));
-        let receive = self.receive_local(key, source, sha256, size, progress.clone());
+        let receive = self.receive_local(receive, progress.clone());
         stream::with_progress(responder, &progress, PROGRESS_EVERY, receive).await
     }
 
-    /// Target: fetches the tarball of `key` from `source` (an address), verifies it hashes to
-    /// `sha256`, and unpacks it as the container's root file system. Leaves nothing behind on
-    /// failure.
+    /// Target: fetches the tarball of the instance from its source, verifies its SHA-256,
+    /// unpacks it as the container's root file system and stamps it with the move's id.
+    /// Refuses when a container is here already (another move's copy is never replaced).
+    /// Leaves nothing behind on failure.
     pub(crate) async fn receive_local(
         &self,
-        key: &InstanceKey,
-        source: &str,
-        sha256: &str,
-        size: u64,
+        receive: &Receive,
         progress: Arc<AtomicU64>,
     ) -> Result<(), Error> {
+        let Receive {
+            key,
+            source,
+            sha256,
+            size,
+            move_id,
+        } = receive;
+        let size = *size;
         key.validate()
             .map_err(|error| Error::Refused(error.to_string()))?;
         let lock = self.inner.instances.lock(key);
@@ -215,8 +235,12 @@ impl Member {
             Ok(()) => {
                 let unpack_key = key.clone();
                 let tarball = path.clone();
-                self.blocking(move |driver| driver.unpack(&unpack_key, &tarball))
-                    .await
+                let id = move_id.clone();
+                self.blocking(move |driver| {
+                    driver.unpack(&unpack_key, &tarball)?;
+                    driver.stamp_move(&unpack_key, &id)
+                })
+                .await
             }
             Err(error) => Err(error),
         };

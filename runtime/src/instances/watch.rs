@@ -75,10 +75,11 @@ const STALE_EVERY_ROUNDS: u64 = 20;
 /// this member yet (the leader records the move right after the copy).
 pub const ARRIVAL_GRACE: Duration = Duration::from_secs(600);
 
-/// Whether a container here that this member's copy of the state does not place here is a
-/// stale copy to remove: only when the leader's answer (`located`, the instance's location, or
-/// `None` when there is no such instance) names another member, and no move to here is under
-/// way (`arrived_recently`).
+/// Whether a container here, which no move stamped, that this member's copy of the state
+/// does not place here is a stale copy to remove: only when the leader's answer (`located`,
+/// the instance's location, or `None` when there is no such instance) names another member,
+/// and no move to here is under way (`arrived_recently`). A copy a move stamped is settled
+/// with the leader instead ([`Member::settle_move`](crate::member::Member)).
 pub fn is_stale(me: &str, located: Option<&str>, arrived_recently: bool) -> bool {
     !arrived_recently && located != Some(me)
 }
@@ -221,22 +222,34 @@ impl Member {
                     return;
                 }
             };
-            let locations: std::collections::BTreeMap<&str, &str> = listed
+            let records: std::collections::BTreeMap<&str, &serde_json::Value> = listed
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|instance| {
-                    Some((instance["name"].as_str()?, instance["location"].as_str()?))
-                })
+                .filter_map(|instance| Some((instance["name"].as_str()?, instance)))
                 .collect();
             for key in keys {
-                let located = locations.get(key.name.as_str()).copied();
-                if !is_stale(&me, located, self.arrived_recently(&key)) {
+                let located = records
+                    .get(key.name.as_str())
+                    .and_then(|record| record["location"].as_str());
+                if located == Some(me.as_str()) {
+                    continue;
+                }
+                let stamp = self.stamp_of(&key).await;
+                let remove = match &stamp {
+                    Some(id) => self.move_settled(&key, id).await,
+                    None => is_stale(&me, located, self.arrived_recently(&key)),
+                };
+                if !remove {
                     continue;
                 }
                 let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
                     continue;
                 };
+                // A create that took the copy over (a recreate here) unstamped it meanwhile.
+                if stamp.is_some() && self.stamp_of(&key).await != stamp {
+                    continue;
+                }
                 tracing::info!(instance = %key, location = ?located, "removing a stale copy");
                 let remove_key = key.clone();
                 let removed = self
@@ -248,6 +261,33 @@ impl Member {
                 if let Err(error) = removed {
                     tracing::warn!(instance = %key, %error, "could not remove a stale copy");
                 }
+            }
+        }
+    }
+
+    /// The id of the move that brought the container of `key` here, if one did.
+    async fn stamp_of(&self, key: &super::driver::InstanceKey) -> Option<String> {
+        let key = key.clone();
+        self.blocking(move |driver| Ok(driver.move_stamp(&key)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the copy of `key` here, stamped by move `id`, can go: the leader settles it
+    /// ([`Member::settle_move`]); not when the leader cannot be asked.
+    async fn move_settled(&self, key: &super::driver::InstanceKey, id: &str) -> bool {
+        let settle = crate::Operation::Instance(super::ops::InstanceOperation::SettleMove {
+            project: key.project.clone(),
+            name: key.name.clone(),
+            id: id.to_string(),
+            member: self.name(),
+        });
+        match Box::pin(self.execute(settle, crate::Caller::local())).await {
+            Ok(answer) => answer["removable"] == true,
+            Err(error) => {
+                tracing::debug!(instance = %key, move_id = id, %error, "a moved copy could not be settled");
+                false
             }
         }
     }
@@ -297,8 +337,6 @@ mod tests {
     use super::*;
     use InstanceStatus::*;
 
-    /// Goal: every combination of record and container gives the action the module's doc
-    /// says.
     /// Goal: only a copy the leader places elsewhere (or nowhere) is stale, and never one that
     /// arrived for a move moments ago.
     #[test]
@@ -310,6 +348,8 @@ mod tests {
         assert!(!is_stale("m1", None, true));
     }
 
+    /// Goal: every combination of record and container gives the action the module's doc
+    /// says.
     #[test]
     fn decisions() {
         let stopped = Seen::Stopped { reboot: false };

@@ -260,6 +260,37 @@ impl Driver {
         result
     }
 
+    /// Marks the container as the copy that move `id` brought here (`move-id` beside its root
+    /// file system), durably: a failed move's clean-up removes only its own copy.
+    pub fn stamp_move(&self, key: &InstanceKey, id: &str) -> Result<(), DriverError> {
+        key.validate()?;
+        let path = self.container_dir(key).join(MOVE_STAMP_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, id.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|source| io_error(&path, "writing", source))
+    }
+
+    /// Forgets the move that brought the container here: the copy is the instance's own now.
+    pub fn clear_move_stamp(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        key.validate()?;
+        let path = self.container_dir(key).join(MOVE_STAMP_FILE);
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_error(&path, "removing", error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The id of the move that brought the container here (`None`: none, or unreadable).
+    pub fn move_stamp(&self, key: &InstanceKey) -> Option<String> {
+        key.validate().ok()?;
+        std::fs::read_to_string(self.container_dir(key).join(MOVE_STAMP_FILE)).ok()
+    }
+
     /// Starts the container; returns once init runs, with init's PID on the host.
     pub fn start(&self, key: &InstanceKey, spec: &ContainerSpec) -> Result<u32, DriverError> {
         key.validate()?;
@@ -714,6 +745,9 @@ fn log_tail(path: &Path) -> String {
         tail
     }
 }
+
+/// The file, beside a container's root file system, naming the move that brought it.
+const MOVE_STAMP_FILE: &str = "move-id";
 
 fn io_error(path: &Path, action: &str, source: std::io::Error) -> DriverError {
     DriverError::Io {
