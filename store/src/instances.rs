@@ -321,6 +321,18 @@ pub enum InstanceCommand {
     },
 }
 
+/// Refuses unless `instance` is on member `member` (a stale report or a move from where it is
+/// not changes nothing).
+fn check_on(instance: &Instance, member: &str) -> Result<(), String> {
+    if instance.location != member {
+        return Err(format!(
+            "instance \"{}\" is on member \"{}\", not \"{member}\"",
+            instance.name, instance.location
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a move id: not empty, at most [`MOVE_ID_BYTES_MAX`] bytes.
 fn check_move_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -893,12 +905,7 @@ impl ClusterState {
                 message,
             } => {
                 let instance = self.instance_mut(project, name)?;
-                if instance.location != *location {
-                    return Err(format!(
-                        "instance \"{name}\" is on member \"{}\", not \"{location}\"",
-                        instance.location
-                    ));
-                }
+                check_on(instance, location)?;
                 instance.status = *status;
                 instance.status_message = message.clone();
                 Ok(())
@@ -914,12 +921,7 @@ impl ClusterState {
                     return Err(format!("member \"{location}\" not found"));
                 }
                 let instance = self.instance_mut(project, name)?;
-                if instance.location != *from {
-                    return Err(format!(
-                        "instance \"{name}\" is on member \"{}\", not \"{from}\"",
-                        instance.location
-                    ));
-                }
+                check_on(instance, from)?;
                 instance.location = location.clone();
                 instance.status = InstanceStatus::Stopped;
                 instance.status_message.clear();
@@ -1037,12 +1039,7 @@ impl ClusterState {
                 id,
             } => {
                 let instance = self.instance_mut(project, name)?;
-                if instance.location != *from {
-                    return Err(format!(
-                        "instance \"{name}\" is on member \"{}\", not \"{from}\"",
-                        instance.location
-                    ));
-                }
+                check_on(instance, from)?;
                 instance
                     .config
                     .insert(MOVE_CLAIM_KEY.to_string(), id.clone());
@@ -1271,7 +1268,15 @@ pub(crate) mod tests {
     }
 
     fn with_image(state: &mut ClusterState) {
-        let image = crate::images::Image {
+        let image = test_image();
+        state
+            .apply(&Command::Image(crate::images::ImageCommand::Add { image }))
+            .unwrap();
+    }
+
+    /// The image the instances of these tests come from, held by m1.
+    pub(crate) fn test_image() -> crate::images::Image {
+        crate::images::Image {
             fingerprint: "a".repeat(64),
             size: 1,
             filename: "i.tar".into(),
@@ -1282,10 +1287,7 @@ pub(crate) mod tests {
             created_at: 0,
             uploaded_at_ms: 0,
             locations: ["m1".to_string()].into(),
-        };
-        state
-            .apply(&Command::Image(crate::images::ImageCommand::Add { image }))
-            .unwrap();
+        }
     }
 
     /// Goal: a move applies only from the member the record names (so a repeated or stale

@@ -23,6 +23,8 @@
 //! *Architecture invariant:* only this crate knows LMDB.
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod apply_props;
 pub mod command;
 pub mod config;
 pub mod dir_lock;

@@ -25,6 +25,24 @@ fn container_exists(cluster: &ProcessCluster, member: usize, name: &str) -> bool
         .exists()
 }
 
+/// Launches instance `big` on member `target` through member `via`, with 400 MB of files (so
+/// that packing and sending it take a while) and `/root/mark` holding `kept`.
+fn launch_big(cluster: &ProcessCluster, via: usize, target: &str) -> Result<()> {
+    cluster.cli_ok(via, &["launch", "bb", "big", "--target", target])?;
+    let (code, _, stderr) = exec(
+        cluster,
+        via,
+        "big",
+        &[
+            "sh",
+            "-c",
+            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
+        ],
+    )?;
+    ensure!(code == 0, "filling the container: {stderr}");
+    Ok(())
+}
+
 /// Goal: a running instance moves with its files and runs on the target, the source keeps no
 /// copy; a stopped instance moves to `@group` (placed among the group, never where it is) and
 /// stays stopped; moving to where it is, to an unknown member or an unknown instance is
@@ -147,18 +165,7 @@ async fn a_move_cut_off_by_its_target_leaves_the_instance_on_its_source() -> Res
         return Ok(());
     }
     let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
-    cluster.cli_ok(0, &["launch", "bb", "big", "--target", "m1"])?;
-    let (code, _, stderr) = exec(
-        &cluster,
-        0,
-        "big",
-        &[
-            "sh",
-            "-c",
-            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
-        ],
-    )?;
-    ensure!(code == 0, "filling the container: {stderr}");
+    launch_big(&cluster, 0, "m1")?;
 
     let mover = cluster.spawn_cli(0, &["move", "big", "--target", "m3"])?;
     wait_for(
@@ -214,18 +221,7 @@ async fn a_rival_moves_clean_up_never_removes_the_copy_a_move_records() -> Resul
         return Ok(());
     }
     let (cluster, _leftovers, _work) = cluster_with_busybox(3, false).await?;
-    cluster.cli_ok(0, &["launch", "bb", "big", "--target", "m1"])?;
-    let (code, _, stderr) = exec(
-        &cluster,
-        0,
-        "big",
-        &[
-            "sh",
-            "-c",
-            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
-        ],
-    )?;
-    ensure!(code == 0, "filling the container: {stderr}");
+    launch_big(&cluster, 0, "m1")?;
     cluster.cli_ok(0, &["stop", "big", "--force"])?;
 
     let mover = cluster.spawn_cli(0, &["move", "big", "--target", "m3"])?;
@@ -305,18 +301,7 @@ async fn a_move_that_loses_its_quorum_keeps_the_instance() -> Result<()> {
     let (source, target) = (standbys[0].clone(), standbys[1].clone());
     let (source_index, target_index) = (index(&source)?, index(&target)?);
 
-    cluster.cli_ok(leader, &["launch", "bb", "big", "--target", &source])?;
-    let (code, _, stderr) = exec(
-        &cluster,
-        leader,
-        "big",
-        &[
-            "sh",
-            "-c",
-            "head -c 400000000 /dev/zero > /root/big && echo kept > /root/mark",
-        ],
-    )?;
-    ensure!(code == 0, "filling the container: {stderr}");
+    launch_big(&cluster, leader, &source)?;
     cluster.cli_ok(leader, &["stop", "big", "--force"])?;
 
     let mover = cluster.spawn_cli(leader, &["move", "big", "--target", &target])?;

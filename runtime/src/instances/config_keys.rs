@@ -55,6 +55,7 @@ const INSTANCE_BOOLEAN_KEYS: &[&str] = &[
 /// reads. `Err` says which key and value are wrong, and what is expected.
 pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
     check_key_name(key, INSTANCE_NAMESPACES)?;
+    check_settable(key)?;
     match key {
         "limits.memory" => check_memory(key, value, true),
         "limits.cpu" => check_cpu(key, value),
@@ -70,6 +71,17 @@ pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
         _ if INSTANCE_BOOLEAN_KEYS.contains(&key) => check_boolean(key, value),
         _ => Ok(()),
     }
+}
+
+/// Refuses the instance keys only the cluster sets (the claim of a move under way), whether to
+/// set or to unset them.
+pub fn check_settable(key: &str) -> Result<(), String> {
+    if key == starling_store::instances::MOVE_CLAIM_KEY {
+        return Err(format!(
+            "configuration key \"{key}\" records a move under way: the cluster sets it, not a user"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a profile configuration key: an instance key ([`check_instance_key`]) that is not
@@ -379,6 +391,10 @@ mod tests {
         );
         let error = check_profile_key("volatile.eth0.hwaddr", "x").unwrap_err();
         assert!(error.contains("cannot be set on a profile"), "{error}");
+        let error = check_instance_key("volatile.move.id", "x").unwrap_err();
+        assert!(error.contains("records a move under way"), "{error}");
+        assert!(check_settable("volatile.move.id").is_err());
+        assert!(check_settable("volatile.uuid").is_ok());
         assert!(check_project_key("restricted", "x").is_err());
         assert!(check_project_key("restricted.containers.nesting", "allow").is_ok());
         assert!(check_project_key("security.nesting", "true").is_err());

@@ -797,9 +797,11 @@ impl Member {
         key: &str,
         value: Option<&str>,
     ) -> Result<Value, Error> {
-        if let Some(value) = value {
-            config_keys::check_instance_key(key, value).map_err(Error::Refused)?;
+        match value {
+            Some(value) => config_keys::check_instance_key(key, value),
+            None => config_keys::check_settable(key),
         }
+        .map_err(Error::Refused)?;
         let instance = self.instance_record(project, name)?;
         let mut changed = instance.clone();
         match value {
