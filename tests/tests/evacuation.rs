@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use starling_tests::containers::{
-    cluster_with_busybox, info, instances, is_root, wait_status, wait_status_via,
+    cluster_with_busybox, exec, info, instances, is_root, wait_status, wait_status_via,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
@@ -443,6 +443,96 @@ async fn self_healing_recreates_what_it_may() -> Result<()> {
     let phoenix_now = info(&cluster, via, "phoenix")?;
     assert_eq!(phoenix_now["location"], phoenix["location"]);
     assert_eq!(phoenix_now["status"], "Running");
+    Ok(())
+}
+
+/// Goal: a self-healing recreate that fails on the member it chose leaves the instance
+/// recorded on its own member, whose copy is whole when it is back (before, the record moved
+/// first and the failed create left it recorded where nothing was; back, its member removed
+/// its copy as stale: the instance was lost, as `starling-chaos` seed 7 found).
+/// Method: 3 member processes, offline after 10 s, healing after 1 s more; the two members
+/// that could take the instance cannot unpack it (a plain file where its directory would go);
+/// the member holding it, with a file written inside, is killed with SIGKILL, then restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreate_that_fails_keeps_the_instance_on_its_member() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
+    let leader = cluster.leader(0).await?;
+    let victim = (leader + 1) % 3;
+    let via = (leader + 2) % 3;
+    let victim_name = format!("m{}", victim + 1);
+    for (key, value) in [
+        ("cluster.offline_threshold", "10"),
+        ("cluster.heartbeat_interval_ms", "500"),
+        ("cluster.healing_threshold", "1"),
+    ] {
+        cluster.cli_ok(via, &["config", "set", &format!("{key}={value}")])?;
+    }
+    cluster.cli_ok(
+        via,
+        &[
+            "launch",
+            "bb",
+            "phoenix",
+            "--target",
+            &victim_name,
+            "-c",
+            "cluster.healing.recreate=true",
+        ],
+    )?;
+    let (code, _, stderr) = exec(
+        &cluster,
+        via,
+        "phoenix",
+        &["sh", "-c", "echo kept > /root/mark"],
+    )?;
+    assert_eq!(code, 0, "{stderr}");
+    let blockers: Vec<_> = [leader, via]
+        .iter()
+        .map(|index| {
+            cluster
+                .dir(*index)
+                .join("storage-pools/default/containers/default_phoenix")
+        })
+        .collect();
+    for blocker in &blockers {
+        std::fs::create_dir_all(blocker.parent().context("a pool")?)?;
+        std::fs::write(blocker, b"not a container")?;
+    }
+
+    cluster.kill(victim)?;
+    let record = wait_for("the healing to end", Duration::from_secs(60), || async {
+        let record = cluster
+            .lua(via, &format!("return cluster.evacuation('{victim_name}')"))
+            .ok()?;
+        (record["action"] == "heal" && record["running"] == false).then_some(record)
+    })
+    .await?;
+    println!("the healing: {record}");
+    assert!(record["failed"].to_string().contains("phoenix"), "{record}");
+    let phoenix = info(&cluster, via, "phoenix")?;
+    assert_eq!(phoenix["location"], victim_name.as_str(), "{phoenix}");
+
+    cluster.restart(victim)?;
+    cluster.wait_ready(victim)?;
+    // Its watcher looks for stale copies every 5 s: give it three rounds.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let phoenix = info(&cluster, via, "phoenix")?;
+    assert_eq!(phoenix["location"], victim_name.as_str(), "{phoenix}");
+    let mark = cluster
+        .dir(victim)
+        .join("storage-pools/default/containers/default_phoenix/rootfs/root/mark");
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap_or_default().trim(),
+        "kept",
+        "the instance's own member lost its copy"
+    );
+    for blocker in &blockers {
+        std::fs::remove_file(blocker)?;
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use starling_store::Command;
 use super::plan::{self, ORIGIN_KEY};
 use crate::cluster::join::WRITE_TIMEOUT;
 use crate::instances::local::LocalOperation;
-use crate::instances::moves::{MoveFailure, MoveOptions};
+use crate::instances::moves::{MoveFailure, MoveOptions, Recorded};
 use crate::instances::ops::{key_of, DEFAULT_STOP_TIMEOUT_S};
 use crate::member::Member;
 use crate::placement::{Reason, Target};
@@ -513,9 +513,9 @@ impl Member {
     }
 
     /// Self-healing: the instance's member is offline, so it is created again from its image
-    /// on the member placement chooses; the record moves first (reports from the new member
-    /// are then accepted), then the new member unpacks (and starts) it. Asked again after a
-    /// change of leader, the create finds the root file system there and goes on.
+    /// on the member placement chooses, as a move whose copy comes from the image
+    /// ([`Member::recreate_on`]); then it starts if it ran. Asked again after the record moved
+    /// (a change of leader), it only starts it.
     async fn recreate_elsewhere(
         &self,
         member: &str,
@@ -531,42 +531,67 @@ impl Member {
                 .await?
                 .member;
             self.placement_started(&to);
-            let moved = async {
-                self.ensure_image_on(&instance.image, &to).await?;
-                let command = starling_store::instances::InstanceCommand::InstanceMove {
-                    project: step.project.clone(),
-                    name: step.name.clone(),
-                    from: member.to_string(),
-                    location: to.clone(),
-                    config: BTreeMap::from([(ORIGIN_KEY.to_string(), Some(member.to_string()))]),
-                };
-                self.propose(Command::Instance(command), WRITE_TIMEOUT)
-                    .await
-            }
-            .await;
+            let recreated = self.recreate_on(&instance, &to).await;
             self.placement_done(&to);
-            moved?;
+            recreated?;
             instance = self.instance_record(&step.project, &step.name)?;
-            tracing::warn!(instance = %step.name, from = member, to = %to, "recreating the instance of an offline member from its image");
+            tracing::warn!(instance = %step.name, from = member, to = %to, "recreated the instance of an offline member from its image");
         }
-        let config = self.local_state(|state| state.expanded(&instance).0);
-        let create = LocalOperation::Create {
-            key: key_of(&instance),
-            fingerprint: instance.image.clone(),
-            start: step.was_running.then_some(config),
-        };
-        match self.on_location(&instance, create).await {
-            Ok(_) => {}
-            // Started already (a create asked again).
-            Err(error)
-                if self.instance_record(&step.project, &step.name)?.status
-                    == InstanceStatus::Running =>
-            {
-                tracing::debug!(%error, "the recreated instance runs already");
-            }
-            Err(error) => return Err(error),
-        }
+        self.ensure_running(&instance, step.was_running).await?;
         Ok(StepOutcome::Moved(instance.location))
+    }
+
+    /// Creates `instance` again from its image on member `to`, as a move: it claims the
+    /// instance, `to` unpacks the image stamped with the claim's id
+    /// ([`LocalOperation::Prepare`]), then the record moves (only while the claim holds).
+    /// Until then the record stays on the offline member, whose copy is whole when it is back
+    /// (the record moving first, a create that then failed left the instance recorded where
+    /// nothing was, and its member, back, removed its copy: `starling-chaos` seed 7). A
+    /// failure removes the copy it made, or leaves it for `to` to settle.
+    async fn recreate_on(
+        &self,
+        instance: &starling_store::instances::Instance,
+        to: &str,
+    ) -> Result<(), Error> {
+        self.ensure_image_on(&instance.image, to).await?;
+        let id = format!("{:032x}", crate::token::random_u128()?);
+        let claim = starling_store::instances::InstanceCommand::InstanceMoveClaim {
+            project: instance.project.clone(),
+            name: instance.name.clone(),
+            from: instance.location.clone(),
+            id: id.clone(),
+        };
+        self.propose(Command::Instance(claim), WRITE_TIMEOUT)
+            .await?;
+        let mut at_target = instance.clone();
+        at_target.location = to.to_string();
+        let discard = LocalOperation::Discard {
+            key: key_of(instance),
+            stamp: Some(id.clone()),
+        };
+        let prepare = LocalOperation::Prepare {
+            key: key_of(instance),
+            fingerprint: instance.image.clone(),
+            stamp: id.clone(),
+        };
+        if let Err(error) = self.on_location(&at_target, prepare).await {
+            let _ = self.release_claim(instance, &id).await;
+            let _ = self.on_location(&at_target, discard).await;
+            return Err(error);
+        }
+        let origin = BTreeMap::from([(ORIGIN_KEY.to_string(), Some(instance.location.clone()))]);
+        match self.record_move(instance, &id, to, origin).await {
+            Recorded::Landed => Ok(()),
+            Recorded::NotLanded(error) => {
+                let _ = self.on_location(&at_target, discard).await;
+                Err(error)
+            }
+            Recorded::Unknown(error) => Err(Error::OutcomeUnknown(format!(
+                "the recreate of instance \"{}\" on member \"{to}\" may or may not have been \
+                 recorded ({error})",
+                instance.name
+            ))),
+        }
     }
 
     async fn start_again(&self, step: &EvacuationStep) -> Result<StepOutcome, Error> {

@@ -36,6 +36,17 @@ pub enum LocalOperation {
         /// The expanded config to start it with (a launch), or `None` (a create).
         start: Option<BTreeMap<String, String>>,
     },
+    /// Unpack the image's root file system for an instance the records do not place here
+    /// yet (self-healing's recreate), stamped with `stamp` (the recreate's move id); reports
+    /// nothing. Asked again with the same stamp, it finds its copy and answers at once.
+    Prepare {
+        /// The instance.
+        key: InstanceKey,
+        /// The image, held by this member.
+        fingerprint: String,
+        /// The recreate's move id.
+        stamp: String,
+    },
     /// Start the container with the expanded config.
     Start {
         /// The instance.
@@ -110,6 +121,7 @@ impl LocalOperation {
         let base = Duration::from_secs(30);
         match self {
             LocalOperation::Create { .. }
+            | LocalOperation::Prepare { .. }
             | LocalOperation::Exec { .. }
             | LocalOperation::Export { .. } => Duration::from_secs(600),
             LocalOperation::Discard { .. } => {
@@ -235,6 +247,11 @@ impl Member {
                 fingerprint,
                 start,
             } => self.create_local(key, fingerprint, start.as_ref()).await,
+            LocalOperation::Prepare {
+                key,
+                fingerprint,
+                stamp,
+            } => self.prepare_local(key, fingerprint, stamp).await,
             LocalOperation::Start { key, config } => {
                 let lock = self.inner.instances.lock(key);
                 let _guard = lock.write().await;
@@ -336,6 +353,45 @@ impl Member {
     pub(crate) async fn observe(&self, key: &InstanceKey) -> Result<State, Error> {
         let key = key.clone();
         self.blocking(move |driver| driver.state(&key)).await
+    }
+
+    async fn prepare_local(
+        &self,
+        key: &InstanceKey,
+        fingerprint: &str,
+        stamp: &str,
+    ) -> Result<Value, Error> {
+        let lock = self.inner.instances.lock(key);
+        let _guard = lock.write().await;
+        let image = self.image_files().path(fingerprint);
+        if !image.is_file() {
+            return Err(Error::Refused(format!(
+                "member {} has no copy of image {fingerprint}",
+                self.name()
+            )));
+        }
+        let (prepare_key, id) = (key.clone(), stamp.to_string());
+        let prepared = self
+            .blocking(move |driver| {
+                if driver.container_dir(&prepare_key).exists() {
+                    return Ok(driver.move_stamp(&prepare_key).as_deref() == Some(id.as_str()));
+                }
+                let unpacked = driver
+                    .unpack(&prepare_key, &image)
+                    .and_then(|()| driver.stamp_move(&prepare_key, &id));
+                if unpacked.is_err() {
+                    let _ = std::fs::remove_dir_all(driver.container_dir(&prepare_key));
+                }
+                unpacked.map(|()| true)
+            })
+            .await?;
+        if !prepared {
+            return Err(Error::Refused(format!(
+                "member {} already has a container {key}",
+                self.name()
+            )));
+        }
+        Ok(json!({"status": "Stopped"}))
     }
 
     async fn create_local(

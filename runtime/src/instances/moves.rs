@@ -132,6 +132,17 @@ pub fn decide_outcome(
     }
 }
 
+/// How recording a claimed move ended ([`Member::record_move`]).
+#[derive(Debug)]
+pub(crate) enum Recorded {
+    /// The record is on the target.
+    Landed,
+    /// It is not, and the move can never put it there.
+    NotLanded(Error),
+    /// Not known: leave every copy for the records to decide.
+    Unknown(Error),
+}
+
 /// The placement request of an existing instance (its expanded config and devices).
 pub(crate) fn placement_request_of(
     state: &starling_store::ClusterState,
@@ -321,56 +332,20 @@ impl Member {
         self.move_stage(project, name, |progress| {
             progress.stage = "recording".into()
         });
-        let command = InstanceCommand::InstanceMoveClaimed {
-            project: project.clone(),
-            name: name.clone(),
-            id: id.clone(),
-            from: from.clone(),
-            location: to.to_string(),
-            config: options.config.clone(),
-        };
-        let recorded = self
-            .propose(
-                starling_store::Command::Instance(command),
-                crate::cluster::join::WRITE_TIMEOUT,
-            )
-            .await;
-        let landed = match &recorded {
-            Ok(()) | Err(Error::Refused(_)) => {
-                decide_outcome(recorded.as_ref().copied(), None, false)
-            }
-            Err(_) => {
-                let released = self.release_claim(instance, &id).await;
-                let on_target = self
-                    .instance_record(project, name)
-                    .is_ok_and(|record| record.location == to);
-                decide_outcome(
-                    recorded.as_ref().copied(),
-                    Some(released.as_ref().copied()),
-                    on_target,
-                )
-            }
-        };
-        match (landed, recorded) {
-            (Landed::Yes, _) => {}
-            (Landed::No, Err(error)) => {
+        match self
+            .record_move(instance, &id, to, options.config.clone())
+            .await
+        {
+            Recorded::Landed => {}
+            Recorded::NotLanded(error) => {
                 self.undo_copy(instance, to, &id, start_after).await;
                 return Err(error);
             }
-            (Landed::No, Ok(())) => {
-                return Err(Error::Internal(
-                    "a recorded move counted as not landed".into(),
-                ))
-            }
-            (Landed::Unknown, recorded) => {
-                let why = recorded
-                    .err()
-                    .map(|error| error.to_string())
-                    .unwrap_or_default();
-                tracing::warn!(instance = %key, member = to, move_id = %id, %why, "whether the move landed is unknown: both copies stay for the records to decide");
+            Recorded::Unknown(error) => {
+                tracing::warn!(instance = %key, member = to, move_id = %id, %error, "whether the move landed is unknown: both copies stay for the records to decide");
                 return Err(Error::OutcomeUnknown(format!(
                     "the move of instance \"{name}\" to member \"{to}\" may or may not have \
-                     been recorded ({why}); instances.get shows where it is"
+                     been recorded ({error}); instances.get shows where it is"
                 )));
             }
         }
@@ -398,8 +373,61 @@ impl Member {
         }))
     }
 
+    /// Step 5: records claimed move `id` of `instance` to member `to` with `config`, and when
+    /// the write's outcome is not known, settles it ([`decide_outcome`]).
+    pub(crate) async fn record_move(
+        &self,
+        instance: &Instance,
+        id: &str,
+        to: &str,
+        config: BTreeMap<String, Option<String>>,
+    ) -> Recorded {
+        let command = InstanceCommand::InstanceMoveClaimed {
+            project: instance.project.clone(),
+            name: instance.name.clone(),
+            id: id.to_string(),
+            from: instance.location.clone(),
+            location: to.to_string(),
+            config,
+        };
+        let recorded = self
+            .propose(
+                starling_store::Command::Instance(command),
+                crate::cluster::join::WRITE_TIMEOUT,
+            )
+            .await;
+        let landed = match &recorded {
+            Ok(()) | Err(Error::Refused(_)) => {
+                decide_outcome(recorded.as_ref().copied(), None, false)
+            }
+            Err(_) => {
+                let released = self.release_claim(instance, id).await;
+                let on_target = self
+                    .instance_record(&instance.project, &instance.name)
+                    .is_ok_and(|record| record.location == to);
+                decide_outcome(
+                    recorded.as_ref().copied(),
+                    Some(released.as_ref().copied()),
+                    on_target,
+                )
+            }
+        };
+        match (landed, recorded) {
+            (Landed::Yes, _) => Recorded::Landed,
+            (Landed::No, Err(error)) => Recorded::NotLanded(error),
+            (Landed::No, Ok(())) => Recorded::NotLanded(Error::Internal(
+                "a recorded move counted as not landed".into(),
+            )),
+            (Landed::Unknown, recorded) => Recorded::Unknown(
+                recorded
+                    .err()
+                    .unwrap_or_else(|| Error::Internal("no error for an unknown outcome".into())),
+            ),
+        }
+    }
+
     /// Ends the claim of move `id` (see the module's doc); answers how the write ended.
-    async fn release_claim(&self, instance: &Instance, id: &str) -> Result<(), Error> {
+    pub(crate) async fn release_claim(&self, instance: &Instance, id: &str) -> Result<(), Error> {
         let release = InstanceCommand::InstanceMoveRelease {
             project: instance.project.clone(),
             name: instance.name.clone(),
