@@ -326,6 +326,54 @@ async fn a_restore_during_an_evacuation_loses_no_origin() -> Result<()> {
     Ok(())
 }
 
+/// A self-healing cluster: 3 member processes, offline after 10 s, healing after 1 s more;
+/// instance `phoenix` (`cluster.healing.recreate=true`) on `victim`, a follower; `via` is the
+/// third member.
+struct Healing {
+    cluster: ProcessCluster,
+    leftovers: starling_tests::containers::LeftoverContainers,
+    work: tempfile::TempDir,
+    leader: usize,
+    victim: usize,
+    via: usize,
+}
+
+impl Healing {
+    async fn start() -> Result<Healing> {
+        let (cluster, leftovers, work) = cluster_with_busybox(3, true).await?;
+        let leader = cluster.leader(0).await?;
+        let (victim, via) = ((leader + 1) % 3, (leader + 2) % 3);
+        for (key, value) in [
+            ("cluster.offline_threshold", "10"),
+            ("cluster.heartbeat_interval_ms", "500"),
+            ("cluster.healing_threshold", "1"),
+        ] {
+            cluster.cli_ok(via, &["config", "set", &format!("{key}={value}")])?;
+        }
+        let victim_name = format!("m{}", victim + 1);
+        cluster.cli_ok(
+            via,
+            &[
+                "launch",
+                "bb",
+                "phoenix",
+                "--target",
+                &victim_name,
+                "-c",
+                "cluster.healing.recreate=true",
+            ],
+        )?;
+        Ok(Healing {
+            cluster,
+            leftovers,
+            work,
+            leader,
+            victim,
+            via,
+        })
+    }
+}
+
 /// Goal: a member offline past `cluster.healing_threshold` is evacuated by the leader itself:
 /// an instance with `cluster.healing.recreate=true` is recreated from its image on another
 /// member and runs; another is listed as failed with the reason and stays; when the member is
@@ -339,30 +387,10 @@ async fn self_healing_recreates_what_it_may() -> Result<()> {
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
-    let leader = cluster.leader(0).await?;
-    let victim = (leader + 1) % 3;
-    let via = (leader + 2) % 3;
+    let healing = Healing::start().await?;
+    let (mut cluster, victim, via) = (healing.cluster, healing.victim, healing.via);
+    let (_leftovers, _work) = (healing.leftovers, healing.work);
     let victim_name = format!("m{}", victim + 1);
-    for (key, value) in [
-        ("cluster.offline_threshold", "10"),
-        ("cluster.heartbeat_interval_ms", "500"),
-        ("cluster.healing_threshold", "1"),
-    ] {
-        cluster.cli_ok(via, &["config", "set", &format!("{key}={value}")])?;
-    }
-    cluster.cli_ok(
-        via,
-        &[
-            "launch",
-            "bb",
-            "phoenix",
-            "--target",
-            &victim_name,
-            "-c",
-            "cluster.healing.recreate=true",
-        ],
-    )?;
     cluster.cli_ok(via, &["launch", "bb", "anchored", "--target", &victim_name])?;
     let error = cluster.cli_fails(
         via,
@@ -459,30 +487,11 @@ async fn a_recreate_that_fails_keeps_the_instance_on_its_member() -> Result<()> 
     if !is_root() {
         return Ok(());
     }
-    let (mut cluster, _leftovers, _work) = cluster_with_busybox(3, true).await?;
-    let leader = cluster.leader(0).await?;
-    let victim = (leader + 1) % 3;
-    let via = (leader + 2) % 3;
+    let healing = Healing::start().await?;
+    let (mut cluster, leader, victim, via) =
+        (healing.cluster, healing.leader, healing.victim, healing.via);
+    let (_leftovers, _work) = (healing.leftovers, healing.work);
     let victim_name = format!("m{}", victim + 1);
-    for (key, value) in [
-        ("cluster.offline_threshold", "10"),
-        ("cluster.heartbeat_interval_ms", "500"),
-        ("cluster.healing_threshold", "1"),
-    ] {
-        cluster.cli_ok(via, &["config", "set", &format!("{key}={value}")])?;
-    }
-    cluster.cli_ok(
-        via,
-        &[
-            "launch",
-            "bb",
-            "phoenix",
-            "--target",
-            &victim_name,
-            "-c",
-            "cluster.healing.recreate=true",
-        ],
-    )?;
     let (code, _, stderr) = exec(
         &cluster,
         via,

@@ -554,15 +554,7 @@ impl Member {
         to: &str,
     ) -> Result<(), Error> {
         self.ensure_image_on(&instance.image, to).await?;
-        let id = format!("{:032x}", crate::token::random_u128()?);
-        let claim = starling_store::instances::InstanceCommand::InstanceMoveClaim {
-            project: instance.project.clone(),
-            name: instance.name.clone(),
-            from: instance.location.clone(),
-            id: id.clone(),
-        };
-        self.propose(Command::Instance(claim), WRITE_TIMEOUT)
-            .await?;
+        let id = self.claim_move(instance).await?;
         let mut at_target = instance.clone();
         at_target.location = to.to_string();
         let discard = LocalOperation::Discard {

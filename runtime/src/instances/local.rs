@@ -290,10 +290,7 @@ impl Member {
             LocalOperation::Discard { key, stamp } => {
                 let lock = self.inner.instances.lock(key);
                 let _guard = lock.write().await;
-                let stamp_key = key.clone();
-                let here = self
-                    .blocking(move |driver| Ok(driver.move_stamp(&stamp_key)))
-                    .await?;
+                let here = self.stamp_of(key).await;
                 if here != *stamp {
                     tracing::info!(instance = %key, asked = ?stamp, here = ?here, "the copy here is another move's: it stays");
                     return Ok(json!({"removed": false}));
@@ -353,6 +350,15 @@ impl Member {
     pub(crate) async fn observe(&self, key: &InstanceKey) -> Result<State, Error> {
         let key = key.clone();
         self.blocking(move |driver| driver.state(&key)).await
+    }
+
+    /// The id of the move that brought the container of `key` here, if one did.
+    pub(crate) async fn stamp_of(&self, key: &InstanceKey) -> Option<String> {
+        let key = key.clone();
+        self.blocking(move |driver| Ok(driver.move_stamp(&key)))
+            .await
+            .ok()
+            .flatten()
     }
 
     async fn prepare_local(

@@ -285,19 +285,7 @@ impl Member {
     ) -> Result<Value, Error> {
         let (project, name, from) = (&instance.project, &instance.name, &instance.location);
         let key = key_of(instance);
-        let id = format!("{:032x}", crate::token::random_u128()?);
-        let claim = InstanceCommand::InstanceMoveClaim {
-            project: project.clone(),
-            name: name.clone(),
-            from: from.clone(),
-            id: id.clone(),
-        };
-        self.move_stage(project, name, |progress| progress.id = id.clone());
-        self.propose(
-            starling_store::Command::Instance(claim),
-            crate::cluster::join::WRITE_TIMEOUT,
-        )
-        .await?;
+        let id = self.claim_move(instance).await?;
         let was_running = instance.status == InstanceStatus::Running;
         if was_running {
             self.move_stage(project, name, |progress| progress.stage = "stopping".into());
@@ -426,11 +414,37 @@ impl Member {
         }
     }
 
-    /// Ends the claim of move `id` (see the module's doc); answers how the write ended.
-    pub(crate) async fn release_claim(&self, instance: &Instance, id: &str) -> Result<(), Error> {
-        let release = InstanceCommand::InstanceMoveRelease {
+    /// Step 2: claims `instance`, on its current location, for a move under a fresh id
+    /// (shown by `instances.moves()` when this leader runs the move); answers the id.
+    pub(crate) async fn claim_move(&self, instance: &Instance) -> Result<String, Error> {
+        let id = format!("{:032x}", crate::token::random_u128()?);
+        let claim = InstanceCommand::InstanceMoveClaim {
             project: instance.project.clone(),
             name: instance.name.clone(),
+            from: instance.location.clone(),
+            id: id.clone(),
+        };
+        self.move_stage(&instance.project, &instance.name, |progress| {
+            progress.id = id.clone()
+        });
+        self.propose(
+            starling_store::Command::Instance(claim),
+            crate::cluster::join::WRITE_TIMEOUT,
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Ends the claim of move `id` (see the module's doc); answers how the write ended.
+    pub(crate) async fn release_claim(&self, instance: &Instance, id: &str) -> Result<(), Error> {
+        self.release(&instance.project, &instance.name, id).await
+    }
+
+    /// Ends the claim of move `id` of instance `name` (see the module's doc).
+    async fn release(&self, project: &str, name: &str, id: &str) -> Result<(), Error> {
+        let release = InstanceCommand::InstanceMoveRelease {
+            project: project.to_string(),
+            name: name.to_string(),
             id: id.to_string(),
         };
         let released = self
@@ -440,7 +454,7 @@ impl Member {
             )
             .await;
         if let Err(error) = &released {
-            tracing::debug!(instance = %instance.name, move_id = id, %error, "the move's claim was not released");
+            tracing::debug!(instance = %name, move_id = id, %error, "the move's claim was not released");
         }
         released
     }
@@ -582,18 +596,7 @@ impl Member {
         if under_way {
             return Ok(json!({"removable": false}));
         }
-        let release = InstanceCommand::InstanceMoveRelease {
-            project: project.to_string(),
-            name: name.to_string(),
-            id: id.to_string(),
-        };
-        match self
-            .propose(
-                starling_store::Command::Instance(release),
-                crate::cluster::join::WRITE_TIMEOUT,
-            )
-            .await
-        {
+        match self.release(project, name, id).await {
             // Applied (either way): the state read below includes everything before it.
             Ok(()) | Err(Error::Refused(_)) => {}
             Err(error) => return Err(error),

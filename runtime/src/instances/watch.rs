@@ -265,15 +265,6 @@ impl Member {
         }
     }
 
-    /// The id of the move that brought the container of `key` here, if one did.
-    async fn stamp_of(&self, key: &super::driver::InstanceKey) -> Option<String> {
-        let key = key.clone();
-        self.blocking(move |driver| Ok(driver.move_stamp(&key)))
-            .await
-            .ok()
-            .flatten()
-    }
-
     /// Whether the copy of `key` here, stamped by move `id`, can go: the leader settles it
     /// ([`Member::settle_move`]); not when the leader cannot be asked.
     async fn move_settled(&self, key: &super::driver::InstanceKey, id: &str) -> bool {
