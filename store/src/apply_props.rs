@@ -108,6 +108,13 @@ fn instance_command() -> impl Strategy<Value = InstanceCommand> {
             .prop_map(|(project, from, to)| InstanceCommand::InstanceRename { project, from, to }),
         (project(), name())
             .prop_map(|(project, name)| InstanceCommand::InstanceDelete { project, name }),
+        (project(), name(), any::<bool>()).prop_map(|(project, name, deleting)| {
+            InstanceCommand::InstanceDeleting {
+                project,
+                name,
+                deleting,
+            }
+        }),
         (one_of(&GROUPS), proptest::collection::vec(member(), 0..3)).prop_map(|(name, members)| {
             InstanceCommand::GroupCreate {
                 group: ClusterGroup {

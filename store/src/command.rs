@@ -231,6 +231,7 @@ impl Command {
                     | I::InstanceMoveClaim { .. }
                     | I::InstanceMoveClaimed { .. }
                     | I::InstanceMoveRelease { .. }
+                    | I::InstanceDeleting { .. }
                     | I::InstanceRename { .. }
                     | I::InstanceDelete { .. }
             ),

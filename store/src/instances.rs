@@ -25,6 +25,11 @@ pub const DEVICES_MAX: usize = 64;
 /// The config key holding the id of the move that has claimed an instance
 /// ([`InstanceCommand::InstanceMoveClaim`]); kept by the cluster, never by an update.
 pub const MOVE_CLAIM_KEY: &str = "volatile.move.id";
+/// The config key marking an instance whose delete has begun
+/// ([`InstanceCommand::InstanceDeleting`]); kept by the cluster, never by an update.
+pub const DELETING_KEY: &str = "volatile.deleting";
+/// The config keys only the cluster sets.
+pub const CLUSTER_KEYS: [&str; 2] = [MOVE_CLAIM_KEY, DELETING_KEY];
 /// Most bytes of a move id.
 pub const MOVE_ID_BYTES_MAX: usize = 64;
 
@@ -319,6 +324,17 @@ pub enum InstanceCommand {
         /// The move's id.
         id: String,
     },
+    /// Marks (or unmarks) an instance whose delete has begun ([`DELETING_KEY`]): its member
+    /// finishes a delete cut short after the files went, so the record never stays behind
+    /// with nothing on disk.
+    InstanceDeleting {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// Mark (`true`) or unmark.
+        deleting: bool,
+    },
 }
 
 /// Refuses unless `instance` is on member `member` (a stale report or a move from where it is
@@ -570,6 +586,10 @@ impl InstanceCommand {
                 check_len("project name", project, NAME_BYTES_MAX)?;
                 check_len("instance name", name, NAME_BYTES_MAX)?;
                 check_move_id(id)
+            }
+            InstanceCommand::InstanceDeleting { project, name, .. } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)
             }
         }
     }
@@ -877,14 +897,19 @@ impl ClusterState {
                 }
                 let instance = self.instance_mut(project, name)?;
                 if let Some(config) = &changes.config {
-                    // The claim of a move is the cluster's: an update read before it (or
-                    // naming one) neither ends nor forges it.
-                    let claim = instance.config.get(MOVE_CLAIM_KEY).cloned();
+                    // The cluster's keys (a move's claim, a delete's mark) are the cluster's:
+                    // an update read before them (or naming them) neither ends nor forges them.
+                    let kept: Vec<_> = CLUSTER_KEYS
+                        .iter()
+                        .map(|key| (*key, instance.config.get(*key).cloned()))
+                        .collect();
                     instance.config = config.clone();
-                    match claim {
-                        Some(claim) => instance.config.insert(MOVE_CLAIM_KEY.to_string(), claim),
-                        None => instance.config.remove(MOVE_CLAIM_KEY),
-                    };
+                    for (key, value) in kept {
+                        match value {
+                            Some(value) => instance.config.insert(key.to_string(), value),
+                            None => instance.config.remove(key),
+                        };
+                    }
                 }
                 if let Some(devices) = &changes.devices {
                     instance.devices = devices.clone();
@@ -1061,6 +1086,19 @@ impl ClusterState {
                     location: location.clone(),
                     config: config.clone(),
                 })
+            }
+            InstanceCommand::InstanceDeleting {
+                project,
+                name,
+                deleting,
+            } => {
+                let config = &mut self.instance_mut(project, name)?.config;
+                if *deleting {
+                    config.insert(DELETING_KEY.to_string(), "true".to_string());
+                } else {
+                    config.remove(DELETING_KEY);
+                }
+                Ok(())
             }
             InstanceCommand::InstanceMoveRelease { project, name, id } => {
                 self.check_move_claim(project, name, id)?;

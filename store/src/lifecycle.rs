@@ -461,7 +461,9 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             member,
         )],
         // A claim is the cluster's bookkeeping of a move; the move itself is the event.
-        I::InstanceMoveClaim { .. } | I::InstanceMoveRelease { .. } => Vec::new(),
+        I::InstanceMoveClaim { .. }
+        | I::InstanceMoveRelease { .. }
+        | I::InstanceDeleting { .. } => Vec::new(),
     }
 }
 

@@ -521,3 +521,75 @@ async fn exec_through_a_spare_that_never_heard_of_the_instances_member() -> Resu
     assert_eq!((code, stdout.trim()), (0, "far"), "{stderr}");
     Ok(())
 }
+
+/// Goal: a delete that loses its quorum part-way never leaves the record behind with nothing
+/// on disk: the record is marked before the files go, so without a quorum nothing goes, and
+/// with one the instance is deleted whole.
+/// Method: 5 member processes (3 voters, 2 stand-bys); an instance on a stand-by; the two
+/// voters that do not lead are paused with SIGSTOP and the instance is deleted through the
+/// leader at once; then they resume. Before the mark, the files went first and the record's
+/// removal met no quorum: the record stayed, `Running`, on a member with no container
+/// (`starling-chaos` seed 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_without_quorum_leaves_the_instance_whole() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox(5, false).await?;
+    let members = cluster.wait_roles(0, 3, 2).await?;
+    let leader = cluster.leader(0).await?;
+    let leader_name = format!("m{}", leader + 1);
+    let index = |name: &str| name.trim_start_matches('m').parse::<usize>().map(|n| n - 1);
+    let followers = starling_tests::with_role(&members, "database")
+        .into_iter()
+        .filter(|name| *name != leader_name)
+        .map(|name| index(&name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let holder = starling_tests::with_role(&members, "database-standby")
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no stand-by: {members}"))?;
+    cluster.cli_ok(leader, &["launch", "bb", "doomed", "--target", &holder])?;
+    let container = cluster
+        .dir(index(&holder)?)
+        .join("storage-pools/default/containers/default_doomed");
+    ensure!(container.exists(), "no container on {holder}");
+
+    for follower in &followers {
+        cluster.signal(*follower, "STOP")?;
+    }
+    let output = cluster.cli(leader, &["delete", "doomed", "--force"]);
+    for follower in &followers {
+        cluster.signal(*follower, "CONT")?;
+    }
+    let output = output?;
+    println!(
+        "the delete without quorum said: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let record = wait_for("the cluster to answer", Duration::from_secs(60), || async {
+        let listed = cluster.cli_ok(leader, &["list", "--format", "json"]).ok()?;
+        serde_json::from_str::<Value>(&listed).ok()
+    })
+    .await?;
+    let kept = record
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|instance| instance["name"] == "doomed");
+    if kept {
+        assert!(
+            container.exists(),
+            "the record of doomed stayed, its files went: {record}"
+        );
+        cluster.cli_ok(leader, &["delete", "doomed", "--force"])?;
+    }
+    wait_for("doomed to go whole", Duration::from_secs(30), || async {
+        let listed = cluster.cli_ok(leader, &["list", "--format", "json"]).ok()?;
+        (!listed.contains("\"doomed\"") && !container.exists()).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -76,9 +76,10 @@ pub fn check_instance_key(key: &str, value: &str) -> Result<(), String> {
 /// Refuses the instance keys only the cluster sets (the claim of a move under way), whether to
 /// set or to unset them.
 pub fn check_settable(key: &str) -> Result<(), String> {
-    if key == starling_store::instances::MOVE_CLAIM_KEY {
+    if starling_store::instances::CLUSTER_KEYS.contains(&key) {
         return Err(format!(
-            "configuration key \"{key}\" records a move under way: the cluster sets it, not a user"
+            "configuration key \"{key}\" records a move or delete under way: the cluster sets \
+             it, not a user"
         ));
     }
     Ok(())
@@ -392,8 +393,12 @@ mod tests {
         let error = check_profile_key("volatile.eth0.hwaddr", "x").unwrap_err();
         assert!(error.contains("cannot be set on a profile"), "{error}");
         let error = check_instance_key("volatile.move.id", "x").unwrap_err();
-        assert!(error.contains("records a move under way"), "{error}");
+        assert!(
+            error.contains("records a move or delete under way"),
+            "{error}"
+        );
         assert!(check_settable("volatile.move.id").is_err());
+        assert!(check_settable("volatile.deleting").is_err());
         assert!(check_settable("volatile.uuid").is_ok());
         assert!(check_project_key("restricted", "x").is_err());
         assert!(check_project_key("restricted.containers.nesting", "allow").is_ok());

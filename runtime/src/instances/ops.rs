@@ -836,17 +836,43 @@ impl Member {
                 "The instance \"{name}\" is running: stop it first, or delete it with force"
             )));
         }
+        // Marked first: a delete cut short after its files went (the record's removal then
+        // met no quorum) is finished by its member, so the record never stays behind with
+        // nothing on disk (`starling-chaos` seed 7).
+        let mark = |deleting| InstanceCommand::InstanceDeleting {
+            project: project.to_string(),
+            name: name.to_string(),
+            deleting,
+        };
+        self.propose_instance(mark(true)).await?;
         let operation = LocalOperation::Delete {
             key: key_of(&instance),
             force,
         };
-        self.on_location(&instance, operation).await?;
-        self.propose_instance(InstanceCommand::InstanceDelete {
-            project: project.to_string(),
-            name: name.to_string(),
-        })
-        .await?;
-        Ok(Value::Null)
+        match self.on_location(&instance, operation).await {
+            Ok(_) => {}
+            // Refused before anything went: the instance stays as it was.
+            Err(error @ Error::Refused(_)) => {
+                if let Err(unmark) = self.propose_instance(mark(false)).await {
+                    tracing::warn!(instance = %name, %unmark, "the refused delete's mark stays: its member will finish the delete");
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        }
+        let deleted = self
+            .propose_instance(InstanceCommand::InstanceDelete {
+                project: project.to_string(),
+                name: name.to_string(),
+            })
+            .await;
+        match deleted {
+            // Refused because it is gone: its member finished this delete meanwhile.
+            Err(Error::Refused(_)) if self.instance_record(project, name).is_err() => {
+                Ok(Value::Null)
+            }
+            other => other.map(|()| Value::Null),
+        }
     }
 
     /// Runs `operation` on the instance's member: here, or asked over the network. An offline

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use starling_store::instances::{Instance, InstanceStatus};
+use starling_store::instances::{Instance, InstanceStatus, DELETING_KEY};
 
 use super::config::LAST_POWER_KEY;
 use super::driver::State;
@@ -121,6 +121,7 @@ pub(crate) fn spawn(member: Member) {
             round += 1;
             if round.is_multiple_of(STALE_EVERY_ROUNDS) {
                 member.remove_stale_copies().await;
+                member.finish_deletes().await;
             }
         }
     });
@@ -261,6 +262,34 @@ impl Member {
                 if let Err(error) = removed {
                     tracing::warn!(instance = %key, %error, "could not remove a stale copy");
                 }
+            }
+        }
+    }
+
+    /// Finishes, through the leader, the deletes of this member's instances that were cut
+    /// short after their files went ([`DELETING_KEY`]: a delete marks the record before the
+    /// files go). A marked instance whose files are all here is left as it is: its delete did
+    /// not happen (or its mark landed after the delete had failed).
+    async fn finish_deletes(&self) {
+        for instance in self.my_instances().await {
+            if !instance.config.contains_key(DELETING_KEY) {
+                continue;
+            }
+            let rootfs = self
+                .driver()
+                .container_dir(&key_of(&instance))
+                .join("rootfs");
+            if rootfs.is_dir() {
+                continue;
+            }
+            tracing::info!(instance = %instance.name, "finishing a delete that was cut short");
+            let delete = crate::Operation::Instance(super::ops::InstanceOperation::Delete {
+                project: instance.project.clone(),
+                name: instance.name.clone(),
+                force: true,
+            });
+            if let Err(error) = Box::pin(self.execute(delete, crate::Caller::local())).await {
+                tracing::debug!(instance = %instance.name, %error, "the delete is not finished yet");
             }
         }
     }
