@@ -97,6 +97,21 @@ pub(crate) async fn replay(
         Operation::Instance(crate::instances::ops::InstanceOperation::Create(request)) => {
             Box::pin(member.resume_create(request, command_id(request_id, 0))).await
         }
+        // A delete's first command marks the record; the rest of it (the files, then the
+        // record's removal) may not have happened, or may be under way still: finished here.
+        Operation::Instance(crate::instances::ops::InstanceOperation::Delete {
+            project,
+            name,
+            force,
+        }) => Box::pin(member.resume_delete(project, name, *force)).await,
+        // A move's first command claims the instance; whether the move then landed is not
+        // known here, and running it again could move the instance twice.
+        Operation::Instance(crate::instances::ops::InstanceOperation::Move { name, .. }) => {
+            Err(Error::OutcomeUnknown(format!(
+                "an earlier attempt of this move of \"{name}\" claimed the instance; whether it \
+                 moved is not known here: see instances.get and instances.moves()"
+            )))
+        }
         // A kv write proposes one command: its answer is kept under that command's id.
         Operation::Kv(
             crate::automation::kv::KvOperation::Cas { .. }

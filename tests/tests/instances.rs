@@ -593,3 +593,99 @@ async fn a_delete_without_quorum_leaves_the_instance_whole() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Goal: a delete sent again with its request id, after its first attempt marked the record
+/// and then failed (its member was down), deletes the instance: the answer "done" always means
+/// gone. Before, a repeat was answered from the first command's outcome (the mark's) with
+/// "done" while the record stayed (`starling-chaos` seed 7 after the mark came in: "deleted
+/// (acknowledged), yet it has a record").
+/// Method: 3 member processes; an instance on a member that does not lead; that member killed
+/// with SIGKILL; the delete sent to the leader with a chosen request id fails; the member
+/// restarted; the same request sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_asked_again_after_a_failed_attempt_deletes() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (mut cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox(3, false).await?;
+    let leader = cluster.leader(0).await?;
+    let holder = (leader + 1) % 3;
+    let holder_name = format!("m{}", holder + 1);
+    cluster.cli_ok(leader, &["launch", "bb", "twice", "--target", &holder_name])?;
+    let container = cluster
+        .dir(holder)
+        .join("storage-pools/default/containers/default_twice");
+    ensure!(container.exists(), "no container on {holder_name}");
+    let third = format!("m{}", (leader + 2) % 3 + 1);
+    cluster.cli_ok(leader, &["init", "bb", "stays", "--target", &third])?;
+
+    let client = Client::local(&cluster.dir(leader)).await?;
+    let delete = || {
+        Operation::Instance(InstanceOperation::Delete {
+            project: "default".into(),
+            name: "twice".into(),
+            force: true,
+        })
+    };
+    let request_id = 0x5eed_0000_0000_0000_0000_0000_0000_0001_u128;
+    cluster.kill(holder)?;
+    let first = client.operation_with_id(delete(), request_id).await;
+    println!("the first attempt, its member down: {first:?}");
+    ensure!(first.is_err(), "the delete succeeded with its member down");
+    let listed = cluster.cli_ok(leader, &["list", "--format", "json"])?;
+    ensure!(
+        listed.contains("\"twice\""),
+        "the failed delete removed the record: {listed}"
+    );
+    // A move is the same: its first command claims the instance. Asked again, it cannot
+    // tell whether it moved, and says so instead of "done".
+    let move_to_holder = || {
+        Operation::Instance(InstanceOperation::Move {
+            project: "default".into(),
+            name: "stays".into(),
+            target: holder_name.clone(),
+        })
+    };
+    let move_id = request_id + 1000;
+    let moved = client.operation_with_id(move_to_holder(), move_id).await;
+    println!("a move to the member down: {moved:?}");
+    ensure!(moved.is_err(), "a move to a member down succeeded");
+    let again = client.operation_with_id(move_to_holder(), move_id).await;
+    println!("the move asked again: {again:?}");
+    assert!(
+        matches!(again, Err(Error::OutcomeUnknown(_))),
+        "the repeated move answered {again:?}; it is on {}",
+        info(&cluster, leader, "stays")?["location"]
+    );
+
+    cluster.restart(holder)?;
+    cluster.wait_ready(holder)?;
+    let again = wait_for(
+        "the repeat to get an answer",
+        Duration::from_secs(60),
+        || async {
+            match client.operation_with_id(delete(), request_id).await {
+                Err(Error::NotSent(_) | Error::Transport(_)) => None,
+                answer => Some(answer),
+            }
+        },
+    )
+    .await?;
+    println!("the repeat: {again:?}");
+    if again.is_ok() {
+        let listed = cluster.cli_ok(leader, &["list", "--format", "json"])?;
+        assert!(
+            !listed.contains("\"twice\""),
+            "the repeated delete answered done, yet the record stays: {listed}"
+        );
+        assert!(
+            !container.exists(),
+            "the repeated delete answered done, yet its files stay"
+        );
+    } else {
+        panic!("the repeated delete failed with its member back: {again:?}");
+    }
+    Ok(())
+}

@@ -867,12 +867,37 @@ impl Member {
             })
             .await;
         match deleted {
-            // Refused because it is gone: its member finished this delete meanwhile.
-            Err(Error::Refused(_)) if self.instance_record(project, name).is_err() => {
-                Ok(Value::Null)
-            }
+            // Refused because it is gone: its member (or another attempt of this request)
+            // finished this delete meanwhile.
+            Err(Error::Refused(_)) if !self.instance_exists(project, name) => Ok(Value::Null),
             other => other.map(|()| Value::Null),
         }
+    }
+
+    /// A delete asked again whose first attempt marked the record (its answer was lost, or it
+    /// is still under way): done when the record is gone, else run again. Run again, its
+    /// commands are not tagged: each is harmless twice (the mark is a set; a second removal
+    /// is refused, and then the record is gone).
+    pub(crate) async fn resume_delete(
+        &self,
+        project: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Value, Error> {
+        if !self.instance_exists(project, name) {
+            return Ok(Value::Null);
+        }
+        tracing::info!(instance = %name, "finishing a delete an earlier attempt of the request began");
+        self.delete_instance(project, name, force).await
+    }
+
+    /// Whether the records hold instance `name` of `project` (as this member knows them).
+    fn instance_exists(&self, project: &str, name: &str) -> bool {
+        self.local_state(|state| {
+            state
+                .instances
+                .contains_key(&(project.to_string(), name.to_string()))
+        })
     }
 
     /// Runs `operation` on the instance's member: here, or asked over the network. An offline
