@@ -109,6 +109,19 @@ impl Drop for LeftoverContainers {
     }
 }
 
+/// Where the file `path` (relative to the container's root) written by the container
+/// `default_<name>` lies on the host of the member whose data directory is `member_dir`: in
+/// the writable layer of a layered container, or under `rootfs/` of a flat one (a moved copy).
+pub fn written_file(member_dir: &Path, name: &str, path: &str) -> PathBuf {
+    let dir = member_dir.join(format!("storage-pools/default/containers/default_{name}"));
+    let upper = dir.join("upper").join(path);
+    if dir.join("upper").is_dir() {
+        upper
+    } else {
+        dir.join("rootfs").join(path)
+    }
+}
+
 /// Stops and deletes every container in `pools` through the driver (`shim`: the `starling`
 /// binary); a container that cannot be deleted is logged and left.
 pub fn remove_containers(pools: &[PathBuf], shim: &Path) {

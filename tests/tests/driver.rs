@@ -71,6 +71,24 @@ impl Fixture {
         Ok(key)
     }
 
+    /// A key unique to this test process, layered on this pool's base of the busybox image.
+    fn layered(&mut self, name: &str) -> Result<InstanceKey> {
+        let key = InstanceKey::new(format!("t{}", std::process::id()), name);
+        self.driver
+            .create_from_image(&key, &self.image, &self.fingerprint()?)?;
+        self.keys.push(key.clone());
+        Ok(key)
+    }
+
+    /// The image's fingerprint (SHA-256 of the file, as LXD's).
+    fn fingerprint(&self) -> Result<String> {
+        let bytes = std::fs::read(&self.image)?;
+        Ok(hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &bytes,
+        )))
+    }
+
     /// Runs `argv` in the container; fails unless the command ran.
     fn exec(&self, key: &InstanceKey, argv: &[&str]) -> Result<(i32, String, String)> {
         let output = self
@@ -619,5 +637,132 @@ fn streaming_exec() -> Result<()> {
         ensure!(Instant::now() < deadline, "the command outlived its shim");
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
+}
+
+/// Whether anything is mounted at or under `dir` in this process's mount namespace.
+fn mounted_under(dir: &Path) -> Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|point| Path::new(point).starts_with(dir)))
+}
+
+/// Goal: containers made from one image share one unpacked base and each writes only its own
+/// layer: a file written, changed or removed in one is as it was in the other and in the
+/// base; the whole tree of a stopped container (what a move packs) shows its changes and
+/// removals; the host never has the overlay mounted; the base goes with the last container
+/// layered on it.
+/// Method: two busybox containers from `create_from_image`, changed through exec; the tree
+/// read with `read_tree`; `/proc/self/mountinfo` of the test process (the host's namespace).
+#[test]
+fn layered_containers_share_their_base() -> Result<()> {
+    let Some(mut fixture) = Fixture::new()? else {
+        return Ok(());
+    };
+    ensure!(
+        fixture.driver.layering(),
+        "overlayfs is not usable under {}",
+        fixture.driver.pool_dir().display()
+    );
+    let started = Instant::now();
+    let a = fixture.layered("a")?;
+    let first = started.elapsed();
+    let started = Instant::now();
+    let b = fixture.layered("b")?;
+    println!(
+        "create from the image: {first:?} (the base unpacked), then {:?}",
+        started.elapsed()
+    );
+    let base = fixture
+        .driver
+        .pool_dir()
+        .join("bases")
+        .join(fixture.fingerprint()?)
+        .join("rootfs");
+    ensure!(
+        base.join("bin/busybox").is_file(),
+        "no base at {}",
+        base.display()
+    );
+    let dir_a = fixture.driver.container_dir(&a);
+    for empty in [dir_a.join("rootfs"), dir_a.join("upper")] {
+        ensure!(
+            std::fs::read_dir(&empty)?.next().is_none(),
+            "{} is not empty",
+            empty.display()
+        );
+    }
+
+    fixture.driver.start(&a, &ContainerSpec::new("a"))?;
+    fixture.driver.start(&b, &ContainerSpec::new("b"))?;
+    fixture.output(
+        &a,
+        &[
+            "sh",
+            "-c",
+            "echo mine > /root/mark && echo changed > /etc/inittab && rm /bin/true",
+        ],
+    )?;
+    assert_eq!(fixture.output(&a, &["cat", "/root/mark"])?.trim(), "mine");
+    assert_ne!(
+        fixture.exec(&a, &["ls", "/bin/true"])?.0,
+        0,
+        "/bin/true is still in a"
+    );
+    assert_ne!(
+        fixture.exec(&b, &["cat", "/root/mark"])?.0,
+        0,
+        "b sees a's file"
+    );
+    assert_eq!(
+        fixture.output(&b, &["cat", "/etc/inittab"])?,
+        std::fs::read_to_string(base.join("etc/inittab"))?
+    );
+    assert_eq!(
+        fixture.exec(&b, &["ls", "/bin/true"])?.0,
+        0,
+        "b lost /bin/true"
+    );
+    ensure!(!base.join("root/mark").exists(), "a wrote into the base");
+    ensure!(
+        std::fs::symlink_metadata(base.join("bin/true")).is_ok(),
+        "a removed /bin/true from the base"
+    );
+    ensure!(!std::fs::read_to_string(base.join("etc/inittab"))?.contains("changed"));
+    ensure!(
+        !mounted_under(fixture.driver.pool_dir())?,
+        "an overlay is mounted on the host"
+    );
+
+    fixture.driver.stop(&a, Duration::ZERO, true)?;
+    let tree = fixture.driver.read_tree(&a, |root| {
+        Ok((
+            std::fs::read_to_string(root.join("root/mark"))?,
+            std::fs::read_to_string(root.join("etc/inittab"))?,
+            std::fs::symlink_metadata(root.join("bin/true")).is_ok(),
+            root.join("bin/busybox").is_file(),
+        ))
+    })?;
+    assert_eq!(
+        tree,
+        ("mine\n".to_string(), "changed\n".to_string(), false, true),
+        "the tree of a"
+    );
+    ensure!(
+        !mounted_under(fixture.driver.pool_dir())?,
+        "the view stayed mounted"
+    );
+    ensure!(std::fs::read_dir(dir_a.join("rootfs"))?.next().is_none());
+
+    fixture.driver.delete(&a)?;
+    ensure!(
+        base.join("bin/busybox").is_file(),
+        "the base went while b is on it"
+    );
+    fixture.driver.stop(&b, Duration::ZERO, true)?;
+    fixture.driver.delete(&b)?;
+    ensure!(!base.exists(), "the base stayed after its last container");
     Ok(())
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use starling_tests::containers::{
     cluster_with_busybox, exec, info, instances, is_root, wait_status, wait_status_via,
+    written_file,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
@@ -531,9 +532,7 @@ async fn a_recreate_that_fails_keeps_the_instance_on_its_member() -> Result<()> 
     tokio::time::sleep(Duration::from_secs(15)).await;
     let phoenix = info(&cluster, via, "phoenix")?;
     assert_eq!(phoenix["location"], victim_name.as_str(), "{phoenix}");
-    let mark = cluster
-        .dir(victim)
-        .join("storage-pools/default/containers/default_phoenix/rootfs/root/mark");
+    let mark = written_file(&cluster.dir(victim), "phoenix", "root/mark");
     assert_eq!(
         std::fs::read_to_string(&mark).unwrap_or_default().trim(),
         "kept",

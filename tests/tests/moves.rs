@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use starling_tests::containers::{
-    busybox_image, cluster_with_busybox, exec, info, is_root, wait_status, LeftoverContainers,
+    busybox_image, cluster_with_busybox, exec, info, is_root, wait_status, written_file,
+    LeftoverContainers,
 };
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for};
@@ -343,9 +344,7 @@ async fn a_move_that_loses_its_quorum_keeps_the_instance() -> Result<()> {
         "the instance is on {location}: {record}"
     );
     let at = index(&location)?;
-    let mark = cluster
-        .dir(at)
-        .join("storage-pools/default/containers/default_big/rootfs/root/mark");
+    let mark = written_file(&cluster.dir(at), "big", "root/mark");
     let kept = std::fs::read_to_string(&mark).unwrap_or_default();
     assert_eq!(
         kept.trim(),

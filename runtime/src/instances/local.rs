@@ -377,16 +377,18 @@ impl Member {
             )));
         }
         let (prepare_key, id) = (key.clone(), stamp.to_string());
+        let base = fingerprint.to_string();
         let prepared = self
             .blocking(move |driver| {
                 if driver.container_dir(&prepare_key).exists() {
                     return Ok(driver.move_stamp(&prepare_key).as_deref() == Some(id.as_str()));
                 }
                 let unpacked = driver
-                    .unpack(&prepare_key, &image)
+                    .create_from_image(&prepare_key, &image, &base)
                     .and_then(|()| driver.stamp_move(&prepare_key, &id));
                 if unpacked.is_err() {
                     let _ = std::fs::remove_dir_all(driver.container_dir(&prepare_key));
+                    let _ = driver.collect_base(&base);
                 }
                 unpacked.map(|()| true)
             })
@@ -420,7 +422,8 @@ impl Member {
             self.blocking(move |driver| driver.clear_move_stamp(&own_key))
                 .await
         } else if image.is_file() {
-            self.blocking(move |driver| driver.unpack(&unpack_key, &image))
+            let base = fingerprint.to_string();
+            self.blocking(move |driver| driver.create_from_image(&unpack_key, &image, &base))
                 .await
         } else {
             Err(Error::Refused(format!(

@@ -131,14 +131,15 @@ impl Member {
                 key.name
             )));
         }
-        let rootfs = self.driver().container_dir(key).join("rootfs");
+        let (driver, tree_key) = (self.driver().clone(), key.clone());
         let path = self.export_path(key);
         let started = std::time::Instant::now();
         let packed = tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            pack(&rootfs, &path)
+            // A layered container's whole tree is its layers seen together.
+            driver.read_tree(&tree_key, |rootfs| pack(rootfs, &path))
         })
         .await
         .map_err(|error| Error::Internal(error.to_string()))?

@@ -182,7 +182,7 @@ pub enum DriverError {
         /// Those left.
         pids: Vec<u32>,
     },
-    /// `state.json` of a container is unreadable.
+    /// A container's `state.json` (or its `base` file) is unreadable.
     #[error("unreadable container state {path}: {reason}")]
     BadState {
         /// The file.

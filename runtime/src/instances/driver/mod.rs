@@ -3,14 +3,17 @@
 //!
 //! # Use
 //! [`Driver::new`] with the member's `default` storage pool directory and the `starling`
-//! binary (the shim), then [`Driver::unpack`] an image, [`Driver::start`], [`Driver::exec`],
+//! binary (the shim), then [`Driver::create_from_image`] (or [`Driver::unpack`] a tarball),
+//! [`Driver::start`], [`Driver::exec`],
 //! [`Driver::state`], [`Driver::stop`], [`Driver::delete`]. Every call blocks (processes,
 //! files, waits of up to the stop timeout): call it from `spawn_blocking`. Calls for one
 //! instance must not overlap (the caller serializes them); calls for different instances may.
 //!
 //! # On disk
-//! `<pool>/containers/<project>_<name>/`: `rootfs/`, `state.json` (the monitor's
-//! [`state::StateRecord`]), `console.log`, `monitor.log`. The cgroup is
+//! `<pool>/containers/<project>_<name>/`: `rootfs/` (a flat container's files, or a layered
+//! one's mount point, with `base`, `upper/` and `work/` beside it: [`layers`]), `state.json`
+//! (the monitor's [`state::StateRecord`]), `console.log`, `monitor.log`. Bases are
+//! `<pool>/bases/<fingerprint>/rootfs`. The cgroup is
 //! `starling/<project>_<name>` under each controller ([`cgroup`]).
 //!
 //! # Adoption
@@ -23,6 +26,8 @@
 //! # Layout
 //! - [`key`]: [`InstanceKey`]. [`spec`]: [`ContainerSpec`], [`Limits`], [`CpuLimit`].
 //! - [`unpack`]: the image's `rootfs/` into the pool, refusing entries that escape.
+//! - [`layers`]: an image's base shared by the containers made from it, each with an
+//!   overlayfs layer of its own.
 //! - [`cgroup`]: cgroup v1 and v2, limits planned by a pure function.
 //! - [`setup`]: the container's mounts (planned by a pure function), `pivot_root`, exec.
 //! - [`shim`]: the re-executed `starling __shim start|exec`: the monitor, and `exec`.
@@ -33,6 +38,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod key;
+pub mod layers;
 pub mod setup;
 pub mod shim;
 pub mod spec;
@@ -55,6 +61,7 @@ pub use spec::{ContainerSpec, CpuLimit, Limits};
 pub use state::{ExitInfo, State};
 
 use cgroup::{Cgroup, Hierarchy};
+use layers::Layers;
 use shim::{ExecConfig, StartConfig, StartReport};
 use state::{Observation, ProcessIdentity, StateRecord};
 
@@ -188,13 +195,19 @@ pub struct Driver {
     pool_dir: PathBuf,
     /// The `starling` binary, run as `starling __shim ...`.
     shim_exe: PathBuf,
+    /// Whether containers can be layered here ([`layers::probe`], once).
+    layering: std::sync::Arc<std::sync::OnceLock<bool>>,
 }
 
 impl Driver {
     /// A driver for the containers under `pool_dir`, re-executing `shim_exe` (the `starling`
     /// binary) for the monitor and `exec`.
     pub fn new(pool_dir: PathBuf, shim_exe: PathBuf) -> Driver {
-        Driver { pool_dir, shim_exe }
+        Driver {
+            pool_dir,
+            shim_exe,
+            layering: Default::default(),
+        }
     }
 
     /// The container's cgroup under `starling/`: the key, after a tag of the pool's path, so
@@ -260,6 +273,138 @@ impl Driver {
         result
     }
 
+    /// Makes the container of `key` from the image tarball `image`, whose fingerprint is
+    /// `fingerprint`: layered on this member's base of that image (unpacked first when there
+    /// is none, [`layers`]), or flat ([`Driver::unpack`]) where overlayfs cannot be used.
+    /// Refuses an instance that has a root file system already; leaves nothing behind on
+    /// failure.
+    pub fn create_from_image(
+        &self,
+        key: &InstanceKey,
+        image: &Path,
+        fingerprint: &str,
+    ) -> Result<(), DriverError> {
+        key.validate()?;
+        let dir = self.container_dir(key);
+        if dir.join("rootfs").exists() {
+            return Err(DriverError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        let base_dir = self.base_dir(fingerprint);
+        let layers = Layers::new(&dir, base_dir.join("rootfs"));
+        if !layers::base_name_valid(fingerprint) || !layers.paths_usable() || !self.layering() {
+            return self.unpack(key, image);
+        }
+        let created = !dir.exists();
+        let result = self.lock_base(fingerprint).and_then(|_lock| {
+            if !layers.lower.is_dir() {
+                create_private_dir(&base_dir)?;
+                unpack::unpack_rootfs(image, &base_dir)?;
+            }
+            make_layered(&dir, &layers, fingerprint)
+        });
+        if result.is_err() {
+            if created {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let _ = self.collect_base(fingerprint);
+        }
+        result
+    }
+
+    /// Whether containers made here can be layered: overlayfs works on the pool's file system
+    /// (probed once, [`layers::probe`]); never without root.
+    pub fn layering(&self) -> bool {
+        *self.layering.get_or_init(|| {
+            let bases = self.pool_dir.join(layers::BASES_DIR);
+            nix::unistd::geteuid().is_root()
+                && create_private_dir(&bases).is_ok()
+                && layers::probe(&bases)
+        })
+    }
+
+    /// The layers of the container of `key`; `None` for a flat container (or none).
+    pub fn layers(&self, key: &InstanceKey) -> Result<Option<Layers>, DriverError> {
+        let dir = self.container_dir(key);
+        let path = dir.join(layers::BASE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(name) if layers::base_name_valid(name.trim()) => Ok(Some(Layers::new(
+                &dir,
+                self.base_dir(name.trim()).join("rootfs"),
+            ))),
+            Ok(name) => Err(DriverError::BadState {
+                path,
+                reason: format!("{:?} does not name a base", name.trim()),
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_error(&path, "reading", source)),
+        }
+    }
+
+    /// Runs `read` on the whole tree of the stopped container of `key`: its `rootfs/` when
+    /// flat; when layered, a read-only view of its layers mounted there in a mount namespace
+    /// no one else sees, which goes when `read` returns.
+    pub fn read_tree<T: Send>(
+        &self,
+        key: &InstanceKey,
+        read: impl FnOnce(&Path) -> std::io::Result<T> + Send,
+    ) -> std::io::Result<T> {
+        let rootfs = self.container_dir(key).join("rootfs");
+        let layers = self.layers(key).map_err(std::io::Error::other)?;
+        match layers {
+            None => read(&rootfs),
+            Some(layers) => layers::in_private_mounts(|| {
+                layers::mount_view(&layers, &rootfs)?;
+                read(&rootfs)
+            }),
+        }
+    }
+
+    /// `<pool>/bases/<name>`: the base of the image whose fingerprint is `name`.
+    fn base_dir(&self, name: &str) -> PathBuf {
+        self.pool_dir.join(layers::BASES_DIR).join(name)
+    }
+
+    /// Holds `<pool>/bases/<name>.lock` (against other threads and processes) until dropped:
+    /// a base is made, named and collected under it.
+    fn lock_base(&self, name: &str) -> Result<std::fs::File, DriverError> {
+        let bases = self.pool_dir.join(layers::BASES_DIR);
+        create_private_dir(&bases)?;
+        let path = bases.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| io_error(&path, "opening", source))?;
+        file.lock()
+            .map_err(|source| io_error(&path, "locking", source))?;
+        Ok(file)
+    }
+
+    /// Removes the base `name` unless a container here is layered on it.
+    pub fn collect_base(&self, name: &str) -> Result<(), DriverError> {
+        if !layers::base_name_valid(name) {
+            return Ok(());
+        }
+        let _lock = self.lock_base(name)?;
+        let named = self.list()?.iter().any(|key| {
+            std::fs::read_to_string(self.container_dir(key).join(layers::BASE_FILE))
+                .is_ok_and(|base| base.trim() == name)
+        });
+        if named {
+            return Ok(());
+        }
+        let dir = self.base_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_error(&dir, "removing", error))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Marks the container as the copy that move `id` brought here (`move-id` beside its root
     /// file system), durably: a failed move's clean-up removes only its own copy.
     pub fn stamp_move(&self, key: &InstanceKey, id: &str) -> Result<(), DriverError> {
@@ -313,10 +458,21 @@ impl Driver {
                     .to_string(),
             });
         }
+        let layers = self.layers(key)?;
+        if let Some(layers) = &layers {
+            if !layers.lower.is_dir() {
+                return Err(io_error(
+                    &layers.lower,
+                    &format!("finding the base of {key}"),
+                    std::io::ErrorKind::NotFound.into(),
+                ));
+            }
+        }
         let cgroup = Cgroup::create(&Hierarchy::detect()?, &self.cgroup_name(key), &spec.limits)?;
         let config = StartConfig {
             container_dir: dir.clone(),
             rootfs: dir.join("rootfs"),
+            layers,
             hostname: spec.hostname.clone(),
             init: spec.init.clone(),
             env: init_environment(spec),
@@ -556,8 +712,13 @@ impl Driver {
             Cgroup::every_controller(&hierarchy, &self.cgroup_name(key)).remove()?;
         }
         let dir = self.container_dir(key);
+        let base = std::fs::read_to_string(dir.join(layers::BASE_FILE)).ok();
         unmount_under(&dir)?;
-        std::fs::remove_dir_all(&dir).map_err(|source| io_error(&dir, "removing", source))
+        std::fs::remove_dir_all(&dir).map_err(|source| io_error(&dir, "removing", source))?;
+        match base {
+            Some(base) => self.collect_base(base.trim()),
+            None => Ok(()),
+        }
     }
 
     fn shim_error(&self, reason: String) -> DriverError {
@@ -732,6 +893,29 @@ fn create_private_dir(dir: &Path) -> Result<(), DriverError> {
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(source) => Err(io_error(dir, "creating", source)),
     }
+}
+
+/// Makes the directory of a container layered on the base at `layers.lower`: the `base` file
+/// naming it, the writable layer (owned and moded as the base's root, which is what the
+/// overlay's root shows), overlayfs's work directory, and `rootfs/` (its mount point) last,
+/// so that a `rootfs/` means a container whose files are all here.
+fn make_layered(dir: &Path, layers: &Layers, base: &str) -> Result<(), DriverError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    create_private_dir(dir)?;
+    let base_file = dir.join(layers::BASE_FILE);
+    std::fs::write(&base_file, base).map_err(|source| io_error(&base_file, "writing", source))?;
+    let root = std::fs::metadata(&layers.lower)
+        .map_err(|source| io_error(&layers.lower, "reading", source))?;
+    let make = |path: &Path, mode: u32| -> Result<(), DriverError> {
+        std::fs::create_dir(path).map_err(|source| io_error(path, "creating", source))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|source| io_error(path, "setting the mode of", source))
+    };
+    make(&layers.upper, root.mode() & 0o7777)?;
+    std::os::unix::fs::chown(&layers.upper, Some(root.uid()), Some(root.gid()))
+        .map_err(|source| io_error(&layers.upper, "setting the owner of", source))?;
+    make(&layers.work, 0o700)?;
+    make(&dir.join("rootfs"), 0o755)
 }
 
 /// The end of a log file, for an error message.

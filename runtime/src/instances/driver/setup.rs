@@ -19,6 +19,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag};
 
 use super::error::{SetupFailure, SetupStep};
+use super::layers::Layers;
 use super::shim::StartConfig;
 
 /// The `PATH` a container's processes get unless the caller sets one.
@@ -71,7 +72,7 @@ pub enum MountStep {
         /// Flags.
         flags: MsFlags,
         /// Options.
-        data: Option<&'static str>,
+        data: Option<String>,
     },
     /// Makes `path` a read-only bind mount of itself, when the kernel has it.
     ReadOnlyBind {
@@ -99,26 +100,41 @@ pub enum MountStep {
 /// The file systems of a container whose root is `rootfs`, with `console` (a pseudo-terminal
 /// on the host) as its `/dev/console`, in order. As LXC does: `/proc` with `/proc/sys` and
 /// `/proc/sysrq-trigger` read-only, `/sys` read-only, a small `/dev` tmpfs with the usual
-/// devices, its own `devpts` at `/dev/pts`, and `/dev/shm`.
-pub fn plan_mounts(rootfs: &Path, console: &Path) -> Vec<MountStep> {
+/// devices, its own `devpts` at `/dev/pts`, and `/dev/shm`. With `layers`, the root is an
+/// overlay of the container's writable layer on its base ([`super::layers`]), mounted at
+/// `rootfs` here, in the container's mount namespace only.
+pub fn plan_mounts(rootfs: &Path, console: &Path, layers: Option<&Layers>) -> Vec<MountStep> {
     let at = |relative: &str| rootfs.join(relative);
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mount = |source: Option<PathBuf>, target: PathBuf, fstype, flags, data| MountStep::Mount {
-        source,
-        target,
-        fstype,
-        flags,
-        data,
+    let mount = |source: Option<PathBuf>, target: PathBuf, fstype, flags, data: Option<&str>| {
+        MountStep::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data: data.map(str::to_string),
+        }
     };
-    let mut steps = vec![
-        // pivot_root needs the new root to be a mount point.
-        mount(
+    // pivot_root needs the new root to be a mount point: the overlay is one; a flat root is
+    // bound onto itself.
+    let root = match layers {
+        Some(layers) => MountStep::Mount {
+            source: Some("overlay".into()),
+            target: rootfs.to_path_buf(),
+            fstype: Some("overlay"),
+            flags: MsFlags::empty(),
+            data: Some(layers.mount_options()),
+        },
+        None => mount(
             Some(rootfs.to_path_buf()),
             rootfs.to_path_buf(),
             None,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None,
         ),
+    };
+    let mut steps = vec![
+        root,
         MountStep::MakeDir {
             path: at("proc"),
             mode: 0o555,
@@ -276,7 +292,7 @@ fn set_up_and_exec(
         None::<&str>,
     )
     .map_err(|errno| fail(SetupStep::Mount, errno, "making / private"))?;
-    for step in plan_mounts(&config.rootfs, console_path) {
+    for step in plan_mounts(&config.rootfs, console_path, config.layers.as_ref()) {
         apply(&step)?;
     }
     nix::unistd::sethostname(&config.hostname)
@@ -339,8 +355,14 @@ fn apply(step: &MountStep) -> Result<(), SetupFailure> {
             data,
         } => {
             refuse_symlink(target)?;
-            nix::mount::mount(source.as_deref(), target.as_path(), *fstype, *flags, *data)
-                .map_err(|errno| mount_failure(errno, target))
+            nix::mount::mount(
+                source.as_deref(),
+                target.as_path(),
+                *fstype,
+                *flags,
+                data.as_deref(),
+            )
+            .map_err(|errno| mount_failure(errno, target))
         }
         MountStep::ReadOnlyBind { path } => {
             if !path.exists() {
@@ -545,9 +567,13 @@ mod tests {
     /// last, onto a file made for it.
     #[test]
     fn plans_the_container_file_systems() {
-        let steps = plan_mounts(Path::new("/c/rootfs"), Path::new("/dev/pts/7"));
+        let steps = plan_mounts(Path::new("/c/rootfs"), Path::new("/dev/pts/7"), None);
         let targets = mount_targets(&steps);
         assert_eq!(targets[0], "/c/rootfs");
+        assert!(
+            matches!(&steps[0], MountStep::Mount { source: Some(source), flags, .. }
+            if source == Path::new("/c/rootfs") && flags.contains(MsFlags::MS_BIND))
+        );
         let position = |target: &str| targets.iter().position(|t| t == target).unwrap();
         let step_index = |wanted: &MountStep| steps.iter().position(|step| step == wanted).unwrap();
         let proc_mount = steps
@@ -586,5 +612,29 @@ mod tests {
             .iter()
             .filter(|step| matches!(step, MountStep::MakeDevice { .. }));
         assert_eq!(devices.count(), DEVICES.len());
+    }
+
+    /// Goal: a layered container's root is the overlay of its layers, mounted where a flat
+    /// root is bound, and the rest of the plan is the same.
+    #[test]
+    fn plans_a_layered_root() {
+        let layers = Layers::new(Path::new("/c"), "/b/rootfs".into());
+        let layered = plan_mounts(
+            Path::new("/c/rootfs"),
+            Path::new("/dev/pts/7"),
+            Some(&layers),
+        );
+        let flat = plan_mounts(Path::new("/c/rootfs"), Path::new("/dev/pts/7"), None);
+        assert_eq!(
+            layered[0],
+            MountStep::Mount {
+                source: Some("overlay".into()),
+                target: "/c/rootfs".into(),
+                fstype: Some("overlay"),
+                flags: MsFlags::empty(),
+                data: Some(layers.mount_options()),
+            }
+        );
+        assert_eq!(layered[1..], flat[1..]);
     }
 }

@@ -54,6 +54,9 @@ pub struct StartConfig {
     pub container_dir: PathBuf,
     /// The root file system.
     pub rootfs: PathBuf,
+    /// The layers mounted at `rootfs` for a layered container; `None` for a flat one.
+    #[serde(default)]
+    pub layers: Option<super::layers::Layers>,
     /// The hostname.
     pub hostname: String,
     /// Init's command line (`init[0]` an absolute path).
