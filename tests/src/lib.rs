@@ -76,6 +76,26 @@ pub fn free_address_on(ip: &str) -> String {
     }
 }
 
+/// The indexes (`mN` is N - 1) of the voters other than member `leader` in a
+/// `cluster.members()` answer: the followers whose pause takes a 3-voter cluster's quorum.
+pub fn following_voters(members: &Value, leader: usize) -> anyhow::Result<Vec<usize>> {
+    let leader_name = format!("m{}", leader + 1);
+    with_role(members, "database")
+        .into_iter()
+        .filter(|name| *name != leader_name)
+        .map(|name| member_index(&name))
+        .collect()
+}
+
+/// The index of member `mN`: N - 1.
+pub fn member_index(name: &str) -> anyhow::Result<usize> {
+    name.trim_start_matches('m')
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .ok_or_else(|| anyhow::anyhow!("{name:?} is not a member name mN"))
+}
+
 /// Names of members holding `role` in a `cluster.members()` answer.
 pub fn with_role(members: &Value, role: &str) -> Vec<String> {
     let mut names: Vec<String> = members

@@ -540,13 +540,8 @@ async fn a_delete_without_quorum_leaves_the_instance_whole() -> Result<()> {
         starling_tests::containers::cluster_with_busybox(5, false).await?;
     let members = cluster.wait_roles(0, 3, 2).await?;
     let leader = cluster.leader(0).await?;
-    let leader_name = format!("m{}", leader + 1);
-    let index = |name: &str| name.trim_start_matches('m').parse::<usize>().map(|n| n - 1);
-    let followers = starling_tests::with_role(&members, "database")
-        .into_iter()
-        .filter(|name| *name != leader_name)
-        .map(|name| index(&name))
-        .collect::<Result<Vec<_>, _>>()?;
+    let followers = starling_tests::following_voters(&members, leader)?;
+    let index = starling_tests::member_index;
     let holder = starling_tests::with_role(&members, "database-standby")
         .first()
         .cloned()

@@ -287,13 +287,8 @@ async fn a_move_that_loses_its_quorum_keeps_the_instance() -> Result<()> {
     let (cluster, _leftovers, _work) = cluster_with_busybox(5, false).await?;
     let members = cluster.wait_roles(0, 3, 2).await?;
     let leader = cluster.leader(0).await?;
-    let leader_name = format!("m{}", leader + 1);
-    let index = |name: &str| name.trim_start_matches('m').parse::<usize>().map(|n| n - 1);
-    let followers = starling_tests::with_role(&members, "database")
-        .into_iter()
-        .filter(|name| *name != leader_name)
-        .map(|name| index(&name))
-        .collect::<Result<Vec<_>, _>>()?;
+    let followers = starling_tests::following_voters(&members, leader)?;
+    let index = starling_tests::member_index;
     let standbys = starling_tests::with_role(&members, "database-standby");
     ensure!(
         followers.len() == 2 && standbys.len() == 2,

@@ -106,18 +106,24 @@ pub fn in_private_mounts<T: Send>(
                 // A thread may leave the process's mount namespace (unsharing CLONE_NEWNS
                 // unshares CLONE_FS too); the namespace ends with the thread.
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-                nix::mount::mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )?;
+                make_mounts_private()?;
                 work()
             })
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("a private mount thread panicked")))
     })
+}
+
+/// Makes every mount of the calling thread's (new) mount namespace private: nothing mounted
+/// in it from now on propagates to the namespace it was copied from.
+pub fn make_mounts_private() -> nix::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
 }
 
 /// Mounts a read-only view of both layers at `target` (in the calling thread's mount

@@ -284,14 +284,8 @@ fn set_up_and_exec(
             "mount, UTS, IPC, network",
         )
     })?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|errno| fail(SetupStep::Mount, errno, "making / private"))?;
+    super::layers::make_mounts_private()
+        .map_err(|errno| fail(SetupStep::Mount, errno, "making / private"))?;
     for step in plan_mounts(&config.rootfs, console_path, config.layers.as_ref()) {
         apply(&step)?;
     }
