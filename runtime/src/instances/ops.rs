@@ -888,7 +888,8 @@ impl Member {
             return Ok(Value::Null);
         }
         tracing::info!(instance = %name, "finishing a delete an earlier attempt of the request began");
-        self.delete_instance(project, name, force).await
+        let result = self.delete_instance(project, name, force).await;
+        resumed_delete_answer(result, self.instance_exists(project, name))
     }
 
     /// Whether the records hold instance `name` of `project` (as this member knows them).
@@ -984,4 +985,49 @@ fn truncate(message: &str) -> String {
         end -= 1;
     }
     message[..end].to_string()
+}
+
+/// The answer to a delete asked again ([`Member::resume_delete`]) that ran `result`, the
+/// record existing afterwards or not: a refusal once the record is gone means that an earlier
+/// attempt of the request, still under way, removed it meanwhile (its mark, or its removal,
+/// then met no record): the delete is done. Any other answer stands.
+fn resumed_delete_answer(
+    result: Result<Value, Error>,
+    record_exists: bool,
+) -> Result<Value, Error> {
+    match result {
+        Err(Error::Refused(_)) if !record_exists => Ok(Value::Null),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a delete asked again is done when a refusal met a record already gone (the
+    /// first attempt finished it meanwhile: `starling-chaos` seed 7, "launched
+    /// (acknowledged), never deleted, and lost", the repeat having answered "not found"), and
+    /// only then.
+    #[test]
+    fn a_resumed_delete_is_done_once_the_record_is_gone() {
+        let refused = || Err(Error::Refused("instance not found".into()));
+        assert!(matches!(
+            resumed_delete_answer(refused(), false),
+            Ok(Value::Null)
+        ));
+        assert!(matches!(
+            resumed_delete_answer(refused(), true),
+            Err(Error::Refused(_))
+        ));
+        let unknown = || Err(Error::OutcomeUnknown("lost".into()));
+        assert!(matches!(
+            resumed_delete_answer(unknown(), false),
+            Err(Error::OutcomeUnknown(_))
+        ));
+        assert!(matches!(
+            resumed_delete_answer(Ok(Value::Null), false),
+            Ok(Value::Null)
+        ));
+    }
 }
