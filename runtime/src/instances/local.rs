@@ -387,8 +387,7 @@ impl Member {
                     .create_from_image(&prepare_key, &image, &base)
                     .and_then(|()| driver.stamp_move(&prepare_key, &id));
                 if unpacked.is_err() {
-                    let _ = std::fs::remove_dir_all(driver.container_dir(&prepare_key));
-                    let _ = driver.collect_base(&base);
+                    let _ = driver.remove_files(&prepare_key);
                 }
                 unpacked.map(|()| true)
             })

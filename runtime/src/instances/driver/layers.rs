@@ -18,8 +18,8 @@
 //!
 //! A base lives while a container names it: a delete (or a failed create) removes the base
 //! its container named once no other container names it ([`super::Driver::collect_base`]).
-//! Creating and collecting bases hold `<pool>/bases/lock`, so a base is never removed between
-//! being found and being named.
+//! Making and collecting a base hold its lock file (`<pool>/bases/<fingerprint>.lock`), so a
+//! base is never removed between being found and being named.
 
 use std::path::{Path, PathBuf};
 

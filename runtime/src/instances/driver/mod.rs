@@ -342,6 +342,31 @@ impl Driver {
         }
     }
 
+    /// The name of the base the container of `key` is layered on, as its `base` file says
+    /// (`None`: flat, gone, or unreadable).
+    fn base_of(&self, key: &InstanceKey) -> Option<String> {
+        std::fs::read_to_string(self.container_dir(key).join(layers::BASE_FILE))
+            .ok()
+            .map(|name| name.trim().to_string())
+    }
+
+    /// Removes the directory of the container of `key` (nothing of it may run or be
+    /// mounted), then its base if no other container is on it.
+    pub fn remove_files(&self, key: &InstanceKey) -> Result<(), DriverError> {
+        let base = self.base_of(key);
+        let dir = self.container_dir(key);
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(&dir, "removing", error))
+            }
+            _ => {}
+        }
+        match base {
+            Some(base) => self.collect_base(&base),
+            None => Ok(()),
+        }
+    }
+
     /// Runs `read` on the whole tree of the stopped container of `key`: its `rootfs/` when
     /// flat; when layered, a read-only view of its layers mounted there in a mount namespace
     /// no one else sees, which goes when `read` returns.
@@ -389,10 +414,10 @@ impl Driver {
             return Ok(());
         }
         let _lock = self.lock_base(name)?;
-        let named = self.list()?.iter().any(|key| {
-            std::fs::read_to_string(self.container_dir(key).join(layers::BASE_FILE))
-                .is_ok_and(|base| base.trim() == name)
-        });
+        let named = self
+            .list()?
+            .iter()
+            .any(|key| self.base_of(key).as_deref() == Some(name));
         if named {
             return Ok(());
         }
@@ -711,14 +736,8 @@ impl Driver {
         if let Ok(hierarchy) = Hierarchy::detect() {
             Cgroup::every_controller(&hierarchy, &self.cgroup_name(key)).remove()?;
         }
-        let dir = self.container_dir(key);
-        let base = std::fs::read_to_string(dir.join(layers::BASE_FILE)).ok();
-        unmount_under(&dir)?;
-        std::fs::remove_dir_all(&dir).map_err(|source| io_error(&dir, "removing", source))?;
-        match base {
-            Some(base) => self.collect_base(base.trim()),
-            None => Ok(()),
-        }
+        unmount_under(&self.container_dir(key))?;
+        self.remove_files(key)
     }
 
     fn shim_error(&self, reason: String) -> DriverError {
