@@ -175,11 +175,17 @@ enum ShimCommand {
     },
     /// Runs a command in a running container.
     Exec {
-        /// The descriptor to report a failure on, before the command runs.
+        /// The descriptor to report how the command ended on.
         #[arg(long)]
         report_fd: i32,
         /// The exec configuration, as JSON.
         config: String,
+    },
+    /// Forks an `exec` shim for each request on the socket (the member's exec server).
+    ExecServer {
+        /// The socket descriptor the daemon passed.
+        #[arg(long)]
+        socket_fd: i32,
     },
 }
 
@@ -208,6 +214,12 @@ struct DaemonArgs {
     /// it takes the member out of service.
     #[arg(long)]
     db_map_mib: Option<usize>,
+    /// Leave the host's cgroup migrations in the kernel's default mode. By default the daemon
+    /// mounts a named cgroup hierarchy with `favordynmods` (Linux 6.0+), which spares every
+    /// container start and `exec` a wait of up to ~20 ms, at the cost of slightly slower forks
+    /// and exits host-wide (see ARCHITECTURE.md).
+    #[arg(long)]
+    no_favordynmods: bool,
 }
 
 #[derive(Subcommand)]
@@ -559,6 +571,7 @@ fn shim(command: &ShimCommand) -> ExitCode {
     let code = match command {
         ShimCommand::Start { config } => shim::run_start(config),
         ShimCommand::Exec { report_fd, config } => shim::run_exec(config, *report_fd),
+        ShimCommand::ExecServer { socket_fd } => shim::run_exec_server(*socket_fd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }
@@ -1096,6 +1109,9 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
     } else {
         StartMode::Restart
     };
+    if !args.no_favordynmods {
+        favor_dynamic_modifications();
+    }
     let mut store = starling_store::StoreOptions::default();
     if let Some(mib) = args.db_map_mib {
         store.log_map_size_bytes = mib.saturating_mul(1024 * 1024);
@@ -1122,6 +1138,26 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Switches the host's cgroup migrations to `favordynmods` mode (the driver's `dynmods`
+/// module); a host that cannot is told in the log, and the member runs as it is.
+fn favor_dynamic_modifications() {
+    use starling_runtime::instances::driver::dynmods;
+    match dynmods::favor_dynamic_modifications() {
+        Ok(dynmods::Outcome::Mounted) => tracing::info!(
+            mount = dynmods::MOUNT_POINT,
+            "cgroup migrations switched to favordynmods mode (a named hierarchy mounted with it)"
+        ),
+        Ok(dynmods::Outcome::AlreadyOn) => {
+            tracing::debug!("cgroup migrations are in favordynmods mode already")
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "could not switch cgroup migrations to favordynmods mode (needs root and Linux 6.0+): \
+             each container start and exec may wait for an RCU grace period"
+        ),
+    }
 }
 
 /// Answers to the member-specific questions, from `--preseed` and `--member-config`.

@@ -95,7 +95,7 @@ pub(crate) async fn replay(
         // A create's first command writes the record; the rest of it (the root file system on
         // the member) may not have happened: finish it.
         Operation::Instance(crate::instances::ops::InstanceOperation::Create(request)) => {
-            Box::pin(member.resume_create(request, command_id(request_id, 0))).await
+            Box::pin(member.resume_create(request, command_id(request_id, 0), true)).await
         }
         // A delete's first command marks the record; the rest of it (the files, then the
         // record's removal) may not have happened, or may be under way still: finished here.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use starling_runtime::instances::driver::{
-    ContainerSpec, CpuLimit, Driver, DriverError, ExecRequest, InstanceKey, Limits, SetupStep,
-    State,
+    ContainerSpec, CpuLimit, Driver, DriverError, ExecRequest, ExecStream, InstanceKey, Limits,
+    SetupStep, State,
 };
 use starling_tests::containers::busybox_image;
 use starling_tests::init_tracing;
@@ -343,14 +343,14 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
     let mut busy = fixture.driver.exec_spawn(
         &key,
         &ExecRequest::new(["sh", "-c", "while :; do :; done"]),
-        Stdio::null(),
-        Stdio::null(),
-        Stdio::null(),
+        ExecStream::Null,
+        ExecStream::Null,
+        ExecStream::Null,
     )?;
     // The measuring window, not a wait for a condition.
     std::thread::sleep(Duration::from_secs(1));
-    busy.child.kill()?;
-    busy.child.wait()?;
+    busy.kill()?;
+    ensure!(busy.wait().is_err(), "a killed exec reported an exit");
     let wall = began.elapsed();
     let after = cpu_ns()?;
     ensure!(
@@ -592,32 +592,26 @@ fn streaming_exec() -> Result<()> {
     let mut cat = fixture.driver.exec_spawn(
         &key,
         &ExecRequest::new(["cat"]),
-        Stdio::piped(),
-        Stdio::piped(),
-        Stdio::null(),
+        ExecStream::Piped,
+        ExecStream::Piped,
+        ExecStream::Null,
     )?;
-    cat.child
-        .stdin
+    cat.stdin
         .take()
         .ok_or_else(|| anyhow!("no stdin"))?
         .write_all(b"echoed\n")?;
     let mut echoed = String::new();
-    BufReader::new(
-        cat.child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout"))?,
-    )
-    .read_line(&mut echoed)?;
+    BufReader::new(cat.stdout.take().ok_or_else(|| anyhow!("no stdout"))?)
+        .read_line(&mut echoed)?;
     assert_eq!(echoed, "echoed\n");
     assert_eq!(cat.wait()?, 0);
 
     let mut sleeper = fixture.driver.exec_spawn(
         &key,
         &ExecRequest::new(["sleep", "1000"]),
-        Stdio::null(),
-        Stdio::null(),
-        Stdio::null(),
+        ExecStream::Null,
+        ExecStream::Null,
+        ExecStream::Null,
     )?;
     let count_sleepers = || -> Result<usize> {
         Ok(fixture
@@ -631,8 +625,8 @@ fn streaming_exec() -> Result<()> {
         ensure!(Instant::now() < deadline, "the command never ran");
         std::thread::sleep(Duration::from_millis(10));
     }
-    sleeper.child.kill()?;
-    sleeper.child.wait()?;
+    sleeper.kill()?;
+    ensure!(sleeper.wait().is_err(), "a killed exec reported an exit");
     while count_sleepers()? != 0 {
         ensure!(Instant::now() < deadline, "the command outlived its shim");
         std::thread::sleep(Duration::from_millis(10));
@@ -764,5 +758,49 @@ fn layered_containers_share_their_base() -> Result<()> {
     fixture.driver.stop(&b, Duration::ZERO, true)?;
     fixture.driver.delete(&b)?;
     ensure!(!base.exists(), "the base stayed after its last container");
+    Ok(())
+}
+
+/// Goal: a daemon switches the host's cgroup migrations to `favordynmods` mode (spares each
+/// container start and exec a wait for an RCU grace period), once: a host that has it already
+/// is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_switches_cgroup_migrations_to_favordynmods() -> Result<()> {
+    use starling_runtime::instances::driver::dynmods;
+    init_tracing();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a cgroup hierarchy needs root");
+        return Ok(());
+    }
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo");
+    // Whatever an earlier daemon on this host mounted goes first (detached: a concurrent test
+    // may be in it; nothing is ever placed in it).
+    while mountinfo()?.contains(&format!(" {} ", dynmods::MOUNT_POINT)) {
+        nix::mount::umount2(dynmods::MOUNT_POINT, nix::mount::MntFlags::MNT_DETACH)?;
+    }
+    let host_has_it = dynmods::enabled_in(&mountinfo()?);
+    let cluster = starling_tests::processes::ProcessCluster::start(1).await?;
+    let after = mountinfo()?;
+    ensure!(
+        dynmods::enabled_in(&after),
+        "no cgroup file system has favordynmods after a daemon started"
+    );
+    if !host_has_it {
+        ensure!(
+            after.contains(&format!(" {} ", dynmods::MOUNT_POINT)),
+            "the daemon's hierarchy is not at {}",
+            dynmods::MOUNT_POINT
+        );
+    }
+    assert_eq!(
+        dynmods::favor_dynamic_modifications()?,
+        dynmods::Outcome::AlreadyOn
+    );
+    let mounts = mountinfo()?
+        .matches(&format!(" {} ", dynmods::MOUNT_POINT))
+        .count();
+    ensure!(mounts <= 1, "{mounts} mounts at {}", dynmods::MOUNT_POINT);
+    drop(cluster);
     Ok(())
 }

@@ -560,9 +560,9 @@ impl Member {
             driver.exec_spawn(
                 &spawn_key,
                 &request,
-                std::process::Stdio::null(),
-                std::process::Stdio::piped(),
-                std::process::Stdio::piped(),
+                crate::instances::driver::ExecStream::Null,
+                crate::instances::driver::ExecStream::Piped,
+                crate::instances::driver::ExecStream::Piped,
             )
         })
         .await
@@ -571,9 +571,9 @@ impl Member {
     /// Whether container `key` runs on this member (any failure to tell says no).
     pub(crate) async fn runs_here(&self, key: &InstanceKey) -> bool {
         let key = key.clone();
-        self.blocking(move |driver| driver.state(&key))
+        self.blocking(move |driver| driver.is_running(&key))
             .await
-            .is_ok_and(|state| matches!(state, crate::instances::driver::State::Running { .. }))
+            .unwrap_or(false)
     }
 
     async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {

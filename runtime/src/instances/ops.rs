@@ -607,17 +607,19 @@ impl Member {
         // The record now in the state decides: the one just written, or the one an earlier
         // attempt of this request wrote (the store applied the command once and answered its
         // first outcome), with the location that attempt chose.
-        self.resume_create(request, random).await
+        self.resume_create(request, random, false).await
     }
 
     /// A create whose record an earlier attempt of the same request wrote (the answer of that
     /// attempt was lost, or it failed part-way, as when its leader was cut off right after the
     /// record): finishes it, or answers the record when it was finished. `first_command` is
     /// the id of the request's first command, from which the record's `volatile.uuid` was made.
+    /// `retried`: called for a request asked again (logged), not right after its record.
     pub(crate) async fn resume_create(
         &self,
         request: &CreateRequest,
         first_command: u128,
+        retried: bool,
     ) -> Result<Value, Error> {
         let uuid = uuid_of(first_command);
         let project = request.project.as_str();
@@ -646,7 +648,9 @@ impl Member {
         };
         match instance.status {
             InstanceStatus::Creating | InstanceStatus::Error => {
-                tracing::info!(instance = %instance.name, location = %instance.location, "finishing a create an earlier attempt of the request began");
+                if retried {
+                    tracing::info!(instance = %instance.name, location = %instance.location, "finishing a create an earlier attempt of the request began");
+                }
                 self.finish_create(instance, request.start).await
             }
             _ => Ok(self.local_state(|state| instance_json(state, &instance))),

@@ -161,12 +161,10 @@ impl Member {
         let (pieces, mut arriving) = tokio::sync::mpsc::channel(PIECES_AHEAD);
         let readers: Vec<_> = [
             child
-                .child
                 .stdout
                 .take()
                 .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),
             child
-                .child
                 .stderr
                 .take()
                 .map(|pipe| Box::new(pipe) as Box<dyn Read + Send>),

@@ -4,7 +4,8 @@
 //! the location of with the record, and acts as [`decide`] says (IO-free): a container whose
 //! init exited is reported `Stopped`; one running that the record does not show running
 //! (adopted after a `kill -9` of the daemon: the driver's monitors outlive it) is reported
-//! `Running`; one that was running when the member shut down cleanly
+//! `Running`; one made whose record still says `Creating` (the member was killed before its
+//! create reported) is reported as it is; one that was running when the member shut down cleanly
 //! (`volatile.last_state.power=RUNNING`) or whose init asked for a reboot is started again.
 //! An instance whose lock is held (an operation on it is under way) is left for next time.
 //!
@@ -54,10 +55,13 @@ pub enum Action {
 /// what the driver sees.
 pub fn decide(recorded: InstanceStatus, last_power_running: bool, seen: Seen) -> Action {
     match (recorded, seen) {
-        // Being created (or a create that failed half-way): the create reports.
-        (InstanceStatus::Creating, _) | (_, Seen::Missing) => Action::Nothing,
+        // Not made yet (its create is on the way, or never came), or deleted.
+        (_, Seen::Missing) => Action::Nothing,
         (InstanceStatus::Running, Seen::Running) => Action::Nothing,
         (_, Seen::Running) => Action::Report(InstanceStatus::Running),
+        // Made, but its create never reported (the member was killed between the two; a
+        // create under way holds the lock, so the watcher does not get here meanwhile).
+        (InstanceStatus::Creating, Seen::Stopped { .. }) => Action::Report(InstanceStatus::Stopped),
         // A failed start recorded the reason: not tried again until someone asks.
         (InstanceStatus::Error, Seen::Stopped { .. }) => Action::Nothing,
         (_, Seen::Stopped { .. }) if last_power_running => Action::Start,
@@ -375,8 +379,9 @@ mod tests {
         let stopped = Seen::Stopped { reboot: false };
         let rebooted = Seen::Stopped { reboot: true };
         let cases = [
-            (Creating, false, Seen::Running, Action::Nothing),
-            (Creating, true, stopped, Action::Nothing),
+            (Creating, false, Seen::Running, Action::Report(Running)),
+            (Creating, true, stopped, Action::Report(Stopped)),
+            (Creating, false, Seen::Missing, Action::Nothing),
             (Running, false, Seen::Running, Action::Nothing),
             (Stopped, false, Seen::Running, Action::Report(Running)),
             (Error, false, Seen::Running, Action::Report(Running)),

@@ -30,13 +30,18 @@
 //!   overlayfs layer of its own.
 //! - [`cgroup`]: cgroup v1 and v2, limits planned by a pure function.
 //! - [`setup`]: the container's mounts (planned by a pure function), `pivot_root`, exec.
-//! - [`shim`]: the re-executed `starling __shim start|exec`: the monitor, and `exec`.
+//! - [`shim`]: the re-executed `starling __shim start|exec|exec-server`: the monitor, `exec`,
+//!   and the exec server that forks `exec` shims.
+//! - [`exec`]: the daemon's side of `exec`: streams, [`ExecChild`], the exec server's client.
+//! - [`dynmods`]: the host's cgroup migrations switched to `favordynmods` mode.
 //! - [`state`]: `state.json`, process identity, and [`state::observe`], the pure decision of
 //!   what a record and the live processes say.
 //! - [`error`]: [`DriverError`], and the [`SetupStep`] a failure names.
 
 pub mod cgroup;
+pub mod dynmods;
 pub mod error;
+pub mod exec;
 pub mod key;
 pub mod layers;
 pub mod setup;
@@ -48,14 +53,14 @@ pub mod unpack;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
 pub use error::{DriverError, SetupFailure, SetupStep};
+pub use exec::{ExecChild, ExecStream};
 pub use key::InstanceKey;
 pub use spec::{ContainerSpec, CpuLimit, Limits};
 pub use state::{ExitInfo, State};
@@ -107,87 +112,6 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// A command running in a container ([`Driver::exec_spawn`]): read and write its pipes through
-/// `child`, then [`ExecChild::wait`]. Killing `child` (the shim) kills the command.
-#[derive(Debug)]
-pub struct ExecChild {
-    /// The shim process; its standard streams are the command's.
-    pub child: Child,
-    /// Where the shim reports a failure before the command ran.
-    report: std::fs::File,
-    /// The shim executable, for errors.
-    shim: PathBuf,
-    /// The instance, for errors.
-    key: InstanceKey,
-}
-
-impl ExecChild {
-    /// Waits for the command; returns its exit code.
-    pub fn wait(self) -> Result<i32, DriverError> {
-        let (mut child, mut report) = self.split();
-        let status = child
-            .wait()
-            .map_err(|error| report.shim_error(format!("waiting: {error}")))?;
-        report.exit_code(status)
-    }
-
-    /// Waits for the command, collecting what it wrote to piped streams.
-    pub fn wait_with_output(self) -> Result<ExecOutput, DriverError> {
-        let (child, mut report) = self.split();
-        let output = child
-            .wait_with_output()
-            .map_err(|error| report.shim_error(format!("waiting: {error}")))?;
-        Ok(ExecOutput {
-            exit_code: report.exit_code(output.status)?,
-            stdout: output.stdout,
-            stderr: output.stderr,
-        })
-    }
-
-    fn split(self) -> (Child, ExecReport) {
-        let ExecChild {
-            child,
-            report,
-            shim,
-            key,
-        } = self;
-        (child, ExecReport { report, shim, key })
-    }
-}
-
-/// The report pipe of an `exec` shim, read once it has ended.
-struct ExecReport {
-    /// Where the shim reports a failure before the command ran.
-    report: std::fs::File,
-    /// The shim executable, for errors.
-    shim: PathBuf,
-    /// The instance, for errors.
-    key: InstanceKey,
-}
-
-impl ExecReport {
-    /// The command's exit code, or why it did not run.
-    fn exit_code(&mut self, status: std::process::ExitStatus) -> Result<i32, DriverError> {
-        let mut report = Vec::new();
-        let _ = self.report.read_to_end(&mut report);
-        if !report.is_empty() {
-            let failure: SetupFailure = serde_json::from_slice(&report)
-                .map_err(|error| self.shim_error(format!("unreadable report: {error}")))?;
-            return Err(exec_error(&self.key, failure));
-        }
-        status
-            .code()
-            .ok_or_else(|| self.shim_error(format!("the shim itself ended with {status}")))
-    }
-
-    fn shim_error(&self, reason: String) -> DriverError {
-        DriverError::Shim {
-            shim: self.shim.clone(),
-            reason,
-        }
-    }
-}
-
 /// The containers of one member's storage pool.
 #[derive(Clone, Debug)]
 pub struct Driver {
@@ -197,6 +121,8 @@ pub struct Driver {
     shim_exe: PathBuf,
     /// Whether containers can be layered here ([`layers::probe`], once).
     layering: std::sync::Arc<std::sync::OnceLock<bool>>,
+    /// The exec server, once an exec started it ([`exec`]).
+    exec_server: std::sync::Arc<std::sync::Mutex<Option<exec::ExecServer>>>,
 }
 
 impl Driver {
@@ -207,6 +133,7 @@ impl Driver {
             pool_dir,
             shim_exe,
             layering: Default::default(),
+            exec_server: Default::default(),
         }
     }
 
@@ -609,6 +536,14 @@ impl Driver {
         }
     }
 
+    /// Whether the container runs (its state without the usage figures, which cost reads).
+    pub fn is_running(&self, key: &InstanceKey) -> Result<bool, DriverError> {
+        Ok(matches!(
+            self.observe(key)?,
+            (Observation::Running, Some(_))
+        ))
+    }
+
     /// The container's record, when it has one.
     pub fn record(&self, key: &InstanceKey) -> Result<Option<StateRecord>, DriverError> {
         StateRecord::load(&self.container_dir(key).join("state.json"))
@@ -652,8 +587,14 @@ impl Driver {
         key: &InstanceKey,
         request: &ExecRequest,
     ) -> Result<ExecOutput, DriverError> {
-        self.exec_spawn(key, request, Stdio::null(), Stdio::piped(), Stdio::piped())?
-            .wait_with_output()
+        self.exec_spawn(
+            key,
+            request,
+            ExecStream::Null,
+            ExecStream::Piped,
+            ExecStream::Piped,
+        )?
+        .wait_with_output()
     }
 
     /// Starts a command in the running container, with the standard streams given.
@@ -661,9 +602,9 @@ impl Driver {
         &self,
         key: &InstanceKey,
         request: &ExecRequest,
-        stdin: Stdio,
-        stdout: Stdio,
-        stderr: Stdio,
+        stdin: ExecStream,
+        stdout: ExecStream,
+        stderr: ExecStream,
     ) -> Result<ExecChild, DriverError> {
         if request.argv.is_empty() {
             return Err(DriverError::InvalidSpec {
@@ -685,39 +626,13 @@ impl Driver {
             env: exec_environment(request),
             cwd: request.cwd.clone(),
         };
-        let json =
-            serde_json::to_string(&config).map_err(|error| self.shim_error(error.to_string()))?;
-        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|errno| self.shim_error(format!("pipe: {errno}")))?;
-        let report_fd = report_write.as_raw_fd();
-        let mut command = Command::new(&self.shim_exe);
-        command
-            .args(["__shim", "exec", "--report-fd", &report_fd.to_string()])
-            .arg(json)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr)
-            .current_dir("/");
-        // SAFETY: between fork and exec only fcntl(2) runs, which is async-signal-safe. The
-        // pipe is close-on-exec everywhere else, so no other child of the daemon inherits it.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|error| self.shim_error(format!("cannot run it: {error}")))?;
-        drop(report_write);
-        Ok(ExecChild {
-            child,
-            report: std::fs::File::from(report_read),
-            shim: self.shim_exe.clone(),
-            key: key.clone(),
-        })
+        exec::spawn(
+            &self.exec_server,
+            &self.shim_exe,
+            key,
+            &config,
+            [stdin, stdout, stderr],
+        )
     }
 
     /// Deletes a stopped container: its cgroup, any mount left under its directory, and the

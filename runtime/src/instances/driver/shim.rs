@@ -1,5 +1,5 @@
-//! The shim: the `starling` binary re-executed as `starling __shim start|exec <json>`, so that
-//! no `fork` happens inside the multi-threaded daemon (as runc and conmon do).
+//! The shim: the `starling` binary re-executed as `starling __shim start|exec|exec-server`, so
+//! that no `fork` happens inside the multi-threaded daemon (as runc and conmon do).
 //!
 //! # `start`: the monitor
 //! The first shim process forks and exits at once, so the monitor is not the daemon's child;
@@ -22,9 +22,15 @@
 //! # `exec`
 //! Opens `/proc/<init>/ns/*`, joins the PID namespace (which applies to children), forks;
 //! the child joins the cgroup and the other namespaces (the mount namespace last, which also
-//! makes the container's root its root), changes directory and execs. The shim waits and
-//! exits with the command's code (128 + signal when killed). A failure before the command
-//! runs is written to the report pipe the daemon passed (`--report-fd`).
+//! makes the container's root its root), changes directory and execs. The shim waits, writes
+//! how the command ended on the report pipe the daemon passed (`--report-fd`: a failure
+//! before the command ran, or its exit code, 128 + signal when killed; one
+//! [`ExecEnd`] per line) and exits with that code.
+//!
+//! # `exec-server`
+//! The member's exec server ([`run_exec_server`]): forks an `exec` shim per request on its
+//! socket, so that an exec costs a fork of this small process rather than a new `starling`
+//! process (see [`super::exec`]).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup::Cgroup;
 use super::error::{SetupFailure, SetupStep};
+use super::exec::ExecEnd;
 use super::setup;
 use super::state::{ExitInfo, ProcessIdentity, StateRecord};
 
@@ -299,8 +306,9 @@ impl ConsoleLog {
     }
 }
 
-/// `starling __shim exec --report-fd <fd> <config>`: runs the command in the container and
-/// returns its exit code, or [`EXEC_SHIM_FAILED`] with a [`SetupFailure`] on the report pipe.
+/// `starling __shim exec --report-fd <fd> <config>`: runs the command in the container,
+/// reports how it ended on the report pipe ([`ExecEnd`]) and returns its exit code, or
+/// [`EXEC_SHIM_FAILED`] after reporting why it did not run.
 pub fn run_exec(config_json: &str, report_fd: RawFd) -> i32 {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     if report_fd < 0 || unsafe { libc::fcntl(report_fd, libc::F_GETFD) } < 0 {
@@ -322,12 +330,170 @@ pub fn run_exec(config_json: &str, report_fd: RawFd) -> i32 {
         }
     };
     match enter_and_run(&config, &report) {
-        Ok(code) => code,
+        Ok(code) => {
+            report_end(&report, &ExecEnd::Exited(code));
+            code
+        }
         Err(failure) => {
-            setup::report_failure(&report, &failure);
+            report_end(&report, &ExecEnd::Failed(failure));
             EXEC_SHIM_FAILED
         }
     }
+}
+
+/// Writes `end` as one line on the report pipe.
+fn report_end(report: &OwnedFd, end: &ExecEnd) {
+    if let Ok(mut bytes) = serde_json::to_vec(end) {
+        bytes.push(b'\n');
+        let mut written = 0;
+        while written < bytes.len() {
+            match nix::unistd::write(report, &bytes[written..]) {
+                Ok(0) | Err(_) => break,
+                Ok(count) => written += count,
+            }
+        }
+    }
+}
+
+/// `starling __shim exec-server --socket-fd <fd>`: forks a shim ([`run_exec`]) for each
+/// request the daemon sends on its socket (the configuration, with stdin, stdout, stderr and
+/// the report pipe as `SCM_RIGHTS`), answering `ok` with the shim's pidfd, or `error: ...`.
+/// Returns once the daemon closes its end. Single-threaded, so its children may run any
+/// code; they are reaped by the kernel (`SIGCHLD` ignored).
+pub fn run_exec_server(socket_fd: RawFd) -> i32 {
+    use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+    use std::io::{IoSlice, IoSliceMut};
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if socket_fd < 0 || unsafe { libc::fcntl(socket_fd, libc::F_GETFD) } < 0 {
+        eprintln!("starling exec server: socket descriptor {socket_fd} is not open");
+        return 2;
+    }
+    // SAFETY: the descriptor is open, and the daemon passed it to this process for it alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket_fd) };
+    if let Err(errno) = set_cloexec(&socket) {
+        eprintln!("starling exec server: socket: {errno}");
+        return 2;
+    }
+    // SAFETY: setting a signal's disposition to "ignore" installs no handler.
+    if let Err(errno) = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    } {
+        eprintln!("starling exec server: SIGCHLD: {errno}");
+        return 2;
+    }
+    let mut buffer = vec![0u8; super::exec::SERVER_MESSAGE_MAX + 1];
+    loop {
+        let mut space = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(&mut buffer)];
+        let received = socket::recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let message = match received {
+            Ok(message) => message,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => {
+                eprintln!("starling exec server: receiving: {errno}");
+                return 1;
+            }
+        };
+        let length = message.bytes;
+        let truncated = message
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        if let Ok(controls) = message.cmsgs() {
+            for control in controls {
+                if let ControlMessageOwned::ScmRights(received) = control {
+                    // SAFETY: the kernel just gave us these descriptors.
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+        }
+        if length == 0 && fds.is_empty() {
+            // The daemon closed its end.
+            return 0;
+        }
+        let answer = |text: &str, pidfd: Option<&OwnedFd>| {
+            let raw: Vec<RawFd> = pidfd.map(|fd| fd.as_raw_fd()).into_iter().collect();
+            let rights = [ControlMessage::ScmRights(&raw)];
+            let controls: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+            let _ = socket::sendmsg::<()>(
+                socket.as_raw_fd(),
+                &[IoSlice::new(text.as_bytes())],
+                controls,
+                MsgFlags::empty(),
+                None,
+            );
+        };
+        let config = match std::str::from_utf8(&buffer[..length]) {
+            Ok(config) if !truncated && fds.len() == 4 => config.to_string(),
+            _ => {
+                answer(
+                    &format!(
+                        "error: a malformed request ({length} bytes, {} descriptors{})",
+                        fds.len(),
+                        if truncated { ", truncated" } else { "" }
+                    ),
+                    None,
+                );
+                continue;
+            }
+        };
+        // SAFETY: this process is single-threaded, so the child may run any code.
+        match unsafe { fork() } {
+            Err(errno) => answer(&format!("error: fork: {errno}"), None),
+            Ok(ForkResult::Child) => {
+                drop(socket);
+                let code = serve_one(&config, fds);
+                // SAFETY: _exit ends this forked child without running exit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(fds);
+                // A shim that ended already has no pidfd: there is nothing left to kill.
+                let pidfd = pidfd_open(child.as_raw()).ok();
+                answer("ok", pidfd.as_ref());
+            }
+        }
+    }
+}
+
+/// A forked exec server's child: the request's descriptors become its standard streams, and
+/// it runs the shim.
+fn serve_one(config: &str, fds: Vec<OwnedFd>) -> i32 {
+    let mut fds = fds.into_iter();
+    let (Some(stdin), Some(stdout), Some(stderr), Some(report)) =
+        (fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        return EXEC_SHIM_FAILED;
+    };
+    // dup2 leaves the copies without close-on-exec: the command's streams.
+    if nix::unistd::dup2_stdin(&stdin).is_err()
+        || nix::unistd::dup2_stdout(&stdout).is_err()
+        || nix::unistd::dup2_stderr(&stderr).is_err()
+    {
+        return EXEC_SHIM_FAILED;
+    }
+    drop((stdin, stdout, stderr));
+    // The shim waits for its command: its children are not to be reaped by the kernel.
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
+    run_exec(config, std::os::fd::IntoRawFd::into_raw_fd(report))
 }
 
 /// The kinds of namespace `exec` joins, by their `/proc/<pid>/ns` names; `mnt` last.
@@ -370,7 +536,7 @@ fn enter_and_run(config: &ExecConfig, report: &OwnedFd) -> Result<i32, SetupFail
     match unsafe { fork() }.map_err(|errno| failure(SetupStep::Fork, errno, "command"))? {
         ForkResult::Child => {
             let failure = run_in_container(config, &others);
-            setup::report_failure(report, &failure);
+            report_end(report, &ExecEnd::Failed(failure.clone()));
             let code = if failure.step == SetupStep::Exec && failure.errno == Errno::ENOENT as i32 {
                 127
             } else {
