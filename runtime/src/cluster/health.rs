@@ -1,9 +1,9 @@
 //! The leader's heartbeat rounds, member status, and role rebalancing.
 //!
 //! Status lives in the cluster database, so every member answers the same and a new leader
-//! starts from what the old one recorded. The leader records a change only: a member turns
-//! `Offline` once it has not answered for `cluster.offline_threshold` seconds, and `Online`
-//! when it answers again. A new leader gives every member it has not heard from yet one full
+//! starts from what the old one recorded. The leader records a change only ([`health_update`]):
+//! a member turns `Offline` once it has not answered for `cluster.offline_threshold` seconds,
+//! and `Online` when it answers again. A new leader gives every member it has not heard from yet one full
 //! threshold, counted from its election, before it calls it offline.
 
 use openraft::async_runtime::WatchReceiver;
@@ -196,29 +196,15 @@ async fn record_health(member: &Member) {
     let now_ms = now_ms();
     let updates: Vec<HealthUpdate> = records
         .iter()
-        .filter(|record| record.status != MemberStatus::Evacuated)
         .filter_map(|record| {
             let seen = if record.id == member.id() {
                 Some(Sighting { answered: now, silent_since: None })
             } else {
                 last_seen.get(&record.id).copied()
             };
-            let online = match seen {
-                Some(seen) => online_at(seen, now, threshold),
-                // Not heard yet: an online member keeps its status for one threshold after the
-                // election; an offline one stays offline until it answers.
-                None => record.status == MemberStatus::Online && leader_since.is_some_and(|since| since.elapsed() < threshold),
-            };
-            let status = if online { MemberStatus::Online } else { MemberStatus::Offline };
-            if status == record.status {
-                return None;
-            }
-            let last_heartbeat_ms = match seen {
-                Some(seen) => now_ms.saturating_sub(now.duration_since(seen.answered).as_millis() as u64),
-                None => record.last_heartbeat_ms,
-            };
-            tracing::info!(member = %record.name, status = status.as_str(), "member status changed");
-            Some(HealthUpdate { name: record.name.clone(), status, last_heartbeat_ms })
+            let update = health_update(record, seen, leader_since, now, now_ms, threshold)?;
+            tracing::info!(member = %record.name, status = update.status.as_str(), "member status changed");
+            Some(update)
         })
         .collect();
     if !updates.is_empty() {
@@ -232,6 +218,57 @@ async fn record_health(member: &Member) {
             tracing::warn!(%error, "could not record member health");
         }
     }
+}
+
+/// What the leader records of one member this round (IO-free): its status when it changed
+/// (`Offline` a whole threshold after it stopped answering, `Online` when it answers; one not
+/// heard from since the election, `elected` at that instant, keeps an `Online` status for a
+/// threshold after it), with the time of its last heartbeat. For a member this leader never
+/// heard from, that time is the election's: the previous leader did not call it offline, so
+/// it may have answered until then. Self-healing (`cluster.healing_threshold`) counts from
+/// that time, so a member lost at a change of leader is not healed at once for having last
+/// changed status long ago. `None`: nothing to record. An evacuated member is left as it is.
+pub(crate) fn health_update(
+    record: &MemberRecord,
+    seen: Option<Sighting>,
+    elected: Option<Instant>,
+    now: Instant,
+    now_ms: u64,
+    threshold: Duration,
+) -> Option<HealthUpdate> {
+    if record.status == MemberStatus::Evacuated {
+        return None;
+    }
+    let ago_ms = |then: Instant| {
+        now_ms.saturating_sub(now.saturating_duration_since(then).as_millis() as u64)
+    };
+    let online = match seen {
+        Some(seen) => online_at(seen, now, threshold),
+        // Not heard yet: an online member keeps its status for one threshold after the
+        // election; an offline one stays offline until it answers.
+        None => {
+            record.status == MemberStatus::Online
+                && elected.is_some_and(|elected| now.saturating_duration_since(elected) < threshold)
+        }
+    };
+    let status = if online {
+        MemberStatus::Online
+    } else {
+        MemberStatus::Offline
+    };
+    if status == record.status {
+        return None;
+    }
+    let last_heartbeat_ms = match (seen, elected) {
+        (Some(seen), _) => ago_ms(seen.answered),
+        (None, Some(elected)) => record.last_heartbeat_ms.max(ago_ms(elected)),
+        (None, None) => record.last_heartbeat_ms,
+    };
+    Some(HealthUpdate {
+        name: record.name.clone(),
+        status,
+        last_heartbeat_ms,
+    })
 }
 
 fn offline_threshold(member: &Member) -> Duration {
@@ -494,6 +531,98 @@ pub(crate) async fn reachable_voters(member: &Member) -> Reachable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(status: MemberStatus, last_heartbeat_ms: u64) -> MemberRecord {
+        MemberRecord {
+            name: "m2".into(),
+            id: 2,
+            address: "127.0.0.1:2".into(),
+            architecture: "x86_64".into(),
+            description: String::new(),
+            failure_domain: "default".into(),
+            config: Default::default(),
+            groups: vec!["default".into()],
+            user_roles: vec![],
+            certificate_fingerprint: "fp2".into(),
+            admin_fingerprint: "admin2".into(),
+            joined_at_ms: 0,
+            status,
+            last_heartbeat_ms,
+        }
+    }
+
+    /// Goal: a member a new leader never hears from is recorded offline with the election as
+    /// its last heartbeat (it may have answered the previous leader until then), not the time
+    /// it last changed status, so that self-healing, counted from it, does not evacuate it at
+    /// once. Before, a member online for an hour and lost at a change of leader was "past
+    /// cluster.healing_threshold" the moment the new leader called it offline (`starling-chaos`:
+    /// "No heartbeat for 843s" for a member seen seconds before the election).
+    #[test]
+    fn a_member_lost_at_an_election_counts_from_the_election() {
+        let now = Instant::now();
+        let threshold = Duration::from_secs(20);
+        let now_ms = 10_000_000;
+        let online_an_hour = record(MemberStatus::Online, now_ms - 3_600_000);
+        // Within a threshold of the election: still online, nothing recorded.
+        let elected = now - Duration::from_secs(5);
+        assert_eq!(
+            health_update(&online_an_hour, None, Some(elected), now, now_ms, threshold),
+            None
+        );
+        // A threshold after it: offline, its last heartbeat the election's time.
+        let elected = now - Duration::from_secs(21);
+        let update = health_update(&online_an_hour, None, Some(elected), now, now_ms, threshold)
+            .expect("offline");
+        assert_eq!(update.status, MemberStatus::Offline);
+        assert_eq!(update.last_heartbeat_ms, now_ms - 21_000);
+        // Heard from, then silent for a threshold: offline, at its last answer.
+        let sighting = Sighting {
+            answered: now - Duration::from_secs(25),
+            silent_since: Some(now - Duration::from_secs(24)),
+        };
+        let update = health_update(
+            &online_an_hour,
+            Some(sighting),
+            Some(elected),
+            now,
+            now_ms,
+            threshold,
+        )
+        .expect("offline");
+        assert_eq!(
+            (update.status, update.last_heartbeat_ms),
+            (MemberStatus::Offline, now_ms - 25_000)
+        );
+        // An offline member that answers is online again, at its answer's time.
+        let back = record(MemberStatus::Offline, now_ms - 60_000);
+        let answered = Sighting {
+            answered: now - Duration::from_millis(100),
+            silent_since: None,
+        };
+        let update = health_update(&back, Some(answered), Some(elected), now, now_ms, threshold)
+            .expect("online");
+        assert_eq!(
+            (update.status, update.last_heartbeat_ms),
+            (MemberStatus::Online, now_ms - 100)
+        );
+        // An offline one still silent stays as recorded; an evacuated one is left alone.
+        assert_eq!(
+            health_update(&back, None, Some(elected), now, now_ms, threshold),
+            None
+        );
+        let evacuated = record(MemberStatus::Evacuated, 0);
+        assert_eq!(
+            health_update(
+                &evacuated,
+                Some(answered),
+                Some(elected),
+                now,
+                now_ms,
+                threshold
+            ),
+            None
+        );
+    }
 
     /// A leader whose rounds run late (here 3 s apart, with a 1 s interval) must not call a member
     /// offline before a whole threshold has passed since it could have died: the member answered
