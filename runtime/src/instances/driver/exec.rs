@@ -224,15 +224,7 @@ impl ExecServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .current_dir("/");
-        // SAFETY: between fork and exec only fcntl(2) runs, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::fcntl(their_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        inherit(&mut command, their_fd);
         let process = command.spawn()?;
         drop(theirs);
         Ok(ExecServer {
@@ -306,6 +298,20 @@ impl Drop for ExecServer {
         // Its running shims are independent processes: they go on.
         let _ = self.process.kill();
         let _ = self.process.wait();
+    }
+}
+
+/// Has `command`'s process inherit `fd`, which is close-on-exec everywhere else, so that no
+/// other child of the daemon inherits it.
+fn inherit(command: &mut Command, fd: RawFd) {
+    // SAFETY: between fork and exec only fcntl(2) runs, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -417,16 +423,7 @@ pub(super) fn spawn(
         .stdout(Stdio::from(stdout_theirs))
         .stderr(Stdio::from(stderr_theirs))
         .current_dir("/");
-    // SAFETY: between fork and exec only fcntl(2) runs, which is async-signal-safe. The
-    // pipe is close-on-exec everywhere else, so no other child of the daemon inherits it.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit(&mut command, report_fd);
     let spawned = command
         .spawn()
         .map_err(|error| shim_error(format!("cannot run it: {error}")))?;
