@@ -168,7 +168,11 @@ impl Member {
             let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
                 continue;
             };
-            let seen = match self.observe(&key).await {
+            let observed_key = key.clone();
+            let observed = self
+                .blocking(move |driver| driver.liveness(&observed_key))
+                .await;
+            let seen = match observed {
                 Ok(State::Running { .. }) => Seen::Running,
                 Ok(State::Stopped { exit }) => Seen::Stopped {
                     reboot: exit.is_some_and(|exit| exit.requested_restart()),

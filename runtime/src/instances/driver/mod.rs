@@ -521,12 +521,34 @@ impl Driver {
 
     /// The container's state, for a container started by this or an earlier daemon.
     pub fn state(&self, key: &InstanceKey) -> Result<State, DriverError> {
+        self.observed_state(key, true)
+    }
+
+    /// [`Driver::state`] with the usage figures left at zero (they cost reads of the cgroup):
+    /// for watchers that only need whether it runs, and how it ended.
+    pub fn liveness(&self, key: &InstanceKey) -> Result<State, DriverError> {
+        self.observed_state(key, false)
+    }
+
+    fn observed_state(&self, key: &InstanceKey, usage: bool) -> Result<State, DriverError> {
         match self.observe(key)? {
             (Observation::Running, Some(record)) => Ok(State::Running {
                 pid: record.init.pid,
-                processes: record.cgroup.pids().len() as u64,
-                memory_bytes: record.cgroup.memory_bytes().unwrap_or(0),
-                cpu_ns: record.cgroup.cpu_ns().unwrap_or(0),
+                processes: if usage {
+                    record.cgroup.pids().len() as u64
+                } else {
+                    0
+                },
+                memory_bytes: if usage {
+                    record.cgroup.memory_bytes().unwrap_or(0)
+                } else {
+                    0
+                },
+                cpu_ns: if usage {
+                    record.cgroup.cpu_ns().unwrap_or(0)
+                } else {
+                    0
+                },
             }),
             (Observation::Stopped(exit), _) => Ok(State::Stopped { exit }),
             (observation, _) => Err(DriverError::BadState {
