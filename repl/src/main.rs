@@ -547,10 +547,13 @@ fn main() -> ExitCode {
         return shim(command);
     }
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `exec` (Lua, or a command in an instance) is one request and its answer: a runtime on
+    // this thread alone starts no worker threads, which is a third of its start-up here.
+    let mut builder = match cli.command {
+        Command::Exec { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("Error: cannot start the async runtime: {error}");
