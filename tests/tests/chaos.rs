@@ -21,7 +21,9 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         7,
         "30 m: an instance lost by two moves at once, a former leader's and its successor's \
          (moves::a_rival_moves_clean_up_never_removes_the_copy_a_move_records); a repeated \
-         launch that left the instance Creating (instances: resume_create)",
+         launch that left the instance Creating (instances: resume_create); a leader killed \
+         between making a container and reporting it, its record left Creating \
+         (instances::a_create_cut_short_by_its_members_death_is_recorded_as_it_is)",
     ),
     (
         3,
