@@ -423,10 +423,8 @@ fn limits_are_enforced_by_the_kernel() -> Result<()> {
     // shell, `head` went on allocating while the killed shell's memory was being uncharged,
     // and a second OOM kill took init (CI, twice; dmesg: usage 30 of 32 MiB, init picked).
     tracing::info!("--- memory: a shell variable doubled past 32 MiB");
-    let (code, _, stderr) = fixture.exec(
-        &key,
-        &["sh", "-c", "x=aaaaaaaa; while :; do x=$x$x; done"],
-    )?;
+    let (code, _, stderr) =
+        fixture.exec(&key, &["sh", "-c", "x=aaaaaaaa; while :; do x=$x$x; done"])?;
     assert_eq!(code, 128 + libc::SIGKILL, "not OOM-killed: {stderr}");
     use starling_runtime::instances::driver::cgroup::Controller;
     let oom_kills = cgroup

@@ -1,10 +1,10 @@
 //! The leader's heartbeat rounds, member status, and role rebalancing.
 //!
 //! Status lives in the cluster database, so every member answers the same and a new leader
-//! starts from what the old one recorded. The leader records a change only ([`health_update`]):
-//! a member turns `Offline` once it has not answered for `cluster.offline_threshold` seconds,
-//! and `Online` when it answers again. A new leader gives every member it has not heard from yet one full
-//! threshold, counted from its election, before it calls it offline.
+//! starts from what the old one recorded. The leader records a change only ([`health_update`]): a
+//! member turns `Offline` once it has not answered for `cluster.offline_threshold` seconds, and
+//! `Online` when it answers again. A new leader gives every member it has not heard from yet one
+//! full threshold, counted from its election, before it calls it offline.
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;

@@ -571,9 +571,9 @@ impl Member {
     /// Whether container `key` runs on this member (any failure to tell says no).
     pub(crate) async fn runs_here(&self, key: &InstanceKey) -> bool {
         let key = key.clone();
-        self.blocking(move |driver| driver.is_running(&key))
+        self.blocking(move |driver| driver.liveness(&key))
             .await
-            .unwrap_or(false)
+            .is_ok_and(|state| matches!(state, crate::instances::driver::State::Running { .. }))
     }
 
     async fn exec_local(&self, key: &InstanceKey, request: ExecRequest) -> Result<Value, Error> {

@@ -532,38 +532,28 @@ impl Driver {
 
     fn observed_state(&self, key: &InstanceKey, usage: bool) -> Result<State, DriverError> {
         match self.observe(key)? {
-            (Observation::Running, Some(record)) => Ok(State::Running {
-                pid: record.init.pid,
-                processes: if usage {
-                    record.cgroup.pids().len() as u64
-                } else {
-                    0
-                },
-                memory_bytes: if usage {
-                    record.cgroup.memory_bytes().unwrap_or(0)
-                } else {
-                    0
-                },
-                cpu_ns: if usage {
-                    record.cgroup.cpu_ns().unwrap_or(0)
-                } else {
-                    0
-                },
-            }),
+            (Observation::Running, Some(record)) => {
+                let (processes, memory_bytes, cpu_ns) = match usage {
+                    true => (
+                        record.cgroup.pids().len() as u64,
+                        record.cgroup.memory_bytes().unwrap_or(0),
+                        record.cgroup.cpu_ns().unwrap_or(0),
+                    ),
+                    false => (0, 0, 0),
+                };
+                Ok(State::Running {
+                    pid: record.init.pid,
+                    processes,
+                    memory_bytes,
+                    cpu_ns,
+                })
+            }
             (Observation::Stopped(exit), _) => Ok(State::Stopped { exit }),
             (observation, _) => Err(DriverError::BadState {
                 path: self.container_dir(key).join("state.json"),
                 reason: format!("unexpected observation {observation:?}"),
             }),
         }
-    }
-
-    /// Whether the container runs (its state without the usage figures, which cost reads).
-    pub fn is_running(&self, key: &InstanceKey) -> Result<bool, DriverError> {
-        Ok(matches!(
-            self.observe(key)?,
-            (Observation::Running, Some(_))
-        ))
     }
 
     /// The container's record, when it has one.
