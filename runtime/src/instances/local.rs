@@ -27,7 +27,8 @@ use crate::{Caller, Error, Operation};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LocalOperation {
     /// Unpack the image's root file system; then start it with `start` (the expanded config)
-    /// when given.
+    /// when given, and report how that went. Without `start` nothing is reported: the answer
+    /// says `Stopped`, and the leader that asked records it.
     Create {
         /// The instance.
         key: InstanceKey,
@@ -152,6 +153,10 @@ pub struct InstanceState {
     /// Root file systems received for a move, and when (kept from the stale-copy sweep for a
     /// while: the leader records the move right after).
     pub(crate) arrived: Mutex<HashMap<InstanceKey, std::time::Instant>>,
+    /// Root file systems made here for a create without a start, and when this member
+    /// answered it: the leader that asked records the status from the answer, and the
+    /// watcher leaves their `Creating` records to it meanwhile.
+    pub(crate) create_answered: Mutex<HashMap<InstanceKey, std::time::Instant>>,
     /// On the leader: ephemeral instances reported stopped, deleted by its next round.
     pub(crate) ephemeral_stopped: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// On the leader: the evacuations and restores it runs.
@@ -173,6 +178,10 @@ impl InstanceState {
 
     fn forget(&self, key: &InstanceKey) {
         self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+        self.create_answered
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
@@ -438,9 +447,16 @@ impl Member {
         tracing::info!(instance = %key, unpack_ms = started.elapsed().as_millis() as u64, "root file system unpacked");
         match start {
             Some(config) => self.start_local(key, config, None).await,
+            // The leader that asked records the status from this answer (one request fewer
+            // than a report of our own).
             None => {
-                self.report(key, InstanceStatus::Stopped, "", None).await?;
-                Ok(json!({"status": "Stopped"}))
+                self.inner
+                    .instances
+                    .create_answered
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone(), std::time::Instant::now());
+                Ok(json!({"status": InstanceStatus::Stopped.as_str()}))
             }
         }
     }

@@ -692,12 +692,22 @@ impl Member {
                 instance.name, instance.name
             )));
         }
+        // A create without a start: the member answered with the root file system made and
+        // left the record to us. A failure here is retried by the client as the same request
+        // (the member finds its root file system and answers again).
+        if !start {
+            let recorded = self.instance_record(&instance.project, &instance.name)?;
+            if recorded.status == InstanceStatus::Creating {
+                self.record_status(&recorded, InstanceStatus::Stopped, "")
+                    .await?;
+            }
+        }
         let instance = self.instance_record(&instance.project, &instance.name)?;
         Ok(self.local_state(|state| instance_json(state, &instance)))
     }
 
-    /// Records a status for `instance` on behalf of its member (for failures before the member
-    /// could act).
+    /// Records a status for `instance` on behalf of its member (a create's answer, failures
+    /// before the member could act).
     async fn record_status(
         &self,
         instance: &Instance,

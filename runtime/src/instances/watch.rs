@@ -4,8 +4,8 @@
 //! the location of with the record, and acts as [`decide`] says (IO-free): a container whose
 //! init exited is reported `Stopped`; one running that the record does not show running
 //! (adopted after a `kill -9` of the daemon: the driver's monitors outlive it) is reported
-//! `Running`; one made whose record still says `Creating` (the member was killed before its
-//! create reported) is reported as it is; one that was running when the member shut down cleanly
+//! `Running`; one made whose record still says `Creating` (the member was killed before it
+//! answered its create, or the leader before it recorded the answer) is reported as it is; one that was running when the member shut down cleanly
 //! (`volatile.last_state.power=RUNNING`) or whose init asked for a reboot is started again.
 //! An instance whose lock is held (an operation on it is under way) is left for next time.
 //!
@@ -51,16 +51,25 @@ pub enum Action {
     Start,
 }
 
-/// What to do, from the record's status, whether it was running at a clean shutdown, and
-/// what the driver sees.
-pub fn decide(recorded: InstanceStatus, last_power_running: bool, seen: Seen) -> Action {
+/// What to do, from the record's status, whether it was running at a clean shutdown, what
+/// the driver sees, and whether this member answered the leader's create of it a moment ago
+/// (`create_answered`: the leader records its status, see [`CREATE_ANSWER_GRACE`]).
+pub fn decide(
+    recorded: InstanceStatus,
+    last_power_running: bool,
+    seen: Seen,
+    create_answered: bool,
+) -> Action {
     match (recorded, seen) {
         // Not made yet (its create is on the way, or never came), or deleted.
         (_, Seen::Missing) => Action::Nothing,
         (InstanceStatus::Running, Seen::Running) => Action::Nothing,
         (_, Seen::Running) => Action::Report(InstanceStatus::Running),
-        // Made, but its create never reported (the member was killed between the two; a
-        // create under way holds the lock, so the watcher does not get here meanwhile).
+        // Made, and the leader that asked is recording it.
+        (InstanceStatus::Creating, Seen::Stopped { .. }) if create_answered => Action::Nothing,
+        // Made, but its create was never recorded (the member was killed before it answered,
+        // or the leader before it recorded the answer; a create under way holds the lock, so
+        // the watcher does not get here meanwhile).
         (InstanceStatus::Creating, Seen::Stopped { .. }) => Action::Report(InstanceStatus::Stopped),
         // A failed start recorded the reason: not tried again until someone asks.
         (InstanceStatus::Error, Seen::Stopped { .. }) => Action::Nothing,
@@ -72,6 +81,10 @@ pub fn decide(recorded: InstanceStatus, last_power_running: bool, seen: Seen) ->
         (_, Seen::Stopped { .. }) => Action::Nothing,
     }
 }
+
+/// How long a `Creating` record whose create this member answered is left to the leader that
+/// asked (it records the answer at once; a client retry asks again through the next leader).
+pub const CREATE_ANSWER_GRACE: Duration = Duration::from_secs(30);
 
 /// Every how many rounds the watcher looks for stale copies.
 const STALE_EVERY_ROUNDS: u64 = 20;
@@ -183,7 +196,8 @@ impl Member {
                 .config
                 .get(LAST_POWER_KEY)
                 .is_some_and(|value| value == "RUNNING");
-            let result = match decide(instance.status, last_power_running, seen) {
+            let answered = self.create_answered_recently(&key);
+            let result = match decide(instance.status, last_power_running, seen, answered) {
                 Action::Nothing => Ok(()),
                 Action::Report(status) => {
                     tracing::info!(instance = %key, status = status.as_str(), "instance changed on its own");
@@ -320,6 +334,19 @@ impl Member {
         }
     }
 
+    /// Whether this member answered the leader's create of `key` within
+    /// [`CREATE_ANSWER_GRACE`].
+    fn create_answered_recently(&self, key: &super::driver::InstanceKey) -> bool {
+        let mut answered = self
+            .inner
+            .instances
+            .create_answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        answered.retain(|_, at| at.elapsed() < CREATE_ANSWER_GRACE);
+        answered.contains_key(key)
+    }
+
     /// Whether a root file system for `key` arrived here for a move within [`ARRIVAL_GRACE`].
     fn arrived_recently(&self, key: &super::driver::InstanceKey) -> bool {
         let mut arrived = self
@@ -400,10 +427,18 @@ mod tests {
         ];
         for (recorded, last_power, seen, expected) in cases {
             assert_eq!(
-                decide(recorded, last_power, seen),
+                decide(recorded, last_power, seen, false),
                 expected,
                 "{recorded:?} {last_power} {seen:?}"
             );
+        }
+        // A create this member answered a moment ago is the leader's to record; anything
+        // else is decided as without it.
+        assert_eq!(decide(Creating, false, stopped, true), Action::Nothing);
+        for (recorded, last_power, seen, expected) in cases {
+            if recorded != Creating || seen == Seen::Running || seen == Seen::Missing {
+                assert_eq!(decide(recorded, last_power, seen, true), expected);
+            }
         }
     }
 }

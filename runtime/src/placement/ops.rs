@@ -251,19 +251,29 @@ impl Member {
             });
             (views, host)
         });
+        let Some(scriptlet) = scriptlet else {
+            // The built-in rule is a few comparisons per member: run here, not on a
+            // blocking thread (whose hand-off costs more than the rule).
+            return place(
+                &views,
+                request,
+                target,
+                exclude_current,
+                None,
+                &mut random_below,
+            )
+            .map_err(|error| Error::Refused(error.to_string()));
+        };
         let request = request.clone();
         let target = target.clone();
         let exclude = exclude_current.map(str::to_string);
         tokio::task::spawn_blocking(move || {
             let limits = Limits::default();
-            let run = scriptlet
-                .as_deref()
-                .zip(host.as_ref())
-                .map(|(scriptlet, host)| ScriptletRun {
-                    scriptlet,
-                    host,
-                    limits: &limits,
-                });
+            let run = host.as_ref().map(|host| ScriptletRun {
+                scriptlet: &scriptlet,
+                host,
+                limits: &limits,
+            });
             place(
                 &views,
                 &request,
