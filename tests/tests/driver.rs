@@ -676,15 +676,20 @@ fn layered_containers_share_their_base() -> Result<()> {
         base.display()
     );
     let dir_a = fixture.driver.container_dir(&a);
-    for empty in [dir_a.join("rootfs"), dir_a.join("upper")] {
-        ensure!(
-            std::fs::read_dir(&empty)?.next().is_none(),
-            "{} is not empty",
-            empty.display()
-        );
+    ensure!(
+        std::fs::read_dir(dir_a.join("rootfs"))?.next().is_none(),
+        "the mount point of a is not empty"
+    );
+    // The writable layer comes with the first start: a create makes three inodes.
+    for later in ["upper", "work"] {
+        ensure!(!dir_a.join(later).exists(), "{later}/ made before a start");
     }
 
     fixture.driver.start(&a, &ContainerSpec::new("a"))?;
+    ensure!(
+        dir_a.join("upper").is_dir() && dir_a.join("work").is_dir(),
+        "no writable layer after the start"
+    );
     fixture.driver.start(&b, &ContainerSpec::new("b"))?;
     fixture.output(
         &a,
@@ -744,6 +749,13 @@ fn layered_containers_share_their_base() -> Result<()> {
         "the view stayed mounted"
     );
     ensure!(std::fs::read_dir(dir_a.join("rootfs"))?.next().is_none());
+    // A container never started is read through a writable layer made for the view.
+    let c = fixture.layered("c")?;
+    let whole = fixture
+        .driver
+        .read_tree(&c, |root| Ok(root.join("bin/busybox").is_file()))?;
+    ensure!(whole, "the tree of a container never started lacks the base's files");
+    fixture.driver.delete(&c)?;
 
     fixture.driver.delete(&a)?;
     ensure!(
