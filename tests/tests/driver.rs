@@ -754,7 +754,10 @@ fn layered_containers_share_their_base() -> Result<()> {
     let whole = fixture
         .driver
         .read_tree(&c, |root| Ok(root.join("bin/busybox").is_file()))?;
-    ensure!(whole, "the tree of a container never started lacks the base's files");
+    ensure!(
+        whole,
+        "the tree of a container never started lacks the base's files"
+    );
     fixture.driver.delete(&c)?;
 
     fixture.driver.delete(&a)?;
