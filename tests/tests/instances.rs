@@ -777,3 +777,51 @@ async fn a_create_cut_short_by_its_members_death_is_recorded_as_it_is() -> Resul
     }
     bail!("every freeze came after the create's report: the window was never hit")
 }
+
+/// Goal: an image's base (its unpacked root file system, under the layers of the containers
+/// made from it) stays on a member while the member holds the image, as LXD keeps an image's
+/// volume: deleting the last instance made from it keeps it (the next create unpacks
+/// nothing), and deleting the image removes it.
+/// Method: 1 member process; `init` of the busybox image, the base found on disk; the
+/// instance deleted, the base still there; the image deleted, the base gone within 15 s (the
+/// image's file goes first, then the member's watcher sweeps the bases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_base_stays_while_the_image_does() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox(1, false).await?;
+    cluster.cli_ok(0, &["init", "bb", "first"])?;
+    let bases = cluster.dir(0).join("storage-pools/default/bases");
+    let base = std::fs::read_dir(&bases)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.is_dir())
+        .ok_or_else(|| anyhow!("no base under {}", bases.display()))?;
+    ensure!(
+        base.join("rootfs/bin/busybox").is_file(),
+        "the base is not whole"
+    );
+
+    cluster.cli_ok(0, &["delete", "first"])?;
+    ensure!(
+        base.join("rootfs/bin/busybox").is_file(),
+        "the base went with the last instance while the image stays"
+    );
+    cluster.cli_ok(0, &["init", "bb", "second"])?;
+    cluster.cli_ok(0, &["delete", "second"])?;
+
+    cluster.cli_ok(0, &["image", "delete", "bb"])?;
+    wait_for(
+        "the base of the deleted image to go",
+        Duration::from_secs(15),
+        || {
+            let gone = !base.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await?;
+    Ok(())
+}

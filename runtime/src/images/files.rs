@@ -44,6 +44,11 @@ impl ImageFiles {
         }
     }
 
+    /// The directory of the images, each a file named by its fingerprint.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the image `fingerprint` lives.
     pub fn path(&self, fingerprint: &str) -> PathBuf {
         self.dir.join(fingerprint)

@@ -20,6 +20,7 @@ use starling_store::instances::{InstanceStatus, DEFAULT_POOL};
 use super::config;
 use super::driver::{Driver, DriverError, ExecRequest, InstanceKey, State};
 use super::ops::{InstanceOperation, StatusReport};
+use crate::images::files::ImageFiles;
 use crate::member::Member;
 use crate::{Caller, Error, Operation};
 
@@ -232,6 +233,7 @@ impl Member {
             let root = std::path::absolute(self.dir().root())
                 .unwrap_or_else(|_| self.dir().root().to_path_buf());
             Driver::new(root.join("storage-pools").join(DEFAULT_POOL), shim)
+                .keeping_bases_of(ImageFiles::new(&root).dir().to_path_buf())
         })
     }
 

@@ -138,6 +138,13 @@ pub(crate) fn spawn(member: Member) {
             round += 1;
             if round.is_multiple_of(STALE_EVERY_ROUNDS) {
                 member.remove_stale_copies().await;
+                // Bases are kept while their image is here: those of deleted images go.
+                if let Err(error) = member
+                    .blocking(|driver| driver.collect_unheld_bases())
+                    .await
+                {
+                    tracing::warn!(%error, "could not remove the bases of deleted images");
+                }
                 member.finish_deletes().await;
             }
         }

@@ -16,8 +16,11 @@
 //! both (empty for a layered container: its mount point), and is made last, so its presence
 //! still means a container whose files are all here.
 //!
-//! A base lives while a container names it: a delete (or a failed create) removes the base
-//! its container named once no other container names it ([`super::Driver::collect_base`]).
+//! A base lives while a container names it, and on a member also while the member holds its
+//! image ([`super::Driver::keeping_bases_of`], as LXD keeps an image's volume): a delete (or a
+//! failed create) removes the base its container named once no other container names it and
+//! its image is not held; the member's watcher removes the bases of images deleted since
+//! ([`super::Driver::collect_unheld_bases`]).
 //! Making and collecting a base hold its lock file (`<pool>/bases/<fingerprint>.lock`), so a
 //! base is never removed between being found and being named.
 

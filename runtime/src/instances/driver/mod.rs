@@ -124,6 +124,9 @@ pub struct Driver {
     layering: std::sync::Arc<std::sync::OnceLock<bool>>,
     /// The exec server, once an exec started it ([`exec`]).
     exec_server: std::sync::Arc<std::sync::Mutex<Option<exec::ExecServer>>>,
+    /// Where the member keeps its images (`<datadir>/images/<fingerprint>`), when it does: a
+    /// base whose image is there stays when its last container goes ([`Driver::keeping_bases_of`]).
+    images_dir: Option<PathBuf>,
 }
 
 impl Driver {
@@ -135,7 +138,25 @@ impl Driver {
             shim_exe,
             layering: Default::default(),
             exec_server: Default::default(),
+            images_dir: None,
         }
+    }
+
+    /// This driver, keeping the base of every image held in `images_dir` (files named by
+    /// fingerprint) while the image is there, as LXD keeps an image's volume: the next
+    /// container made from it needs no unpacking, and a delete does not look for other
+    /// containers on the base. A base whose image is gone goes with its last container
+    /// ([`Driver::collect_base`], [`Driver::collect_unheld_bases`]).
+    pub fn keeping_bases_of(mut self, images_dir: PathBuf) -> Driver {
+        self.images_dir = Some(images_dir);
+        self
+    }
+
+    /// Whether the image of base `name` is held here (its base is kept).
+    fn image_held(&self, name: &str) -> bool {
+        self.images_dir
+            .as_ref()
+            .is_some_and(|dir| dir.join(name).is_file())
     }
 
     /// The container's cgroup under `starling/`: the key, after a tag of the pool's path, so
@@ -337,9 +358,10 @@ impl Driver {
         Ok(file)
     }
 
-    /// Removes the base `name` unless a container here is layered on it.
+    /// Removes the base `name` unless a container here is layered on it or its image is held
+    /// here ([`Driver::keeping_bases_of`]).
     pub fn collect_base(&self, name: &str) -> Result<(), DriverError> {
-        if !layers::base_name_valid(name) {
+        if !layers::base_name_valid(name) || self.image_held(name) {
             return Ok(());
         }
         let _lock = self.lock_base(name)?;
@@ -357,6 +379,24 @@ impl Driver {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Removes every base here that no container is layered on and whose image is not held
+    /// here (its image deleted, or a member that stopped between the two).
+    pub fn collect_unheld_bases(&self) -> Result<(), DriverError> {
+        let bases = self.pool_dir.join(layers::BASES_DIR);
+        let entries = match std::fs::read_dir(&bases) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(io_error(&bases, "listing", source)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && layers::base_name_valid(&name) && !self.image_held(&name) {
+                self.collect_base(&name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Marks the container as the copy that move `id` brought here (`move-id` beside its root
