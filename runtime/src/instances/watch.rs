@@ -183,6 +183,12 @@ impl Member {
 
     /// One round of the watcher.
     async fn watch_once(&self) {
+        self.inner
+            .instances
+            .create_answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, at| at.elapsed() < CREATE_ANSWER_GRACE);
         for instance in self.my_instances().await {
             let key = key_of(&instance);
             let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
@@ -342,16 +348,15 @@ impl Member {
     }
 
     /// Whether this member answered the leader's create of `key` within
-    /// [`CREATE_ANSWER_GRACE`].
+    /// [`CREATE_ANSWER_GRACE`] (older answers are dropped once per round).
     fn create_answered_recently(&self, key: &super::driver::InstanceKey) -> bool {
-        let mut answered = self
-            .inner
+        self.inner
             .instances
             .create_answered
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        answered.retain(|_, at| at.elapsed() < CREATE_ANSWER_GRACE);
-        answered.contains_key(key)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|at| at.elapsed() < CREATE_ANSWER_GRACE)
     }
 
     /// Whether a root file system for `key` arrived here for a move within [`ARRIVAL_GRACE`].
