@@ -390,7 +390,9 @@ fn print_rows(rows: &[(String, f64, String)]) {
 /// started), three rounds of new names (so the cluster holds `count`, then twice and three
 /// times as many), all deleted at the end: a row per round and their median rate. Rounds
 /// never follow deletes: on ext4 without a journal, inode allocation skips every inode freed in
-/// the last 30 s, which would time the file system's recycling, not placements.
+/// the last minute (six while its inode table block is dirty), which would time the file
+/// system's recycling, not placements. The same holds across runs: give the file system a
+/// few minutes of rest after a run that deleted many containers.
 async fn placements(
     client: &Client,
     members: &[u32],
