@@ -153,17 +153,49 @@ pub struct InstanceState {
     pub(crate) adopted: AtomicBool,
     /// Root file systems received for a move, and when (kept from the stale-copy sweep for a
     /// while: the leader records the move right after).
-    pub(crate) arrived: Mutex<HashMap<InstanceKey, std::time::Instant>>,
+    pub(crate) arrived: RecentKeys,
     /// Root file systems made here for a create without a start, and when this member
     /// answered it: the leader that asked records the status from the answer, and the
     /// watcher leaves their `Creating` records to it meanwhile.
-    pub(crate) create_answered: Mutex<HashMap<InstanceKey, std::time::Instant>>,
+    pub(crate) create_answered: RecentKeys,
     /// On the leader: ephemeral instances reported stopped, deleted by its next round.
     pub(crate) ephemeral_stopped: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// On the leader: the evacuations and restores it runs.
     pub(crate) evacuations: crate::evacuation::ops::Tasks,
     /// On the leader: the moves under way, by (project, name).
     pub(crate) moves: Mutex<BTreeMap<(String, String), super::moves::MoveProgress>>,
+}
+
+/// Instances noted a moment ago, each with when: kept while younger than the grace its
+/// reader gives.
+#[derive(Default)]
+pub(crate) struct RecentKeys(Mutex<HashMap<InstanceKey, std::time::Instant>>);
+
+impl RecentKeys {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, std::time::Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes `key` now.
+    pub(crate) fn note(&self, key: &InstanceKey) {
+        self.map().insert(key.clone(), std::time::Instant::now());
+    }
+
+    /// Whether `key` was noted within `grace`.
+    pub(crate) fn within(&self, key: &InstanceKey, grace: Duration) -> bool {
+        self.map().get(key).is_some_and(|at| at.elapsed() < grace)
+    }
+
+    /// Drops the keys noted `grace` ago or more.
+    pub(crate) fn prune(&self, grace: Duration) {
+        self.map().retain(|_, at| at.elapsed() < grace);
+    }
+
+    fn forget(&self, key: &InstanceKey) {
+        self.map().remove(key);
+    }
 }
 
 impl InstanceState {
@@ -182,10 +214,7 @@ impl InstanceState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
-        self.create_answered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        self.create_answered.forget(key);
     }
 
     /// Whether the watcher's first round is done: every container here looked at, those a
@@ -452,12 +481,7 @@ impl Member {
             // The leader that asked records the status from this answer (one request fewer
             // than a report of our own).
             None => {
-                self.inner
-                    .instances
-                    .create_answered
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(key.clone(), std::time::Instant::now());
+                self.inner.instances.create_answered.note(key);
                 Ok(json!({"status": InstanceStatus::Stopped.as_str()}))
             }
         }

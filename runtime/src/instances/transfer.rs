@@ -247,12 +247,7 @@ impl Member {
         };
         let _ = std::fs::remove_file(&path);
         if result.is_ok() {
-            self.inner
-                .instances
-                .arrived
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key.clone(), std::time::Instant::now());
+            self.inner.instances.arrived.note(key);
         }
         if result.is_err() {
             let dir = self.driver().container_dir(key);

@@ -5,8 +5,9 @@
 //! init exited is reported `Stopped`; one running that the record does not show running
 //! (adopted after a `kill -9` of the daemon: the driver's monitors outlive it) is reported
 //! `Running`; one made whose record still says `Creating` (the member was killed before it
-//! answered its create, or the leader before it recorded the answer) is reported as it is; one that was running when the member shut down cleanly
-//! (`volatile.last_state.power=RUNNING`) or whose init asked for a reboot is started again.
+//! answered its create, or the leader before it recorded the answer) is reported as it is;
+//! one that was running when the member shut down cleanly (`volatile.last_state.power=RUNNING`)
+//! or whose init asked for a reboot is started again.
 //! An instance whose lock is held (an operation on it is under way) is left for next time.
 //!
 //! A clean shutdown ([`Member::stop_instances`]) stops the running containers and records
@@ -137,6 +138,7 @@ pub(crate) fn spawn(member: Member) {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             round += 1;
             if round.is_multiple_of(STALE_EVERY_ROUNDS) {
+                member.inner.instances.arrived.prune(ARRIVAL_GRACE);
                 member.remove_stale_copies().await;
                 // Bases are kept while their image is here: those of deleted images go.
                 if let Err(error) = member
@@ -186,9 +188,7 @@ impl Member {
         self.inner
             .instances
             .create_answered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|_, at| at.elapsed() < CREATE_ANSWER_GRACE);
+            .prune(CREATE_ANSWER_GRACE);
         for instance in self.my_instances().await {
             let key = key_of(&instance);
             let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
@@ -348,27 +348,17 @@ impl Member {
     }
 
     /// Whether this member answered the leader's create of `key` within
-    /// [`CREATE_ANSWER_GRACE`] (older answers are dropped once per round).
+    /// [`CREATE_ANSWER_GRACE`].
     fn create_answered_recently(&self, key: &super::driver::InstanceKey) -> bool {
         self.inner
             .instances
             .create_answered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .is_some_and(|at| at.elapsed() < CREATE_ANSWER_GRACE)
+            .within(key, CREATE_ANSWER_GRACE)
     }
 
     /// Whether a root file system for `key` arrived here for a move within [`ARRIVAL_GRACE`].
     fn arrived_recently(&self, key: &super::driver::InstanceKey) -> bool {
-        let mut arrived = self
-            .inner
-            .instances
-            .arrived
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        arrived.retain(|_, at| at.elapsed() < ARRIVAL_GRACE);
-        arrived.contains_key(key)
+        self.inner.instances.arrived.within(key, ARRIVAL_GRACE)
     }
 
     /// On a clean shutdown: stops this member's running containers (each asked to shut down,

@@ -2,8 +2,9 @@
 //! (`<pool>/bases/<fingerprint>/rootfs`), and every container made from it gets its own
 //! writable layer on top (overlayfs: `upper/` and `work/` in the container's directory, made
 //! at its first start or read, and a `base` file naming the base). A create then makes a
-//! directory, a file and a mount point instead of writing the image's files once more, which is what LXD's copy-on-write storage drivers (ZFS, btrfs,
-//! LVM thin) give it: a create in constant time, and one copy of the image's files on disk.
+//! directory, a file and a mount point instead of writing the image's files once more, which
+//! is what LXD's copy-on-write storage drivers (ZFS, btrfs, LVM thin) give it: a create in
+//! constant time, and one copy of the image's files on disk.
 //!
 //! The overlay is mounted in the container's own mount namespace as the root of its file
 //! systems ([`super::setup::plan_mounts`]), so the host never sees it and nothing is left
