@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use crate::command::tests::{bootstrapped, member};
+use crate::command::MemberPatch;
 use crate::images::ImageCommand;
 use crate::instances::tests::{instance as instance_for_tests, test_image};
 use crate::instances::{
-    ClusterGroup, InstanceChanges, InstanceCommand, InstanceStatus, DEFAULT_PROJECT,
+    default_profile, ClusterGroup, InstanceChanges, InstanceCommand, InstanceStatus,
+    DEFAULT_PROJECT, MOVE_CLAIM_KEY,
 };
 use crate::kv::KvCommand;
 use crate::{ClusterState, Command};
@@ -35,6 +37,11 @@ const CONFIG_KEYS: [&str; 5] = [
 ];
 const CONFIG_VALUES: [&str; 5] = ["1", "20", "-1", "x", ""];
 const MOVE_IDS: [&str; 3] = ["x", "y", ""];
+/// Keys the patches name: two free ones, the scheduler's (member config) and a cluster key
+/// (instance config, refused).
+const PATCH_KEYS: [&str; 4] = ["user.a", "user.b", "scheduler.instance", MOVE_CLAIM_KEY];
+const PATCH_VALUES: [&str; 4] = ["1", "2", "manual", ""];
+const ROLES: [&str; 3] = ["event-hub", "ovn-chassis", "database"];
 
 fn one_of(names: &'static [&'static str]) -> impl Strategy<Value = String> {
     proptest::sample::select(names).prop_map(str::to_string)
@@ -94,6 +101,41 @@ fn instance_command() -> impl Strategy<Value = InstanceCommand> {
         (project(), name(), one_of(&MOVE_IDS)).prop_map(|(project, name, id)| {
             InstanceCommand::InstanceMoveRelease { project, name, id }
         }),
+        (
+            project(),
+            name(),
+            proptest::option::of(member()),
+            proptest::collection::btree_map(
+                one_of(&PATCH_KEYS),
+                proptest::option::of(one_of(&PATCH_VALUES)),
+                1..3
+            )
+        )
+            .prop_map(|(project, name, location, config)| {
+                InstanceCommand::InstancePatch {
+                    project,
+                    name,
+                    location,
+                    config,
+                }
+            }),
+        (
+            proptest::option::of(one_of(&PATCH_VALUES)),
+            proptest::option::of(one_of(&PATCH_VALUES))
+        )
+            .prop_map(|(read, wanted)| {
+                let with = |value: Option<String>| {
+                    let mut profile = default_profile(DEFAULT_PROJECT);
+                    if let Some(value) = value {
+                        profile.config.insert("user.p".into(), value);
+                    }
+                    profile
+                };
+                InstanceCommand::ProfileUpdateFrom {
+                    before: with(read),
+                    profile: with(wanted),
+                }
+            }),
         (project(), name(), one_of(&CONFIG_VALUES)).prop_map(|(project, name, value)| {
             InstanceCommand::InstanceUpdate {
                 project,
@@ -130,10 +172,22 @@ fn instance_command() -> impl Strategy<Value = InstanceCommand> {
     ]
 }
 
+fn member_patch() -> impl Strategy<Value = MemberPatch> {
+    prop_oneof![
+        (one_of(&PATCH_KEYS), one_of(&PATCH_VALUES))
+            .prop_map(|(key, value)| MemberPatch::ConfigSet { key, value }),
+        one_of(&PATCH_KEYS).prop_map(|key| MemberPatch::ConfigUnset { key }),
+        one_of(&ROLES).prop_map(|role| MemberPatch::RoleAdd { role }),
+        one_of(&ROLES).prop_map(|role| MemberPatch::RoleRemove { role }),
+    ]
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let member_name = || one_of(&MEMBERS);
     prop_oneof![
         4 => instance_command().prop_map(Command::Instance),
+        2 => (member_name(), member_patch())
+            .prop_map(|(name, patch)| Command::MemberPatch { name, patch }),
         1 => (one_of(&CONFIG_KEYS), one_of(&CONFIG_VALUES))
             .prop_map(|(key, value)| Command::ConfigSet { key, value }),
         1 => one_of(&CONFIG_KEYS).prop_map(|key| Command::ConfigUnset { key }),
@@ -192,6 +246,62 @@ proptest! {
             }
         }
         prop_assert!(one == two);
+    }
+
+    /// Goal: a patch changes what it names and nothing else, on the record as it is when
+    /// applied: a member's patch one config key or one role of that member, an instance's
+    /// patch the config keys it names of that instance (so no patch undoes a change applied
+    /// before it, whatever the state was when it was proposed).
+    /// Method: random sequences; around each patch that applies, the state before and after
+    /// are compared with the state before changed by hand the way the patch says.
+    #[test]
+    fn a_patch_changes_only_what_it_names(
+        commands in proptest::collection::vec(command(), 1..80)
+    ) {
+        let mut state = start();
+        for command in &commands {
+            let mut expected = state.clone();
+            let applied = state.apply(command).is_ok();
+            match command {
+                Command::MemberPatch { name, patch } if applied => {
+                    let member = expected.members.get_mut(name).expect("a patched member");
+                    match patch {
+                        MemberPatch::ConfigSet { key, value } => {
+                            member.config.insert(key.clone(), value.clone());
+                        }
+                        MemberPatch::ConfigUnset { key } => {
+                            member.config.remove(key);
+                        }
+                        MemberPatch::RoleAdd { role } => {
+                            if !member.user_roles.contains(role) {
+                                member.user_roles.push(role.clone());
+                            }
+                        }
+                        MemberPatch::RoleRemove { role } => {
+                            member.user_roles.retain(|held| held != role);
+                        }
+                    }
+                }
+                Command::Instance(InstanceCommand::InstancePatch {
+                    project, name, config, ..
+                }) if applied => {
+                    let instance = expected
+                        .instances
+                        .get_mut(&(project.clone(), name.clone()))
+                        .expect("a patched instance");
+                    for (key, value) in config {
+                        match value {
+                            Some(value) => instance.config.insert(key.clone(), value.clone()),
+                            None => instance.config.remove(key),
+                        };
+                    }
+                }
+                _ => continue,
+            }
+            prop_assert_eq!(&state.members, &expected.members, "{:?}", command);
+            prop_assert_eq!(&state.instances, &expected.instances, "{:?}", command);
+            prop_assert_eq!(&state.profiles, &expected.profiles, "{:?}", command);
+        }
     }
 
     /// Goal: a tagged command applies once: proposed again with its request id it answers the

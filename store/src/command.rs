@@ -143,6 +143,60 @@ pub enum Command {
     Kv(crate::kv::KvCommand),
     /// A change to stored scripts or their runs.
     Script(crate::scripts::ScriptCommand),
+    /// One change to a member, made to its record as it is when applied: a config key or a
+    /// user role. Unlike [`Command::MemberUpdate`], which carries whole maps read before the
+    /// proposal, it never undoes a change applied in between (a lagging leader's read, or a
+    /// proposal of an earlier term committed late).
+    MemberPatch {
+        /// The member.
+        name: String,
+        /// The change.
+        patch: MemberPatch,
+    },
+}
+
+/// One change to a member record ([`Command::MemberPatch`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MemberPatch {
+    /// Sets a member config key (`cluster.set`).
+    ConfigSet {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Removes a member config key (`cluster.unset`).
+    ConfigUnset {
+        /// The key.
+        key: String,
+    },
+    /// Adds a user role (`cluster.role_add`); adding a role held changes nothing.
+    RoleAdd {
+        /// The role.
+        role: String,
+    },
+    /// Removes a user role (`cluster.role_remove`); refused if the member does not hold it.
+    RoleRemove {
+        /// The role.
+        role: String,
+    },
+}
+
+impl MemberPatch {
+    /// Checks the change on its own (the key and value, or the role), before it is proposed
+    /// and again when it is applied.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            MemberPatch::ConfigSet { key, value } => validate_member_config(key, value),
+            MemberPatch::ConfigUnset { key } => validate_member_config(key, "all"),
+            MemberPatch::RoleAdd { role } | MemberPatch::RoleRemove { role } => {
+                validate_changes(&MemberChanges {
+                    user_roles: Some(vec![role.clone()]),
+                    ..MemberChanges::default()
+                })
+            }
+        }
+    }
 }
 
 /// A member's new health, as a heartbeat round saw it.
@@ -226,6 +280,9 @@ impl Command {
                     | I::ProfileDelete { .. }
                     | I::InstanceCreate { .. }
                     | I::InstanceUpdate { .. }
+                    | I::InstancePatch { .. }
+                    | I::ProfileUpdateFrom { .. }
+                    | I::ProjectUpdateFrom { .. }
                     | I::InstanceStatus { .. }
                     | I::InstanceMove { .. }
                     | I::InstanceMoveClaim { .. }
@@ -366,6 +423,7 @@ impl ClusterState {
                 Ok(())
             }
             Command::MemberUpdate { name, changes } => self.update_member(name, changes),
+            Command::MemberPatch { name, patch } => self.patch_member(name, patch),
             Command::MemberRename { from, to } => self.rename_member(from, to),
             Command::MemberRemove { name } => self.remove_member(name),
             Command::PoolCreate { pool } => self.create_pool(pool),
@@ -475,6 +533,42 @@ impl ClusterState {
         }
         if let Some(user_roles) = &changes.user_roles {
             member.user_roles = user_roles.clone();
+        }
+        Ok(())
+    }
+
+    fn patch_member(&mut self, name: &str, patch: &MemberPatch) -> Result<(), String> {
+        patch.validate()?;
+        let member = self
+            .members
+            .get_mut(name)
+            .ok_or_else(|| format!("member \"{name}\" not found"))?;
+        match patch {
+            MemberPatch::ConfigSet { key, value } => {
+                let max = crate::limits::CONFIG_KEYS_MAX;
+                if !member.config.contains_key(key) && member.config.len() >= max {
+                    return Err(format!(
+                        "member \"{name}\" has {max} config keys, the limit: unset one before setting \"{key}\""
+                    ));
+                }
+                member.config.insert(key.clone(), value.clone());
+            }
+            MemberPatch::ConfigUnset { key } => {
+                member.config.remove(key);
+            }
+            MemberPatch::RoleAdd { role } => {
+                if !member.user_roles.contains(role) {
+                    member.user_roles.push(role.clone());
+                }
+            }
+            MemberPatch::RoleRemove { role } => {
+                if !member.user_roles.contains(role) {
+                    return Err(format!(
+                        "member \"{name}\" does not have the role \"{role}\""
+                    ));
+                }
+                member.user_roles.retain(|held| held != role);
+            }
         }
         Ok(())
     }

@@ -335,6 +335,51 @@ pub enum InstanceCommand {
         /// Mark (`true`) or unmark.
         deleting: bool,
     },
+    /// Sets (`Some`) or removes (`None`) config keys of an instance, on its record as it is
+    /// when applied: unlike [`InstanceCommand::InstanceUpdate`]'s whole map, it never undoes a
+    /// change applied in between (a lagging leader's read, or a proposal of an earlier term
+    /// committed late). With `location`, refused unless the instance is there (a stale report
+    /// changes nothing). The cluster's keys ([`CLUSTER_KEYS`]) are refused.
+    InstancePatch {
+        /// Its project.
+        project: String,
+        /// Its name.
+        name: String,
+        /// Where it must be, if anywhere.
+        location: Option<String>,
+        /// Config keys to set (`Some`) or remove (`None`).
+        config: BTreeMap<String, Option<String>>,
+    },
+    /// Replaces a profile, refused unless it is still `before`: an edit made from a read that
+    /// a change applied in between made stale is refused, never applied over that change.
+    ProfileUpdateFrom {
+        /// The profile as the edit read it.
+        before: Profile,
+        /// The profile, as it is to be (same project and name).
+        profile: Profile,
+    },
+    /// Replaces a project's description and config, refused unless it is still `before` (as
+    /// [`InstanceCommand::ProfileUpdateFrom`]).
+    ProjectUpdateFrom {
+        /// The project as the edit read it.
+        before: Project,
+        /// The project, as it is to be (same name).
+        project: Project,
+    },
+}
+
+/// Checks the config keys a command sets (`Some`) or removes (`None`): their number and each
+/// key's and value's length.
+fn check_changed_keys(config: &BTreeMap<String, Option<String>>) -> Result<(), String> {
+    check_items("config keys", config.len(), LIST_ITEMS_MAX)?;
+    config.iter().try_for_each(|(key, value)| {
+        check_len("config key", key, crate::limits::CONFIG_KEY_BYTES_MAX)?;
+        check_len(
+            "config value",
+            value.as_deref().unwrap_or_default(),
+            crate::limits::CONFIG_VALUE_BYTES_MAX,
+        )
+    })
 }
 
 /// Refuses unless `instance` is on member `member` (a stale report or a move from where it is
@@ -422,6 +467,34 @@ impl InstanceCommand {
             }
             InstanceCommand::ProfileCreate { profile }
             | InstanceCommand::ProfileUpdate { profile } => check_profile(profile),
+            InstanceCommand::ProfileUpdateFrom { before, profile } => {
+                check_profile(before)?;
+                check_profile(profile)
+            }
+            InstanceCommand::ProjectUpdateFrom { before, project } => {
+                [before, project].into_iter().try_for_each(|project| {
+                    check_name("project", &project.name)?;
+                    check_len(
+                        "project description",
+                        &project.description,
+                        DESCRIPTION_BYTES_MAX,
+                    )?;
+                    check_config("project config", &project.config)
+                })
+            }
+            InstanceCommand::InstancePatch {
+                project,
+                name,
+                location,
+                config,
+            } => {
+                check_len("project name", project, NAME_BYTES_MAX)?;
+                check_len("instance name", name, NAME_BYTES_MAX)?;
+                if let Some(location) = location {
+                    check_len("member name", location, NAME_BYTES_MAX)?;
+                }
+                check_changed_keys(config)
+            }
             InstanceCommand::ProfileRename { project, from, to } => {
                 check_len("project name", project, NAME_BYTES_MAX)?;
                 check_len("profile name", from, NAME_BYTES_MAX)?;
@@ -502,15 +575,7 @@ impl InstanceCommand {
                 check_len("instance name", name, NAME_BYTES_MAX)?;
                 check_len("member name", from, NAME_BYTES_MAX)?;
                 check_len("member name", location, NAME_BYTES_MAX)?;
-                check_items("config keys", config.len(), LIST_ITEMS_MAX)?;
-                config.iter().try_for_each(|(key, value)| {
-                    check_len("config key", key, crate::limits::CONFIG_KEY_BYTES_MAX)?;
-                    check_len(
-                        "config value",
-                        value.as_deref().unwrap_or_default(),
-                        crate::limits::CONFIG_VALUE_BYTES_MAX,
-                    )
-                })
+                check_changed_keys(config)
             }
             InstanceCommand::InstanceRename { project, from, to } => {
                 check_len("project name", project, NAME_BYTES_MAX)?;
@@ -810,6 +875,73 @@ impl ClusterState {
                     return Err(format!("profile \"{}\" already exists", profile.name));
                 }
                 self.profiles.insert(profile_key, profile.clone());
+                Ok(())
+            }
+            InstanceCommand::ProfileUpdateFrom { before, profile } => {
+                if (&before.project, &before.name) != (&profile.project, &profile.name) {
+                    return Err(format!(
+                        "an update of profile \"{}\" cannot rename it to \"{}\"",
+                        before.name, profile.name
+                    ));
+                }
+                let existing = self
+                    .profiles
+                    .get_mut(&key(&profile.project, &profile.name))
+                    .ok_or_else(|| format!("profile \"{}\" not found", profile.name))?;
+                if existing != before {
+                    return Err(format!(
+                        "profile \"{}\" changed while this edit was made: nothing was changed, edit it again",
+                        profile.name
+                    ));
+                }
+                *existing = profile.clone();
+                Ok(())
+            }
+            InstanceCommand::ProjectUpdateFrom { before, project } => {
+                if before.name != project.name {
+                    return Err(format!(
+                        "an update of project \"{}\" cannot rename it to \"{}\"",
+                        before.name, project.name
+                    ));
+                }
+                let existing = self
+                    .projects
+                    .get_mut(&project.name)
+                    .ok_or_else(|| format!("project \"{}\" not found", project.name))?;
+                if existing != before {
+                    return Err(format!(
+                        "project \"{}\" changed while this edit was made: nothing was changed, edit it again",
+                        project.name
+                    ));
+                }
+                *existing = project.clone();
+                Ok(())
+            }
+            InstanceCommand::InstancePatch {
+                project,
+                name,
+                location,
+                config,
+            } => {
+                let instance = self.instance_mut(project, name)?;
+                if let Some(location) = location {
+                    check_on(instance, location)?;
+                }
+                if let Some(key) = config
+                    .keys()
+                    .find(|key| CLUSTER_KEYS.contains(&key.as_str()))
+                {
+                    return Err(format!("the config key \"{key}\" is the cluster's own"));
+                }
+                let mut changed = instance.config.clone();
+                for (key, value) in config {
+                    match value {
+                        Some(value) => changed.insert(key.clone(), value.clone()),
+                        None => changed.remove(key),
+                    };
+                }
+                crate::limits::check_config("instance config", &changed)?;
+                instance.config = changed;
                 Ok(())
             }
             InstanceCommand::ProfileUpdate { profile } => {
@@ -1188,6 +1320,118 @@ pub(crate) mod tests {
         assert_eq!(profile.devices["root"]["pool"], DEFAULT_POOL);
         assert_eq!(state.pools[DEFAULT_POOL].driver, "dir");
         assert_eq!(state.group_members(DEFAULT_GROUP), ["m1"]);
+    }
+
+    /// Goal: a profile or project edit made from a stale read is refused and changes nothing;
+    /// one made from the record as it is applies.
+    /// Method: two edits read from the same default profile (and project); the first applies,
+    /// the second, whose read the first made stale, is refused with the reason.
+    #[test]
+    fn an_update_from_a_stale_read_is_refused() {
+        let mut state = bootstrapped();
+        let read = state.profiles[&key(DEFAULT_PROJECT, DEFAULT_PROFILE)].clone();
+        let mut first = read.clone();
+        first.config.insert("user.a".into(), "1".into());
+        let mut second = read.clone();
+        second.config.insert("user.b".into(), "2".into());
+        apply(
+            &mut state,
+            InstanceCommand::ProfileUpdateFrom {
+                before: read.clone(),
+                profile: first.clone(),
+            },
+        )
+        .unwrap();
+        let error = apply(
+            &mut state,
+            InstanceCommand::ProfileUpdateFrom {
+                before: read.clone(),
+                profile: second,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("changed while this edit was made"),
+            "{error}"
+        );
+        assert_eq!(
+            state.profiles[&key(DEFAULT_PROJECT, DEFAULT_PROFILE)],
+            first
+        );
+        let mut renamed = first.clone();
+        renamed.name = "other".into();
+        let error = apply(
+            &mut state,
+            InstanceCommand::ProfileUpdateFrom {
+                before: first,
+                profile: renamed,
+            },
+        )
+        .unwrap_err();
+        assert!(error.contains("cannot rename it"), "{error}");
+
+        let read = state.projects[DEFAULT_PROJECT].clone();
+        let mut first = read.clone();
+        first.description = "one".into();
+        let mut second = read.clone();
+        second.config.insert("user.b".into(), "2".into());
+        apply(
+            &mut state,
+            InstanceCommand::ProjectUpdateFrom {
+                before: read.clone(),
+                project: first.clone(),
+            },
+        )
+        .unwrap();
+        let error = apply(
+            &mut state,
+            InstanceCommand::ProjectUpdateFrom {
+                before: read,
+                project: second,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("changed while this edit was made"),
+            "{error}"
+        );
+        assert_eq!(state.projects[DEFAULT_PROJECT], first);
+    }
+
+    /// Goal: an instance patch changes the keys it names on the record as applied, refuses
+    /// the cluster's keys and, with a location, an instance that is elsewhere.
+    #[test]
+    fn an_instance_patch_keeps_the_other_keys() {
+        let mut state = with_members(&["m2"]);
+        with_image(&mut state);
+        let mut record = instance("c1", &[DEFAULT_PROFILE]);
+        record.location = "m2".into();
+        record.config.insert("user.kept".into(), "yes".into());
+        apply(
+            &mut state,
+            InstanceCommand::InstanceCreate { instance: record },
+        )
+        .unwrap();
+        let patch = |location: Option<&str>, key: &str, value: Option<&str>| {
+            InstanceCommand::InstancePatch {
+                project: DEFAULT_PROJECT.into(),
+                name: "c1".into(),
+                location: location.map(Into::into),
+                config: BTreeMap::from([(key.to_string(), value.map(Into::into))]),
+            }
+        };
+        apply(&mut state, patch(None, "user.a", Some("1"))).unwrap();
+        apply(&mut state, patch(Some("m2"), "user.b", Some("2"))).unwrap();
+        let error = apply(&mut state, patch(Some("m1"), "user.a", None)).unwrap_err();
+        assert!(error.contains("is on member \"m2\""), "{error}");
+        let error = apply(&mut state, patch(None, MOVE_CLAIM_KEY, Some("x"))).unwrap_err();
+        assert!(error.contains("the cluster's own"), "{error}");
+        apply(&mut state, patch(None, "user.a", None)).unwrap();
+        let config = &state.instances[&key(DEFAULT_PROJECT, "c1")].config;
+        assert_eq!(config.get("user.kept").map(String::as_str), Some("yes"));
+        assert_eq!(config.get("user.b").map(String::as_str), Some("2"));
+        assert_eq!(config.get("user.a"), None);
+        assert_eq!(config.get(MOVE_CLAIM_KEY), None);
     }
 
     /// Goal: LXD's group rules: invalid names refused, `default` neither renamed nor deleted,

@@ -47,7 +47,7 @@ pub mod state_machine;
 use std::io::Cursor;
 use std::path::Path;
 
-pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges};
+pub use command::{Command, CommandResponse, HealthUpdate, MemberChanges, MemberPatch};
 pub use dir_lock::DirLock;
 pub use error::{Error, StorageHealth};
 pub use log_store::LogStore;

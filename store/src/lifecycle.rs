@@ -205,7 +205,7 @@ pub fn of(state: &ClusterState, command: &Command) -> Vec<Lifecycle> {
                 Some(event(action, member_path(&update.name), "", &update.name))
             })
             .collect(),
-        Command::MemberUpdate { name, .. } => {
+        Command::MemberUpdate { name, .. } | Command::MemberPatch { name, .. } => {
             vec![event("cluster-member-updated", member_path(name), "", name)]
         }
         Command::MemberRename { from, to } => vec![with(
@@ -335,7 +335,7 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             &project.name,
             "",
         )],
-        I::ProjectUpdate { project } => vec![event(
+        I::ProjectUpdate { project } | I::ProjectUpdateFrom { project, .. } => vec![event(
             "project-updated",
             project_path(&project.name),
             &project.name,
@@ -355,7 +355,7 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             &profile.project,
             "",
         )],
-        I::ProfileUpdate { profile } => vec![event(
+        I::ProfileUpdate { profile } | I::ProfileUpdateFrom { profile, .. } => vec![event(
             "profile-updated",
             profile_path(&profile.name),
             &profile.project,
@@ -375,12 +375,14 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
             &instance.project,
             &instance.location,
         )],
-        I::InstanceUpdate { project, name, .. } => vec![event(
-            "instance-updated",
-            instance_path(name),
-            project,
-            &location_of(project, name).unwrap_or_default(),
-        )],
+        I::InstanceUpdate { project, name, .. } | I::InstancePatch { project, name, .. } => {
+            vec![event(
+                "instance-updated",
+                instance_path(name),
+                project,
+                &location_of(project, name).unwrap_or_default(),
+            )]
+        }
         I::InstanceStatus {
             project,
             name,

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::command::{Command, MemberChanges};
+use crate::command::{Command, MemberChanges, MemberPatch};
 use crate::member_config::Answer;
 use crate::model::{JoinToken, Member, TrustedClient};
 
@@ -177,6 +177,22 @@ impl Command {
             Command::MemberUpdate { name, changes } => {
                 check_len("member name", name, NAME_BYTES_MAX)?;
                 check_changes(changes)
+            }
+            Command::MemberPatch { name, patch } => {
+                check_len("member name", name, NAME_BYTES_MAX)?;
+                match patch {
+                    MemberPatch::ConfigSet { key, value } => {
+                        check_config("member config", [(key, value)])
+                    }
+                    MemberPatch::ConfigUnset { key } => check_len(
+                        &format!("member config key \"{}\"", short(key)),
+                        key,
+                        CONFIG_KEY_BYTES_MAX,
+                    ),
+                    MemberPatch::RoleAdd { role } | MemberPatch::RoleRemove { role } => {
+                        check_len("role", role, NAME_BYTES_MAX)
+                    }
+                }
             }
             Command::MemberRename { from, to } => {
                 check_len("member name", from, NAME_BYTES_MAX)?;

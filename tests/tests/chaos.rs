@@ -30,6 +30,12 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
         "15 m: the same lost move; a second pack of a moving instance rewrote the tarball a \
          send had open (transfer::a_second_pack_leaves_a_send_of_the_first_whole)",
     ),
+    (
+        12,
+        "30 m: a member config key read back at an older value: a set of another key carried \
+         the whole map as the leader had read it (members::concurrent_changes_of_one_member_\
+         all_land, instances::concurrent_sets_of_one_instance_all_land)",
+    ),
 ];
 
 /// How long each run injects faults.

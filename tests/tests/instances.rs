@@ -825,3 +825,54 @@ async fn an_images_base_stays_while_the_image_does() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Goal: concurrent `instances.set` of different keys of one instance all land: a set never
+/// undoes another applied while it was made (each used to propose the whole config map as
+/// the leader read it).
+/// Method: 1 member process, one instance made with `init`; 4 `starling exec` processes at
+/// once, each setting 20 keys of its own; every key must be there at the end, with its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_of_one_instance_all_land() -> Result<()> {
+    init_tracing();
+    if !starling_tests::containers::is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) =
+        starling_tests::containers::cluster_with_busybox(1, false).await?;
+    cluster.cli_ok(0, &["init", "bb", "c1"])?;
+    const WRITERS: usize = 4;
+    const KEYS: usize = 20;
+    let writers = (0..WRITERS)
+        .map(|writer| {
+            let code = format!(
+                "for key = 0, {} do instances.set('c1', 'user.w{writer}.k' .. key, '{writer}-' .. key) end",
+                KEYS - 1
+            );
+            cluster.spawn_cli(0, &["exec", &code])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for writer in writers {
+        let output = writer.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "a writer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let config = &info(&cluster, 0, "c1")?["config"];
+    let missing: Vec<String> = (0..WRITERS)
+        .flat_map(|writer| (0..KEYS).map(move |key| (writer, key)))
+        .filter(|(writer, key)| {
+            config[format!("user.w{writer}.k{key}")] != format!("{writer}-{key}")
+        })
+        .map(|(writer, key)| format!("user.w{writer}.k{key}"))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} of {} keys were lost: {missing:?}",
+        missing.len(),
+        WRITERS * KEYS
+    );
+    cluster.cli_ok(0, &["delete", "c1"])?;
+    Ok(())
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use serde_json::{json, Value};
-use starling_store::{Command, Member as MemberRecord, MemberChanges, MemberStatus, NodeId};
+use starling_store::{
+    Command, Member as MemberRecord, MemberChanges, MemberPatch, MemberStatus, NodeId,
+};
 
 use crate::cluster::health::{replication_view, require_online};
 use crate::cluster::join::WRITE_TIMEOUT;
@@ -105,27 +107,31 @@ impl Member {
         key: &str,
         value: Option<&str>,
     ) -> Result<Value, Error> {
-        let mut config = self.record(name)?.config;
-        match value {
-            Some(value) => {
-                starling_store::command::validate_member_config(key, value)
-                    .map_err(Error::Refused)?;
-                config.insert(key.to_string(), value.to_string());
-            }
-            None => {
-                starling_store::command::validate_member_config(key, "all")
-                    .map_err(Error::Refused)?;
-                config.remove(key);
-            }
-        }
-        self.update_member(
-            name,
-            MemberChanges {
-                config: Some(config),
-                ..MemberChanges::default()
+        let patch = match value {
+            Some(value) => MemberPatch::ConfigSet {
+                key: key.to_string(),
+                value: value.to_string(),
             },
+            None => MemberPatch::ConfigUnset {
+                key: key.to_string(),
+            },
+        };
+        self.patch_member(name, patch).await
+    }
+
+    /// Proposes one change to a member's record, made to the record as it is when applied.
+    async fn patch_member(&self, name: &str, patch: MemberPatch) -> Result<Value, Error> {
+        self.record(name)?;
+        patch.validate().map_err(Error::Refused)?;
+        self.propose(
+            Command::MemberPatch {
+                name: name.to_string(),
+                patch,
+            },
+            WRITE_TIMEOUT,
         )
-        .await
+        .await?;
+        Ok(Value::Null)
     }
 
     /// `cluster.get`: a config key, or the `description` / `failure_domain` property.
@@ -146,32 +152,13 @@ impl Member {
         role: &str,
         add: bool,
     ) -> Result<Value, Error> {
-        let mut roles = self.record(name)?.user_roles;
-        if add {
-            if !roles.iter().any(|held| held == role) {
-                roles.push(role.to_string());
-            }
+        let role = role.to_string();
+        let patch = if add {
+            MemberPatch::RoleAdd { role }
         } else {
-            if role.starts_with("database") {
-                return Err(Error::Refused(format!(
-                    "the role \"{role}\" is automatic: Starling assigns database roles itself"
-                )));
-            }
-            if !roles.iter().any(|held| held == role) {
-                return Err(Error::Refused(format!(
-                    "member \"{name}\" does not have the role \"{role}\""
-                )));
-            }
-            roles.retain(|held| held != role);
-        }
-        self.update_member(
-            name,
-            MemberChanges {
-                user_roles: Some(roles),
-                ..MemberChanges::default()
-            },
-        )
-        .await
+            MemberPatch::RoleRemove { role }
+        };
+        self.patch_member(name, patch).await
     }
 
     /// `cluster.remove`: leave Raft, drop the record, revoke the certificates, reset the member.

@@ -17,8 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use starling_store::instances::{
-    check_instance_name, Devices, Instance, InstanceChanges, InstanceCommand, InstanceStatus,
-    DEFAULT_PROFILE,
+    check_instance_name, Devices, Instance, InstanceCommand, InstanceStatus, DEFAULT_PROFILE,
 };
 use starling_store::{ClusterState, Command, MemberStatus};
 
@@ -774,20 +773,15 @@ impl Member {
     async fn record_status_report(&self, report: &StatusReport) -> Result<Value, Error> {
         if let Some(running) = report.last_power_running {
             let instance = self.instance_record(&report.project, &report.name)?;
-            let mut config = instance.config.clone();
-            if running {
-                config.insert(LAST_POWER_KEY.to_string(), "RUNNING".to_string());
-            } else {
-                config.remove(LAST_POWER_KEY);
-            }
-            if config != instance.config && instance.location == report.location {
-                self.propose_instance(InstanceCommand::InstanceUpdate {
+            let power = running.then(|| "RUNNING".to_string());
+            if instance.config.get(LAST_POWER_KEY) != power.as_ref()
+                && instance.location == report.location
+            {
+                self.propose_instance(InstanceCommand::InstancePatch {
                     project: report.project.clone(),
                     name: report.name.clone(),
-                    changes: InstanceChanges {
-                        config: Some(config),
-                        ..InstanceChanges::default()
-                    },
+                    location: Some(report.location.clone()),
+                    config: BTreeMap::from([(LAST_POWER_KEY.to_string(), power)]),
                 })
                 .await?;
             }
@@ -824,13 +818,11 @@ impl Member {
         };
         let expanded = self.local_state(|state| state.expanded(&changed).0);
         config::check(&expanded).map_err(|error| Error::Refused(error.to_string()))?;
-        self.propose_instance(InstanceCommand::InstanceUpdate {
+        self.propose_instance(InstanceCommand::InstancePatch {
             project: project.to_string(),
             name: name.to_string(),
-            changes: InstanceChanges {
-                config: Some(changed.config),
-                ..InstanceChanges::default()
-            },
+            location: None,
+            config: BTreeMap::from([(key.to_string(), value.map(str::to_string))]),
         })
         .await?;
         Ok(Value::Null)

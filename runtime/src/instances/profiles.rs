@@ -21,7 +21,9 @@ use crate::operation::Arguments;
 use crate::Error;
 
 /// Serializes the read-modify-write changes of profiles and projects on the leader, so that
-/// two concurrent `set`s on one record both land (each proposes the whole record).
+/// two concurrent `set`s on one record both land (each proposes the whole record). The
+/// proposal carries the record as it was read and is refused if it changed in between (a
+/// write whose proposal timed out committing late), so none is ever applied over another.
 pub(crate) static RECORD_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A profile operation; every one names the profile's project.
@@ -417,14 +419,16 @@ impl Member {
             | ProfileOperation::DeviceSet { project, name, .. }
             | ProfileOperation::DeviceRemove { project, name, .. } => {
                 let _one_at_a_time = RECORD_WRITES.lock().await;
-                let profile = self.local_state(|state| {
+                // A new leader may not have applied all that is committed yet.
+                self.linearize().await?;
+                let (before, profile) = self.local_state(|state| {
                     project_known(state, project)?;
                     let current = find_profile(state, project, name)?;
                     let profile = edited_profile(&current, operation).map_err(Error::Refused)?;
                     checked(state, &profile)?;
-                    Ok::<_, Error>(profile)
+                    Ok::<_, Error>((current, profile))
                 })?;
-                self.propose_profile(InstanceCommand::ProfileUpdate { profile })
+                self.propose_profile(InstanceCommand::ProfileUpdateFrom { before, profile })
                     .await
             }
         }

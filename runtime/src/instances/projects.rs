@@ -247,16 +247,18 @@ impl Member {
             | ProjectOperation::Unset { name, .. }
             | ProjectOperation::Edit { name, .. } => {
                 let _one_at_a_time = RECORD_WRITES.lock().await;
-                let project = self.local_state(|state| {
+                // A new leader may not have applied all that is committed yet.
+                self.linearize().await?;
+                let before = self.local_state(|state| {
                     state
                         .projects
                         .get(name)
                         .cloned()
                         .ok_or_else(|| Error::Refused(format!("project \"{name}\" not found")))
                 })?;
-                let project = edited_project(&project, operation);
+                let project = edited_project(&before, operation);
                 check_config(&project.config, check_project_key).map_err(Error::Refused)?;
-                self.propose_project(InstanceCommand::ProjectUpdate { project })
+                self.propose_project(InstanceCommand::ProjectUpdateFrom { before, project })
                     .await
             }
         }
