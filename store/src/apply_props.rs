@@ -169,6 +169,13 @@ fn instance_command() -> impl Strategy<Value = InstanceCommand> {
         one_of(&GROUPS).prop_map(|name| InstanceCommand::GroupDelete { name }),
         (member(), proptest::collection::vec(one_of(&GROUPS), 0..3))
             .prop_map(|(member, groups)| InstanceCommand::GroupAssign { member, groups }),
+        (member(), one_of(&GROUPS), any::<bool>()).prop_map(|(member, group, inside)| {
+            InstanceCommand::GroupMembership {
+                member,
+                group,
+                inside,
+            }
+        }),
     ]
 }
 
@@ -294,6 +301,17 @@ proptest! {
                             Some(value) => instance.config.insert(key.clone(), value.clone()),
                             None => instance.config.remove(key),
                         };
+                    }
+                }
+                Command::Instance(InstanceCommand::GroupMembership {
+                    member, group, inside,
+                }) if applied => {
+                    let record = expected.members.get_mut(member).expect("a member");
+                    if *inside && !record.groups.contains(group) {
+                        record.groups.push(group.clone());
+                    }
+                    if !*inside {
+                        record.groups.retain(|held| held != group);
                     }
                 }
                 _ => continue,

@@ -366,6 +366,18 @@ pub enum InstanceCommand {
         /// The project, as it is to be (same name).
         project: Project,
     },
+    /// Puts a member in a group (`inside`; already in it changes nothing) or takes it out
+    /// (refused if it is not in it, or if it would be left in none), on the member's groups as
+    /// they are when applied: unlike [`InstanceCommand::GroupAssign`]'s whole list, it never
+    /// undoes another change of them applied in between.
+    GroupMembership {
+        /// The member.
+        member: String,
+        /// The group.
+        group: String,
+        /// In (`true`) or out.
+        inside: bool,
+    },
 }
 
 /// Checks the config keys a command sets (`Some`) or removes (`None`): their number and each
@@ -611,6 +623,10 @@ impl InstanceCommand {
                 check_name("cluster group", to)
             }
             InstanceCommand::GroupDelete { name } => check_len("group name", name, NAME_BYTES_MAX),
+            InstanceCommand::GroupMembership { member, group, .. } => {
+                check_len("member name", member, NAME_BYTES_MAX)?;
+                check_len("group name", group, NAME_BYTES_MAX)
+            }
             InstanceCommand::GroupAssign { member, groups } => {
                 check_len("member name", member, NAME_BYTES_MAX)?;
                 check_items("groups", groups.len(), LIST_ITEMS_MAX)?;
@@ -1176,6 +1192,36 @@ impl ClusterState {
                     ));
                 }
                 self.groups.remove(name);
+                Ok(())
+            }
+            InstanceCommand::GroupMembership {
+                member,
+                group,
+                inside,
+            } => {
+                if *inside && !self.groups.contains_key(group) {
+                    return Err(format!("cluster group \"{group}\" not found"));
+                }
+                let record = self
+                    .members
+                    .get_mut(member)
+                    .ok_or_else(|| format!("member \"{member}\" not found"))?;
+                let held = record.groups.contains(group);
+                match (*inside, held) {
+                    (true, true) => {}
+                    (true, false) => record.groups.push(group.clone()),
+                    (false, false) => {
+                        return Err(format!(
+                            "member \"{member}\" is not in cluster group \"{group}\""
+                        ))
+                    }
+                    (false, true) if record.groups.len() == 1 => {
+                        return Err(format!(
+                            "member \"{member}\" must stay in at least one cluster group"
+                        ))
+                    }
+                    (false, true) => record.groups.retain(|held| held != group),
+                }
                 Ok(())
             }
             InstanceCommand::GroupAssign { member, groups } => {

@@ -456,7 +456,7 @@ fn of_instance(state: &ClusterState, command: &InstanceCommand) -> Vec<Lifecycle
         I::GroupDelete { name } => {
             vec![event("cluster-group-deleted", group_path(name), "", "")]
         }
-        I::GroupAssign { member, .. } => vec![event(
+        I::GroupAssign { member, .. } | I::GroupMembership { member, .. } => vec![event(
             "cluster-member-updated",
             member_path(member),
             "",

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
+use starling_runtime::cluster::groups::GroupOperation;
 use starling_runtime::operation::MemberEdit;
 use starling_runtime::{Client, Member, MemberConfig, Operation, RaftTimings, StartMode};
 use starling_store::member_config::Answer;
@@ -192,14 +193,28 @@ async fn member_edits_and_roles() -> Result<()> {
 /// member config key go back to an older value, reverted by a write of another key that
 /// carried the whole map as the leader read it before).
 /// Method: 3 members; 4 writers, each through its own member and connection, set 25 keys of
-/// their own on m2 at once while 2 more add a role each; every key and both roles must be
-/// there at the end, and unsetting keys at once leaves only the others.
+/// their own on m2 at once while 2 more add a role each and 2 more add m2 to 4 groups each;
+/// every key, both roles and all 8 groups must be there at the end, and unsetting keys at
+/// once leaves only the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_of_one_member_all_land() -> Result<()> {
     init_tracing();
     let cluster = TestCluster::start(3).await?;
     const WRITERS: usize = 4;
     const KEYS: usize = 25;
+    const GROUPS: usize = 8;
+    for group in 0..GROUPS {
+        cluster
+            .operation(
+                0,
+                Operation::Group(GroupOperation::Create {
+                    name: format!("g{group}"),
+                    description: String::new(),
+                    members: Vec::new(),
+                }),
+            )
+            .await?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..WRITERS {
         let client = cluster.client(writer % 3).await?;
@@ -228,12 +243,36 @@ async fn concurrent_changes_of_one_member_all_land() -> Result<()> {
             anyhow::Ok(())
         });
     }
+    for half in 0..2 {
+        let client = cluster.client(half + 1).await?;
+        tasks.spawn(async move {
+            for group in (half..GROUPS).step_by(2) {
+                client
+                    .operation(Operation::Group(GroupOperation::Add {
+                        member: "m2".into(),
+                        group: format!("g{group}"),
+                    }))
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
     while let Some(done) = tasks.join_next().await {
         done??;
     }
     let member = cluster
         .operation(1, Operation::ClusterMember { name: "m2".into() })
         .await?;
+    for group in 0..GROUPS {
+        assert!(
+            member["groups"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(format!("g{group}"))),
+            "the group g{group} was lost: {}",
+            member["groups"]
+        );
+    }
     let mut missing = Vec::new();
     for writer in 0..WRITERS {
         for key in 0..KEYS {

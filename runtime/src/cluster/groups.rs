@@ -120,11 +120,6 @@ impl Member {
             .await
     }
 
-    fn member_groups(&self, member: &str) -> Result<Vec<String>, Error> {
-        self.local_state(|state| state.members.get(member).map(|m| m.groups.clone()))
-            .ok_or_else(|| Error::Refused(format!("member \"{member}\" not found")))
-    }
-
     /// Runs a group operation on the leader.
     pub(crate) async fn group_here(&self, operation: &GroupOperation) -> Result<Value, Error> {
         match operation {
@@ -189,27 +184,19 @@ impl Member {
                 Ok(Value::Null)
             }
             GroupOperation::Add { member, group } => {
-                let current = self.member_groups(member)?;
-                if let Some(groups) = with_group(&current, group) {
-                    self.propose_group(InstanceCommand::GroupAssign {
-                        member: member.clone(),
-                        groups,
-                    })
-                    .await?;
-                }
+                self.propose_group(InstanceCommand::GroupMembership {
+                    member: member.clone(),
+                    group: group.clone(),
+                    inside: true,
+                })
+                .await?;
                 Ok(Value::Null)
             }
             GroupOperation::Remove { member, group } => {
-                let current = self.member_groups(member)?;
-                if !current.iter().any(|g| g == group) {
-                    return Err(Error::Refused(format!(
-                        "member \"{member}\" is not in cluster group \"{group}\""
-                    )));
-                }
-                let groups: Vec<String> = current.into_iter().filter(|g| g != group).collect();
-                self.propose_group(InstanceCommand::GroupAssign {
+                self.propose_group(InstanceCommand::GroupMembership {
                     member: member.clone(),
-                    groups,
+                    group: group.clone(),
+                    inside: false,
                 })
                 .await?;
                 Ok(Value::Null)
@@ -276,7 +263,14 @@ impl Member {
                     "member \"{member}\" would be left without a cluster group"
                 )));
             }
-            commands.push(InstanceCommand::GroupAssign { member, groups });
+            // One change of this group for this member: other groups' changes made meanwhile
+            // stay.
+            let inside = groups.iter().any(|group| group == name);
+            commands.push(InstanceCommand::GroupMembership {
+                member,
+                group: name.to_string(),
+                inside,
+            });
         }
         for command in commands {
             self.propose_group(command).await?;
