@@ -502,6 +502,9 @@ fn of_script(state: &ClusterState, command: &ScriptCommand) -> Vec<Lifecycle> {
             "",
             "",
         )],
+        ScriptCommand::Patch { name, .. } => {
+            vec![event("script-updated", script_path(name), "", "")]
+        }
         ScriptCommand::Delete { name } => vec![event("script-deleted", script_path(name), "", "")],
         ScriptCommand::Claim { .. } => Vec::new(),
         ScriptCommand::End {

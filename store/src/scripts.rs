@@ -305,6 +305,65 @@ pub enum ScriptCommand {
         /// Now.
         now_ms: u64,
     },
+    /// Changes the fields of a stored script that `changes` names, on the script as it is when
+    /// applied: unlike [`ScriptCommand::Put`]'s whole script, it never undoes another change
+    /// applied in between.
+    Patch {
+        /// Its name.
+        name: String,
+        /// What changes.
+        changes: ScriptChanges,
+        /// Now.
+        now_ms: u64,
+    },
+}
+
+/// The fields a [`ScriptCommand::Patch`] changes; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScriptChanges {
+    /// New source.
+    pub source: Option<String>,
+    /// New schedule (`Some(None)`: none).
+    pub schedule: Option<Option<String>>,
+    /// New events.
+    pub on: Option<Vec<String>>,
+    /// New place to run (`Some(None)`: the leader).
+    pub member: Option<Option<String>>,
+    /// New description.
+    pub description: Option<String>,
+    /// New time bound, seconds.
+    pub timeout_s: Option<u32>,
+    /// New handling of missed ticks.
+    pub missed: Option<Missed>,
+}
+
+impl ScriptChanges {
+    /// `script` with these changes made.
+    pub fn applied_to(&self, script: &StoredScript) -> StoredScript {
+        let mut script = script.clone();
+        if let Some(source) = &self.source {
+            script.source = source.clone();
+        }
+        if let Some(schedule) = &self.schedule {
+            script.schedule = schedule.clone();
+        }
+        if let Some(on) = &self.on {
+            script.on = on.clone();
+        }
+        if let Some(member) = &self.member {
+            script.member = member.clone();
+        }
+        if let Some(description) = &self.description {
+            script.description = description.clone();
+        }
+        if let Some(timeout_s) = self.timeout_s {
+            script.timeout_s = timeout_s;
+        }
+        if let Some(missed) = self.missed {
+            script.missed = missed;
+        }
+        script
+    }
 }
 
 impl ScriptCommand {
@@ -327,6 +386,28 @@ impl ScriptCommand {
                 }
                 for pattern in &script.on {
                     check_len("script event", pattern, SPEC_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+            ScriptCommand::Patch { name, changes, .. } => {
+                check_len("script name", name, NAME_BYTES_MAX)?;
+                if let Some(description) = &changes.description {
+                    check_len("script description", description, DESCRIPTION_BYTES_MAX)?;
+                }
+                if let Some(source) = &changes.source {
+                    check_len("script source", source, SCRIPT_SOURCE_BYTES_MAX)?;
+                }
+                let specs = [&changes.schedule, &changes.member];
+                for spec in specs.into_iter().flatten().flatten() {
+                    check_len("script schedule or member", spec, SPEC_BYTES_MAX)?;
+                }
+                if let Some(on) = &changes.on {
+                    if on.len() > ON_MAX {
+                        return Err(format!("a script has at most {ON_MAX} on= events"));
+                    }
+                    for pattern in on {
+                        check_len("script event", pattern, SPEC_BYTES_MAX)?;
+                    }
                 }
                 Ok(())
             }
@@ -422,6 +503,23 @@ impl ClusterState {
                 }
                 scripts.clock_ms = scripts.clock_ms.max(script.updated_at_ms);
                 scripts.scripts.insert(script.name.clone(), script);
+                Ok(())
+            }
+            ScriptCommand::Patch {
+                name,
+                changes,
+                now_ms,
+            } => {
+                for pattern in changes.on.iter().flatten() {
+                    crate::lifecycle::check_pattern(pattern)?;
+                }
+                let current = scripts
+                    .scripts
+                    .get_mut(name)
+                    .ok_or_else(|| format!("script \"{name}\" not found"))?;
+                *current = changes.applied_to(current);
+                current.updated_at_ms = *now_ms;
+                scripts.clock_ms = scripts.clock_ms.max(*now_ms);
                 Ok(())
             }
             ScriptCommand::Delete { name } => match scripts.scripts.remove(name) {
@@ -576,6 +674,51 @@ mod tests {
             })
             .unwrap();
         state
+    }
+
+    /// Goal: a patch changes the fields it names on the script as it is, keeps the rest
+    /// (another patch's change included), and refuses a bad event pattern or a missing script
+    /// without changing anything.
+    #[test]
+    fn a_patch_keeps_the_fields_it_does_not_name() {
+        let mut state = state_with_script();
+        let patch = |changes: ScriptChanges, now_ms: u64| ScriptCommand::Patch {
+            name: "tick".into(),
+            changes,
+            now_ms,
+        };
+        let description = ScriptChanges {
+            description: Some("ticks".into()),
+            ..ScriptChanges::default()
+        };
+        let timeout = ScriptChanges {
+            timeout_s: Some(30),
+            schedule: Some(None),
+            ..ScriptChanges::default()
+        };
+        state.apply_script(&patch(description, 7)).unwrap();
+        state.apply_script(&patch(timeout, 8)).unwrap();
+        let script = &state.scripts.scripts["tick"];
+        assert_eq!(script.description, "ticks");
+        assert_eq!(script.timeout_s, 30);
+        assert_eq!(script.schedule, None);
+        assert_eq!(script.source, "return 1");
+        assert_eq!((script.created_at_ms, script.updated_at_ms), (5, 8));
+
+        let before = state.clone();
+        let bad = ScriptChanges {
+            on: Some(vec!["no such event".into()]),
+            ..ScriptChanges::default()
+        };
+        assert!(state.apply_script(&patch(bad, 9)).is_err());
+        let missing = ScriptCommand::Patch {
+            name: "ghost".into(),
+            changes: ScriptChanges::default(),
+            now_ms: 9,
+        };
+        let error = state.apply_script(&missing).unwrap_err();
+        assert!(error.contains("script \"ghost\" not found"), "{error}");
+        assert!(state == before);
     }
 
     fn claim(state: &mut ClusterState, claim: u128, tick: Option<u64>) -> Result<(), String> {

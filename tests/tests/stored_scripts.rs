@@ -331,3 +331,40 @@ async fn a_partitioned_leader_runs_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Goal: updates of different fields of one script at once all land: an update never undoes
+/// another applied while it was made (each used to propose the whole script as read).
+/// Method: 3 member processes; two `starling exec` processes at once, one setting the
+/// description 60 times, the other the timeout 60 times, through different members; the
+/// script ends with the last of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_one_script_at_once_all_land() -> Result<()> {
+    init_tracing();
+    let cluster = ProcessCluster::start(3).await?;
+    cluster.lua(0, "scripts.create('s', 'return 1') return true")?;
+    let writers = [
+        (
+            1,
+            "for i = 0, 59 do scripts.update('s', {description = 'd' .. i}) end",
+        ),
+        (2, "for i = 1, 60 do scripts.update('s', {timeout = i}) end"),
+    ]
+    .into_iter()
+    .map(|(via, code)| cluster.spawn_cli(via, &["exec", code]))
+    .collect::<Result<Vec<_>>>()?;
+    for writer in writers {
+        let output = writer.wait_with_output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "a writer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let script = cluster.lua(0, "return scripts.get('s')")?;
+    assert_eq!(
+        (&script["description"], &script["timeout"]),
+        (&json!("d59"), &json!(60)),
+        "{script}"
+    );
+    Ok(())
+}

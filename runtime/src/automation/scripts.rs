@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use starling_store::scripts::{
-    kept, Missed, RunStatus, ScriptCommand, ScriptRun, StoredScript, Trigger, OUTPUT_KEPT_BYTES,
+    kept, Missed, RunStatus, ScriptChanges, ScriptCommand, ScriptRun, StoredScript, Trigger,
+    OUTPUT_KEPT_BYTES,
 };
 use starling_store::{ClusterState, Command, MemberStatus};
 
@@ -537,13 +538,29 @@ impl Member {
                 let current = self.local_state(|state| state.scripts.scripts.get(name).cloned());
                 let current = current
                     .ok_or_else(|| Error::Refused(format!("script \"{name}\" not found")))?;
-                let script = edited(name, Some(&current), options, now_ms())?;
-                self.propose_script(ScriptCommand::Put {
-                    script: script.clone(),
-                    create: false,
+                let now = now_ms();
+                // Checked and normalized as a whole; only the fields asked for are proposed.
+                let script = edited(name, Some(&current), options, now)?;
+                let changes = ScriptChanges {
+                    source: options.source.as_ref().map(|_| script.source.clone()),
+                    schedule: options.schedule.as_ref().map(|_| script.schedule.clone()),
+                    on: options.on.as_ref().map(|_| script.on.clone()),
+                    member: options.member.as_ref().map(|_| script.member.clone()),
+                    description: options
+                        .description
+                        .as_ref()
+                        .map(|_| script.description.clone()),
+                    timeout_s: options.timeout_s.map(|_| script.timeout_s),
+                    missed: options.missed.as_ref().map(|_| script.missed),
+                };
+                self.propose_script(ScriptCommand::Patch {
+                    name: name.clone(),
+                    changes,
+                    now_ms: now,
                 })
                 .await?;
-                Ok(script_json(&script))
+                let stored = self.local_state(|state| state.scripts.scripts.get(name).cloned());
+                Ok(script_json(&stored.unwrap_or(script)))
             }
             ScriptOperation::Delete { name } => {
                 self.propose_script(ScriptCommand::Delete { name: name.clone() })
