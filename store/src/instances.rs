@@ -380,6 +380,25 @@ pub enum InstanceCommand {
     },
 }
 
+/// Replaces `existing` (the `what` named `name`) by `after`, refused unless it is still
+/// `before`: an edit computed from a read that a change made stale is never applied over it.
+fn replace_unchanged<T: PartialEq + Clone>(
+    existing: Option<&mut T>,
+    before: &T,
+    after: &T,
+    what: &str,
+    name: &str,
+) -> Result<(), String> {
+    let existing = existing.ok_or_else(|| format!("{what} \"{name}\" not found"))?;
+    if existing != before {
+        return Err(format!(
+            "{what} \"{name}\" changed while this edit was made: nothing was changed, edit it again"
+        ));
+    }
+    *existing = after.clone();
+    Ok(())
+}
+
 /// Checks the config keys a command sets (`Some`) or removes (`None`): their number and each
 /// key's and value's length.
 fn check_changed_keys(config: &BTreeMap<String, Option<String>>) -> Result<(), String> {
@@ -900,18 +919,8 @@ impl ClusterState {
                         before.name, profile.name
                     ));
                 }
-                let existing = self
-                    .profiles
-                    .get_mut(&key(&profile.project, &profile.name))
-                    .ok_or_else(|| format!("profile \"{}\" not found", profile.name))?;
-                if existing != before {
-                    return Err(format!(
-                        "profile \"{}\" changed while this edit was made: nothing was changed, edit it again",
-                        profile.name
-                    ));
-                }
-                *existing = profile.clone();
-                Ok(())
+                let existing = self.profiles.get_mut(&key(&profile.project, &profile.name));
+                replace_unchanged(existing, before, profile, "profile", &profile.name)
             }
             InstanceCommand::ProjectUpdateFrom { before, project } => {
                 if before.name != project.name {
@@ -920,18 +929,8 @@ impl ClusterState {
                         before.name, project.name
                     ));
                 }
-                let existing = self
-                    .projects
-                    .get_mut(&project.name)
-                    .ok_or_else(|| format!("project \"{}\" not found", project.name))?;
-                if existing != before {
-                    return Err(format!(
-                        "project \"{}\" changed while this edit was made: nothing was changed, edit it again",
-                        project.name
-                    ));
-                }
-                *existing = project.clone();
-                Ok(())
+                let existing = self.projects.get_mut(&project.name);
+                replace_unchanged(existing, before, project, "project", &project.name)
             }
             InstanceCommand::InstancePatch {
                 project,
