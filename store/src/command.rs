@@ -190,10 +190,7 @@ impl MemberPatch {
             MemberPatch::ConfigSet { key, value } => validate_member_config(key, value),
             MemberPatch::ConfigUnset { key } => validate_member_config(key, "all"),
             MemberPatch::RoleAdd { role } | MemberPatch::RoleRemove { role } => {
-                validate_changes(&MemberChanges {
-                    user_roles: Some(vec![role.clone()]),
-                    ..MemberChanges::default()
-                })
+                validate_user_role(role)
             }
         }
     }
@@ -758,23 +755,31 @@ pub fn validate_changes(changes: &MemberChanges) -> Result<(), String> {
         }
     }
     if let Some(roles) = &changes.user_roles {
+        // An automatic role is named first, whatever else the list holds.
         if let Some(role) = roles.iter().find(|role| role.starts_with("database")) {
-            return Err(format!(
-                "the role \"{role}\" is automatic: Starling assigns database roles itself"
-            ));
+            validate_user_role(role)?;
         }
-        if let Some(role) = roles
-            .iter()
-            .find(|role| !USER_ROLES.contains(&role.as_str()))
-        {
-            return Err(format!(
-                "unknown role \"{role}\" (roles users may set: {})",
-                USER_ROLES.join(", ")
-            ));
-        }
+        roles.iter().try_for_each(|role| validate_user_role(role))?;
     }
     if let Some(domain) = &changes.failure_domain {
         validate_object_name(domain, "failure domain")?;
+    }
+    Ok(())
+}
+
+/// Checks a role a user may add or remove: not a `database*` role (those are automatic), and
+/// one of [`USER_ROLES`].
+pub fn validate_user_role(role: &str) -> Result<(), String> {
+    if role.starts_with("database") {
+        return Err(format!(
+            "the role \"{role}\" is automatic: Starling assigns database roles itself"
+        ));
+    }
+    if !USER_ROLES.contains(&role) {
+        return Err(format!(
+            "unknown role \"{role}\" (roles users may set: {})",
+            USER_ROLES.join(", ")
+        ));
     }
     Ok(())
 }

@@ -399,6 +399,16 @@ fn replace_unchanged<T: PartialEq + Clone>(
     Ok(())
 }
 
+/// Sets (`Some`) or removes (`None`) the keys `changes` names in `config`.
+fn set_keys(config: &mut BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) {
+    for (key, value) in changes {
+        match value {
+            Some(value) => config.insert(key.clone(), value.clone()),
+            None => config.remove(key),
+        };
+    }
+}
+
 /// Checks the config keys a command sets (`Some`) or removes (`None`): their number and each
 /// key's and value's length.
 fn check_changed_keys(config: &BTreeMap<String, Option<String>>) -> Result<(), String> {
@@ -475,20 +485,23 @@ fn check_profile(profile: &Profile) -> Result<(), String> {
     check_devices("profile devices", &profile.devices)
 }
 
+/// Checks a project's fields against their limits.
+fn check_project(project: &Project) -> Result<(), String> {
+    check_name("project", &project.name)?;
+    check_len(
+        "project description",
+        &project.description,
+        DESCRIPTION_BYTES_MAX,
+    )?;
+    check_config("project config", &project.config)
+}
+
 impl InstanceCommand {
     /// Checks every field's limit (see [`crate::limits`]).
     pub fn check_fields(&self) -> Result<(), String> {
         match self {
             InstanceCommand::ProjectCreate { project }
-            | InstanceCommand::ProjectUpdate { project } => {
-                check_name("project", &project.name)?;
-                check_len(
-                    "project description",
-                    &project.description,
-                    DESCRIPTION_BYTES_MAX,
-                )?;
-                check_config("project config", &project.config)
-            }
+            | InstanceCommand::ProjectUpdate { project } => check_project(project),
             InstanceCommand::ProjectDelete { name } => {
                 check_len("project name", name, NAME_BYTES_MAX)
             }
@@ -503,15 +516,8 @@ impl InstanceCommand {
                 check_profile(profile)
             }
             InstanceCommand::ProjectUpdateFrom { before, project } => {
-                [before, project].into_iter().try_for_each(|project| {
-                    check_name("project", &project.name)?;
-                    check_len(
-                        "project description",
-                        &project.description,
-                        DESCRIPTION_BYTES_MAX,
-                    )?;
-                    check_config("project config", &project.config)
-                })
+                check_project(before)?;
+                check_project(project)
             }
             InstanceCommand::InstancePatch {
                 project,
@@ -949,12 +955,7 @@ impl ClusterState {
                     return Err(format!("the config key \"{key}\" is the cluster's own"));
                 }
                 let mut changed = instance.config.clone();
-                for (key, value) in config {
-                    match value {
-                        Some(value) => changed.insert(key.clone(), value.clone()),
-                        None => changed.remove(key),
-                    };
-                }
+                set_keys(&mut changed, config);
                 crate::limits::check_config("instance config", &changed)?;
                 instance.config = changed;
                 Ok(())
@@ -1097,12 +1098,7 @@ impl ClusterState {
                 instance.location = location.clone();
                 instance.status = InstanceStatus::Stopped;
                 instance.status_message.clear();
-                for (key, value) in config {
-                    match value {
-                        Some(value) => instance.config.insert(key.clone(), value.clone()),
-                        None => instance.config.remove(key),
-                    };
-                }
+                set_keys(&mut instance.config, config);
                 // Whatever move had claimed it can no longer be recorded.
                 instance.config.remove(MOVE_CLAIM_KEY);
                 Ok(())
@@ -1477,6 +1473,31 @@ pub(crate) mod tests {
         assert_eq!(config.get("user.b").map(String::as_str), Some("2"));
         assert_eq!(config.get("user.a"), None);
         assert_eq!(config.get(MOVE_CLAIM_KEY), None);
+    }
+
+    /// Goal: adding a member to a group it is in changes nothing (the assertion the runtime's
+    /// `with_group` test made, now where the change is applied).
+    #[test]
+    fn adding_a_group_twice_changes_nothing() {
+        let mut state = with_members(&["m2"]);
+        apply(
+            &mut state,
+            InstanceCommand::GroupCreate {
+                group: group("gpu"),
+                members: Vec::new(),
+            },
+        )
+        .unwrap();
+        let add = |group: &str| InstanceCommand::GroupMembership {
+            member: "m2".into(),
+            group: group.into(),
+            inside: true,
+        };
+        apply(&mut state, add("gpu")).unwrap();
+        assert_eq!(state.members["m2"].groups, ["default", "gpu"]);
+        let before = state.members.clone();
+        apply(&mut state, add("default")).unwrap();
+        assert_eq!(state.members, before);
     }
 
     /// Goal: LXD's group rules: invalid names refused, `default` neither renamed nor deleted,

@@ -104,16 +104,6 @@ pub fn group_json(state: &ClusterState, group: &ClusterGroup) -> Value {
     })
 }
 
-/// The member's groups after adding `group` (or `None` when it is in it already).
-fn with_group(groups: &[String], group: &str) -> Option<Vec<String>> {
-    if groups.iter().any(|g| g == group) {
-        return None;
-    }
-    let mut groups = groups.to_vec();
-    groups.push(group.to_string());
-    Some(groups)
-}
-
 impl Member {
     async fn propose_group(&self, command: InstanceCommand) -> Result<(), Error> {
         self.propose(Command::Instance(command), WRITE_TIMEOUT)
@@ -222,17 +212,9 @@ impl Member {
                     let inside = member.groups.iter().any(|g| g == name);
                     let want = wanted.contains(&member.name);
                     if inside != want {
-                        let groups = if want {
-                            with_group(&member.groups, name).unwrap_or_default()
-                        } else {
-                            member
-                                .groups
-                                .iter()
-                                .filter(|g| *g != name)
-                                .cloned()
-                                .collect()
-                        };
-                        assignments.push((member.name.clone(), groups));
+                        // Taken out of its only group, it would be left in none.
+                        let left_in_none = !want && member.groups.len() == 1;
+                        assignments.push((member.name.clone(), want, left_in_none));
                     }
                 }
                 for wanted_member in wanted {
@@ -257,15 +239,14 @@ impl Member {
                 },
             });
         }
-        for (member, groups) in assignments {
-            if groups.is_empty() {
+        for (member, inside, left_in_none) in assignments {
+            if left_in_none {
                 return Err(Error::Refused(format!(
                     "member \"{member}\" would be left without a cluster group"
                 )));
             }
             // One change of this group for this member: other groups' changes made meanwhile
             // stay.
-            let inside = groups.iter().any(|group| group == name);
             commands.push(InstanceCommand::GroupMembership {
                 member,
                 group: name.to_string(),
@@ -276,20 +257,5 @@ impl Member {
             self.propose_group(command).await?;
         }
         Ok(Value::Null)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adding_a_group_twice_changes_nothing() {
-        let groups = vec!["default".to_string()];
-        assert_eq!(
-            with_group(&groups, "gpu"),
-            Some(vec!["default".to_string(), "gpu".to_string()])
-        );
-        assert_eq!(with_group(&groups, "default"), None);
     }
 }
