@@ -26,6 +26,16 @@ const LEADER_CHANGE_BUDGET: Duration = Duration::from_secs(5);
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// When the current search for a leader began, after an attempt from `attempt_started` to
+/// `now` failed for want of one: the search goes on (`search`) unless that attempt ran longer
+/// than a search may, which means it reached a leader that worked on it: a new search begins.
+fn retry_search(search: Option<Instant>, attempt_started: Instant, now: Instant) -> Instant {
+    match search {
+        Some(began) if now.duration_since(attempt_started) < LEADER_CHANGE_BUDGET => began,
+        _ => now,
+    }
+}
+
 impl Member {
     /// Runs `operation` for `caller` (its origin is this member when `None`).
     pub async fn execute(&self, operation: Operation, caller: Caller) -> Result<Value, Error> {
@@ -41,12 +51,18 @@ impl Member {
             request_id,
             ..caller
         };
-        let deadline = Instant::now() + LEADER_CHANGE_BUDGET;
-        // A transfer names the new leader within milliseconds, an election takes longer: retry
-        // every few milliseconds at first, then less often.
-        let started = Instant::now();
+        // The time spent looking for a leader counts from the first attempt that failed for
+        // want of one, not from the request's start: a long operation (an evacuation) whose
+        // leader changes after minutes still gets the whole budget to find the next one.
+        let mut search: Option<Instant> = None;
         loop {
+            let attempt_started = Instant::now();
             let attempt = self.attempt(&operation, &caller).await;
+            if matches!(attempt, Err(Error::LeadershipChanged(_))) {
+                search = Some(retry_search(search, attempt_started, Instant::now()));
+            }
+            let started = search.unwrap_or(attempt_started);
+            let deadline = started + LEADER_CHANGE_BUDGET;
             match attempt {
                 // The request did not reach a leader (it moved, or died), or a forward's answer
                 // was lost: find the leader again. Retrying is safe: a write carries its request
@@ -57,6 +73,8 @@ impl Member {
                 Err(Error::LeadershipChanged(reason)) if caller.hops > 0 => {
                     return Err(Error::LeadershipChanged(reason))
                 }
+                // A transfer names the new leader within milliseconds, an election takes
+                // longer: retry every few milliseconds at first, then less often.
                 Err(Error::LeadershipChanged(_)) if Instant::now() < deadline => {
                     let pause = if started.elapsed() < Duration::from_millis(40) {
                         Duration::from_millis(3)
@@ -449,5 +467,28 @@ impl Member {
             )),
             _ => Err(self.unavailable().await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_for_a_leader_counts_from_the_first_failure_after_work() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // A first attempt that worked for 8 s before leadership moved: the search starts then.
+        assert_eq!(retry_search(None, start, at(8_000)), at(8_000));
+        // Quick failures after it go on with the same search.
+        assert_eq!(
+            retry_search(Some(at(8_000)), at(8_050), at(8_060)),
+            at(8_000)
+        );
+        // An attempt that ran longer than a search may reached a leader: a new search.
+        assert_eq!(
+            retry_search(Some(at(8_000)), at(8_100), at(20_000)),
+            at(20_000)
+        );
     }
 }

@@ -112,6 +112,12 @@ pub(crate) async fn replay(
                  moved is not known here: see instances.get and instances.moves()"
             )))
         }
+        // An evacuation or restore goes on with whichever member leads: its answer is the
+        // record's summary once it ends, as the first attempt would have answered.
+        Operation::Evacuation(
+            crate::evacuation::ops::EvacuationOperation::Evacuate { member: name, .. }
+            | crate::evacuation::ops::EvacuationOperation::Restore { member: name, .. },
+        ) => member.evacuation_outcome(name).await,
         // A kv write proposes one command: its answer is kept under that command's id.
         Operation::Kv(
             crate::automation::kv::KvOperation::Cas { .. }

@@ -889,7 +889,7 @@ impl Operation {
         match self {
             Operation::Instance(instance) => instance.time_budget(),
             Operation::Evacuation(evacuation) if evacuation.is_write() => {
-                Some(std::time::Duration::from_secs(3600))
+                Some(crate::evacuation::ops::EVACUATION_BUDGET)
             }
             // `scripts.run` answers when the run ends: up to its timeout, and the wait for a
             // run whose end never comes.

@@ -276,6 +276,90 @@ async fn a_new_leader_finishes_an_evacuation() -> Result<()> {
     Ok(())
 }
 
+/// Goal: an evacuation asked through a follower answers its summary when leadership moves
+/// while it runs, however long it ran before: the follower asks the new leader, which goes on
+/// with the record, instead of failing with "retry".
+/// Method: 4 member processes; 2 instances on the stand-by whose PID 1 (`/bin/sleep`, which ignores
+/// SIGTERM as PID 1) keeps each stop waiting for `boot.host_shutdown_timeout=9`; the
+/// evacuation (`--action stop`) is asked through a follower; 6 s later leadership moves to
+/// that follower. Before the fix the follower gave up 5 s after the request began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evacuation_answers_through_a_change_of_leader() -> Result<()> {
+    init_tracing();
+    if !is_root() {
+        return Ok(());
+    }
+    let (cluster, _leftovers, _work) = cluster_with_busybox(4, true).await?;
+    let members = cluster.wait_roles(0, 3, 1).await?;
+    let leader = cluster.leader(0).await?;
+    let index = |name: &str| name.trim_start_matches('m').parse::<usize>().unwrap_or(1) - 1;
+    let drained_name = starling_tests::with_role(&members, "database-standby")[0].clone();
+    let via = starling_tests::with_role(&members, "database")
+        .iter()
+        .map(|name| index(name))
+        .find(|&voter| voter != leader)
+        .context("a voter that does not lead")?;
+    for name in ["slow1", "slow2"] {
+        cluster.cli_ok(
+            via,
+            &[
+                "launch",
+                "bb",
+                name,
+                "--target",
+                &drained_name,
+                "-c",
+                "starling.init=/bin/sleep 1000",
+                "-c",
+                "boot.host_shutdown_timeout=9",
+            ],
+        )?;
+    }
+    let started = Instant::now();
+    let evacuation = cluster.spawn_cli(
+        via,
+        &[
+            "cluster",
+            "evacuate",
+            &drained_name,
+            "--action",
+            "stop",
+            "--force",
+        ],
+    )?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let running = cluster.lua(via, &format!("return cluster.evacuation('{drained_name}')"))?;
+    assert_eq!(running["running"], true, "{running}");
+    let new_leader = format!("m{}", via + 1);
+    tracing::info!(to = %new_leader, "--- leadership moves mid-evacuation");
+    cluster.cli_ok(via, &["cluster", "transfer-leader", &new_leader])?;
+    let output = evacuation.wait_with_output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    println!(
+        "after {:?} the CLI said: {stdout} {stderr}",
+        started.elapsed()
+    );
+    assert!(output.status.success(), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("slow1") && stdout.contains("slow2"),
+        "{stdout}"
+    );
+    assert_eq!(cluster.info(via)?["leader"], new_leader.as_str());
+    for name in ["slow1", "slow2"] {
+        let record = wait_status_via(&cluster, via, name, "Stopped").await?;
+        assert_eq!(record["location"], drained_name.as_str(), "{record}");
+    }
+    let record = cluster.lua(via, &format!("return cluster.evacuation('{drained_name}')"))?;
+    assert_eq!(
+        (&record["running"], &record["done"]),
+        (&Value::from(false), &Value::from(2))
+    );
+    Ok(())
+}
+
 /// Goal: a restore issued while an evacuation runs waits for the steps under way, ends the
 /// evacuation and brings every instance back: no origin is lost.
 /// Method: 3 member processes; 4 running instances with 40 MB of files on m3; the restore is

@@ -39,6 +39,8 @@ pub const PARALLEL_STEPS: usize = 4;
 const PLACEMENTS_MAX: usize = 3;
 /// How long a restore waits for the evacuation it takes over to finish its steps under way.
 const TAKE_OVER_WAIT: Duration = Duration::from_secs(600);
+/// How long an evacuation or restore may take, as its asker waits for it.
+pub const EVACUATION_BUDGET: Duration = Duration::from_secs(3600);
 
 /// An evacuation operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +176,35 @@ impl Member {
             EvacuationOperation::Show { member } => self
                 .local_state(|state| state.evacuations.get(member).map(evacuation_json))
                 .ok_or_else(|| Error::Refused(format!("member \"{member}\" was never evacuated"))),
+        }
+    }
+
+    /// The answer to an evacuation or restore of `member` asked again after its first
+    /// attempt began the record (its leader changed): the record's summary once it ends here.
+    /// While it runs, this leader (or the one before it) carries it out; if this member stops
+    /// leading, the member that asked looks for the next leader and asks again.
+    pub(crate) async fn evacuation_outcome(&self, member: &str) -> Result<Value, Error> {
+        let deadline = tokio::time::Instant::now() + EVACUATION_BUDGET;
+        loop {
+            if !self.is_leader() {
+                return Err(Error::LeadershipChanged(format!(
+                    "the evacuation of \"{member}\" goes on on the new leader"
+                )));
+            }
+            let record = self
+                .local_state(|state| state.evacuations.get(member).cloned())
+                .ok_or_else(|| Error::Internal(format!("the record of \"{member}\" is gone")))?;
+            if !record.running() {
+                return Ok(evacuation_json(&record));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::OutcomeUnknown(format!(
+                    "the {} of \"{member}\" is still running after {} s: see cluster.evacuation",
+                    record.kind.as_str(),
+                    EVACUATION_BUDGET.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
