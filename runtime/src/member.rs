@@ -356,6 +356,7 @@ impl Member {
         });
         let health = self.clone();
         tokio::spawn(async move { crate::cluster::health::run(health).await });
+        crate::cluster::stall::spawn(self);
         crate::instances::watch::spawn(self.clone());
         tokio::spawn(crate::automation::scripts::run_scheduler(self.clone()));
         tokio::spawn(crate::events::relay::run(self.clone()));

@@ -973,3 +973,38 @@ fn csv_fields(line: &str) -> Vec<String> {
     fields.push(field);
     fields
 }
+
+/// Goal: a member that did not run for longer than a heartbeat says so in its log, and says
+/// that the whole process was held up (not a task of its own), so an operator sees why
+/// leadership moved.
+/// Method: one member process, paused with SIGSTOP for 400 ms; its log must report a stall of
+/// at least 300 ms of the whole process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_reports_its_stall() -> Result<()> {
+    init_tracing();
+    let cluster = ProcessCluster::start(1).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.signal(0, "STOP")?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.signal(0, "CONT")?;
+    let line = wait_for(
+        "the member's log to report its stall",
+        Duration::from_secs(15),
+        || async {
+            cluster.log(0).lines().rev().find_map(|line| {
+                let worst: u64 = line
+                    .split("worst_ms=")
+                    .nth(1)?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()?;
+                (worst >= 300).then(|| line.to_string())
+            })
+        },
+    )
+    .await?;
+    println!("{line}");
+    assert!(line.contains("the whole process did not run"), "{line}");
+    Ok(())
+}

@@ -8,6 +8,8 @@
 //! - [`manage`]: member records, removal, hand-over on shutdown.
 //! - [`role_control`] (planner) and [`role_ops`] (carrying out): the operator's promote, demote
 //!   and leadership transfer.
+//! - [`stall`]: says in the log when the member's async runtime ran late, and why (its
+//!   [`stall::StallMeter`] is the planner).
 //! - [`groups`]: cluster groups (their rules are checked in the store, where the state
 //!   changes).
 
@@ -18,3 +20,4 @@ pub mod manage;
 pub mod role_control;
 pub mod role_ops;
 pub mod roles;
+pub mod stall;
