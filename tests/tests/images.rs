@@ -460,15 +460,25 @@ async fn a_copy_resumes_from_another_holder() -> Result<()> {
     .await?;
     cluster.kill(first)?;
     tracing::info!("--- images.transfers() shows the copy going on, with its progress");
-    let transfers = cluster.cli_ok(via, &["exec", "return images.transfers()"])?;
-    let transfers: Value = serde_json::from_str(&transfers)?;
-    let entry = transfers
-        .as_array()
-        .and_then(|list| {
-            list.iter()
-                .find(|entry| entry["to"] == format!("m{}", target + 1).as_str())
-        })
-        .ok_or_else(|| anyhow::anyhow!("no transfer to the target in {transfers}"))?;
+    // The receiver reports its progress every 250 ms: the copy may be younger than that.
+    let to = format!("m{}", target + 1);
+    let entry = wait_for(
+        "images.transfers() to show the copy's progress",
+        Duration::from_secs(10),
+        || async {
+            let transfers = cluster
+                .cli_ok(via, &["exec", "return images.transfers()"])
+                .ok()?;
+            let transfers: Value = serde_json::from_str(&transfers).ok()?;
+            let entry = transfers
+                .as_array()?
+                .iter()
+                .find(|entry| entry["to"] == to.as_str())?
+                .clone();
+            (entry["done"].as_u64()? > 0).then_some(entry)
+        },
+    )
+    .await?;
     assert_eq!(entry["image"], fingerprint.as_str());
     assert_eq!(
         entry["total"].as_u64(),
