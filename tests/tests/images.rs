@@ -510,3 +510,59 @@ async fn a_copy_resumes_from_another_holder() -> Result<()> {
 fn with_role_names(cluster: &ProcessCluster, via: usize, role: &str) -> Result<Vec<String>> {
     Ok(starling_tests::with_role(&cluster.members(via)?, role))
 }
+
+/// Goal: `images.copy_to` answers only once the member holds the image, also when a copy to
+/// that member is already under way (it used to answer at once, the copy still running).
+/// Method: 3 member processes, `images_minimal_replica=1`; a 256 MiB image on one member;
+/// two `images.copy_to` of it to the same member at once; the moment either answers, the
+/// image's locations must name that member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_to_answers_once_the_member_holds_the_image() -> Result<()> {
+    init_tracing();
+    let cluster = ProcessCluster::start(3).await?;
+    cluster.cli_ok(0, &["config", "set", "cluster.images_minimal_replica=1"])?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("large.tar");
+    write_large_image(&image, 256)?;
+    let fingerprint = sha256_of(&image)?;
+    cluster.cli_ok(0, &["image", "import", &image.to_string_lossy()])?;
+    let holders = locations(&cluster, 0, &fingerprint);
+    anyhow::ensure!(holders.len() == 1, "holders: {holders:?}");
+    let target = (0..3)
+        .map(|index| format!("m{}", index + 1))
+        .find(|name| !holders.contains(name))
+        .context("a member without the image")?;
+    let script = format!("return images.copy_to(\"{fingerprint}\", \"{target}\")");
+    let mut copies = vec![
+        cluster.spawn_cli(0, &["exec", &script])?,
+        cluster.spawn_cli(1, &["exec", &script])?,
+    ];
+    let mut answered = [false, false];
+    while answered.contains(&false) {
+        for (index, copy) in copies.iter_mut().enumerate() {
+            if answered[index] || copy.try_wait()?.is_none() {
+                continue;
+            }
+            answered[index] = true;
+            let now = locations(&cluster, 0, &fingerprint);
+            assert!(
+                now.contains(&target),
+                "images.copy_to answered while {target} did not hold the image: {now:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for copy in copies {
+        let output = copy.wait_with_output()?;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        sha256_of(&image_file(&cluster, index_of(&target), &fingerprint))?,
+        fingerprint
+    );
+    Ok(())
+}

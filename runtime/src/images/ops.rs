@@ -299,8 +299,11 @@ impl Member {
             }
             ImageOperation::CopyTo { reference, member } => {
                 let fingerprint = self.fingerprint_of(reference)?;
-                let copy = self.copy_to(&fingerprint, member)?;
-                self.run_copy(copy).await?;
+                // Refused at once where a copy cannot be made (no such member, offline, a
+                // holder already); a copy already under way to the member is followed to
+                // its end, so the answer always means the member holds the image.
+                self.copy_to(&fingerprint, member)?;
+                self.ensure_image_on(&fingerprint, member).await?;
                 Ok(Value::Null)
             }
             ImageOperation::Transfers => Ok(self.transfers()),
