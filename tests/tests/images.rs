@@ -564,5 +564,14 @@ async fn a_copy_to_answers_once_the_member_holds_the_image() -> Result<()> {
         sha256_of(&image_file(&cluster, index_of(&target), &fingerprint))?,
         fingerprint
     );
+    // What cannot be copied is refused at once, naming why.
+    let again = cluster.cli_fails(1, &["exec", &script])?;
+    assert!(
+        again.contains(&format!("member \"{target}\" holds the image already")),
+        "{again}"
+    );
+    let nowhere = format!("return images.copy_to(\"{fingerprint}\", \"m9\")");
+    let missing = cluster.cli_fails(1, &["exec", &nowhere])?;
+    assert!(missing.contains("member \"m9\" not found"), "{missing}");
     Ok(())
 }

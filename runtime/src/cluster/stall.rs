@@ -123,10 +123,13 @@ pub(crate) fn spawn(member: &Member) {
     tokio::spawn(async move {
         let mut meter = StallMeter::default();
         let mut due = Instant::now() + TICK;
+        // One subscription to the shutdown for the task's life, not one per tick.
+        let stopping = member.stopping();
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => {}
-                _ = member.stopping() => break,
+                _ = &mut stopping => break,
             }
             let now = Instant::now();
             let late = now.duration_since(due);

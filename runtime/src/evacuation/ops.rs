@@ -160,6 +160,14 @@ pub fn evacuation_json(evacuation: &Evacuation) -> Value {
     })
 }
 
+/// The answer of a leader that lost leadership while an evacuation or restore of `member` ran:
+/// the record stays running and the new leader continues it.
+fn moved_on(member: &str) -> Error {
+    Error::LeadershipChanged(format!(
+        "the evacuation of \"{member}\" goes on on the new leader"
+    ))
+}
+
 impl Member {
     /// Runs an evacuation operation on the leader.
     pub(crate) async fn evacuation_here(
@@ -187,20 +195,31 @@ impl Member {
         let deadline = tokio::time::Instant::now() + EVACUATION_BUDGET;
         loop {
             if !self.is_leader() {
-                return Err(Error::LeadershipChanged(format!(
-                    "the evacuation of \"{member}\" goes on on the new leader"
-                )));
+                return Err(moved_on(member));
             }
-            let record = self
-                .local_state(|state| state.evacuations.get(member).cloned())
-                .ok_or_else(|| Error::Internal(format!("the record of \"{member}\" is gone")))?;
-            if !record.running() {
-                return Ok(evacuation_json(&record));
-            }
+            // The record is read in place; only its end is turned into an answer.
+            let look = self.local_state(|state| {
+                state.evacuations.get(member).map(|record| {
+                    if record.running() {
+                        Err(record.kind)
+                    } else {
+                        Ok(evacuation_json(record))
+                    }
+                })
+            });
+            let kind = match look {
+                None => {
+                    return Err(Error::Internal(format!(
+                        "the record of \"{member}\" is gone"
+                    )))
+                }
+                Some(Ok(summary)) => return Ok(summary),
+                Some(Err(kind)) => kind,
+            };
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::OutcomeUnknown(format!(
                     "the {} of \"{member}\" is still running after {} s: see cluster.evacuation",
-                    record.kind.as_str(),
+                    kind.as_str(),
                     EVACUATION_BUDGET.as_secs()
                 )));
             }
@@ -421,9 +440,7 @@ impl Member {
             return Err(error);
         }
         if !self.is_leader() {
-            return Err(Error::LeadershipChanged(format!(
-                "the evacuation of \"{member}\" goes on on the new leader"
-            )));
+            return Err(moved_on(member));
         }
         let cancelled = task.cancel.load(Ordering::SeqCst);
         self.propose_evacuation(EvacuationCommand::End {

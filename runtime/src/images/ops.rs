@@ -302,7 +302,7 @@ impl Member {
                 // Refused at once where a copy cannot be made (no such member, offline, a
                 // holder already); a copy already under way to the member is followed to
                 // its end, so the answer always means the member holds the image.
-                self.copy_to(&fingerprint, member)?;
+                self.copy_sources(&fingerprint, member)?;
                 self.ensure_image_on(&fingerprint, member).await?;
                 Ok(Value::Null)
             }
@@ -793,8 +793,10 @@ impl Member {
         )))
     }
 
-    /// A copy of `fingerprint` to `member`, from the online holders.
-    fn copy_to(&self, fingerprint: &str, member: &str) -> Result<Copy, Error> {
+    /// The online holders a copy of `fingerprint` to `member` could come from, or why no copy
+    /// can be made (no such image or member, the member offline or a holder already, no
+    /// online holder).
+    fn copy_sources(&self, fingerprint: &str, member: &str) -> Result<Vec<String>, Error> {
         let (record, target) = self.local_state(|state| {
             (
                 state.images.get(fingerprint).cloned(),
@@ -815,14 +817,21 @@ impl Member {
             .filter(|peer| peer.online)
             .map(|peer| peer.name)
             .collect();
-        let feeding = self.feeding();
-        let sources = planner::order_sources(
-            record
-                .locations
-                .iter()
-                .filter(|name| online.contains(*name)),
-            &feeding,
-        );
+        let holders: Vec<String> = record
+            .locations
+            .into_iter()
+            .filter(|name| online.contains(name))
+            .collect();
+        if holders.is_empty() {
+            return Err(refused("no online member holds the image"));
+        }
+        Ok(holders)
+    }
+
+    /// A copy of `fingerprint` to `member`, from the online holders, the least busy first.
+    fn copy_to(&self, fingerprint: &str, member: &str) -> Result<Copy, Error> {
+        let holders = self.copy_sources(fingerprint, member)?;
+        let sources = planner::order_sources(holders.iter(), &self.feeding());
         let from = sources
             .first()
             .cloned()
