@@ -209,7 +209,7 @@ impl Handler for Service {
                     bytes,
                 },
                 _,
-            ) => match self.member.upload_piece(upload, offset, &bytes) {
+            ) => match self.member.upload_piece(upload, offset, bytes).await {
                 Ok(()) => Reply::Ack,
                 Err(error) => Reply::Refused(error),
             },

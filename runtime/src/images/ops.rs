@@ -474,52 +474,56 @@ impl Member {
         Ok(json!({"fingerprint": fingerprint, "size": size}))
     }
 
-    /// A piece of a client's upload.
-    pub(crate) fn upload_piece(
+    /// A piece of a client's upload. The upload is taken out of the open ones while its piece
+    /// is written off the async runtime (pieces of one upload come one after the other); one
+    /// whose write failed is dropped, with its file.
+    pub(crate) async fn upload_piece(
         &self,
         upload: u128,
         offset: u64,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<(), Error> {
-        let mut uploads = lock(&self.inner.images.uploads);
-        uploads.retain(|_, open| open.touched.elapsed() < UPLOAD_IDLE_MAX);
-        if !uploads.contains_key(&upload) {
-            if offset != 0 {
-                return Err(Error::Refused(format!(
-                    "upload {upload:x} is unknown here (it expired, or went to another member)"
-                )));
-            }
-            if uploads.len() >= UPLOADS_MAX {
-                return Err(Error::Busy(format!(
-                    "member {} has {UPLOADS_MAX} uploads open; try again",
-                    self.name()
-                )));
-            }
-            let incoming = self
-                .image_files()
-                .incoming()
-                .map_err(|error| Error::Local(error.to_string()))?;
-            uploads.insert(
-                upload,
-                OpenUpload {
-                    incoming,
+        let mut open = {
+            let mut uploads = lock(&self.inner.images.uploads);
+            uploads.retain(|_, open| open.touched.elapsed() < UPLOAD_IDLE_MAX);
+            match uploads.remove(&upload) {
+                Some(open) if open.incoming.written() != offset => {
+                    let expected = open.incoming.written();
+                    uploads.insert(upload, open);
+                    return Err(Error::Refused(format!(
+                        "upload piece at {offset}, expected {expected}"
+                    )));
+                }
+                Some(open) => open,
+                None if offset != 0 => {
+                    return Err(Error::Refused(format!(
+                        "upload {upload:x} is unknown here (it expired, or went to another member)"
+                    )));
+                }
+                None if uploads.len() >= UPLOADS_MAX => {
+                    return Err(Error::Busy(format!(
+                        "member {} has {UPLOADS_MAX} uploads open; try again",
+                        self.name()
+                    )));
+                }
+                None => OpenUpload {
+                    incoming: self
+                        .image_files()
+                        .incoming()
+                        .map_err(|error| Error::Local(error.to_string()))?,
                     touched: Instant::now(),
                 },
-            );
-        }
-        let open = uploads
-            .get_mut(&upload)
-            .ok_or_else(|| Error::Internal("upload vanished".to_string()))?;
-        if open.incoming.written() != offset {
-            return Err(Error::Refused(format!(
-                "upload piece at {offset}, expected {}",
-                open.incoming.written()
-            )));
-        }
-        open.incoming
-            .write(bytes)
-            .map_err(|error| Error::Local(error.to_string()))?;
+            }
+        };
+        let (mut open, written) = tokio::task::spawn_blocking(move || {
+            let written = open.incoming.write(&bytes);
+            (open, written)
+        })
+        .await
+        .map_err(|error| Error::Internal(error.to_string()))?;
+        written.map_err(|error| Error::Local(error.to_string()))?;
         open.touched = Instant::now();
+        lock(&self.inner.images.uploads).insert(upload, open);
         Ok(())
     }
 

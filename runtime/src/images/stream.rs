@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use starling_transport::{Responder, ResponseStream};
 
-use super::files::CHUNK_BYTES;
+use super::files::{Outgoing, CHUNK_BYTES};
 use crate::protocol::Reply;
 use crate::Error;
 
@@ -23,8 +23,8 @@ pub(crate) const PIECES_AHEAD: usize = 4;
 /// Sends `path` from `offset`: the length frame, the bytes, and the end. A file that cannot be
 /// opened is refused with a reply frame; a failure after the length frame resets the stream.
 pub(crate) async fn send_file(responder: &mut Responder, path: &Path, offset: u64, what: &str) {
-    let opened = std::fs::File::open(path).and_then(|file| {
-        let size = file.metadata()?.len();
+    let opened = Outgoing::open(path).and_then(|file| {
+        let size = file.size()?;
         Ok((file, size))
     });
     let (file, size) = match opened {
@@ -79,29 +79,20 @@ pub(crate) async fn send_file(responder: &mut Responder, path: &Path, offset: u6
 
 /// Reads `length` bytes of `file` from `offset` into pieces (blocking).
 fn read_pieces(
-    mut file: std::fs::File,
+    mut file: Outgoing,
     offset: u64,
     length: u64,
     pieces: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) {
-    use std::io::{Read, Seek};
-    if let Err(error) = file.seek(std::io::SeekFrom::Start(offset)) {
-        let _ = pieces.blocking_send(Err(error));
-        return;
-    }
-    let mut left = length;
-    while left > 0 {
-        let want = left.min(CHUNK_BYTES as u64) as usize;
-        let mut piece = vec![0; want];
-        let piece = match file.read_exact(&mut piece) {
-            Ok(()) => Ok(Bytes::from(piece)),
-            Err(error) => Err(error),
-        };
+    let mut done = 0;
+    while done < length {
+        let want = (length - done).min(CHUNK_BYTES as u64) as usize;
+        let piece = file.read_at(offset + done, want);
         let failed = piece.is_err();
         if pieces.blocking_send(piece).is_err() || failed {
             return;
         }
-        left -= want as u64;
+        done += want as u64;
     }
 }
 
