@@ -151,14 +151,16 @@ impl Body {
         self.length
     }
 
-    /// Fills `piece` (emptied first) with up to [`CHUNK_BYTES`] of the next bytes; `false` once
-    /// every announced byte was read. A body shorter or longer than announced is an error.
+    /// Fills `piece` with up to [`CHUNK_BYTES`] of the next bytes (its length becomes theirs);
+    /// `false` once every announced byte was read. A body shorter or longer than announced is
+    /// an error. A piece given back for reuse is overwritten, not zeroed first.
     pub(crate) async fn next_piece(&mut self, piece: &mut Vec<u8>) -> Result<bool, Error> {
-        piece.clear();
         let want = self.remaining.min(CHUNK_BYTES as u64) as usize;
         if want == 0 {
+            piece.clear();
             return self.expect_end().await.map(|()| false);
         }
+        // Only bytes beyond the piece's present length are zeroed; all `want` are read over.
         piece.resize(want, 0);
         let mut filled = 0;
         while filled < want {
