@@ -419,12 +419,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// What replication sends at once: the entries from `start` while they add up to at most
     /// [`APPEND_BYTES_MAX`] (one larger entry still goes alone). openraft gives an append one
     /// heartbeat interval to complete, so it must cross the network in a fraction of that.
+    ///
+    /// Nothing when the entry at `start` is gone (purged meanwhile): openraft builds the append
+    /// from the entry before `start`, so entries beginning later would leave a hole in the
+    /// follower's log. An empty answer is taken as a heartbeat and asked again (openraft logs
+    /// it), and the follower gets a snapshot once the purge is known.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> StorageResult<Vec<LogEntry>> {
         let mut entries = self.read_range(start, Some(end)).map_err(read_error)?;
+        if let Some(first) = entries.first().filter(|entry| entry.log_id.index != start) {
+            tracing::warn!(
+                start,
+                first = first.log_id.index,
+                "replication asked for log entries from {start}, which is purged; none sent"
+            );
+            return Ok(Vec::new());
+        }
         let mut total = 0usize;
         let kept = entries
             .iter()
