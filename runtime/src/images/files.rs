@@ -321,64 +321,50 @@ impl Incoming {
             self.written += take as u64;
             bytes = &bytes[take..];
             if self.stage.room() == 0 {
-                self.write_stage()?;
+                self.write_out(false)?;
             }
         }
         Ok(())
     }
 
-    /// Writes out the full stage.
-    fn write_stage(&mut self) -> std::io::Result<()> {
-        if self.direct {
-            match self.file.write_all_at(self.stage.bytes(), self.on_file) {
-                Ok(()) => {}
-                // Opened with O_DIRECT but a write refused it (some file systems only say so
-                // then): go on buffered.
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    self.stop_direct()?;
-                    return self.write_stage();
-                }
-                Err(error) => return Err(error),
-            }
-        } else {
-            self.file.write_all_at(self.stage.bytes(), self.on_file)?;
-        }
-        self.on_file += self.stage.len as u64;
-        self.stage.len = 0;
-        if !self.direct && self.on_file - self.queued >= WRITEBACK_BYTES {
-            self.start_writeback();
-        }
-        Ok(())
-    }
-
-    /// Clears `O_DIRECT` on the file: the writes from here on are buffered.
-    fn stop_direct(&mut self) -> std::io::Result<()> {
-        clear_direct(&self.file)?;
-        self.direct = false;
-        Ok(())
-    }
-
-    /// Writes out what is staged, however little: the last direct write is padded to the
-    /// alignment and the file cut back to its length.
-    fn write_rest(&mut self) -> std::io::Result<()> {
+    /// Writes out what is staged. Direct writes go in whole blocks: the `last` one is padded
+    /// to the alignment and the file cut back to its length. A direct write refused with
+    /// `EINVAL` (some file systems take `O_DIRECT` at open and refuse it only then) turns the
+    /// file to buffered writes, and the bytes are written again that way.
+    fn write_out(&mut self, last: bool) -> std::io::Result<()> {
         if self.stage.len == 0 {
             return Ok(());
         }
+        let length = self.stage.len as u64;
         if self.direct {
-            let at = self.on_file;
-            match self.file.write_all_at(self.stage.padded(), at) {
+            let bytes = if last {
+                self.stage.padded()
+            } else {
+                self.stage.bytes()
+            };
+            match self.file.write_all_at(bytes, self.on_file) {
                 Ok(()) => {
-                    self.on_file += self.stage.len as u64;
+                    self.on_file += length;
                     self.stage.len = 0;
-                    return self.file.set_len(self.on_file);
+                    return if last {
+                        self.file.set_len(self.on_file)
+                    } else {
+                        Ok(())
+                    };
                 }
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => self.stop_direct()?,
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    clear_direct(&self.file)?;
+                    self.direct = false;
+                }
                 Err(error) => return Err(error),
             }
         }
         self.file.write_all_at(self.stage.bytes(), self.on_file)?;
-        self.on_file += self.stage.len as u64;
+        self.on_file += length;
         self.stage.len = 0;
+        if !last && self.on_file - self.queued >= WRITEBACK_BYTES {
+            self.start_writeback();
+        }
         Ok(())
     }
 
@@ -422,7 +408,7 @@ impl Incoming {
                 format!("received bytes hash to {fingerprint}, expected {expected}"),
             ));
         }
-        self.write_rest()?;
+        self.write_out(true)?;
         self.file.sync_all()?;
         let target = self.dir.join(expected);
         std::fs::rename(&self.path, &target)?;

@@ -146,6 +146,11 @@ struct OpenUpload {
     touched: Instant,
 }
 
+/// Why a copy cannot be made: no online member holds the image.
+fn no_online_holder() -> Error {
+    refused("no online member holds the image")
+}
+
 /// An image file in place under its fingerprint, with what its `metadata.yaml` says.
 struct Imported {
     fingerprint: String,
@@ -827,7 +832,7 @@ impl Member {
             .filter(|name| online.contains(name))
             .collect();
         if holders.is_empty() {
-            return Err(refused("no online member holds the image"));
+            return Err(no_online_holder());
         }
         Ok(holders)
     }
@@ -836,10 +841,7 @@ impl Member {
     fn copy_to(&self, fingerprint: &str, member: &str) -> Result<Copy, Error> {
         let holders = self.copy_sources(fingerprint, member)?;
         let sources = planner::order_sources(holders.iter(), &self.feeding());
-        let from = sources
-            .first()
-            .cloned()
-            .ok_or_else(|| refused("no online member holds the image"))?;
+        let from = sources.first().cloned().ok_or_else(no_online_holder)?;
         Ok(Copy {
             fingerprint: fingerprint.to_string(),
             from,
