@@ -180,7 +180,19 @@ async fn member_edits_and_roles() -> Result<()> {
         .filter_map(|m| m["server_name"].as_str())
         .collect();
     assert_eq!(names, ["db-2", "m1", "m3"]);
+    // The renamed member learns its name when it applies the rename, which a follower may do
+    // a moment after the leader answered.
+    let known = wait_for(
+        "the renamed member to know its new name",
+        Duration::from_secs(5),
+        || async {
+            let info = cluster.operation(1, Operation::ClusterInfo).await.ok()?;
+            (info["server_name"] == "db-2").then_some(info)
+        },
+    )
+    .await;
     let info = cluster.operation(1, Operation::ClusterInfo).await?;
+    assert!(known.is_ok(), "{known:?}");
     assert_eq!(
         info["server_name"], "db-2",
         "a renamed member knows its new name"
