@@ -13,9 +13,13 @@ use crate::{free_address, wait_for};
 /// The `starling` binary built from the workspace these tests belong to.
 ///
 /// `STARLING_BIN` names a binary to use instead. Otherwise the first call in a test process
-/// runs `cargo build -p starling` on this workspace, in the test executable's target directory
-/// and profile: a no-op after `cargo test --workspace` (which builds the binary first), and
-/// the guarantee that `cargo test -p starling-tests` never runs a stale binary.
+/// runs `cargo test --workspace --no-run` on this workspace, in the test executable's target
+/// directory and profile: a no-op after `cargo test --workspace` (the README's test command,
+/// which builds the binary first), and the guarantee that `cargo test -p starling-tests` never
+/// runs a stale binary. It is that command and not `cargo build -p starling` because cargo
+/// resolves dependency features by the packages and targets a command selects: `build -p
+/// starling` would build the runtime and its dependencies a second time, beside the test
+/// build, in another feature set (gigabytes of disk on a CI machine).
 pub fn starling_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("STARLING_BIN") {
         return Ok(PathBuf::from(path));
@@ -512,12 +516,12 @@ fn build_current_binary() -> Result<PathBuf> {
     let plan = BuildPlan::new()?;
     tracing::info!(
         workspace = %plan.workspace.display(),
-        "building the starling binary of this workspace: cargo build -p starling"
+        "building the starling binary of this workspace: cargo test --workspace --no-run"
     );
     plan.build()
 }
 
-/// How to run `cargo build -p starling` for this workspace.
+/// How to build `starling` the way `cargo test --workspace` does, for this workspace.
 struct BuildPlan {
     /// The cargo that runs the tests.
     cargo: std::ffi::OsString,
@@ -582,21 +586,31 @@ impl BuildPlan {
         command
     }
 
-    /// Runs `cargo build -p starling`; returns where the binary is.
+    /// Runs `cargo test --workspace --no-run`; returns where the `starling` binary is.
     fn build(&self) -> Result<PathBuf> {
         let mut command = self.cargo();
+        command.args(["test", "--workspace", "--no-run"]);
+        // `cargo test` builds tests in the test profile and binaries in dev by default;
+        // naming dev would put the tests in dev too, another set of units.
+        match self.profile.as_str() {
+            "dev" => {}
+            "release" => {
+                command.arg("--release");
+            }
+            other => {
+                command.args(["--profile", other]);
+            }
+        }
         command
-            .args(["build", "--package", "starling", "--bin", "starling"])
-            .args(["--profile", &self.profile])
             .arg("--target-dir")
             .arg(&self.target_dir)
             .args(["--message-format", "json-render-diagnostics"]);
         let output = command
             .output()
-            .context("running cargo build -p starling")?;
+            .context("running cargo test --workspace --no-run")?;
         if !output.status.success() {
             bail!(
-                "cargo build -p starling failed:\n{}",
+                "cargo test --workspace --no-run failed:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
@@ -604,10 +618,13 @@ impl BuildPlan {
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|message| {
-                message["reason"] == "compiler-artifact" && message["target"]["name"] == "starling"
+                message["reason"] == "compiler-artifact"
+                    && message["target"]["name"] == "starling"
+                    && message["target"]["kind"][0] == "bin"
+                    && message["profile"]["test"] == false
             })
             .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-            .ok_or_else(|| anyhow!("cargo build -p starling reported no starling executable"))?;
+            .ok_or_else(|| anyhow!("cargo test --workspace --no-run reported no starling executable"))?;
         Ok(executable)
     }
 }
