@@ -445,6 +445,20 @@ async fn placements(
         ));
         made.extend(names);
     }
+    // What the instances cost the members while nothing happens (their watchers).
+    let cpu_before = cpu_seconds(members);
+    let rest = std::time::Duration::from_secs(3);
+    tokio::time::sleep(rest).await;
+    let busy = (cpu_seconds(members) - cpu_before) / rest.as_secs_f64();
+    rows.push((
+        format!(
+            "members' CPU at rest with {} instances: {:.0}% of a core",
+            made.len(),
+            busy * 100.0
+        ),
+        0.0,
+        String::new(),
+    ));
     delete_all(client, &made).await?;
     rates.sort_by(f64::total_cmp);
     rows.push((

@@ -158,6 +158,11 @@ pub struct InstanceState {
     /// answered it: the leader that asked records the status from the answer, and the
     /// watcher leaves their `Creating` records to it meanwhile.
     pub(crate) create_answered: RecentKeys,
+    /// Containers started on this member so far: only a start makes a stopped container
+    /// run, so the watcher looks at every container again after one ([`super::watch::Quiet`]).
+    pub(crate) starts: std::sync::atomic::AtomicU64,
+    /// What the watcher found quiet at its last look.
+    pub(crate) quiet: Mutex<super::watch::Quiet>,
     /// On the leader: ephemeral instances reported stopped, deleted by its next round.
     pub(crate) ephemeral_stopped: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// On the leader: the evacuations and restores it runs.
@@ -500,6 +505,7 @@ impl Member {
         let start_key = key.clone();
         let driver = self.driver().clone();
         let began = std::time::Instant::now();
+        self.inner.instances.starts.fetch_add(1, Ordering::SeqCst);
         let started = tokio::task::spawn_blocking(move || driver.start(&start_key, &spec))
             .await
             .map_err(|error| Error::Internal(error.to_string()))?;

@@ -18,12 +18,61 @@ use std::time::Duration;
 use starling_store::instances::{Instance, InstanceStatus, DELETING_KEY};
 
 use super::config::LAST_POWER_KEY;
-use super::driver::State;
+use super::driver::{InstanceKey, State};
 use super::ops::key_of;
 use crate::member::Member;
 
 /// How often a member compares its containers with their records.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How many containers one blocking task of the watcher observes.
+const OBSERVE_BATCH: usize = 64;
+/// Every how many rounds the watcher looks at every container, the quiet ones too
+/// ([`Quiet`]): a container whose files went behind the member's back is seen within this
+/// many rounds.
+const FULL_EVERY_ROUNDS: u64 = 8;
+
+/// The containers the watcher found stopped, recorded so, with nothing to do, and the
+/// member's count of starts when it looked. Only a start makes a stopped container run, and
+/// every start goes through the member ([`Member::start_local`] counts it), so until the next
+/// start such a container cannot change: the rounds in between skip it, but every
+/// [`FULL_EVERY_ROUNDS`]th. Thousands of stopped instances then cost the watcher a look
+/// every two seconds instead of four a second.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    keys: std::collections::HashSet<InstanceKey>,
+    starts: u64,
+}
+
+/// Whether an instance stays quiet after a look: recorded stopped (or failed), not to be
+/// started again, seen stopped without asking for a restart (or not made), nothing to do.
+pub fn is_quiet(
+    recorded: InstanceStatus,
+    last_power_running: bool,
+    seen: Seen,
+    action: Action,
+) -> bool {
+    action == Action::Nothing
+        && !last_power_running
+        && matches!(recorded, InstanceStatus::Stopped | InstanceStatus::Error)
+        && matches!(seen, Seen::Stopped { reboot: false } | Seen::Missing)
+}
+
+/// Whether the watcher may skip an instance this round: it was quiet at the last look, no
+/// container started here since, its record still says it is stopped and not to be started,
+/// and this is not a round that looks at every container.
+pub fn may_skip(
+    was_quiet: bool,
+    started_since: bool,
+    full_round: bool,
+    recorded: InstanceStatus,
+    last_power_running: bool,
+) -> bool {
+    was_quiet
+        && !started_since
+        && !full_round
+        && !last_power_running
+        && matches!(recorded, InstanceStatus::Stopped | InstanceStatus::Error)
+}
 /// How long a clean shutdown waits for each container to shut down before killing it.
 pub const SHUTDOWN_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,6 +132,14 @@ pub fn decide(
     }
 }
 
+/// Whether the instance was running when its member shut down cleanly (to start again).
+fn last_power_running(instance: &Instance) -> bool {
+    instance
+        .config
+        .get(LAST_POWER_KEY)
+        .is_some_and(|value| value == "RUNNING")
+}
+
 /// How long a `Creating` record whose create this member answered is left to the leader that
 /// asked (it records the answer at once; a client retry asks again through the next leader).
 pub const CREATE_ANSWER_GRACE: Duration = Duration::from_secs(30);
@@ -130,7 +187,7 @@ pub(crate) fn spawn(member: Member) {
                 })
                 .await;
             }
-            member.watch_once().await;
+            member.watch_once(round).await;
             member
                 .inner
                 .instances
@@ -158,6 +215,14 @@ impl Member {
     /// follows the leader's (a voter or a stand-by), else (a spare) by the leader's records;
     /// its own copy when the leader cannot be asked.
     async fn my_instances(&self) -> Vec<Instance> {
+        self.my_instances_where(|_| true).await
+    }
+
+    /// [`Member::my_instances`], those `keep` keeps (asked before an instance is copied).
+    async fn my_instances_where(
+        &self,
+        mut keep: impl FnMut(&Instance) -> bool + Send,
+    ) -> Vec<Instance> {
         let me = self.name();
         if !self.state_follows() {
             let located = crate::Operation::Instance(super::ops::InstanceOperation::Located {
@@ -165,7 +230,7 @@ impl Member {
             });
             match Box::pin(self.execute(located, crate::Caller::local())).await {
                 Ok(value) => match serde_json::from_value::<Vec<Instance>>(value) {
-                    Ok(instances) => return instances,
+                    Ok(instances) => return instances.into_iter().filter(|i| keep(i)).collect(),
                     Err(error) => {
                         tracing::warn!(%error, "the leader's list of this member's instances is unreadable")
                     }
@@ -177,58 +242,125 @@ impl Member {
             state
                 .instances
                 .values()
-                .filter(|instance| instance.location == me)
+                .filter(|instance| instance.location == me && keep(instance))
                 .cloned()
                 .collect()
         })
     }
 
-    /// One round of the watcher.
-    async fn watch_once(&self) {
+    /// One round of the watcher (`round` counts from 0). The containers are observed
+    /// [`OBSERVE_BATCH`] at a time in one blocking task: a task (and a thread wake-up) per
+    /// instance every round cost the members more CPU than the placements themselves once
+    /// they held thousands. Quiet ones are skipped ([`Quiet`]).
+    async fn watch_once(&self, round: u64) {
         self.inner
             .instances
             .create_answered
             .prune(CREATE_ANSWER_GRACE);
-        for instance in self.my_instances().await {
-            let key = key_of(&instance);
-            let Ok(_guard) = self.inner.instances.lock(&key).try_write_owned() else {
-                continue;
-            };
-            let observed_key = key.clone();
+        let starts = self.inner.instances.starts.load(std::sync::atomic::Ordering::SeqCst);
+        let previous = std::mem::take(
+            &mut *self
+                .inner
+                .instances
+                .quiet
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let started_since = previous.starts != starts;
+        let full_round = round.is_multiple_of(FULL_EVERY_ROUNDS);
+        let mut quiet = std::collections::HashSet::new();
+        let mine = self
+            .my_instances_where(|instance| {
+                let key = key_of(instance);
+                let skip = may_skip(
+                    previous.keys.contains(&key),
+                    started_since,
+                    full_round,
+                    instance.status,
+                    last_power_running(instance),
+                );
+                if skip {
+                    quiet.insert(key);
+                }
+                !skip
+            })
+            .await;
+        for batch in mine.chunks(OBSERVE_BATCH) {
+            // Instances whose lock is held (an operation is under way) wait for next round.
+            let locked: Vec<_> = batch
+                .iter()
+                .filter_map(|instance| {
+                    let key = key_of(instance);
+                    let guard = self.inner.instances.lock(&key).try_write_owned().ok()?;
+                    Some((instance, key, guard))
+                })
+                .collect();
+            let keys: Vec<_> = locked.iter().map(|(_, key, _)| key.clone()).collect();
             let observed = self
-                .blocking(move |driver| driver.liveness(&observed_key))
+                .blocking(move |driver| {
+                    Ok(keys
+                        .iter()
+                        .map(|key| driver.liveness(key))
+                        .collect::<Vec<_>>())
+                })
                 .await;
-            let seen = match observed {
-                Ok(State::Running { .. }) => Seen::Running,
-                Ok(State::Stopped { exit }) => Seen::Stopped {
-                    reboot: exit.is_some_and(|exit| exit.requested_restart()),
-                },
-                Err(_) => Seen::Missing,
+            let Ok(observed) = observed else {
+                return;
             };
-            let last_power_running = instance
-                .config
-                .get(LAST_POWER_KEY)
-                .is_some_and(|value| value == "RUNNING");
-            let answered = self.create_answered_recently(&key);
-            let result = match decide(instance.status, last_power_running, seen, answered) {
-                Action::Nothing => Ok(()),
-                Action::Report(status) => {
-                    tracing::info!(instance = %key, status = status.as_str(), "instance changed on its own");
-                    self.report(&key, status, "", None).await
+            for ((instance, key, _guard), observed) in locked.into_iter().zip(observed) {
+                if self.bring_up_to_date(instance, &key, observed).await {
+                    quiet.insert(key);
                 }
-                Action::Start => {
-                    tracing::info!(instance = %key, "starting the instance again");
-                    let config = self.local_state(|state| state.expanded(&instance).0);
-                    let remembered = last_power_running.then_some(false);
-                    self.start_local(&key, &config, remembered)
-                        .await
-                        .map(|_| ())
-                }
-            };
-            if let Err(error) = result {
-                tracing::warn!(instance = %key, %error, "could not bring the instance's record up to date");
             }
         }
+        *self
+            .inner
+            .instances
+            .quiet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Quiet {
+            keys: quiet,
+            starts,
+        };
+    }
+
+    /// Acts on what the watcher observed of `instance` (its lock held by the caller); answers
+    /// whether it is quiet ([`is_quiet`]).
+    async fn bring_up_to_date(
+        &self,
+        instance: &Instance,
+        key: &InstanceKey,
+        observed: Result<State, super::driver::DriverError>,
+    ) -> bool {
+        let seen = match observed {
+            Ok(State::Running { .. }) => Seen::Running,
+            Ok(State::Stopped { exit }) => Seen::Stopped {
+                reboot: exit.is_some_and(|exit| exit.requested_restart()),
+            },
+            Err(_) => Seen::Missing,
+        };
+        let last_power_running = last_power_running(instance);
+        let answered = self.create_answered_recently(key);
+        let action = decide(instance.status, last_power_running, seen, answered);
+        let result = match action {
+            Action::Nothing => Ok(()),
+            Action::Report(status) => {
+                tracing::info!(instance = %key, status = status.as_str(), "instance changed on its own");
+                self.report(key, status, "", None).await
+            }
+            Action::Start => {
+                tracing::info!(instance = %key, "starting the instance again");
+                let config = self.local_state(|state| state.expanded(instance).0);
+                let remembered = last_power_running.then_some(false);
+                self.start_local(key, &config, remembered)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(instance = %key, %error, "could not bring the instance's record up to date");
+        }
+        is_quiet(instance.status, last_power_running, seen, action)
     }
 
     /// Removes the containers here whose instance lives on another member (a move whose source
@@ -331,7 +463,7 @@ impl Member {
 
     /// Whether the copy of `key` here, stamped by move `id`, can go: the leader settles it
     /// ([`Member::settle_move`]); not when the leader cannot be asked.
-    async fn move_settled(&self, key: &super::driver::InstanceKey, id: &str) -> bool {
+    async fn move_settled(&self, key: &InstanceKey, id: &str) -> bool {
         let settle = crate::Operation::Instance(super::ops::InstanceOperation::SettleMove {
             project: key.project.clone(),
             name: key.name.clone(),
@@ -349,7 +481,7 @@ impl Member {
 
     /// Whether this member answered the leader's create of `key` within
     /// [`CREATE_ANSWER_GRACE`].
-    fn create_answered_recently(&self, key: &super::driver::InstanceKey) -> bool {
+    fn create_answered_recently(&self, key: &InstanceKey) -> bool {
         self.inner
             .instances
             .create_answered
@@ -357,7 +489,7 @@ impl Member {
     }
 
     /// Whether a root file system for `key` arrived here for a move within [`ARRIVAL_GRACE`].
-    fn arrived_recently(&self, key: &super::driver::InstanceKey) -> bool {
+    fn arrived_recently(&self, key: &InstanceKey) -> bool {
         self.inner.instances.arrived.within(key, ARRIVAL_GRACE)
     }
 
@@ -403,6 +535,55 @@ mod tests {
         assert!(!is_stale("m1", Some("m1"), false));
         assert!(!is_stale("m1", Some("m2"), true));
         assert!(!is_stale("m1", None, true));
+    }
+
+    /// Goal: only an instance that cannot change until a start is quiet: recorded stopped
+    /// (or failed), not to be started again, seen stopped without a restart asked (or not
+    /// made), nothing done. Anything running, asking for a restart, being created or acted on
+    /// is looked at every round.
+    #[test]
+    fn quiet_instances() {
+        use InstanceStatus::*;
+        let stopped = Seen::Stopped { reboot: false };
+        assert!(is_quiet(Stopped, false, stopped, Action::Nothing));
+        assert!(is_quiet(Error, false, stopped, Action::Nothing));
+        assert!(is_quiet(Stopped, false, Seen::Missing, Action::Nothing));
+        assert!(!is_quiet(Stopped, true, stopped, Action::Start));
+        assert!(!is_quiet(Stopped, true, Seen::Missing, Action::Nothing));
+        assert!(!is_quiet(Running, false, stopped, Action::Report(Stopped)));
+        assert!(!is_quiet(Running, false, Seen::Running, Action::Nothing));
+        assert!(!is_quiet(Stopped, false, Seen::Stopped { reboot: true }, Action::Nothing));
+        assert!(!is_quiet(Creating, false, stopped, Action::Nothing));
+        assert!(!is_quiet(Creating, false, Seen::Missing, Action::Nothing));
+        // Every quiet combination is one `decide` leaves alone.
+        for recorded in [Creating, Running, Stopped, Error] {
+            for power in [false, true] {
+                for seen in [stopped, Seen::Stopped { reboot: true }, Seen::Running, Seen::Missing] {
+                    for answered in [false, true] {
+                        let action = decide(recorded, power, seen, answered);
+                        if is_quiet(recorded, power, seen, action) {
+                            assert_eq!(action, Action::Nothing, "{recorded:?} {power} {seen:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Goal: a quiet instance is skipped only while nothing could have changed it: no start
+    /// on the member since, its record still stopped and not to be started, and not in a
+    /// round that looks at every container.
+    #[test]
+    fn skipping() {
+        use InstanceStatus::*;
+        assert!(may_skip(true, false, false, Stopped, false));
+        assert!(may_skip(true, false, false, Error, false));
+        assert!(!may_skip(false, false, false, Stopped, false), "not quiet last time");
+        assert!(!may_skip(true, true, false, Stopped, false), "a start since");
+        assert!(!may_skip(true, false, true, Stopped, false), "a full round");
+        assert!(!may_skip(true, false, false, Running, false), "recorded running since");
+        assert!(!may_skip(true, false, false, Creating, false), "recreated since");
+        assert!(!may_skip(true, false, false, Stopped, true), "to be started again");
     }
 
     /// Goal: every combination of record and container gives the action the module's doc
