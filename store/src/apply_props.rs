@@ -234,8 +234,9 @@ fn start() -> ClusterState {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Goal: the same commands in the same order give the same state and answers, and a
-    /// refused command leaves the state as it was.
+    /// Goal: the same commands in the same order give the same state and answers, a
+    /// refused command leaves the state as it was, and the kept instances per location are
+    /// a recount's.
     /// Method: each random sequence is applied to two states from the same start; before each
     /// command one state is cloned, and a refusal must leave it equal to the clone.
     #[test]
@@ -251,6 +252,7 @@ proptest! {
             if first.is_err() {
                 prop_assert!(one == before, "refused {:?} changed the state", command);
             }
+            prop_assert!(one.counts_agree(), "instances per location wrong after {:?}", command);
         }
         prop_assert!(one == two);
     }

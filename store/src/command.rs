@@ -601,6 +601,7 @@ impl ClusterState {
                 instance.location = to.to_string();
             }
         }
+        self.instance_counts.renamed(from, to);
         Ok(())
     }
 

@@ -1033,6 +1033,7 @@ impl ClusterState {
                     return Err(format!("image \"{}\" not found", instance.image));
                 }
                 self.instances.insert(instance_key, instance.clone());
+                self.instance_counts.added(&instance.location);
                 Ok(())
             }
             InstanceCommand::InstanceUpdate {
@@ -1095,12 +1096,13 @@ impl ClusterState {
                 }
                 let instance = self.instance_mut(project, name)?;
                 check_on(instance, from)?;
-                instance.location = location.clone();
+                let was = std::mem::replace(&mut instance.location, location.clone());
                 instance.status = InstanceStatus::Stopped;
                 instance.status_message.clear();
                 set_keys(&mut instance.config, config);
                 // Whatever move had claimed it can no longer be recorded.
                 instance.config.remove(MOVE_CLAIM_KEY);
+                self.instance_counts.moved(&was, location);
                 Ok(())
             }
             InstanceCommand::InstanceRename { project, from, to } => {
@@ -1117,7 +1119,10 @@ impl ClusterState {
             }
             InstanceCommand::InstanceDelete { project, name } => {
                 match self.instances.remove(&key(project, name)) {
-                    Some(_) => Ok(()),
+                    Some(instance) => {
+                        self.instance_counts.removed(&instance.location);
+                        Ok(())
+                    }
                     None => Err(format!(
                         "instance \"{name}\" not found in project \"{project}\""
                     )),

@@ -70,6 +70,95 @@ pub struct ClusterState {
     /// replicated, not stored: see [`crate::lifecycle::Outbox`]).
     #[serde(skip)]
     pub lifecycle: crate::lifecycle::Outbox,
+    /// How many instances each member is the location of, kept by the commands that add,
+    /// move or remove one (not replicated, not stored: see [`InstanceCounts`]).
+    #[serde(skip)]
+    pub instance_counts: InstanceCounts,
+}
+
+/// Instances per location, kept beside [`ClusterState::instances`] so that a placement does
+/// not count every instance ([`ClusterState::instances_by_location`]). Derived data: two
+/// states with the same instances are the same state whatever this holds, so it compares
+/// equal always. It is trusted only while it counts as many instances as there are: a state
+/// made otherwise than by commands (decoded from a snapshot, a test's fixture) is counted
+/// afresh.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceCounts {
+    by_location: BTreeMap<String, u64>,
+    total: usize,
+}
+
+impl PartialEq for InstanceCounts {
+    fn eq(&self, _: &InstanceCounts) -> bool {
+        true
+    }
+}
+
+impl InstanceCounts {
+    /// Counts every instance of `instances`.
+    pub fn of<'a>(instances: impl Iterator<Item = &'a crate::instances::Instance>) -> Self {
+        let mut counts = InstanceCounts::default();
+        for instance in instances {
+            counts.added(&instance.location);
+        }
+        counts
+    }
+
+    /// An instance was added at `location`.
+    pub(crate) fn added(&mut self, location: &str) {
+        *self.by_location.entry(location.to_string()).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// An instance at `location` was removed.
+    pub(crate) fn removed(&mut self, location: &str) {
+        if let Some(count) = self.by_location.get_mut(location) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.by_location.remove(location);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+    }
+
+    /// An instance moved from `from` to `to`.
+    pub(crate) fn moved(&mut self, from: &str, to: &str) {
+        if from != to {
+            self.removed(from);
+            self.added(to);
+        }
+    }
+
+    /// Member `from` is called `to` now: its instances with it.
+    pub(crate) fn renamed(&mut self, from: &str, to: &str) {
+        if let Some(count) = self.by_location.remove(from) {
+            *self.by_location.entry(to.to_string()).or_default() += count;
+        }
+    }
+}
+
+impl ClusterState {
+    /// How many instances each member is the location of (members without any are absent).
+    pub fn instances_by_location(&self) -> std::borrow::Cow<'_, BTreeMap<String, u64>> {
+        if self.instance_counts.total == self.instances.len() {
+            std::borrow::Cow::Borrowed(&self.instance_counts.by_location)
+        } else {
+            std::borrow::Cow::Owned(InstanceCounts::of(self.instances.values()).by_location)
+        }
+    }
+
+    /// Counts the instances afresh (a state decoded from a snapshot).
+    pub fn recount_instances(&mut self) {
+        self.instance_counts = InstanceCounts::of(self.instances.values());
+    }
+
+    /// Whether the kept counts are those a recount gives (the property tests of `apply`).
+    #[cfg(test)]
+    pub(crate) fn counts_agree(&self) -> bool {
+        let recount = InstanceCounts::of(self.instances.values());
+        self.instance_counts.by_location == recount.by_location
+            && self.instance_counts.total == recount.total
+    }
 }
 
 /// A cluster member (LXD: "cluster member"; Raft calls the same thing a node).

@@ -251,7 +251,10 @@ fn decode_snapshot(bytes: &[u8]) -> Result<StoredSnapshot, Error> {
 }
 
 fn decode_state(bytes: &[u8]) -> Result<ClusterState, Error> {
-    bincode::deserialize(bytes).map_err(|error| Error::Decode(error.to_string()))
+    let mut state: ClusterState =
+        bincode::deserialize(bytes).map_err(|error| Error::Decode(error.to_string()))?;
+    state.recount_instances();
+    Ok(state)
 }
 
 /// A snapshot's last log id, for logs.

@@ -70,10 +70,7 @@ use crate::sync::lock;
 
 /// The members as placement sees them; `pending` counts creations not yet recorded.
 pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Vec<MemberView> {
-    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for instance in state.instances.values() {
-        *counts.entry(instance.location.as_str()).or_default() += 1;
-    }
+    let counts = state.instances_by_location();
     state
         .members
         .values()
