@@ -26,13 +26,20 @@ use crate::Error;
 pub(crate) const PROMOTION_LAG_MAX: u64 = 100;
 
 /// Runs heartbeat rounds while the member leads, until shutdown.
+///
+/// A round also starts at once when an applied entry changes the trust registry (a member
+/// joined or left, a client was trusted or revoked): the members outside Raft learn it from
+/// the round's heartbeats, and until then one of them would refuse a member that just joined.
 pub(crate) async fn run(member: Member) {
+    let mut applied = member.inner.state.subscribe();
     loop {
         let interval_ms = member
             .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
             .max(100) as u64;
+        let trust_version = member.local_state(|state| state.trust_version);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = trust_changes(&member, &mut applied, trust_version) => {}
             _ = member.stopping() => return,
         }
         member.remove_deleted_images();
@@ -68,6 +75,23 @@ pub(crate) async fn run(member: Member) {
         member.replicate_images().await;
         member.resume_evacuations().await;
         member.reap_ephemeral().await;
+    }
+}
+
+/// Resolves once an entry applied on this member, while it leads, has moved the trust
+/// registry past `version`; never if the state machine is gone.
+async fn trust_changes(
+    member: &Member,
+    applied: &mut tokio::sync::watch::Receiver<u64>,
+    version: u64,
+) {
+    loop {
+        if applied.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if member.is_leader() && member.local_state(|state| state.trust_version) > version {
+            return;
+        }
     }
 }
 
