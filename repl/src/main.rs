@@ -210,8 +210,8 @@ struct DaemonArgs {
     /// A YAML file with the answers when joining: `member_config: [{entity, name, key, value}]`.
     #[arg(long, requires = "join")]
     preseed: Option<PathBuf>,
-    /// Largest size of the Raft log's database file, in MiB (default 65536). A log that fills
-    /// it takes the member out of service.
+    /// Most the Raft log's files may take on disk, in MiB (default 65536; its segments are
+    /// preallocated 16 MiB at a time). A log that fills it takes the member out of service.
     #[arg(long)]
     db_map_mib: Option<usize>,
     /// Leave the host's cgroup migrations in the kernel's default mode. By default the daemon

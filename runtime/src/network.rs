@@ -109,10 +109,15 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        match self
-            .call(RaftRequest::Append(rpc), option.hard_ttl())
-            .await?
-        {
+        let started = std::time::Instant::now();
+        let entries = rpc.entries.len();
+        let reply = self.call(RaftRequest::Append(rpc), option.hard_ttl()).await;
+        tracing::trace!(
+            entries,
+            micros = started.elapsed().as_micros() as u64,
+            "append rpc"
+        );
+        match reply? {
             Reply::Append(result) => result.map_err(remote_failure),
             other => Err(unexpected("append", &other)),
         }

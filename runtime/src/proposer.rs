@@ -130,7 +130,13 @@ async fn propose_batch(member: &Member, proposals: Vec<Proposal>) {
 }
 
 async fn write(member: &Member, command: Command) -> Result<CommandResponse, Error> {
-    match tokio::time::timeout(COMMIT_TIMEOUT, member.raft().client_write(command)).await {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(COMMIT_TIMEOUT, member.raft().client_write(command)).await;
+    tracing::trace!(
+        micros = started.elapsed().as_micros() as u64,
+        "entry committed"
+    );
+    match outcome {
         Ok(Ok(response)) => Ok(response.data),
         Ok(Err(error)) if error.forward_to_leader().is_some() => Err(Error::LeadershipChanged(
             "this member no longer leads; the write was not committed".to_string(),

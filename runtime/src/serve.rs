@@ -90,11 +90,19 @@ impl Service {
         match request {
             RaftRequest::Append(rpc) => {
                 self.member.append_arrived();
-                Reply::Append(
+                let started = std::time::Instant::now();
+                let entries = rpc.entries.len();
+                let reply = Reply::Append(
                     raft.append_entries(rpc)
                         .await
                         .map_err(|error| error.to_string()),
-                )
+                );
+                tracing::trace!(
+                    entries,
+                    micros = started.elapsed().as_micros() as u64,
+                    "append handled"
+                );
+                reply
             }
             RaftRequest::Vote(rpc) => {
                 Reply::Vote(raft.vote(rpc).await.map_err(|error| error.to_string()))
@@ -177,7 +185,12 @@ impl Handler for Service {
                         ..Caller::client(&peer.fingerprint)
                     },
                 };
+                let started = std::time::Instant::now();
                 let result = self.member.execute(operation, caller).await;
+                tracing::trace!(
+                    micros = started.elapsed().as_micros() as u64,
+                    "operation served"
+                );
                 Reply::Operation(result.map(|value| value.to_string()))
             }
             (

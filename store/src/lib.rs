@@ -8,8 +8,9 @@
 //! - [`images`]: image records (fingerprint, properties, aliases, locations); bytes stay off Raft.
 //! - [`lifecycle`]: the lifecycle events applied commands produce (`instance-started`, ...).
 //! - [`limits`]: the size limit of every field that enters the Raft log.
-//! - [`log_store`]: the Raft log, vote and committed index in LMDB, group-committed by a writer
-//!   thread so that `fsync` never blocks the async runtime.
+//! - [`log_store`]: the Raft log: entries in append-only segment files (`segments`), the vote,
+//!   committed and purged ids in LMDB; group-committed by a writer thread so that `fsync` never
+//!   blocks the async runtime.
 //! - [`state_machine`]: the in-memory state machine and its snapshots, persisted in LMDB.
 //! - [`dir_lock`]: [`DirLock`], the exclusive lock that keeps one process per database.
 //! - [`StorageHealth`]: a failed write takes the store out of service, and tells the member.
@@ -42,6 +43,7 @@ pub mod no_network;
 pub mod recover;
 pub mod requests;
 pub mod scripts;
+mod segments;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -113,10 +115,10 @@ pub fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
 /// (`StoreOptions { log_map_size_bytes, ..StoreOptions::default() }`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Largest size of the Raft log's LMDB file, in bytes (its map size). Only address space is
-    /// reserved up front: the file grows as entries arrive. A log that reaches it can take no
-    /// more entries. Rounded up to a multiple of 64 KiB, which every page size divides; a
-    /// database file already larger is mapped whole (LMDB never maps less than the file).
+    /// Most bytes the Raft log's segment files may take together (they are preallocated
+    /// 16 MiB at a time, or this size when smaller), and the map size of its LMDB file (vote,
+    /// committed and purged ids). A log that reaches it can take no more entries. Rounded up
+    /// to a multiple of 64 KiB, which every page size divides.
     pub log_map_size_bytes: usize,
     /// Largest size of the snapshot store's LMDB file, in bytes; otherwise as
     /// `log_map_size_bytes`.

@@ -1,4 +1,4 @@
-//! openraft's own storage conformance suite, run against the LMDB store.
+//! openraft's own storage conformance suite, run against the store (segment files and LMDB).
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -27,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Tem
 }
 
 /// Goal: the heed store meets every storage guarantee openraft relies on.
-/// Method: openraft's `Suite::test_all`, each case on a fresh LMDB directory.
+/// Method: openraft's `Suite::test_all`, each case on a fresh directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite() -> Result<(), Box<StorageError<TypeConfig>>> {
     Suite::test_all(TempStoreBuilder).await.map_err(Box::new)

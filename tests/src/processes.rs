@@ -624,7 +624,9 @@ impl BuildPlan {
                     && message["profile"]["test"] == false
             })
             .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-            .ok_or_else(|| anyhow!("cargo test --workspace --no-run reported no starling executable"))?;
+            .ok_or_else(|| {
+                anyhow!("cargo test --workspace --no-run reported no starling executable")
+            })?;
         Ok(executable)
     }
 }

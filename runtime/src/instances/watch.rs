@@ -257,7 +257,11 @@ impl Member {
             .instances
             .create_answered
             .prune(CREATE_ANSWER_GRACE);
-        let starts = self.inner.instances.starts.load(std::sync::atomic::Ordering::SeqCst);
+        let starts = self
+            .inner
+            .instances
+            .starts
+            .load(std::sync::atomic::Ordering::SeqCst);
         let previous = std::mem::take(
             &mut *self
                 .inner
@@ -352,9 +356,7 @@ impl Member {
                 tracing::info!(instance = %key, "starting the instance again");
                 let config = self.local_state(|state| state.expanded(instance).0);
                 let remembered = last_power_running.then_some(false);
-                self.start_local(key, &config, remembered)
-                    .await
-                    .map(|_| ())
+                self.start_local(key, &config, remembered).await.map(|_| ())
             }
         };
         if let Err(error) = result {
@@ -552,13 +554,23 @@ mod tests {
         assert!(!is_quiet(Stopped, true, Seen::Missing, Action::Nothing));
         assert!(!is_quiet(Running, false, stopped, Action::Report(Stopped)));
         assert!(!is_quiet(Running, false, Seen::Running, Action::Nothing));
-        assert!(!is_quiet(Stopped, false, Seen::Stopped { reboot: true }, Action::Nothing));
+        assert!(!is_quiet(
+            Stopped,
+            false,
+            Seen::Stopped { reboot: true },
+            Action::Nothing
+        ));
         assert!(!is_quiet(Creating, false, stopped, Action::Nothing));
         assert!(!is_quiet(Creating, false, Seen::Missing, Action::Nothing));
         // Every quiet combination is one `decide` leaves alone.
         for recorded in [Creating, Running, Stopped, Error] {
             for power in [false, true] {
-                for seen in [stopped, Seen::Stopped { reboot: true }, Seen::Running, Seen::Missing] {
+                for seen in [
+                    stopped,
+                    Seen::Stopped { reboot: true },
+                    Seen::Running,
+                    Seen::Missing,
+                ] {
                     for answered in [false, true] {
                         let action = decide(recorded, power, seen, answered);
                         if is_quiet(recorded, power, seen, action) {
@@ -578,12 +590,27 @@ mod tests {
         use InstanceStatus::*;
         assert!(may_skip(true, false, false, Stopped, false));
         assert!(may_skip(true, false, false, Error, false));
-        assert!(!may_skip(false, false, false, Stopped, false), "not quiet last time");
-        assert!(!may_skip(true, true, false, Stopped, false), "a start since");
+        assert!(
+            !may_skip(false, false, false, Stopped, false),
+            "not quiet last time"
+        );
+        assert!(
+            !may_skip(true, true, false, Stopped, false),
+            "a start since"
+        );
         assert!(!may_skip(true, false, true, Stopped, false), "a full round");
-        assert!(!may_skip(true, false, false, Running, false), "recorded running since");
-        assert!(!may_skip(true, false, false, Creating, false), "recreated since");
-        assert!(!may_skip(true, false, false, Stopped, true), "to be started again");
+        assert!(
+            !may_skip(true, false, false, Running, false),
+            "recorded running since"
+        );
+        assert!(
+            !may_skip(true, false, false, Creating, false),
+            "recreated since"
+        );
+        assert!(
+            !may_skip(true, false, false, Stopped, true),
+            "to be started again"
+        );
     }
 
     /// Goal: every combination of record and container gives the action the module's doc
