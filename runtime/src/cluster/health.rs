@@ -27,21 +27,35 @@ pub(crate) const PROMOTION_LAG_MAX: u64 = 100;
 
 /// Runs heartbeat rounds while the member leads, until shutdown.
 ///
-/// A round also starts at once when an applied entry changes the trust registry (a member
-/// joined or left, a client was trusted or revoked): the members outside Raft learn it from
-/// the round's heartbeats, and until then one of them would refuse a member that just joined.
+/// Between rounds, an applied entry that changes the trust registry (a member joined or left,
+/// a client was trusted or revoked) sends the registry at once to the members that were
+/// already there ([`push_registry`]): the members outside Raft learn it from heartbeats, and
+/// until then one of them would refuse a member that just joined. The regular round keeps its
+/// time.
 pub(crate) async fn run(member: Member) {
     let mut applied = member.inner.state.subscribe();
+    let mut next_round: Option<tokio::time::Instant> = None;
     loop {
         let interval_ms = member
             .local_state(|state| state.config_i64("cluster.heartbeat_interval_ms"))
             .max(100) as u64;
-        let trust_version = member.local_state(|state| state.trust_version);
+        let due = *next_round.get_or_insert_with(|| {
+            tokio::time::Instant::now() + Duration::from_millis(interval_ms)
+        });
+        let (trust_version, known) = member.local_state(|state| {
+            let known: BTreeSet<NodeId> = state.members.values().map(|record| record.id).collect();
+            (state.trust_version, known)
+        });
+        let timeout = Duration::from_millis(interval_ms.min(1_000));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
-            _ = trust_changes(&member, &mut applied, trust_version) => {}
+            _ = tokio::time::sleep_until(due) => {}
+            _ = trust_changes(&member, &mut applied, trust_version) => {
+                push_registry(&member, &known, timeout).await;
+                continue;
+            }
             _ = member.stopping() => return,
         }
+        next_round = None;
         member.remove_deleted_images();
         if !member.is_leader() {
             *member
@@ -69,7 +83,7 @@ pub(crate) async fn run(member: Member) {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get_or_insert_with(Instant::now);
-        heartbeat_round(&member, Duration::from_millis(interval_ms.min(1_000))).await;
+        heartbeat_round(&member, timeout).await;
         record_health(&member).await;
         rebalance(&member).await;
         member.replicate_images().await;
@@ -131,20 +145,7 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
                     .get(&record.id)
                     .is_none_or(|version| *version < registry.version)
             });
-            let request = Request::Heartbeat(Heartbeat {
-                leader_id: member.id(),
-                leader_address: member.address().to_string(),
-                addresses: addresses.clone(),
-                registry: registry.cloned(),
-            });
-            async move {
-                match member.request(&record.address, &request, timeout).await {
-                    Ok(Reply::HeartbeatAck { trust_version, .. }) => {
-                        Some((record.id, trust_version))
-                    }
-                    _ => None,
-                }
-            }
+            beat(member, record, &addresses, registry.cloned(), timeout)
         });
     // An answer proves the member was alive when the round started, no later; a missing answer
     // proves it was not answering once the round's timeout had passed, no earlier.
@@ -178,6 +179,75 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
         if let Some(sighting) = last_seen.get_mut(&record.id) {
             sighting.silent_since.get_or_insert(deadline);
         }
+    }
+}
+
+/// One heartbeat to `record` (with `registry` when given); answers the member's id and the
+/// trust registry version it holds, or nothing if it did not answer.
+async fn beat(
+    member: &Member,
+    record: &MemberRecord,
+    addresses: &[String],
+    registry: Option<TrustRegistry>,
+    timeout: Duration,
+) -> Option<(NodeId, u64)> {
+    let request = Request::Heartbeat(Heartbeat {
+        leader_id: member.id(),
+        leader_address: member.address().to_string(),
+        addresses: addresses.to_vec(),
+        registry,
+    });
+    match member.request(&record.address, &request, timeout).await {
+        Ok(Reply::HeartbeatAck { trust_version, .. }) => Some((record.id, trust_version)),
+        _ => None,
+    }
+}
+
+/// Sends the trust registry now to the members in `known` (those there before it changed)
+/// that have not acknowledged it. A member that has just joined is left to the next round: it
+/// got the state with its admission, and it may not listen yet (a connection tried before it
+/// does waits out the connect timeout and holds up every other request to it). Records only
+/// the versions acknowledged, nothing of health.
+async fn push_registry(member: &Member, known: &BTreeSet<NodeId>, timeout: Duration) {
+    let acked = member
+        .inner
+        .trust_acked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let (targets, addresses, registry) = member.local_state(|state| {
+        let targets: Vec<MemberRecord> = state
+            .members
+            .values()
+            .filter(|record| record.id != member.id() && known.contains(&record.id))
+            .filter(|record| {
+                acked
+                    .get(&record.id)
+                    .is_none_or(|version| *version < state.trust_version)
+            })
+            .cloned()
+            .collect();
+        let addresses: Vec<String> = state
+            .members
+            .values()
+            .map(|record| record.address.clone())
+            .collect();
+        (targets, addresses, TrustRegistry::of(state))
+    });
+    if targets.is_empty() {
+        return;
+    }
+    let beats = targets
+        .iter()
+        .map(|record| beat(member, record, &addresses, Some(registry.clone()), timeout));
+    let answered: Vec<(NodeId, u64)> = join_all(beats).await.into_iter().flatten().collect();
+    let mut trust_acked = member
+        .inner
+        .trust_acked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (id, trust_version) in answered {
+        trust_acked.insert(id, trust_version);
     }
 }
 
