@@ -758,6 +758,18 @@ fn commit_batch(shared: &Shared, batch: &[WriteOp], idle: bool) -> Result<(), St
     }
 }
 
+/// The segment records of encoded entries.
+fn records_of(entries: &[(LogId, Vec<u8>)]) -> Vec<Record<'_>> {
+    entries
+        .iter()
+        .map(|(log_id, bytes)| Record {
+            index: log_id.index,
+            term: log_id.leader_id.term,
+            bytes,
+        })
+        .collect()
+}
+
 /// Writes the batch's entries to the segments (one `fdatasync`), then what changed of the
 /// vote, purged and committed ids in one LMDB transaction, then deletes purged segments.
 fn write_batch(shared: &Shared, batch: &[WriteOp], idle: bool) -> Result<(), heed::Error> {
@@ -770,14 +782,7 @@ fn write_batch(shared: &Shared, batch: &[WriteOp], idle: bool) -> Result<(), hee
         for op in batch {
             match op {
                 WriteOp::Append { entries, .. } => {
-                    let records: Vec<Record<'_>> = entries
-                        .iter()
-                        .map(|(log_id, bytes)| Record {
-                            index: log_id.index,
-                            term: log_id.leader_id.term,
-                            bytes,
-                        })
-                        .collect();
+                    let records = records_of(entries);
                     dirty.merge(segments.append(&records).map_err(heed::Error::Io)?);
                     if let Some(record) = records.last() {
                         last = Some(record.index);
@@ -874,14 +879,7 @@ fn move_lmdb_entries(
         "moving the Raft log's entries from LMDB to segment files"
     );
     segments.clear().map_err(MoveError::Io)?;
-    let records: Vec<Record<'_>> = kept
-        .iter()
-        .map(|(log_id, bytes)| Record {
-            index: log_id.index,
-            term: log_id.leader_id.term,
-            bytes,
-        })
-        .collect();
+    let records = records_of(&kept);
     segments
         .append(&records)
         .and_then(|dirty| dirty.sync(segments.dir()))

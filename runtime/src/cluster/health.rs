@@ -69,12 +69,7 @@ pub(crate) async fn run(member: Member) {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clear();
-            member
-                .inner
-                .trust_acked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clear();
+            trust_acked(&member).clear();
             continue;
         }
         member
@@ -109,15 +104,21 @@ async fn trust_changes(
     }
 }
 
-/// Sends one heartbeat to every other member and records who answered. A member whose trust
-/// registry is older than the leader's gets the registry with it.
-async fn heartbeat_round(member: &Member, timeout: Duration) {
-    let acked = member
+/// The trust registry version each member last acknowledged to this leader.
+fn trust_acked(
+    member: &Member,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, u64>> {
+    member
         .inner
         .trust_acked
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+}
+
+/// Sends one heartbeat to every other member and records who answered. A member whose trust
+/// registry is older than the leader's gets the registry with it.
+async fn heartbeat_round(member: &Member, timeout: Duration) {
+    let acked = trust_acked(member).clone();
     // The registry is built only in the rounds where some member's copy is older.
     let (records, registry): (Vec<MemberRecord>, Option<TrustRegistry>) =
         member.local_state(|state| {
@@ -152,11 +153,7 @@ async fn heartbeat_round(member: &Member, timeout: Duration) {
     let sent = Instant::now();
     let answered: Vec<(NodeId, u64)> = join_all(beats).await.into_iter().flatten().collect();
     let deadline = Instant::now();
-    let mut trust_acked = member
-        .inner
-        .trust_acked
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut trust_acked = trust_acked(member);
     let mut last_seen = member
         .inner
         .last_seen
@@ -209,12 +206,7 @@ async fn beat(
 /// does waits out the connect timeout and holds up every other request to it). Records only
 /// the versions acknowledged, nothing of health.
 async fn push_registry(member: &Member, known: &BTreeSet<NodeId>, timeout: Duration) {
-    let acked = member
-        .inner
-        .trust_acked
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
+    let acked = trust_acked(member).clone();
     let (targets, addresses, registry) = member.local_state(|state| {
         let targets: Vec<MemberRecord> = state
             .members
@@ -241,14 +233,7 @@ async fn push_registry(member: &Member, known: &BTreeSet<NodeId>, timeout: Durat
         .iter()
         .map(|record| beat(member, record, &addresses, Some(registry.clone()), timeout));
     let answered: Vec<(NodeId, u64)> = join_all(beats).await.into_iter().flatten().collect();
-    let mut trust_acked = member
-        .inner
-        .trust_acked
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for (id, trust_version) in answered {
-        trust_acked.insert(id, trust_version);
-    }
+    trust_acked(member).extend(answered);
 }
 
 /// What the leader's heartbeats saw of one member since its election.
