@@ -114,13 +114,7 @@ impl Shared {
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, Error> {
-        let txn = self.env.read_txn()?;
-        Ok(self
-            .meta
-            .get(&txn, KEY_LAST_PURGED)?
-            .map(decode::<Option<LogId>>)
-            .transpose()?
-            .flatten())
+        read_last_purged(&self.env, self.meta)
     }
 
     /// The stored entries from `start` to `end` (excluded), in index order.
@@ -133,10 +127,7 @@ impl Shared {
             .locate(start, end)
             .iter()
             .map(|at| {
-                let bytes = at.read().map_err(|source| Error::Io {
-                    path: self.segments_dir.display().to_string(),
-                    source,
-                })?;
+                let bytes = at.read().map_err(segments_error(&self.segments_dir))?;
                 decode::<LogEntry>(&bytes)
             })
             .collect()
@@ -222,23 +213,14 @@ impl LogStore {
             })?
             .unwrap_commit();
         let segments_dir = dir.join("segments");
-        let io_error = |source: io::Error| Error::Io {
-            path: segments_dir.display().to_string(),
-            source,
-        };
-        let purged = {
-            let txn = env.read_txn()?;
-            meta.get(&txn, KEY_LAST_PURGED)?
-                .map(decode::<Option<LogId>>)
-                .transpose()?
-                .flatten()
-        };
+        let io_error = segments_error(&segments_dir);
+        let purged = read_last_purged(&env, meta)?;
         let mut segments = Segments::open(
             &segments_dir,
             purged.map(|log_id| log_id.index),
             map_size_bytes as u64,
         )
-        .map_err(io_error)?;
+        .map_err(&io_error)?;
         move_lmdb_entries(&env, entries, &mut segments, purged).map_err(|error| match error {
             MoveError::Lmdb(error) => Error::Lmdb(error),
             MoveError::Io(source) => io_error(source),
@@ -419,10 +401,7 @@ impl LogStore {
         let vote = bincode::serialize(vote).map_err(|error| Error::Decode(error.to_string()))?;
         locked(&self.shared.segments)
             .clear()
-            .map_err(|source| Error::Io {
-                path: self.shared.segments_dir.display().to_string(),
-                source,
-            })?;
+            .map_err(segments_error(&self.shared.segments_dir))?;
         let mut txn = self.shared.env.write_txn()?;
         self.shared.entries.clear(&mut txn)?;
         self.shared.meta.put(&mut txn, KEY_LAST_PURGED, &last)?;
@@ -430,6 +409,27 @@ impl LogStore {
         self.shared.meta.put(&mut txn, KEY_VOTE, &vote)?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// The last purged log id, as recorded in `meta`.
+fn read_last_purged(
+    env: &Env<WithoutTls>,
+    meta: Database<'static, Str, Bytes>,
+) -> Result<Option<LogId>, Error> {
+    let txn = env.read_txn()?;
+    Ok(meta
+        .get(&txn, KEY_LAST_PURGED)?
+        .map(decode::<Option<LogId>>)
+        .transpose()?
+        .flatten())
+}
+
+/// The error of an I/O failure on the segment files under `dir`.
+fn segments_error(dir: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: dir.display().to_string(),
+        source,
     }
 }
 

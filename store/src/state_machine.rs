@@ -49,6 +49,8 @@ struct Shared {
     snapshots_built: AtomicU64,
     /// Index of the last applied entry, for waiters.
     applied_index: watch::Sender<u64>,
+    /// The applied state's trust registry version, sent only when it changes.
+    trust_version: watch::Sender<u64>,
     /// The lifecycle events of applied entries, as they apply (a receiver that falls behind
     /// is told how many it missed).
     lifecycle: broadcast::Sender<Lifecycle>,
@@ -107,6 +109,7 @@ impl StateMachine {
             })?
             .unwrap_commit();
         let (applied_index, _) = watch::channel(0);
+        let (trust_version, _) = watch::channel(0);
         let (lifecycle, _) = broadcast::channel(LIFECYCLE_BUFFERED);
         let shared = Shared {
             lifecycle,
@@ -115,6 +118,7 @@ impl StateMachine {
             data: RwLock::default(),
             snapshots_built: AtomicU64::new(0),
             applied_index,
+            trust_version,
             health,
         };
         let machine = StateMachine {
@@ -139,6 +143,21 @@ impl StateMachine {
     /// A receiver of the last applied index, for waiting until an entry is applied here.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.applied_index.subscribe()
+    }
+
+    /// A receiver of the applied state's trust registry version: it changes only when an
+    /// applied entry (or an installed snapshot) changes the registry.
+    pub fn trust_versions(&self) -> watch::Receiver<u64> {
+        self.shared.trust_version.subscribe()
+    }
+
+    /// Publishes `version` as the applied trust registry version, if it changed.
+    fn trust_version_applied(&self, version: u64) {
+        self.shared.trust_version.send_if_modified(|held| {
+            let changed = *held != version;
+            *held = version;
+            changed
+        });
     }
 
     /// A receiver of the lifecycle events of the entries applied from now on.
@@ -239,9 +258,11 @@ impl StateMachine {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        let trust_version = applied.state.trust_version;
         drop(applied);
         let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
         self.shared.applied_index.send_replace(index);
+        self.trust_version_applied(trust_version);
         true
     }
 }
@@ -327,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let (response, events) = {
+            let (response, events, trust_version) = {
                 let mut applied = self.data_mut();
                 applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
@@ -338,7 +359,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         CommandResponse::ok()
                     }
                 };
-                (response, applied.state.lifecycle.take())
+                let trust_version = applied.state.trust_version;
+                (response, applied.state.lifecycle.take(), trust_version)
             };
             for lifecycle in events {
                 // No receiver is no error: nobody is watching.
@@ -346,6 +368,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Seen applied before the writer hears back, so its next local read finds it.
             self.shared.applied_index.send_replace(entry.log_id.index);
+            self.trust_version_applied(trust_version);
             if let Some(responder) = responder {
                 responder.send(response);
             }

@@ -33,7 +33,7 @@ pub(crate) const PROMOTION_LAG_MAX: u64 = 100;
 /// until then one of them would refuse a member that just joined. The regular round keeps its
 /// time.
 pub(crate) async fn run(member: Member) {
-    let mut applied = member.inner.state.subscribe();
+    let mut trust_versions = member.inner.state.trust_versions();
     let mut next_round: Option<tokio::time::Instant> = None;
     loop {
         let interval_ms = member
@@ -49,7 +49,7 @@ pub(crate) async fn run(member: Member) {
         let timeout = Duration::from_millis(interval_ms.min(1_000));
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
-            _ = trust_changes(&member, &mut applied, trust_version) => {
+            _ = trust_changes(&member, &mut trust_versions, trust_version) => {
                 push_registry(&member, &known, timeout).await;
                 continue;
             }
@@ -87,18 +87,18 @@ pub(crate) async fn run(member: Member) {
     }
 }
 
-/// Resolves once an entry applied on this member, while it leads, has moved the trust
-/// registry past `version`; never if the state machine is gone.
+/// Resolves once the registry applied on this member has moved past `version` while it
+/// leads; never if the state machine is gone.
 async fn trust_changes(
     member: &Member,
-    applied: &mut tokio::sync::watch::Receiver<u64>,
+    trust_versions: &mut tokio::sync::watch::Receiver<u64>,
     version: u64,
 ) {
     loop {
-        if applied.changed().await.is_err() {
+        if trust_versions.changed().await.is_err() {
             return std::future::pending().await;
         }
-        if member.is_leader() && member.local_state(|state| state.trust_version) > version {
+        if member.is_leader() && *trust_versions.borrow() > version {
             return;
         }
     }
