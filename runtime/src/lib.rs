@@ -44,6 +44,7 @@ pub mod operation;
 pub mod placement;
 mod proposer;
 pub mod protocol;
+mod replication;
 pub mod script;
 mod serve;
 mod sync;

@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use std::future::Future;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::Stream;
+
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use starling_store::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -47,43 +51,59 @@ impl RaftNetworkFactory<TypeConfig> for RaftTransport {
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
+/// One answer of a replication stream, as openraft takes it.
+pub(crate) type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
 impl PeerLink {
+    /// Refused when the peer is cut off (fault injection), else its socket address.
+    async fn reachable(&self) -> RpcResult<SocketAddr> {
+        if is_cut_off(&self.transport.blocked, &self.address) {
+            return Err(cut_off_error(&self.address));
+        }
+        resolve(&self.address)
+            .await
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))
+    }
+
     /// Sends one Raft request.
     async fn call(&self, request: RaftRequest, timeout: Duration) -> RpcResult<Reply> {
-        let cut_off = self
-            .transport
-            .blocked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&self.address);
-        if cut_off {
-            let error = std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!("{} is cut off", self.address),
-            );
-            return Err(RPCError::Unreachable(Unreachable::new(&error)));
-        }
-        let address: SocketAddr = resolve(&self.address)
-            .await
-            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let address = self.reachable().await?;
         let request = Request::Raft(request);
         self.transport
             .pool
             .request(address, &self.transport.trust, &request, timeout)
             .await
-            .map_err(|error| {
-                // Only a peer that cannot be reached at all is "unreachable": openraft then
-                // pauses replication to it. A slow answer is an ordinary failure, retried at
-                // once, so that one late reply does not starve a follower of heartbeats.
-                if matches!(
-                    error,
-                    TransportError::Connect { .. } | TransportError::Unreachable { .. }
-                ) {
-                    RPCError::Unreachable(Unreachable::new(&error))
-                } else {
-                    RPCError::Network(NetworkError::new(&error))
-                }
-            })
+            .map_err(rpc_error)
+    }
+}
+
+/// Whether `address` is cut off from this member (fault injection for tests).
+pub(crate) fn is_cut_off(blocked: &crate::member::Blocked, address: &str) -> bool {
+    blocked
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .contains(address)
+}
+
+pub(crate) fn cut_off_error(address: &str) -> RPCError<TypeConfig> {
+    let error = std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        format!("{address} is cut off"),
+    );
+    RPCError::Unreachable(Unreachable::new(&error))
+}
+
+/// Only a peer that cannot be reached at all is "unreachable": openraft then pauses
+/// replication to it. A slow answer is an ordinary failure, retried at once, so that one late
+/// reply does not starve a follower of heartbeats.
+pub(crate) fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
+    if matches!(
+        error,
+        TransportError::Connect { .. } | TransportError::Unreachable { .. }
+    ) {
+        RPCError::Unreachable(Unreachable::new(&error))
+    } else {
+        RPCError::Network(NetworkError::new(&error))
     }
 }
 
@@ -121,6 +141,48 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             Reply::Append(result) => result.map_err(remote_failure),
             other => Err(unexpected("append", &other)),
         }
+    }
+
+    /// Pipelined: one QUIC stream for the whole session, each request sent as openraft makes
+    /// it, without waiting for the answers to the ones before (see [`crate::replication`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let address = self.reachable().await?;
+            let pool = &self.transport.pool;
+            let connection = pool
+                .get(address, &self.transport.trust)
+                .await
+                .map_err(rpc_error)?;
+            let opened = connection
+                .open_duplex(&Request::Raft(RaftRequest::AppendStream))
+                .await;
+            let (sink, answers) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    if error.is_connection_level() {
+                        pool.discard(address, &connection).await;
+                    }
+                    return Err(rpc_error(error));
+                }
+            };
+            let stream = crate::replication::Session {
+                pool: pool.clone(),
+                address,
+                connection,
+                peer: self.address.clone(),
+                blocked: self.transport.blocked.clone(),
+                answer_within: option.hard_ttl(),
+            }
+            .run(input, sink, answers);
+            Ok(stream)
+        })
     }
 
     async fn vote(

@@ -230,7 +230,16 @@ pub enum RaftRequest {
     },
     /// The leader hands leadership over to the receiver.
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Opens a replication stream: the leader sends `AppendEntriesRequest` frames on it for as
+    /// long as it replicates to the receiver, without waiting for answers, and the receiver
+    /// answers each with an [`AppendStreamReply`] frame, in order.
+    AppendStream,
 }
+
+/// The receiver's answer to one request of a replication stream ([`RaftRequest::AppendStream`]):
+/// what openraft answered, or why the stream ends (openraft stopped, the sender is no longer
+/// trusted, the receiver is out of service).
+pub type AppendStreamReply = Result<openraft::raft::StreamAppendResult<TypeConfig>, String>;
 
 /// A member's answer.
 // Replies are built once per request and encoded at once; boxing the larger Raft answers would

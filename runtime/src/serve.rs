@@ -66,12 +66,7 @@ impl Service {
 
     /// Whether the peer is a member this member is cut off from (fault injection).
     fn cut_off(&self, peer: &PeerIdentity) -> bool {
-        let address = self.member.local_state(|state| {
-            state
-                .member_by_fingerprint(&peer.fingerprint)
-                .map(|record| record.address.clone())
-        });
-        address.is_some_and(|address| self.member.is_blocked(&address))
+        is_cut_off(&self.member, peer)
     }
 
     /// Only another member (the leader) may tell this one it was removed.
@@ -121,6 +116,9 @@ impl Service {
                         .map_err(|error| error.to_string()),
                 )
             }
+            RaftRequest::AppendStream => Reply::Refused(Error::Internal(
+                "a replication stream is served on its own".to_string(),
+            )),
             RaftRequest::TransferLeader(rpc) => Reply::TransferLeader(
                 raft.handle_transfer_leader(rpc)
                     .await
@@ -128,6 +126,16 @@ impl Service {
             ),
         }
     }
+}
+
+/// Whether `peer` is a member `member` is cut off from (fault injection).
+pub(crate) fn is_cut_off(member: &Member, peer: &PeerIdentity) -> bool {
+    let address = member.local_state(|state| {
+        state
+            .member_by_fingerprint(&peer.fingerprint)
+            .map(|record| record.address.clone())
+    });
+    address.is_some_and(|address| member.is_blocked(&address))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
@@ -288,6 +296,15 @@ impl Handler for Service {
             (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
                 "only cluster members may send this request".to_string(),
             )),
+            (Request::Raft(RaftRequest::AppendStream), Registered::Member) => {
+                Box::pin(crate::replication::serve(
+                    &self.member,
+                    &peer,
+                    &mut responder,
+                ))
+                .await;
+                return;
+            }
             (Request::Raft(request), Registered::Member) => Box::pin(self.raft(request)).await,
             (Request::Ping, Registered::Member) => Reply::Pong,
             (Request::Events { subscriber, want }, Registered::Member) => {

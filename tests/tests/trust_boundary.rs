@@ -227,6 +227,87 @@ async fn a_removed_member_is_refused_everywhere() -> Result<()> {
     Ok(())
 }
 
+/// Goal: a replication stream checks its sender on every request, not only when it opens: a
+/// member removed while its stream is open gets its next append refused, with the reason, and
+/// the stream ends; a client certificate cannot open one.
+/// Method: open a replication stream to the follower m2 with m3's member certificate and send
+/// it heartbeats in the current leader's name (entry-less, no previous entry: accepted); remove
+/// m3; keep sending on the same stream until the refusal comes; then try to open one with the
+/// administrator's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_stream_checks_every_request() -> Result<()> {
+    use starling_runtime::protocol::{AppendStreamReply, RaftRequest};
+    init_tracing();
+    let cluster = TestCluster::start(3).await?;
+    let ca = ca_of(&cluster);
+    let m3 = starling_runtime::datadir::DataDir::new(&cluster.dir(2)).load_identity("member")?;
+    let endpoint = starling_transport::Endpoint::new(starling_transport::EndpointConfig {
+        identity: m3,
+        bind: "127.0.0.1:0".parse()?,
+        serve: false,
+    })?;
+    let trust = starling_transport::ServerTrust::Ca {
+        ca_cert_pem: ca.clone(),
+    };
+    let connection = endpoint
+        .connect(cluster.address(1).parse()?, &trust)
+        .await?;
+    let (mut sink, mut answers) = connection
+        .open_duplex(&Request::Raft(RaftRequest::AppendStream))
+        .await?;
+    let heartbeat = || openraft::raft::AppendEntriesRequest::<starling_store::TypeConfig> {
+        vote: cluster.member(1).raft().metrics().borrow_watched().vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: vec![],
+    };
+    let timeout = Duration::from_secs(10);
+    sink.send(&heartbeat()).await?;
+    let answer: AppendStreamReply = answers.next(timeout).await?.expect("an answer");
+    assert!(matches!(answer, Ok(Ok(_))), "accepted: {answer:?}");
+
+    tracing::info!("--- remove m3, then append again on the open stream");
+    cluster
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m3".into(),
+                force: false,
+            },
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        sink.send(&heartbeat()).await?;
+        match answers.next::<AppendStreamReply>(timeout).await? {
+            Some(Err(refused)) => break refused,
+            Some(Ok(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => bail!("no refusal within 5 s of the removal: {other:?}"),
+        }
+    };
+    assert!(refused.contains("no longer a member"), "{refused}");
+    assert!(answers.next::<AppendStreamReply>(timeout).await?.is_none());
+    endpoint.close();
+
+    tracing::info!("--- a client certificate cannot open one");
+    let admin = starling_runtime::datadir::DataDir::new(&cluster.dir(0)).load_identity("admin")?;
+    let reply = raw_request(
+        &cluster.address(0),
+        admin,
+        &ca,
+        &Request::Raft(RaftRequest::AppendStream),
+    )
+    .await?;
+    let error = refusal(reply).expect("a refusal");
+    assert!(
+        error.to_string().contains("only cluster members"),
+        "{error}"
+    );
+    Ok(())
+}
+
 /// Goal: trust management as `lxc config trust`: list, remove by name or fingerprint, and trust
 /// tokens kept apart from join tokens (the same name may have both).
 /// Method: issue a join token and a trust token for one name, list both, claim the trust token

@@ -55,6 +55,35 @@ impl Connection {
         Ok(ResponseStream::new(recv, self.remote_addr()))
     }
 
+    /// Opens a stream that stays open both ways: `first` is sent as its first frame, then
+    /// [`FrameSink::send`] sends more request frames while [`ResponseStream::next`] reads the
+    /// server's answers (the server reads the frames after the first through
+    /// [`crate::Responder::take_requests`]). Sending `first` is bounded by
+    /// [`crate::FRAME_TIMEOUT_MS`].
+    pub async fn open_duplex<Req: Serialize>(
+        &self,
+        first: &Req,
+    ) -> Result<(FrameSink, ResponseStream), Error> {
+        let opened = async {
+            let (mut send, recv) =
+                self.quic
+                    .open_bi()
+                    .await
+                    .map_err(|e| Error::ConnectionLost {
+                        reason: format!("{}: {e}", self.remote_addr()),
+                    })?;
+            write_frame_untimed(&mut send, first).await?;
+            Ok((send, recv))
+        };
+        let timeout = Duration::from_millis(crate::FRAME_TIMEOUT_MS);
+        let (send, recv) = self.bounded(opened, timeout, "opening a stream").await?;
+        let remote_addr = self.remote_addr();
+        Ok((
+            FrameSink { send, remote_addr },
+            ResponseStream::new(recv, remote_addr),
+        ))
+    }
+
     /// Fingerprint (lowercase hex SHA-256) of the certificate the peer
     /// presented.
     pub fn peer_fingerprint(&self) -> &str {
@@ -140,6 +169,36 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// The sending half of a stream opened with [`Connection::open_duplex`]. Dropping it ends the
+/// stream cleanly (the server reads the end after the frames sent).
+#[derive(Debug)]
+pub struct FrameSink {
+    send: quinn::SendStream,
+    remote_addr: SocketAddr,
+}
+
+impl FrameSink {
+    /// Sends one more frame, within [`crate::FRAME_TIMEOUT_MS`].
+    pub async fn send<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
+        crate::frame::write_frame(&mut self.send, value)
+            .await
+            .map_err(|e| e.at_peer(self.remote_addr))
+    }
+
+    /// Abandons the stream: the server's next read fails rather than seeing a clean end.
+    pub fn abort(mut self) {
+        let _ = self
+            .send
+            .reset(quinn::VarInt::from_u32(crate::STREAM_CODE_HANDLER_FAILED));
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
 /// The response frames of one request, in the order the server sent them.
 #[derive(Debug)]
 pub struct ResponseStream {
@@ -165,6 +224,14 @@ impl ResponseStream {
                 timeout_ms: duration_ms(timeout),
             }),
         }
+    }
+
+    /// The next response frame, or `None` once the server finished the response, without a
+    /// time limit (for a stream that may stay quiet for as long as the connection lives).
+    pub async fn next_untimed<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        read_frame_untimed(&mut self.recv)
+            .await
+            .map_err(|e| e.at_peer(self.remote_addr))
     }
 
     /// The next response frame, or `None` once the server finished the

@@ -139,6 +139,18 @@ pub(crate) async fn read_frame_untimed<T: DeserializeOwned>(
     }
 }
 
+/// [`read_frame_limited`] without the time limit: for a stream that may stay quiet between
+/// frames for as long as the connection lives.
+pub(crate) async fn read_frame_limited_untimed<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    len_max: usize,
+) -> Result<Option<T>, Error> {
+    match read_payload(recv, len_max.min(FRAME_LEN_MAX)).await? {
+        Some(payload) => decode_payload(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Reads the length prefix and the payload bytes of one frame.
 async fn read_payload(
     recv: &mut quinn::RecvStream,

@@ -73,11 +73,53 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Responder {
     send: Option<quinn::SendStream>,
+    requests: Option<RequestFrames>,
+}
+
+/// The frames a client sends after its request on a stream it keeps open
+/// ([`crate::Connection::open_duplex`]), taken with [`Responder::take_requests`].
+#[derive(Debug)]
+pub struct RequestFrames {
+    recv: quinn::RecvStream,
+    len_max: usize,
+}
+
+impl RequestFrames {
+    /// The next frame, or `None` once the client ended the stream. No time limit: such a
+    /// stream may stay quiet for as long as the connection lives (a lost connection ends it).
+    /// A frame longer than the peer's request limit is refused from its length prefix. After
+    /// an error the frames must not be read again.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        crate::frame::read_frame_limited_untimed(&mut self.recv, self.len_max).await
+    }
 }
 
 impl Responder {
+    #[cfg(test)]
     pub(crate) fn new(send: quinn::SendStream) -> Responder {
-        Responder { send: Some(send) }
+        Responder {
+            send: Some(send),
+            requests: None,
+        }
+    }
+
+    /// A responder whose client may send more frames after the request (`len_max` bytes at
+    /// most each).
+    pub(crate) fn with_requests(
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        len_max: usize,
+    ) -> Responder {
+        Responder {
+            send: Some(send),
+            requests: Some(RequestFrames { recv, len_max }),
+        }
+    }
+
+    /// The frames the client sends after its request, for a handler that serves a stream
+    /// kept open; `None` once taken.
+    pub fn take_requests(&mut self) -> Option<RequestFrames> {
+        self.requests.take()
     }
 
     /// Sends one response frame. Fails if the client went away or stopped

@@ -50,14 +50,14 @@ mod verify;
 mod testutil;
 
 pub use config::{IDLE_TIMEOUT_MS, KEEP_ALIVE_MS, STREAMS_PER_CONNECTION_MAX};
-pub use connection::{Connection, ResponseStream};
+pub use connection::{Connection, FrameSink, ResponseStream};
 pub use endpoint::{Endpoint, EndpointConfig, ServerTrust, CONNECT_TIMEOUT_MS};
 pub use error::Error;
 pub use frame::{
     decode_payload, encode_frame, read_frame, read_frame_limited, read_frame_timeout, write_frame,
     FRAME_LEN_MAX, FRAME_TIMEOUT_MS, STREAM_CODE_HANDLER_FAILED, STREAM_CODE_MALFORMED_REQUEST,
 };
-pub use handler::{Handler, PeerIdentity, Responder};
+pub use handler::{Handler, PeerIdentity, RequestFrames, Responder};
 pub use pool::{Pool, BACKOFF_MAX_MS, BACKOFF_MIN_MS};
 pub use server::CONNECTIONS_MAX;
 pub use tls::{

@@ -119,8 +119,9 @@ impl Pool {
         self.lock_slots().remove(&addr);
     }
 
-    /// Drops `connection` from the cache if it is still the cached one.
-    async fn discard(&self, addr: SocketAddr, connection: &Connection) {
+    /// Drops `connection` from the cache if it is still the cached one (it failed in a way
+    /// that suggests it is broken), so that the next request connects again.
+    pub async fn discard(&self, addr: SocketAddr, connection: &Connection) {
         let slot = self.slot(addr);
         let mut slot = slot.lock().await;
         let cached = slot.connection.as_ref().map(Connection::stable_id);

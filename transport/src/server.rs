@@ -126,7 +126,8 @@ async fn serve_stream<H: Handler>(
     let len_max = handler.request_len_max(&peer);
     let code = match read_frame_limited::<H::Request>(&mut recv, limit, len_max).await {
         Ok(Some(request)) => {
-            handler.handle(peer, request, Responder::new(send)).await;
+            let responder = Responder::with_requests(send, recv, len_max);
+            handler.handle(peer, request, responder).await;
             return;
         }
         Ok(None) => {

@@ -22,6 +22,8 @@ pub(crate) enum Req {
     Whoami,
     Panic,
     Silent,
+    /// Answers each number sent after it on the same stream with its double, in order.
+    Doubler,
 }
 
 /// Answers the test requests; `Whoami` reports whether the caller's
@@ -51,6 +53,16 @@ impl Handler for TestHandler {
             }
             Req::Panic => panic!("handler failure requested by the test"),
             Req::Silent => {}
+            Req::Doubler => {
+                let Some(mut frames) = responder.take_requests() else {
+                    return;
+                };
+                while let Ok(Some(number)) = frames.next::<u64>().await {
+                    if responder.send(&(number * 2)).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -141,6 +153,34 @@ async fn members_exchange_requests_and_streams() {
         conn.is_closed(),
         "the server's shutdown closes client connections"
     );
+}
+
+/// Goal: on a stream kept open both ways, the client sends many frames without waiting for
+/// answers, the server reads them after the request and answers each, in order; the client's
+/// end of the stream ends the server's answers cleanly.
+#[tokio::test]
+async fn frames_flow_both_ways_on_a_stream_kept_open() {
+    let ca = ClusterCa::generate().unwrap();
+    let server = Server::start(&ca, member(&ca, "n1", true));
+    let client = member(&ca, "n2", true);
+    let conn = client.connect(server.addr, &trust(&ca)).await.unwrap();
+    let (mut sink, mut answers) = conn.open_duplex(&Req::Doubler).await.unwrap();
+    for number in 0..100u64 {
+        sink.send(&number).await.unwrap();
+    }
+    for number in 0..100u64 {
+        assert_eq!(
+            answers.next::<u64>(TIMEOUT).await.unwrap(),
+            Some(number * 2)
+        );
+    }
+    // Quiet for a while, then more: the stream stays open without a time limit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.send(&21u64).await.unwrap();
+    assert_eq!(answers.next_untimed::<u64>().await.unwrap(), Some(42));
+    drop(sink);
+    assert_eq!(answers.next::<u64>(TIMEOUT).await.unwrap(), None);
+    server.stop().await;
 }
 
 #[tokio::test]

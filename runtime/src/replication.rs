@@ -1,0 +1,295 @@
+//! Replication streams: the leader's appends to one follower travel on one QUIC stream for as
+//! long as openraft's replication session lasts, pipelined.
+//!
+//! A request on a stream of its own costs a stream's opening and closing at both ends, a task
+//! on the receiver, and a round trip before the next request may leave. On a replication
+//! stream the leader writes each `AppendEntriesRequest` as openraft makes it (the entries of
+//! the next write do not wait for the answer to the last one, nor for the entry-less request
+//! that only carries the commit index), and the follower answers each, in order, through
+//! openraft's `Raft::stream_append`.
+//!
+//! - **Leader** ([`Session`]): a task sends the requests; a task reads the answers; the stream
+//!   openraft reads yields them, failing when the oldest unanswered request has waited longer
+//!   than the RPC limit openraft gives (its heartbeat interval), as a lone request would. A
+//!   peer cut off (fault injection) ends the stream as unreachable.
+//! - **Follower** ([`serve`]): every request frame is checked again (the sender is still a
+//!   registered member, not cut off, this member is in service); the first that is not ends
+//!   the stream with an answer saying why, after the answers to the requests before it.
+//!
+//! Dropping the stream openraft reads (its session ended) stops both leader tasks; the
+//! follower then sees the end of the stream.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use openraft::error::{NetworkError, RPCError};
+use openraft::raft::AppendEntriesRequest;
+use starling_store::TypeConfig;
+use starling_transport::{
+    Connection, Error as TransportError, FrameSink, PeerIdentity, Pool, Responder, ResponseStream,
+};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::member::{Blocked, Member};
+use crate::network::AppendAnswer;
+use crate::protocol::AppendStreamReply;
+
+/// Answers read ahead of openraft.
+const ANSWERS_QUEUED_MAX: usize = 64;
+
+/// The leader's side of one replication stream to a follower.
+pub(crate) struct Session {
+    /// The member's connection pool (a connection that fails is dropped from it).
+    pub(crate) pool: Pool,
+    /// The follower's socket address.
+    pub(crate) address: SocketAddr,
+    /// The connection the stream is on.
+    pub(crate) connection: Connection,
+    /// The follower's address as the membership names it (for the cut-off check).
+    pub(crate) peer: String,
+    /// Addresses cut off (fault injection).
+    pub(crate) blocked: Blocked,
+    /// How long the oldest unanswered request may wait for its answer.
+    pub(crate) answer_within: Duration,
+}
+
+/// What the answer reader or the request sender hands to the stream openraft reads.
+enum Answer {
+    /// The follower's answer to the oldest unanswered request.
+    Reply(AppendStreamReply),
+    /// The stream failed.
+    Failed(RPCError<TypeConfig>),
+    /// The stream failed in a way that suggests the connection is broken.
+    Broken(TransportError),
+}
+
+/// Aborts the session's tasks when the stream openraft reads is dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// What the stream openraft reads keeps between answers.
+struct Reading {
+    answers: mpsc::Receiver<Answer>,
+    /// When each unanswered request left, oldest first.
+    sent: Arc<Mutex<VecDeque<Instant>>>,
+    /// Told when a request leaves.
+    pushed: Arc<Notify>,
+    session: Session,
+    _tasks: Tasks,
+    /// An error was yielded: the stream ends.
+    done: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Session {
+    /// Sends `input`'s requests on `sink` as they come, and yields the answers read from
+    /// `answers`, in order.
+    pub(crate) fn run<S>(
+        self,
+        input: S,
+        sink: FrameSink,
+        answers: ResponseStream,
+    ) -> BoxStream<'static, AppendAnswer>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let (queue, received) = mpsc::channel(ANSWERS_QUEUED_MAX);
+        let sent = Arc::new(Mutex::new(VecDeque::new()));
+        let pushed = Arc::new(Notify::new());
+        let sender = tokio::spawn(send_requests(
+            input,
+            sink,
+            sent.clone(),
+            pushed.clone(),
+            queue.clone(),
+            (self.blocked.clone(), self.peer.clone()),
+        ));
+        let reader = tokio::spawn(read_answers(answers, queue));
+        let reading = Reading {
+            answers: received,
+            sent,
+            pushed,
+            session: self,
+            _tasks: Tasks(vec![sender, reader]),
+            done: false,
+        };
+        futures::stream::unfold(reading, next_answer).boxed()
+    }
+}
+
+/// Sends each request of `input` as it comes, noting when it left; stops at the first that
+/// cannot go (the peer is cut off, or the stream failed: the reader then reports why).
+async fn send_requests<S>(
+    mut input: S,
+    mut sink: FrameSink,
+    sent: Arc<Mutex<VecDeque<Instant>>>,
+    pushed: Arc<Notify>,
+    queue: mpsc::Sender<Answer>,
+    (blocked, peer): (Blocked, String),
+) where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    while let Some(request) = input.next().await {
+        if crate::network::is_cut_off(&blocked, &peer) {
+            sink.abort();
+            let _ = queue
+                .send(Answer::Failed(crate::network::cut_off_error(&peer)))
+                .await;
+            return;
+        }
+        lock(&sent).push_back(Instant::now());
+        pushed.notify_one();
+        if sink.send(&request).await.is_err() {
+            return;
+        }
+    }
+    // The session has nothing more to send: dropping the sink ends the stream cleanly, and
+    // the follower finishes its side once it has answered.
+}
+
+/// Reads the follower's answers until its side of the stream ends or fails.
+async fn read_answers(mut answers: ResponseStream, queue: mpsc::Sender<Answer>) {
+    loop {
+        let answer = match answers.next_untimed::<AppendStreamReply>().await {
+            Ok(Some(reply)) => Answer::Reply(reply),
+            Ok(None) => return,
+            Err(error) => Answer::Broken(error),
+        };
+        let last = !matches!(answer, Answer::Reply(Ok(_)));
+        if queue.send(answer).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// The next answer for openraft, `None` once the stream ended.
+async fn next_answer(mut reading: Reading) -> Option<(AppendAnswer, Reading)> {
+    if reading.done {
+        return None;
+    }
+    let answer = loop {
+        let oldest = lock(&reading.sent).front().copied();
+        match oldest {
+            Some(at) => {
+                tokio::select! {
+                    answer = reading.answers.recv() => break answer,
+                    _ = tokio::time::sleep_until(at + reading.session.answer_within) => {
+                        let error = TransportError::Timeout {
+                            action: format!(
+                                "waiting for an append answer ({})",
+                                reading.session.address
+                            ),
+                            timeout_ms: reading.session.answer_within.as_millis() as u64,
+                        };
+                        break Some(Answer::Broken(error));
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    answer = reading.answers.recv() => break answer,
+                    _ = reading.pushed.notified() => continue,
+                }
+            }
+        }
+    };
+    let answered = match answer? {
+        Answer::Reply(Ok(result)) => {
+            if let Some(at) = lock(&reading.sent).pop_front() {
+                tracing::trace!(micros = at.elapsed().as_micros() as u64, "append answered");
+            }
+            return Some((Ok(result), reading));
+        }
+        Answer::Reply(Err(message)) => RPCError::Network(NetworkError::from_string(format!(
+            "{} ended the replication stream: {message}",
+            reading.session.address
+        ))),
+        Answer::Failed(error) => error,
+        Answer::Broken(error) => {
+            if error.is_connection_level() {
+                let session = &reading.session;
+                session
+                    .pool
+                    .discard(session.address, &session.connection)
+                    .await;
+            }
+            crate::network::rpc_error(error)
+        }
+    };
+    reading.done = true;
+    Some((Err(answered), reading))
+}
+
+/// Why this member refuses the next request of a replication stream from `peer`, if it does.
+fn refusal(member: &Member, peer: &PeerIdentity) -> Option<String> {
+    if !matches!(
+        member.registered(&peer.fingerprint),
+        starling_store::Registered::Member
+    ) {
+        return Some(format!(
+            "the certificate {} is no longer a member's",
+            peer.fingerprint
+        ));
+    }
+    if let Some(why) = member.out_of_service() {
+        return Some(format!("member {} is out of service: {why}", member.name()));
+    }
+    if crate::serve::is_cut_off(member, peer) {
+        return Some("cut off from this member".to_string());
+    }
+    None
+}
+
+/// The follower's side: feeds the stream's request frames to openraft and sends its answers
+/// back, in order, until the leader ends the stream, a request is refused, or openraft stops.
+pub(crate) async fn serve(member: &Member, peer: &PeerIdentity, responder: &mut Responder) {
+    let Some(frames) = responder.take_requests() else {
+        return;
+    };
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let state = (frames, member.clone(), peer.clone(), refused.clone());
+    let input = futures::stream::unfold(state, |(mut frames, member, peer, refused)| async move {
+        let why = match frames.next::<AppendEntriesRequest<TypeConfig>>().await {
+            Ok(Some(request)) => match refusal(&member, &peer) {
+                None => {
+                    member.append_arrived();
+                    return Some((request, (frames, member, peer, refused)));
+                }
+                Some(why) => why,
+            },
+            Ok(None) => return None,
+            Err(error) => format!("unreadable append request: {error}"),
+        };
+        *lock(&refused) = Some(why);
+        None
+    });
+    let answers = member.raft().stream_append(input);
+    let mut answers = std::pin::pin!(answers);
+    while let Some(answer) = answers.next().await {
+        let reply: AppendStreamReply = answer.map_err(|fatal| fatal.to_string());
+        let last = reply.is_err();
+        if responder.send(&reply).await.is_err() || last {
+            return;
+        }
+    }
+    let why = lock(&refused).take();
+    if let Some(why) = why {
+        tracing::debug!(remote = %peer.remote_addr, %why, "replication stream refused");
+        let _ = responder.send(&AppendStreamReply::Err(why)).await;
+    }
+}
