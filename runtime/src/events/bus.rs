@@ -2,6 +2,7 @@
 //! [`BUS_CAPACITY`] events; one that falls further behind is told how many it missed and goes
 //! on from the oldest kept, so a slow monitor costs the member no memory beyond the ring.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -37,13 +38,26 @@ pub(crate) struct Envelope {
 #[derive(Clone)]
 pub(crate) struct EventBus {
     sender: broadcast::Sender<Arc<Envelope>>,
+    /// Readers that may take derived (lifecycle) events: while there are none, they are not
+    /// made at all (every applied write has one, and nobody else reads them here).
+    derived_readers: Arc<AtomicUsize>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         EventBus {
             sender: broadcast::channel(BUS_CAPACITY).0,
+            derived_readers: Arc::default(),
         }
+    }
+}
+
+/// Counts a reader that may take derived events for as long as it lives.
+struct DerivedReader(Arc<AtomicUsize>);
+
+impl Drop for DerivedReader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -60,6 +74,7 @@ pub(crate) enum Received {
 /// One reader of the bus.
 pub(crate) struct Reader {
     receiver: broadcast::Receiver<Arc<Envelope>>,
+    _derived: Option<DerivedReader>,
 }
 
 impl Reader {
@@ -83,11 +98,22 @@ impl EventBus {
         }));
     }
 
-    /// A reader of the events published from now on.
-    pub(crate) fn subscribe(&self) -> Reader {
+    /// A reader of the events published from now on; `takes_derived`: it may take derived
+    /// (lifecycle) events, which are published only while such a reader exists.
+    pub(crate) fn subscribe(&self, takes_derived: bool) -> Reader {
+        let derived = takes_derived.then(|| {
+            self.derived_readers.fetch_add(1, Ordering::SeqCst);
+            DerivedReader(self.derived_readers.clone())
+        });
         Reader {
             receiver: self.sender.subscribe(),
+            _derived: derived,
         }
+    }
+
+    /// Whether a reader that may take derived events exists (else making one is wasted work).
+    pub(crate) fn derived_wanted(&self) -> bool {
+        self.derived_readers.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -101,7 +127,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_reader_is_told_what_it_missed() {
         let bus = EventBus::default();
-        let mut reader = bus.subscribe();
+        let mut reader = bus.subscribe(false);
         let total = BUS_CAPACITY + 10;
         for number in 0..total {
             let event = Event::now(EventType::Logging, "m1", "", serde_json::json!(number));
@@ -115,5 +141,20 @@ mod tests {
             Received::Event(envelope) => assert_eq!(envelope.event.metadata, "10"),
             _ => panic!("no event after the gap"),
         }
+    }
+
+    /// Goal: derived events are wanted exactly while a reader that may take them lives.
+    #[test]
+    fn derived_events_are_wanted_while_a_reader_may_take_them() {
+        let bus = EventBus::default();
+        let _other = bus.subscribe(false);
+        assert!(!bus.derived_wanted());
+        let first = bus.subscribe(true);
+        let second = bus.clone().subscribe(true);
+        assert!(bus.derived_wanted());
+        drop(first);
+        assert!(bus.derived_wanted());
+        drop(second);
+        assert!(!bus.derived_wanted());
     }
 }

@@ -270,6 +270,8 @@ pub(crate) async fn lifecycle_to_bus(member: crate::member::Member) {
         };
         let me = member.name();
         match received {
+            // Nobody here may take it: not made at all.
+            Ok(_) if !member.inner.events.derived_wanted() => {}
             Ok(lifecycle) => {
                 let fallback = member.leader_name().unwrap_or_else(|| me.clone());
                 let event = Event::lifecycle(&lifecycle, &fallback);

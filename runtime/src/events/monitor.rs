@@ -50,6 +50,14 @@ enum Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Whether it may take derived (lifecycle) events.
+    fn may_take_derived(&self) -> bool {
+        match self {
+            Reader::Monitor(types) => types.is_empty() || types.contains(&EventType::Lifecycle),
+            Reader::Member { want, .. } => want.derived,
+        }
+    }
+
     fn takes(&self, envelope: &Envelope) -> bool {
         match self {
             Reader::Monitor(types) => {
@@ -99,7 +107,7 @@ impl Member {
         fingerprint: &str,
         responder: &mut Responder,
     ) -> Reply {
-        let mut events = self.inner.events.subscribe();
+        let mut events = self.inner.events.subscribe(reader.may_take_derived());
         // Told at once that the stream is open: a reader knows from then on it misses nothing.
         if responder.send(&Reply::Ack).await.is_err() {
             return Reply::Ack;
