@@ -7,7 +7,7 @@ use std::future::Future;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
@@ -154,6 +154,13 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         Box::pin(async move {
+            let mut input = input;
+            // The first request before anything else: openraft waits out its backoff while
+            // making a request, so a peer that cannot be reached is tried again at the
+            // backoff's pace instead of in a tight loop.
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
             let address = self.reachable().await?;
             let pool = &self.transport.pool;
             let connection = pool
@@ -180,7 +187,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
                 blocked: self.transport.blocked.clone(),
                 answer_within: option.hard_ttl(),
             }
-            .run(input, sink, answers);
+            .run(futures::stream::iter([first]).chain(input), sink, answers);
             Ok(stream)
         })
     }

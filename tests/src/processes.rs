@@ -310,6 +310,34 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// The process id of member `index`, if this cluster started it and it has not exited.
+    pub fn pid(&self, index: usize) -> Option<u32> {
+        self.children.get(index)?.as_ref().map(Child::id)
+    }
+
+    /// CPU time (user and system) process `pid` has used so far.
+    pub fn cpu_time(pid: u32) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (in parentheses, which may hold spaces): utime and stime
+        // are the 12th and 13th after it, in clock ticks.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        anyhow::ensure!(fields.len() == 2, "unreadable /proc/{pid}/stat: {stat}");
+        // SAFETY: sysconf takes an integer and returns one.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_millis(
+            (fields[0] + fields[1]) * 1000 / ticks,
+        ))
+    }
+
     /// Whether member `index` has a process this cluster started and has not seen exit.
     pub fn is_running(&mut self, index: usize) -> bool {
         let Some(Some(child)) = self.children.get_mut(index) else {

@@ -481,6 +481,10 @@ pub fn prepare_exec() -> Result<(), SetupFailure> {
         .thread_set_mask()
         .map_err(|errno| fail(SetupStep::Exec, errno, "unblocking signals"))?;
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    // Starling's own processes opt out of transparent huge pages (see the `starling` binary's
+    // `main`), and the opt-out is inherited: the instance's programs get the system's policy.
+    // SAFETY: PR_SET_THP_DISABLE takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) };
     for (capability, name) in DROPPED_CAPABILITIES {
         // SAFETY: PR_CAPBSET_DROP takes integers only.
         let result = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) };
