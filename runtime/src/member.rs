@@ -429,11 +429,7 @@ impl Member {
     }
 
     pub(crate) fn is_blocked(&self, address: &str) -> bool {
-        self.inner
-            .blocked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(address)
+        crate::network::is_cut_off(&self.inner.blocked, address)
     }
 
     /// Fault injection for tests: drop all traffic to and from the members at `addresses`.

@@ -173,9 +173,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             let (sink, answers) = match opened {
                 Ok(opened) => opened,
                 Err(error) => {
-                    if error.is_connection_level() {
-                        pool.discard(address, &connection).await;
-                    }
+                    pool.discard_if_broken(address, &connection, &error).await;
                     return Err(rpc_error(error));
                 }
             };

@@ -221,13 +221,11 @@ async fn next_answer(mut reading: Reading) -> Option<(AppendAnswer, Reading)> {
         ))),
         Answer::Failed(error) => error,
         Answer::Broken(error) => {
-            if error.is_connection_level() {
-                let session = &reading.session;
-                session
-                    .pool
-                    .discard(session.address, &session.connection)
-                    .await;
-            }
+            let session = &reading.session;
+            session
+                .pool
+                .discard_if_broken(session.address, &session.connection, &error)
+                .await;
             crate::network::rpc_error(error)
         }
     };

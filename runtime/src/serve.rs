@@ -64,11 +64,6 @@ impl Service {
         result
     }
 
-    /// Whether the peer is a member this member is cut off from (fault injection).
-    fn cut_off(&self, peer: &PeerIdentity) -> bool {
-        is_cut_off(&self.member, peer)
-    }
-
     /// Only another member (the leader) may tell this one it was removed.
     fn removed(&self) -> Reply {
         let member = self.member.clone();
@@ -181,7 +176,7 @@ impl Handler for Service {
                     self.member.out_of_service().unwrap_or_default()
                 )))
             }
-            (_, _) if self.cut_off(&peer) => {
+            (_, _) if is_cut_off(&self.member, &peer) => {
                 Reply::Refused(Error::Transport("cut off from this member".to_string()))
             }
             (Request::Operation { operation, caller }, trust) => {

@@ -38,6 +38,20 @@ fn refusal(reply: Reply) -> Option<Error> {
     }
 }
 
+/// `cluster remove m3` through member 0.
+async fn remove_m3(cluster: &TestCluster) -> Result<()> {
+    cluster
+        .operation(
+            0,
+            Operation::ClusterRemove {
+                name: "m3".into(),
+                force: false,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
 async fn last_log_index(cluster: &TestCluster) -> Result<u64> {
     Ok(info(cluster, 0).await?["last_log_index"]
         .as_u64()
@@ -199,15 +213,7 @@ async fn a_removed_member_is_refused_everywhere() -> Result<()> {
     }
 
     tracing::info!("--- remove m3");
-    cluster
-        .operation(
-            0,
-            Operation::ClusterRemove {
-                name: "m3".into(),
-                force: false,
-            },
-        )
-        .await?;
+    remove_m3(&cluster).await?;
     for index in [0, 1, 3] {
         let address = cluster.address(index);
         wait_for(
@@ -267,15 +273,7 @@ async fn a_replication_stream_checks_every_request() -> Result<()> {
     assert!(matches!(answer, Ok(Ok(_))), "accepted: {answer:?}");
 
     tracing::info!("--- remove m3, then append again on the open stream");
-    cluster
-        .operation(
-            0,
-            Operation::ClusterRemove {
-                name: "m3".into(),
-                force: false,
-            },
-        )
-        .await?;
+    remove_m3(&cluster).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let refused = loop {
         sink.send(&heartbeat()).await?;
@@ -430,15 +428,7 @@ async fn tokens_are_consumed_and_replaced() -> Result<()> {
     let address = cluster.address(0);
     let used = admin.join_token("m3").await?;
     cluster.add_member_with_token(2, &used).await?;
-    cluster
-        .operation(
-            0,
-            Operation::ClusterRemove {
-                name: "m3".into(),
-                force: false,
-            },
-        )
-        .await?;
+    remove_m3(&cluster).await?;
     cluster.stop(2).await;
     // The name is free again; the used token still does not work.
     let secret = TokenPayload::decode(&used)?.secret;

@@ -64,18 +64,8 @@ impl Connection {
         &self,
         first: &Req,
     ) -> Result<(FrameSink, ResponseStream), Error> {
-        let opened = async {
-            let (mut send, recv) =
-                self.quic
-                    .open_bi()
-                    .await
-                    .map_err(|e| Error::ConnectionLost {
-                        reason: format!("{}: {e}", self.remote_addr()),
-                    })?;
-            write_frame_untimed(&mut send, first).await?;
-            Ok((send, recv))
-        };
         let timeout = Duration::from_millis(crate::FRAME_TIMEOUT_MS);
+        let opened = self.open_with(first);
         let (send, recv) = self.bounded(opened, timeout, "opening a stream").await?;
         let remote_addr = self.remote_addr();
         Ok((
@@ -112,10 +102,10 @@ impl Connection {
         self.quic.stable_id()
     }
 
-    /// Opens a stream, writes the request and finishes the send side.
-    async fn open<Req: Serialize>(
+    /// Opens a stream and writes `first` on it; the send side stays open.
+    async fn open_with<Req: Serialize>(
         &self,
-        req: &Req,
+        first: &Req,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
         let (mut send, recv) = self
             .quic
@@ -124,9 +114,18 @@ impl Connection {
             .map_err(|e| Error::ConnectionLost {
                 reason: format!("{}: {e}", self.remote_addr()),
             })?;
-        write_frame_untimed(&mut send, req)
+        write_frame_untimed(&mut send, first)
             .await
             .map_err(|e| e.at_peer(self.remote_addr()))?;
+        Ok((send, recv))
+    }
+
+    /// Opens a stream, writes the request and finishes the send side.
+    async fn open<Req: Serialize>(
+        &self,
+        req: &Req,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+        let (mut send, recv) = self.open_with(req).await?;
         send.finish().map_err(|e| Error::ConnectionLost {
             reason: format!("{}: {e}", self.remote_addr()),
         })?;

@@ -187,7 +187,7 @@ impl Error {
 
     /// True when the connection the error happened on should no longer be
     /// trusted to work (the pool drops it).
-    pub fn is_connection_level(&self) -> bool {
+    pub(crate) fn is_connection_level(&self) -> bool {
         matches!(self, Error::ConnectionLost { .. } | Error::Timeout { .. })
     }
 

@@ -73,13 +73,7 @@ pub async fn read_frame_limited<T: DeserializeOwned>(
     timeout: Duration,
     len_max: usize,
 ) -> Result<Option<T>, Error> {
-    let read = async {
-        match read_payload(recv, len_max.min(FRAME_LEN_MAX)).await? {
-            Some(payload) => decode_payload(&payload).map(Some),
-            None => Ok(None),
-        }
-    };
-    match tokio::time::timeout(timeout, read).await {
+    match tokio::time::timeout(timeout, read_frame_limited_untimed(recv, len_max)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout {
             action: "reading a frame".into(),
@@ -133,10 +127,7 @@ pub(crate) async fn write_frame_untimed<T: Serialize>(
 pub(crate) async fn read_frame_untimed<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, Error> {
-    match read_payload(recv, FRAME_LEN_MAX).await? {
-        Some(payload) => decode_payload(&payload).map(Some),
-        None => Ok(None),
-    }
+    read_frame_limited_untimed(recv, FRAME_LEN_MAX).await
 }
 
 /// [`read_frame_limited`] without the time limit: for a stream that may stay quiet between

@@ -106,9 +106,7 @@ impl Pool {
         let connection = self.get(addr, trust).await?;
         let result = connection.request(req, timeout).await;
         if let Err(err) = &result {
-            if err.is_connection_level() {
-                self.discard(addr, &connection).await;
-            }
+            self.discard_if_broken(addr, &connection, err).await;
         }
         result
     }
@@ -119,9 +117,21 @@ impl Pool {
         self.lock_slots().remove(&addr);
     }
 
-    /// Drops `connection` from the cache if it is still the cached one (it failed in a way
-    /// that suggests it is broken), so that the next request connects again.
-    pub async fn discard(&self, addr: SocketAddr, connection: &Connection) {
+    /// Drops `connection` from the cache when `error`, which it gave, suggests it is broken
+    /// (lost, timed out), so that the next request connects again.
+    pub async fn discard_if_broken(
+        &self,
+        addr: SocketAddr,
+        connection: &Connection,
+        error: &Error,
+    ) {
+        if error.is_connection_level() {
+            self.discard(addr, connection).await;
+        }
+    }
+
+    /// Drops `connection` from the cache if it is still the cached one.
+    async fn discard(&self, addr: SocketAddr, connection: &Connection) {
         let slot = self.slot(addr);
         let mut slot = slot.lock().await;
         let cached = slot.connection.as_ref().map(Connection::stable_id);
