@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use starling_transport::{Connection, Endpoint, EndpointConfig, Identity, ServerTrust};
+use starling_transport::{Calls, Connection, Endpoint, EndpointConfig, Identity, ServerTrust};
 
 use crate::datadir::DataDir;
 use crate::operation::Operation;
@@ -41,7 +42,12 @@ const SCRIPT_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Client {
     endpoint: Endpoint,
     connection: Connection,
+    /// The stream operations go on, opened at the first (again after it broke).
+    calls: std::sync::Mutex<Option<Arc<OperationCalls>>>,
 }
+
+/// Operations as numbered calls on one stream (see `starling_transport::calls`).
+type OperationCalls = Calls<Request, Reply>;
 
 /// Remotes a client knows, saved in its configuration directory.
 #[derive(Default, Serialize, Deserialize)]
@@ -146,6 +152,7 @@ impl Client {
         Ok(Client {
             endpoint,
             connection,
+            calls: std::sync::Mutex::new(None),
         })
     }
 
@@ -171,11 +178,31 @@ impl Client {
                 ..crate::Caller::default()
             },
         };
-        operation_answer(
+        let calls = self.calls().await?;
+        operation_answer(calls.call(&request, timeout).await?)
+    }
+
+    /// The call stream for operations: the open one, or a new one if there is none or it broke.
+    async fn calls(&self) -> Result<Arc<OperationCalls>, Error> {
+        let open = self
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .filter(|calls| !calls.is_broken());
+        if let Some(calls) = open {
+            return Ok(calls);
+        }
+        let calls: Arc<OperationCalls> = Arc::new(
             self.connection
-                .request::<Request, Reply>(&request, timeout)
+                .open_calls(&Request::Calls, crate::serve::CALLS_IN_FLIGHT_MAX)
                 .await?,
-        )
+        );
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(calls.clone());
+        Ok(calls)
     }
 
     /// The raw stream rate from member `from` to the member this client talks to: it takes

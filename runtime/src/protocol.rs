@@ -46,6 +46,10 @@ pub enum Request {
     },
     /// The leader's heartbeat: tells the member who leads and who the members are.
     Heartbeat(Heartbeat),
+    /// Opens a call stream (`starling_transport::calls`): numbered [`Request::Operation`]s
+    /// follow on the same stream, each answered with its number. Each is checked as a request
+    /// of its own (the certificate's standing is looked up again for every one).
+    Calls,
     /// Are you there? (used to count reachable voters); members only.
     Ping,
     /// The leader removed the receiver from the cluster: it resets itself; members only.

@@ -244,13 +244,7 @@ fn refusal(member: &Member, peer: &PeerIdentity) -> Option<String> {
             peer.fingerprint
         ));
     }
-    if let Some(why) = member.out_of_service() {
-        return Some(format!("member {} is out of service: {why}", member.name()));
-    }
-    if crate::serve::is_cut_off(member, peer) {
-        return Some("cut off from this member".to_string());
-    }
-    None
+    crate::serve::unavailable_to(member, peer).map(|error| error.to_string())
 }
 
 /// The follower's side: feeds the stream's request frames to openraft and sends its answers

@@ -22,6 +22,13 @@ use crate::Error;
 /// Largest request an unregistered peer may send: a join or a trust claim fits easily.
 pub const UNTRUSTED_REQUEST_BYTES_MAX: usize = 16 * 1024;
 
+/// Calls a client's or a member's call stream may have running at once (a client waits for a
+/// free one before it sends).
+pub const CALLS_IN_FLIGHT_MAX: usize = 64;
+
+/// Calls an unregistered peer's call stream may have running at once: each is only refused.
+const UNTRUSTED_CALLS_IN_FLIGHT_MAX: usize = 4;
+
 /// The member's [`Handler`].
 pub(crate) struct Service {
     pub(crate) member: Member,
@@ -75,6 +82,55 @@ impl Service {
         Reply::Ack
     }
 
+    /// Runs an operation for `peer`, registered as `trust` (a client or a member).
+    async fn operation(
+        &self,
+        peer: &PeerIdentity,
+        trust: Registered,
+        operation: Operation,
+        caller: Caller,
+    ) -> Reply {
+        // A client speaks for itself; a member forwards for the client it names.
+        let caller = match trust {
+            Registered::Member => caller,
+            _ => Caller {
+                request_id: caller.request_id,
+                ..Caller::client(&peer.fingerprint)
+            },
+        };
+        let started = std::time::Instant::now();
+        let result = self.member.execute(operation, caller).await;
+        tracing::trace!(
+            micros = started.elapsed().as_micros() as u64,
+            "operation served"
+        );
+        Reply::Operation(result.map(|value| value.to_string()))
+    }
+
+    /// Answers one call of a call stream: an operation, checked as a request of its own.
+    async fn call(&self, peer: &PeerIdentity, request: Request) -> Reply {
+        // Looked up for every call: a certificate revoked meanwhile is refused from then on.
+        let trust = self.trust_of(peer);
+        match trust {
+            Registered::Revoked => return Reply::Refused(crate::trust::revoked()),
+            Registered::Unknown => {
+                return Reply::Refused(crate::trust::not_registered(&peer.fingerprint))
+            }
+            Registered::Member | Registered::Client => {}
+        }
+        if let Some(error) = unavailable_to(&self.member, peer) {
+            return Reply::Refused(error);
+        }
+        match request {
+            Request::Operation { operation, caller } => {
+                self.operation(peer, trust, operation, caller).await
+            }
+            _ => Reply::Refused(Error::Refused(
+                "only operations may be sent on a call stream".to_string(),
+            )),
+        }
+    }
+
     async fn raft(&self, request: RaftRequest) -> Reply {
         let raft = self.member.raft();
         match request {
@@ -123,6 +179,22 @@ impl Service {
     }
 }
 
+/// Why `member` answers no request from `peer` now, whoever it is: its database cannot write
+/// (it answers nothing as healthy: the leader marks it offline and a stand-by takes its
+/// place), or it is cut off from `peer` (fault injection).
+pub(crate) fn unavailable_to(member: &Member, peer: &PeerIdentity) -> Option<Error> {
+    if let Some(why) = member.out_of_service() {
+        return Some(Error::Local(format!(
+            "member {} is out of service: {why}",
+            member.name()
+        )));
+    }
+    if is_cut_off(member, peer) {
+        return Some(Error::Transport("cut off from this member".to_string()));
+    }
+    None
+}
+
 /// Whether `peer` is a member `member` is cut off from (fault injection).
 pub(crate) fn is_cut_off(member: &Member, peer: &PeerIdentity) -> bool {
     let address = member.local_state(|state| {
@@ -149,7 +221,20 @@ impl Handler for Service {
 
     async fn handle(&self, peer: PeerIdentity, request: Request, mut responder: Responder) {
         let trust = self.trust_of(&peer);
+        let mut unavailable = unavailable_to(&self.member, &peer);
         let reply = match (request, trust) {
+            // Anyone may open one: each call on it is checked as a request of its own.
+            (Request::Calls, trust) => {
+                let in_flight_max = match trust {
+                    Registered::Member | Registered::Client => CALLS_IN_FLIGHT_MAX,
+                    Registered::Revoked | Registered::Unknown => UNTRUSTED_CALLS_IN_FLIGHT_MAX,
+                };
+                starling_transport::serve_calls(&mut responder, in_flight_max, |request| {
+                    self.call(&peer, request)
+                })
+                .await;
+                return;
+            }
             (_, Registered::Revoked) => Reply::Refused(crate::trust::revoked()),
             (Request::Join(join), _) => {
                 let result = Box::pin(self.claim(&peer, Operation::Join(join))).await;
@@ -169,32 +254,13 @@ impl Handler for Service {
             }
             // A member whose database cannot write answers nothing as healthy: the leader marks
             // it offline and a stand-by takes its place.
-            (_, _) if self.member.out_of_service().is_some() => {
-                Reply::Refused(Error::Local(format!(
-                    "member {} is out of service: {}",
-                    self.member.name(),
-                    self.member.out_of_service().unwrap_or_default()
-                )))
-            }
-            (_, _) if is_cut_off(&self.member, &peer) => {
-                Reply::Refused(Error::Transport("cut off from this member".to_string()))
-            }
+            (_, _) if unavailable.is_some() => Reply::Refused(
+                unavailable
+                    .take()
+                    .unwrap_or_else(|| Error::Internal("refused without a reason".to_string())),
+            ),
             (Request::Operation { operation, caller }, trust) => {
-                // A client speaks for itself; a member forwards for the client it names.
-                let caller = match trust {
-                    Registered::Member => caller,
-                    _ => Caller {
-                        request_id: caller.request_id,
-                        ..Caller::client(&peer.fingerprint)
-                    },
-                };
-                let started = std::time::Instant::now();
-                let result = self.member.execute(operation, caller).await;
-                tracing::trace!(
-                    micros = started.elapsed().as_micros() as u64,
-                    "operation served"
-                );
-                Reply::Operation(result.map(|value| value.to_string()))
+                self.operation(&peer, trust, operation, caller).await
             }
             (
                 Request::Exec {

@@ -578,3 +578,79 @@ async fn large_appends_are_split() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Goal: a call stream (many operations on one stream kept open) is checked call by call: an
+/// unregistered certificate gets every call refused, only operations go on it, and a client
+/// whose trust is removed is refused from its next call on the stream it already has open.
+/// Method: one member; a self-signed peer opens a call stream and sends operations; a client
+/// claims a trust token, opens a call stream, runs an operation, sends a join on it, is
+/// removed by the administrator, and runs the operation again on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stream_checks_every_call() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::start(1).await?;
+    let admin = cluster.client(0).await?;
+    let ca = ca_of(&cluster);
+    let socket: std::net::SocketAddr = cluster.address(0).parse()?;
+    let trust = starling_transport::ServerTrust::Ca {
+        ca_cert_pem: ca.clone(),
+    };
+    let connect = |identity: Identity| {
+        let trust = trust.clone();
+        async move {
+            let endpoint = starling_transport::Endpoint::new(starling_transport::EndpointConfig {
+                identity,
+                bind: "127.0.0.1:0".parse()?,
+                serve: false,
+            })?;
+            let connection = endpoint.connect(socket, &trust).await?;
+            let calls: starling_transport::Calls<Request, Reply> =
+                connection.open_calls(&Request::Calls, 16).await?;
+            anyhow::Ok((endpoint, calls))
+        }
+    };
+    let members = Request::Operation {
+        operation: Operation::ClusterMembers,
+        caller: Default::default(),
+    };
+    let timeout = Duration::from_secs(10);
+
+    tracing::info!("--- a stranger's calls are each refused");
+    let (_stranger_endpoint, stranger) = connect(self_signed_identity("stranger")?).await?;
+    let before = last_log_index(&cluster).await?;
+    for _ in 0..3 {
+        let error = refusal(stranger.call(&members, timeout).await?).expect("a refusal");
+        assert!(error.to_string().contains("not trusted"), "{error}");
+    }
+    assert_eq!(last_log_index(&cluster).await?, before);
+
+    tracing::info!("--- a trusted client, then removed");
+    let laptop = self_signed_identity("laptop")?;
+    let token = admin
+        .operation(Operation::TrustAdd {
+            name: "laptop".into(),
+        })
+        .await?;
+    let secret = TokenPayload::decode(token["token"].as_str().unwrap_or_default())?.secret;
+    let claim = Request::TrustClaim {
+        name: "laptop".into(),
+        secret,
+    };
+    let reply = raw_request(&cluster.address(0), laptop.clone(), &ca, &claim).await?;
+    assert!(matches!(reply, Reply::Trusted(Ok(_))), "{reply:?}");
+    let (_laptop_endpoint, calls) = connect(laptop.clone()).await?;
+    let reply = calls.call(&members, timeout).await?;
+    assert!(matches!(reply, Reply::Operation(Ok(_))), "{reply:?}");
+    let join = calls.call(&join_request("m9", "secret"), timeout).await?;
+    let error = refusal(join).expect("a refusal");
+    assert!(error.to_string().contains("only operations"), "{error}");
+    admin
+        .operation(Operation::TrustRemove {
+            name: "laptop".into(),
+        })
+        .await?;
+    let error = refusal(calls.call(&members, timeout).await?).expect("a refusal");
+    assert!(error.to_string().contains("revoked"), "{error}");
+    assert!(!calls.is_broken(), "a refusal must not end the stream");
+    Ok(())
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::calls::Calls;
 use crate::frame::{duration_ms, read_frame_untimed, write_frame_untimed};
 use crate::Error;
 
@@ -71,6 +72,28 @@ impl Connection {
         Ok((
             FrameSink { send, remote_addr },
             ResponseStream::new(recv, remote_addr),
+        ))
+    }
+
+    /// Opens a call stream ([`crate::calls`]): `first` is sent as its first frame (the server
+    /// serves the rest with [`crate::serve_calls`]), then [`Calls::call`] sends numbered
+    /// requests, `in_flight_max` at most waiting for answers at once.
+    pub async fn open_calls<Open, Req, Resp>(
+        &self,
+        first: &Open,
+        in_flight_max: usize,
+    ) -> Result<Calls<Req, Resp>, Error>
+    where
+        Open: Serialize,
+        Req: Serialize,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let (sink, answers) = self.open_duplex(first).await?;
+        Ok(Calls::start(
+            sink,
+            answers,
+            self.remote_addr(),
+            in_flight_max,
         ))
     }
 
@@ -182,6 +205,26 @@ impl FrameSink {
         crate::frame::write_frame(&mut self.send, value)
             .await
             .map_err(|e| e.at_peer(self.remote_addr))
+    }
+
+    /// Sends bytes already encoded as whole frames ([`crate::encode_frame`]), within
+    /// [`crate::FRAME_TIMEOUT_MS`].
+    pub(crate) async fn send_encoded(&mut self, frames: &[u8]) -> Result<(), Error> {
+        let timeout_ms = crate::FRAME_TIMEOUT_MS;
+        match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.send.write_all(frames),
+        )
+        .await
+        {
+            Ok(result) => result
+                .map_err(crate::frame::write_error)
+                .map_err(|e| e.at_peer(self.remote_addr)),
+            Err(_) => Err(Error::Timeout {
+                action: format!("writing frames ({})", self.remote_addr),
+                timeout_ms,
+            }),
+        }
     }
 
     /// Abandons the stream: the server's next read fails rather than seeing a clean end.

@@ -142,6 +142,80 @@ pub(crate) async fn read_frame_limited_untimed<T: DeserializeOwned>(
     }
 }
 
+/// Reads frames from a stream that stays open, through a buffer: reading is cancel-safe (a
+/// frame read in part stays buffered for the next call), and one read from QUIC may yield
+/// several frames. The buffer holds one frame in part and one piece read at most.
+#[derive(Debug)]
+pub(crate) struct FrameBuffer {
+    recv: quinn::RecvStream,
+    buffer: Vec<u8>,
+    /// Where the unread bytes start in `buffer`.
+    start: usize,
+    len_max: usize,
+    finished: bool,
+}
+
+impl FrameBuffer {
+    /// Frames of at most `len_max` bytes (and never more than [`FRAME_LEN_MAX`]).
+    pub(crate) fn new(recv: quinn::RecvStream, len_max: usize) -> FrameBuffer {
+        FrameBuffer {
+            recv,
+            buffer: Vec::new(),
+            start: 0,
+            len_max: len_max.min(FRAME_LEN_MAX),
+            finished: false,
+        }
+    }
+
+    /// The next frame, or `None` once the peer finished the stream between frames.
+    pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        loop {
+            let unread = &self.buffer[self.start..];
+            // The bytes the next frame needs in all, as far as they are known.
+            let mut expected = HEADER_LEN;
+            if unread.len() >= HEADER_LEN {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&unread[..HEADER_LEN]);
+                let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+                if len > self.len_max {
+                    return Err(Error::FrameTooLarge {
+                        len,
+                        max: self.len_max,
+                    });
+                }
+                expected = HEADER_LEN + len;
+                if unread.len() >= expected {
+                    let value = decode_payload(&unread[HEADER_LEN..HEADER_LEN + len]);
+                    self.start += HEADER_LEN + len;
+                    if self.start == self.buffer.len() {
+                        self.buffer.clear();
+                        self.start = 0;
+                    }
+                    return value.map(Some);
+                }
+            }
+            if self.finished {
+                return match unread.len() {
+                    0 => Ok(None),
+                    received => Err(Error::TruncatedFrame { expected, received }),
+                };
+            }
+            // Cancel-safe: a chunk is taken from QUIC only when this returns it.
+            match self.recv.read_chunk(READ_CHUNK_LEN_MAX, true).await {
+                Ok(Some(chunk)) => {
+                    if self.start > 0 {
+                        self.buffer.drain(..self.start);
+                        self.start = 0;
+                    }
+                    self.buffer.extend_from_slice(&chunk.bytes);
+                }
+                Ok(None) => self.finished = true,
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+    }
+}
+
 /// Reads the length prefix and the payload bytes of one frame.
 async fn read_payload(
     recv: &mut quinn::RecvStream,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::frame::{write_frame, STREAM_CODE_HANDLER_FAILED};
+use crate::frame::{write_frame, FrameBuffer, STREAM_CODE_HANDLER_FAILED};
 use crate::Error;
 
 /// Who sent a request: the client certificate from the TLS handshake.
@@ -80,17 +80,17 @@ pub struct Responder {
 /// ([`crate::Connection::open_duplex`]), taken with [`Responder::take_requests`].
 #[derive(Debug)]
 pub struct RequestFrames {
-    recv: quinn::RecvStream,
-    len_max: usize,
+    frames: FrameBuffer,
 }
 
 impl RequestFrames {
     /// The next frame, or `None` once the client ended the stream. No time limit: such a
     /// stream may stay quiet for as long as the connection lives (a lost connection ends it).
     /// A frame longer than the peer's request limit is refused from its length prefix. After
-    /// an error the frames must not be read again.
+    /// an error the frames must not be read again. Cancel-safe: a frame read in part when the
+    /// future is dropped is completed by the next call.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
-        crate::frame::read_frame_limited_untimed(&mut self.recv, self.len_max).await
+        self.frames.next().await
     }
 }
 
@@ -112,7 +112,9 @@ impl Responder {
     ) -> Responder {
         Responder {
             send: Some(send),
-            requests: Some(RequestFrames { recv, len_max }),
+            requests: Some(RequestFrames {
+                frames: FrameBuffer::new(recv, len_max),
+            }),
         }
     }
 

@@ -32,9 +32,11 @@
 //! * `handler` — [`Handler`], [`Responder`], [`PeerIdentity`] (server side).
 //! * `server` — the accept loop behind [`Endpoint::serve`].
 //! * `pool` — [`Pool`], reusable connections with back-off.
+//! * `calls` — [`Calls`] and [`serve_calls`]: many numbered requests on one stream kept open.
 
 #![warn(missing_docs)]
 
+pub mod calls;
 pub mod config;
 pub mod connection;
 pub mod endpoint;
@@ -49,6 +51,7 @@ mod verify;
 #[cfg(test)]
 mod testutil;
 
+pub use calls::{serve_calls, Calls};
 pub use config::{IDLE_TIMEOUT_MS, KEEP_ALIVE_MS, STREAMS_PER_CONNECTION_MAX};
 pub use connection::{Connection, FrameSink, ResponseStream};
 pub use endpoint::{Endpoint, EndpointConfig, ServerTrust, CONNECT_TIMEOUT_MS};

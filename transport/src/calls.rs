@@ -1,0 +1,297 @@
+//! Many calls on one stream kept open: the client numbers each request; the server works on
+//! several at once and answers each with its number, in the order the answers are ready.
+//!
+//! A request on a stream of its own costs QUIC a stream's set-up and tear-down on both sides,
+//! and the server a task: measured on loopback, a round trip took 160 µs of CPU that way
+//! against 133 µs as frames on a stream kept open. A client that sends many small requests
+//! ([`crate::Connection::open_calls`]) keeps one such stream; the server serves it with
+//! [`serve_calls`]. Frames that are ready together (requests from several callers, answers
+//! finished together) are written together, so they can share packets.
+//!
+//! Both sides bound what is in flight: the client waits for a free slot before it sends, and
+//! the server reads no further request while its limit of calls is running (the stream's
+//! flow control then holds the client back).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::connection::{FrameSink, ResponseStream};
+use crate::frame::{duration_ms, encode_frame};
+use crate::{Error, Responder};
+
+/// Bytes of ready frames written in one go at most.
+const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
+
+/// A request or an answer with the number of its call.
+#[derive(Serialize, Deserialize)]
+struct Numbered<T> {
+    id: u64,
+    body: T,
+}
+
+/// The client side of a call stream, opened with [`crate::Connection::open_calls`]. Calls may
+/// be made from many tasks at once (`&self`). Dropping it ends the stream once the server has
+/// answered what it holds.
+pub struct Calls<Req, Resp> {
+    shared: Arc<Shared<Resp>>,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    slots: Semaphore,
+    remote_addr: SocketAddr,
+    _request: PhantomData<fn(&Req)>,
+}
+
+struct Shared<Resp> {
+    state: Mutex<State<Resp>>,
+}
+
+struct State<Resp> {
+    next_id: u64,
+    waiting: HashMap<u64, oneshot::Sender<Resp>>,
+    /// Why the stream can carry no more calls, once it cannot.
+    broken: Option<String>,
+}
+
+impl<Resp> Shared<Resp> {
+    fn state(&self) -> MutexGuard<'_, State<Resp>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fails every waiting call and every later one with `reason` (the first reason stays).
+    fn break_with(&self, reason: String) {
+        let mut state = self.state();
+        state.broken.get_or_insert(reason);
+        // Dropping the senders wakes the callers, which then read the reason.
+        state.waiting.clear();
+    }
+}
+
+/// Removes a call's waiter when its caller stops waiting (a time-out, or its future dropped).
+struct Forget<'a, Resp> {
+    shared: &'a Shared<Resp>,
+    id: u64,
+}
+
+impl<Resp> Drop for Forget<'_, Resp> {
+    fn drop(&mut self) {
+        self.shared.state().waiting.remove(&self.id);
+    }
+}
+
+impl<Req, Resp> Calls<Req, Resp>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// Starts the writer and the reader of a stream opened both ways.
+    pub(crate) fn start(
+        sink: FrameSink,
+        answers: ResponseStream,
+        remote_addr: SocketAddr,
+        in_flight_max: usize,
+    ) -> Calls<Req, Resp> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_id: 0,
+                waiting: HashMap::new(),
+                broken: None,
+            }),
+        });
+        let (outgoing, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_requests(sink, queued, shared.clone()));
+        tokio::spawn(read_answers(answers, shared.clone()));
+        Calls {
+            shared,
+            outgoing,
+            slots: Semaphore::new(in_flight_max.max(1)),
+            remote_addr,
+            _request: PhantomData,
+        }
+    }
+
+    /// Sends `request` and waits for its answer; `timeout` bounds the whole call, the wait
+    /// for a free slot included. After a time-out the server may still act on the request.
+    pub async fn call(&self, request: &Req, timeout: Duration) -> Result<Resp, Error> {
+        let exchange = async {
+            // The semaphore is never closed.
+            let _slot = self.slots.acquire().await.map_err(|_| self.lost())?;
+            let frame = {
+                let mut state = self.shared.state();
+                if state.broken.is_some() {
+                    drop(state);
+                    return Err(self.lost());
+                }
+                let id = state.next_id;
+                state.next_id += 1;
+                (id, encode_frame(&Numbered { id, body: request })?)
+            };
+            let (id, bytes) = frame;
+            let (answer, waiter) = oneshot::channel();
+            self.shared.state().waiting.insert(id, answer);
+            let forget = Forget {
+                shared: &self.shared,
+                id,
+            };
+            if self.outgoing.send(bytes).is_err() {
+                return Err(self.lost());
+            }
+            let answer = waiter.await.map_err(|_| self.lost());
+            drop(forget);
+            answer
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                action: format!(
+                    "waiting for an answer on a call stream ({})",
+                    self.remote_addr
+                ),
+                timeout_ms: duration_ms(timeout),
+            }),
+        }
+    }
+
+    /// True once the stream can carry no more calls (the server ended it, or it failed): open
+    /// another.
+    pub fn is_broken(&self) -> bool {
+        self.shared.state().broken.is_some()
+    }
+
+    fn lost(&self) -> Error {
+        let reason = self
+            .shared
+            .state()
+            .broken
+            .clone()
+            .unwrap_or_else(|| "the call stream ended".to_string());
+        Error::ConnectionLost {
+            reason: format!("{}: {reason}", self.remote_addr),
+        }
+    }
+}
+
+/// Writes the queued requests, several at once when several are ready, until every [`Calls`]
+/// handle is gone (then the stream ends cleanly) or a write fails.
+async fn write_requests<Resp>(
+    mut sink: FrameSink,
+    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<Shared<Resp>>,
+) {
+    while let Some(mut batch) = queued.recv().await {
+        while batch.len() < WRITE_BATCH_BYTES_MAX {
+            match queued.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = sink.send_encoded(&batch).await {
+            shared.break_with(format!("sending a call: {error}"));
+            sink.abort();
+            return;
+        }
+    }
+}
+
+/// Hands each answer to its waiting caller until the stream ends.
+async fn read_answers<Resp: DeserializeOwned>(
+    mut answers: ResponseStream,
+    shared: Arc<Shared<Resp>>,
+) {
+    let reason = loop {
+        match answers.next_untimed::<Numbered<Resp>>().await {
+            Ok(Some(Numbered { id, body })) => {
+                let waiter = shared.state().waiting.remove(&id);
+                if let Some(waiter) = waiter {
+                    // A caller that stopped waiting is no error.
+                    let _ = waiter.send(body);
+                }
+            }
+            Ok(None) => break "the server ended the call stream".to_string(),
+            Err(error) => break error.to_string(),
+        }
+    };
+    shared.break_with(reason);
+}
+
+/// Serves a call stream: reads the numbered requests sent after the first frame, runs up to
+/// `in_flight_max` of them at once with `answer`, and sends each answer as soon as it is ready
+/// (those ready together in one write). Returns once the client ended the stream and every
+/// call was answered, or the stream failed (then the rest is abandoned).
+///
+/// The calls run in this task, not in tasks of their own: `answer`'s futures may borrow.
+pub async fn serve_calls<Req, Resp, F, Fut>(
+    responder: &mut Responder,
+    in_flight_max: usize,
+    mut answer: F,
+) where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let Some(mut frames) = responder.take_requests() else {
+        return;
+    };
+    let mut running = FuturesUnordered::new();
+    let mut reading = true;
+    let in_flight_max = in_flight_max.max(1);
+    loop {
+        if !reading && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            // Reading is cancel-safe: a frame read in part stays in the buffer.
+            frame = frames.next::<Numbered<Req>>(), if reading && running.len() < in_flight_max => {
+                match frame {
+                    Ok(Some(Numbered { id, body })) => {
+                        let call = answer(body);
+                        running.push(async move { (id, call.await) });
+                    }
+                    Ok(None) => reading = false,
+                    Err(error) => {
+                        tracing::debug!(%error, "abandoning a call stream: unreadable request");
+                        responder.abort();
+                        return;
+                    }
+                }
+            }
+            Some((id, body)) = running.next(), if !running.is_empty() => {
+                let mut batch = Vec::new();
+                let mut ready = Some((id, body));
+                while let Some((id, body)) = ready.take() {
+                    match encode_frame(&Numbered { id, body }) {
+                        Ok(frame) => batch.extend_from_slice(&frame),
+                        Err(error) => {
+                            // The caller would wait in vain: the stream is given up instead.
+                            tracing::warn!(%error, "abandoning a call stream: unsendable answer");
+                            responder.abort();
+                            return;
+                        }
+                    }
+                    if batch.len() < WRITE_BATCH_BYTES_MAX {
+                        ready = running.next().now_or_never().flatten();
+                    }
+                }
+                if let Err(error) = responder.send_raw(bytes::Bytes::from(batch)).await {
+                    tracing::debug!(%error, "call stream ended: its client went away");
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
