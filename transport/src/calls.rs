@@ -255,7 +255,10 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
             frame = frames.next::<Numbered<Req>>(), if reading && running.len() < in_flight_max => {
                 match frame {
                     Ok(Some(Numbered { id, body })) => {
-                        let call = answer(body);
+                        // Boxed at once: a call's future can be large, and the set would
+                        // copy it several times over as it takes it (a tenth of a busy
+                        // leader's CPU went to that copying, `perf`).
+                        let call = Box::pin(answer(body));
                         running.push(async move { (id, call.await) });
                     }
                     Ok(None) => reading = false,
