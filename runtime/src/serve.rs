@@ -229,9 +229,16 @@ impl Handler for Service {
                     Registered::Member | Registered::Client => CALLS_IN_FLIGHT_MAX,
                     Registered::Revoked | Registered::Unknown => UNTRUSTED_CALLS_IN_FLIGHT_MAX,
                 };
-                starling_transport::serve_calls(&mut responder, in_flight_max, |request| {
-                    self.call(&peer, request)
-                })
+                starling_transport::serve_calls(
+                    &mut responder,
+                    in_flight_max,
+                    |request| self.call(&peer, request),
+                    |error| {
+                        Reply::Refused(Error::Internal(format!(
+                            "the answer could not be sent: {error}"
+                        )))
+                    },
+                )
                 .await;
                 return;
             }

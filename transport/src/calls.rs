@@ -226,14 +226,19 @@ async fn read_answers<Resp: DeserializeOwned>(
 
 /// Serves a call stream: reads the numbered requests sent after the first frame, runs up to
 /// `in_flight_max` of them at once with `answer`, and sends each answer as soon as it is ready
-/// (those ready together in one write). Returns once the client ended the stream and every
-/// call was answered, or the stream failed (then the rest is abandoned).
+/// (those ready together in one write). An answer that cannot be encoded (too large for a
+/// frame) is replaced by `unsendable(error)`.
+///
+/// Returns once the client ended the stream (or it failed) and every call taken has finished:
+/// a call is never cut off half-way because its client went away (as a request on a stream of
+/// its own runs to its end); its answer is then dropped.
 ///
 /// The calls run in this task, not in tasks of their own: `answer`'s futures may borrow.
 pub async fn serve_calls<Req, Resp, F, Fut>(
     responder: &mut Responder,
     in_flight_max: usize,
     mut answer: F,
+    unsendable: impl Fn(Error) -> Resp,
 ) where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -245,6 +250,7 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
     };
     let mut running = FuturesUnordered::new();
     let mut reading = true;
+    let mut answering = true;
     let in_flight_max = in_flight_max.max(1);
     loop {
         if !reading && running.is_empty() {
@@ -263,9 +269,10 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                     }
                     Ok(None) => reading = false,
                     Err(error) => {
-                        tracing::debug!(%error, "abandoning a call stream: unreadable request");
+                        tracing::debug!(%error, "call stream unreadable: finishing the calls taken");
+                        reading = false;
+                        answering = false;
                         responder.abort();
-                        return;
                     }
                 }
             }
@@ -273,22 +280,26 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                 let mut batch = Vec::new();
                 let mut ready = Some((id, body));
                 while let Some((id, body)) = ready.take() {
-                    match encode_frame(&Numbered { id, body }) {
-                        Ok(frame) => batch.extend_from_slice(&frame),
-                        Err(error) => {
-                            // The caller would wait in vain: the stream is given up instead.
-                            tracing::warn!(%error, "abandoning a call stream: unsendable answer");
-                            responder.abort();
-                            return;
+                    if answering {
+                        let frame = encode_frame(&Numbered { id, body }).or_else(|error| {
+                            tracing::warn!(%error, "an answer could not be sent");
+                            encode_frame(&Numbered { id, body: unsendable(error) })
+                        });
+                        match frame {
+                            Ok(frame) => batch.extend_from_slice(&frame),
+                            Err(error) => tracing::warn!(%error, "an answer was dropped"),
                         }
                     }
                     if batch.len() < WRITE_BATCH_BYTES_MAX {
                         ready = running.next().now_or_never().flatten();
                     }
                 }
-                if let Err(error) = responder.send_raw(bytes::Bytes::from(batch)).await {
-                    tracing::debug!(%error, "call stream ended: its client went away");
-                    return;
+                if answering && !batch.is_empty() {
+                    if let Err(error) = responder.send_raw(bytes::Bytes::from(batch)).await {
+                        tracing::debug!(%error, "call stream's client went away: finishing the calls taken");
+                        answering = false;
+                        reading = false;
+                    }
                 }
             }
             else => return,

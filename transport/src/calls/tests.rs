@@ -21,6 +21,7 @@ type Answer = (u64, usize);
 struct CallHandler {
     in_flight_max: usize,
     running: AtomicUsize,
+    finished: AtomicUsize,
     peak: AtomicUsize,
     sessions: AtomicUsize,
 }
@@ -40,8 +41,10 @@ impl Handler for CallHandler {
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 }
                 self.running.fetch_sub(1, Ordering::SeqCst);
+                self.finished.fetch_add(1, Ordering::SeqCst);
                 (number * 2, bytes.len())
             },
+            |_| (0, 0),
         )
         .await;
         self.sessions.fetch_sub(1, Ordering::SeqCst);
@@ -62,6 +65,7 @@ async fn setup(in_flight_max: usize) -> Setup {
     let handler = Arc::new(CallHandler {
         in_flight_max,
         running: AtomicUsize::new(0),
+        finished: AtomicUsize::new(0),
         peak: AtomicUsize::new(0),
         sessions: AtomicUsize::new(0),
     });
@@ -205,4 +209,35 @@ async fn a_lost_connection_fails_waiting_calls() {
     assert!(calls.is_broken());
     let later = calls.call(&(2, 0, Vec::new()), TIMEOUT).await;
     assert!(matches!(later, Err(Error::ConnectionLost { .. })));
+}
+
+/// A client that goes away cuts no call off half-way: what the server took runs to its end,
+/// as a request on a stream of its own does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_outlive_their_client() {
+    let setup = setup(256).await;
+    let calls: Arc<Calls<Call, Answer>> = Arc::new(
+        setup
+            .connection
+            .open_calls(&"calls".to_string(), 64)
+            .await
+            .unwrap(),
+    );
+    for number in 0..3u64 {
+        let calls = calls.clone();
+        tokio::spawn(async move { calls.call(&(number, 300, Vec::new()), TIMEOUT).await });
+    }
+    wait_until("the calls run", || {
+        setup.handler.running.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    setup.connection.close();
+    wait_until("the calls finished", || {
+        setup.handler.finished.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    wait_until("the server's session ended", || {
+        setup.handler.sessions.load(Ordering::SeqCst) == 0
+    })
+    .await;
 }
