@@ -56,7 +56,17 @@ struct Segment {
     end: u64,
     /// The file's preallocated size.
     capacity: u64,
+    /// Up to where this process has written zeros ahead of the records (at least `end`).
+    zeroed: u64,
 }
+
+/// Zeros written ahead of the records at a time. A preallocated block is "unwritten" until a
+/// write reaches it, and the first write into each one changes the file's extent map, which
+/// `fdatasync` then writes as well: a third disk write (after the data and before the flush)
+/// for about every other batch of a busy log (2.52 writes per `fdatasync` for 2 KB batches
+/// against 2.04 once the blocks hold zeros, measured with `/proc/diskstats`). Zeros written
+/// ahead turn that into one extent change per this many bytes.
+const ZERO_AHEAD_BYTES: u64 = 256 * 1024;
 
 /// An entry to append: its index, term and encoded bytes.
 pub(crate) struct Record<'a> {
@@ -222,6 +232,7 @@ impl Segments {
                     file,
                     end,
                     capacity,
+                    zeroed: end,
                 },
             );
         }
@@ -370,11 +381,26 @@ impl Segments {
         Ok(dirty)
     }
 
-    fn write(&self, segment: u64, offset: u64, bytes: &[u8], dirty: &mut Dirty) -> io::Result<()> {
+    fn write(
+        &mut self,
+        segment: u64,
+        offset: u64,
+        bytes: &[u8],
+        dirty: &mut Dirty,
+    ) -> io::Result<()> {
         let segment = self
             .segments
-            .get(&segment)
+            .get_mut(&segment)
             .ok_or_else(|| io::Error::other("segment vanished while written"))?;
+        let written_to = offset + bytes.len() as u64;
+        if written_to > segment.zeroed && written_to < segment.capacity {
+            // Past the records only: what lies there reads as zeros already.
+            let from = segment.zeroed.max(offset);
+            let to = (written_to + ZERO_AHEAD_BYTES).min(segment.capacity);
+            let zeros = vec![0u8; (to - from) as usize];
+            segment.file.write_all_at(&zeros, from)?;
+            segment.zeroed = to;
+        }
         segment.file.write_all_at(bytes, offset)?;
         dirty.file(&segment.file);
         Ok(())
@@ -416,6 +442,7 @@ impl Segments {
                 file: Arc::new(file),
                 end: HEADER_BYTES,
                 capacity,
+                zeroed: HEADER_BYTES,
             },
         );
         Ok(())
@@ -449,6 +476,8 @@ impl Segments {
         if let Some(segment) = self.segments.get_mut(&at.segment) {
             zero_from(&segment.file, at.offset, segment.capacity)?;
             segment.end = at.offset;
+            // Zeroing gives the blocks back as unwritten.
+            segment.zeroed = at.offset;
             dirty.file(&segment.file);
         }
         Ok(dirty)
@@ -699,6 +728,93 @@ mod tests {
             .collect::<Result<_, _>>()?;
         paths.sort();
         paths.pop().ok_or_else(|| io::Error::other("no segment"))
+    }
+
+    /// One extent as the file system's FIEMAP answer gives it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct FiemapExtent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [FiemapExtent; 32],
+    }
+
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+
+    /// The flags of the extents of `file` that overlap `start..start + length`.
+    fn extent_flags(file: &File, start: u64, length: u64) -> io::Result<Vec<u32>> {
+        use std::os::fd::AsRawFd;
+        let mut map = Fiemap {
+            start,
+            length,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: 32,
+            reserved: 0,
+            extents: [FiemapExtent::default(); 32],
+        };
+        // SAFETY: `map` is a FIEMAP request with room for `extent_count` extents, alive for
+        // the call.
+        let result = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(map.extents[..map.mapped_extents as usize]
+            .iter()
+            .map(|extent| extent.flags)
+            .collect())
+    }
+
+    /// Goal: the blocks just past the last record hold zeros already written, so the next
+    /// appends change no extent map (a disk write more in their `fdatasync`).
+    /// Method: append one small record and sync; ask the file system (FIEMAP) for the extents
+    /// of the 128 KiB after the record's block: none may be unwritten (preallocated only).
+    #[test]
+    fn blocks_ahead_of_the_records_hold_written_zeros() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut segments = Segments::open(dir.path(), None, 1 << 30)?;
+        segments
+            .append(&records(1..2, 1, &[7u8; 100]))?
+            .sync(dir.path())?;
+        let file = File::open(segment_path(dir.path())?)?;
+        let flags = match extent_flags(&file, 4096, 128 * 1024) {
+            Ok(flags) => flags,
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                eprintln!("skipped: this file system does not map extents (FIEMAP)");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        assert!(!flags.is_empty(), "no extent mapped after the record");
+        assert!(
+            flags
+                .iter()
+                .all(|flags| flags & FIEMAP_EXTENT_UNWRITTEN == 0),
+            "preallocated blocks left unwritten right after the record: {flags:x?}"
+        );
+        // What lies there reads as zeros, as recovery expects.
+        assert!(rest_is_zero(
+            &file,
+            HEADER_BYTES + record_size(100),
+            256 * 1024
+        )?);
+        Ok(())
     }
 
     /// Goal: what was appended and synced is read back after a reopen, in order.
