@@ -4,7 +4,8 @@
 //! Every request travels on its own bidirectional QUIC stream: the client
 //! writes exactly one request frame and finishes its side, the server
 //! answers with zero or more response frames and finishes. Many requests
-//! share one connection concurrently.
+//! share one connection concurrently. A call stream ([`Calls`]) carries many
+//! small numbered requests on one stream kept open instead.
 //!
 //! Both sides always present a certificate. Servers require a client
 //! certificate and check that the client holds its key, but do not check

@@ -83,6 +83,18 @@ async fn setup(in_flight_max: usize) -> Setup {
     }
 }
 
+impl Setup {
+    /// A call stream on the connection, for calls from several tasks.
+    async fn open(&self) -> Arc<Calls<Call, Answer>> {
+        Arc::new(
+            self.connection
+                .open_calls(&"calls".to_string(), 64)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !done() {
@@ -97,13 +109,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_call_gets_its_own_answer() {
     let setup = setup(256).await;
-    let calls: Arc<Calls<Call, Answer>> = Arc::new(
-        setup
-            .connection
-            .open_calls(&"calls".to_string(), 64)
-            .await
-            .unwrap(),
-    );
+    let calls = setup.open().await;
     let mut tasks = Vec::new();
     for number in 0..200u64 {
         let calls = calls.clone();
@@ -135,13 +141,7 @@ async fn each_call_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_bounds_calls_in_flight() {
     let setup = setup(4).await;
-    let calls: Arc<Calls<Call, Answer>> = Arc::new(
-        setup
-            .connection
-            .open_calls(&"calls".to_string(), 64)
-            .await
-            .unwrap(),
-    );
+    let calls = setup.open().await;
     let tasks: Vec<_> = (0..32u64)
         .map(|number| {
             let calls = calls.clone();
@@ -158,11 +158,7 @@ async fn the_server_bounds_calls_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_times_out_leaves_the_stream_usable() {
     let setup = setup(256).await;
-    let calls: Calls<Call, Answer> = setup
-        .connection
-        .open_calls(&"calls".to_string(), 64)
-        .await
-        .unwrap();
+    let calls = setup.open().await;
     let slow = calls
         .call(&(1, 300, Vec::new()), Duration::from_millis(50))
         .await;
@@ -183,13 +179,7 @@ async fn a_call_that_times_out_leaves_the_stream_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_fails_waiting_calls() {
     let setup = setup(256).await;
-    let calls: Arc<Calls<Call, Answer>> = Arc::new(
-        setup
-            .connection
-            .open_calls(&"calls".to_string(), 64)
-            .await
-            .unwrap(),
-    );
+    let calls = setup.open().await;
     let waiting = {
         let calls = calls.clone();
         tokio::spawn(async move { calls.call(&(1, 3_000, Vec::new()), TIMEOUT).await })
@@ -216,13 +206,7 @@ async fn a_lost_connection_fails_waiting_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_outlive_their_client() {
     let setup = setup(256).await;
-    let calls: Arc<Calls<Call, Answer>> = Arc::new(
-        setup
-            .connection
-            .open_calls(&"calls".to_string(), 64)
-            .await
-            .unwrap(),
-    );
+    let calls = setup.open().await;
     for number in 0..3u64 {
         let calls = calls.clone();
         tokio::spawn(async move { calls.call(&(number, 300, Vec::new()), TIMEOUT).await });
