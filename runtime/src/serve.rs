@@ -107,18 +107,21 @@ impl Service {
         Reply::Operation(result.map(|value| value.to_string()))
     }
 
+    /// Why a request from `peer`, registered as `trust`, is refused before it is looked at: a
+    /// revoked or unknown certificate, or this member unavailable to it.
+    fn refusal(&self, peer: &PeerIdentity, trust: Registered) -> Option<Error> {
+        match trust {
+            Registered::Revoked => Some(crate::trust::revoked()),
+            Registered::Unknown => Some(crate::trust::not_registered(&peer.fingerprint)),
+            Registered::Member | Registered::Client => unavailable_to(&self.member, peer),
+        }
+    }
+
     /// Answers one call of a call stream: an operation, checked as a request of its own.
     async fn call(&self, peer: &PeerIdentity, request: Request) -> Reply {
         // Looked up for every call: a certificate revoked meanwhile is refused from then on.
         let trust = self.trust_of(peer);
-        match trust {
-            Registered::Revoked => return Reply::Refused(crate::trust::revoked()),
-            Registered::Unknown => {
-                return Reply::Refused(crate::trust::not_registered(&peer.fingerprint))
-            }
-            Registered::Member | Registered::Client => {}
-        }
-        if let Some(error) = unavailable_to(&self.member, peer) {
+        if let Some(error) = self.refusal(peer, trust) {
             return Reply::Refused(error);
         }
         match request {
@@ -221,9 +224,22 @@ impl Handler for Service {
 
     async fn handle(&self, peer: PeerIdentity, request: Request, mut responder: Responder) {
         let trust = self.trust_of(&peer);
-        let mut unavailable = unavailable_to(&self.member, &peer);
-        let reply = match (request, trust) {
+        let refusal = match &request {
             // Anyone may open one: each call on it is checked as a request of its own.
+            Request::Calls => None,
+            // Claims are what an unknown certificate may send, even to a member out of service.
+            Request::Join(_) | Request::TrustClaim { .. } => {
+                (trust == Registered::Revoked).then(crate::trust::revoked)
+            }
+            // A member whose database cannot write answers nothing as healthy: the leader
+            // marks it offline and a stand-by takes its place.
+            _ => self.refusal(&peer, trust),
+        };
+        if let Some(error) = refusal {
+            send_reply(&mut responder, &Reply::Refused(error)).await;
+            return;
+        }
+        let reply = match (request, trust) {
             (Request::Calls, trust) => {
                 let in_flight_max = match trust {
                     Registered::Member | Registered::Client => CALLS_IN_FLIGHT_MAX,
@@ -242,7 +258,6 @@ impl Handler for Service {
                 .await;
                 return;
             }
-            (_, Registered::Revoked) => Reply::Refused(crate::trust::revoked()),
             (Request::Join(join), _) => {
                 let result = Box::pin(self.claim(&peer, Operation::Join(join))).await;
                 Reply::Joined(result.and_then(from_json))
@@ -256,16 +271,6 @@ impl Handler for Service {
                 let result = Box::pin(self.claim(&peer, operation)).await;
                 Reply::Trusted(result.and_then(from_json))
             }
-            (_, Registered::Unknown) => {
-                Reply::Refused(crate::trust::not_registered(&peer.fingerprint))
-            }
-            // A member whose database cannot write answers nothing as healthy: the leader marks
-            // it offline and a stand-by takes its place.
-            (_, _) if unavailable.is_some() => Reply::Refused(
-                unavailable
-                    .take()
-                    .unwrap_or_else(|| Error::Internal("refused without a reason".to_string())),
-            ),
             (Request::Operation { operation, caller }, trust) => {
                 self.operation(&peer, trust, operation, caller).await
             }
@@ -361,9 +366,10 @@ impl Handler for Service {
                     .serve_monitor(&types, &peer.fingerprint, &mut responder)
                     .await
             }
-            (_, Registered::Client) => Reply::Refused(Error::NotAuthorized(
-                "only cluster members may send this request".to_string(),
-            )),
+            // A client (the others were refused above).
+            (_, Registered::Client | Registered::Revoked | Registered::Unknown) => Reply::Refused(
+                Error::NotAuthorized("only cluster members may send this request".to_string()),
+            ),
             (Request::Raft(RaftRequest::AppendStream), Registered::Member) => {
                 Box::pin(crate::replication::serve(
                     &self.member,
@@ -440,8 +446,12 @@ impl Handler for Service {
                 Reply::MemberState(crate::sysinfo::local_state(&self.member.name()).to_string())
             }
         };
-        if let Err(error) = responder.send(&reply).await {
-            tracing::debug!(%error, "could not send a reply");
-        }
+        send_reply(&mut responder, &reply).await;
+    }
+}
+
+async fn send_reply(responder: &mut Responder, reply: &Reply) {
+    if let Err(error) = responder.send(reply).await {
+        tracing::debug!(%error, "could not send a reply");
     }
 }

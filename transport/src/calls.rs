@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ struct Numbered<T> {
 pub struct Calls<Req, Resp> {
     shared: Arc<Shared<Resp>>,
     outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    /// The number the next call gets.
+    next_id: AtomicU64,
     slots: Semaphore,
     remote_addr: SocketAddr,
     _request: PhantomData<fn(&Req)>,
@@ -55,7 +58,6 @@ struct Shared<Resp> {
 }
 
 struct State<Resp> {
-    next_id: u64,
     waiting: HashMap<u64, oneshot::Sender<Resp>>,
     /// Why the stream can carry no more calls, once it cannot.
     broken: Option<String>,
@@ -103,7 +105,6 @@ where
     ) -> Calls<Req, Resp> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                next_id: 0,
                 waiting: HashMap::new(),
                 broken: None,
             }),
@@ -114,6 +115,7 @@ where
         Calls {
             shared,
             outgoing,
+            next_id: AtomicU64::new(0),
             slots: Semaphore::new(in_flight_max.max(1)),
             remote_addr,
             _request: PhantomData,
@@ -126,19 +128,17 @@ where
         let exchange = async {
             // The semaphore is never closed.
             let _slot = self.slots.acquire().await.map_err(|_| self.lost())?;
-            let frame = {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let bytes = encode_frame(&Numbered { id, body: request })?;
+            let (answer, waiter) = oneshot::channel();
+            {
                 let mut state = self.shared.state();
                 if state.broken.is_some() {
                     drop(state);
                     return Err(self.lost());
                 }
-                let id = state.next_id;
-                state.next_id += 1;
-                (id, encode_frame(&Numbered { id, body: request })?)
-            };
-            let (id, bytes) = frame;
-            let (answer, waiter) = oneshot::channel();
-            self.shared.state().waiting.insert(id, answer);
+                state.waiting.insert(id, answer);
+            }
             let forget = Forget {
                 shared: &self.shared,
                 id,
@@ -281,14 +281,7 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                 let mut ready = Some((id, body));
                 while let Some((id, body)) = ready.take() {
                     if answering {
-                        let frame = encode_frame(&Numbered { id, body }).or_else(|error| {
-                            tracing::warn!(%error, "an answer could not be sent");
-                            encode_frame(&Numbered { id, body: unsendable(error) })
-                        });
-                        match frame {
-                            Ok(frame) => batch.extend_from_slice(&frame),
-                            Err(error) => tracing::warn!(%error, "an answer was dropped"),
-                        }
+                        append_answer(&mut batch, id, body, &unsendable);
                     }
                     if batch.len() < WRITE_BATCH_BYTES_MAX {
                         ready = running.next().now_or_never().flatten();
@@ -304,6 +297,26 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
             }
             else => return,
         }
+    }
+}
+
+/// Appends the frame of call `id`'s answer to `batch`, or of `unsendable`'s stand-in for it.
+fn append_answer<Resp: Serialize>(
+    batch: &mut Vec<u8>,
+    id: u64,
+    body: Resp,
+    unsendable: impl Fn(Error) -> Resp,
+) {
+    let frame = encode_frame(&Numbered { id, body }).or_else(|error| {
+        tracing::warn!(%error, "an answer could not be sent");
+        encode_frame(&Numbered {
+            id,
+            body: unsendable(error),
+        })
+    });
+    match frame {
+        Ok(frame) => batch.extend_from_slice(&frame),
+        Err(error) => tracing::warn!(%error, "an answer was dropped"),
     }
 }
 

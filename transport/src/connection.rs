@@ -210,21 +210,15 @@ impl FrameSink {
     /// Sends bytes already encoded as whole frames ([`crate::encode_frame`]), within
     /// [`crate::FRAME_TIMEOUT_MS`].
     pub(crate) async fn send_encoded(&mut self, frames: &[u8]) -> Result<(), Error> {
-        let timeout_ms = crate::FRAME_TIMEOUT_MS;
-        match tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            self.send.write_all(frames),
-        )
-        .await
-        {
-            Ok(result) => result
-                .map_err(crate::frame::write_error)
-                .map_err(|e| e.at_peer(self.remote_addr)),
-            Err(_) => Err(Error::Timeout {
-                action: format!("writing frames ({})", self.remote_addr),
-                timeout_ms,
-            }),
-        }
+        let remote_addr = self.remote_addr;
+        let write = async {
+            self.send
+                .write_all(frames)
+                .await
+                .map_err(|e| crate::frame::write_error(e).at_peer(remote_addr))
+        };
+        crate::frame::within_frame_timeout(write, || format!("writing frames ({remote_addr})"))
+            .await
     }
 
     /// Abandons the stream: the server's next read fails rather than seeing a clean end.

@@ -35,16 +35,22 @@ pub async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     value: &T,
 ) -> Result<(), Error> {
-    let timeout_ms = FRAME_TIMEOUT_MS;
-    match tokio::time::timeout(
-        Duration::from_millis(timeout_ms),
-        write_frame_untimed(send, value),
-    )
+    within_frame_timeout(write_frame_untimed(send, value), || {
+        "writing a frame".into()
+    })
     .await
-    {
+}
+
+/// `work` within [`FRAME_TIMEOUT_MS`]; `action` names it in the time-out's error.
+pub(crate) async fn within_frame_timeout<T>(
+    work: impl std::future::Future<Output = Result<T, Error>>,
+    action: impl FnOnce() -> String,
+) -> Result<T, Error> {
+    let timeout_ms = FRAME_TIMEOUT_MS;
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout {
-            action: "writing a frame".into(),
+            action: action(),
             timeout_ms,
         }),
     }
@@ -176,13 +182,7 @@ impl FrameBuffer {
             if unread.len() >= HEADER_LEN {
                 let mut header = [0u8; HEADER_LEN];
                 header.copy_from_slice(&unread[..HEADER_LEN]);
-                let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-                if len > self.len_max {
-                    return Err(Error::FrameTooLarge {
-                        len,
-                        max: self.len_max,
-                    });
-                }
+                let len = frame_len(header, self.len_max)?;
                 expected = HEADER_LEN + len;
                 if unread.len() >= expected {
                     let value = decode_payload(&unread[HEADER_LEN..HEADER_LEN + len]);
@@ -216,6 +216,16 @@ impl FrameBuffer {
     }
 }
 
+/// The payload length a frame's prefix announces, refused over `len_max` before anything of
+/// the payload is read.
+fn frame_len(header: [u8; HEADER_LEN], len_max: usize) -> Result<usize, Error> {
+    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if len > len_max {
+        return Err(Error::FrameTooLarge { len, max: len_max });
+    }
+    Ok(len)
+}
+
 /// Reads the length prefix and the payload bytes of one frame.
 async fn read_payload(
     recv: &mut quinn::RecvStream,
@@ -233,10 +243,7 @@ async fn read_payload(
         }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
-    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-    if len > len_max {
-        return Err(Error::FrameTooLarge { len, max: len_max });
-    }
+    let len = frame_len(header, len_max)?;
     let mut payload = Vec::with_capacity(len.min(READ_CHUNK_LEN_MAX));
     while payload.len() < len {
         let want = (len - payload.len()).min(READ_CHUNK_LEN_MAX);

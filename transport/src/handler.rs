@@ -145,19 +145,12 @@ impl Responder {
                 reason: "the response stream is already finished".into(),
             });
         };
-        let timeout_ms = crate::FRAME_TIMEOUT_MS;
-        match tokio::time::timeout(
-            std::time::Duration::from_millis(timeout_ms),
-            send.write_chunk(bytes),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(crate::frame::write_error),
-            Err(_) => Err(Error::Timeout {
-                action: "writing raw bytes".into(),
-                timeout_ms,
-            }),
-        }
+        let write = async {
+            send.write_chunk(bytes)
+                .await
+                .map_err(crate::frame::write_error)
+        };
+        crate::frame::within_frame_timeout(write, || "writing raw bytes".into()).await
     }
 
     /// Abandons the response: the client's next read fails (rather than seeing a clean end),
