@@ -239,17 +239,27 @@ pub enum ExclusionReason {
 impl ExclusionReason {
     /// The reason a member with this status is left out; `None` for `Online`.
     pub fn for_status(status: &str) -> Option<ExclusionReason> {
-        let reason = match status.to_ascii_lowercase().as_str() {
-            "online" => return None,
-            "offline" => ExclusionReason::Offline,
-            "evacuated" => ExclusionReason::Evacuated,
-            "pending" => ExclusionReason::Pending,
-            "blocked" => ExclusionReason::Blocked,
-            _ => ExclusionReason::Status {
-                status: status.to_string(),
-            },
-        };
-        Some(reason)
+        // Compared without a lowercase copy: this runs for every candidate of every decision.
+        if status.eq_ignore_ascii_case("online") {
+            return None;
+        }
+        let known = [
+            ("offline", ExclusionReason::Offline),
+            ("evacuated", ExclusionReason::Evacuated),
+            ("pending", ExclusionReason::Pending),
+            ("blocked", ExclusionReason::Blocked),
+        ];
+        Some(
+            known
+                .into_iter()
+                .find(|(name, _)| status.eq_ignore_ascii_case(name))
+                .map_or_else(
+                    || ExclusionReason::Status {
+                        status: status.to_string(),
+                    },
+                    |(_, reason)| reason,
+                ),
+        )
     }
 }
 

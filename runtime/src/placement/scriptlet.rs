@@ -55,6 +55,10 @@ pub const PARAMETERS: [&str; 2] = ["request", "candidate_members"];
 /// The name `x * y` is rewritten to, so that repetition is checked against the memory bound.
 const MULTIPLY: &str = "_starling_multiply";
 
+/// The name `x + y` is rewritten to, so that joining sequences is checked against the memory
+/// bound.
+const ADD: &str = "_starling_add";
+
 /// The name `x % y` is rewritten to, so that formatting is checked against the memory bound.
 const PERCENT: &str = "_starling_percent";
 
@@ -298,6 +302,7 @@ impl Scriptlet {
             parse(guarded)?
         };
         ast.replace_binary_operators(&HashMap::from([
+            ("+".to_string(), ADD.to_string()),
             ("*".to_string(), MULTIPLY.to_string()),
             ("%".to_string(), PERCENT.to_string()),
         ]));

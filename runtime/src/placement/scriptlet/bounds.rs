@@ -217,6 +217,13 @@ fn repetition_item_bytes(sequence: Value) -> Option<usize> {
     }
 }
 
+/// The bytes `a + b` builds when both are strings, lists or tuples (counted as
+/// [`repetition_item_bytes`] counts them); `None` for anything else (numbers, dicts: no larger
+/// than their operands, or refused).
+pub(crate) fn sum_size(a: Value, b: Value) -> Option<usize> {
+    repetition_item_bytes(a)?.checked_add(repetition_item_bytes(b)?)
+}
+
 /// The bytes of `value`'s text (`repr`, an upper bound for `str`), or `None` once it passes
 /// `limit`. Lists, tuples and dicts are walked, so a list holding one big list many times is
 /// measured at its real text size without building it; the walk stops at the limit.

@@ -14,7 +14,7 @@ use starlark::values::tuple::UnpackTuple;
 use starlark::values::{ProvidesStaticType, Value};
 
 use super::super::{MemberView, PlacementRequest};
-use super::bounds::{text_size, Guard};
+use super::bounds::{sum_size, text_size, Guard};
 use super::values::{json_value, members_value, resources_value, GuardedRange, JsonObject};
 use super::{instance_resources, LogLevel, LogLine, ScriptletError, ScriptletHost};
 
@@ -423,6 +423,23 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
             }
         }
         call_method(this, "format", &args.items, &kwargs, eval)
+    }
+
+    /// `a + b`, rewritten so: two strings, lists or tuples are joined only when the result
+    /// fits in what is left of the memory bound (`s + s + s + ...` in one statement would
+    /// otherwise build every partial sum before the next statement's check).
+    fn _starling_add<'v>(
+        #[starlark(require = pos)] a: Value<'v>,
+        #[starlark(require = pos)] b: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        let heap = eval.heap();
+        if let Some(size) = sum_size(a, b) {
+            context(eval)?
+                .guard
+                .output_fits(Some(size), heap.allocated_bytes())?;
+        }
+        a.add(b, heap)
     }
 
     /// `a % b`, rewritten so: each `%` of a format string may repeat `b`'s text.

@@ -6,13 +6,15 @@
 //! - calls of `str(...)`, `repr(...)` and `fail(...)` become `_starling_str(...)` and so on,
 //!   which measure the value's text first (a list that holds one big list many times is small
 //!   on the heap and huge as text);
-//! - `%` is replaced like `*` (`replace_binary_operators`).
+//! - `%` and `+` are replaced like `*` (`replace_binary_operators`);
+//! - a product of integer literals written on one line (`8 * 1024 * 1024 * 1024`) becomes its
+//!   value, so that it is not a checked call each time it runs (it cannot grow with the data).
 //!
 //! Such a method taken without calling it (`f = s.join`) is refused at compile time: it could
 //! not be checked. The rewriting is textual, on the spans of the parsed source, and keeps every
 //! newline, so errors keep the lines of the source as written.
 
-use starlark::syntax::ast::{AstExpr, ExprP};
+use starlark::syntax::ast::{AstExpr, AstLiteral, BinOp, ExprP};
 use starlark::syntax::AstModule;
 
 use super::ScriptletError;
@@ -49,18 +51,26 @@ enum Edit {
         end: usize,
         wrapper: &'static str,
     },
+    /// A product of integer literals at `begin..end` → its value.
+    Fold {
+        begin: usize,
+        end: usize,
+        value: i64,
+    },
 }
 
 impl Edit {
     fn begin(&self) -> usize {
         match self {
-            Edit::Method { begin, .. } | Edit::Rename { begin, .. } => *begin,
+            Edit::Method { begin, .. } | Edit::Rename { begin, .. } | Edit::Fold { begin, .. } => {
+                *begin
+            }
         }
     }
 
     fn end(&self) -> usize {
         match self {
-            Edit::Method { end, .. } | Edit::Rename { end, .. } => *end,
+            Edit::Method { end, .. } | Edit::Rename { end, .. } | Edit::Fold { end, .. } => *end,
         }
     }
 }
@@ -168,8 +178,48 @@ fn collect(
                 });
             }
         }
+        ExprP::Op(_, BinOp::Multiply, _) => match fold(source, expr) {
+            Some(edit) => edits.push(edit),
+            None => expr
+                .node
+                .visit_expr(|child| collect(ast, source, child, false, edits, problem)),
+        },
         node => node.visit_expr(|child| collect(ast, source, child, false, edits, problem)),
     }
+}
+
+/// Whether `expr` is integer literals multiplied together.
+fn literal_product(expr: &AstExpr) -> bool {
+    match &expr.node {
+        ExprP::Literal(AstLiteral::Int(_)) => true,
+        ExprP::Op(left, BinOp::Multiply, right) => literal_product(left) && literal_product(right),
+        _ => false,
+    }
+}
+
+/// The product of integer literals `expr` as its value, when it is written with decimal
+/// digits, spaces and `*` only (no brackets, line breaks or comments: the value replaces the
+/// text exactly) and fits in 64 bits; `None` leaves it to the checked call.
+fn fold(source: &str, expr: &AstExpr) -> Option<Edit> {
+    if !literal_product(expr) {
+        return None;
+    }
+    let (begin, end) = (
+        expr.span.begin().get() as usize,
+        expr.span.end().get() as usize,
+    );
+    let text = source.get(begin..end)?;
+    if !text
+        .bytes()
+        .all(|byte| byte.is_ascii_digit() || matches!(byte, b'*' | b' ' | b'\t'))
+    {
+        return None;
+    }
+    let mut value: i64 = 1;
+    for factor in text.split('*') {
+        value = value.checked_mul(factor.trim().parse::<i64>().ok()?)?;
+    }
+    Some(Edit::Fold { begin, end, value })
 }
 
 fn note(ast: &AstModule, expr: &AstExpr, problem: &mut Option<ScriptletError>, message: &str) {
@@ -298,6 +348,10 @@ fn emit(
                 out.push_str(wrapper);
                 position = end;
             }
+            Edit::Fold { end, value, .. } => {
+                out.push_str(&value.to_string());
+                position = end;
+            }
             Edit::Method {
                 begin,
                 object_end,
@@ -363,6 +417,24 @@ mod tests {
     }
 
     /// Goal: a checked method taken without being called is refused with its line.
+    #[test]
+    fn products_of_literals_become_their_value() {
+        assert_eq!(
+            rewrite("x = 8 * 1024 * 1024 * 1024\n").unwrap(),
+            "x = 8589934592\n"
+        );
+        // Each product of literals alone; the rest stays for the checked call.
+        assert_eq!(
+            rewrite("x = (2 * 3) * y + 4 *\\\n 5\n").unwrap(),
+            "x = (6) * y + 4 *\\\n 5\n"
+        );
+        // Past 64 bits, or written otherwise than in decimal: left as written.
+        assert_eq!(
+            rewrite("x = 4294967296 * 4294967296 * 2\ny = 0x10 * 2\n").unwrap(),
+            "x = 4294967296 * 4294967296 * 2\ny = 0x10 * 2\n"
+        );
+    }
+
     #[test]
     fn a_method_not_called_is_refused() {
         let error = rewrite("a = 1\nj = ','.join\n").unwrap_err();

@@ -654,3 +654,38 @@ fn kept_candidates_follow_the_members() {
     members[0].config.insert("user.tier".into(), "slow".into());
     assert_eq!(run(&members).as_deref(), None);
 }
+
+/// This process's peak resident memory, in KiB.
+fn peak_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Goal: additions in one statement are refused before they are built. Sixteen 30 MB strings
+/// added in one statement build 4 GB of partial sums, which the check before the next
+/// statement came too late for: each `+` of strings, lists or tuples is checked first.
+#[test]
+fn a_chain_of_additions_stops_at_the_memory_bound() {
+    let terms = vec!["s"; 16].join(" + ");
+    let before = peak_kib();
+    assert_eq!(
+        run_with(
+            &body(&format!("s = \"x\" * 30000000\nt = {terms}")),
+            &generous_time()
+        )
+        .unwrap_err(),
+        memory_limit()
+    );
+    let risen_mib = (peak_kib() - before) / 1024;
+    assert!(risen_mib < 1024, "the peak rose by {risen_mib} MiB");
+    // Numbers, lists and strings that fit still add up.
+    let outcome = run(&body(
+        "n = 1 + 2\nl = [1] + [2]\nt = (1,) + (2,)\nlog_info(n, l, t, \"a\" + \"b\", 8 * 1024 * 1024 * 1024)",
+    ))
+    .unwrap();
+    assert_eq!(outcome.log[0].text, "3 [1, 2] (1, 2) ab 8589934592");
+}
