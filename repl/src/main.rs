@@ -16,8 +16,10 @@
 
 /// mimalloc instead of glibc's allocator: a member's write path allocates and frees many small
 /// buffers across threads, where glibc's spent 10 % of the leader's CPU at 64 writers (`perf`).
+/// Counted per thread: placement scriptlets are bounded by what their thread allocates.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: starling_runtime::counting_alloc::Counting<mimalloc::MiMalloc> =
+    starling_runtime::counting_alloc::Counting(mimalloc::MiMalloc);
 
 mod bench;
 mod bench_evacuation;

@@ -27,9 +27,17 @@
 //! Start at [`Member::start`] for the daemon and [`Client`] for everything that talks to one.
 #![warn(missing_docs)]
 
+/// The unit tests count their threads' allocations as the binary does (the scriptlet bounds
+/// read the count).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: counting_alloc::Counting<std::alloc::System> =
+    counting_alloc::Counting(std::alloc::System);
+
 pub mod automation;
 pub mod client;
 pub mod cluster;
+pub mod counting_alloc;
 pub mod datadir;
 mod error;
 pub mod evacuation;

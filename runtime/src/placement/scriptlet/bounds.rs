@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use starlark::codemap::FileSpanRef;
 use starlark::eval::{BeforeStmtFunc, BeforeStmtFuncDyn, Evaluator};
-use starlark::values::Value;
+use starlark::values::{Heap, Value};
 
 use super::ScriptletError;
 
@@ -67,6 +67,9 @@ const STATEMENTS_PER_CLOCK: u32 = 16;
 /// it went over.
 pub(crate) struct Guard {
     started: Instant,
+    /// This thread's net allocated bytes when the evaluation started
+    /// ([`crate::counting_alloc`]).
+    allocated_at_start: i64,
     time: Duration,
     memory_bytes: usize,
     /// Names of the scriptlet's `def`s: one of them twice on the call stack is recursion.
@@ -85,6 +88,7 @@ impl Guard {
     ) -> Self {
         Guard {
             started: Instant::now(),
+            allocated_at_start: crate::counting_alloc::thread_net_bytes(),
             time,
             memory_bytes,
             functions,
@@ -92,6 +96,17 @@ impl Guard {
             tripped: Cell::new(false),
             depth: Cell::new(0),
         }
+    }
+
+    /// The bytes the evaluation holds: what this thread allocated since it started and did not
+    /// free (the Starlark heap's arena, and what lives on the Rust heap: big integers, dict
+    /// tables), less the arena's room not yet filled; never less than the arena's filled
+    /// bytes (all there is to count where the counting allocator is not installed).
+    pub(crate) fn used(&self, heap: Heap) -> usize {
+        let net = crate::counting_alloc::thread_net_bytes() - self.allocated_at_start;
+        let net = usize::try_from(net).unwrap_or(0);
+        heap.allocated_bytes()
+            .max(net.saturating_sub(heap.available_bytes()))
     }
 
     /// The first bound exceeded, if any.
@@ -117,7 +132,7 @@ impl Guard {
     }
 
     /// The range steps and the heap (cheap: before every statement).
-    fn check_heap(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
+    pub(crate) fn check_heap(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
         if self.tripped.get() {
             if let Some(exceeded) = self.exceeded() {
                 return Err(starlark::Error::new_other(exceeded.into_error()));
@@ -280,7 +295,7 @@ pub(crate) fn install<'v, 'a, 'e: 'a>(eval: &mut Evaluator<'v, 'a, 'e>, guard: &
     let heap = eval.heap();
     let for_ticks = Rc::clone(guard);
     eval.set_check_cancelled(Box::new(move || {
-        for_ticks.check(heap.allocated_bytes()).is_err()
+        for_ticks.check(for_ticks.used(heap)).is_err()
     }));
     eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(StatementCheck {
         guard: Rc::clone(guard),
@@ -301,7 +316,7 @@ impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
         _continued: bool,
         eval: &mut Evaluator<'v, '_, 'e>,
     ) -> starlark::Result<()> {
-        self.guard.check_heap(eval.heap().allocated_bytes())?;
+        self.guard.check_heap(self.guard.used(eval.heap()))?;
         self.statements = self.statements.wrapping_add(1);
         if self.statements.is_multiple_of(STATEMENTS_PER_CLOCK) {
             self.guard.check_clock()?;

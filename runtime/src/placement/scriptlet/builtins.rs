@@ -146,12 +146,14 @@ fn guard<'a>(eval: &Evaluator<'_, 'a, '_>) -> Result<&'a Guard, starlark::Error>
 
 /// Fails unless a result of `bytes` (`None`: past what is left) fits in the memory bound.
 fn fits(eval: &Evaluator, bytes: Option<usize>) -> starlark::Result<()> {
-    guard(eval)?.output_fits(bytes, eval.heap().allocated_bytes())
+    let guard = guard(eval)?;
+    guard.output_fits(bytes, guard.used(eval.heap()))
 }
 
 /// What is left of the memory bound.
 fn left(eval: &Evaluator) -> starlark::Result<usize> {
-    Ok(guard(eval)?.bytes_left(eval.heap().allocated_bytes()))
+    let guard = guard(eval)?;
+    Ok(guard.bytes_left(guard.used(eval.heap())))
 }
 
 /// The size of `separator.join(items)` for a list or tuple of strings (`None` past `limit`);
@@ -348,9 +350,8 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
             _ => None,
         };
         if let Some((sequence, count)) = repetition {
-            context(eval)?
-                .guard
-                .repetition_fits(sequence, count, heap.allocated_bytes())?;
+            let guard = &context(eval)?.guard;
+            guard.repetition_fits(sequence, count, guard.used(heap))?;
         }
         a.mul(b, heap)
     }
@@ -425,6 +426,17 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
         call_method(this, "format", &args.items, &kwargs, eval)
     }
 
+    /// A copying call or a slice, wrapped so (see `rewrite::CHECKED`): the heap is checked
+    /// once the value is built, before anything else in the statement runs.
+    fn _starling_checked<'v>(
+        #[starlark(require = pos)] value: Value<'v>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<Value<'v>> {
+        let guard = &context(eval)?.guard;
+        guard.check_heap(guard.used(eval.heap()))?;
+        Ok(value)
+    }
+
     /// `a + b`, rewritten so: two strings, lists or tuples are joined only when the result
     /// fits in what is left of the memory bound (`s + s + s + ...` in one statement would
     /// otherwise build every partial sum before the next statement's check).
@@ -435,9 +447,8 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
     ) -> starlark::Result<Value<'v>> {
         let heap = eval.heap();
         if let Some(size) = sum_size(a, b) {
-            context(eval)?
-                .guard
-                .output_fits(Some(size), heap.allocated_bytes())?;
+            let guard = &context(eval)?.guard;
+            guard.output_fits(Some(size), guard.used(heap))?;
         }
         a.add(b, heap)
     }

@@ -33,6 +33,11 @@ pub(crate) const FUNCTIONS: [(&str, &str); 3] = [
     ("fail", "_starling_fail"),
 ];
 
+/// The built-in a slice is wrapped in: it checks the heap once the slice is built and
+/// returns it. A call needs no wrapping: the statement check runs again when a call returns
+/// into the statement. A slice is no call, and a statement can hold many.
+pub(crate) const CHECKED: &str = "_starling_checked";
+
 /// One rewrite, as byte offsets in the source.
 #[derive(Debug)]
 enum Edit {
@@ -57,20 +62,26 @@ enum Edit {
         end: usize,
         value: i64,
     },
+    /// `EXPR` at `begin..end` → `_starling_checked(EXPR)`.
+    Wrap { begin: usize, end: usize },
 }
 
 impl Edit {
     fn begin(&self) -> usize {
         match self {
-            Edit::Method { begin, .. } | Edit::Rename { begin, .. } | Edit::Fold { begin, .. } => {
-                *begin
-            }
+            Edit::Method { begin, .. }
+            | Edit::Rename { begin, .. }
+            | Edit::Fold { begin, .. }
+            | Edit::Wrap { begin, .. } => *begin,
         }
     }
 
     fn end(&self) -> usize {
         match self {
-            Edit::Method { end, .. } | Edit::Rename { end, .. } | Edit::Fold { end, .. } => *end,
+            Edit::Method { end, .. }
+            | Edit::Rename { end, .. }
+            | Edit::Fold { end, .. }
+            | Edit::Wrap { end, .. } => *end,
         }
     }
 }
@@ -166,6 +177,11 @@ fn collect(
             }
             collect(ast, source, object, false, edits, problem);
         }
+        ExprP::Slice(..) => {
+            wrap(ast, source, expr, edits, problem);
+            expr.node
+                .visit_expr(|child| collect(ast, source, child, false, edits, problem));
+        }
         ExprP::Identifier(identifier) if callee => {
             if let Some((_, wrapper)) = FUNCTIONS
                 .iter()
@@ -185,6 +201,22 @@ fn collect(
                 .visit_expr(|child| collect(ast, source, child, false, edits, problem)),
         },
         node => node.visit_expr(|child| collect(ast, source, child, false, edits, problem)),
+    }
+}
+
+/// Wraps `expr` (a slice) in [`CHECKED`], its text taking in the brackets that open
+/// before its span (`(a + b)[1:]`).
+fn wrap(
+    ast: &AstModule,
+    source: &str,
+    expr: &AstExpr,
+    edits: &mut Vec<Edit>,
+    problem: &mut Option<ScriptletError>,
+) {
+    let end = expr.span.end().get() as usize;
+    match object_text_begin(source, expr.span.begin().get() as usize, end) {
+        Some(begin) => edits.push(Edit::Wrap { begin, end }),
+        None => note(ast, expr, problem, "this expression cannot be checked"),
     }
 }
 
@@ -352,6 +384,13 @@ fn emit(
                 out.push_str(&value.to_string());
                 position = end;
             }
+            Edit::Wrap { begin, end } => {
+                out.push_str(CHECKED);
+                out.push('(');
+                emit(source, begin, end, edits, next, out)?;
+                out.push(')');
+                position = end;
+            }
             Edit::Method {
                 begin,
                 object_end,
@@ -412,11 +451,24 @@ mod tests {
             rewrite("v = ( ( a ) ).join(b)\n").unwrap(),
             "v = _starling_join(( ( a ) ), b)\n"
         );
-        let untouched = "def f(x):\n    return x.upper() + str\n";
+        let untouched = "def f(x):\n    return x.upper() - len(x) - x[1] - g(x)\n";
         assert_eq!(rewrite(untouched).unwrap(), untouched);
     }
 
-    /// Goal: a checked method taken without being called is refused with its line.
+    /// Goal: slices are followed by a heap check, however they are bracketed or nested;
+    /// lines are kept.
+    #[test]
+    fn slices_are_wrapped() {
+        assert_eq!(
+            rewrite("x = [s[1:], (a + b)[:2].upper(), f(\n  l[::2])]\n").unwrap(),
+            "x = [_starling_checked(s[1:]), _starling_checked((a + b)[:2]).upper(), f(\n  _starling_checked(l[::2]))]\n"
+        );
+        assert_eq!(
+            rewrite("z = [t[1:][2:] for t in l]\n").unwrap(),
+            "z = [_starling_checked(_starling_checked(t[1:])[2:]) for t in l]\n"
+        );
+    }
+
     #[test]
     fn products_of_literals_become_their_value() {
         assert_eq!(
@@ -435,6 +487,7 @@ mod tests {
         );
     }
 
+    /// Goal: a checked method taken without being called is refused with its line.
     #[test]
     fn a_method_not_called_is_refused() {
         let error = rewrite("a = 1\nj = ','.join\n").unwrap_err();
