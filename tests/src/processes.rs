@@ -193,6 +193,29 @@ impl ProcessCluster {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Runs `starling --dir <member index> args...` with `input` on its stdin; returns its
+    /// stdout.
+    pub fn cli_with_stdin(&self, index: usize, args: &[&str], input: &str) -> Result<String> {
+        let mut child = self
+            .cli_command(index, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting starling {args:?}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input.as_bytes())?;
+        }
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "starling {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs Lua through member `index` (`starling exec`) and reads its JSON answer.
     pub fn lua(&self, index: usize, code: &str) -> Result<serde_json::Value> {
         let out = self.cli_ok(index, &["exec", code])?;

@@ -4,9 +4,13 @@
 //! without a trace, and every bad input refused with what is wrong.
 //!
 //! They need root (namespaces, cgroups, mounts) and `/bin/busybox` (static; Debian's
-//! `busybox-static`). As another user the test prints why and returns.
+//! `busybox-static`). As another user the test prints why and returns. One test runs its
+//! member as an unprivileged user on purpose (`setpriv`), to see `launch` say what is missing.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Result};
@@ -16,7 +20,7 @@ use starling_runtime::{Client, Error, Operation};
 use starling_tests::containers::{
     busybox_image, exec, index_of, info, instances, wait_status, LeftoverContainers,
 };
-use starling_tests::processes::ProcessCluster;
+use starling_tests::processes::{MemberPlacement, ProcessCluster};
 use starling_tests::{init_tracing, wait_for};
 
 /// The launch of image `bb` as `name` on member `target`.
@@ -44,7 +48,9 @@ fn median_ms(mut samples: Vec<Duration>) -> f64 {
 /// Goal: instances really run across the cluster. Three launches without a target spread one
 /// per member, each member without the image getting a copy first; `--target` places; a
 /// container has its own hostname, PID 1 and root; `limits.memory` is enforced by the kernel;
-/// `exec` gives exit codes and output; stop and force stop; an init that halts is recorded
+/// `exec` gives exit codes and output, honours `cwd` and `env`; the live state's memory and
+/// CPU usage; stop, force stop and restart; the life cycle from Lua (create, start, restart,
+/// set, unset, list, stop, delete); an init that halts is recorded
 /// `Stopped`; after `kill -9` of its daemon a container still runs with the same PID and is
 /// reported `Running`; after a clean restart it runs again; delete leaves no process, cgroup,
 /// mount or file; bad input is refused with what is wrong.
@@ -214,6 +220,16 @@ async fn instances_across_the_cluster() -> Result<()> {
     );
     let answer: Value = serde_json::from_str(&cluster.cli_ok(0, &["exec", &script])?)?;
     assert_eq!(answer, serde_json::json!([3, "hi\n", "Running", true]));
+    // Options of exec, and the live state's usage figures (CPU time grows with work done).
+    let script = format!(
+        "local r = instances.exec('{on_m3}', {{'sh', '-c', 'pwd; echo $GREETING'}}, {{cwd='/tmp', env={{GREETING='hello'}}}}) \
+         local before = instances.state('{on_m3}') \
+         instances.exec('{on_m3}', {{'sh', '-c', 'i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done'}}) \
+         local after = instances.state('{on_m3}') \
+         return {{r.stdout, before.memory.usage > 0, after.cpu.usage > before.cpu.usage}}"
+    );
+    let answer: Value = serde_json::from_str(&cluster.cli_ok(0, &["exec", &script])?)?;
+    assert_eq!(answer, serde_json::json!(["/tmp\nhello\n", true, true]));
     println!(
         "launch to Running (CLI, median of {}): {:.1} ms; exec true (CLI, median of {}): {:.1} ms",
         launches.len(),
@@ -244,6 +260,40 @@ async fn instances_across_the_cluster() -> Result<()> {
     assert_eq!(info(&cluster, 0, &targeted)?["status"], "Running");
     cluster.cli_ok(0, &["stop", &targeted, "--force"])?;
     assert_eq!(info(&cluster, 0, &targeted)?["status"], "Stopped");
+    cluster.cli_ok(0, &["start", &targeted])?;
+    let first = info(&cluster, 0, &targeted)?["state"]["pid"].clone();
+    cluster.cli_ok(0, &["restart", &targeted, "--timeout", "10"])?;
+    let restarted = info(&cluster, 0, &targeted)?;
+    assert_eq!(restarted["status"], "Running", "{restarted}");
+    assert_ne!(restarted["state"]["pid"], first, "{restarted}");
+    cluster.cli_ok(0, &["stop", &targeted, "--force"])?;
+
+    tracing::info!("--- the instance life cycle from Lua");
+    let scripted = name("lua");
+    let script = format!(
+        "instances.create{{image='bb', name='{scripted}', target='m2', config={{['user.a']='1'}}}} \
+         local created = instances.get('{scripted}').status \
+         instances.start('{scripted}') \
+         local pid = instances.state('{scripted}').pid \
+         instances.restart('{scripted}', {{timeout=10}}) \
+         local again = instances.state('{scripted}') \
+         instances.set('{scripted}', 'user.b', '2') \
+         instances.unset('{scripted}', 'user.a') \
+         local config = instances.get('{scripted}').config \
+         local listed = false \
+         for _, i in ipairs(instances.list()) do if i.name == '{scripted}' then listed = i.location end end \
+         instances.stop('{scripted}', {{force=true}}) \
+         local stopped = instances.get('{scripted}').status \
+         instances.delete('{scripted}') \
+         return {{created, again.status, again.pid ~= pid, config['user.a'] == nil, config['user.b'], listed, stopped}}"
+    );
+    let answer: Value = serde_json::from_str(&cluster.cli_ok(1, &["exec", &script])?)?;
+    assert_eq!(
+        answer,
+        serde_json::json!(["Stopped", "Running", true, true, "2", "m2", "Stopped"])
+    );
+    let error = cluster.cli_fails(0, &["info", &scripted])?;
+    assert!(error.contains(&scripted), "{error}");
 
     tracing::info!("--- an init that halts on its own is recorded Stopped");
     // `halt` returns at once, but init's shutdown kills every process, so the exec may end
@@ -874,5 +924,79 @@ async fn concurrent_sets_of_one_instance_all_land() -> Result<()> {
         WRITERS * KEYS
     );
     cluster.cli_ok(0, &["delete", "c1"])?;
+    Ok(())
+}
+
+/// The user and group `nobody` runs as on Debian.
+const NOBODY: u32 = 65534;
+
+/// Runs members as `nobody` on a loopback address of their own: the harness's command becomes
+/// `sh -c 'chown nobody DIR && exec setpriv ... BINARY --dir DIR ...'`.
+struct Unprivileged {
+    ip: String,
+}
+
+impl MemberPlacement for Unprivileged {
+    fn ip(&self, _index: usize) -> Result<String> {
+        Ok(self.ip.clone())
+    }
+
+    fn command(&self, _index: usize, program: &Path) -> Result<Command> {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!(
+            "chown {NOBODY}:{NOBODY} \"$2\" && exec setpriv --reuid={NOBODY} --regid={NOBODY} \
+             --clear-groups --inh-caps=-all -- \"$0\" \"$@\""
+        ));
+        command.arg(program);
+        Ok(command)
+    }
+}
+
+/// Goal: where namespaces cannot be created, `launch` fails with an error saying what is
+/// missing (root, for the namespaces it names), and the instance is recorded `Error` with
+/// that message, no process running.
+/// Method: one member process run as `nobody` (`setpriv`, no capabilities), the busybox
+/// image, `launch` through the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_without_root_says_what_is_missing() -> Result<()> {
+    init_tracing();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running a member as another user needs root");
+        return Ok(());
+    }
+    // The binary where `nobody` may run it, and a loopback address of this test's own.
+    let bin = tempfile::tempdir()?;
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755))?;
+    let binary: PathBuf = bin.path().join("starling");
+    std::fs::copy(starling_tests::processes::starling_binary()?, &binary)?;
+    let ip = format!(
+        "127.0.{}.{}",
+        1 + std::process::id() % 250,
+        2 + std::process::id() % 200
+    );
+    let cluster = ProcessCluster::with_placement(binary, Arc::new(Unprivileged { ip }))?;
+    std::fs::set_permissions(cluster.root(), std::fs::Permissions::from_mode(0o755))?;
+    let cluster = cluster.started(1)?;
+    let work = tempfile::tempdir()?;
+    let image = busybox_image(work.path())?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    let error = cluster.cli_fails(0, &["launch", "bb", "c1"])?;
+    assert!(
+        error.contains("namespaces") && error.contains("root") && error.contains("CAP_SYS_ADMIN"),
+        "{error}"
+    );
+    let record = info(&cluster, 0, "c1")?;
+    assert_eq!(record["status"], "Error", "{record}");
+    assert!(
+        record["status_message"]
+            .as_str()
+            .is_some_and(|message| message.contains("CAP_SYS_ADMIN")),
+        "{record}"
+    );
+    assert_eq!(record["state"]["processes"], 0, "{record}");
     Ok(())
 }

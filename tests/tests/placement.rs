@@ -2,7 +2,10 @@
 //! rules, `placement explain` for untargeted, `@group` and named targets under each
 //! `scheduler.instance` mode, and placement scriptlets — refused at `config set` when broken,
 //! choosing when installed, failing with LXD's message, tried with `placement test` (the
-//! example scriptlets, one reading member resources over QUIC).
+//! example scriptlets, one reading member resources over QUIC) and from Lua, and deciding
+//! real creations: the reason `new`, the members' database roles, creations at once spread,
+//! a failing scriptlet failing `init`. And the `init` command line: a generated name, `-p`,
+//! `-d`, `list` and `info`.
 
 use std::path::Path;
 
@@ -24,6 +27,16 @@ fn write_image(path: &Path) -> Result<()> {
     header.set_mode(0o644);
     header.set_cksum();
     builder.append_data(&mut header, "metadata.yaml", metadata.as_bytes())?;
+    // An empty root file system: `init` unpacks it.
+    let mut directory = tar::Header::new_gnu();
+    directory.set_entry_type(tar::EntryType::Directory);
+    directory.set_size(0);
+    directory.set_mode(0o755);
+    directory.set_uid(0);
+    directory.set_gid(0);
+    directory.set_mtime(1_700_000_000);
+    directory.set_cksum();
+    builder.append_data(&mut directory, "rootfs/", std::io::empty())?;
     builder.into_inner()?.finish()?;
     Ok(())
 }
@@ -54,8 +67,9 @@ fn excluded_reason(value: &Value, member: &str) -> String {
         .to_string()
 }
 
-/// Goal: groups follow LXD's rules; placement honours `@group`, names and
-/// `scheduler.instance`, and says why each member was left out.
+/// Goal: groups follow LXD's rules, from the command line and from Lua (create, rename, add,
+/// remove, assign, edit from YAML, `used_by`, delete only when empty); placement honours
+/// `@group`, names and `scheduler.instance`, and says why each member was left out.
 /// Method: 4 member processes, one small image; the CLI only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_targets_and_scriptlets() -> Result<()> {
@@ -244,6 +258,242 @@ async fn groups_targets_and_scriptlets() -> Result<()> {
     assert!(
         error.contains("no database member can take db-1"),
         "{error}"
+    );
+
+    tracing::info!("--- groups: rename, add, edit from YAML, used_by, and from Lua");
+    cluster.cli_ok(0, &["cluster", "group", "create", "spare"])?;
+    cluster.cli_ok(0, &["cluster", "group", "rename", "spare", "cold"])?;
+    cluster.cli_ok(0, &["cluster", "group", "add", "m4", "cold"])?;
+    cluster.cli_with_stdin(
+        0,
+        &["cluster", "group", "edit", "cold"],
+        "description: kept cool\nmembers:\n- m3\n- m4\n",
+    )?;
+    cluster.lua(
+        1,
+        "projects.create('cool', {config={['restricted.cluster.groups']='cold'}}) return true",
+    )?;
+    let cold = cluster.lua(2, "return groups.get('cold')")?;
+    assert_eq!(cold["description"], "kept cool", "{cold}");
+    assert_eq!(cold["members"], serde_json::json!(["m3", "m4"]), "{cold}");
+    assert_eq!(
+        cold["used_by"],
+        serde_json::json!(["/1.0/projects/cool"]),
+        "{cold}"
+    );
+    cluster.lua(
+        0,
+        "groups.create('lua', {description='from lua', members={'m1'}}) \
+         groups.add('m2', 'lua') groups.remove('m1', 'lua') \
+         groups.assign('m1', {'default', 'cold'}) groups.rename('lua', 'lua2') \
+         groups.edit('cold', {description='edited from lua'}) return true",
+    )?;
+    let listed = cluster.lua(1, "return groups.list()")?;
+    let group = |name: &str| {
+        listed
+            .as_array()
+            .and_then(|groups| groups.iter().find(|group| group["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        group("lua2")["members"],
+        serde_json::json!(["m2"]),
+        "{listed}"
+    );
+    assert_eq!(group("lua2")["description"], "from lua", "{listed}");
+    assert_eq!(group("lua")["name"], Value::Null, "{listed}");
+    assert_eq!(
+        group("cold")["members"],
+        serde_json::json!(["m1", "m3", "m4"]),
+        "{listed}"
+    );
+    assert_eq!(group("cold")["description"], "edited from lua", "{listed}");
+    let error = cluster.cli_fails(0, &["exec", "return groups.delete('lua2')"])?;
+    assert!(error.contains("empty"), "{error}");
+    cluster.lua(
+        0,
+        "groups.remove('m2', 'lua2') groups.delete('lua2') return true",
+    )?;
+    let error = cluster.cli_fails(0, &["exec", "return groups.get('lua2')"])?;
+    assert!(error.contains("lua2"), "{error}");
+    Ok(())
+}
+
+/// The instances' locations, by member.
+fn locations(cluster: &ProcessCluster) -> Result<std::collections::BTreeMap<String, usize>> {
+    let listed: Value = serde_json::from_str(&cluster.cli_ok(0, &["list", "--format", "json"])?)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for instance in listed.as_array().into_iter().flatten() {
+        let location = instance["location"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *counts.entry(location).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Goal: an installed scriptlet decides real creations (`init`): it sees the reason `new` and
+/// the members' live database roles and message; creations asked at once spread as creations
+/// one after the other do, although each waits for the scriptlet; a scriptlet that fails
+/// fails `init` with LXD's message; `placement.explain` and `placement.test` answer from Lua.
+/// And `init` from the command line: a generated name, `-p` and `-d`, `list`, `info`.
+/// Method: 3 member processes, an image with no root file system (`init` needs no root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scriptlets_decide_real_creations() -> Result<()> {
+    init_tracing();
+    let cluster = ProcessCluster::start(3).await?;
+    cluster.wait_roles(0, 3, 0).await?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("image.tar.gz");
+    write_image(&image)?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+
+    tracing::info!("--- the candidates as a scriptlet sees them");
+    let slow = "def instance_placement(request, candidate_members):\n    if request.reason != \"new\":\n        fail(\"reason \" + request.reason)\n    for m in candidate_members:\n        log_info(m.server_name, m.database, m.roles, m.message)\n    n = 0\n    for i in range(20000):\n        n += i\n    return None\n";
+    cluster.cli_ok(
+        0,
+        &[
+            "config",
+            "set",
+            &format!("instances.placement.scriptlet={slow}"),
+        ],
+    )?;
+    let explained = explain(&cluster, &[])?;
+    let lines: Vec<String> = explained["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|line| line["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(lines.len(), 3, "{explained}");
+    for line in &lines {
+        assert!(
+            line.contains(" True [")
+                && line.contains("\"database\"")
+                && line.ends_with("Fully operational"),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.contains("database-leader"))
+            .count(),
+        1,
+        "{lines:?}"
+    );
+
+    tracing::info!("--- creations at once spread, each decided by the scriptlet");
+    let children: Vec<_> = (0..24)
+        .map(|index| cluster.spawn_cli(index % 3, &["init", "bb", &format!("c{index}")]))
+        .collect::<Result<_>>()?;
+    for child in children {
+        let output = child.wait_with_output()?;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let spread = locations(&cluster)?;
+    assert_eq!(
+        spread.values().copied().collect::<Vec<_>>(),
+        [8, 8, 8],
+        "{spread:?}"
+    );
+
+    tracing::info!("--- a failing scriptlet fails init");
+    cluster.cli_ok(
+        0,
+        &[
+            "config",
+            "set",
+            "instances.placement.scriptlet=def instance_placement(request, candidate_members):\n    set_target(\"nowhere\")\n",
+        ],
+    )?;
+    let error = cluster.cli_fails(0, &["init", "bb", "refused"])?;
+    assert!(
+        error.contains("Failed instance placement scriptlet") && error.contains("nowhere"),
+        "{error}"
+    );
+    let error = cluster.cli_fails(1, &["info", "refused"])?;
+    assert!(error.contains("refused"), "{error}");
+
+    tracing::info!("--- placement.explain and placement.test from Lua");
+    let answer = cluster.lua(
+        1,
+        "return placement.test('def instance_placement(request, candidate_members):\\n    set_target(\"m3\")\\n', {image='bb', name='t1'})",
+    )?;
+    assert_eq!(answer["member"], "m3", "{answer}");
+    assert_eq!(answer["chosen_by"], "scriptlet", "{answer}");
+    assert_eq!(answer["scriptlet"], "tested", "{answer}");
+    cluster.cli_ok(0, &["config", "unset", "instances.placement.scriptlet"])?;
+    let answer = cluster.lua(2, "return placement.explain{image='bb', target='m2'}")?;
+    assert_eq!(answer["member"], "m2", "{answer}");
+    assert_eq!(answer["chosen_by"], "target", "{answer}");
+    assert_eq!(answer["scriptlet"], "none", "{answer}");
+
+    tracing::info!("--- init from the command line: a generated name, -p, -d, list, info");
+    let said = cluster.cli_ok(0, &["init", "bb"])?;
+    let generated = said
+        .lines()
+        .find_map(|line| line.strip_prefix("Instance name is: "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        !generated.is_empty()
+            && generated
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "{said}"
+    );
+    cluster.cli_ok(
+        0,
+        &[
+            "init",
+            "bb",
+            "sized",
+            "-p",
+            "default",
+            "-d",
+            "root,size=200MiB",
+        ],
+    )?;
+    let all: Value = serde_json::from_str(&cluster.cli_ok(1, &["list", "--format", "json"])?)?;
+    let sized = all
+        .as_array()
+        .and_then(|list| list.iter().find(|instance| instance["name"] == "sized"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        sized["expanded_devices"]["root"]["size"], "200MiB",
+        "{sized}"
+    );
+    assert_eq!(sized["profiles"], serde_json::json!(["default"]), "{sized}");
+    let listed = cluster.cli_ok(2, &["list"])?;
+    let header = listed
+        .lines()
+        .find(|line| line.contains("NAME"))
+        .unwrap_or_default();
+    for column in ["NAME", "STATE", "LOCATION", "PROFILES"] {
+        assert!(header.contains(column), "{listed}");
+    }
+    let row = listed
+        .lines()
+        .find(|line| line.contains(&generated))
+        .unwrap_or_default();
+    assert!(row.contains("STOPPED") && row.contains('m'), "{listed}");
+    let info = cluster.cli_ok(1, &["info", "sized"])?;
+    let location = sized["location"].as_str().unwrap_or_default();
+    assert!(
+        !location.is_empty() && info.contains(&format!("Location: {location}")),
+        "{info}"
     );
     Ok(())
 }

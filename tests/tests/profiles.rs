@@ -3,45 +3,11 @@
 //! devices with the root-disk rules, rename, copy, the default profile's protection, projects
 //! with their own default profile, `--project` scoping, values read from stdin, and bad input.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use starling_tests::init_tracing;
 use starling_tests::processes::ProcessCluster;
 use tracing::info;
-
-/// Runs `starling --dir <member index> args...` with `input` on its stdin; returns its stdout.
-fn cli_with_stdin(
-    cluster: &ProcessCluster,
-    index: usize,
-    args: &[&str],
-    input: &str,
-) -> Result<String> {
-    let mut child = Command::new(cluster.binary())
-        .arg("--dir")
-        .arg(cluster.dir(index))
-        .args(args)
-        .env("STARLING_CONFIG_DIR", cluster.config_dir())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting starling {args:?}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "starling {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
 
 /// `args` with `--format json`, parsed.
 fn json(cluster: &ProcessCluster, index: usize, args: &[&str]) -> Result<Value> {
@@ -247,7 +213,7 @@ async fn profiles_from_the_command_line() -> Result<()> {
     info!("--- YAML round trip: profile show web | profile edit web2");
     cluster.cli_ok(0, &["profile", "create", "web2"])?;
     let yaml = cluster.cli_ok(0, &["profile", "show", "web"])?;
-    cli_with_stdin(&cluster, 1, &["profile", "edit", "web2"], &yaml)?;
+    cluster.cli_with_stdin(1, &["profile", "edit", "web2"], &yaml)?;
     let web = json(&cluster, 0, &["profile", "show", "web"])?;
     let web2 = json(&cluster, 0, &["profile", "show", "web2"])?;
     for field in ["description", "config", "devices"] {
@@ -460,7 +426,7 @@ async fn projects_and_values_from_stdin() -> Result<()> {
     );
     let yaml = cluster.cli_ok(0, &["project", "show", "dev"])?;
     let edited = yaml.replace("development", "dev work");
-    cli_with_stdin(&cluster, 0, &["project", "edit", "dev"], &edited)?;
+    cluster.cli_with_stdin(0, &["project", "edit", "dev"], &edited)?;
     let dev = json(&cluster, 0, &["project", "show", "dev"])?;
     assert_eq!(dev["description"], "dev work");
     assert_eq!(dev["config"]["limits.instances"], "5");
@@ -500,19 +466,14 @@ async fn projects_and_values_from_stdin() -> Result<()> {
 
     info!("--- values from stdin: config set KEY=- and profile set KEY=-");
     let script = "def instance_placement(request, candidate_members):\n    return\n";
-    cli_with_stdin(&cluster, 0, &["config", "set", "user.x=-"], script)?;
+    cluster.cli_with_stdin(0, &["config", "set", "user.x=-"], script)?;
     let value = cluster.cli_ok(0, &["config", "get", "user.x"])?;
     assert_eq!(
         value,
         format!("{script}\n"),
         "printed with one more newline"
     );
-    cli_with_stdin(
-        &cluster,
-        0,
-        &["profile", "set", "web", "user.script", "-"],
-        "hello",
-    )?;
+    cluster.cli_with_stdin(0, &["profile", "set", "web", "user.script", "-"], "hello")?;
     let web = json(&cluster, 0, &["profile", "show", "web"])?;
     assert_eq!(web["config"]["user.script"], "hello");
     refused(

@@ -574,13 +574,12 @@ impl Member {
             let request = self.local_state(|state| {
                 crate::instances::moves::placement_request_of(state, &instance, Reason::Evacuation)
             });
-            let to = self
+            let placed = self
                 .place_instance(&request, &Target::None, Some(member), &BTreeSet::new())
-                .await?
-                .member;
-            self.placement_started(&to);
+                .await?;
+            let to = placed.name.clone();
             let recreated = self.recreate_on(&instance, &to).await;
-            self.placement_done(&to);
+            drop(placed);
             recreated?;
             instance = self.instance_record(&step.project, &step.name)?;
             tracing::warn!(instance = %step.name, from = member, to = %to, "recreated the instance of an offline member from its image");

@@ -253,10 +253,10 @@ impl Member {
         let from = instance.location.clone();
         let request =
             self.local_state(|state| placement_request_of(state, &instance, options.reason));
-        let to = self
+        let placed = self
             .place_instance(&request, target, Some(&from), &options.avoid)
-            .await?
-            .member;
+            .await?;
+        let to = placed.name.clone();
         if to == from {
             return Err(Error::Refused(format!(
                 "instance \"{name}\" is already on member \"{from}\""
@@ -267,9 +267,8 @@ impl Member {
             progress.from = from.clone();
             progress.to = to.clone();
         });
-        self.placement_started(&to);
         let result = self.relocate_to(&instance, &to, options, started).await;
-        self.placement_done(&to);
+        drop(placed);
         result.map_err(|error| MoveFailure {
             to: Some(to),
             error,

@@ -587,21 +587,19 @@ impl Member {
         let new = self
             .local_state(|state| plan_create(state, request, now_ms(), random))
             .map_err(Error::Refused)?;
-        let location = self
+        // Counted on its member from the decision until the record is written, so that
+        // launches at once spread as launches one after the other do.
+        let placed = self
             .place_instance(&new.placement, &new.target, None, &BTreeSet::new())
-            .await?
-            .member;
+            .await?;
         let mut instance = new.instance;
-        instance.location = location.clone();
-        // Counted on its member while the record is being written, so that launches at once
-        // spread as launches one after the other do.
-        self.placement_started(&location);
+        instance.location = placed.name.clone();
         let recorded = self
             .propose_instance(InstanceCommand::InstanceCreate {
                 instance: instance.clone(),
             })
             .await;
-        self.placement_done(&location);
+        drop(placed);
         recorded?;
         // The record now in the state decides: the one just written, or the one an earlier
         // attempt of this request wrote (the store applied the command once and answered its

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::member::Member;
 use crate::protocol::Request;
+use crate::view::RaftRoles;
 use crate::Error;
 
 /// The config key holding the placement scriptlet.
@@ -29,6 +30,24 @@ pub struct PlacementState {
     compiled: Mutex<Option<(String, Arc<Scriptlet>)>>,
     /// Placements made and not yet recorded, by member (they count as instances there).
     pending: Mutex<BTreeMap<String, u64>>,
+    /// Held from reading `pending` for a decision until the decision is counted in it, so
+    /// that concurrent creations each see the others (a scriptlet runs on a blocking thread,
+    /// for as long as it takes).
+    deciding: tokio::sync::Mutex<()>,
+}
+
+/// A placement counted on its member until this is dropped (the instance recorded there, or
+/// the creation abandoned).
+pub(crate) struct CountedPlacement {
+    member: Member,
+    /// The member chosen.
+    pub(crate) name: String,
+}
+
+impl Drop for CountedPlacement {
+    fn drop(&mut self) {
+        self.member.placement_done(&self.name);
+    }
 }
 
 /// A placement operation (`placement.*`).
@@ -69,28 +88,35 @@ pub struct PlacementInput {
 use crate::sync::lock;
 
 /// The members as placement sees them; `pending` counts creations not yet recorded.
-pub fn member_views(state: &ClusterState, pending: &BTreeMap<String, u64>) -> Vec<MemberView> {
+pub(crate) fn member_views(
+    state: &ClusterState,
+    pending: &BTreeMap<String, u64>,
+    raft: &RaftRoles,
+) -> Vec<MemberView> {
     let counts = state.instances_by_location();
     state
         .members
         .values()
-        .map(|member| MemberView {
-            name: member.name.clone(),
-            url: format!("https://{}", member.address),
-            database: false,
-            status: member.status.as_str().to_string(),
-            message: String::new(),
-            architecture: member.architecture.clone(),
-            roles: member.user_roles.clone(),
-            failure_domain: member.failure_domain.clone(),
-            description: member.description.clone(),
-            config: member.config.clone(),
-            groups: member.groups.clone(),
-            scheduler: SchedulerMode::from_config(&member.config),
-            instance_count: counts.get(member.name.as_str()).copied().unwrap_or(0)
-                + pending.get(&member.name).copied().unwrap_or(0),
-            move_failed: false,
-            revision: Some(state.members_revision),
+        .map(|member| {
+            let (status, message) = crate::cluster::health::status_of(member);
+            MemberView {
+                name: member.name.clone(),
+                url: format!("https://{}", member.address),
+                database: raft.voters.contains(&member.id) || raft.learners.contains(&member.id),
+                status: status.to_string(),
+                message,
+                architecture: member.architecture.clone(),
+                roles: raft.roles(member),
+                failure_domain: member.failure_domain.clone(),
+                description: member.description.clone(),
+                config: member.config.clone(),
+                groups: member.groups.clone(),
+                scheduler: SchedulerMode::from_config(&member.config),
+                instance_count: counts.get(member.name.as_str()).copied().unwrap_or(0)
+                    + pending.get(&member.name).copied().unwrap_or(0),
+                move_failed: false,
+                revision: Some(state.members_revision),
+            }
         })
         .collect()
 }
@@ -196,8 +222,6 @@ fn random_below(n: usize) -> usize {
     crate::token::random_u128().map_or(0, |value| (value % n as u128) as usize)
 }
 
-// `place_instance` and the pending counts are what instance creation calls.
-#[allow(dead_code)]
 impl Member {
     /// The installed scriptlet, compiled (once per source), or `None` when none is set.
     fn installed_scriptlet(&self) -> Result<Option<Arc<Scriptlet>>, Error> {
@@ -232,10 +256,11 @@ impl Member {
         scriptlet: Option<Arc<Scriptlet>>,
     ) -> Result<Placement, Error> {
         let pending = lock(&self.inner.placement.pending).clone();
+        let raft = RaftRoles::of(self);
         // The scriptlet's host holds a copy of the whole state: made only when a scriptlet
         // will run, not for every placement by the built-in rule.
         let (views, host) = self.local_state(|state| {
-            let mut views = member_views(state, &pending);
+            let mut views = member_views(state, &pending, &raft);
             for view in &mut views {
                 view.move_failed = avoid.contains(&view.name);
             }
@@ -286,29 +311,37 @@ impl Member {
     }
 
     /// Chooses the member for a new (or moving) instance: a named target, else the installed
-    /// scriptlet, else the built-in rule.
+    /// scriptlet, else the built-in rule. The choice counts as an instance on that member
+    /// (for the placements that follow) until the answer is dropped.
     pub(crate) async fn place_instance(
         &self,
         request: &PlacementRequest,
         target: &Target,
         exclude_current: Option<&str>,
         avoid: &BTreeSet<String>,
-    ) -> Result<Placement, Error> {
+    ) -> Result<CountedPlacement, Error> {
+        let _deciding = self.inner.placement.deciding.lock().await;
         let scriptlet = self.installed_scriptlet()?;
-        self.place_avoiding(request, target, exclude_current, avoid, scriptlet)
-            .await
+        let placement = self
+            .place_avoiding(request, target, exclude_current, avoid, scriptlet)
+            .await?;
+        Ok(self.placement_counted(placement.member))
     }
 
-    /// A placement on `member` is under way: it counts as an instance there until
-    /// [`Member::placement_done`].
-    pub(crate) fn placement_started(&self, member: &str) {
+    /// A placement on `member` is under way: it counts as an instance there until the answer
+    /// is dropped.
+    fn placement_counted(&self, member: String) -> CountedPlacement {
         *lock(&self.inner.placement.pending)
-            .entry(member.to_string())
+            .entry(member.clone())
             .or_default() += 1;
+        CountedPlacement {
+            member: self.clone(),
+            name: member,
+        }
     }
 
     /// The placement on `member` is recorded (or abandoned).
-    pub(crate) fn placement_done(&self, member: &str) {
+    fn placement_done(&self, member: &str) {
         let mut pending = lock(&self.inner.placement.pending);
         if let Some(count) = pending.get_mut(member) {
             *count = count.saturating_sub(1);
@@ -377,7 +410,8 @@ impl Member {
         let target =
             Target::parse(&input.target).map_err(|error| Error::Refused(error.to_string()))?;
         let pending = lock(&self.inner.placement.pending).clone();
-        let views = self.local_state(|state| member_views(state, &pending));
+        let raft = RaftRoles::of(self);
+        let views = self.local_state(|state| member_views(state, &pending, &raft));
         let has_scriptlet = scriptlet.is_some();
         let placement = self
             .place_avoiding(&request, &target, None, &BTreeSet::new(), scriptlet)

@@ -598,7 +598,7 @@ fn amplifying_calls_are_bounded_before_they_build() {
 
 /// Goal: the candidates' values kept between calls follow the members: a changed field, a
 /// member gone and a member added show in the next call, and so does a new revision of the
-/// member records; the list and its members cannot be
+/// member records or a new database leader; the list and its members cannot be
 /// changed by the scriptlet (a clear error, not a changed cache).
 #[test]
 fn kept_candidates_follow_the_members() {
@@ -649,6 +649,24 @@ fn kept_candidates_follow_the_members() {
         member.revision = Some(8);
     }
     assert_eq!(run(&members).as_deref(), Some("m1"));
+    // At one revision, the fields that come from Raft (database roles) still count: a new
+    // leader shows at once.
+    let leader = Scriptlet::compile(&body(
+        "for m in candidate_members:\n    if \"database-leader\" in m.roles:\n        set_target(m.server_name)",
+    ))
+    .unwrap();
+    let leader_run = |members: &[MemberView]| {
+        let host = TestHost::new(members);
+        leader
+            .run(&request("c1"), members, &host, &Limits::default())
+            .unwrap()
+            .target
+    };
+    members[0].roles = vec!["database-leader".into(), "database".into()];
+    assert_eq!(leader_run(&members).as_deref(), Some("m1"));
+    members[0].roles = vec!["database".into()];
+    members[1].roles = vec!["database-leader".into(), "database".into()];
+    assert_eq!(leader_run(&members).as_deref(), Some("m2"));
     // A view made by hand beside the others is compared field by field.
     members[1].revision = None;
     members[0].config.insert("user.tier".into(), "slow".into());

@@ -97,7 +97,8 @@ const FROZEN_LISTS_MAX: usize = 8;
 
 /// The candidates' list, frozen once and kept between calls while it holds the same members
 /// showing the same fields (their instance counts are not shown; views made from the cluster
-/// state at the same `members_revision` show the same fields): a call then allocates
+/// state at the same `members_revision` show the same record fields, and are compared on
+/// the rest: database roles and status message): a call then allocates
 /// nothing for it, instead of a struct, its field names, strings, lists and a dict per member.
 /// Frozen, it cannot be changed by the scriptlet (`candidate_members.append(x)` and
 /// `member.groups.append(x)` fail), which LXD's scriptlets have no reason to do.
@@ -147,7 +148,7 @@ impl FrozenMembers {
                                 .members
                                 .iter()
                                 .zip(members)
-                                .all(|(seen, member)| seen.name == member.name)
+                                .all(|(seen, member)| shows_the_same_live(seen, member))
                     }
                     None => cached
                         .members
@@ -180,6 +181,13 @@ struct CachedList {
     revision: Option<u64>,
     members: Vec<MemberView>,
     frozen: OwnedFrozenValue,
+}
+
+/// Whether two views made at the same revision of the member records show the same fields:
+/// the same member, and the same fields that come from elsewhere (the database roles Raft
+/// gives, the status message).
+fn shows_the_same_live(a: &MemberView, b: &MemberView) -> bool {
+    a.name == b.name && a.database == b.database && a.roles == b.roles && a.message == b.message
 }
 
 /// Whether `member_value` of the two is the same.
