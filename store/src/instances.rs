@@ -1825,6 +1825,30 @@ pub(crate) mod tests {
         assert_eq!(config["limits.cpu"], "2", "the instance's own key wins");
         assert_eq!(config["limits.memory"], "1GiB");
         assert_eq!(devices["root"]["pool"], DEFAULT_POOL);
+        // Profiles apply in the order given: a later one's key wins over an earlier one's.
+        let mut small = default_profile(DEFAULT_PROJECT);
+        small.name = "small".into();
+        small.devices.clear();
+        small.config = BTreeMap::from([("limits.memory".into(), "512MiB".into())]);
+        apply(
+            &mut state,
+            InstanceCommand::ProfileCreate { profile: small },
+        )
+        .unwrap();
+        let in_order = |profiles: &[&str]| {
+            let profiles: Vec<String> = profiles.iter().map(|name| name.to_string()).collect();
+            state
+                .expand(
+                    DEFAULT_PROJECT,
+                    &profiles,
+                    &BTreeMap::new(),
+                    &Devices::new(),
+                )
+                .0["limits.memory"]
+                .clone()
+        };
+        assert_eq!(in_order(&["big", "small"]), "512MiB");
+        assert_eq!(in_order(&["small", "big"]), "1GiB");
         let error = apply(
             &mut state,
             InstanceCommand::ProfileDelete {
