@@ -495,5 +495,41 @@ async fn scriptlets_decide_real_creations() -> Result<()> {
         !location.is_empty() && info.contains(&format!("Location: {location}")),
         "{info}"
     );
+
+    tracing::info!("--- instances of another project");
+    cluster.cli_ok(0, &["project", "create", "other"])?;
+    cluster.cli_ok(
+        0,
+        &[
+            "init",
+            "bb",
+            "sized",
+            "--project",
+            "other",
+            "--target",
+            "m3",
+        ],
+    )?;
+    let other: Value = serde_json::from_str(
+        &cluster.cli_ok(1, &["list", "--project", "other", "--format", "json"])?,
+    )?;
+    assert_eq!(other.as_array().map(Vec::len), Some(1), "{other}");
+    assert_eq!(other[0]["project"], "other", "{other}");
+    assert_eq!(other[0]["location"], "m3", "{other}");
+    let default: Value = serde_json::from_str(&cluster.cli_ok(1, &["list", "--format", "json"])?)?;
+    let named_sized = default
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|instance| instance["name"] == "sized")
+        .count();
+    assert_eq!(named_sized, 1, "{default}");
+    cluster.cli_ok(2, &["delete", "sized", "--project", "other"])?;
+    assert_eq!(
+        cluster
+            .cli_ok(0, &["list", "--project", "other", "--format", "json"])?
+            .trim(),
+        "[]"
+    );
     Ok(())
 }
