@@ -41,6 +41,25 @@ fn write_image(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `members` member processes, 3 of them voters and `standbys` stand-bys, and the image `bb`
+/// imported; the directory that held the image.
+async fn with_image(
+    members: usize,
+    standbys: usize,
+) -> Result<(ProcessCluster, tempfile::TempDir)> {
+    init_tracing();
+    let cluster = ProcessCluster::start(members).await?;
+    cluster.wait_roles(0, 3, standbys).await?;
+    let work = tempfile::tempdir()?;
+    let image = work.path().join("image.tar.gz");
+    write_image(&image)?;
+    cluster.cli_ok(
+        0,
+        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
+    )?;
+    Ok((cluster, work))
+}
+
 fn explain(cluster: &ProcessCluster, args: &[&str]) -> Result<Value> {
     let mut all = vec!["placement", "explain", "bb", "--format", "json"];
     all.extend_from_slice(args);
@@ -70,19 +89,10 @@ fn excluded_reason(value: &Value, member: &str) -> String {
 /// Goal: groups follow LXD's rules, from the command line and from Lua (create, rename, add,
 /// remove, assign, edit from YAML, `used_by`, delete only when empty); placement honours
 /// `@group`, names and `scheduler.instance`, and says why each member was left out.
-/// Method: 4 member processes, one small image; the CLI only.
+/// Method: 4 member processes, one small image; the CLI, and Lua for the `groups.*` calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_targets_and_scriptlets() -> Result<()> {
-    init_tracing();
-    let cluster = ProcessCluster::start(4).await?;
-    cluster.wait_roles(0, 3, 1).await?;
-    let work = tempfile::tempdir()?;
-    let image = work.path().join("image.tar.gz");
-    write_image(&image)?;
-    cluster.cli_ok(
-        0,
-        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
-    )?;
+    let (cluster, work) = with_image(4, 1).await?;
 
     tracing::info!("--- cluster groups");
     cluster.cli_ok(
@@ -342,16 +352,7 @@ fn locations(cluster: &ProcessCluster) -> Result<std::collections::BTreeMap<Stri
 /// Method: 3 member processes, an image with no root file system (`init` needs no root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scriptlets_decide_real_creations() -> Result<()> {
-    init_tracing();
-    let cluster = ProcessCluster::start(3).await?;
-    cluster.wait_roles(0, 3, 0).await?;
-    let work = tempfile::tempdir()?;
-    let image = work.path().join("image.tar.gz");
-    write_image(&image)?;
-    cluster.cli_ok(
-        0,
-        &["image", "import", &image.to_string_lossy(), "--alias", "bb"],
-    )?;
+    let (cluster, _work) = with_image(3, 0).await?;
 
     tracing::info!("--- the candidates as a scriptlet sees them");
     let slow = "def instance_placement(request, candidate_members):\n    if request.reason != \"new\":\n        fail(\"reason \" + request.reason)\n    for m in candidate_members:\n        log_info(m.server_name, m.database, m.roles, m.message)\n    n = 0\n    for i in range(20000):\n        n += i\n    return None\n";
