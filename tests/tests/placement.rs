@@ -88,7 +88,9 @@ fn excluded_reason(value: &Value, member: &str) -> String {
 
 /// Goal: groups follow LXD's rules, from the command line and from Lua (create, rename, add,
 /// remove, assign, edit from YAML, `used_by`, delete only when empty); placement honours
-/// `@group`, names and `scheduler.instance`, and says why each member was left out.
+/// `@group`, names and `scheduler.instance`, and says why each member was left out; each way
+/// a scriptlet fails (`fail()`, a runtime error, a return value, a target that is not a
+/// candidate, the time and memory bounds) gives LXD's message and what went wrong.
 /// Method: 4 member processes, one small image; the CLI, and Lua for the `groups.*` calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_targets_and_scriptlets() -> Result<()> {
@@ -216,6 +218,28 @@ async fn groups_targets_and_scriptlets() -> Result<()> {
         error.contains("Failed instance placement scriptlet") && error.contains("no room for c1"),
         "{error}"
     );
+    // Each other way a scriptlet fails, with LXD's prefix and what went wrong.
+    for (body, said) in [
+        ("x = {}\n    y = x[\"missing\"]", "missing"),
+        (
+            "set_target(\"m1\")\n    return 1",
+            "unexpected return value: 1",
+        ),
+        ("set_target(\"nowhere\")", "nowhere"),
+        ("for i in range(100000000):\n        pass", "Time limit"),
+        ("x = [0] * 100000000", "Memory limit"),
+    ] {
+        std::fs::write(
+            &failing,
+            format!("def instance_placement(request, candidate_members):\n    {body}\n"),
+        )?;
+        let error =
+            cluster.cli_fails(0, &["placement", "test", &failing.to_string_lossy(), "bb"])?;
+        assert!(
+            error.contains("Failed instance placement scriptlet") && error.contains(said),
+            "{body}: {error}"
+        );
+    }
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/placement");
     let most_free = examples.join("most_free_memory.star");
     let tested: Value = serde_json::from_str(&cluster.cli_ok(
