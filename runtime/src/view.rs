@@ -31,6 +31,12 @@ impl RaftRoles {
         }
     }
 
+    /// Whether the member holds a copy of the database (a voter or a stand-by): LXD's
+    /// `database` field.
+    pub(crate) fn is_database(&self, record: &MemberRecord) -> bool {
+        self.voters.contains(&record.id) || self.learners.contains(&record.id)
+    }
+
     /// LXD's roles of a member: `database-leader`, `database`, `database-standby`.
     pub(crate) fn roles(&self, record: &MemberRecord) -> Vec<String> {
         let mut roles = Vec::new();
@@ -53,7 +59,7 @@ fn member_json(raft: &RaftRoles, record: &MemberRecord) -> Value {
         "server_name": record.name,
         "url": format!("quic://{}", record.address),
         "address": record.address,
-        "database": raft.voters.contains(&record.id) || raft.learners.contains(&record.id),
+        "database": raft.is_database(record),
         "status": status,
         "message": message,
         "architecture": record.architecture,

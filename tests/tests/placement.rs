@@ -11,6 +11,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::Value;
+use starling_tests::containers::instances;
 use starling_tests::init_tracing;
 use starling_tests::processes::ProcessCluster;
 
@@ -356,9 +357,8 @@ async fn groups_targets_and_scriptlets() -> Result<()> {
 
 /// The instances' locations, by member.
 fn locations(cluster: &ProcessCluster) -> Result<std::collections::BTreeMap<String, usize>> {
-    let listed: Value = serde_json::from_str(&cluster.cli_ok(0, &["list", "--format", "json"])?)?;
     let mut counts = std::collections::BTreeMap::new();
-    for instance in listed.as_array().into_iter().flatten() {
+    for instance in instances(cluster, 0)? {
         let location = instance["location"]
             .as_str()
             .unwrap_or_default()
@@ -490,11 +490,9 @@ async fn scriptlets_decide_real_creations() -> Result<()> {
             "root,size=200MiB",
         ],
     )?;
-    let all: Value = serde_json::from_str(&cluster.cli_ok(1, &["list", "--format", "json"])?)?;
-    let sized = all
-        .as_array()
-        .and_then(|list| list.iter().find(|instance| instance["name"] == "sized"))
-        .cloned()
+    let sized = instances(&cluster, 1)?
+        .into_iter()
+        .find(|instance| instance["name"] == "sized")
         .unwrap_or_default();
     assert_eq!(
         sized["expanded_devices"]["root"]["size"], "200MiB",
@@ -541,14 +539,12 @@ async fn scriptlets_decide_real_creations() -> Result<()> {
     assert_eq!(other.as_array().map(Vec::len), Some(1), "{other}");
     assert_eq!(other[0]["project"], "other", "{other}");
     assert_eq!(other[0]["location"], "m3", "{other}");
-    let default: Value = serde_json::from_str(&cluster.cli_ok(1, &["list", "--format", "json"])?)?;
+    let default = instances(&cluster, 1)?;
     let named_sized = default
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|instance| instance["name"] == "sized")
         .count();
-    assert_eq!(named_sized, 1, "{default}");
+    assert_eq!(named_sized, 1, "{default:?}");
     cluster.cli_ok(2, &["delete", "sized", "--project", "other"])?;
     assert_eq!(
         cluster

@@ -249,17 +249,13 @@ impl ExclusionReason {
             ("pending", ExclusionReason::Pending),
             ("blocked", ExclusionReason::Blocked),
         ];
-        Some(
-            known
-                .into_iter()
-                .find(|(name, _)| status.eq_ignore_ascii_case(name))
-                .map_or_else(
-                    || ExclusionReason::Status {
-                        status: status.to_string(),
-                    },
-                    |(_, reason)| reason,
-                ),
-        )
+        let reason = known
+            .into_iter()
+            .find(|(name, _)| status.eq_ignore_ascii_case(name))
+            .map(|(_, reason)| reason);
+        Some(reason.unwrap_or_else(|| ExclusionReason::Status {
+            status: status.to_string(),
+        }))
     }
 }
 

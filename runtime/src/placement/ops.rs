@@ -102,7 +102,7 @@ pub(crate) fn member_views(
             MemberView {
                 name: member.name.clone(),
                 url: format!("https://{}", member.address),
-                database: raft.voters.contains(&member.id) || raft.learners.contains(&member.id),
+                database: raft.is_database(member),
                 status: status.to_string(),
                 message,
                 architecture: member.architecture.clone(),

@@ -102,7 +102,7 @@ impl Guard {
     /// free (the Starlark heap's arena, and what lives on the Rust heap: big integers, dict
     /// tables), less the arena's room not yet filled; never less than the arena's filled
     /// bytes (all there is to count where the counting allocator is not installed).
-    pub(crate) fn used(&self, heap: Heap) -> usize {
+    fn used(&self, heap: Heap) -> usize {
         let net = crate::counting_alloc::thread_net_bytes() - self.allocated_at_start;
         let net = usize::try_from(net).unwrap_or(0);
         heap.allocated_bytes()
@@ -126,13 +126,13 @@ impl Guard {
     }
 
     /// Checks the range steps, the heap and the clock; fails once any bound is exceeded.
-    pub(crate) fn check(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
-        self.check_heap(allocated_bytes)?;
+    pub(crate) fn check(&self, heap: Heap) -> Result<(), starlark::Error> {
+        self.check_heap(heap)?;
         self.check_clock()
     }
 
     /// The range steps and the heap (cheap: before every statement).
-    pub(crate) fn check_heap(&self, allocated_bytes: usize) -> Result<(), starlark::Error> {
+    pub(crate) fn check_heap(&self, heap: Heap) -> Result<(), starlark::Error> {
         if self.tripped.get() {
             if let Some(exceeded) = self.exceeded() {
                 return Err(starlark::Error::new_other(exceeded.into_error()));
@@ -141,7 +141,7 @@ impl Guard {
         if range_steps_reset() {
             return Err(self.trip(Exceeded::Range));
         }
-        if allocated_bytes > self.memory_bytes {
+        if self.used(heap) > self.memory_bytes {
             return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
         }
         Ok(())
@@ -160,17 +160,12 @@ impl Guard {
         &self,
         sequence: Value,
         count: i32,
-        allocated_bytes: usize,
+        heap: Heap,
     ) -> Result<(), starlark::Error> {
         let Some(item_bytes) = repetition_item_bytes(sequence) else {
             return Ok(());
         };
-        let result_bytes = item_bytes.saturating_mul(count.max(0) as usize);
-        let left = self.memory_bytes.saturating_sub(allocated_bytes);
-        if result_bytes > left {
-            return Err(self.trip(Exceeded::Memory(self.memory_bytes)));
-        }
-        Ok(())
+        self.output_fits(Some(item_bytes.saturating_mul(count.max(0) as usize)), heap)
     }
 
     /// Whether a result of `bytes` may be built: it must fit in what is left of the memory
@@ -178,18 +173,17 @@ impl Guard {
     pub(crate) fn output_fits(
         &self,
         bytes: Option<usize>,
-        allocated_bytes: usize,
+        heap: Heap,
     ) -> Result<(), starlark::Error> {
-        let left = self.memory_bytes.saturating_sub(allocated_bytes);
         match bytes {
-            Some(bytes) if bytes <= left => Ok(()),
+            Some(bytes) if bytes <= self.bytes_left(heap) => Ok(()),
             _ => Err(self.trip(Exceeded::Memory(self.memory_bytes))),
         }
     }
 
     /// What is left of the memory bound.
-    pub(crate) fn bytes_left(&self, allocated_bytes: usize) -> usize {
-        self.memory_bytes.saturating_sub(allocated_bytes)
+    pub(crate) fn bytes_left(&self, heap: Heap) -> usize {
+        self.memory_bytes.saturating_sub(self.used(heap))
     }
 
     /// Fails when the innermost frame is a `def` already on the call stack.
@@ -294,9 +288,7 @@ pub(crate) fn text_size(value: Value, limit: usize) -> Option<usize> {
 pub(crate) fn install<'v, 'a, 'e: 'a>(eval: &mut Evaluator<'v, 'a, 'e>, guard: &Rc<Guard>) {
     let heap = eval.heap();
     let for_ticks = Rc::clone(guard);
-    eval.set_check_cancelled(Box::new(move || {
-        for_ticks.check(for_ticks.used(heap)).is_err()
-    }));
+    eval.set_check_cancelled(Box::new(move || for_ticks.check(heap).is_err()));
     eval.before_stmt_for_dap(BeforeStmtFunc::from_dyn(Box::new(StatementCheck {
         guard: Rc::clone(guard),
         statements: 0,
@@ -316,7 +308,7 @@ impl<'e> BeforeStmtFuncDyn<'e> for StatementCheck {
         _continued: bool,
         eval: &mut Evaluator<'v, '_, 'e>,
     ) -> starlark::Result<()> {
-        self.guard.check_heap(self.guard.used(eval.heap()))?;
+        self.guard.check_heap(eval.heap())?;
         self.statements = self.statements.wrapping_add(1);
         if self.statements.is_multiple_of(STATEMENTS_PER_CLOCK) {
             self.guard.check_clock()?;

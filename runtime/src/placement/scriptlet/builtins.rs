@@ -146,14 +146,12 @@ fn guard<'a>(eval: &Evaluator<'_, 'a, '_>) -> Result<&'a Guard, starlark::Error>
 
 /// Fails unless a result of `bytes` (`None`: past what is left) fits in the memory bound.
 fn fits(eval: &Evaluator, bytes: Option<usize>) -> starlark::Result<()> {
-    let guard = guard(eval)?;
-    guard.output_fits(bytes, guard.used(eval.heap()))
+    guard(eval)?.output_fits(bytes, eval.heap())
 }
 
 /// What is left of the memory bound.
 fn left(eval: &Evaluator) -> starlark::Result<usize> {
-    let guard = guard(eval)?;
-    Ok(guard.bytes_left(guard.used(eval.heap())))
+    Ok(guard(eval)?.bytes_left(eval.heap()))
 }
 
 /// The size of `separator.join(items)` for a list or tuple of strings (`None` past `limit`);
@@ -350,8 +348,7 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
             _ => None,
         };
         if let Some((sequence, count)) = repetition {
-            let guard = &context(eval)?.guard;
-            guard.repetition_fits(sequence, count, guard.used(heap))?;
+            guard(eval)?.repetition_fits(sequence, count, heap)?;
         }
         a.mul(b, heap)
     }
@@ -426,14 +423,13 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
         call_method(this, "format", &args.items, &kwargs, eval)
     }
 
-    /// A copying call or a slice, wrapped so (see `rewrite::CHECKED`): the heap is checked
-    /// once the value is built, before anything else in the statement runs.
+    /// A slice, wrapped so (see `rewrite::CHECKED`): the memory is checked once it is built,
+    /// before anything else in the statement runs.
     fn _starling_checked<'v>(
         #[starlark(require = pos)] value: Value<'v>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<Value<'v>> {
-        let guard = &context(eval)?.guard;
-        guard.check_heap(guard.used(eval.heap()))?;
+        guard(eval)?.check_heap(eval.heap())?;
         Ok(value)
     }
 
@@ -445,12 +441,10 @@ pub(crate) fn register(builder: &mut GlobalsBuilder) {
         #[starlark(require = pos)] b: Value<'v>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<Value<'v>> {
-        let heap = eval.heap();
         if let Some(size) = sum_size(a, b) {
-            let guard = &context(eval)?.guard;
-            guard.output_fits(Some(size), guard.used(heap))?;
+            fits(eval, Some(size))?;
         }
-        a.add(b, heap)
+        a.add(b, eval.heap())
     }
 
     /// `a % b`, rewritten so: each `%` of a format string may repeat `b`'s text.

@@ -14,7 +14,7 @@
 //! not be checked. The rewriting is textual, on the spans of the parsed source, and keeps every
 //! newline, so errors keep the lines of the source as written.
 
-use starlark::syntax::ast::{AstExpr, AstLiteral, BinOp, ExprP};
+use starlark::syntax::ast::{AstExpr, BinOp, ExprP};
 use starlark::syntax::AstModule;
 
 use super::ScriptletError;
@@ -220,22 +220,10 @@ fn wrap(
     }
 }
 
-/// Whether `expr` is integer literals multiplied together.
-fn literal_product(expr: &AstExpr) -> bool {
-    match &expr.node {
-        ExprP::Literal(AstLiteral::Int(_)) => true,
-        ExprP::Op(left, BinOp::Multiply, right) => literal_product(left) && literal_product(right),
-        _ => false,
-    }
-}
-
-/// The product of integer literals `expr` as its value, when it is written with decimal
-/// digits, spaces and `*` only (no brackets, line breaks or comments: the value replaces the
-/// text exactly) and fits in 64 bits; `None` leaves it to the checked call.
+/// The product `expr` as its value, when it is written with decimal digits, spaces and `*`
+/// only (integer literals multiplied, no brackets, line breaks or comments: the value replaces
+/// the text exactly) and fits in 64 bits; `None` leaves it to the checked call.
 fn fold(source: &str, expr: &AstExpr) -> Option<Edit> {
-    if !literal_product(expr) {
-        return None;
-    }
     let (begin, end) = (
         expr.span.begin().get() as usize,
         expr.span.end().get() as usize,
