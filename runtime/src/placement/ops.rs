@@ -26,14 +26,42 @@ pub const SCRIPTLET_KEY: &str = "instances.placement.scriptlet";
 /// A member's placement bookkeeping.
 #[derive(Default)]
 pub struct PlacementState {
-    /// The installed scriptlet, compiled, with the source it was compiled from.
-    compiled: Mutex<Option<(String, Arc<Scriptlet>)>>,
+    /// The installed scriptlet, compiled.
+    compiled: CompiledScriptlet,
     /// Placements made and not yet recorded, by member (they count as instances there).
     pending: Mutex<BTreeMap<String, u64>>,
     /// Held from reading `pending` for a decision until the decision is counted in it, so
     /// that concurrent creations each see the others (a scriptlet runs on a blocking thread,
     /// for as long as it takes).
     deciding: tokio::sync::Mutex<()>,
+}
+
+/// The installed scriptlet compiled once per source: compiled again only when the source
+/// changes.
+#[derive(Default)]
+struct CompiledScriptlet {
+    /// The source last compiled, and what it compiled to.
+    cached: Mutex<Option<(String, Arc<Scriptlet>)>>,
+}
+
+impl CompiledScriptlet {
+    /// `source` compiled, or `None` when it is empty (no scriptlet installed).
+    fn get(&self, source: String) -> Result<Option<Arc<Scriptlet>>, Error> {
+        if source.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut cached = lock(&self.cached);
+        if let Some((compiled_from, scriptlet)) = cached.as_ref() {
+            if *compiled_from == source {
+                return Ok(Some(scriptlet.clone()));
+            }
+        }
+        let scriptlet = Arc::new(Scriptlet::compile(&source).map_err(|error| {
+            Error::Refused(format!("Failed instance placement scriptlet: {error}"))
+        })?);
+        *cached = Some((source, scriptlet.clone()));
+        Ok(Some(scriptlet))
+    }
 }
 
 /// A placement counted on its member until this is dropped (the instance recorded there, or
@@ -228,20 +256,7 @@ impl Member {
         let source = self
             .local_state(|state| state.config_value(SCRIPTLET_KEY))
             .unwrap_or_default();
-        if source.trim().is_empty() {
-            return Ok(None);
-        }
-        let mut compiled = lock(&self.inner.placement.compiled);
-        if let Some((cached, scriptlet)) = compiled.as_ref() {
-            if *cached == source {
-                return Ok(Some(scriptlet.clone()));
-            }
-        }
-        let scriptlet = Arc::new(Scriptlet::compile(&source).map_err(|error| {
-            Error::Refused(format!("Failed instance placement scriptlet: {error}"))
-        })?);
-        *compiled = Some((source, scriptlet.clone()));
-        Ok(Some(scriptlet))
+        self.inner.placement.compiled.get(source)
     }
 
     /// Chooses the member for `request` (the installed scriptlet, or `scriptlet` when given,
@@ -440,5 +455,38 @@ impl Member {
                 "text": line.text,
             })).collect::<Vec<_>>(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the installed scriptlet is compiled once per source, and again when the source
+    /// changes; an empty source is no scriptlet.
+    #[test]
+    fn a_scriptlet_is_compiled_once_per_source() {
+        let compiled = CompiledScriptlet::default();
+        let source = |target: &str| {
+            format!(
+                "def instance_placement(request, candidate_members):\n    set_target(\"{target}\")\n"
+            )
+        };
+        let first = compiled.get(source("m1")).unwrap().unwrap();
+        let again = compiled.get(source("m1")).unwrap().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "compiled twice from one source"
+        );
+        let changed = compiled.get(source("m2")).unwrap().unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &changed),
+            "not compiled again after a change"
+        );
+        assert!(compiled.get("  \n".to_string()).unwrap().is_none());
+        assert!(matches!(
+            compiled.get("def other(a, b):\n    pass\n".to_string()),
+            Err(Error::Refused(message)) if message.starts_with("Failed instance placement scriptlet")
+        ));
     }
 }
