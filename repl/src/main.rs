@@ -227,6 +227,11 @@ struct DaemonArgs {
     /// and exits host-wide (see ARCHITECTURE.md).
     #[arg(long)]
     no_favordynmods: bool,
+    /// Threads that run the member's async work: the network, Raft, requests (default: half
+    /// the logical CPUs, at least 1). The log writer, scripts and blocking I/O have threads
+    /// of their own; see ARCHITECTURE.md for why more async threads cost time.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -562,8 +567,17 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // `exec` (Lua, or a command in an instance) is one request and its answer: a runtime on
     // this thread alone starts no worker threads, which is a third of its start-up here.
-    let mut builder = match cli.command {
+    let mut builder = match &cli.command {
         Command::Exec { .. } => tokio::runtime::Builder::new_current_thread(),
+        Command::Daemon(args) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let workers = args
+                .workers
+                .map_or_else(|| daemon_workers(cpus), usize::from);
+            builder.worker_threads(workers);
+            builder
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -580,6 +594,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The daemon's async worker threads on a machine with `cpus` logical CPUs: half of them, at
+/// least one. A member's async work is mostly serial (one Raft core, one connection driver
+/// per peer); each idle worker is woken for every task scheduled while it sleeps, and those
+/// wake-ups (context switches) were the largest cost of a write on the test machine.
+fn daemon_workers(cpus: usize) -> usize {
+    (cpus / 2).max(1)
 }
 
 fn shim(command: &ShimCommand) -> ExitCode {
@@ -1340,7 +1362,28 @@ fn config_dir(cli: &Cli) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{config_target, ConfigTarget};
+    use super::{config_target, daemon_workers, Cli, ConfigTarget};
+    use clap::Parser;
+
+    /// Goal: a daemon runs half the CPUs' async workers, never none, and `--workers` outside
+    /// 1..=1024 is refused naming the option.
+    #[test]
+    fn daemon_workers_are_half_the_cpus() {
+        assert_eq!(daemon_workers(0), 1);
+        assert_eq!(daemon_workers(1), 1);
+        assert_eq!(daemon_workers(2), 1);
+        assert_eq!(daemon_workers(3), 1);
+        assert_eq!(daemon_workers(16), 8);
+        let parsed = Cli::try_parse_from(["starling", "daemon", "--workers", "3"]);
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+        for bad in ["0", "1025", "x"] {
+            let error = Cli::try_parse_from(["starling", "daemon", "--workers", bad])
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("--workers"), "{bad}: {error}");
+        }
+    }
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|arg| arg.to_string()).collect()

@@ -88,8 +88,9 @@ struct Shared {
     /// Entries appended and not yet durable, by index: readable at once, as openraft needs to
     /// replicate them while they are being written. Removed once their transaction commits.
     pending: Mutex<BTreeMap<u64, LogEntry>>,
-    /// Writes held back until the next one (see [`writer_loop`]).
-    deferred: Mutex<Vec<WriteOp>>,
+    /// Times the writer thread was woken by an operation (for tests: each append should
+    /// cost one, the committed index none of its own).
+    wakes: AtomicU64,
     /// The latest committed log id openraft saved and LMDB does not hold yet. It is written
     /// with the next transaction in which the log reaches it (a follower may learn of a commit
     /// before its own copy of the entry is durable), and on close.
@@ -133,9 +134,6 @@ impl Shared {
             .collect()
     }
 
-    fn deferred(&self) -> std::sync::MutexGuard<'_, Vec<WriteOp>> {
-        locked(&self.deferred)
-    }
 }
 
 impl Drop for Shared {
@@ -160,8 +158,9 @@ enum WriteOp {
         value: Vec<u8>,
         done: oneshot::Sender<Result<(), String>>,
     },
-    /// Wakes the writer to write the committed index held back ([`Shared::committed`]) when
-    /// nothing else comes within [`DEFERRED_WRITE_DELAY`].
+    /// Wakes a writer that holds no committed index back ([`Shared::committed`] was empty),
+    /// so that it writes the one just saved when nothing else comes within
+    /// [`DEFERRED_WRITE_DELAY`]. While it holds one it looks at the slot on its own.
     Nudge,
     Truncate {
         from_index: u64,
@@ -238,7 +237,7 @@ impl LogStore {
             health,
             commits: AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
-            deferred: Mutex::new(Vec::new()),
+            wakes: AtomicU64::new(0),
             committed: Mutex::new(None),
             durable_last: Mutex::new(None),
         });
@@ -264,6 +263,11 @@ impl LogStore {
     /// since the store was opened.
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// How many times an operation woke the writer thread since the store was opened.
+    pub fn writer_wakes(&self) -> u64 {
+        self.shared.wakes.load(Ordering::Relaxed)
     }
 
     /// Fails once the store is out of service, so nothing more is queued.
@@ -561,7 +565,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(committed) = committed else {
             return Ok(());
         };
-        *locked(&self.shared.committed) = Some(committed);
+        // A writer holding an index back already waits at most the quiet delay; only one
+        // waiting for work without a deadline needs waking (one wake-up per write saved).
+        let held = locked(&self.shared.committed).replace(committed);
+        if held.is_some() {
+            return Ok(());
+        }
         self.shared
             .writer
             .send(WriteOp::Nudge)
@@ -644,16 +653,16 @@ const DEFERRED_WRITE_DELAY: Duration = Duration::from_millis(100);
 /// The writer thread: takes everything queued, commits it in one transaction, reports. Once a
 /// transaction fails it writes nothing more and fails whatever is queued after it.
 ///
-/// Writes nobody waits for ([`WriteOp::PutMeta`] without `done`) are held back until something
-/// else is written or [`DEFERRED_WRITE_DELAY`] passes, so that the committed index costs no
-/// `fsync` of its own on the write path.
+/// The committed index ([`Shared::committed`]), which nobody waits for, is held back until
+/// something else is written or [`DEFERRED_WRITE_DELAY`] passes, so that it costs no `fsync`
+/// of its own on the write path. A [`WriteOp::Nudge`] only wakes the writer.
 fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
     loop {
-        let waiting = match shared.upgrade() {
-            Some(shared) => !shared.deferred().is_empty(),
+        let holding = match shared.upgrade() {
+            Some(shared) => locked(&shared.committed).is_some(),
             None => return,
         };
-        let first = if waiting {
+        let first = if holding {
             // Idle, or the store is closing: write what was held back (on closing, the
             // store's drop does).
             queue.recv_timeout(DEFERRED_WRITE_DELAY).ok()
@@ -663,27 +672,27 @@ fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
                 Err(_) => return,
             }
         };
-        let mut arrived = Vec::new();
+        let mut batch = Vec::new();
         let idle = first.is_none();
         if let Some(first) = first {
-            arrived.push(first);
+            batch.push(first);
         }
-        while arrived.len() < BATCH_OPERATIONS_MAX {
+        while batch.len() < BATCH_OPERATIONS_MAX {
             match queue.try_recv() {
-                Ok(op) => arrived.push(op),
+                Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut batch = std::mem::take(&mut *shared.deferred());
-        batch.extend(arrived);
-        if batch.is_empty() {
-            continue;
+        if !idle {
+            shared.wakes.fetch_add(1, Ordering::Relaxed);
         }
-        if !idle && batch.iter().all(WriteOp::may_wait) {
-            *shared.deferred() = batch;
+        batch.retain(|op| !matches!(op, WriteOp::Nudge));
+        // Woken only to hold an index back, or idle with nothing to write: the held index
+        // waits until the log covers it (a follower may learn of a commit first).
+        if batch.is_empty() && (!idle || !holds_durable_committed(&shared)) {
             continue;
         }
         let result = match shared.health.check() {
@@ -707,6 +716,13 @@ fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
     }
 }
 
+/// Whether a committed index is held back that the durable log covers.
+fn holds_durable_committed(shared: &Shared) -> bool {
+    let committed = *locked(&shared.committed);
+    let durable_last = *locked(&shared.durable_last);
+    committed.is_some_and(|committed| Some(committed.index) <= durable_last)
+}
+
 /// Drops the entries `batch` made durable from the pending ones, unless an entry appended
 /// since replaced one (same index, other log id).
 fn forget_durable(shared: &Shared, batch: &[WriteOp]) {
@@ -722,13 +738,6 @@ fn forget_durable(shared: &Shared, batch: &[WriteOp]) {
                 }
             }
         }
-    }
-}
-
-impl WriteOp {
-    /// Whether nobody waits for this write, so it may wait for the next one.
-    fn may_wait(&self) -> bool {
-        matches!(self, WriteOp::Nudge)
     }
 }
 

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftLogStorage;
 use support::{filler, reopen, start_raft, wait_leader, TestResult};
 
-/// Goal: each client write costs one log transaction (one round of `fsync`s), not two: the
-/// committed index openraft saves after each write waits for the next append instead of being
-/// committed alone; once the log is idle it is still written.
-/// Method: a single-node Raft; 50 writes one after another; count the writer's transactions;
-/// then wait past the idle delay and read the committed index back from LMDB.
+/// Goal: each client write costs one log transaction (one round of `fsync`s), not two, and
+/// wakes the writer thread once, not twice: the committed index openraft saves after each
+/// write waits for the next append instead of being committed alone, and wakes no writer that
+/// already holds one back; once the log is idle it is still written.
+/// Method: a single-node Raft; 50 writes one after another; count the writer's transactions
+/// and wake-ups; then wait past the idle delay and read the committed index back from LMDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_index_rides_with_the_next_append() -> TestResult {
     let root = tempfile::tempdir()?;
@@ -24,11 +25,18 @@ async fn committed_index_rides_with_the_next_append() -> TestResult {
 
     const WRITES: u64 = 50;
     let before = watched.commits();
+    let woken_before = watched.writer_wakes();
     let mut last = None;
     for _ in 0..WRITES {
         last = Some(raft.client_write(filler(8)).await?.log_id);
     }
     let spent = watched.commits() - before;
+    let woken = watched.writer_wakes() - woken_before;
+    assert!(
+        woken <= WRITES + 2,
+        "{WRITES} writes woke the log writer {woken} times (at most {} expected)",
+        WRITES + 2
+    );
     assert!(
         spent <= WRITES + 2,
         "{WRITES} writes cost {spent} log transactions (at most {} expected)",
