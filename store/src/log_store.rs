@@ -133,7 +133,6 @@ impl Shared {
             })
             .collect()
     }
-
 }
 
 impl Drop for Shared {
