@@ -344,6 +344,20 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         args.members,
         every / single
     );
+    // Every copy decrypts, hashes and writes the whole image on its receiver and encrypts it
+    // on its sender: with the CPUs busy, copies in parallel cannot take less than their CPU
+    // time spread over every CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let copies_cpu = (args.members - 1) as f64 * copy_cpu / runs;
+    println!(
+        "bound by CPU: {} copies at one copy's {:.2} CPU s on {cpus} CPUs take at least {:.3} s \
+         = {:.2}× one copy (one copy keeps {:.2} CPUs busy)",
+        args.members - 1,
+        copy_cpu / runs,
+        copies_cpu / cpus,
+        copies_cpu / cpus / single,
+        copy_cpu / runs / single
+    );
     println!(
         "largest rise of a member's peak RSS: import {import_rise:.1} MiB, copy {copy_rise:.1} MiB \
          (target ≤ 64 MiB for 1 GiB: run with --size-mib 1024)"

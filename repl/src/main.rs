@@ -227,9 +227,9 @@ struct DaemonArgs {
     /// and exits host-wide (see ARCHITECTURE.md).
     #[arg(long)]
     no_favordynmods: bool,
-    /// Threads that run the member's async work: the network, Raft, requests (default: half
-    /// the logical CPUs, at least 1). The log writer, scripts and blocking I/O have threads
-    /// of their own; see ARCHITECTURE.md for why more async threads cost time.
+    /// Threads that run the member's async work: the network, Raft, requests (default: one
+    /// per logical CPU). Members sharing a machine run faster with fewer (see ARCHITECTURE.md,
+    /// "Async workers"); the log writer, scripts and blocking I/O have threads of their own.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 }
@@ -567,18 +567,24 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // `exec` (Lua, or a command in an instance) is one request and its answer: a runtime on
     // this thread alone starts no worker threads, which is a third of its start-up here.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let mut builder = match &cli.command {
         Command::Exec { .. } => tokio::runtime::Builder::new_current_thread(),
+        // One worker per CPU unless `--workers` says (see ARCHITECTURE.md, "Async workers").
         Command::Daemon(args) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-            let workers = args
-                .workers
-                .map_or_else(|| daemon_workers(cpus), usize::from);
-            builder.worker_threads(workers);
+            if let Some(workers) = args.workers {
+                builder.worker_threads(usize::from(workers));
+            }
             builder
         }
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        // Its members run in this process.
+        Command::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(client_workers(cpus));
+            builder
+        }
     };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -596,11 +602,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The daemon's async worker threads on a machine with `cpus` logical CPUs: half of them, at
-/// least one. A member's async work is mostly serial (one Raft core, one connection driver
-/// per peer); each idle worker is woken for every task scheduled while it sleeps, and those
-/// wake-ups (context switches) were the largest cost of a write on the test machine.
-fn daemon_workers(cpus: usize) -> usize {
+/// Async worker threads of a client command (every command but `daemon`, `demo` and `exec`) on a
+/// machine with `cpus` logical CPUs: half of them, at least one. A client's work is a few
+/// connections; each idle worker is woken for every task scheduled while it sleeps, and such
+/// wake-ups (context switches) were the largest cost of a write on the test machine, where
+/// clients share the CPUs with members.
+fn client_workers(cpus: usize) -> usize {
     (cpus / 2).max(1)
 }
 
@@ -1362,18 +1369,18 @@ fn config_dir(cli: &Cli) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{config_target, daemon_workers, Cli, ConfigTarget};
+    use super::{client_workers, config_target, Cli, ConfigTarget};
     use clap::Parser;
 
-    /// Goal: a daemon runs half the CPUs' async workers, never none, and `--workers` outside
-    /// 1..=1024 is refused naming the option.
+    /// Goal: a client runs half the CPUs' async workers, never none, and the daemon's
+    /// `--workers` outside 1..=1024 is refused naming the option.
     #[test]
-    fn daemon_workers_are_half_the_cpus() {
-        assert_eq!(daemon_workers(0), 1);
-        assert_eq!(daemon_workers(1), 1);
-        assert_eq!(daemon_workers(2), 1);
-        assert_eq!(daemon_workers(3), 1);
-        assert_eq!(daemon_workers(16), 8);
+    fn client_workers_are_half_the_cpus() {
+        assert_eq!(client_workers(0), 1);
+        assert_eq!(client_workers(1), 1);
+        assert_eq!(client_workers(2), 1);
+        assert_eq!(client_workers(3), 1);
+        assert_eq!(client_workers(16), 8);
         let parsed = Cli::try_parse_from(["starling", "daemon", "--workers", "3"]);
         assert!(parsed.is_ok(), "{:?}", parsed.err());
         for bad in ["0", "1025", "x"] {
