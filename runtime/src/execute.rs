@@ -122,7 +122,7 @@ impl Member {
                 ));
             }
             if let crate::automation::scripts::ScriptOperation::Execute { .. } = script {
-                return self.scripts_here(script).await;
+                return Box::pin(self.scripts_here(script)).await;
             }
         }
         // Readiness is the member asked's own.
@@ -180,21 +180,9 @@ impl Member {
                 ..caller.clone()
             },
         };
-        // A leader cut off by the network never answers: stop waiting for it as soon as
-        // another member is known to lead, and send the request there (it is the same request,
-        // so it applies at most once).
-        let forwarded = tokio::select! {
-            reply = self.request(
-                &leader_address,
-                &request,
-                FORWARD_TIMEOUT + operation.time_budget().unwrap_or_default(),
-            ) => reply,
-            moved_to = self.leader_moves_from(&leader_address) => {
-                return Err(Error::LeadershipChanged(format!(
-                    "the leader moved from {leader_address} to {moved_to} while the request was under way"
-                )));
-            }
-        };
+        let timeout = FORWARD_TIMEOUT + operation.time_budget().unwrap_or_default();
+        // Boxed: the leader runs no forward, and every request's future is copied once.
+        let forwarded = Box::pin(self.send_to_leader(&leader_address, &request, timeout)).await?;
         match forwarded {
             Ok(Reply::Operation(Ok(text))) => {
                 serde_json::from_str(&text).map_err(|error| Error::Internal(error.to_string()))
@@ -218,6 +206,24 @@ impl Member {
                 tracing::warn!(%error, leader = %leader_address, "forwarding to the leader failed");
                 Err(self.unavailable().await)
             }
+        }
+    }
+
+    /// Sends `request` to the leader at `leader_address`. A leader cut off by the network
+    /// never answers: stop waiting for it as soon as another member is known to lead (the
+    /// error), and send the request there (it is the same request, so it applies at most
+    /// once).
+    async fn send_to_leader(
+        &self,
+        leader_address: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Result<Reply, Error>, Error> {
+        tokio::select! {
+            reply = self.request(leader_address, request, timeout) => Ok(reply),
+            moved_to = self.leader_moves_from(leader_address) => Err(Error::LeadershipChanged(format!(
+                "the leader moved from {leader_address} to {moved_to} while the request was under way"
+            ))),
         }
     }
 
@@ -262,7 +268,7 @@ impl Member {
     /// Runs an operation on this member, which leads.
     async fn execute_here(&self, operation: &Operation, origin: &str) -> Result<Value, Error> {
         if !operation.is_write() {
-            self.linearize().await?;
+            Box::pin(self.linearize()).await?;
         }
         if self.local_state(|state| state.members.is_empty()) {
             // Elected, but the bootstrap entry (the CA, the first member) is not applied yet.
@@ -351,8 +357,8 @@ impl Member {
                 Ok(Value::Null)
             }
             Operation::ConfigAll => Ok(view::config(self)),
-            Operation::ClusterMemberState { name } => self.member_state(name).await,
-            Operation::ClusterEdit { name, edit } => self.edit_member(name, edit).await,
+            Operation::ClusterMemberState { name } => Box::pin(self.member_state(name)).await,
+            Operation::ClusterEdit { name, edit } => Box::pin(self.edit_member(name, edit)).await,
             Operation::ClusterSet { name, key, value } => {
                 self.set_member_config(name, key, Some(value)).await
             }
@@ -373,24 +379,26 @@ impl Member {
                 .await?;
                 Ok(Value::Null)
             }
-            Operation::ClusterRemove { name, force } => self.remove_member(name, *force).await,
-            Operation::Image(image) => self.image_here(image).await,
-            Operation::Group(group) => self.group_here(group).await,
+            Operation::ClusterRemove { name, force } => {
+                Box::pin(self.remove_member(name, *force)).await
+            }
+            Operation::Image(image) => Box::pin(self.image_here(image)).await,
+            Operation::Group(group) => Box::pin(self.group_here(group)).await,
             Operation::Evacuation(evacuation) => Box::pin(self.evacuation_here(evacuation)).await,
             Operation::Instance(instance) => Box::pin(self.instance_here(instance)).await,
             Operation::Placement(placement) => self.placement_here(placement).await,
-            Operation::Profile(profile) => self.profile_here(profile).await,
-            Operation::Project(project) => self.project_here(project).await,
+            Operation::Profile(profile) => Box::pin(self.profile_here(profile)).await,
+            Operation::Project(project) => Box::pin(self.project_here(project)).await,
             Operation::Kv(kv) => self.kv_here(kv).await,
             Operation::Script(script) => Box::pin(self.scripts_here(script)).await,
             Operation::ClusterPromote { name, replace } => {
-                self.promote(name, replace.as_deref()).await
+                Box::pin(self.promote(name, replace.as_deref())).await
             }
-            Operation::ClusterDemote { name } => self.demote(name).await,
+            Operation::ClusterDemote { name } => Box::pin(self.demote(name)).await,
             Operation::ClusterTransferLeadership { name } => {
-                self.transfer_leadership(name.as_deref()).await
+                Box::pin(self.transfer_leadership(name.as_deref())).await
             }
-            Operation::HandOver { id } => self.hand_over(*id).await,
+            Operation::HandOver { id } => Box::pin(self.hand_over(*id)).await,
             Operation::StorageCreate {
                 name,
                 driver,
@@ -438,7 +446,7 @@ impl Member {
             }
             Operation::NetworkList => Ok(view::networks(self)),
             Operation::Join(request) => {
-                let response = join::admit(self, request.clone()).await?;
+                let response = Box::pin(join::admit(self, request.clone())).await?;
                 serde_json::to_value(response).map_err(|error| Error::Internal(error.to_string()))
             }
             Operation::TrustClaim {

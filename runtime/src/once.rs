@@ -27,12 +27,15 @@ tokio::task_local! {
 }
 
 /// Runs `work` as request `request_id`: the commands it proposes are tagged.
-pub(crate) async fn scope<T>(request_id: u128, work: impl Future<Output = T>) -> T {
+///
+/// Not an `async fn`: one would hold `work` twice (as its argument and inside the scope it
+/// awaits), doubling the size of every request's future, which is copied once per call.
+pub(crate) fn scope<T>(request_id: u128, work: impl Future<Output = T>) -> impl Future<Output = T> {
     let scope = RequestScope {
         request_id,
         commands: Cell::new(0),
     };
-    REQUEST.scope(scope, work).await
+    REQUEST.scope(scope, work)
 }
 
 /// The id of the `index`th command of request `request_id`.
