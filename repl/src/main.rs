@@ -1157,6 +1157,10 @@ async fn daemon(cli: &Cli, args: &DaemonArgs) -> Result<()> {
     if !args.no_favordynmods {
         favor_dynamic_modifications();
     }
+    tracing::info!(
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "async runtime started"
+    );
     let mut store = starling_store::StoreOptions::default();
     if let Some(mib) = args.db_map_mib {
         store.log_map_size_bytes = mib.saturating_mul(1024 * 1024);

@@ -10,6 +10,33 @@ use serde_json::{json, Value};
 use starling_tests::processes::ProcessCluster;
 use starling_tests::{init_tracing, wait_for, with_role};
 
+/// Goal: a daemon runs one async worker per CPU unless `--workers` says otherwise, and one
+/// started with a single worker serves.
+/// Method: m1 with the default, m2 joined with `--workers 1`; each logs its runtime's worker
+/// count (tokio's own metric) when it starts; a write through m2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_run_the_async_workers_asked_for() -> Result<()> {
+    init_tracing();
+    let mut cluster = ProcessCluster::start(1).await?;
+    cluster.join_with(1, &["--workers", "1"])?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let started = |index: usize, workers: usize| {
+        cluster
+            .log(index)
+            .contains(&format!("async runtime started workers={workers}"))
+    };
+    assert!(started(0, cpus), "m1 log:\n{}", cluster.log(0));
+    assert!(started(1, 1), "m2 log:\n{}", cluster.log(1));
+    cluster.cli_ok(1, &["config", "set", "user.workers", "one"])?;
+    assert_eq!(
+        cluster
+            .cli_ok(0, &["config", "get", "user.workers"])?
+            .trim(),
+        "one"
+    );
+    Ok(())
+}
+
 /// Goal: five members end with three voters, two stand-bys and one leader; losing a follower
 /// voter to `kill -9` leaves writes working; the killed member comes back with what it missed.
 /// Method: five processes joined with tokens; `SIGKILL` a non-leader voter; write; restart it
