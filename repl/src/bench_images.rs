@@ -267,11 +267,12 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
         Some(mib(floor)),
         floor_cpu / runs,
     ));
+    let one_copy_cpu = copy_cpu / runs;
     rows.push((
         format!("one copy {pairs}, durable (median)"),
         single,
         Some(mib(single)),
-        copy_cpu / runs,
+        one_copy_cpu,
     ));
 
     // From one holder to every member (the first image gone, so it is the only one copied).
@@ -348,15 +349,14 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     // on its sender: with the CPUs busy, copies in parallel cannot take less than their CPU
     // time spread over every CPU.
     let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-    let copies_cpu = (args.members - 1) as f64 * copy_cpu / runs;
+    let copies_cpu = (args.members - 1) as f64 * one_copy_cpu;
     println!(
-        "bound by CPU: {} copies at one copy's {:.2} CPU s on {cpus} CPUs take at least {:.3} s \
-         = {:.2}× one copy (one copy keeps {:.2} CPUs busy)",
+        "bound by CPU: {} copies at one copy's {one_copy_cpu:.2} CPU s on {cpus} CPUs take at \
+         least {:.3} s = {:.2}× one copy (one copy keeps {:.2} CPUs busy)",
         args.members - 1,
-        copy_cpu / runs,
         copies_cpu / cpus,
         copies_cpu / cpus / single,
-        copy_cpu / runs / single
+        one_copy_cpu / single
     );
     println!(
         "largest rise of a member's peak RSS: import {import_rise:.1} MiB, copy {copy_rise:.1} MiB \

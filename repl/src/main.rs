@@ -567,7 +567,6 @@ fn main() -> ExitCode {
     init_logging(&cli);
     // `exec` (Lua, or a command in an instance) is one request and its answer: a runtime on
     // this thread alone starts no worker threads, which is a third of its start-up here.
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let mut builder = match &cli.command {
         Command::Exec { .. } => tokio::runtime::Builder::new_current_thread(),
         // One worker per CPU unless `--workers` says (see ARCHITECTURE.md, "Async workers").
@@ -582,6 +581,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
             builder.worker_threads(client_workers(cpus));
             builder
         }
