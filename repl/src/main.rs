@@ -1325,11 +1325,12 @@ async fn waitready(cli: &Cli, timeout: Duration) -> Result<()> {
     )
 }
 
-/// One `waitready` attempt: connect, ask for the cluster's info, then whether the member has
-/// looked at its containers (adopted those a previous daemon started).
+/// One `waitready` attempt: connect, ask for the members (answered by the leader, so the
+/// cluster has one; `cluster.info()` would also build every join question), then whether the
+/// member has looked at its containers (adopted those a previous daemon started).
 async fn ready_once(cli: &Cli) -> Result<()> {
     let client = connect(cli).await?;
-    let mut result = client.operation(Operation::ClusterInfo).await;
+    let mut result = client.operation(Operation::ClusterMembers).await;
     if result.is_ok() {
         result = client.operation(Operation::MemberReady).await;
     }

@@ -277,7 +277,7 @@ impl Member {
             ));
         }
         match operation {
-            Operation::ClusterInfo => Ok(view::cluster_info(self, origin)),
+            Operation::ClusterInfo => Box::pin(view::cluster_info(self, origin)).await,
             Operation::MemberReady => Ok(Value::Bool(self.inner.instances.adopted())),
             Operation::ClusterMembers => Ok(view::members(self)),
             Operation::ClusterMember { name } => view::member(self, name),

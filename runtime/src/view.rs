@@ -95,8 +95,10 @@ pub(crate) fn member(member: &Member, name: &str) -> Result<Value, Error> {
 }
 
 /// `cluster.info()`: with the figures `etcdctl endpoint status` shows, as the member that
-/// answers (the leader) knows them.
-pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
+/// answers (the leader) knows them. The join questions (`member_config`, several per pool and
+/// network) are built on a blocking thread: with thousands of networks that took the async
+/// runtime long enough to miss heartbeats.
+pub(crate) async fn cluster_info(member: &Member, origin: &str) -> Result<Value, Error> {
     let raft = RaftRoles::of(member);
     let (raft_term, last_log_index, applied_index, snapshot_index) = {
         let metrics = member.raft().metrics();
@@ -109,14 +111,14 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
         )
     };
     let db_size = directory_size(&member.dir().database());
-    member.local_state(|state| {
+    let (mut info, asked) = member.local_state(|state| {
         let leader = raft
             .leader
             .and_then(|id| state.member_by_id(id))
             .map(|record| record.name.clone());
         let fingerprint =
             starling_transport::fingerprint_pem(&state.ca_cert_pem).unwrap_or_default();
-        json!({
+        let info = json!({
             "server_name": origin,
             "leader": leader,
             "fingerprint": fingerprint,
@@ -130,9 +132,15 @@ pub(crate) fn cluster_info(member: &Member, origin: &str) -> Value {
             "snapshot_index": snapshot_index,
             "db_size": db_size,
             "version": env!("CARGO_PKG_VERSION"),
-            "member_config": starling_store::member_config::questions(state),
-        })
-    })
+        });
+        (info, starling_store::member_config::Asked::of(state))
+    });
+    let questions = tokio::task::spawn_blocking(move || serde_json::to_value(asked.questions()))
+        .await
+        .map_err(|error| Error::Internal(format!("building the join questions: {error}")))?
+        .map_err(|error| Error::Internal(format!("the join questions: {error}")))?;
+    info["member_config"] = questions;
+    Ok(info)
 }
 
 /// Bytes used on disk by the files under `path` (LMDB files are sparse: count allocated blocks).

@@ -314,6 +314,19 @@ impl LogStore {
     ///
     /// The entries being written are looked at first: one that becomes durable meanwhile is then
     /// found in LMDB, so none falls between the two reads.
+    /// What [`LogStore::read_range`] gives, read no further than the stored entries from
+    /// `start` fit in `bytes` (by their records' lengths, the first entry whatever its size):
+    /// a bounded read decodes what it may keep, not the rest of the log behind it.
+    fn read_range_within(
+        &self,
+        start: u64,
+        end: Option<u64>,
+        bytes: usize,
+    ) -> Result<Vec<LogEntry>, String> {
+        let end = locked(&self.shared.segments).end_within(start, end, bytes);
+        self.read_range(start, end)
+    }
+
     fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let range = (Bound::Included(start), upper);
@@ -463,6 +476,44 @@ fn write_error(message: String) -> io::Error {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The entries in `range`, read and decoded a chunk of at most [`APPEND_BYTES_MAX`] bytes
+    /// at a time as the stream is consumed: openraft applies committed entries from this
+    /// stream, and after a restart or a long absence that is the whole log since the last
+    /// snapshot, which read at once held the async runtime for as long as its decoding took.
+    /// Like [`RaftLogReader::try_get_log_entries`] it stops where the log stops: before a
+    /// missing entry, or at its end.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = Result<LogEntry, io::Error>> + OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + OptionalSend,
+    {
+        use futures::StreamExt;
+        let (start, end) = range_start_end(&range);
+        let chunks =
+            futures::stream::unfold(Some((self.clone(), start)), move |state| async move {
+                let (reader, next) = state?;
+                if end.is_some_and(|end| next >= end) {
+                    return None;
+                }
+                let chunk = match reader.read_range_within(next, end, APPEND_BYTES_MAX) {
+                    Ok(chunk) => chunk,
+                    Err(error) => return Some((vec![Err(read_error(error))], None)),
+                };
+                // Entries missing where a later chunk begins: the log ends there (the first
+                // chunk may begin after `start`, whose entries were purged).
+                let first = chunk.first().map(|entry| entry.log_id.index)?;
+                if next != start && first != next {
+                    return None;
+                }
+                let after = chunk.last().map_or(next, |entry| entry.log_id.index + 1);
+                let items = chunk.into_iter().map(Ok).collect::<Vec<_>>();
+                Some((items, Some((reader, after))))
+            });
+        chunks.flat_map(futures::stream::iter)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -488,7 +539,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> StorageResult<Vec<LogEntry>> {
-        let mut entries = self.read_range(start, Some(end)).map_err(read_error)?;
+        let mut entries = self
+            .read_range_within(start, Some(end), APPEND_BYTES_MAX)
+            .map_err(read_error)?;
         if let Some(first) = entries.first().filter(|entry| entry.log_id.index != start) {
             tracing::warn!(
                 start,

@@ -74,37 +74,66 @@ pub fn network_keys(network_type: &str) -> Vec<(&'static str, bool)> {
 
 /// The questions a member joining `state` must answer.
 pub fn questions(state: &ClusterState) -> Vec<Question> {
-    let mut questions = Vec::new();
-    for pool in state.pools.values() {
-        for (key, required) in pool_keys(&pool.driver) {
-            let value = if key == "zfs.pool_name" || key == "lvm.vg_name" {
-                pool.name.clone()
-            } else {
-                String::new()
-            };
-            questions.push(Question {
-                entity: "storage-pool".to_string(),
-                name: pool.name.clone(),
-                key: key.to_string(),
-                value,
-                description: format!("\"{key}\" property for storage pool \"{}\"", pool.name),
-                required,
-            });
+    Asked::of(state).questions()
+}
+
+/// What the questions are asked about: each pool's name and driver, each network's name and
+/// type. Copied out of the state cheaply, so the questions (several per pool and network,
+/// with their text) can be built where they hold nothing up: a cluster with thousands of
+/// networks asks thousands of questions.
+#[derive(Clone, Debug, Default)]
+pub struct Asked {
+    pools: Vec<(String, String)>,
+    networks: Vec<(String, String)>,
+}
+
+impl Asked {
+    /// The pools and networks of `state`.
+    pub fn of(state: &ClusterState) -> Asked {
+        Asked {
+            pools: (state.pools.values())
+                .map(|pool| (pool.name.clone(), pool.driver.clone()))
+                .collect(),
+            networks: (state.networks.values())
+                .map(|network| (network.name.clone(), network.network_type.clone()))
+                .collect(),
         }
     }
-    for network in state.networks.values() {
-        for (key, required) in network_keys(&network.network_type) {
-            questions.push(Question {
-                entity: "network".to_string(),
-                name: network.name.clone(),
-                key: key.to_string(),
-                value: String::new(),
-                description: format!("\"{key}\" property for network \"{}\"", network.name),
-                required,
-            });
+
+    /// The questions, pools first, each in name order.
+    pub fn questions(&self) -> Vec<Question> {
+        let mut questions = Vec::new();
+        for (pool, driver) in &self.pools {
+            for (key, required) in pool_keys(driver) {
+                let value = if key == "zfs.pool_name" || key == "lvm.vg_name" {
+                    pool.clone()
+                } else {
+                    String::new()
+                };
+                questions.push(Question {
+                    entity: "storage-pool".to_string(),
+                    name: pool.clone(),
+                    key: key.to_string(),
+                    value,
+                    description: format!("\"{key}\" property for storage pool \"{pool}\""),
+                    required,
+                });
+            }
         }
+        for (network, network_type) in &self.networks {
+            for (key, required) in network_keys(network_type) {
+                questions.push(Question {
+                    entity: "network".to_string(),
+                    name: network.clone(),
+                    key: key.to_string(),
+                    value: String::new(),
+                    description: format!("\"{key}\" property for network \"{network}\""),
+                    required,
+                });
+            }
+        }
+        questions
     }
-    questions
 }
 
 /// Checks a joiner's answers: every required question answered, nothing unknown answered.

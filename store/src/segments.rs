@@ -246,6 +246,26 @@ impl Segments {
         self.entries.keys().next_back().copied()
     }
 
+    /// Where a read from `start` that takes entries while their bytes add up to at most
+    /// `bytes` ends (excluded): the first held entry past the budget (never the first one
+    /// read, which goes alone however large), or `end` if the held entries before it fit.
+    /// Found from the index alone, so a bounded read decodes only what it keeps.
+    pub(crate) fn end_within(&self, start: u64, end: Option<u64>, bytes: usize) -> Option<u64> {
+        let range = match end {
+            Some(end) if end <= start => return end.into(),
+            Some(end) => self.entries.range(start..end),
+            None => self.entries.range(start..),
+        };
+        let mut total = 0usize;
+        for (taken, (index, at)) in range.enumerate() {
+            total = total.saturating_add(at.len as usize);
+            if total > bytes && taken > 0 {
+                return Some(*index);
+            }
+        }
+        end
+    }
+
     /// Where to read the entries from `start` to `end` (excluded) that are held.
     pub(crate) fn locate(&self, start: u64, end: Option<u64>) -> Vec<ReadAt> {
         let range = match end {

@@ -41,6 +41,8 @@ pub struct ProcessCluster {
     children: Vec<Option<Child>>,
     /// Where members run; `None`: in this network namespace, on loopback.
     placement: Option<Arc<dyn MemberPlacement>>,
+    /// Async worker threads each member runs (`daemon --workers`); `None`: the default.
+    workers: Option<usize>,
 }
 
 /// Where member processes run when not on loopback beside the harness: the chaos harness
@@ -96,7 +98,14 @@ impl ProcessCluster {
             binary: starling_binary()?,
             children: Vec::new(),
             placement: None,
+            workers: None,
         })
+    }
+
+    /// The same cluster whose members run `workers` async worker threads each.
+    pub fn with_workers(mut self, workers: usize) -> ProcessCluster {
+        self.workers = Some(workers);
+        self
     }
 
     /// An empty cluster of `binary`'s members, which run where `placement` puts them. Its
@@ -110,6 +119,7 @@ impl ProcessCluster {
             binary,
             children: Vec::new(),
             placement: Some(placement),
+            workers: None,
         })
     }
 
@@ -278,10 +288,11 @@ impl ProcessCluster {
             Some(placement) => placement.command(index, &self.binary)?,
             None => Command::new(&self.binary),
         };
+        command.arg("--dir").arg(&dir).args(args);
+        if let (Some(workers), Some(&"daemon")) = (self.workers, args.first()) {
+            command.args(["--workers", &workers.to_string()]);
+        }
         command
-            .arg("--dir")
-            .arg(&dir)
-            .args(args)
             // Plain log lines, so that tests can search them.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

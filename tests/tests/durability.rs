@@ -70,10 +70,15 @@ async fn writer(
 /// networks; SIGKILL the leader, wait for a stand-by to take its vote, SIGKILL a follower
 /// voter; stop the writers; restart the killed members and let them catch up; stop everyone
 /// and read each member's database offline: every acknowledged network is in every replica.
+/// Each member runs one async worker thread (`--workers 1`), so anything that holds a worker
+/// holds up its heartbeats too: catching up (the leader reading the restarted members'
+/// backlog, they applying it) and `waitready` polling a leader that holds thousands of
+/// networks must not make the voters elect again and again (before they were bounded, the
+/// cluster had no leader for the 30 s `waitready` allows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kills_under_64_writers() -> Result<()> {
     init_tracing();
-    let mut cluster = ProcessCluster::start(5).await?;
+    let mut cluster = ProcessCluster::new()?.with_workers(1).started(5)?;
     cluster.wait_roles(0, 3, 2).await?;
     cluster.cli_ok(0, &["config", "set", "cluster.offline_threshold=10"])?;
     let dirs: Vec<_> = (0..5).map(|index| cluster.dir(index)).collect();
