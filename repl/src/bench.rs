@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// Rounds per binary when comparing with `--baseline`.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Async worker threads each member runs (`daemon --workers`). By default the members
+    /// share the machine's CPUs: CPUs / members, at least one (a member alone on a machine
+    /// runs one per CPU, the daemon's default).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    member_workers: Option<u16>,
 }
 
 /// One binary's figures in one round: per writer count (writes/s, p50 ms), then read p50 ms.
@@ -163,10 +168,15 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 /// and reads its figures from what it prints.
 fn measure_by(args: &BenchArgs, exe: &Path) -> Result<Round> {
     let writers: Vec<String> = args.writers.iter().map(usize::to_string).collect();
-    let output = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .args(["bench", "--members", &args.members.to_string()])
         .args(["--seconds", &args.seconds.to_string()])
-        .args(["--writers", &writers.join(",")])
+        .args(["--writers", &writers.join(",")]);
+    if let Some(workers) = args.member_workers {
+        command.args(["--member-workers", &workers.to_string()]);
+    }
+    let output = command
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -225,7 +235,10 @@ pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
 async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
     let mut processes = Processes::in_temp_dir("bench", args.keep)?;
     let dir = processes.dir.clone();
-    let joins = start_cluster(&mut processes, &dir, args.members, exe).await?;
+    let workers = args
+        .member_workers
+        .map_or_else(|| shared_workers(args.members), usize::from);
+    let joins = start_cluster(&mut processes, &dir, args.members, exe, Some(workers)).await?;
     let leader = leader_dir(&dir, args.members).await?;
     let joins: Vec<String> = joins
         .iter()
@@ -236,8 +249,8 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
         joins.join(", ")
     );
     println!(
-        "cluster of {} member processes ready; writing to the leader",
-        args.members
+        "cluster of {} member processes ready ({workers} async worker(s) each); writing to the leader",
+        args.members,
     );
     println!(
         "{:>8} {:>12} {:>10} {:>10}",
@@ -307,19 +320,36 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
     })
 }
 
-/// Starts the members; returns how long each join took, from its token to the new member
-/// answering a request.
+/// Async worker threads for each of `members` member processes sharing this machine's CPUs:
+/// tokio's default of one per CPU in each would put `members` times as many workers as CPUs
+/// on the machine, each woken (an IPI to a halted virtual CPU, ~40 µs here) for tasks another
+/// already runs.
+fn shared_workers(members: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / members.max(1)).max(1)
+}
+
+/// Starts the members (with `workers` async worker threads each, if given); returns how long
+/// each join took, from its token to the new member answering a request.
 pub(crate) async fn start_cluster(
     processes: &mut Processes,
     dir: &Path,
     members: usize,
     exe: &Path,
+    workers: Option<usize>,
 ) -> Result<Vec<f64>> {
     let mut joins = Vec::new();
     let first = dir.join("m1");
     let listen = crate::demo::free_address()?;
+    let workers = workers.map(|count| count.to_string());
+    let tuning: Vec<&str> = match &workers {
+        Some(count) => vec!["--workers", count],
+        None => Vec::new(),
+    };
     let args = ["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"];
-    processes.children.push(spawn(exe, &first, &args)?);
+    processes
+        .children
+        .push(spawn(exe, &first, &[&args[..], &tuning].concat())?);
     wait_ready(&first).await?;
     let admin = Client::local(&first).await?;
     for index in 2..=members {
@@ -330,9 +360,11 @@ pub(crate) async fn start_cluster(
         let args = [
             "daemon", "--name", &name, "--listen", &listen, "--join", &token,
         ];
-        processes
-            .children
-            .push(spawn(exe, &dir.join(&name), &args)?);
+        processes.children.push(spawn(
+            exe,
+            &dir.join(&name),
+            &[&args[..], &tuning].concat(),
+        )?);
         wait_ready(&dir.join(&name)).await?;
         joins.push(started.elapsed().as_secs_f64());
     }

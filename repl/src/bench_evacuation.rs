@@ -218,7 +218,7 @@ pub(crate) async fn container_cluster(bench: &str, keep: bool) -> Result<(Proces
     let mut processes = Processes::in_temp_dir(bench, keep)?;
     let dir = processes.dir.clone();
     let exe = std::env::current_exe()?;
-    start_cluster(&mut processes, &dir, 3, &exe).await?;
+    start_cluster(&mut processes, &dir, 3, &exe, None).await?;
     let client = Client::local(&dir.join("m1")).await?;
     client
         .operation(Operation::ConfigSet {

@@ -191,7 +191,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     let mut processes = Processes::in_temp_dir("bench-images", args.keep)?;
     let dir = processes.dir.clone();
     let exe = std::env::current_exe()?;
-    start_cluster(&mut processes, &dir, args.members, &exe).await?;
+    start_cluster(&mut processes, &dir, args.members, &exe, None).await?;
     let pids: Vec<u32> = processes.children.iter().map(|child| child.id()).collect();
     let pids_for_cpu = pids.clone();
     let bytes = (args.size_mib as u64) << 20;
