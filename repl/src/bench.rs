@@ -325,8 +325,7 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
 /// on the machine, each woken (an IPI to a halted virtual CPU, ~40 µs here) for tasks another
 /// already runs.
 fn shared_workers(members: usize) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    (cpus / members.max(1)).max(1)
+    (crate::cpus() / members.max(1)).max(1)
 }
 
 /// Starts the members (with `workers` async worker threads each, if given); returns how long
@@ -342,10 +341,10 @@ pub(crate) async fn start_cluster(
     let first = dir.join("m1");
     let listen = crate::demo::free_address()?;
     let workers = workers.map(|count| count.to_string());
-    let tuning: Vec<&str> = match &workers {
-        Some(count) => vec!["--workers", count],
-        None => Vec::new(),
-    };
+    let tuning: Vec<&str> = workers
+        .iter()
+        .flat_map(|count| ["--workers", count])
+        .collect();
     let args = ["daemon", "--name", "m1", "--listen", &listen, "--bootstrap"];
     processes
         .children

@@ -348,7 +348,7 @@ pub async fn run(args: &ImageBenchArgs) -> Result<()> {
     // Every copy decrypts, hashes and writes the whole image on its receiver and encrypts it
     // on its sender: with the CPUs busy, copies in parallel cannot take less than their CPU
     // time spread over every CPU.
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let cpus = crate::cpus() as f64;
     let copies_cpu = (args.members - 1) as f64 * one_copy_cpu;
     println!(
         "bound by CPU: {} copies at one copy's {one_copy_cpu:.2} CPU s on {cpus} CPUs take at \

@@ -581,8 +581,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
-            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-            builder.worker_threads(client_workers(cpus));
+            builder.worker_threads(client_workers(cpus()));
             builder
         }
     };
@@ -600,6 +599,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The logical CPUs this process may run on (its affinity and cgroup quota), at least one.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Async worker threads of a client command (every command but `daemon`, `demo` and `exec`) on a

@@ -309,11 +309,6 @@ impl LogStore {
         wait.await.map_err(|_| Error::WriterStopped.to_string())?
     }
 
-    /// Reads the entries from `start` up to `end` (excluded), in index order: the durable ones
-    /// and those still being written.
-    ///
-    /// The entries being written are looked at first: one that becomes durable meanwhile is then
-    /// found in LMDB, so none falls between the two reads.
     /// What [`LogStore::read_range`] gives, read no further than the stored entries from
     /// `start` fit in `bytes` (by their records' lengths, the first entry whatever its size):
     /// a bounded read decodes what it may keep, not the rest of the log behind it.
@@ -327,6 +322,11 @@ impl LogStore {
         self.read_range(start, end)
     }
 
+    /// Reads the entries from `start` up to `end` (excluded), in index order: the durable ones
+    /// and those still being written.
+    ///
+    /// The entries being written are looked at first: one that becomes durable meanwhile is then
+    /// found in LMDB, so none falls between the two reads.
     fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let range = (Bound::Included(start), upper);
@@ -499,7 +499,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 }
                 let chunk = match reader.read_range_within(next, end, APPEND_BYTES_MAX) {
                     Ok(chunk) => chunk,
-                    Err(error) => return Some((vec![Err(read_error(error))], None)),
+                    Err(error) => return Some((Err(read_error(error)), None)),
                 };
                 // Entries missing where a later chunk begins: the log ends there (the first
                 // chunk may begin after `start`, whose entries were purged).
@@ -508,10 +508,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
                     return None;
                 }
                 let after = chunk.last().map_or(next, |entry| entry.log_id.index + 1);
-                let items = chunk.into_iter().map(Ok).collect::<Vec<_>>();
-                Some((items, Some((reader, after))))
+                Some((Ok(chunk), Some((reader, after))))
             });
-        chunks.flat_map(futures::stream::iter)
+        chunks.flat_map(|chunk| {
+            let (entries, failure) = match chunk {
+                Ok(entries) => (entries, None),
+                Err(error) => (Vec::new(), Some(error)),
+            };
+            futures::stream::iter(entries.into_iter().map(Ok).chain(failure.map(Err)))
+        })
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
