@@ -130,8 +130,9 @@ pub struct KvSpace {
     entries: BTreeMap<String, String>,
     /// Bytes of keys and values.
     bytes: usize,
-    /// Answers of recent `cas` and `incr` commands (JSON text), by result id.
-    results: HashMap<u128, String>,
+    /// Answers of recent `cas` and `incr` commands (JSON text), by result id (random; hashed
+    /// with foldhash, as [`crate::requests::RecentRequests`] does).
+    results: HashMap<u128, String, foldhash::fast::RandomState>,
     /// Result ids, oldest first.
     order: VecDeque<u128>,
 }

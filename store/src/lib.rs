@@ -40,6 +40,7 @@ pub mod log_store;
 pub mod member_config;
 pub mod model;
 pub mod no_network;
+pub mod recent_entries;
 pub mod recover;
 pub mod requests;
 pub mod scripts;

@@ -9,11 +9,13 @@
 //! its commits cost two trips to the disk, a segment append one. The async runtime never waits
 //! on `fsync`.
 //!
-//! An appended entry is readable at once: until its transaction commits it is kept in memory
-//! (the pending entries) beside LMDB, as openraft 0.10 asks. The leader replicates entries
-//! while its own `fsync` runs, and counts itself in the quorum only once the writer reports
-//! them durable. A follower's truncation drops pending entries at once and reaches LMDB in
-//! queue order, after the appends before it.
+//! An appended entry is readable at once: until its record is durable it is kept in memory
+//! beside the segment files, as openraft 0.10 asks. The leader replicates entries while its own
+//! `fsync` runs, and counts itself in the quorum only once the writer reports them durable. The
+//! last durable entries stay in memory too, up to a budget, for replication and the state
+//! machine to read without decoding them again ([`crate::recent_entries`]). A follower's
+//! truncation drops the entries in memory at once and reaches the files in queue order, after
+//! the appends before it.
 //!
 //! The committed index, which nobody waits for, is written with the next LMDB transaction, at
 //! most every [`COMMITTED_WRITE_INTERVAL`] with an append, after 100 ms of quiet, or when the
@@ -48,6 +50,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use tokio::sync::oneshot;
 
+use crate::recent_entries::RecentEntries;
 use crate::segments::{self, Dirty, Record, Segments};
 use crate::{Entry, Error, LogId, StorageHealth, TypeConfig, Vote};
 
@@ -85,9 +88,10 @@ struct Shared {
     health: StorageHealth,
     /// LMDB transactions the writer committed since the store was opened.
     commits: AtomicU64,
-    /// Entries appended and not yet durable, by index: readable at once, as openraft needs to
-    /// replicate them while they are being written. Removed once their transaction commits.
-    pending: Mutex<BTreeMap<u64, LogEntry>>,
+    /// The log's last entries: those appended and not yet durable, readable at once as
+    /// openraft needs to replicate them while they are being written, and the last durable
+    /// ones, which replication and the state machine read next (see [`RecentEntries`]).
+    recent: Mutex<RecentEntries>,
     /// Times the writer thread was woken by an operation (for tests: each append should
     /// cost one, the committed index none of its own).
     wakes: AtomicU64,
@@ -235,7 +239,7 @@ impl LogStore {
             writer,
             health,
             commits: AtomicU64::new(0),
-            pending: Mutex::new(BTreeMap::new()),
+            recent: Mutex::new(RecentEntries::default()),
             wakes: AtomicU64::new(0),
             committed: Mutex::new(None),
             durable_last: Mutex::new(None),
@@ -318,23 +322,27 @@ impl LogStore {
         end: Option<u64>,
         bytes: usize,
     ) -> Result<Vec<LogEntry>, String> {
+        if let Some(entries) = self.recent().covering(start, end, bytes) {
+            return Ok(entries);
+        }
         let end = locked(&self.shared.segments).end_within(start, end, bytes);
         self.read_range(start, end)
     }
 
     /// Reads the entries from `start` up to `end` (excluded), in index order: the durable ones
-    /// and those still being written.
+    /// and those still being written. From memory alone when the recent entries hold them all.
     ///
-    /// The entries being written are looked at first: one that becomes durable meanwhile is then
-    /// found in LMDB, so none falls between the two reads.
+    /// The entries kept in memory are looked at first: one that becomes durable and is dropped
+    /// from memory meanwhile is then found in the segment files, so none falls between the two
+    /// reads.
     fn read_range(&self, start: u64, end: Option<u64>) -> Result<Vec<LogEntry>, String> {
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = (Bound::Included(start), upper);
-        let pending: Vec<LogEntry> = self
-            .pending()
-            .range(range)
-            .map(|(_, entry)| entry.clone())
-            .collect();
+        let kept = {
+            let recent = self.recent();
+            if let Some(entries) = recent.covering(start, end, usize::MAX) {
+                return Ok(entries);
+            }
+            recent.range(start, end)
+        };
         let mut found = BTreeMap::new();
         for entry in self
             .shared
@@ -345,7 +353,7 @@ impl LogStore {
         }
         // An entry being written replaces a durable one at its index (a follower's log that
         // was truncated and written again).
-        for entry in pending {
+        for entry in kept {
             found.insert(entry.log_id.index, entry);
         }
         let mut next = start;
@@ -360,12 +368,9 @@ impl LogStore {
         Ok(consecutive)
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, LogEntry>> {
-        // A panic while holding the lock leaves the map whole (every change is one call).
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        // A panic while holding the lock leaves the entries whole (every change is one call).
+        locked(&self.shared.recent)
     }
 }
 
@@ -587,12 +592,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .pop()
                 .map(|entry| entry.log_id),
         };
-        let pending_last = self
-            .pending()
-            .values()
-            .next_back()
-            .map(|entry| entry.log_id);
-        let last_log_id = pending_last.or(stored_last).or(last_purged);
+        let recent_last = self.recent().last_log_id();
+        let last_log_id = recent_last.or(stored_last).or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id,
@@ -654,17 +655,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let bytes =
                 bincode::serialize(&entry).map_err(|error| write_error(error.to_string()))?;
-            encoded.push((entry.log_id, bytes));
-            readable.push(entry);
+            let log_id = entry.log_id;
+            readable.push((entry, bytes.len()));
+            encoded.push((log_id, bytes));
         }
         if encoded.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
         {
-            let mut pending = self.pending();
-            for entry in readable {
-                pending.insert(entry.log_id.index, entry);
+            let mut recent = self.recent();
+            for (entry, bytes) in readable {
+                recent.insert(entry, bytes);
             }
         }
         self.shared
@@ -679,18 +681,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> StorageResult<()> {
         let from_index = last_log_id.map_or(0, |log_id| log_id.index.saturating_add(1));
         // Gone for readers at once; LMDB follows in queue order, after the appends before.
-        self.pending().split_off(&from_index);
+        self.recent().truncate_from(from_index);
         self.submit(|done| WriteOp::Truncate { from_index, done })
             .await
             .map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> StorageResult<()> {
-        {
-            let mut pending = self.pending();
-            let kept = pending.split_off(&log_id.index.saturating_add(1));
-            *pending = kept;
-        }
+        self.recent().purge_to(log_id.index);
         let last_purged =
             bincode::serialize(&Some(log_id)).map_err(|error| write_error(error.to_string()))?;
         self.submit(|done| WriteOp::Purge {
@@ -757,14 +755,10 @@ fn writer_loop(shared: Weak<Shared>, queue: mpsc::Receiver<WriteOp>) {
             Err(out_of_service) => Err(out_of_service.to_string()),
         };
         match result {
-            Ok(()) => forget_durable(&shared, &batch),
+            Ok(()) => locked(&shared.recent).made_durable(durable_log_ids(&batch)),
             // Nothing more will be written: the log ends at the last durable entry, for
             // readers too.
-            Err(_) => shared
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clear(),
+            Err(_) => locked(&shared.recent).clear(),
         }
         // Let go of the store before reporting: once its owners have their answers and drop
         // their handles, the LMDB environment closes at once, and can be opened again.
@@ -780,22 +774,16 @@ fn holds_durable_committed(shared: &Shared) -> bool {
     committed.is_some_and(|committed| Some(committed.index) <= durable_last)
 }
 
-/// Drops the entries `batch` made durable from the pending ones, unless an entry appended
-/// since replaced one (same index, other log id).
-fn forget_durable(shared: &Shared, batch: &[WriteOp]) {
-    let mut pending = shared
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for op in batch {
-        if let WriteOp::Append { entries, .. } = op {
-            for (log_id, _) in entries {
-                if pending.get(&log_id.index).map(|entry| entry.log_id) == Some(*log_id) {
-                    pending.remove(&log_id.index);
-                }
-            }
-        }
-    }
+/// The log ids of the entries `batch` appends.
+fn durable_log_ids(batch: &[WriteOp]) -> impl Iterator<Item = LogId> + '_ {
+    batch
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Append { entries, .. } => Some(entries),
+            _ => None,
+        })
+        .flatten()
+        .map(|(log_id, _)| *log_id)
 }
 
 /// How often at most the committed index is written along with appends while the log is
