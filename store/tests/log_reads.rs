@@ -116,6 +116,22 @@ fn damage_the_marked_record(root: &std::path::Path) -> TestResult {
     Ok(())
 }
 
+/// Entries 1 to 40 of `bytes` each; entry 30 carries the `user.marker` value that
+/// [`damage_the_marked_record`] finds.
+fn marked_entries(bytes: usize) -> impl Iterator<Item = starling_store::Entry> {
+    (1..=40).map(move |index| {
+        let mut entry = entry(index, bytes);
+        if index == 30 {
+            entry.payload =
+                starling_store::EntryPayload::Normal(starling_store::Command::ConfigSet {
+                    key: "user.marker".to_string(),
+                    value: "y".repeat(bytes),
+                });
+        }
+        entry
+    })
+}
+
 /// Goal: a bounded read decodes only the entries it gives. Replication asks for everything a
 /// follower lacks and sends a batch of at most `APPEND_BYTES_MAX` bytes; reading and decoding
 /// the whole backlog for each batch made catching up after a restart quadratic, and held the
@@ -132,19 +148,7 @@ async fn bounded_reads_decode_only_what_they_give() -> TestResult {
     use futures::StreamExt;
     let root = tempfile::tempdir()?;
     let (mut log_store, _state_machine) = starling_store::open(root.path())?;
-    log_store
-        .blocking_append((1..=40).map(|index| {
-            let mut entry = entry(index, 100_000);
-            if index == 30 {
-                entry.payload =
-                    starling_store::EntryPayload::Normal(starling_store::Command::ConfigSet {
-                        key: "user.marker".to_string(),
-                        value: "y".repeat(100_000),
-                    });
-            }
-            entry
-        }))
-        .await?;
+    log_store.blocking_append(marked_entries(100_000)).await?;
     let filler = starling_store::recent_entries::DURABLE_BYTES_KEPT as u64 / 100_000 + 1;
     log_store
         .blocking_append((41..=40 + filler).map(|index| entry(index, 100_000)))
@@ -207,19 +211,7 @@ async fn the_newest_durable_entries_are_read_from_memory() -> TestResult {
     use futures::StreamExt;
     let root = tempfile::tempdir()?;
     let (mut log_store, _state_machine) = starling_store::open(root.path())?;
-    log_store
-        .blocking_append((1..=40).map(|index| {
-            let mut entry = entry(index, 100);
-            if index == 30 {
-                entry.payload =
-                    starling_store::EntryPayload::Normal(starling_store::Command::ConfigSet {
-                        key: "user.marker".to_string(),
-                        value: "y".repeat(100),
-                    });
-            }
-            entry
-        }))
-        .await?;
+    log_store.blocking_append(marked_entries(100)).await?;
     damage_the_marked_record(root.path())?;
     let all: Vec<u64> = (1..=40).collect();
     assert_eq!(
