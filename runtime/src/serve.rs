@@ -250,6 +250,13 @@ impl Handler for Service {
                     in_flight_max,
                     |request| self.call(&peer, request),
                     |error| {
+                        Reply::Refused(Error::Refused(format!(
+                            "member {} could not read this request ({error}); is it running \
+                             another version of Starling?",
+                            self.member.name()
+                        )))
+                    },
+                    |error| {
                         Reply::Refused(Error::Internal(format!(
                             "the answer could not be sent: {error}"
                         )))

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::connection::{FrameSink, ResponseStream};
-use crate::frame::{duration_ms, encode_frame};
+use crate::frame::{decode_payload, duration_ms, encode_frame};
 use crate::{Error, Responder};
 
 /// Bytes of ready frames written in one go at most.
@@ -224,10 +224,29 @@ async fn read_answers<Resp: DeserializeOwned>(
     shared.break_with(reason);
 }
 
+/// A call the server could not decode (a client of another version may send a request this
+/// one does not know), with its number when the frame begins with one.
+struct Unreadable {
+    id: Option<u64>,
+    error: Error,
+}
+
+/// Decodes a numbered call; a body that does not decode still gives the call's number (the
+/// first 8 bytes, as the codec writes a `u64`), so that the call can be answered.
+fn decode_call<Req: DeserializeOwned>(payload: &[u8]) -> Result<Numbered<Req>, Unreadable> {
+    decode_payload::<Numbered<Req>>(payload).map_err(|error| Unreadable {
+        id: payload
+            .get(..8)
+            .and_then(|id| decode_payload::<u64>(id).ok()),
+        error,
+    })
+}
+
 /// Serves a call stream: reads the numbered requests sent after the first frame, runs up to
 /// `in_flight_max` of them at once with `answer`, and sends each answer as soon as it is ready
 /// (those ready together in one write). An answer that cannot be encoded (too large for a
-/// frame) is replaced by `unsendable(error)`.
+/// frame) is replaced by `unsendable(error)`. A call whose request does not decode is answered
+/// `unreadable(error)` at once, and the stream goes on; a frame without a call number ends it.
 ///
 /// Returns once the client ended the stream (or it failed) and every call taken has finished:
 /// a call is never cut off half-way because its client went away (as a request on a stream of
@@ -238,6 +257,7 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
     responder: &mut Responder,
     in_flight_max: usize,
     mut answer: F,
+    unreadable: impl Fn(Error) -> Resp,
     unsendable: impl Fn(Error) -> Resp,
 ) where
     Req: DeserializeOwned,
@@ -258,17 +278,26 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
         }
         tokio::select! {
             // Reading is cancel-safe: a frame read in part stays in the buffer.
-            frame = frames.next::<Numbered<Req>>(), if reading && running.len() < in_flight_max => {
+            frame = frames.next_with(decode_call::<Req>), if reading && running.len() < in_flight_max => {
                 match frame {
-                    Ok(Some(Numbered { id, body })) => {
+                    Ok(Some(Ok(Numbered { id, body }))) => {
                         // Boxed at once: a call's future can be large, and the set would
                         // copy it several times over as it takes it (a tenth of a busy
                         // leader's CPU went to that copying, `perf`).
                         let call = Box::pin(answer(body));
                         running.push(async move { (id, call.await) });
                     }
+                    Ok(Some(Err(Unreadable { id: Some(id), error }))) => {
+                        tracing::debug!(%error, id, "a call could not be decoded: refused");
+                        let mut batch = Vec::new();
+                        append_answer(&mut batch, id, unreadable(error), &unsendable);
+                        if answering && responder.send_raw(bytes::Bytes::from(batch)).await.is_err() {
+                            answering = false;
+                            reading = false;
+                        }
+                    }
                     Ok(None) => reading = false,
-                    Err(error) => {
+                    Ok(Some(Err(Unreadable { id: None, error }))) | Err(error) => {
                         tracing::debug!(%error, "call stream unreadable: finishing the calls taken");
                         reading = false;
                         answering = false;

@@ -175,6 +175,16 @@ impl FrameBuffer {
 
     /// The next frame, or `None` once the peer finished the stream between frames.
     pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
+        self.next_with(decode_payload).await?.transpose()
+    }
+
+    /// What `read` makes of the next frame's payload, or `None` once the peer finished the
+    /// stream between frames. The frame is consumed whatever `read` answers, so a payload
+    /// that does not decode leaves the stream at the next frame.
+    pub(crate) async fn next_with<R>(
+        &mut self,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, Error> {
         loop {
             let unread = &self.buffer[self.start..];
             // The bytes the next frame needs in all, as far as they are known.
@@ -185,13 +195,13 @@ impl FrameBuffer {
                 let len = frame_len(header, self.len_max)?;
                 expected = HEADER_LEN + len;
                 if unread.len() >= expected {
-                    let value = decode_payload(&unread[HEADER_LEN..HEADER_LEN + len]);
+                    let value = read(&unread[HEADER_LEN..HEADER_LEN + len]);
                     self.start += HEADER_LEN + len;
                     if self.start == self.buffer.len() {
                         self.buffer.clear();
                         self.start = 0;
                     }
-                    return value.map(Some);
+                    return Ok(Some(value));
                 }
             }
             if self.finished {

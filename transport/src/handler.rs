@@ -92,6 +92,16 @@ impl RequestFrames {
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, Error> {
         self.frames.next().await
     }
+
+    /// What `read` makes of the next frame's payload (see [`RequestFrames::next`]). The frame
+    /// is consumed whatever `read` answers: one that does not decode may be answered and the
+    /// stream read on.
+    pub(crate) async fn next_with<R>(
+        &mut self,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, Error> {
+        self.frames.next_with(read).await
+    }
 }
 
 impl Responder {

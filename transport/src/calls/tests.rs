@@ -44,6 +44,7 @@ impl Handler for CallHandler {
                 self.finished.fetch_add(1, Ordering::SeqCst);
                 (number * 2, bytes.len())
             },
+            |_| (u64::MAX, 0),
             |_| (0, 0),
         )
         .await;
@@ -224,4 +225,29 @@ async fn calls_outlive_their_client() {
         setup.handler.sessions.load(Ordering::SeqCst) == 0
     })
     .await;
+}
+
+/// Goal: a call the server cannot decode (a client of another version sending a request this
+/// server does not know) is answered as unreadable, and the stream goes on serving: before,
+/// the server reset the whole stream, and every call on it failed as a lost connection, which
+/// a caller may retry.
+/// Method: a call stream whose requests are raw byte vectors. Three bytes do not decode as a
+/// call: answered `(u64::MAX, 0)` (the handler's stand-in). Sixteen zero bytes decode as the
+/// call `(16, 0, [])` (a vector's length prefix reads as the number): answered `(32, 0)` on
+/// the same stream, which is not broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_call_is_answered_and_the_stream_goes_on() {
+    let setup = setup(4).await;
+    let calls: Calls<Vec<u8>, Answer> = setup
+        .connection
+        .open_calls(&"calls".to_string(), 64)
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.call(&vec![1, 2, 3], TIMEOUT).await.unwrap(),
+        (u64::MAX, 0)
+    );
+    assert!(!calls.is_broken());
+    assert_eq!(calls.call(&vec![0; 16], TIMEOUT).await.unwrap(), (32, 0));
+    assert_eq!(setup.handler.finished.load(Ordering::SeqCst), 1);
 }
