@@ -6,7 +6,11 @@
 //! (its counter checked against the increments acknowledged), a linearizable read figure, and
 //! the jitter of a scheduled script (its start, as it reads the clock, minus its tick). With `--baseline
 //! OLD_BINARY`, rounds alternate between the old binary's cluster and this one's (the same
-//! machine, the same run) and the medians of both are printed with the change in percent.
+//! machine, the same run) and the medians of both are printed with the change in percent, and
+//! the median of each round's own change, against the mean of the baseline's runs just before
+//! and after it: on a host whose speed drifts over minutes, that cancels the drift, which the
+//! medians' ratio takes for a change.
+//! `--writes-only` measures the writes alone, so that many short rounds fit in a few minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -44,12 +48,17 @@ pub struct BenchArgs {
     /// runs one per CPU, the daemon's default).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     member_workers: Option<u16>,
+    /// Measure the writes only (no `kv.incr`, reads, scheduled script or events): short rounds
+    /// for comparing builds. Passed on to the `--baseline` build, which must know it.
+    #[arg(long)]
+    writes_only: bool,
 }
 
-/// One binary's figures in one round: per writer count (writes/s, p50 ms), then read p50 ms.
+/// One binary's figures in one round: per writer count (writes/s, p50 ms), then read p50 ms
+/// (none with `--writes-only`).
 struct Round {
     writes: Vec<(f64, f64)>,
-    read_p50_ms: f64,
+    read_p50_ms: Option<f64>,
 }
 
 /// Member processes, killed on drop.
@@ -148,20 +157,44 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     for (index, writers) in args.writers.iter().enumerate() {
         let rate = |slot: usize| median(rounds[slot].iter().map(|round| round.writes[index].0));
         let (before, after) = (rate(0), rate(1));
+        let paired = paired_change(&rounds, |round| round.writes[index].0);
         println!(
-            "{writers:>8} {before:>14.0} {after:>14.0} {:>+7.1}%",
+            "{writers:>8} {before:>14.0} {after:>14.0} {:>+7.1}%   (round by round: {paired:+.1}%)",
             (after / before - 1.0) * 100.0
         );
         let p50 = |slot: usize| median(rounds[slot].iter().map(|round| round.writes[index].1));
-        println!("{:>8} {:>11.3} ms {:>11.3} ms   (p50)", "", p50(0), p50(1));
+        let paired = paired_change(&rounds, |round| round.writes[index].1);
+        println!(
+            "{:>8} {:>11.3} ms {:>11.3} ms   (p50; round by round: {paired:+.1}%)",
+            "",
+            p50(0),
+            p50(1)
+        );
     }
-    let read = |slot: usize| median(rounds[slot].iter().map(|round| round.read_p50_ms));
-    println!(
-        "linearizable read p50: baseline {:.3} ms, this {:.3} ms",
-        read(0),
-        read(1)
-    );
+    let read = |slot: usize| median(rounds[slot].iter().filter_map(|round| round.read_p50_ms));
+    if !args.writes_only {
+        println!(
+            "linearizable read p50: baseline {:.3} ms, this {:.3} ms",
+            read(0),
+            read(1)
+        );
+    }
     Ok(())
+}
+
+/// The median over rounds of the change in percent from the baseline's `figure` to this
+/// build's. Each of this build's runs is compared with the mean of the baseline's runs just
+/// before and just after it (the last with the one before), so that a host whose speed drifts
+/// steadily over the run shows no change where there is none.
+fn paired_change(rounds: &[Vec<Round>; 2], figure: impl Fn(&Round) -> f64) -> f64 {
+    let baseline: Vec<f64> = rounds[0].iter().map(&figure).collect();
+    median(rounds[1].iter().enumerate().map(|(index, round)| {
+        let before = baseline.get(index).copied().unwrap_or(f64::NAN);
+        let around = baseline
+            .get(index + 1)
+            .map_or(before, |after| (before + after) / 2.0);
+        (figure(round) / around - 1.0) * 100.0
+    }))
 }
 
 /// Runs `exe bench` (its own client and members: the wire protocol may differ between builds)
@@ -176,23 +209,31 @@ fn measure_by(args: &BenchArgs, exe: &Path) -> Result<Round> {
     if let Some(workers) = args.member_workers {
         command.args(["--member-workers", &workers.to_string()]);
     }
+    if args.writes_only {
+        command.arg("--writes-only");
+    }
     let output = command
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
         .output()
         .with_context(|| format!("running {} bench", exe.display()))?;
     let text = String::from_utf8_lossy(&output.stdout);
     print!("{text}");
     if !output.status.success() {
-        bail!("{} bench failed", exe.display());
+        let errors = String::from_utf8_lossy(&output.stderr);
+        let last = errors.lines().rev().find(|line| !line.trim().is_empty());
+        bail!(
+            "{} bench failed: {}",
+            exe.display(),
+            last.unwrap_or("no message")
+        );
     }
-    parse_round(&text, &args.writers)
+    parse_round(&text, &args.writers, args.writes_only)
         .ok_or_else(|| anyhow!("cannot read the figures {} bench printed", exe.display()))
 }
 
-/// The figures of one `bench` output: a `writers writes/s p50 p99` row per writer count and
-/// the `linearizable read ... p50 X ms` line.
-fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
+/// The figures of one `bench` output: a `writers writes/s p50 p99` row per writer count and,
+/// unless `writes_only`, the `linearizable read ... p50 X ms` line.
+fn parse_round(text: &str, writer_counts: &[usize], writes_only: bool) -> Option<Round> {
     let rows: Vec<Vec<f64>> = text
         .lines()
         .map(|line| {
@@ -210,6 +251,12 @@ fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
                 .map(|row| (row[1], row[2]))
         })
         .collect::<Option<Vec<_>>>()?;
+    if writes_only {
+        return Some(Round {
+            writes,
+            read_p50_ms: None,
+        });
+    }
     let read_p50_ms = text
         .lines()
         .find(|line| line.starts_with("linearizable read"))?
@@ -218,7 +265,7 @@ fn parse_round(text: &str, writer_counts: &[usize]) -> Option<Round> {
         .split_whitespace()
         .next()?
         .parse()
-        .ok()?;
+        .ok();
     Some(Round {
         writes,
         read_p50_ms,
@@ -273,6 +320,12 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
         );
         writes.push((rate, p50));
     }
+    if args.writes_only {
+        return Ok(Round {
+            writes,
+            read_p50_ms: None,
+        });
+    }
     // The same load as kv.incr on one shared counter: every increment conflicts with every
     // other, and the counter must end at the number acknowledged.
     let (count, latencies) =
@@ -309,9 +362,10 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
             percentile(&local, 0.99)
         );
     }
-    let read_p50_ms = percentile(&reads, 0.50);
+    let read_p50_ms = Some(percentile(&reads, 0.50));
     println!(
-        "linearizable read (1 reader): p50 {read_p50_ms:.3} ms, p99 {:.3} ms",
+        "linearizable read (1 reader): p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&reads, 0.50),
         percentile(&reads, 0.99)
     );
     Ok(Round {
@@ -659,10 +713,41 @@ mod tests {
       64        11112      5.560     10.365
 linearizable read (1 reader): p50 0.398 ms, p99 0.985 ms
 ";
-        let round = parse_round(text, &[1, 64]).expect("figures");
+        let round = parse_round(text, &[1, 64], false).expect("figures");
         assert_eq!(round.writes, vec![(458.0, 2.152), (11112.0, 5.56)]);
-        assert_eq!(round.read_p50_ms, 0.398);
-        assert!(parse_round(text, &[16]).is_none());
-        assert!(parse_round("nothing", &[1]).is_none());
+        assert_eq!(round.read_p50_ms, Some(0.398));
+        assert!(parse_round(text, &[16], false).is_none());
+        assert!(parse_round("nothing", &[1], false).is_none());
+        let writes = text.replace("linearizable read", "something else");
+        assert!(parse_round(&writes, &[1, 64], false).is_none());
+        let round = parse_round(&writes, &[1, 64], true).expect("writes only");
+        assert_eq!(round.read_p50_ms, None);
+    }
+
+    /// Goal: the round-by-round change is not fooled by a host that slows down steadily over
+    /// the run (the baseline always runs first in a round, so the medians' ratio favours it).
+    /// Method: the host's speed falls by 100/s per run (baseline, this, baseline, ...). Two
+    /// equal builds: the medians' ratio says −12.5 %, the round-by-round change 0. This build
+    /// 10 % faster: the round-by-round change is +10 %.
+    #[test]
+    fn the_round_by_round_change_cancels_a_steady_drift() {
+        let round = |rate: f64| Round {
+            writes: vec![(rate, 1.0)],
+            read_p50_ms: None,
+        };
+        let host = |run: u32| 1000.0 - 100.0 * f64::from(run);
+        let rounds = |faster: f64| -> [Vec<Round>; 2] {
+            [
+                (0..3).map(|r| round(host(2 * r))).collect(),
+                (0..3).map(|r| round(host(2 * r + 1) * faster)).collect(),
+            ]
+        };
+        let equal = rounds(1.0);
+        let rate = |slot: usize| median(equal[slot].iter().map(|round| round.writes[0].0));
+        assert!((rate(1) / rate(0) - 1.0 + 0.125).abs() < 1e-9);
+        let change = paired_change(&equal, |round| round.writes[0].0);
+        assert!(change.abs() < 1e-9, "{change}");
+        let change = paired_change(&rounds(1.1), |round| round.writes[0].0);
+        assert!((change - 10.0).abs() < 1e-9, "{change}");
     }
 }
