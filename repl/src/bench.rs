@@ -731,7 +731,7 @@ linearizable read (1 reader): p50 0.398 ms, p99 0.985 ms
     }
 
     /// Goal: the round-by-round change is not fooled by an advantage of the second run of a
-    /// pair (measured: +7 % single-writer writes/s with the same binary twice).
+    /// pair (once measured: +7 % single-writer writes/s with the same binary twice).
     /// Method: four rounds, the builds taking turns at running first, the second run of each
     /// round 7 % faster. Two equal builds: 0 %. This build 10 % faster: +10 %.
     #[test]
