@@ -178,8 +178,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             p50(1)
         );
     }
-    let read = |slot: usize| median(rounds[slot].iter().filter_map(|round| round.read_p50_ms));
     if !args.writes_only {
+        let read = |slot: usize| median(rounds[slot].iter().filter_map(|round| round.read_p50_ms));
         println!(
             "linearizable read p50: baseline {:.3} ms, this {:.3} ms",
             read(0),
@@ -271,10 +271,10 @@ fn parse_round(text: &str, writer_counts: &[usize], writes_only: bool) -> Option
         .split_whitespace()
         .next()?
         .parse()
-        .ok();
+        .ok()?;
     Some(Round {
         writes,
-        read_p50_ms,
+        read_p50_ms: Some(read_p50_ms),
     })
 }
 
@@ -368,15 +368,14 @@ async fn measure(args: &BenchArgs, exe: &Path) -> Result<Round> {
             percentile(&local, 0.99)
         );
     }
-    let read_p50_ms = Some(percentile(&reads, 0.50));
+    let read_p50_ms = percentile(&reads, 0.50);
     println!(
-        "linearizable read (1 reader): p50 {:.3} ms, p99 {:.3} ms",
-        percentile(&reads, 0.50),
+        "linearizable read (1 reader): p50 {read_p50_ms:.3} ms, p99 {:.3} ms",
         percentile(&reads, 0.99)
     );
     Ok(Round {
         writes,
-        read_p50_ms,
+        read_p50_ms: Some(read_p50_ms),
     })
 }
 

@@ -313,9 +313,11 @@ impl LogStore {
         wait.await.map_err(|_| Error::WriterStopped.to_string())?
     }
 
-    /// What [`LogStore::read_range`] gives, read no further than the stored entries from
-    /// `start` fit in `bytes` (by their records' lengths, the first entry whatever its size):
-    /// a bounded read decodes what it may keep, not the rest of the log behind it.
+    /// What [`LogStore::read_range`] gives while the entries' encoded bytes add up to at most
+    /// `bytes` (the first entry goes whatever its size). A bounded read decodes what it may
+    /// keep, not the rest of the log behind it: the stored entries are bounded by their
+    /// records' lengths before they are read, and only entries still being written, which the
+    /// segments' index does not hold, are measured after.
     fn read_range_within(
         &self,
         start: u64,
@@ -326,7 +328,18 @@ impl LogStore {
             return Ok(entries);
         }
         let end = locked(&self.shared.segments).end_within(start, end, bytes);
-        self.read_range(start, end)
+        let mut entries = self.read_range(start, end)?;
+        let mut total = 0usize;
+        let kept = entries
+            .iter()
+            .take_while(|entry| {
+                total = total.saturating_add(crate::limits::encoded_len(entry));
+                total <= bytes
+            })
+            .count()
+            .max(1);
+        entries.truncate(kept);
+        Ok(entries)
     }
 
     /// Reads the entries from `start` up to `end` (excluded), in index order: the durable ones
@@ -549,7 +562,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> StorageResult<Vec<LogEntry>> {
-        let mut entries = self
+        let entries = self
             .read_range_within(start, Some(end), APPEND_BYTES_MAX)
             .map_err(read_error)?;
         if let Some(first) = entries.first().filter(|entry| entry.log_id.index != start) {
@@ -560,16 +573,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             );
             return Ok(Vec::new());
         }
-        let mut total = 0usize;
-        let kept = entries
-            .iter()
-            .take_while(|entry| {
-                total = total.saturating_add(crate::limits::encoded_len(entry));
-                total <= APPEND_BYTES_MAX
-            })
-            .count()
-            .max(1);
-        entries.truncate(kept);
         Ok(entries)
     }
 }

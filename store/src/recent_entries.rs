@@ -109,12 +109,11 @@ impl RecentEntries {
 
     /// The entries kept from `start` up to `end` (excluded), in index order, gaps included.
     pub(crate) fn range(&self, start: u64, end: Option<u64>) -> Vec<LogEntry> {
-        if end.is_some_and(|end| end <= start) {
+        let Some(span) = span(start, end) else {
             return Vec::new();
-        }
-        let upper = end.unwrap_or(u64::MAX);
+        };
         self.entries
-            .range(start..upper)
+            .range(span)
             .map(|(_, kept)| kept.entry.clone())
             .collect()
     }
@@ -129,14 +128,11 @@ impl RecentEntries {
         end: Option<u64>,
         bytes: usize,
     ) -> Option<Vec<LogEntry>> {
-        if end.is_some_and(|end| end <= start) {
-            return None;
-        }
-        let upper = end.unwrap_or(u64::MAX);
+        let span = span(start, end)?;
         let mut next = start;
         let mut total = 0usize;
         let mut entries = Vec::new();
-        for (index, kept) in self.entries.range(start..upper) {
+        for (index, kept) in self.entries.range(span) {
             if *index != next {
                 return None;
             }
@@ -156,6 +152,13 @@ impl RecentEntries {
             self.durable_count = self.durable_count.saturating_sub(1);
         }
     }
+}
+
+/// The indexes from `start` up to `end` (excluded; `None`: no end), or `None` when there are
+/// none (a `BTreeMap` range must not end before it starts).
+fn span(start: u64, end: Option<u64>) -> Option<std::ops::Range<u64>> {
+    let upper = end.unwrap_or(u64::MAX);
+    (start < upper).then_some(start..upper)
 }
 
 #[cfg(test)]

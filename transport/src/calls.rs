@@ -289,11 +289,13 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                     }
                     Ok(Some(Err(Unreadable { id: Some(id), error }))) => {
                         tracing::debug!(%error, id, "a call could not be decoded: refused");
-                        let mut batch = Vec::new();
-                        append_answer(&mut batch, id, unreadable(error), &unsendable);
-                        if answering && responder.send_raw(bytes::Bytes::from(batch)).await.is_err() {
-                            answering = false;
-                            reading = false;
+                        if answering {
+                            let mut batch = Vec::new();
+                            append_answer(&mut batch, id, unreadable(error), &unsendable);
+                            if responder.send_raw(bytes::Bytes::from(batch)).await.is_err() {
+                                answering = false;
+                                reading = false;
+                            }
                         }
                     }
                     Ok(None) => reading = false,
