@@ -184,9 +184,9 @@ async fn propose_batch(member: &Member, proposals: Vec<Proposal>) {
         commands
             .into_iter()
             .next()
-            .unwrap_or(Command::Batch(Vec::new()))
+            .unwrap_or(Command::Batch(Vec::new().into()))
     } else {
-        Command::Batch(commands)
+        Command::Batch(commands.into())
     };
     let outcome = write(member, command).await;
     match outcome {

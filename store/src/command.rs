@@ -66,7 +66,10 @@ pub enum Command {
         now_ms: u64,
     },
     /// Several commands proposed together (group commit); each applies on its own, in order.
-    Batch(Vec<Command>),
+    /// Shared, so that the log's copies of an entry (the one kept in memory, the ones read
+    /// for replication and for applying) do not copy every command in it; encoded as a
+    /// sequence, the same as a `Vec`.
+    Batch(std::sync::Arc<[Command]>),
     /// Health changes the leader observed in a heartbeat round.
     MemberHealth {
         /// One entry per member whose status changed.
@@ -836,6 +839,34 @@ impl std::fmt::Display for Command {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A batch is written to the log and to snapshots as a sequence, the same as when it held
+    /// a `Vec`: entries written before it became shared read back, and the other way round.
+    #[test]
+    fn a_shared_batch_encodes_as_a_vec_did() {
+        #[derive(Serialize, Deserialize)]
+        enum Before {
+            Batch(Vec<Command>),
+        }
+        let commands = vec![
+            Command::ConfigSet {
+                key: "user.a".into(),
+                value: "1".into(),
+            },
+            Command::ConfigUnset {
+                key: "user.b".into(),
+            },
+        ];
+        let before = bincode::serialize(&Before::Batch(commands.clone())).unwrap();
+        let batch = Command::Batch(commands.clone().into());
+        // The variant's index differs between the two enums; what follows it must not.
+        let now = bincode::serialize(&batch).unwrap();
+        assert_eq!(now[4..], before[4..]);
+        let Command::Batch(read) = bincode::deserialize::<Command>(&now).unwrap() else {
+            panic!("not a batch");
+        };
+        assert_eq!(read.to_vec(), commands);
+    }
 
     pub(crate) fn member(name: &str, id: u64) -> Member {
         Member {

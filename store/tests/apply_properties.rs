@@ -536,11 +536,11 @@ fn entry_command() -> BoxedStrategy<Command> {
         1 => prop::collection::vec(
             prop_oneof![
                 6 => single_command(),
-                1 => Just(Command::Batch(Vec::new())),
+                1 => Just(Command::Batch(Vec::new().into())),
             ],
             0..4,
         )
-        .prop_map(Command::Batch),
+        .prop_map(|commands| Command::Batch(commands.into())),
     ]
     .boxed()
 }
@@ -781,7 +781,7 @@ proptest! {
             let command = match command {
                 // A batch's commands are applied one at a time here; the next property
                 // checks that a batch is its commands one by one.
-                Command::Batch(batch) => batch.clone(),
+                Command::Batch(batch) => batch.to_vec(),
                 single => vec![single.clone()],
             };
             for command in command {
