@@ -440,7 +440,9 @@ mod tests {
         };
         let entry = crate::Entry {
             log_id: crate::log_id(1, 1, 0),
-            payload: EntryPayload::Normal(Command::Batch(vec![set("user.a"), set("user.b")].into())),
+            payload: EntryPayload::Normal(Command::Batch(
+                vec![set("user.a"), set("user.b")].into(),
+            )),
         };
         let stored = StoredLog {
             vote: None,
