@@ -696,7 +696,11 @@ mod tests {
         assert_eq!(spare(&file), kept - 1, "a kept buffer serves the read");
         let held = first.as_ptr() as usize;
         drop(first);
-        assert_eq!(spare(&file), kept, "the piece's buffer is back once it is dropped");
+        assert_eq!(
+            spare(&file),
+            kept,
+            "the piece's buffer is back once it is dropped"
+        );
         let again = file.read_at(2 * CHUNK_BYTES as u64, CHUNK_BYTES).unwrap();
         assert_eq!(&again[..], &bytes[2 * CHUNK_BYTES..3 * CHUNK_BYTES]);
         assert!((again.as_ptr() as usize).abs_diff(held) < 2 * DIRECT_ALIGN);
