@@ -105,12 +105,13 @@ async fn gather(
     };
     let mut room = true;
     while room {
-        match queue.try_recv() {
-            Ok(proposal) => room = batch.add(proposal, carried),
-            Err(_) => break,
+        if let Ok(proposal) = queue.try_recv() {
+            room = batch.add(proposal, carried);
+            continue;
         }
-    }
-    while room && batch.proposals.len() < target {
+        if batch.proposals.len() >= target {
+            break;
+        }
         // Listen before looking, so that an entry done in between is not missed.
         let done = in_flight.done.notified();
         tokio::pin!(done);
@@ -249,6 +250,21 @@ mod tests {
         (proposal, answer)
     }
 
+    /// A proposer's queue and entries in flight, with the caller's own entry and another one
+    /// in flight (the permits they hold).
+    async fn behind_another() -> (
+        mpsc::UnboundedSender<Proposal>,
+        mpsc::UnboundedReceiver<Proposal>,
+        InFlight,
+        [tokio::sync::OwnedSemaphorePermit; 2],
+    ) {
+        let (sender, queue) = mpsc::unbounded_channel();
+        let in_flight = InFlight::new();
+        let other = another_in_flight(&in_flight).await;
+        let own = another_in_flight(&in_flight).await;
+        (sender, queue, in_flight, [other, own])
+    }
+
     /// An entry standing in for one already proposed: the permit it holds.
     async fn another_in_flight(in_flight: &InFlight) -> tokio::sync::OwnedSemaphorePermit {
         in_flight.permits.clone().acquire_owned().await.unwrap()
@@ -275,10 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn behind_another_entry_it_gathers_as_many_as_the_last() {
-        let (sender, mut queue) = mpsc::unbounded_channel();
-        let in_flight = InFlight::new();
-        let _other = another_in_flight(&in_flight).await;
-        let _own = another_in_flight(&in_flight).await;
+        let (sender, mut queue, in_flight, _permits) = behind_another().await;
         let (first, _answer) = proposal(10);
         let late = tokio::spawn(async move {
             let mut answers = Vec::new();
@@ -304,10 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn behind_another_entry_it_goes_when_that_entry_is_done() {
-        let (_sender, mut queue) = mpsc::unbounded_channel();
-        let in_flight = InFlight::new();
-        let other = another_in_flight(&in_flight).await;
-        let _own = another_in_flight(&in_flight).await;
+        let (_sender, mut queue, in_flight, [other, _own]) = behind_another().await;
         let (first, _answer) = proposal(10);
         let done = in_flight.done.clone();
         tokio::spawn(async move {
@@ -327,10 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_too_large_for_the_entry_opens_the_next() {
-        let (sender, mut queue) = mpsc::unbounded_channel();
-        let in_flight = InFlight::new();
-        let _other = another_in_flight(&in_flight).await;
-        let _own = another_in_flight(&in_flight).await;
+        let (sender, mut queue, in_flight, _permits) = behind_another().await;
         let (large, _large_answer) = proposal(BATCH_BYTES_MAX);
         sender.send(large).unwrap();
         let (first, _answer) = proposal(10);

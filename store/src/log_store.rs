@@ -316,8 +316,8 @@ impl LogStore {
     /// What [`LogStore::read_range`] gives while the entries' encoded bytes add up to at most
     /// `bytes` (the first entry goes whatever its size). A bounded read decodes what it may
     /// keep, not the rest of the log behind it: the stored entries are bounded by their
-    /// records' lengths before they are read, and only entries still being written, which the
-    /// segments' index does not hold, are measured after.
+    /// records' lengths before they are read; what is read is measured again after, as the
+    /// entries still being written are not in the segments' index.
     fn read_range_within(
         &self,
         start: u64,

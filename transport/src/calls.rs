@@ -292,10 +292,8 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                         if answering {
                             let mut batch = Vec::new();
                             append_answer(&mut batch, id, unreadable(error), &unsendable);
-                            if responder.send_raw(bytes::Bytes::from(batch)).await.is_err() {
-                                answering = false;
-                                reading = false;
-                            }
+                            answering = send_answers(responder, batch).await;
+                            reading = answering;
                         }
                     }
                     Ok(None) => reading = false,
@@ -319,14 +317,23 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                     }
                 }
                 if answering && !batch.is_empty() {
-                    if let Err(error) = responder.send_raw(bytes::Bytes::from(batch)).await {
-                        tracing::debug!(%error, "call stream's client went away: finishing the calls taken");
-                        answering = false;
-                        reading = false;
-                    }
+                    answering = send_answers(responder, batch).await;
+                    reading = answering;
                 }
             }
             else => return,
+        }
+    }
+}
+
+/// Sends a batch of answer frames; `false` once the client went away (then nothing more is
+/// read or answered, and the calls taken finish).
+async fn send_answers(responder: &mut Responder, batch: Vec<u8>) -> bool {
+    match responder.send_raw(bytes::Bytes::from(batch)).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%error, "call stream's client went away: finishing the calls taken");
+            false
         }
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use ring::digest::{Context, SHA256};
 
+use crate::sync::lock;
+
 /// Bytes read or written at once.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Prefix of temporary files.
@@ -267,7 +269,7 @@ impl AsRef<[u8]> for Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spare = lock(&self.spare);
         if spare.len() < SPARE_BUFFERS_MAX && self.memory.len() == READ_BUFFER_BYTES {
             spare.push(std::mem::take(&mut self.memory));
         }
@@ -281,19 +283,26 @@ impl Outgoing {
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(path);
-        match direct {
-            Ok(file) => Ok(Outgoing {
-                file,
-                direct: true,
-                spare: Spare::default(),
-            }),
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Ok(Outgoing {
-                file: File::open(path)?,
-                direct: false,
-                spare: Spare::default(),
-            }),
-            Err(error) => Err(error),
+        let (file, direct) = match direct {
+            Ok(file) => (file, true),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
+            Err(error) => return Err(error),
+        };
+        Ok(Outgoing {
+            file,
+            direct,
+            spare: Spare::default(),
+        })
+    }
+
+    /// A buffer of at least `bytes` to read into: a spare one, or a new one. Its contents are
+    /// whatever they were: a read overwrites what it answers.
+    fn buffer(&self, bytes: usize) -> Vec<u8> {
+        if bytes > READ_BUFFER_BYTES {
+            return vec![0u8; bytes];
         }
+        let spare = lock(&self.spare).pop();
+        spare.unwrap_or_else(|| vec![0u8; READ_BUFFER_BYTES])
     }
 
     /// The file's length.
@@ -340,18 +349,6 @@ impl Outgoing {
         let mut piece = vec![0u8; want];
         self.file.read_exact_at(&mut piece, at)?;
         Ok(bytes::Bytes::from(piece))
-    }
-}
-
-impl Outgoing {
-    /// A buffer of at least `bytes` to read into: a spare one, or a new one. Its contents are
-    /// whatever they were: a read overwrites what it answers.
-    fn buffer(&self, bytes: usize) -> Vec<u8> {
-        if bytes > READ_BUFFER_BYTES {
-            return vec![0u8; bytes];
-        }
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        spare.unwrap_or_else(|| vec![0u8; READ_BUFFER_BYTES])
     }
 }
 
