@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use crate::member::{Blocked, Member};
 use crate::network::AppendAnswer;
 use crate::protocol::AppendStreamReply;
+use crate::sync::lock;
 
 /// Answers read ahead of openraft.
 const ANSWERS_QUEUED_MAX: usize = 64;
@@ -97,10 +98,6 @@ struct Reading {
     _tasks: Tasks,
     /// An error was yielded: the stream ends.
     done: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Session {

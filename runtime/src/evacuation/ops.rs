@@ -201,9 +201,9 @@ impl Member {
             let look = self.local_state(|state| {
                 state.evacuations.get(member).map(|record| {
                     if record.running() {
-                        Err(record.kind)
+                        Progress::Running(record.kind)
                     } else {
-                        Ok(evacuation_json(record))
+                        Progress::Ended(evacuation_json(record))
                     }
                 })
             });
@@ -213,8 +213,8 @@ impl Member {
                         "the record of \"{member}\" is gone"
                     )))
                 }
-                Some(Ok(summary)) => return Ok(summary),
-                Some(Err(kind)) => kind,
+                Some(Progress::Ended(summary)) => return Ok(summary),
+                Some(Progress::Running(kind)) => kind,
             };
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::OutcomeUnknown(format!(
@@ -708,4 +708,12 @@ impl Member {
             });
         }
     }
+}
+
+/// Where an evacuation or restore stands, as `evacuation_outcome` reads its record.
+enum Progress {
+    /// Still running: its kind names it in a timeout's error.
+    Running(EvacuationKind),
+    /// Ended: the record's summary.
+    Ended(Value),
 }
