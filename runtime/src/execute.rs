@@ -47,7 +47,10 @@ impl Member {
             None => None,
         };
         let caller = Caller {
-            origin: Some(caller.origin.unwrap_or_else(|| self.name())),
+            origin: Some(caller.origin.unwrap_or_else(|| crate::protocol::Origin {
+                id: self.id(),
+                name: self.name(),
+            })),
             request_id,
             ..caller
         };
@@ -142,7 +145,7 @@ impl Member {
                 return self.image_local(image).await;
             }
         }
-        let origin = caller.origin.as_deref().unwrap_or_default();
+        let origin = caller.origin.as_ref();
         let hops = caller.hops;
         if self.is_leader() {
             self.check_caller(caller)?;
@@ -266,7 +269,11 @@ impl Member {
     }
 
     /// Runs an operation on this member, which leads.
-    async fn execute_here(&self, operation: &Operation, origin: &str) -> Result<Value, Error> {
+    async fn execute_here(
+        &self,
+        operation: &Operation,
+        origin: Option<&crate::protocol::Origin>,
+    ) -> Result<Value, Error> {
         if !operation.is_write() {
             Box::pin(self.linearize()).await?;
         }

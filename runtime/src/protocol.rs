@@ -183,12 +183,22 @@ pub enum Request {
 /// The largest `StreamProbe`.
 pub const STREAM_PROBE_BYTES_MAX: u64 = 16 << 30;
 
+/// The member a request came in at. The leader names it from its own state by id: the
+/// first member may not have applied a rename the leader already has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The member's Raft node id.
+    pub id: NodeId,
+    /// What the member called itself, for a member the leader does not know.
+    pub name: String,
+}
+
 /// Who an operation runs for. The first member to receive a request fills it in; a member that
 /// forwards it keeps it, so the leader judges the original client, not the forwarding member.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Caller {
     /// The member the client talks to (`cluster.info().server_name`).
-    pub origin: Option<String>,
+    pub origin: Option<Origin>,
     /// Fingerprint of the client certificate the request came with; `None` when a member asks
     /// for itself. The leader refuses the request unless it is still registered.
     pub client: Option<String>,

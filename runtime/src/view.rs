@@ -98,7 +98,10 @@ pub(crate) fn member(member: &Member, name: &str) -> Result<Value, Error> {
 /// answers (the leader) knows them. The join questions (`member_config`, several per pool and
 /// network) are built on a blocking thread: with thousands of networks that took the async
 /// runtime long enough to miss heartbeats.
-pub(crate) async fn cluster_info(member: &Member, origin: &str) -> Result<Value, Error> {
+pub(crate) async fn cluster_info(
+    member: &Member,
+    origin: Option<&crate::protocol::Origin>,
+) -> Result<Value, Error> {
     let raft = RaftRoles::of(member);
     let (raft_term, last_log_index, applied_index, snapshot_index) = {
         let metrics = member.raft().metrics();
@@ -118,8 +121,13 @@ pub(crate) async fn cluster_info(member: &Member, origin: &str) -> Result<Value,
             .map(|record| record.name.clone());
         let fingerprint =
             starling_transport::fingerprint_pem(&state.ca_cert_pem).unwrap_or_default();
+        let server_name = origin.map(|origin| {
+            state
+                .member_by_id(origin.id)
+                .map_or(origin.name.as_str(), |record| record.name.as_str())
+        });
         let info = json!({
-            "server_name": origin,
+            "server_name": server_name.unwrap_or_default(),
             "leader": leader,
             "fingerprint": fingerprint,
             "members": state.members.len(),
