@@ -178,6 +178,30 @@ pub(crate) fn map_size(requested: usize) -> usize {
     granules * MAP_SIZE_GRANULE_BYTES
 }
 
+/// Creates `dir` if needed and opens the LMDB environment in it, of `map_size_bytes` (a size
+/// LMDB accepts, see [`map_size`]) with room for `max_dbs` named databases.
+pub(crate) fn open_env(
+    dir: &Path,
+    map_size_bytes: usize,
+    max_dbs: u32,
+) -> Result<heed::Env<heed::WithoutTls>, Error> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    // SAFETY: each environment directory is opened exactly once per process (the runtime holds
+    // the log and the snapshot store, each in its own directory, for the member's lifetime),
+    // which is LMDB's requirement.
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .read_txn_without_tls()
+            .map_size(map_size_bytes)
+            .max_dbs(max_dbs)
+            .open(dir)?
+    };
+    Ok(env)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use heed::types::{Bytes, Str, U64};
-use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, WithoutTls};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Mutex;
@@ -192,19 +192,7 @@ impl LogStore {
         map_size_bytes: usize,
         health: StorageHealth,
     ) -> Result<LogStore, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        // SAFETY: each member opens its log directory exactly once per process (the runtime
-        // holds the store for the member's lifetime), which is LMDB's requirement.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .read_txn_without_tls()
-                .map_size(map_size_bytes)
-                .max_dbs(4)
-                .open(dir)?
-        };
+        let env = crate::open_env(dir, map_size_bytes, 4)?;
         let write_txn = env.write_txn()?;
         let (entries, meta) = env
             .create_databases_and_commit(write_txn, |opener, txn| -> Result<_, heed::Error> {

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, WithoutTls};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
@@ -89,18 +89,7 @@ impl StateMachine {
         map_size_bytes: usize,
         health: StorageHealth,
     ) -> Result<StateMachine, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        // SAFETY: opened once per member and process, as LMDB requires.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .read_txn_without_tls()
-                .map_size(map_size_bytes)
-                .max_dbs(2)
-                .open(dir)?
-        };
+        let env = crate::open_env(dir, map_size_bytes, 2)?;
         let write_txn = env.write_txn()?;
         let snapshots = env
             .create_databases_and_commit(write_txn, |opener, txn| -> Result<_, heed::Error> {
