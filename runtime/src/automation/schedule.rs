@@ -147,11 +147,49 @@ pub fn due(
     }
 }
 
+/// How long the scheduler waits before its next round, at `now_ms`: until `next_tick_ms`, the
+/// earliest tick to come of any script, but never longer than `period` (new schedules and
+/// triggered runs are looked at every period) and never less than a millisecond (a tick is
+/// due only once the clock has reached it).
+pub fn wait_before_next_round(
+    now_ms: u64,
+    next_tick_ms: Option<u64>,
+    period: std::time::Duration,
+) -> std::time::Duration {
+    match next_tick_ms {
+        Some(at) => std::time::Duration::from_millis(at.saturating_sub(now_ms).max(1)).min(period),
+        None => period,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MINUTE: u64 = 60_000;
+
+    /// Goal: the scheduler wakes for the earliest tick, not at its next poll: a tick 3 ms
+    /// away is waited for 3 ms, one further than a period is waited for a period, one due
+    /// now (or past) for a millisecond, and without ticks to come for a period.
+    #[test]
+    fn the_scheduler_wakes_at_the_next_tick_within_a_period() {
+        use std::time::Duration;
+        let period = Duration::from_millis(20);
+        assert_eq!(
+            wait_before_next_round(1_000, Some(1_003), period),
+            Duration::from_millis(3)
+        );
+        assert_eq!(wait_before_next_round(1_000, Some(1_500), period), period);
+        assert_eq!(
+            wait_before_next_round(1_000, Some(1_000), period),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            wait_before_next_round(1_000, Some(900), period),
+            Duration::from_millis(1)
+        );
+        assert_eq!(wait_before_next_round(1_000, None, period), period);
+    }
 
     #[test]
     fn every_ticks_on_multiples_of_its_interval() {

@@ -5,9 +5,10 @@
 //!   only then does the script start. The state machine refuses a second claim of a tick
 //!   (`starling_store::scripts`), so no tick runs twice, whoever leads; a leader cut off from
 //!   the others cannot commit, so it runs nothing.
-//! - The scheduler ([`run_scheduler`]) wakes every [`SCHEDULER_PERIOD`] on every member and
-//!   acts only on the leader: for each scheduled script it asks the pure planner
-//!   ([`super::schedule::due`]) what is due since the last claimed tick.
+//! - The scheduler ([`run_scheduler`]) runs on every member and acts only on the leader: for
+//!   each scheduled script it asks the pure planner ([`super::schedule::due`]) what is due
+//!   since the last claimed tick, then sleeps until the earliest tick to come, or
+//!   [`SCHEDULER_PERIOD`] at most (triggered runs and new schedules are looked at then).
 //! - A run on the leader is run by it; a run pinned to another member (`member=`) is sent to
 //!   that member ([`ScriptOperation::Execute`]). Whoever runs it records its end through the
 //!   leader (`End`). A run under way whose member is offline, whose member no longer runs it
@@ -831,12 +832,14 @@ impl Member {
     }
 
     /// Leader: one look at the schedules, and now and then at runs that will never end.
-    async fn schedule_round(&self) {
+    /// Answers the earliest tick still to come (ms since the epoch), if any.
+    async fn schedule_round(&self) -> Option<u64> {
         let now = now_ms();
         // Decided on the state in place: only the scripts that are due are copied (a source
         // may be 256 KiB, and this runs every 20 ms).
-        let due_now: Vec<(StoredScript, Due)> = self.local_state(|state| {
-            state
+        let (due_now, next_tick) = self.local_state(|state| {
+            let mut next_tick: Option<u64> = None;
+            let due_now: Vec<(StoredScript, Due)> = state
                 .scripts
                 .scripts
                 .values()
@@ -850,10 +853,14 @@ impl Member {
                         script.missed,
                         MISSED_AFTER_MS,
                     );
+                    if let Due::Wait { at } = decision {
+                        next_tick = Some(next_tick.map_or(at, |earliest| earliest.min(at)));
+                    }
                     matches!(decision, Due::Run { .. } | Due::Skip { .. })
                         .then(|| (script.clone(), decision))
                 })
-                .collect()
+                .collect();
+            (due_now, next_tick)
         });
         for (script, decision) in due_now {
             let outcome = match decision {
@@ -888,6 +895,7 @@ impl Member {
         if check_now {
             self.record_lost_runs(now).await;
         }
+        next_tick
     }
 
     /// Leader: claims and starts the runs lifecycle events triggered (oldest first, a bounded
@@ -975,15 +983,19 @@ impl Member {
     }
 }
 
-/// Every member runs this; it acts while the member leads.
+/// Every member runs this; it acts while the member leads, waking for the next tick (or
+/// after [`SCHEDULER_PERIOD`] at most).
 pub(crate) async fn run_scheduler(member: Member) {
+    let mut wait = SCHEDULER_PERIOD;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(SCHEDULER_PERIOD) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = member.stopping() => return,
         }
+        wait = SCHEDULER_PERIOD;
         if member.is_leader() {
-            member.schedule_round().await;
+            let next_tick = member.schedule_round().await;
+            wait = super::schedule::wait_before_next_round(now_ms(), next_tick, SCHEDULER_PERIOD);
         }
     }
 }
