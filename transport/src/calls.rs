@@ -293,7 +293,7 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                             let mut batch = Vec::new();
                             append_answer(&mut batch, id, unreadable(error), &unsendable);
                             answering = send_answers(responder, batch).await;
-                            reading = answering;
+                            reading &= answering;
                         }
                     }
                     Ok(None) => reading = false,
@@ -318,7 +318,7 @@ pub async fn serve_calls<Req, Resp, F, Fut>(
                 }
                 if answering && !batch.is_empty() {
                     answering = send_answers(responder, batch).await;
-                    reading = answering;
+                    reading &= answering;
                 }
             }
             else => return,

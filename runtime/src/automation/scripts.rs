@@ -992,10 +992,11 @@ pub(crate) async fn run_scheduler(member: Member) {
             _ = tokio::time::sleep(wait) => {}
             _ = member.stopping() => return,
         }
-        wait = SCHEDULER_PERIOD;
-        if member.is_leader() {
+        wait = if member.is_leader() {
             let next_tick = member.schedule_round().await;
-            wait = super::schedule::wait_before_next_round(now_ms(), next_tick, SCHEDULER_PERIOD);
-        }
+            super::schedule::wait_before_next_round(now_ms(), next_tick, SCHEDULER_PERIOD)
+        } else {
+            SCHEDULER_PERIOD
+        };
     }
 }
